@@ -1,0 +1,221 @@
+"""Calibration and evaluation data: a folder read one file at a time, so memory stays bounded.
+
+Folder formats (DATA_FORMAT below is also what `edgemm convert --help` shows):
+
+1. ``.npz`` files, each keyed by input name with a leading batch dimension (any N per file). Labels,
+   optional, under ``label`` (for the bundle's primary task output) or ``label:<output name>``:
+   int class indices for classification, floats for regression. In a multi-graph bundle an input name
+   stands for every graph input of that name.
+2. Raw media grouped by file stem: ``s001.png`` (or .jpg/.bmp, or a video file .mp4/.avi/...) and
+   ``s001.wav`` make one sample, turned into tensors by the bundle's own preprocessing. WAVs at another
+   sample rate are resampled. Labels, optional, in ``labels.csv`` with a header
+   ``name,label`` (or ``name,label:<output>,...``); values are class indices, class names or numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edgemm.bundle import Bundle, InputSpec
+from edgemm.errors import EdgemmError
+from edgemm.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_video_frames, read_wav
+from edgemm.preprocess import preprocess_audio, preprocess_video, resample
+
+log = logging.getLogger(__name__)
+
+DATA_FORMAT = __doc__.split("Folder formats", 1)[1].split("\n", 2)[2]
+
+LABEL_KEY = "label"
+
+
+@dataclass
+class Sample:
+    tensors: dict[str, np.ndarray]  # input name -> tensor with a leading batch dim
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # output name -> targets, batch-leading
+    name: str = ""
+
+    @property
+    def batch(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+
+def primary_output(bundle: Bundle) -> str:
+    """The output `label` refers to: the first classification/regression output of the deciding graph."""
+    m = bundle.manifest
+    graph = {"early": lambda: bundle.single_graph, "intermediate": lambda: m.fusion.head,
+             "late": lambda: next(iter(m.fusion.members.values()))}[m.fusion.form]()
+    outs = m.graphs[graph].outputs
+    for o in outs:
+        if o.task in ("classification", "multilabel", "regression"):
+            return o.name
+    return outs[0].name
+
+
+def sensor_inputs(bundle: Bundle) -> dict[str, InputSpec]:
+    """Input name -> spec for every input fed from data (everything but embeddings/presence/state)."""
+    out: dict[str, InputSpec] = {}
+    for _, spec in bundle.manifest.all_inputs():
+        if spec.modality in ("video", "audio", "other"):
+            out.setdefault(spec.name, spec)
+    return out
+
+
+class DataFolder:
+    """Iterates the samples of a data folder, one file (or one stem group) in memory at a time."""
+
+    def __init__(self, folder: str | Path, bundle: Bundle, what: str = "Data folder"):
+        self.folder, self.bundle, self.what = Path(folder), bundle, what
+        if not self.folder.is_dir():
+            raise EdgemmError(f"{what}: {self.folder} | Not found; expected a folder of .npz files or media files.")
+        self.inputs = sensor_inputs(bundle)
+        self.primary = primary_output(bundle)
+        self.npz = sorted(self.folder.glob("*.npz"))
+        media = IMAGE_SUFFIXES | VIDEO_SUFFIXES | AUDIO_SUFFIXES
+        groups: dict[str, dict[str, Path]] = {}
+        for p in sorted(self.folder.iterdir()):
+            suffix = p.suffix.lower()
+            if suffix in media:
+                kind = "audio" if suffix in AUDIO_SUFFIXES else "video"
+                groups.setdefault(p.stem, {})[kind] = p
+        self.media = groups
+        if not self.npz and not self.media:
+            raise EdgemmError(f"{what}: {self.folder} | Is empty; expected .npz files keyed by input name, "
+                              "or images/videos/WAVs grouped by file stem.")
+        if self.npz and self.media:
+            raise EdgemmError(f"{what}: {self.folder} | Mixes .npz and media files; expected one kind.")
+        self.labels = self._read_labels_csv() if self.media else {}
+
+    def __len__(self) -> int:
+        return len(self.npz) or len(self.media)
+
+    # -- npz -----------------------------------------------------------------------------------------
+    def _npz_sample(self, path: Path) -> Sample:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except Exception as exc:
+            raise EdgemmError(f"{self.what}: {path} | Not a readable .npz ({exc}); expected numpy.savez output.") from exc
+        tensors, labels = {}, {}
+        for key, arr in arrays.items():
+            if key == LABEL_KEY:
+                labels[self.primary] = arr
+            elif key.startswith(LABEL_KEY + ":"):
+                labels[key.split(":", 1)[1]] = arr
+            elif key in self.inputs:
+                tensors[key] = arr
+            else:
+                raise EdgemmError(f"{self.what}: {path} | Has tensor {key!r}, which is not an input; expected keys: "
+                                  f"{', '.join(self.inputs)} (and optionally label, label:<output>).")
+        missing = [n for n in self.inputs if n not in tensors]
+        if missing:
+            raise EdgemmError(f"{self.what}: {path} | Has no tensor for input {missing[0]}; expected keys: "
+                              f"{', '.join(self.inputs)}.")
+        batches = {k: v.shape[0] if v.ndim else None for k, v in {**tensors, **labels}.items()}
+        if len(set(batches.values())) != 1 or None in batches.values():
+            raise EdgemmError(f"{self.what}: {path} | Tensors disagree on the batch (first) dim {batches}; "
+                              "expected the same number of samples in every key.")
+        return Sample(tensors, labels, path.name)
+
+    # -- media ---------------------------------------------------------------------------------------
+    def _read_labels_csv(self) -> dict[str, dict[str, object]]:
+        path = self.folder / "labels.csv"
+        if not path.exists():
+            return {}
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and "name" not in rows[0]:
+            raise EdgemmError(f"{self.what}: {path} | Has no 'name' column; expected a header like name,label.")
+        out = {}
+        for row in rows:
+            out[row["name"]] = {(self.primary if k == LABEL_KEY else k.split(":", 1)[1]): v
+                                for k, v in row.items() if k and k.startswith(LABEL_KEY)}
+        return out
+
+    def _label_value(self, output: str, value: str, where: str) -> np.ndarray:
+        out_spec = None
+        for g in self.bundle.manifest.graphs.values():
+            for o in g.outputs:
+                if o.name == output:
+                    out_spec = o
+        if out_spec is None:
+            raise EdgemmError(f"{self.what}: {where} | Label column for {output!r}, which is not an output.")
+        if out_spec.labels and value in out_spec.labels:
+            return np.array([out_spec.labels.index(value)], np.int64)
+        try:
+            number = float(value)
+        except ValueError as exc:
+            raise EdgemmError(f"{self.what}: {where} | Label {value!r} for {output} is neither a number nor one of "
+                              f"its class names.") from exc
+        if out_spec.task == "classification":
+            return np.array([int(number)], np.int64)
+        return np.array([number], np.float32)
+
+    def _media_sample(self, stem: str, files: dict[str, Path]) -> Sample:
+        tensors = {}
+        for name, spec in self.inputs.items():
+            if spec.modality == "video":
+                if "video" not in files:
+                    raise EdgemmError(f"{self.what}: {self.folder / stem} | No image or video file for input {name}.")
+                frames = read_video_frames(files["video"])
+                n = spec.preprocess.frames
+                mid = max(0, (len(frames) - n) // 2)  # the frames at the middle of the clip
+                tensors[name] = preprocess_video(frames[mid:mid + n], spec)
+            elif spec.modality == "audio":
+                if "audio" not in files:
+                    raise EdgemmError(f"{self.what}: {self.folder / stem} | No WAV file for input {name}.")
+                wav, rate = read_wav(files["audio"])
+                if rate != spec.preprocess.sample_rate:
+                    log.info("%s: resampling %d Hz -> %d Hz", files["audio"], rate, spec.preprocess.sample_rate)
+                    wav = resample(wav, rate, spec.preprocess.sample_rate)
+                want = spec.preprocess.window_samples
+                if wav.size > want:  # a clip longer than the window: its middle
+                    start = (wav.size - want) // 2
+                    wav = wav[start:start + want]
+                tensors[name] = preprocess_audio(wav, spec)
+            else:
+                raise EdgemmError(f"{self.what}: {self.folder} | Input {name} is not video or audio, so it cannot "
+                                  "come from media files; expected .npz files.")
+        labels = {out: self._label_value(out, v, f"labels.csv row {stem}")
+                  for out, v in self.labels.get(stem, {}).items() if v != ""}
+        return Sample(tensors, labels, stem)
+
+    # -- iteration -----------------------------------------------------------------------------------
+    def samples(self, progress: bool = False) -> Iterator[Sample]:
+        items = self.npz or list(self.media.items())
+        for item in _progress(items, self.what, enabled=progress):
+            yield self._npz_sample(item) if isinstance(item, Path) else self._media_sample(*item)
+
+    def single_samples(self, progress: bool = False, limit: int | None = None) -> Iterator[Sample]:
+        """Samples split to a batch of one each (what calibration and most evaluation loops want)."""
+        n = 0
+        for s in self.samples(progress):
+            for i in range(s.batch):
+                if limit is not None and n >= limit:
+                    return
+                yield Sample({k: v[i:i + 1] for k, v in s.tensors.items()},
+                             {k: v[i:i + 1] for k, v in s.labels.items()}, f"{s.name}[{i}]")
+                n += 1
+
+
+def _progress(items, what: str, enabled: bool):
+    """A one-line progress bar on stderr (only on a terminal, or when asked)."""
+    total = len(items)
+    show = enabled and total > 1
+    start = time.monotonic()
+    for i, item in enumerate(items, 1):
+        yield item
+        if show:
+            elapsed = time.monotonic() - start
+            bar = "#" * int(30 * i / total)
+            sys.stderr.write(f"\r{what}: [{bar:<30}] {i}/{total} files, {elapsed:.1f} s")
+            sys.stderr.flush()
+    if show:
+        sys.stderr.write("\n")

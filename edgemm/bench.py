@@ -1,0 +1,200 @@
+"""Timing loops and statistics shared by `edgemm bench` and the scripts in benchmarks/.
+
+Several targets (model x backend) are measured interleaved, one inference of each in turn, so that
+whatever else the machine is doing hits all of them alike: compare them as ratios within one run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from edgemm.errors import EdgemmError
+from edgemm.runners.base import BaseRunner, check_feed
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def latency_stats(samples_s) -> dict[str, float]:
+    """min, mean, p50, p90, p95, p99, max (and std) in milliseconds from samples in seconds."""
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    if ms.size == 0:
+        raise ValueError("no samples")
+    stats = {"min": float(ms.min()), "mean": float(ms.mean())}
+    stats.update({f"p{p}": float(np.percentile(ms, p)) for p in PERCENTILES})
+    stats.update({"max": float(ms.max()), "std": float(ms.std())})
+    return stats
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MiB (Linux /proc; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if platform.system() == "Linux" else kb / 2**20
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version()}
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+@dataclass
+class Target:
+    """One thing to measure: an (inactive) runner and the feed to give it."""
+
+    label: str
+    runner: BaseRunner
+    feed: Mapping[str, np.ndarray] | None = None  # None: synthesised once the runner is active
+    make_feed: Callable[[BaseRunner], Mapping[str, np.ndarray]] | None = None
+    batch: int = 1
+    samples: list[float] = field(default_factory=list)
+    breakdowns: list[dict[str, float]] = field(default_factory=list)
+    memory: dict[str, float] = field(default_factory=dict)
+
+
+def _infer_once(t: Target) -> float:
+    start = time.perf_counter()
+    t.runner.infer(t.feed, check_inputs=False)
+    elapsed = time.perf_counter() - start
+    if t.runner.last_breakdown:
+        t.breakdowns.append(dict(t.runner.last_breakdown))
+    return elapsed
+
+
+def run(targets: list[Target], iterations: int | None = None, duration_s: float | None = None,
+        warmup_s: float = 0.2, warmup_iterations: int = 2) -> list[dict]:
+    """Activate each target in turn (memory measured around it), warm it up, then time all interleaved.
+
+    Exactly one of iterations / duration_s sets the length (iterations per target, or wall time for all).
+    Returns one result dict per target, the shape `edgemm bench --json` writes.
+    """
+    if (iterations is None) == (duration_s is None):
+        raise EdgemmError("Benchmark length | Give exactly one of --iterations and --duration.")
+    if iterations is not None and iterations < 1:
+        raise EdgemmError(f"Iterations: {iterations} | Expected a positive number.")
+    if duration_s is not None and duration_s <= 0:
+        raise EdgemmError(f"Duration: {duration_s} | Expected a positive number of seconds.")
+    active: list[Target] = []
+    try:
+        for t in targets:
+            before = rss_mb()
+            t.runner.activate()
+            active.append(t)
+            after_load = rss_mb()
+            if t.feed is None:
+                t.feed = t.make_feed(t.runner)
+            check_feed(t.feed, t.runner.input_metadata())  # once, outside the timed loop
+            # Warm-up: at least warmup_iterations, and at least warmup_s of wall time (trtexec: 200 ms).
+            end = time.perf_counter() + warmup_s
+            n = 0
+            while n < warmup_iterations or time.perf_counter() < end:
+                t.runner.infer(t.feed, check_inputs=False)
+                n += 1
+            t.breakdowns.clear()
+            t.memory = {"load_mb": after_load - before, "after_warmup_mb": rss_mb() - before}
+        start = time.perf_counter()
+        i = 0
+        while True:
+            if iterations is not None and i >= iterations:
+                break
+            if duration_s is not None and time.perf_counter() - start >= duration_s and i > 0:
+                break
+            for t in targets:
+                t.samples.append(_infer_once(t))
+            i += 1
+        wall = time.perf_counter() - start
+    finally:
+        for t in active:
+            t.runner.deactivate()
+    peak = peak_rss_mb()
+    return [_result(t, wall, peak) for t in targets]
+
+
+def _result(t: Target, wall_s: float, peak_mb: float) -> dict:
+    busy = float(np.sum(t.samples))
+    res = {
+        "model": t.label,
+        "backend": t.runner.describe(),
+        "batch": t.batch,
+        "iterations": len(t.samples),
+        "latency_ms": latency_stats(t.samples),
+        # Inferences per second of this target's own busy time: with interleaving, the wall time is
+        # shared by all targets, so each one's throughput is what it would sustain alone.
+        "throughput_per_s": t.batch * len(t.samples) / busy if busy > 0 else float("nan"),
+        "memory_mb": {**{k: round(v, 2) for k, v in t.memory.items()}, "process_peak_mb": round(peak_mb, 2)},
+        "wall_s": wall_s,
+    }
+    if t.breakdowns:
+        keys = t.breakdowns[0].keys()
+        res["breakdown_ms"] = {k: latency_stats([b[k] / 1e3 for b in t.breakdowns]) for k in keys}
+    return res
+
+
+def format_table(results: list[dict]) -> str:
+    """A fixed-width table of the results, one row per target."""
+    cols = ("min", "mean", "p50", "p90", "p95", "p99", "max")
+    head = f"{'model':<28} {'backend':<26} " + " ".join(f"{c:>8}" for c in cols) + f" {'inf/s':>9} {'mem MB':>8}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lat = r["latency_ms"]
+        lines.append(f"{r['model'][:28]:<28} {r['backend'][:26]:<26} " + " ".join(f"{lat[c]:8.3f}" for c in cols)
+                     + f" {r['throughput_per_s']:9.1f} {r['memory_mb'].get('after_warmup_mb', 0):8.1f}")
+    lines.append("latency in ms per inference; mem MB: resident memory the model added (load + warm-up)")
+    for r in results:
+        for phase, st in r.get("breakdown_ms", {}).items():
+            lines.append(f"  {r['model']} {phase}: median {st['p50']:.3f} ms, p99 {st['p99']:.3f} ms")
+    return "\n".join(lines)
+
+
+def plot_cdf(results: list[dict], samples: list[list[float]], path: str) -> None:
+    """Latency CDF of each target, one line each, written as PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise EdgemmError("Plot | matplotlib is not installed; expected `pip install matplotlib` "
+                          "(or the edgemm[dev] extra).") from exc
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r, s in zip(results, samples):
+        ms = np.sort(np.asarray(s) * 1e3)
+        ax.plot(ms, np.arange(1, ms.size + 1) / ms.size, label=f"{r['model']} ({r['backend']})")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of inferences")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,765 @@
+"""The model bundle: model file(s) plus a manifest, the one thing moved between convert, bench and run.
+
+A bundle is a folder:
+
+    my_model.edgemm/
+      manifest.json       what every input and output means, the fusion form, provenance
+      model.onnx          one graph per entry of manifest["graphs"] (several for intermediate/late fusion)
+      model.plan          optional TensorRT engine built on the device (see converters/tensorrt.py)
+
+A plain ``.onnx`` file is accepted too: its manifest is inferred (``infer_manifest``) from input names
+and shapes, with documented defaults, and what could not be inferred is reported in ``Bundle.notes``.
+
+The manifest is validated on load; every error names the field (``graphs.model.inputs[0].dtype``) and
+what was expected, and the manifest's inputs/outputs are checked against the ONNX graph itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgemm.errors import EdgemmError
+
+FORMAT = "edgemm-bundle"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+MODALITIES = ("video", "audio", "presence", "embedding", "state", "other")
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+TASKS = ("classification", "multilabel", "regression", "detection", "embedding", "other")
+FUSION_FORMS = ("early", "intermediate", "late")
+LATE_RULES = ("weighted_mean", "max", "vote")
+VIDEO_LAYOUTS = ("NCHW", "NHWC", "NTCHW", "NCTHW")
+AUDIO_LAYOUTS = ("NCMT", "NMT", "NS", "NCS")  # mel: (batch, channel, mels, frames); waveform: (batch, samples)
+AUDIO_FEATURES = ("logmel", "mel", "waveform")
+COLORS = ("rgb", "bgr", "gray")
+PRECISIONS = ("fp32", "fp16", "int8", "mixed")
+
+# ONNX TensorProto element types we accept, by their numpy names.
+_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Manifest data classes
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoPreprocess:
+    """How a camera frame (BGR uint8, any size) becomes this input."""
+
+    size: tuple[int, int] = (224, 224)  # (height, width)
+    color: str = "rgb"
+    scale: float = 1.0 / 255.0  # applied first: x * scale
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)  # then (x - mean) / std, per channel
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    frames: int = 1  # frames stacked per inference (NTCHW / NCTHW layouts)
+    fps: float | None = None  # rate the frames were sampled at in training, if it matters
+
+
+@dataclass
+class AudioPreprocess:
+    """How a mono float waveform in [-1, 1] becomes this input."""
+
+    sample_rate: int = 16000
+    window_s: float = 1.0  # the audio window that ends at the inference instant
+    feature: str = "logmel"
+    n_fft: int = 400  # 25 ms at 16 kHz
+    hop_length: int = 160  # 10 ms at 16 kHz
+    n_mels: int = 64
+    fmin: float = 0.0
+    fmax: float | None = None  # None: sample_rate / 2
+    log_offset: float = 1e-6
+    mean: float = 0.0  # feature normalisation after the log
+    std: float = 1.0
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.sample_rate))
+
+    @property
+    def n_frames(self) -> int:
+        """Spectrogram frames for one window (centre=False framing)."""
+        return 1 + max(0, self.window_samples - self.n_fft) // self.hop_length
+
+
+@dataclass
+class InputSpec:
+    name: str
+    modality: str
+    dtype: str = "float32"
+    shape: list[int | str | None] = field(default_factory=list)
+    layout: str | None = None
+    preprocess: VideoPreprocess | AudioPreprocess | None = None
+    presence_of: str | None = None  # modality whose presence this input flags (modality "presence")
+    source: str | None = None  # "graph.output" feeding this input (modality "embedding", fusion heads)
+
+
+@dataclass
+class OutputSpec:
+    name: str
+    task: str = "other"
+    dtype: str = "float32"
+    shape: list[int | str | None] = field(default_factory=list)
+    labels: list[str] | None = None
+    scores: str = "logits"  # classification: "logits" or "probabilities"
+
+
+@dataclass
+class GraphSpec:
+    name: str
+    file: str
+    inputs: list[InputSpec]
+    outputs: list[OutputSpec]
+    engine: dict[str, Any] | None = None  # {"file", "tensorrt_version", "gpu", "compute_capability", ...}
+
+    def input(self, name: str) -> InputSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def output(self, name: str) -> OutputSpec:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+@dataclass
+class FusionSpec:
+    """How the graphs combine.
+
+    early:        one graph takes every modality.
+    intermediate: per-modality encoder graphs (``encoders``: modality -> graph) run at their own
+                  ``rates_hz``; a ``head`` graph fuses their freshest embeddings (no older than max_age_s).
+    late:         per-modality graphs (``members``) with the same task outputs, combined by ``rule``.
+    """
+
+    form: str = "early"
+    encoders: dict[str, str] = field(default_factory=dict)
+    head: str | None = None
+    rates_hz: dict[str, float] = field(default_factory=dict)
+    max_age_s: float = 1.0
+    members: dict[str, str] = field(default_factory=dict)
+    rule: str = "weighted_mean"
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    name: str
+    graphs: dict[str, GraphSpec]
+    fusion: FusionSpec = field(default_factory=FusionSpec)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    inferred: bool = False  # True when made up from a plain ONNX file by infer_manifest
+
+    def to_dict(self) -> dict:
+        def clean(obj):
+            if dataclasses.is_dataclass(obj):
+                return {k: clean(v) for k, v in dataclasses.asdict(obj).items() if v is not None}
+            if isinstance(obj, dict):
+                return {k: clean(v) for k, v in obj.items() if v is not None}
+            if isinstance(obj, (list, tuple)):
+                return [clean(v) for v in obj]
+            return obj
+
+        out = {"format": FORMAT, "version": VERSION, "name": self.name}
+        out["fusion"] = _fusion_to_dict(self.fusion)
+        out["graphs"] = {}
+        for gname, g in self.graphs.items():
+            gd = {"file": g.file, "inputs": [clean(i) for i in g.inputs], "outputs": [clean(o) for o in g.outputs]}
+            if g.engine:
+                gd["engine"] = clean(g.engine)
+            out["graphs"][gname] = gd
+        out["provenance"] = clean(self.provenance)
+        return out
+
+    def all_inputs(self) -> Iterator[tuple[GraphSpec, InputSpec]]:
+        for g in self.graphs.values():
+            for spec in g.inputs:
+                yield g, spec
+
+    def modalities(self) -> list[str]:
+        """Sensor modalities the bundle consumes (video, audio), in a stable order."""
+        found = {spec.modality for _, spec in self.all_inputs()}
+        return [m for m in ("video", "audio") if m in found]
+
+
+def _fusion_to_dict(f: FusionSpec) -> dict:
+    d: dict[str, Any] = {"form": f.form}
+    if f.form == "intermediate":
+        d.update(encoders=f.encoders, head=f.head, rates_hz=f.rates_hz, max_age_s=f.max_age_s)
+    elif f.form == "late":
+        d.update(members=f.members, rule=f.rule, weights=f.weights)
+    return d
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing and validation: every error names the field
+# --------------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads a JSON object field by field, raising EdgemmError that names the field path."""
+
+    def __init__(self, data: Any, path: str, where: str):
+        self.data, self.path, self.where = data, path, where
+        if not isinstance(data, dict):
+            self.fail(f"expected an object, got {type(data).__name__}")
+
+    def fail(self, msg: str, key: str | None = None):
+        at = f"{self.path}.{key}" if key else self.path
+        at = at.lstrip(".") or "(top level)"
+        raise EdgemmError(f"{self.where}: {at}: {msg}")
+
+    def get(self, key, types, default=dataclasses.MISSING, choices=None):
+        if key not in self.data or self.data[key] is None:
+            if default is dataclasses.MISSING:
+                self.fail("missing (required)", key)
+            return default
+        value = self.data[key]
+        if types is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, types) or (isinstance(value, bool) and types in (int, float)):
+            want = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+            self.fail(f"expected {want}, got {json.dumps(value)}", key)
+        if choices is not None and value not in choices:
+            self.fail(f"expected one of {', '.join(choices)}; got {json.dumps(value)}", key)
+        return value
+
+    def sub(self, key, value) -> "_Reader":
+        return _Reader(value, f"{self.path}.{key}", self.where)
+
+
+def _read_shape(r: _Reader, key: str) -> list:
+    shape = r.get(key, list, default=[])
+    for i, d in enumerate(shape):
+        if d is not None and not isinstance(d, (int, str)) or isinstance(d, bool) or (isinstance(d, int) and d < 0):
+            r.fail(f"[{i}]: expected a non-negative int, a symbolic name or null; got {json.dumps(d)}", key)
+    return list(shape)
+
+
+def _read_floats(r: _Reader, key: str, default):
+    value = r.get(key, (list, int, float), default=default)
+    if isinstance(value, (int, float)):
+        return (float(value),)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        r.fail(f"expected a list of numbers, got {json.dumps(value)}", key)
+    return tuple(float(v) for v in value)
+
+
+def _read_video_pre(r: _Reader) -> VideoPreprocess:
+    d = VideoPreprocess()
+    size = r.get("size", list, default=list(d.size))
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        r.fail(f"expected [height, width] as two positive ints, got {json.dumps(size)}", "size")
+    color = r.get("color", str, default=d.color, choices=COLORS)
+    channels = 1 if color == "gray" else 3
+    mean = _read_floats(r, "mean", list(d.mean[:channels]))
+    std = _read_floats(r, "std", list(d.std[:channels]))
+    for key, vals in (("mean", mean), ("std", std)):
+        if len(vals) not in (1, channels):
+            r.fail(f"expected 1 or {channels} values for color {color}, got {len(vals)}", key)
+    if any(s == 0 for s in std):
+        r.fail("must not contain 0", "std")
+    frames = r.get("frames", int, default=1)
+    if frames < 1:
+        r.fail(f"expected >= 1, got {frames}", "frames")
+    return VideoPreprocess(
+        size=(size[0], size[1]), color=color, scale=r.get("scale", float, default=d.scale),
+        mean=mean, std=std, frames=frames, fps=r.get("fps", float, default=None),
+    )
+
+
+def _read_audio_pre(r: _Reader) -> AudioPreprocess:
+    d = AudioPreprocess()
+    sr = r.get("sample_rate", int, default=d.sample_rate)
+    if sr <= 0:
+        r.fail(f"expected a positive sample rate in Hz, got {sr}", "sample_rate")
+    window_s = r.get("window_s", float, default=d.window_s)
+    if window_s <= 0:
+        r.fail(f"expected a positive window in seconds, got {window_s}", "window_s")
+    p = AudioPreprocess(
+        sample_rate=sr, window_s=window_s,
+        feature=r.get("feature", str, default=d.feature, choices=AUDIO_FEATURES),
+        n_fft=r.get("n_fft", int, default=d.n_fft), hop_length=r.get("hop_length", int, default=d.hop_length),
+        n_mels=r.get("n_mels", int, default=d.n_mels), fmin=r.get("fmin", float, default=d.fmin),
+        fmax=r.get("fmax", float, default=None), log_offset=r.get("log_offset", float, default=d.log_offset),
+        mean=r.get("mean", float, default=d.mean), std=r.get("std", float, default=d.std),
+    )
+    for key in ("n_fft", "hop_length", "n_mels"):
+        if getattr(p, key) <= 0:
+            r.fail(f"expected a positive int, got {getattr(p, key)}", key)
+    if p.std == 0:
+        r.fail("must not be 0", "std")
+    if p.feature != "waveform" and p.window_samples < p.n_fft:
+        r.fail(f"window of {p.window_samples} samples is shorter than n_fft {p.n_fft}", "window_s")
+    return p
+
+
+def _read_input(r: _Reader) -> InputSpec:
+    modality = r.get("modality", str, choices=MODALITIES)
+    spec = InputSpec(
+        name=r.get("name", str),
+        modality=modality,
+        dtype=r.get("dtype", str, default="float32", choices=DTYPES),
+        shape=_read_shape(r, "shape"),
+        layout=r.get("layout", str, default=None),
+        presence_of=r.get("presence_of", str, default=None),
+        source=r.get("source", str, default=None),
+    )
+    pre = r.get("preprocess", dict, default=None)
+    if modality == "video":
+        spec.layout = spec.layout or "NCHW"
+        if spec.layout not in VIDEO_LAYOUTS:
+            r.fail(f"expected one of {', '.join(VIDEO_LAYOUTS)} for a video input; got {json.dumps(spec.layout)}", "layout")
+        spec.preprocess = _read_video_pre(r.sub("preprocess", pre or {}))
+    elif modality == "audio":
+        feature = (pre or {}).get("feature", "logmel")
+        spec.layout = spec.layout or ("NS" if feature == "waveform" else "NCMT")
+        if spec.layout not in AUDIO_LAYOUTS:
+            r.fail(f"expected one of {', '.join(AUDIO_LAYOUTS)} for an audio input; got {json.dumps(spec.layout)}", "layout")
+        spec.preprocess = _read_audio_pre(r.sub("preprocess", pre or {}))
+        waveform_layout = spec.layout in ("NS", "NCS")
+        if waveform_layout != (spec.preprocess.feature == "waveform"):
+            r.fail(f"layout {spec.layout} does not fit feature {spec.preprocess.feature} "
+                   "(NS/NCS take a waveform, NCMT/NMT a spectrogram)", "layout")
+    elif modality == "presence":
+        if spec.presence_of not in ("video", "audio"):
+            r.fail("expected \"video\" or \"audio\" for a presence input", "presence_of")
+    elif modality == "embedding":
+        if spec.source and not re.fullmatch(r"[^.]+\..+", spec.source):
+            r.fail(f"expected \"graph.output\", got {json.dumps(spec.source)}", "source")
+    return spec
+
+
+def _read_output(r: _Reader) -> OutputSpec:
+    spec = OutputSpec(
+        name=r.get("name", str),
+        task=r.get("task", str, default="other", choices=TASKS),
+        dtype=r.get("dtype", str, default="float32", choices=DTYPES),
+        shape=_read_shape(r, "shape"),
+        labels=r.get("labels", list, default=None),
+        scores=r.get("scores", str, default="logits", choices=("logits", "probabilities")),
+    )
+    if spec.labels is not None and not all(isinstance(x, str) for x in spec.labels):
+        r.fail("expected a list of strings", "labels")
+    if spec.labels and spec.shape and isinstance(spec.shape[-1], int) and spec.shape[-1] != len(spec.labels):
+        r.fail(f"has {len(spec.labels)} labels but the output has {spec.shape[-1]} classes", "labels")
+    return spec
+
+
+def _read_fusion(r: _Reader, graphs: dict[str, GraphSpec]) -> FusionSpec:
+    form = r.get("form", str, default="early", choices=FUSION_FORMS)
+    f = FusionSpec(form=form)
+
+    def graph_map(key):
+        m = r.get(key, dict)
+        for modality, gname in m.items():
+            if modality not in ("video", "audio"):
+                r.fail(f"keys must be video or audio, got {json.dumps(modality)}", key)
+            if gname not in graphs:
+                r.fail(f"{modality}: names graph {json.dumps(gname)}, which is not in graphs "
+                       f"({', '.join(graphs)})", key)
+        return dict(m)
+
+    if form == "early":
+        if len(graphs) != 1:
+            r.fail(f"early fusion takes exactly one graph, the manifest has {len(graphs)}", "form")
+    elif form == "intermediate":
+        f.encoders = graph_map("encoders")
+        f.head = r.get("head", str)
+        if f.head not in graphs:
+            r.fail(f"names graph {json.dumps(f.head)}, which is not in graphs", "head")
+        rates = r.get("rates_hz", dict, default={})
+        for k, v in rates.items():
+            if k not in f.encoders or not isinstance(v, (int, float)) or v <= 0:
+                r.fail(f"{k}: expected a positive rate for one of the encoders ({', '.join(f.encoders)})", "rates_hz")
+        f.rates_hz = {k: float(v) for k, v in rates.items()}
+        f.max_age_s = r.get("max_age_s", float, default=1.0)
+    else:
+        f.members = graph_map("members")
+        f.rule = r.get("rule", str, default="weighted_mean", choices=LATE_RULES)
+        weights = r.get("weights", dict, default={})
+        for k, v in weights.items():
+            if k not in f.members or not isinstance(v, (int, float)) or v < 0:
+                r.fail(f"{k}: expected a non-negative weight for one of the members ({', '.join(f.members)})", "weights")
+        f.weights = {k: float(v) for k, v in weights.items()}
+    return f
+
+
+def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
+    """Validate a manifest dict and build the Manifest; errors name the field."""
+    r = _Reader(data, "", where)
+    fmt = r.get("format", str, default=FORMAT)
+    if fmt != FORMAT:
+        r.fail(f"expected \"{FORMAT}\", got {json.dumps(fmt)}", "format")
+    version = r.get("version", int, default=VERSION)
+    if version > VERSION:
+        r.fail(f"this edgemm reads manifest version {VERSION} and older, got {version}: upgrade edgemm", "version")
+    graphs_raw = r.get("graphs", dict)
+    if not graphs_raw:
+        r.fail("expected at least one graph", "graphs")
+    graphs: dict[str, GraphSpec] = {}
+    for gname, graw in graphs_raw.items():
+        gr = r.sub(f"graphs.{gname}", graw)
+        inputs_raw = gr.get("inputs", list)
+        outputs_raw = gr.get("outputs", list)
+        if not outputs_raw:
+            gr.fail("expected at least one output", "outputs")
+        g = GraphSpec(
+            name=gname,
+            file=gr.get("file", str),
+            inputs=[_read_input(gr.sub(f"inputs[{i}]", x)) for i, x in enumerate(inputs_raw)],
+            outputs=[_read_output(gr.sub(f"outputs[{i}]", x)) for i, x in enumerate(outputs_raw)],
+            engine=gr.get("engine", dict, default=None),
+        )
+        if g.engine is not None and not isinstance(g.engine.get("file"), str):
+            gr.fail("expected an object with a \"file\" string", "engine")
+        for kind, specs in (("inputs", g.inputs), ("outputs", g.outputs)):
+            names = [s.name for s in specs]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                gr.fail(f"duplicate names: {', '.join(dup)}", kind)
+        graphs[gname] = g
+    fusion = _read_fusion(r.sub("fusion", r.get("fusion", dict, default={})), graphs)
+    for g in graphs.values():
+        for i, spec in enumerate(g.inputs):
+            if spec.modality == "embedding" and spec.source:
+                src_graph, src_out = spec.source.split(".", 1)
+                if src_graph not in graphs or src_out not in [o.name for o in graphs[src_graph].outputs]:
+                    raise EdgemmError(f"{where}: graphs.{g.name}.inputs[{i}].source: "
+                                      f"{spec.source} is not an output of any graph")
+    prov = r.get("provenance", dict, default={})
+    if "precision" in prov and prov["precision"] not in PRECISIONS:
+        r.sub("provenance", prov).fail(f"expected one of {', '.join(PRECISIONS)}; got {json.dumps(prov['precision'])}",
+                                       "precision")
+    return Manifest(name=r.get("name", str, default="model"), graphs=graphs, fusion=fusion, provenance=prov)
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX loading and the check of the manifest against the graph
+# --------------------------------------------------------------------------------------------------
+
+
+def load_onnx(path: Path, load_weights: bool = True):
+    """Load an ONNX model or raise EdgemmError naming the file and what was expected."""
+    import onnx
+
+    path = Path(path)
+    if not path.exists():
+        raise EdgemmError(f"Model: {path} | File not found; expected an ONNX model (.onnx) or a bundle folder.")
+    if path.is_dir():
+        raise EdgemmError(f"Model: {path} | Is a folder without {MANIFEST_NAME}; expected an ONNX model or a bundle.")
+    if path.stat().st_size == 0:
+        raise EdgemmError(f"Model: {path} | File is empty; expected an ONNX model.")
+    try:
+        model = onnx.load(str(path), load_external_data=load_weights)
+    except Exception as exc:  # protobuf DecodeError and friends: not an ONNX file, or truncated
+        raise EdgemmError(f"Model: {path} | Not a readable ONNX model ({type(exc).__name__}); "
+                          "expected an ONNX ModelProto file (truncated or another format?).") from exc
+    if not model.graph.output:
+        raise EdgemmError(f"Model: {path} | Has no graph outputs; expected an ONNX model (truncated or another format?).")
+    return model
+
+
+def onnx_io(model) -> tuple[list[tuple[str, str, list]], list[tuple[str, str, list]]]:
+    """(name, dtype, shape) for the real inputs (initializers excluded) and the outputs of a graph."""
+    inits = {i.name for i in model.graph.initializer}
+
+    def describe(vi):
+        tt = vi.type.tensor_type
+        dtype = _ONNX_DTYPES.get(tt.elem_type, f"onnx-type-{tt.elem_type}")
+        shape: list = []
+        if tt.HasField("shape"):
+            for d in tt.shape.dim:
+                shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        return vi.name, dtype, shape
+
+    inputs = [describe(v) for v in model.graph.input if v.name not in inits]
+    outputs = [describe(v) for v in model.graph.output]
+    return inputs, outputs
+
+
+def _check_against_onnx(graph: GraphSpec, model, where: str) -> None:
+    inputs, outputs = onnx_io(model)
+    for kind, specs, actual in (("inputs", graph.inputs, inputs), ("outputs", graph.outputs, outputs)):
+        actual_by_name = {n: (d, s) for n, d, s in actual}
+        declared = {s.name for s in specs}
+        missing = [n for n in actual_by_name if n not in declared]
+        extra = [s.name for s in specs if s.name not in actual_by_name]
+        if missing or extra:
+            raise EdgemmError(
+                f"{where}: graphs.{graph.name}.{kind}: does not match {graph.file} "
+                f"(model has {', '.join(actual_by_name) or 'none'}; manifest has {', '.join(declared) or 'none'})")
+        for i, spec in enumerate(specs):
+            dtype, shape = actual_by_name[spec.name]
+            if spec.dtype != dtype:
+                raise EdgemmError(f"{where}: graphs.{graph.name}.{kind}[{i}].dtype: {spec.dtype} but "
+                                  f"{graph.file} says {dtype}")
+            if not spec.shape:
+                spec.shape = list(shape)
+            elif shape and len(spec.shape) != len(shape):
+                raise EdgemmError(f"{where}: graphs.{graph.name}.{kind}[{i}].shape: rank {len(spec.shape)} but "
+                                  f"{graph.file} says {shape}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference of a manifest from a plain ONNX file
+# --------------------------------------------------------------------------------------------------
+
+_VIDEO_NAME = re.compile(r"video|image|img|frame|pixel|camera|rgb|visual|vision", re.I)
+_AUDIO_NAME = re.compile(r"audio|mel|spec|fbank|wave|wav|sound|mic|speech", re.I)
+_WAVE_NAME = re.compile(r"wave|wav|samples|pcm|raw", re.I)
+_PRESENCE_NAME = re.compile(r"(video|audio).*(present|mask|available|valid)|(present|mask|available|valid).*(video|audio)", re.I)
+_STATE_NAME = re.compile(r"state|hidden|^h0$|^c0$|cache|past", re.I)
+
+INFERENCE_DEFAULTS = """\
+Defaults used when a plain .onnx has no manifest:
+  video  inputs named like video/image/frames/pixel, or shaped [N,3,H,W] / [N,T,3,H,W]:
+         RGB, scale 1/255, mean 0, std 1, size from the shape (224x224 when dynamic)
+  audio  inputs named like audio/mel/spectrogram/fbank, or shaped [N,1,mels,frames]: log-mel at 16 kHz,
+         n_fft 400, hop 160, mels and window from the shape (64 mels, 1 s when dynamic);
+         named like waveform/wav/samples, or shaped [N,samples]: a 16 kHz waveform of that many samples
+  presence / state  inputs named like video_present / hidden_state: modality flags / recurrent state (zeros)
+  outputs [N,C]: classification with labels class_0..class_{C-1} (scores read as logits);
+          named like embedding/features: embedding; named like boxes/detections: detection; else regression
+"""
+
+
+def _dim(v, default):
+    return v if isinstance(v, int) and v > 0 else default
+
+
+def _infer_input(name: str, dtype: str, shape: list, notes: list[str]) -> InputSpec:
+    rank = len(shape)
+    floatish = dtype in ("float32", "float16", "float64", "uint8")
+    if _PRESENCE_NAME.search(name):
+        which = "video" if re.search("video", name, re.I) else "audio"
+        return InputSpec(name, "presence", dtype, shape, presence_of=which)
+    if _STATE_NAME.search(name):
+        return InputSpec(name, "state", dtype, shape)
+    looks_video = floatish and ((rank == 4 and shape[1] in (1, 3)) or (rank == 5 and shape[2] in (1, 3)))
+    looks_mel = floatish and rank == 4 and shape[1] == 1 and not _VIDEO_NAME.search(name)
+    by_name_video = bool(_VIDEO_NAME.search(name))
+    by_name_audio = bool(_AUDIO_NAME.search(name))
+    if by_name_audio or looks_mel and not by_name_video:
+        if rank == 2 or rank == 3 and shape[1] == 1 or _WAVE_NAME.search(name):
+            samples = _dim(shape[-1], 16000)
+            if not isinstance(shape[-1], int) or shape[-1] <= 0:
+                notes.append(f"input {name}: waveform length is dynamic; assumed 16000 samples (1 s at 16 kHz)")
+            pre = AudioPreprocess(feature="waveform", window_s=samples / 16000)
+            return InputSpec(name, "audio", dtype, shape, "NS" if rank == 2 else "NCS", pre)
+        if rank in (3, 4):
+            mels, frames = _dim(shape[-2], 64), _dim(shape[-1], 0)
+            pre = AudioPreprocess(n_mels=mels)
+            if frames:
+                pre.window_s = ((frames - 1) * pre.hop_length + pre.n_fft) / pre.sample_rate
+            else:
+                notes.append(f"input {name}: spectrogram frame count is dynamic; assumed a 1 s window")
+            notes.append(f"input {name}: audio assumed log-mel at 16 kHz, n_fft 400, hop 160 "
+                         "(write a manifest if the model was trained otherwise)")
+            return InputSpec(name, "audio", dtype, shape, "NCMT" if rank == 4 else "NMT", pre)
+    if by_name_video or looks_video:
+        if rank in (4, 5):
+            ch_axis = 1 if rank == 4 else 2
+            nhwc = rank == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3)
+            ch_axis = 3 if nhwc else ch_axis
+            h_axis, w_axis = (1, 2) if nhwc else (rank - 2, rank - 1)
+            h, w = _dim(shape[h_axis], 224), _dim(shape[w_axis], 224)
+            if not isinstance(shape[h_axis], int) or not isinstance(shape[w_axis], int):
+                notes.append(f"input {name}: image size is dynamic; assumed {h}x{w}")
+            gray = shape[ch_axis] == 1
+            pre = VideoPreprocess(size=(h, w), color="gray" if gray else "rgb",
+                                  mean=(0.0,) if gray else (0.0, 0.0, 0.0), std=(1.0,) if gray else (1.0, 1.0, 1.0),
+                                  frames=_dim(shape[1], 1) if rank == 5 else 1)
+            if dtype == "uint8":
+                pre.scale = 1.0
+            notes.append(f"input {name}: video assumed {pre.color.upper()}, scale 1/255, mean 0, std 1 "
+                         "(write a manifest if the model was trained with other normalisation)")
+            return InputSpec(name, "video", dtype, shape, "NHWC" if nhwc else ("NCHW" if rank == 4 else "NTCHW"), pre)
+    notes.append(f"input {name}: could not tell its modality from its name or shape {shape}; treated as \"other\" "
+                 "(synthetic values in bench; give it a manifest entry to stream it)")
+    return InputSpec(name, "other", dtype, shape)
+
+
+def _infer_output(name: str, dtype: str, shape: list, notes: list[str]) -> OutputSpec:
+    if re.search(r"emb|feat|latent|hidden", name, re.I):
+        return OutputSpec(name, "embedding", dtype, shape)
+    if re.search(r"box|det|bbox|anchor", name, re.I):
+        return OutputSpec(name, "detection", dtype, shape)
+    if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1 and dtype.startswith("float"):
+        scores = "probabilities" if re.search(r"prob|softmax", name, re.I) else "logits"
+        return OutputSpec(name, "classification", dtype, shape, [f"class_{i}" for i in range(shape[1])], scores)
+    if len(shape) == 2 and shape[1] in (1, None) or len(shape) <= 1:
+        return OutputSpec(name, "regression", dtype, shape)
+    notes.append(f"output {name}: task not inferred from shape {shape}; treated as \"other\"")
+    return OutputSpec(name, "other", dtype, shape)
+
+
+def infer_manifest(model, file_name: str, name: str | None = None) -> tuple[Manifest, list[str]]:
+    """Make a manifest for a plain ONNX model. Returns it with notes on what was assumed or not inferred."""
+    notes: list[str] = []
+    inputs, outputs = onnx_io(model)
+    graph = GraphSpec(
+        name="model", file=file_name,
+        inputs=[_infer_input(n, d, s, notes) for n, d, s in inputs],
+        outputs=[_infer_output(n, d, s, notes) for n, d, s in outputs],
+    )
+    manifest = Manifest(name=name or Path(file_name).stem, graphs={"model": graph}, inferred=True,
+                        provenance={"precision": detect_precision(model)})
+    return manifest, notes
+
+
+def detect_precision(model) -> str:
+    """fp32, fp16 or int8 (Q/DQ), or mixed, from the ops and initializer types of a graph."""
+    op_types = {n.op_type for n in model.graph.node}
+    if op_types & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}:
+        return "int8"
+    float_types = {i.data_type for i in model.graph.initializer if i.data_type in (1, 10)}
+    if float_types == {10}:
+        return "fp16"
+    if float_types == {1, 10}:
+        return "mixed"
+    return "fp32"
+
+
+# --------------------------------------------------------------------------------------------------
+# The Bundle
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bundle:
+    root: Path  # folder holding the manifest and the model files
+    manifest: Manifest
+    notes: list[str] = field(default_factory=list)  # what was assumed when the manifest was inferred
+    source: Path | None = None  # what the user pointed at
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def graph_path(self, graph: str = "model") -> Path:
+        return self.root / self.manifest.graphs[graph].file
+
+    def engine_path(self, graph: str = "model") -> Path | None:
+        engine = self.manifest.graphs[graph].engine
+        return self.root / engine["file"] if engine else None
+
+    def load_graph(self, graph: str = "model", load_weights: bool = True):
+        return load_onnx(self.graph_path(graph), load_weights)
+
+    @property
+    def single_graph(self) -> str:
+        """The graph name of an early-fusion (single-graph) bundle."""
+        if len(self.manifest.graphs) != 1:
+            raise EdgemmError(f"Bundle: {self.source or self.root} | Has {len(self.manifest.graphs)} graphs "
+                              f"({', '.join(self.manifest.graphs)}); expected one for this command.")
+        return next(iter(self.manifest.graphs))
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Load a bundle folder, a manifest.json, or a plain .onnx file (manifest inferred)."""
+    path = Path(path)
+    if path.is_dir() and (path / MANIFEST_NAME).exists():
+        return _load_manifest_bundle(path / MANIFEST_NAME, source=path)
+    if path.is_file() and path.suffix == ".json":
+        return _load_manifest_bundle(path, source=path)
+    model = load_onnx(path, load_weights=False)
+    manifest, notes = infer_manifest(model, path.name)
+    return Bundle(root=path.parent, manifest=manifest, notes=notes, source=path)
+
+
+def _load_manifest_bundle(manifest_path: Path, source: Path) -> Bundle:
+    where = str(manifest_path)
+    try:
+        data = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EdgemmError(f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    except OSError as exc:
+        raise EdgemmError(f"{where}: cannot be read ({exc.strerror})") from exc
+    manifest = manifest_from_dict(data, where)
+    root = manifest_path.parent
+    for g in manifest.graphs.values():
+        model_file = root / g.file
+        if not model_file.exists():
+            raise EdgemmError(f"{where}: graphs.{g.name}.file: {g.file} not found in {root}")
+        _check_against_onnx(g, load_onnx(model_file, load_weights=False), where)
+        if g.engine and not (root / g.engine["file"]).exists():
+            raise EdgemmError(f"{where}: graphs.{g.name}.engine.file: {g.engine['file']} not found in {root}")
+    return Bundle(root=root, manifest=manifest, source=source)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside OUT; on success it replaces OUT, on failure it is removed.
+
+    A failed conversion therefore never leaves a half-written OUT, and an existing OUT is refused
+    unless force is set (it is only removed once the new one is complete).
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise EdgemmError(f"Output: {out} | Already exists; expected a new path (or pass --force to replace it).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+    else:
+        tmp.rename(out)
+
+
+def write_bundle(manifest: Manifest, files: dict[str, Any], out: str | os.PathLike, force: bool = False) -> Path:
+    """Write a bundle folder atomically.
+
+    files maps a file name in the bundle to an onnx.ModelProto, bytes, or a Path to copy.
+    """
+    import onnx
+
+    manifest = copy.deepcopy(manifest)
+    manifest.inferred = False
+    with atomic_output_dir(out, force) as tmp:
+        for fname, content in files.items():
+            dest = tmp / fname
+            if isinstance(content, (bytes, bytearray)):
+                dest.write_bytes(content)
+            elif isinstance(content, (str, os.PathLike)):
+                shutil.copyfile(content, dest)
+            else:
+                onnx.save(content, str(dest))
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        # Re-load what was written: a bundle that does not load must not replace anything.
+        _load_manifest_bundle(tmp / MANIFEST_NAME, source=tmp)
+    return Path(out)

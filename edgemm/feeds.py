@@ -1,0 +1,96 @@
+"""Input feeds for a model: synthesised from its metadata and manifest, or read from an .npz file.
+
+Synthetic values are plausible for what each input is (a normalised image, a log-mel spectrogram, a
+waveform, a presence flag, a zero recurrent state), so that timing and calibration-free checks see the
+same code paths as real data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from edgemm.bundle import GraphSpec, InputSpec
+from edgemm.errors import EdgemmError
+from edgemm.runners.base import TensorMeta, check_feed
+
+
+def concrete_shape(meta: TensorMeta, spec: InputSpec | None, batch: int) -> tuple[int, ...]:
+    """Fill dynamic dims: the first is the batch; the rest come from the manifest's preprocessing."""
+    hint: list = [None] * len(meta.shape)
+    if spec is not None and spec.preprocess is not None:
+        pre = spec.preprocess
+        layout = spec.layout or ""
+        if spec.modality == "video":
+            h, w = pre.size
+            c = 1 if pre.color == "gray" else 3
+            by_axis = {"N": batch, "C": c, "H": h, "W": w, "T": pre.frames}
+            hint = [by_axis.get(ax) for ax in layout] if len(layout) == len(meta.shape) else hint
+        elif spec.modality == "audio":
+            if pre.feature == "waveform":
+                by_axis = {"N": batch, "C": 1, "S": pre.window_samples}
+            else:
+                by_axis = {"N": batch, "C": 1, "M": pre.n_mels, "T": pre.n_frames}
+            hint = [by_axis.get(ax) for ax in layout] if len(layout) == len(meta.shape) else hint
+    shape = []
+    for axis, d in enumerate(meta.shape):
+        if isinstance(d, int) and d > 0:
+            shape.append(d)
+        elif axis == 0:
+            shape.append(batch)
+        else:
+            shape.append(hint[axis] or 1)
+    return tuple(shape)
+
+
+def synthesize(metadata: Mapping[str, TensorMeta], graph: GraphSpec | None = None, batch: int = 1,
+               seed: int = 0) -> dict[str, np.ndarray]:
+    """One feed of plausible random values for every input."""
+    rng = np.random.default_rng(seed)
+    specs = {s.name: s for s in graph.inputs} if graph is not None else {}
+    feed = {}
+    for name, meta in metadata.items():
+        spec = specs.get(name)
+        shape = concrete_shape(meta, spec, batch)
+        modality = spec.modality if spec else "other"
+        dt = meta.dtype
+        if modality == "presence":
+            x = np.ones(shape)
+        elif modality == "state":
+            x = np.zeros(shape)
+        elif dt == np.bool_:
+            x = rng.random(shape) > 0.5
+        elif np.issubdtype(dt, np.integer):
+            # Token ids, indices, counts: small non-negative values are valid for all of them.
+            high = 256 if dt == np.uint8 else 10
+            x = rng.integers(0, high, size=shape)
+        elif modality == "video":
+            pre = spec.preprocess
+            x = rng.integers(0, 256, size=shape).astype(np.float32) * pre.scale
+            layout = spec.layout or "NCHW"
+            if len(layout) == len(shape):  # normalise per channel, wherever the channel axis is
+                bshape = [1] * len(shape)
+                bshape[layout.index("C")] = -1
+                x = (x - np.asarray(pre.mean, np.float32).reshape(bshape)) / np.asarray(pre.std, np.float32).reshape(bshape)
+        elif modality == "audio" and spec.preprocess.feature == "waveform":
+            x = rng.uniform(-0.5, 0.5, size=shape)
+        else:  # spectrograms, embeddings, anything else: roughly standardised values
+            x = rng.standard_normal(shape)
+        feed[name] = np.array(x, dtype=dt, order="C")  # (not ascontiguousarray: it turns scalars into 1-d)
+    return feed
+
+
+def load_npz(path: str | Path, metadata: Mapping[str, TensorMeta]) -> dict[str, np.ndarray]:
+    """Read an .npz keyed by input name and check it against the model (names, dtypes, shapes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgemmError(f"Inputs file: {path} | File not found; expected an .npz keyed by input name.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            feed = {k: np.array(data[k], order="C") for k in data.files}
+    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled), OSError
+        raise EdgemmError(f"Inputs file: {path} | Not a readable .npz ({exc}); expected numpy.savez output.") from exc
+    check_feed(feed, metadata, what=f"Inputs file {path}, tensor")
+    return feed

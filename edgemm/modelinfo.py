@@ -1,0 +1,142 @@
+"""What a model is: parameters, size, precision and a MACs estimate, read from the ONNX graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgemm.bundle import Bundle, detect_precision, onnx_io
+
+
+@dataclass
+class GraphInfo:
+    parameters: int
+    size_bytes: int
+    macs: int | None  # Conv/Gemm/MatMul multiply-accumulates at batch 1; None if shapes are unknown
+    precision: str
+    opset: int
+    ops: dict[str, int]
+
+
+def count_parameters(model) -> int:
+    """Elements in the float/int initializers that are weights (scalars and shape tensors excluded)."""
+    total = 0
+    for init in model.graph.initializer:
+        n = int(np.prod(init.dims)) if init.dims else 1
+        if n > 1 and init.data_type != 7:  # int64 initializers are shapes/axes, not weights
+            total += n
+    return total
+
+
+def _static_model(model, batch: int = 1, graph_spec=None):
+    """A copy with every dynamic input dim fixed (batch, then manifest sizes), shapes inferred."""
+    import onnx
+
+    from edgemm.feeds import concrete_shape
+    from edgemm.runners.base import TensorMeta
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    specs = {s.name: s for s in graph_spec.inputs} if graph_spec is not None else {}
+    inits = {i.name for i in m.graph.initializer}
+    for vi in m.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        meta = TensorMeta(vi.name, np.dtype(np.float32),
+                          tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims))
+        for d, v in zip(dims, concrete_shape(meta, specs.get(vi.name), batch)):
+            d.dim_value = v
+    return onnx.shape_inference.infer_shapes(m, data_prop=True)
+
+
+def estimate_macs(model, graph_spec=None) -> int | None:
+    """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul (and their quantized forms) at batch 1."""
+    try:
+        m = _static_model(model, 1, graph_spec)
+    except Exception:  # shape inference can fail on custom ops: then we do not guess
+        return None
+    shapes: dict[str, list[int]] = {}
+    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in tt.shape.dim]
+    for init in m.graph.initializer:
+        shapes[init.name] = list(init.dims)
+
+    def attr(node, name, default):
+        for a in node.attribute:
+            if a.name == name:
+                return a.i if a.type == a.INT else list(a.ints)
+        return default
+
+    total, known = 0, False
+    for node in m.graph.node:
+        op = node.op_type
+        out = shapes.get(node.output[0]) if node.output else None
+        if op in ("Conv", "ConvInteger", "QLinearConv"):
+            w = shapes.get(node.input[3] if op == "QLinearConv" else node.input[1])
+            if out and w and all(out) and all(w):
+                total += int(np.prod(out)) * int(np.prod(w[1:]))  # W: (Cout, Cin/group, k...)
+                known = True
+        elif op == "ConvTranspose":
+            x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+            if x and w and all(x) and all(w):
+                total += int(np.prod(x)) * int(np.prod(w[1:]))  # W: (Cin, Cout/group, k...)
+                known = True
+        elif op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+            a = shapes.get(node.input[0])
+            if out and a and all(out) and all(a):
+                k = a[-2] if op == "Gemm" and attr(node, "transA", 0) else a[-1]
+                total += int(np.prod(out)) * k
+                known = True
+    return total if known else None
+
+
+def graph_info(model, path: Path | None = None, graph_spec=None) -> GraphInfo:
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    size = path.stat().st_size if path is not None and path.exists() else model.ByteSize()
+    return GraphInfo(count_parameters(model), size, estimate_macs(model, graph_spec), detect_precision(model), opset, ops)
+
+
+def bundle_info(bundle: Bundle) -> dict:
+    """Everything `edgemm info` shows, as a JSON-able dict."""
+    man = bundle.manifest
+    graphs = {}
+    for gname, g in man.graphs.items():
+        model = bundle.load_graph(gname)
+        info = graph_info(model, bundle.graph_path(gname), g)
+        ins, outs = onnx_io(model)
+        graphs[gname] = {
+            "file": g.file,
+            "parameters": info.parameters,
+            "size_bytes": info.size_bytes,
+            "macs": info.macs,
+            "precision": info.precision,
+            "opset": info.opset,
+            "nodes": sum(info.ops.values()),
+            "inputs": [{"name": s.name, "modality": s.modality, "dtype": s.dtype, "shape": s.shape,
+                        "layout": s.layout} for s in g.inputs],
+            "outputs": [{"name": s.name, "task": s.task, "dtype": s.dtype, "shape": s.shape,
+                         "classes": len(s.labels) if s.labels else None} for s in g.outputs],
+            "engine": g.engine,
+        }
+    return {
+        "name": man.name,
+        "source": str(bundle.source or bundle.root),
+        "manifest": "inferred" if man.inferred else "bundle",
+        "fusion": man.fusion.form,
+        "modalities": man.modalities(),
+        "precision": man.provenance.get("precision") or "fp32",
+        "graphs": graphs,
+        "parameters": sum(g["parameters"] for g in graphs.values()),
+        "macs": sum(g["macs"] or 0 for g in graphs.values()) or None,
+        "size_bytes": sum(g["size_bytes"] for g in graphs.values()),
+        "provenance": man.provenance,
+        "notes": bundle.notes,
+    }

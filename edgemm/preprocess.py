@@ -1,0 +1,171 @@
+"""The image and audio transforms a manifest names.
+
+One implementation serves the live pipeline, calibration and evaluation in the converters, and the
+training of the reference models, so that a model sees the same numbers in training, in conversion
+and on the device.
+
+Video: camera frames arrive as BGR uint8 (OpenCV's convention), any size.
+Audio: mono float32 waveforms in [-1, 1] at the manifest's sample rate.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from edgemm.bundle import AudioPreprocess, InputSpec, VideoPreprocess
+from edgemm.errors import EdgemmError
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "uint8": np.uint8,
+              "int8": np.int8, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
+
+
+def np_dtype(name: str) -> np.dtype:
+    return np.dtype(_NP_DTYPES[name])
+
+
+# --------------------------------------------------------------------------------------------------
+# Video
+# --------------------------------------------------------------------------------------------------
+
+
+def image_to_chw(frame: np.ndarray, pre: VideoPreprocess, normalise: bool = True) -> np.ndarray:
+    """One BGR uint8 frame (H, W, 3) or gray (H, W) -> float32 (C, h, w) as the manifest describes."""
+    import cv2
+
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
+        raise EdgemmError(f"Video frame | Received shape {frame.shape}; expected (height, width, 3) BGR or (height, width) gray.")
+    h, w = pre.size
+    if frame.shape[0] != h or frame.shape[1] != w:
+        # INTER_AREA averages when shrinking (no aliasing of fine patterns), INTER_LINEAR when enlarging.
+        shrink = frame.shape[0] > h or frame.shape[1] > w
+        frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        if frame.ndim == 2:
+            frame = frame[:, :, None]
+    channels = frame.shape[2]
+    if pre.color == "gray":
+        img = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[:, :, None] if channels >= 3 else frame
+    elif channels == 1:
+        img = np.repeat(frame, 3, axis=2)
+    else:
+        img = frame[:, :, :3]
+        if pre.color == "rgb":
+            img = img[:, :, ::-1]
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1))
+    if not normalise:
+        return chw
+    out = chw.astype(np.float32) * np.float32(pre.scale)
+    mean = np.asarray(pre.mean, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(pre.std, np.float32).reshape(-1, 1, 1)
+    return (out - mean) / std
+
+
+def preprocess_video(frames: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Frame(s), oldest first, -> the input tensor with a batch of 1 in the spec's layout and dtype."""
+    pre: VideoPreprocess = spec.preprocess
+    if isinstance(frames, np.ndarray) and frames.ndim in (2, 3):
+        frames = [frames]
+    frames = list(frames)
+    if len(frames) < pre.frames:  # too few yet (start-up): repeat the oldest, as a still scene would
+        frames = [frames[0]] * (pre.frames - len(frames)) + frames
+    frames = frames[-pre.frames:]
+    as_uint8 = spec.dtype == "uint8"
+    chws = [image_to_chw(f, pre, normalise=not as_uint8) for f in frames]
+    layout = spec.layout or "NCHW"
+    if layout == "NCHW":
+        x = chws[-1][None]
+    elif layout == "NHWC":
+        x = chws[-1].transpose(1, 2, 0)[None]
+    elif layout == "NTCHW":
+        x = np.stack(chws)[None]
+    else:  # NCTHW
+        x = np.stack(chws, axis=1)[None]
+    return np.ascontiguousarray(x.astype(np_dtype(spec.dtype), copy=False))
+
+
+# --------------------------------------------------------------------------------------------------
+# Audio
+# --------------------------------------------------------------------------------------------------
+
+
+def _hz_to_mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f, np.float64) / 700.0)  # HTK mel scale
+
+
+def _mel_to_hz(m):
+    return 700.0 * (10.0 ** (np.asarray(m, np.float64) / 2595.0) - 1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Triangular HTK-scale mel filters, (n_mels, n_fft // 2 + 1), float32."""
+    freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    mel_points = np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2)
+    hz = _mel_to_hz(mel_points)
+    lower, centre, upper = hz[:-2, None], hz[1:-1, None], hz[2:, None]
+    up = (freqs[None, :] - lower) / np.maximum(centre - lower, 1e-9)
+    down = (upper - freqs[None, :]) / np.maximum(upper - centre, 1e-9)
+    return np.maximum(0.0, np.minimum(up, down)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _hann(n: int) -> np.ndarray:
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)  # periodic Hann
+
+
+def fit_window(waveform: np.ndarray, n_samples: int) -> np.ndarray:
+    """The last n_samples of a waveform, zero-padded at the front when it is shorter."""
+    waveform = np.asarray(waveform, np.float32).reshape(-1)
+    if waveform.size >= n_samples:
+        return waveform[waveform.size - n_samples:]
+    return np.concatenate([np.zeros(n_samples - waveform.size, np.float32), waveform])
+
+
+def log_mel(waveform: np.ndarray, pre: AudioPreprocess) -> np.ndarray:
+    """(n_mels, n_frames) log-mel (or mel) power spectrogram of exactly one window, float32."""
+    x = fit_window(waveform, pre.window_samples)
+    n_frames = pre.n_frames
+    idx = np.arange(pre.n_fft)[None, :] + pre.hop_length * np.arange(n_frames)[:, None]
+    frames = x[idx] * _hann(pre.n_fft)[None, :]
+    power = np.abs(np.fft.rfft(frames, n=pre.n_fft, axis=1)).astype(np.float32) ** 2
+    fmax = pre.fmax if pre.fmax else pre.sample_rate / 2.0
+    mel = mel_filterbank(pre.sample_rate, pre.n_fft, pre.n_mels, float(pre.fmin), float(fmax)) @ power.T
+    if pre.feature == "logmel":
+        mel = np.log(mel + np.float32(pre.log_offset))
+    return ((mel - np.float32(pre.mean)) / np.float32(pre.std)).astype(np.float32)
+
+
+def preprocess_audio(waveform: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A mono waveform (the window ending at the inference instant) -> the input tensor, batch of 1."""
+    pre: AudioPreprocess = spec.preprocess
+    layout = spec.layout or "NCMT"
+    if pre.feature == "waveform":
+        x = fit_window(waveform, pre.window_samples)
+        x = ((x - np.float32(pre.mean)) / np.float32(pre.std))[None]
+        if layout == "NCS":
+            x = x[:, None]
+    else:
+        x = log_mel(waveform, pre)[None]
+        if layout == "NCMT":
+            x = x[:, None]
+    return np.ascontiguousarray(x.astype(np_dtype(spec.dtype), copy=False))
+
+
+def resample(waveform: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Band-limited resampling (polyphase when scipy is there, else linear interpolation)."""
+    if rate_in == rate_out:
+        return np.asarray(waveform, np.float32)
+    try:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(rate_in, rate_out)
+        return resample_poly(waveform, rate_out // g, rate_in // g).astype(np.float32)
+    except ImportError:
+        n_out = int(round(len(waveform) * rate_out / rate_in))
+        t_out = np.arange(n_out) * (rate_in / rate_out)
+        return np.interp(t_out, np.arange(len(waveform)), waveform).astype(np.float32)

@@ -1,0 +1,228 @@
+"""Small, real ONNX models built with onnx.helper for the tests (no downloads, no mocks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _init(name: str, arr: np.ndarray, dtype=np.float32):
+    return numpy_helper.from_array(np.asarray(arr).astype(dtype), name)
+
+
+def _model(nodes, inputs, outputs, inits, name="test") -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8  # readable by every onnxruntime we support
+    onnx.checker.check_model(model)
+    return model
+
+
+def av_early_model(video_hw=(32, 32), mels=64, frames=98, classes=10, seed=0, batch="N") -> onnx.ModelProto:
+    """Early fusion: a conv branch per modality, concatenated, one Gemm classifier. Inputs video, audio."""
+    rng = np.random.default_rng(seed)
+    h, w = video_hw
+    nodes = [
+        helper.make_node("Conv", ["video", "vw", "vb"], ["vc"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["vc"], ["vr"]),
+        helper.make_node("GlobalAveragePool", ["vr"], ["vg"]),
+        helper.make_node("Flatten", ["vg"], ["vf"]),
+        helper.make_node("Conv", ["audio", "aw", "ab"], ["ac"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["ac"], ["ar"]),
+        helper.make_node("GlobalAveragePool", ["ar"], ["ag"]),
+        helper.make_node("Flatten", ["ag"], ["af"]),
+        helper.make_node("Concat", ["vf", "af"], ["cat"], axis=1),
+        helper.make_node("Gemm", ["cat", "fw", "fb"], ["logits"], transB=1),
+    ]
+    inits = [
+        _init("vw", rng.standard_normal((16, 3, 3, 3)) * 0.2), _init("vb", rng.standard_normal(16) * 0.1),
+        _init("aw", rng.standard_normal((8, 1, 3, 3)) * 0.2), _init("ab", rng.standard_normal(8) * 0.1),
+        _init("fw", rng.standard_normal((classes, 24)) * 0.3), _init("fb", np.zeros(classes)),
+    ]
+    return _model(nodes,
+                  [helper.make_tensor_value_info("video", TensorProto.FLOAT, [batch, 3, h, w]),
+                   helper.make_tensor_value_info("audio", TensorProto.FLOAT, [batch, 1, mels, frames])],
+                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])], inits, "av_early")
+
+
+def mlp_model(features=8, hidden=16, outputs=3, seed=0, input_name="x", output_name="y") -> onnx.ModelProto:
+    """x[N, features] -> Gemm -> Relu -> Gemm -> y[N, outputs]."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Gemm", [input_name, "w1", "b1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("Gemm", ["hr", "w2", "b2"], [output_name], transB=1),
+    ]
+    inits = [_init("w1", rng.standard_normal((hidden, features)) * 0.5), _init("b1", rng.standard_normal(hidden) * 0.1),
+             _init("w2", rng.standard_normal((outputs, hidden)) * 0.5), _init("b2", np.zeros(outputs))]
+    return _model(nodes, [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", features])],
+                  [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", outputs])], inits, "mlp")
+
+
+def odd_inputs_model() -> onnx.ModelProto:
+    """Inputs bench must synthesise: int64 tokens [N, T], a scalar float gain, a state [1, 4]; out = f(all)."""
+    nodes = [
+        helper.make_node("Cast", ["tokens"], ["tf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["tf", "axes"], ["ts"], keepdims=1),
+        helper.make_node("Mul", ["ts", "gain"], ["tg"]),
+        helper.make_node("ReduceSum", ["hidden_state", "axes"], ["hs"], keepdims=1),
+        helper.make_node("Add", ["tg", "hs"], ["score"]),
+    ]
+    return _model(nodes,
+                  [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["N", "T"]),
+                   helper.make_tensor_value_info("gain", TensorProto.FLOAT, []),
+                   helper.make_tensor_value_info("hidden_state", TensorProto.FLOAT, [1, 4])],
+                  [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+                  [_init("axes", np.array([1]), np.int64)], "odd")
+
+
+def av_manifest(file="model.onnx", classes=10, video_hw=(32, 32), mels=64, window_s=0.995) -> dict:
+    """A complete manifest for av_early_model."""
+    return {
+        "format": "edgemm-bundle", "version": 1, "name": "av-test",
+        "fusion": {"form": "early"},
+        "graphs": {"model": {
+            "file": file,
+            "inputs": [
+                {"name": "video", "modality": "video", "dtype": "float32", "shape": ["N", 3, *video_hw],
+                 "layout": "NCHW", "preprocess": {"size": list(video_hw), "color": "rgb", "scale": 1 / 255,
+                                                  "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}},
+                {"name": "audio", "modality": "audio", "dtype": "float32", "shape": ["N", 1, mels, 98],
+                 "layout": "NCMT", "preprocess": {"sample_rate": 16000, "window_s": window_s, "n_mels": mels}},
+            ],
+            "outputs": [{"name": "logits", "task": "classification", "shape": ["N", classes],
+                         "labels": [str(i) for i in range(classes)]}],
+        }},
+        "provenance": {"precision": "fp32"},
+    }
+
+
+def write_av_bundle(folder: Path, **kw) -> Path:
+    """A bundle folder holding av_early_model and its manifest."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(av_early_model(**{k: v for k, v in kw.items() if k in ("classes", "video_hw", "mels", "seed")}),
+              str(folder / "model.onnx"))
+    (folder / "manifest.json").write_text(json.dumps(av_manifest(**{k: v for k, v in kw.items()
+                                                                    if k in ("classes", "video_hw", "mels")})))
+    return folder
+
+
+def _branch_nodes(inp: str, prefix: str, cin: int, cout: int):
+    return [
+        helper.make_node("Conv", [inp, f"{prefix}w", f"{prefix}b"], [f"{prefix}c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", [f"{prefix}c"], [f"{prefix}r"]),
+        helper.make_node("GlobalAveragePool", [f"{prefix}r"], [f"{prefix}g"]),
+        helper.make_node("Flatten", [f"{prefix}g"], [f"{prefix}f"]),
+    ]
+
+
+def _branch_inits(prefix: str, cin: int, cout: int, rng):
+    return [_init(f"{prefix}w", rng.standard_normal((cout, cin, 3, 3)) * 0.2), _init(f"{prefix}b", rng.standard_normal(cout) * 0.1)]
+
+
+def _sensor_vi(modality: str, video_hw=(32, 32), mels=64, frames=98):
+    if modality == "video":
+        return helper.make_tensor_value_info("video", TensorProto.FLOAT, ["N", 3, *video_hw])
+    return helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", 1, mels, frames])
+
+
+def encoder_model(modality: str, dim: int, seed=0) -> onnx.ModelProto:
+    """A per-modality encoder: sensor input -> conv -> pooled embedding 'emb' [N, dim]."""
+    rng = np.random.default_rng(seed)
+    cin = 3 if modality == "video" else 1
+    nodes = _branch_nodes(modality, "e", cin, dim)
+    nodes.append(helper.make_node("Identity", ["ef"], ["emb"]))
+    return _model(nodes, [_sensor_vi(modality)], [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", dim])],
+                  _branch_inits("e", cin, dim, rng), f"{modality}_encoder")
+
+
+def head_model(dims=(16, 8), classes=10, seed=0) -> onnx.ModelProto:
+    """Fusion head: video_emb, audio_emb, video_present, audio_present -> logits."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Concat", ["video_emb", "audio_emb", "video_present", "audio_present"], ["cat"], axis=1),
+             helper.make_node("Gemm", ["cat", "hw", "hb"], ["logits"], transB=1)]
+    ins = [helper.make_tensor_value_info("video_emb", TensorProto.FLOAT, ["N", dims[0]]),
+           helper.make_tensor_value_info("audio_emb", TensorProto.FLOAT, ["N", dims[1]]),
+           helper.make_tensor_value_info("video_present", TensorProto.FLOAT, ["N", 1]),
+           helper.make_tensor_value_info("audio_present", TensorProto.FLOAT, ["N", 1])]
+    return _model(nodes, ins, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+                  [_init("hw", rng.standard_normal((classes, sum(dims) + 2)) * 0.3), _init("hb", np.zeros(classes))],
+                  "head")
+
+
+def member_model(modality: str, classes=10, seed=0) -> onnx.ModelProto:
+    """A unimodal classifier for late fusion: sensor input -> conv -> Gemm -> logits."""
+    rng = np.random.default_rng(seed)
+    cin = 3 if modality == "video" else 1
+    nodes = _branch_nodes(modality, "m", cin, 12) + [helper.make_node("Gemm", ["mf", "gw", "gb"], ["logits"], transB=1)]
+    inits = _branch_inits("m", cin, 12, rng) + [_init("gw", rng.standard_normal((classes, 12)) * 0.3),
+                                                   _init("gb", np.zeros(classes))]
+    return _model(nodes, [_sensor_vi(modality)], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+                  inits, f"{modality}_member")
+
+
+def _sensor_manifest_inputs(modality: str) -> list[dict]:
+    full = av_manifest()["graphs"]["model"]["inputs"]
+    return [i for i in full if i["name"] == modality]
+
+
+def _logits_output(classes: int) -> list[dict]:
+    return [{"name": "logits", "task": "classification", "shape": ["N", classes], "labels": [str(i) for i in range(classes)]}]
+
+
+def write_intermediate_bundle(folder: Path, classes=10, dims=(16, 8)) -> Path:
+    """Intermediate fusion: video/audio encoders at their own rates and a head with presence flags."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(encoder_model("video", dims[0], seed=1), str(folder / "video_encoder.onnx"))
+    onnx.save(encoder_model("audio", dims[1], seed=2), str(folder / "audio_encoder.onnx"))
+    onnx.save(head_model(dims, classes, seed=3), str(folder / "head.onnx"))
+    manifest = {
+        "format": "edgemm-bundle", "version": 1, "name": "av-intermediate-test",
+        "fusion": {"form": "intermediate", "encoders": {"video": "video_encoder", "audio": "audio_encoder"},
+                   "head": "head", "rates_hz": {"video": 15, "audio": 5}, "max_age_s": 1.0},
+        "graphs": {
+            "video_encoder": {"file": "video_encoder.onnx", "inputs": _sensor_manifest_inputs("video"),
+                              "outputs": [{"name": "emb", "task": "embedding"}]},
+            "audio_encoder": {"file": "audio_encoder.onnx", "inputs": _sensor_manifest_inputs("audio"),
+                              "outputs": [{"name": "emb", "task": "embedding"}]},
+            "head": {"file": "head.onnx", "inputs": [
+                {"name": "video_emb", "modality": "embedding", "source": "video_encoder.emb"},
+                {"name": "audio_emb", "modality": "embedding", "source": "audio_encoder.emb"},
+                {"name": "video_present", "modality": "presence", "presence_of": "video"},
+                {"name": "audio_present", "modality": "presence", "presence_of": "audio"}],
+                "outputs": _logits_output(classes)},
+        },
+        "provenance": {"precision": "fp32"},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def write_late_bundle(folder: Path, classes=10, rule="weighted_mean", weights=None) -> Path:
+    """Late fusion: a unimodal classifier per modality, combined by a rule."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(member_model("video", classes, seed=4), str(folder / "video_model.onnx"))
+    onnx.save(member_model("audio", classes, seed=5), str(folder / "audio_model.onnx"))
+    manifest = {
+        "format": "edgemm-bundle", "version": 1, "name": "av-late-test",
+        "fusion": {"form": "late", "members": {"video": "video_model", "audio": "audio_model"}, "rule": rule,
+                   "weights": weights or {"video": 0.5, "audio": 0.5}},
+        "graphs": {
+            "video_model": {"file": "video_model.onnx", "inputs": _sensor_manifest_inputs("video"),
+                            "outputs": _logits_output(classes)},
+            "audio_model": {"file": "audio_model.onnx", "inputs": _sensor_manifest_inputs("audio"),
+                            "outputs": _logits_output(classes)},
+        },
+        "provenance": {"precision": "fp32"},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
