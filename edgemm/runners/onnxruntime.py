@@ -82,15 +82,18 @@ class OnnxRuntimeRunner(BaseRunner):
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[self.optimization]
+        if PROVIDERS[provider] not in ort.get_available_providers():
+            raise EdgemmError(f"Provider: {provider} | Not available in this onnxruntime build "
+                              f"(available: {', '.join(ort.get_available_providers())}).")
         providers = [PROVIDERS[provider]] + ([PROVIDERS["cpu"]] if provider != "cpu" else [])
         try:
             sess = ort.InferenceSession(self.model, sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EdgemmError(f"Model: {self.name} | onnxruntime could not load it: {first}") from exc
-        if sess.get_providers()[0] != PROVIDERS[provider]:
-            raise EdgemmError(f"Provider: {provider} | Not available in this onnxruntime build "
-                              f"(available: {', '.join(ort.get_available_providers())}).")
+        if sess.get_providers()[0] != PROVIDERS[provider]:  # listed, but the session could not take it
+            raise EdgemmError(f"Provider: {provider} | Could not be initialised (the session fell back to "
+                              f"{sess.get_providers()[0]}).")
         return sess
 
     def _probe(self, sess, provider: str) -> None:

@@ -1,0 +1,158 @@
+"""The model bundle: manifest validation naming the field, inference from plain ONNX, atomic writes."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import onnx
+import pytest
+
+from edgemm.bundle import (AudioPreprocess, atomic_output_dir, infer_manifest, load_bundle, manifest_from_dict,
+                           write_bundle)
+from edgemm.errors import EdgemmError
+from tests import onnx_models
+
+
+def test_bundle_loads_and_matches_graph(av_bundle):
+    b = load_bundle(av_bundle)
+    g = b.manifest.graphs["model"]
+    assert [i.name for i in g.inputs] == ["video", "audio"]
+    assert g.input("video").preprocess.mean == (0.5, 0.5, 0.5)
+    assert g.input("audio").preprocess.n_mels == 64
+    assert g.output("logits").labels == [str(i) for i in range(10)]
+    assert b.manifest.modalities() == ["video", "audio"]
+    assert not b.notes
+
+
+def test_plain_onnx_manifest_is_inferred_with_notes(av_onnx):
+    b = load_bundle(av_onnx)
+    assert b.manifest.inferred
+    g = b.manifest.graphs["model"]
+    video, audio = g.input("video"), g.input("audio")
+    assert (video.modality, video.layout, video.preprocess.size) == ("video", "NCHW", (32, 32))
+    assert (audio.modality, audio.layout, audio.preprocess.n_mels) == ("audio", "NCMT", 64)
+    # 98 frames at hop 160 and n_fft 400 is a 0.995 s window: the inverse of AudioPreprocess.n_frames
+    assert audio.preprocess.n_frames == 98
+    assert g.output("logits").task == "classification" and len(g.output("logits").labels) == 10
+    assert any("video assumed RGB" in n for n in b.notes)
+
+
+def test_inference_by_shape_and_unknown_inputs():
+    model = onnx_models.mlp_model(input_name="sensor_x")
+    manifest, notes = infer_manifest(model, "mlp.onnx")
+    spec = manifest.graphs["model"].inputs[0]
+    assert spec.modality == "other"
+    assert any("could not tell its modality" in n and "sensor_x" in n for n in notes)
+    odd, notes = infer_manifest(onnx_models.odd_inputs_model(), "odd.onnx")
+    mods = {i.name: i.modality for i in odd.graphs["model"].inputs}
+    assert mods == {"tokens": "other", "gain": "other", "hidden_state": "state"}
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda m: m["graphs"]["model"]["inputs"][0].update(dtype="flt"), "graphs.model.inputs[0].dtype"),
+    (lambda m: m["graphs"]["model"]["inputs"][1].update(modality="smell"), "graphs.model.inputs[1].modality"),
+    (lambda m: m["graphs"]["model"]["inputs"][0]["preprocess"].update(size=[32]), "graphs.model.inputs[0].preprocess.size"),
+    (lambda m: m["graphs"]["model"]["inputs"][0]["preprocess"].update(std=[0, 1, 1]), "graphs.model.inputs[0].preprocess.std"),
+    (lambda m: m["graphs"]["model"]["inputs"][1]["preprocess"].update(sample_rate=-1), "graphs.model.inputs[1].preprocess.sample_rate"),
+    (lambda m: m["graphs"]["model"]["outputs"][0].update(labels=["a", "b"]), "graphs.model.outputs[0].labels"),
+    (lambda m: m["graphs"]["model"].pop("file"), "graphs.model.file"),
+    (lambda m: m["fusion"].update(form="fancy"), "fusion.form"),
+    (lambda m: m.update(version=99), "version"),
+    (lambda m: m["provenance"].update(precision="int4"), "provenance.precision"),
+])
+def test_manifest_errors_name_the_field(mutate, field):
+    m = onnx_models.av_manifest()
+    mutate(m)
+    with pytest.raises(EdgemmError) as err:
+        manifest_from_dict(m, "manifest.json")
+    msg = str(err.value)
+    assert f"manifest.json: {field}:" in msg and "\n" not in msg
+
+
+def test_manifest_must_match_the_onnx_graph(av_bundle):
+    m = json.loads((av_bundle / "manifest.json").read_text())
+    m["graphs"]["model"]["inputs"][1]["name"] = "sound"
+    (av_bundle / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgemmError, match=r"graphs.model.inputs: does not match model.onnx"):
+        load_bundle(av_bundle)
+
+
+def test_fusion_forms_validate_graph_references(tmp_path):
+    folder = onnx_models.write_intermediate_bundle(tmp_path / "inter")
+    b = load_bundle(folder)
+    assert b.manifest.fusion.form == "intermediate" and b.manifest.fusion.rates_hz == {"video": 15.0, "audio": 5.0}
+    m = json.loads((folder / "manifest.json").read_text())
+    bad = copy.deepcopy(m)
+    bad["fusion"]["head"] = "nope"
+    with pytest.raises(EdgemmError, match="fusion.head"):
+        manifest_from_dict(bad)
+    bad = copy.deepcopy(m)
+    bad["graphs"]["head"]["inputs"][0]["source"] = "video_encoder.missing"
+    with pytest.raises(EdgemmError, match=r"inputs\[0\].source"):
+        manifest_from_dict(bad)
+
+
+@pytest.mark.parametrize("content, expect", [
+    (None, "File not found"),
+    (b"", "File is empty"),
+    (b"this is not a protobuf at all \xff\xfe", "Not a readable ONNX model"),
+])
+def test_bad_model_files(tmp_path, content, expect):
+    path = tmp_path / "m.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(EdgemmError, match=expect):
+        load_bundle(path)
+
+
+def test_truncated_model(tmp_path, av_onnx):
+    data = av_onnx.read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(EdgemmError, match="cut.onnx"):
+        load_bundle(cut)
+
+
+def test_malformed_manifest_json(av_bundle):
+    (av_bundle / "manifest.json").write_text('{"graphs": ')
+    with pytest.raises(EdgemmError, match="not valid JSON"):
+        load_bundle(av_bundle)
+
+
+def test_write_bundle_roundtrip_and_refuses_existing(tmp_path, av_bundle):
+    b = load_bundle(av_bundle)
+    out = tmp_path / "copy.edgemm"
+    write_bundle(b.manifest, {"model.onnx": b.load_graph()}, out)
+    again = load_bundle(out)
+    assert again.manifest.to_dict() == b.manifest.to_dict()
+    with pytest.raises(EdgemmError, match="Already exists"):
+        write_bundle(b.manifest, {"model.onnx": b.load_graph()}, out)
+    write_bundle(b.manifest, {"model.onnx": b.load_graph()}, out, force=True)
+    assert load_bundle(out).name == b.name
+
+
+def test_failed_write_leaves_nothing(tmp_path, av_bundle):
+    b = load_bundle(av_bundle)
+    out = tmp_path / "never.edgemm"
+    # A manifest that names a file which is not written: the re-validation fails, nothing is left.
+    with pytest.raises(EdgemmError):
+        write_bundle(b.manifest, {"other.onnx": b.load_graph()}, out)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".never.edgemm*"))
+
+
+def test_atomic_output_dir_keeps_old_on_failure(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_output_dir(out, force=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("conversion failed")
+    assert (out / "keep.txt").read_text() == "old" and not (out / "new.txt").exists()
+
+
+def test_audio_window_frames_consistent():
+    pre = AudioPreprocess(sample_rate=16000, window_s=1.0, n_fft=400, hop_length=160)
+    assert pre.window_samples == 16000 and pre.n_frames == 98

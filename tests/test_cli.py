@@ -1,0 +1,90 @@
+"""`edgemm info` and `edgemm bench` as a user runs them, bad input included (one line, exit 1)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from tests import onnx_models
+
+
+def test_info_plain_onnx(cli, av_onnx):
+    proc = cli("info", av_onnx)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "manifest inferred" in out and "modalities: video, audio" in out
+    assert "video" in out and "[N,3,32,32]" in out and "classification" in out
+    assert "MACs" in out and "Notes" in out
+
+
+def test_info_json(cli, av_bundle, tmp_path):
+    proc = cli("info", av_bundle, "--json", tmp_path / "info.json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["fusion"] == "early" and info["modalities"] == ["video", "audio"]
+    # 16*3*3*3+16 + 8*1*3*3+8 + 10*24+10 parameters (biases included, as count_parameters counts them)
+    assert info["parameters"] == 448 + 80 + 250
+    # MACs: video conv 16x16x16 outputs * 27 + audio conv 8x32x49 * 9 + gemm 10 * 24
+    assert info["macs"] == 16 * 16 * 16 * 27 + 8 * 32 * 49 * 9 + 240
+
+
+def test_bench_json_has_the_documented_keys(cli, av_onnx, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = cli("bench", av_onnx, "--iterations", 50, "--warmup", 0, "--json", out, "--threads", 1)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert set(doc["latency_ms"]) >= {"min", "mean", "p50", "p90", "p95", "p99", "max"}
+    assert doc["throughput_per_s"] > 0 and doc["iterations"] == 50
+    assert doc["memory_mb"]["process_peak_mb"] > 0 and doc["machine"]["cores"] >= 1
+    assert "p99" in proc.stdout
+
+
+def test_bench_side_by_side_with_plot(cli, av_onnx, tmp_path):
+    pytest.importorskip("matplotlib")
+    other = tmp_path / "mlp.onnx"
+    onnx.save(onnx_models.mlp_model(), str(other))
+    proc = cli("bench", av_onnx, other, "--iterations", 20, "--warmup", 0, "--json", tmp_path / "b.json",
+               "--plot", tmp_path / "cdf.png")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert [r["model"] for r in doc["results"]] == ["av", "mlp"]
+    assert (tmp_path / "cdf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "relative to the first row" in proc.stdout
+
+
+def test_bench_inputs_npz(cli, tmp_path):
+    model = tmp_path / "mlp.onnx"
+    onnx.save(onnx_models.mlp_model(), str(model))
+    np.savez(tmp_path / "in.npz", x=np.ones((4, 8), np.float32))
+    proc = cli("bench", model, "--inputs", tmp_path / "in.npz", "--iterations", 5, "--warmup", 0)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _bad_cases(tmp_path, av_onnx):
+    truncated = tmp_path / "cut.onnx"
+    truncated.write_bytes(av_onnx.read_bytes()[:200])
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    np.savez(tmp_path / "wrong.npz", pictures=np.ones((1, 3, 32, 32), np.float32))
+    return [
+        (["info", tmp_path / "missing.onnx"], "File not found"),
+        (["bench", text], "Not a readable ONNX model"),
+        (["bench", truncated], "cut.onnx"),
+        (["bench", av_onnx, "--backend", "tensorflow"], "Backend: tensorflow | Unknown"),
+        (["bench", av_onnx, "--inputs", tmp_path / "wrong.npz"], "Missing"),
+        (["bench", av_onnx, "--inputs", tmp_path / "none.npz"], "Inputs file: "),
+        (["bench", av_onnx, "--iterations", "0"], "Iterations: 0"),
+        (["bench", av_onnx, "--iterations", "ten"], "invalid int value"),
+    ]
+
+
+def test_bad_input_is_one_line_exit_1(cli, tmp_path, av_onnx):
+    for args, expect in _bad_cases(tmp_path, av_onnx):
+        proc = cli(*args)
+        assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
+        err = proc.stderr.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1, (args, err)
+        assert expect in err, (args, err)

@@ -1,0 +1,96 @@
+"""The transforms the manifest names, checked against direct computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgemm.bundle import AudioPreprocess, InputSpec, VideoPreprocess
+from edgemm.media import read_wav, write_wav
+from edgemm.preprocess import log_mel, mel_filterbank, preprocess_audio, preprocess_video, resample
+
+
+def _video_spec(**kw):
+    layout = kw.pop("layout", "NCHW")
+    dtype = kw.pop("dtype", "float32")
+    return InputSpec("video", "video", dtype, [], layout, VideoPreprocess(**kw))
+
+
+def test_video_normalisation_and_colour_order():
+    frame = np.zeros((4, 6, 3), np.uint8)
+    frame[..., 0], frame[..., 1], frame[..., 2] = 10, 20, 30  # B, G, R
+    spec = _video_spec(size=(4, 6), color="rgb", scale=1.0, mean=(1.0, 2.0, 3.0), std=(2.0, 2.0, 2.0))
+    x = preprocess_video(frame, spec)
+    assert x.shape == (1, 3, 4, 6) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, :, 0, 0], [(30 - 1) / 2, (20 - 2) / 2, (10 - 3) / 2])
+    bgr = preprocess_video(frame, _video_spec(size=(4, 6), color="bgr", scale=1.0))
+    np.testing.assert_allclose(bgr[0, :, 0, 0], [10, 20, 30])
+
+
+def test_video_resize_layouts_and_frame_stacking():
+    frames = [np.full((72, 128, 3), i * 40, np.uint8) for i in range(4)]
+    x = preprocess_video(frames, _video_spec(size=(36, 64), frames=3, layout="NTCHW"))
+    assert x.shape == (1, 3, 3, 36, 64)
+    np.testing.assert_allclose(x[0, :, 0, 0, 0], np.array([40, 80, 120]) / 255.0, rtol=1e-6)  # last 3, oldest first
+    nhwc = preprocess_video(frames[-1], _video_spec(size=(36, 64), layout="NHWC"))
+    assert nhwc.shape == (1, 36, 64, 3)
+    short = preprocess_video(frames[:1], _video_spec(size=(36, 64), frames=3, layout="NCTHW"))
+    assert short.shape == (1, 3, 3, 36, 64)  # too few frames at start-up: the oldest is repeated
+    gray = preprocess_video(frames[-1], _video_spec(size=(36, 64), color="gray", mean=(0.0,), std=(1.0,)))
+    assert gray.shape == (1, 1, 36, 64)
+    u8 = preprocess_video(frames[-1], _video_spec(size=(36, 64), dtype="uint8", scale=1.0))
+    assert u8.dtype == np.uint8 and u8.max() == 120
+
+
+def test_log_mel_peaks_at_the_tone_frequency():
+    sr = 16000
+    pre = AudioPreprocess(sample_rate=sr, window_s=1.0, n_mels=64)
+    t = np.arange(sr) / sr
+    for freq in (300.0, 2000.0):
+        mel = log_mel(np.sin(2 * np.pi * freq * t).astype(np.float32), pre)
+        assert mel.shape == (64, pre.n_frames)
+        fb = mel_filterbank(sr, pre.n_fft, 64, 0.0, sr / 2)
+        centre_hz = (fb.argmax(axis=1) * sr / pre.n_fft)
+        peak_band = int(mel.mean(axis=1).argmax())
+        assert abs(centre_hz[peak_band] - freq) < 0.15 * freq + 40
+
+
+def test_audio_window_is_the_last_samples_and_padded():
+    spec = InputSpec("audio", "audio", "float32", [], "NS", AudioPreprocess(feature="waveform", window_s=0.5))
+    wave = np.arange(16000, dtype=np.float32) / 16000
+    x = preprocess_audio(wave, spec)
+    assert x.shape == (1, 8000)
+    np.testing.assert_allclose(x[0, -1], wave[-1])
+    short = preprocess_audio(wave[:100], spec)
+    assert np.all(short[0, :-100] == 0) and short[0, -1] == wave[99]
+
+
+def test_wav_roundtrip_and_resample(tmp_path):
+    sr = 22050
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)).astype(np.float32)
+    write_wav(tmp_path / "a.wav", tone, sr)
+    back, rate = read_wav(tmp_path / "a.wav")
+    assert rate == sr and np.max(np.abs(back - tone)) < 1e-3
+    down = resample(back, sr, 16000)
+    assert abs(len(down) - 16000) <= 1
+    spectrum = np.abs(np.fft.rfft(down))
+    assert abs(spectrum.argmax() * 16000 / len(down) - 440) < 5
+
+
+def test_float_wav_is_read(tmp_path):
+    import struct
+
+    data = np.linspace(-0.5, 0.5, 100).astype("<f4")
+    fmt = struct.pack("<HHIIHH", 3, 1, 8000, 8000 * 4, 4, 32)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", data.nbytes) + data.tobytes()
+    (tmp_path / "f.wav").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    samples, rate = read_wav(tmp_path / "f.wav")
+    assert rate == 8000 and np.allclose(samples, data)
+
+
+def test_bad_wav(tmp_path):
+    from edgemm.errors import EdgemmError
+
+    (tmp_path / "x.wav").write_bytes(b"not a wav file")
+    with pytest.raises(EdgemmError, match="x.wav"):
+        read_wav(tmp_path / "x.wav")
