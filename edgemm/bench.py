@@ -93,11 +93,12 @@ def _infer_once(t: Target) -> float:
 
 
 def run(targets: list[Target], iterations: int | None = None, duration_s: float | None = None,
-        warmup_s: float = 0.2, warmup_iterations: int = 2) -> list[dict]:
+        warmup_s: float = 0.2, warmup_iterations: int = 2, power=None) -> list[dict]:
     """Activate each target in turn (memory measured around it), warm it up, then time all interleaved.
 
     Exactly one of iterations / duration_s sets the length (iterations per target, or wall time for all).
-    Returns one result dict per target, the shape `edgemm bench --json` writes.
+    power: a started edgemm.power.PowerSampler (Jetson); each result then gets board power and energy per
+    inference over the timed loop. Returns one result dict per target, the shape `edgemm bench --json` writes.
     """
     if (iterations is None) == (duration_s is None):
         raise EdgemmError("Benchmark length | Give exactly one of --iterations and --duration.")
@@ -138,7 +139,10 @@ def run(targets: list[Target], iterations: int | None = None, duration_s: float 
         for t in active:
             t.runner.deactivate()
     peak = peak_rss_mb()
-    return [_result(t, wall, peak) for t in targets]
+    results = [_result(t, wall, peak) for t in targets]
+    if power is not None:
+        power.annotate(results, start, start + wall)
+    return results
 
 
 def _result(t: Target, wall_s: float, peak_mb: float) -> dict:
@@ -174,6 +178,11 @@ def format_table(results: list[dict]) -> str:
     for r in results:
         for phase, st in r.get("breakdown_ms", {}).items():
             lines.append(f"  {r['model']} {phase}: median {st['p50']:.3f} ms, p99 {st['p99']:.3f} ms")
+        if "power" in r:
+            pw = r["power"]
+            idle = f", idle {pw['idle_w']:.2f} W, {pw['dynamic_energy_per_inference_mj']:.2f} mJ above idle" if "idle_w" in pw else ""
+            lines.append(f"  {r['model']} power: {pw['mean_w']:.2f} W ({pw['rail']}), "
+                         f"{pw['energy_per_inference_mj']:.2f} mJ per inference{idle}")
     return "\n".join(lines)
 
 

@@ -28,6 +28,8 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
     p.add_argument("--json", metavar="PATH", help="write results as JSON")
     p.add_argument("--plot", metavar="PNG", help="write a latency CDF plot")
+    p.add_argument("--power", choices=("auto", "off", "on"), default="auto",
+                   help="board power and energy per inference from tegrastats/jtop (auto: on a Jetson)")
 
 
 def run(args) -> int:
@@ -72,8 +74,18 @@ def run(args) -> int:
                 targets.append(bench.Target(label=label, runner=runner, make_feed=make_feed, batch=args.batch))
 
     duration = args.duration if args.duration is not None or args.iterations is not None else 3.0
-    results = bench.run(targets, iterations=args.iterations, duration_s=duration if args.iterations is None else None,
-                        warmup_s=args.warmup)
+    from edgemm import power as power_mod
+
+    sampler = None
+    if args.power == "on" or (args.power == "auto" and power_mod.available()):
+        sampler = power_mod.PowerSampler().start()  # measures the idle baseline before any model loads
+    try:
+        results = bench.run(targets, iterations=args.iterations,
+                            duration_s=duration if args.iterations is None else None, warmup_s=args.warmup,
+                            power=sampler)
+    finally:
+        if sampler is not None:
+            sampler.stop()
     print(bench.format_table(results))
     if len(results) > 1:
         base = results[0]["latency_ms"]["p50"]

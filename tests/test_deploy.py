@@ -1,0 +1,338 @@
+"""deploy/jetson: install script, systemd unit, container recipe, power script, and the watchdog protocol.
+
+Linters run for real (shellcheck, systemd-analyze verify, hadolint); the install script runs in --dry-run
+mode against real /etc/nv_tegra_release lines of each JetPack; pip resolves the Jetson requirements for
+aarch64 / Python 3.10 under the script's constraints (needs PyPI); the watchdog talks to a real datagram
+socket, the way systemd listens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgemm import watchdog
+from tests.conftest import REPO
+
+DEPLOY = REPO / "deploy" / "jetson"
+INSTALL = DEPLOY / "install.sh"
+POWER = DEPLOY / "power.sh"
+UNIT = DEPLOY / "edgemm.service"
+
+# Real first lines of /etc/nv_tegra_release, and what the script must make of them.
+RELEASES = {
+    "jp62": "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025",
+    "jp70": "# R38 (release), REVISION: 2.0, GCID: 41844464, BOARD: generic, EABI: aarch64, DATE: Fri Aug 22 00:55:42 UTC 2025",
+    "jp72": "# R39 (release), REVISION: 2.0, GCID: 67890, BOARD: generic",
+    "jp60": "# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, DATE: Mon May  6 17:34:21 UTC 2024",
+    "jp51": "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 19:57:35 UTC 2023",
+}
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or (shutil.which(name, path=str(Path(sys.executable).parent)))
+    if not path:
+        pytest.skip(f"{name} is not installed (apt/pip: see the report for .ci/run)")
+    return path
+
+
+def _install(tmp_path, *args, release: str | None = "jp62") -> subprocess.CompletedProcess:
+    cmd = ["bash", str(INSTALL), "--dry-run", "--no-apt", *args]
+    if release:
+        f = tmp_path / "nv_tegra_release"
+        f.write_text(RELEASES[release] + "\n# KERNEL_VARIANT: oot\n")
+        cmd += ["--tegra-release", str(f)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def _written(stdout: str, path: str) -> str:
+    """The content a --dry-run would write to path."""
+    m = re.search(rf"^\+ write {re.escape(path)}:\n((?:    .*\n|\n)*)", stdout, re.M)
+    assert m, f"{path} not written:\n{stdout}"
+    return "\n".join(line[4:] for line in m.group(1).splitlines())
+
+
+# -- shell scripts -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", [INSTALL, POWER], ids=lambda p: p.name)
+def test_shellcheck_passes(script):
+    r = subprocess.run([_tool("shellcheck"), "--severity=style", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert os.access(script, os.X_OK), f"{script.name} must be executable"
+
+
+def test_install_plans_jetpack_6_with_system_opencv_kept(tmp_path):
+    r = _install(tmp_path, "--system-opencv", "yes", "--extras", "mqtt")
+    assert r.returncode == 0, r.stderr
+    assert "L4T R36.4: JetPack 6" in r.stderr and "CUDA 12.6: cuda-python>=12.6,<12.7" in r.stderr
+    out = r.stdout
+    assert "python3 -m venv --system-site-packages /opt/edgemm/venv" in out
+    cons = _written(out, "/opt/edgemm/constraints.txt")
+    assert "numpy<2" in cons.splitlines()
+    for wheel in ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless"):
+        assert f"{wheel}<0" in cons.splitlines()
+    pip_line = next(line for line in out.splitlines() if "requirements-jetson.txt" in line)
+    assert "cuda-python\\>=12.6\\,\\<12.7" in pip_line and "paho-mqtt" in pip_line and "opencv" not in pip_line
+    assert f"pip install --no-deps {REPO}" in out
+    unit = _written(out, "/etc/systemd/system/edgemm.service")
+    assert unit == UNIT.read_text().rstrip("\n")
+
+
+@pytest.mark.parametrize("release,cuda", [("jp70", "13.0"), ("jp72", "13.2")])
+def test_install_plans_jetpack_7_with_its_cuda(tmp_path, release, cuda):
+    r = _install(tmp_path, "--system-opencv", "no", "--no-service", release=release)
+    assert r.returncode == 0, r.stderr
+    major, minor = cuda.split(".")
+    assert "JetPack 7" in r.stderr and f"cuda-python>={cuda},<{major}.{int(minor) + 1}" in r.stderr
+    # No system OpenCV: the headless wheel is installed and nothing forbids it.
+    assert "opencv-python-headless\\>=4.8" in r.stdout
+    assert "opencv" not in _written(r.stdout, "/opt/edgemm/constraints.txt")
+    assert "systemctl" not in r.stdout
+
+
+@pytest.mark.parametrize("release,why", [("jp60", "JetPack 6.0 with TensorRT 8.6"), ("jp51", "JetPack 5 with TensorRT 8.5")])
+def test_install_refuses_jetpacks_without_tensorrt_10(tmp_path, release, why):
+    r = _install(tmp_path, release=release)
+    assert r.returncode == 1 and why in r.stderr and r.stdout == ""
+
+
+def test_install_off_a_jetson_asks_for_the_jetpack(tmp_path):
+    r = _install(tmp_path, "--tegra-release", str(tmp_path / "missing"), release=None)
+    assert r.returncode == 1 and "not a Jetson (inside a container pass --jetpack 6 or 7)" in r.stderr
+    r = _install(tmp_path, "--jetpack", "6", "--cuda", "12.6", "--prefix", "/srv/edgemm", "--system-opencv", "yes",
+                 release=None)
+    assert r.returncode == 0, r.stderr
+    unit = _written(r.stdout, "/etc/systemd/system/edgemm.service")
+    assert "ExecStart=/srv/edgemm/venv/bin/edgemm run --config /etc/edgemm/run.json" in unit
+    for bad in (["--jetpack", "5"], ["--cuda", "twelve"], ["--bogus"], ["--system-opencv", "maybe"]):
+        r = _install(tmp_path, *bad)
+        assert r.returncode == 1, bad
+
+
+def test_install_needs_root_unless_dry_run(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("running as root")
+    f = tmp_path / "rel"
+    f.write_text(RELEASES["jp62"])
+    r = subprocess.run(["bash", str(INSTALL), "--tegra-release", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1 and "run as root" in r.stderr
+
+
+def test_jetson_requirements_are_pyproject_dependencies_without_opencv():
+    tomllib = pytest.importorskip("tomllib")
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    want = sorted(d for d in deps if not d.startswith("opencv"))
+    have = sorted(line.strip() for line in (DEPLOY / "requirements-jetson.txt").read_text().splitlines()
+                  if line.strip() and not line.startswith("#"))
+    assert have == want
+
+
+def _pip_resolve(tmp_path, constraints: str, *reqs: str) -> subprocess.CompletedProcess:
+    (tmp_path / "c.txt").write_text(constraints)
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+           "--target", str(tmp_path / "t"), "--python-version", "3.10", "--implementation", "cp",
+           "--only-binary=:all:", "--platform", "manylinux2014_aarch64", "--platform", "manylinux_2_17_aarch64",
+           "--platform", "manylinux_2_28_aarch64", "-c", str(tmp_path / "c.txt"),
+           "-r", str(DEPLOY / "requirements-jetson.txt"), *reqs, "--report", str(tmp_path / "report.json")]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_pip_on_jetpack_6_installs_no_opencv_and_refuses_one(tmp_path):
+    """What pip would do on a JetPack 6 Jetson (aarch64, Python 3.10) under install.sh's constraints."""
+    r = _install(tmp_path, "--system-opencv", "yes", "--no-service")
+    constraints = _written(r.stdout, "/opt/edgemm/constraints.txt")
+    res = _pip_resolve(tmp_path, constraints, "cuda-python>=12.6,<12.7")
+    if res.returncode != 0 and "ResolutionImpossible" not in res.stderr:
+        pytest.skip(f"PyPI not reachable: {res.stderr.strip().splitlines()[-1:]}")
+    assert res.returncode == 0, res.stderr
+    installed = {i["metadata"]["name"].lower(): i["metadata"]["version"]
+                 for i in json.loads((tmp_path / "report.json").read_text())["install"]}
+    assert not [n for n in installed if n.startswith("opencv")]
+    assert int(installed["numpy"].split(".")[0]) < 2
+    assert installed["cuda-python"].startswith("12.6")
+    assert {"onnx", "onnxruntime", "sounddevice"} <= set(installed)
+    # Anything that pulls an OpenCV wheel in is stopped by pip itself.
+    res = _pip_resolve(tmp_path, constraints, "opencv-python-headless>=4.8")
+    assert res.returncode != 0 and "ResolutionImpossible" in res.stderr
+
+
+# -- systemd unit --------------------------------------------------------------------------------------
+
+
+def _verify_unit(tmp_path, text: str) -> subprocess.CompletedProcess:
+    # verify checks that ExecStart's program exists: point it at a real executable, keep everything else.
+    unit = tmp_path / "edgemm.service"
+    unit.write_text(text.replace("/opt/edgemm/venv/bin/edgemm", shutil.which("true")))
+    return subprocess.run([_tool("systemd-analyze"), "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    r = _verify_unit(tmp_path, UNIT.read_text())
+    # verify exits 0 even on unknown keys or bad values: it must also print nothing.
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r.stdout + r.stderr
+
+
+def test_systemd_analyze_catches_a_broken_unit(tmp_path):
+    r = _verify_unit(tmp_path, UNIT.read_text().replace("Type=notify", "Type=notfy").replace("Restart=", "Restartt="))
+    assert "Failed to parse service type" in r.stderr and "Unknown key 'Restartt'" in r.stderr
+
+
+def test_unit_runs_edgemm_run_with_restart_and_watchdog():
+    keys = dict(line.split("=", 1) for line in UNIT.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    assert keys["ExecStart"] == "/opt/edgemm/venv/bin/edgemm run --config /etc/edgemm/run.json"
+    assert keys["Type"] == "notify" and keys["NotifyAccess"] == "main" and keys["WatchdogSec"] == "30"
+    assert keys["Restart"] == "on-failure" and keys["User"] == "edgemm"
+    assert 'PREFIX=/opt/edgemm' in INSTALL.read_text()
+
+
+def test_example_run_config_is_valid_for_edgemm_run():
+    from edgemm.commands.run import load_config
+
+    cfg = load_config(str(DEPLOY / "run.json"))
+    assert cfg["backend"] == "tensorrt" and cfg["model"] == "/var/lib/edgemm/model.edgemm"
+    assert cfg["sinks"] == ["jsonl:/var/log/edgemm/results.jsonl"]
+
+
+# -- container recipe ---------------------------------------------------------------------------------
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln.strip() else "")
+            for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_dockerfile_passes_hadolint():
+    r = subprocess.run([_tool("hadolint"), str(DEPLOY / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dockerfile_builds_on_l4t_jetpack_with_the_install_script():
+    ins = _instructions(DEPLOY / "Dockerfile")
+    args = {v.split("=", 1)[0]: v.split("=", 1)[1] for k, v in ins if k == "ARG" and "=" in v}
+    assert args["BASE_IMAGE"] == "nvcr.io/nvidia/l4t-jetpack:r36.4.0" and args["JETPACK"] == "6"
+    assert ("FROM", "${BASE_IMAGE}") in ins
+    for kind, value in ins:
+        if kind == "COPY":
+            *sources, _dest = value.split()
+            for src in sources:
+                matches = list(REPO.glob(src))
+                assert matches or src.endswith("*"), f"COPY source {src} is not in the repository"
+    run = " ".join(v for k, v in ins if k == "RUN")
+    assert "./deploy/jetson/install.sh --jetpack \"${JETPACK}\"" in run and "--no-service" in run
+
+
+# -- power.sh ----------------------------------------------------------------------------------------
+
+NVPMODEL_CONF = """\
+< PARAM TYPE=FILE NAME=CPU_ONLINE >
+CORE_0 /sys/devices/system/cpu/cpu0/online
+< POWER_MODEL ID=0 NAME=MAXN >
+CPU_ONLINE CORE_0 1
+< POWER_MODEL ID=1 NAME=10W >
+CPU_ONLINE CORE_0 1
+< POWER_MODEL ID=2 NAME=15W >
+< POWER_MODEL ID=3 NAME=25W >
+< POWER_MODEL ID=4 NAME=MAXN_SUPER >
+< PM_CONFIG DEFAULT=2 >
+"""
+
+
+def _power(tmp_path, *args):
+    conf = tmp_path / "nvpmodel.conf"
+    conf.write_text(NVPMODEL_CONF)
+    env = {**os.environ, "NVPMODEL_CONF": str(conf), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["bash", str(POWER), *args], capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_power_lists_the_boards_modes(tmp_path):
+    r = _power(tmp_path, "list")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == ["0\tMAXN", "1\t10W", "2\t15W (default)", "3\t25W", "4\tMAXN_SUPER"]
+
+
+def test_power_resolves_mode_names_before_calling_nvpmodel(tmp_path):
+    if shutil.which("nvpmodel"):
+        pytest.skip("a real nvpmodel is here: do not switch the board's mode from a test")
+    r = _power(tmp_path, "mode", "25w")
+    assert r.returncode == 1 and "nvpmodel not found" in r.stderr  # the name resolved: it got to nvpmodel
+    r = _power(tmp_path, "mode", "40W")
+    assert r.returncode == 1 and "no power mode '40W'" in r.stderr
+    r = _power(tmp_path, "frobnicate")
+    assert r.returncode == 1 and "unknown command" in r.stderr
+    assert "power.sh bench ARGS" in _power(tmp_path, "--help").stdout
+
+
+# -- the watchdog protocol ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def notify_socket(tmp_path, monkeypatch):
+    """A datagram socket where systemd would listen; returns a function that reads what was sent."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    monkeypatch.setattr(watchdog, "_process_watchdog", None)
+    yield lambda: sock.recv(4096).decode()
+    sock.close()
+
+
+def test_watchdog_ready_status_ping_and_stopping(notify_socket):
+    now = [0.0]
+    wd = watchdog.Watchdog(clock=lambda: now[0])
+    assert wd.interval_s == 2.0
+    assert wd.ready("streaming") and notify_socket() == "READY=1\nSTATUS=streaming"
+    assert not wd.kick(), "right after READY no ping is due"
+    now[0] = 0.6  # past a quarter of 2 s
+    assert wd.kick() and notify_socket() == "WATCHDOG=1"
+    now[0] = 0.9
+    assert not wd.kick()
+    assert wd.status("camera lost") and notify_socket() == "STATUS=camera lost"
+    assert wd.stopping() and notify_socket() == "STOPPING=1"
+
+
+def test_module_ping_is_the_pipelines_hook(notify_socket):
+    from edgemm.pipeline import _load_watchdog
+
+    assert _load_watchdog() is watchdog.ping
+    assert watchdog.ping() and notify_socket().startswith("READY=1")
+    watchdog._process_watchdog._last = float("-inf")
+    assert watchdog.ping() and notify_socket() == "WATCHDOG=1"
+
+
+def test_abstract_socket_address(monkeypatch):
+    name = f"edgemm-test-{os.getpid()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+    try:
+        assert watchdog.notify("READY=1") and sock.recv(64) == b"READY=1"
+    finally:
+        sock.close()
+
+
+def test_watchdog_is_inert_outside_systemd(monkeypatch, tmp_path):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    wd = watchdog.Watchdog()
+    assert wd.interval_s is None and not wd.ready() and not wd.kick()
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # armed for another process
+    assert watchdog.watchdog_interval_s() is None
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
+    assert not watchdog.notify("READY=1")  # no listener: False, never an exception
