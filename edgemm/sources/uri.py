@@ -1,0 +1,162 @@
+"""Splitting a source URI into scheme, location and options, and typing the options.
+
+Parsed by hand, not with urllib: device names such as ``mic://hw:1,0`` or ``gst://videotestsrc ! appsink``
+are not URLs, and urlparse would cut them at the colon or the exclamation mark. Options come after a ``?``
+(``test://video?size=640x480&fps=15``) and can also be given as keyword arguments, which win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote
+
+from edgemm.errors import EdgemmError
+
+# Schemes whose location is a URL handed to FFmpeg as a whole, query string included.
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+VIDEO_SCHEMES = ("v4l2", "csi", "gst", *NETWORK_SCHEMES)
+AUDIO_SCHEMES = ("mic",)
+ALL_SCHEMES = ("file", "test", *VIDEO_SCHEMES, *AUDIO_SCHEMES)
+
+
+@dataclass
+class ParsedUri:
+    uri: str  # what the user wrote
+    scheme: str  # "" for a plain path or a camera index
+    location: str  # everything after "scheme://" without our options
+    options: dict = field(default_factory=dict)  # query options, then keyword options (which win)
+    query_keys: frozenset = frozenset()  # which options the user typed in the URI (checked strictly)
+
+
+def parse_uri(uri, options: dict | None = None) -> ParsedUri:
+    """Split ``scheme://location?opt=value&...``; network URLs keep their query (it belongs to the server)."""
+    text = str(uri).strip()
+    if not text:
+        raise EdgemmError("Source: '' | Empty URI; expected e.g. v4l2:///dev/video0, rtsp://..., mic://default, "
+                          "a file path or test://video.")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        # A plain path, a camera index ("0"), or "name:" forms that are not ours.
+        return ParsedUri(text, "", text, dict(options or {}))
+    scheme = scheme.lower()
+    if scheme not in ALL_SCHEMES:
+        raise EdgemmError(f"Source: {text} | Unknown URI scheme '{scheme}://'; expected one of "
+                          + ", ".join(f"{s}://" for s in ALL_SCHEMES) + " or a file path.")
+    opts: dict = {}
+    location = rest
+    if scheme not in NETWORK_SCHEMES and scheme != "gst" and "?" in rest:
+        location, _, query = rest.partition("?")
+        opts = dict(parse_qsl(query, keep_blank_values=True))
+    if scheme not in NETWORK_SCHEMES and scheme != "gst":
+        location = unquote(location)
+    query_keys = frozenset(opts)
+    opts.update(options or {})
+    return ParsedUri(text, scheme, location, opts, query_keys)
+
+
+class Options:
+    """Typed access to a source's options; unknown or malformed options are user errors naming the URI."""
+
+    def __init__(self, uri: str, options: dict, query_keys=frozenset()):
+        self.uri = uri
+        self._options = dict(options)
+        self._query_keys = frozenset(query_keys)
+        self._used: set[str] = set()
+
+    def _raw(self, name):
+        self._used.add(name)
+        return self._options.get(name)
+
+    def has(self, name: str) -> bool:
+        return self._options.get(name) is not None
+
+    def get_str(self, name: str, default: str | None = None) -> str | None:
+        value = self._raw(name)
+        return default if value is None else str(value)
+
+    def get_float(self, name: str, default: float | None = None, minimum: float | None = None) -> float | None:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is not a number; expected e.g. "
+                              f"{name}={default if default is not None else 1.0}.") from None
+        if minimum is not None and out < minimum:
+            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is too small; expected >= {minimum}.")
+        return out
+
+    def get_int(self, name: str, default: int | None = None, minimum: int | None = None) -> int | None:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            out = int(value)
+        except (TypeError, ValueError):
+            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is not an integer; expected e.g. "
+                              f"{name}={default if default is not None else 1}.") from None
+        if minimum is not None and out < minimum:
+            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is too small; expected >= {minimum}.")
+        return out
+
+    def get_bool(self, name: str, default: bool | None = None) -> bool | None:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on", ""):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is not a boolean; expected true or false.")
+
+    def get_size(self, name: str, default: tuple[int, int] | None = None) -> tuple[int, int] | None:
+        """'640x480' (or a (w, h) pair) -> (640, 480)."""
+        value = self._raw(name)
+        if value is None:
+            return default
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            w, h = value
+        else:
+            w, _, h = str(value).lower().partition("x")
+        try:
+            w, h = int(w), int(h)
+        except (TypeError, ValueError):
+            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is not a size; "
+                              f"expected WIDTHxHEIGHT, e.g. {name}=640x480.") from None
+        if w <= 0 or h <= 0:
+            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} must be positive; expected e.g. 640x480.")
+        return w, h
+
+    def get_choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str | None:
+        value = self.get_str(name, default)
+        if value is not None and value not in choices:
+            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is not known; expected one of "
+                              f"{', '.join(choices)}.")
+        return value
+
+    def check_all_used(self, kind: str) -> None:
+        """Refuse options nobody read: a typo (``?sampel_rate=``) must not be silently ignored.
+
+        Options typed in the URI must all be used by this kind of source. Keyword options come from code
+        (the pipeline passes the same ones, e.g. ``realtime`` or ``name``, to every source): those only have
+        to be options some source knows.
+        """
+        unknown = sorted(k for k, v in self._options.items() if v is not None and k not in self._used
+                         and (k in self._query_keys or k not in KNOWN_OPTIONS))
+        if unknown:
+            known = ", ".join(sorted(self._used)) or "none"
+            raise EdgemmError(f"Source: {self.uri} | Unknown option(s) {', '.join(unknown)} for a {kind} source; "
+                              f"expected: {known}.")
+
+
+# Every option any source reads (see edgemm/sources/__init__.py for what each one means).
+KNOWN_OPTIONS = frozenset({
+    "name", "realtime", "loop", "start_time", "stall_timeout", "open_timeout", "live",  # every source
+    "size", "fps", "fourcc", "flip", "transport", "frames", "pattern", "capture_delay",  # video
+    "sample_rate", "block", "block_s", "buffer_s", "resample", "channels", "latency", "anchor_s",  # audio
+    "kind", "freq", "freq_end", "period_s", "amplitude", "seed", "duration_s",  # audio test patterns
+})
