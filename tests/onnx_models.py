@@ -226,3 +226,92 @@ def write_late_bundle(folder: Path, classes=10, rule="weighted_mean", weights=No
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
+
+
+# -- CNNs for the pruner (added by the pruning/validation work) ---------------------------------------
+
+
+def _conv_bn(nodes, inits, rng, x, cin, cout, k, name, stride=1, bn=True, relu=True, bias=False):
+    """Conv (+ BatchNormalization) (+ Relu) as exporters emit them; returns the output tensor name."""
+    inits.append(_init(f"{name}.w", rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))))
+    ins = [x, f"{name}.w"]
+    if bias:
+        inits.append(_init(f"{name}.bias", rng.standard_normal(cout) * 0.1))
+        ins.append(f"{name}.bias")
+    nodes.append(helper.make_node("Conv", ins, [f"{name}.c"], name=name, pads=[k // 2] * 4, strides=[stride] * 2))
+    y = f"{name}.c"
+    if bn:
+        # Some BatchNorm scales near zero, as in trained nets: their channels are the unimportant ones.
+        gamma = rng.uniform(0.5, 1.5, cout) * np.where(rng.random(cout) < 0.25, 0.05, 1.0)
+        inits += [_init(f"{name}.g", gamma), _init(f"{name}.b", rng.standard_normal(cout) * 0.1),
+                  _init(f"{name}.m", rng.standard_normal(cout) * 0.1), _init(f"{name}.v", rng.uniform(0.5, 2.0, cout))]
+        nodes.append(helper.make_node("BatchNormalization", [y, f"{name}.g", f"{name}.b", f"{name}.m", f"{name}.v"],
+                                      [f"{name}.bn"], name=f"{name}/bn"))
+        y = f"{name}.bn"
+    if relu:
+        nodes.append(helper.make_node("Relu", [y], [f"{name}.r"], name=f"{name}/relu"))
+        y = f"{name}.r"
+    return y
+
+
+def residual_cnn_model(hw=16, channels=16, classes=10, seed=0, side_op=None, input_name="x") -> onnx.ModelProto:
+    """A small ResNet-like CNN: stem Conv-BN-Relu, a residual block (Add couples stem and block outputs),
+    two branches joined by Concat, a strided Conv-BN-Relu, MaxPool, GlobalAveragePool, Flatten, Gemm-Relu-Gemm.
+
+    side_op="lrn" puts an LRN (which mixes channels: the pruner cannot follow it) after the strided conv.
+    """
+    rng = np.random.default_rng(seed)
+    c = channels
+    nodes, inits = [], []
+    s = _conv_bn(nodes, inits, rng, input_name, 3, c, 3, "stem")
+    y = _conv_bn(nodes, inits, rng, s, c, c, 3, "b1.1")
+    y = _conv_bn(nodes, inits, rng, y, c, c, 3, "b1.2", relu=False)
+    nodes += [helper.make_node("Add", [y, s], ["b1.add"], name="b1/add"),
+              helper.make_node("Relu", ["b1.add"], ["b1.out"], name="b1/relu")]
+    a = _conv_bn(nodes, inits, rng, "b1.out", c, c // 2, 1, "ca", bn=False, bias=True)
+    b = _conv_bn(nodes, inits, rng, "b1.out", c, c // 2, 3, "cb", bn=False)
+    nodes.append(helper.make_node("Concat", [a, b], ["cat"], axis=1, name="cat"))
+    t = _conv_bn(nodes, inits, rng, "cat", c, 2 * c, 3, "down", stride=2)
+    if side_op == "lrn":
+        nodes.append(helper.make_node("LRN", [t], ["down.lrn"], size=3, name="side/lrn"))
+        t = "down.lrn"
+    nodes += [helper.make_node("MaxPool", [t], ["mp"], kernel_shape=[2, 2], strides=[2, 2], name="mp"),
+              helper.make_node("GlobalAveragePool", ["mp"], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], axis=1, name="flat"),
+              helper.make_node("Gemm", ["flat", "fc1.w", "fc1.b"], ["h"], transB=1, name="fc1"),
+              helper.make_node("Relu", ["h"], ["hr"], name="fc1/relu"),
+              helper.make_node("Gemm", ["hr", "fc2.w", "fc2.b"], ["logits"], transB=1, name="fc2")]
+    inits += [_init("fc1.w", rng.standard_normal((24, 2 * c)) * 0.3), _init("fc1.b", rng.standard_normal(24) * 0.1),
+              _init("fc2.w", rng.standard_normal((classes, 24)) * 0.3), _init("fc2.b", np.zeros(classes))]
+    return _model(nodes, [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 3, hw, hw])],
+                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits, "residual_cnn")
+
+
+def mobile_cnn_model(hw=12, channels=16, classes=5, seed=0) -> onnx.ModelProto:
+    """A MobileNet-like CNN: pointwise expand, depthwise Conv, squeeze-excitation (GlobalAveragePool, Conv,
+    Relu, Conv, Sigmoid, Mul), pointwise project, then Reshape (constant shape) of the C x H x W map into a
+    MatMul + Add classifier. Exercises depthwise convs, Mul coupling, Reshape and MatMul for the pruner."""
+    rng = np.random.default_rng(seed)
+    c, e = channels, 2 * channels
+    nodes, inits = [], []
+    x = _conv_bn(nodes, inits, rng, "x", 3, c, 3, "stem", stride=2)
+    x = _conv_bn(nodes, inits, rng, x, c, e, 1, "expand")
+    inits += [_init("dw.w", rng.standard_normal((e, 1, 3, 3)) * 0.4), _init("dw.b", rng.standard_normal(e) * 0.1)]
+    nodes += [helper.make_node("Conv", [x, "dw.w", "dw.b"], ["dw"], name="dw", group=e, pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["dw"], ["dw.r"], name="dw/relu"),
+              helper.make_node("GlobalAveragePool", ["dw.r"], ["se.gap"], name="se/gap")]
+    se = _conv_bn(nodes, inits, rng, "se.gap", e, 8, 1, "se.fc1", bn=False, bias=True)
+    se = _conv_bn(nodes, inits, rng, se, 8, e, 1, "se.fc2", bn=False, relu=False, bias=True)
+    nodes += [helper.make_node("Sigmoid", [se], ["se.gate"], name="se/sigmoid"),
+              helper.make_node("Mul", ["dw.r", "se.gate"], ["se.out"], name="se/mul")]
+    p = _conv_bn(nodes, inits, rng, "se.out", e, c, 1, "project", relu=False)
+    side = hw // 2
+    inits += [_init("flat.shape", np.array([-1, c * side * side]), np.int64),
+              _init("cls.w", rng.standard_normal((c * side * side, classes)) * 0.05),
+              _init("cls.b", np.zeros(classes))]
+    nodes += [helper.make_node("Relu", [p], ["project.r"], name="project/relu2"),
+              helper.make_node("Reshape", ["project.r", "flat.shape"], ["flat"], name="flatten"),
+              helper.make_node("MatMul", ["flat", "cls.w"], ["mm"], name="cls"),
+              helper.make_node("Add", ["mm", "cls.b"], ["logits"], name="cls/bias")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, hw, hw])],
+                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits, "mobile_cnn")
