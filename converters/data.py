@@ -2,7 +2,8 @@
 
 Folder formats (DATA_FORMAT below is also what `edgemm convert --help` shows):
 
-1. ``.npz`` files, each keyed by input name with a leading batch dimension (any N per file). Labels,
+1. ``.npz`` files, each keyed by input name with a leading batch dimension (any N per file); tensors for
+   inputs the model does not have are ignored, so one folder serves several models. Labels,
    optional, under ``label`` (for the bundle's primary task output) or ``label:<output name>``:
    int class indices for classification, floats for regression. In a multi-graph bundle an input name
    stands for every graph input of that name.
@@ -92,6 +93,7 @@ class DataFolder:
         if self.npz and self.media:
             raise EdgemmError(f"{what}: {self.folder} | Mixes .npz and media files; expected one kind.")
         self.labels = self._read_labels_csv() if self.media else {}
+        self._ignored: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.npz) or len(self.media)
@@ -111,9 +113,11 @@ class DataFolder:
                 labels[key.split(":", 1)[1]] = arr
             elif key in self.inputs:
                 tensors[key] = arr
-            else:
-                raise EdgemmError(f"{self.what}: {path} | Has tensor {key!r}, which is not an input; expected keys: "
-                                  f"{', '.join(self.inputs)} (and optionally label, label:<output>).")
+            elif key not in self._ignored:
+                # One data set serves several models (a video-only baseline reads the files of the AV set):
+                # tensors for inputs this model does not have are skipped, and said once.
+                self._ignored.add(key)
+                log.info("%s: %s: tensor %r is not an input of this model; ignored", self.what, path, key)
         missing = [n for n in self.inputs if n not in tensors]
         if missing:
             raise EdgemmError(f"{self.what}: {path} | Has no tensor for input {missing[0]}; expected keys: "

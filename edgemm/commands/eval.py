@@ -1,0 +1,151 @@
+"""Measure a model's task metrics on labelled data (accuracy, precision/recall/F1, MSE/MAE, ablation).
+
+Runs any bundle (or plain .onnx) over a data folder and prints accuracy, macro precision/recall/F1 and
+the confusion matrix for classification outputs, MSE/MAE/R^2 for regression outputs, and for
+multimodal bundles the same with each modality missing (as the fusion form handles it at run time).
+With --against ORIGINAL both models run on the same samples and the drop in points and the output
+closeness are reported too. Data format: see `edgemm convert --help` (npz keyed by input name with a
+`label` key, or media files with labels.csv).
+Examples:
+  edgemm eval model.edgemm --data data/test
+  edgemm eval pruned.edgemm --against model.edgemm --data data/test --report report/ --json eval.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", metavar="MODEL", help="bundle folder or .onnx file")
+    p.add_argument("--data", required=True, metavar="DIR", help="evaluation folder (.npz with labels, or media + labels.csv)")
+    p.add_argument("--against", metavar="ORIGINAL", help="also run this (original) model and compare: drop and closeness")
+    p.add_argument("--backend", default="onnxruntime", metavar="B",
+                   help="onnxruntime (default; onnxruntime:cuda, onnxruntime:tensorrt) or tensorrt")
+    p.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: the backend's own)")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate at most N samples")
+    p.add_argument("--no-ablation", action="store_true", help="skip the per-modality ablation runs")
+    p.add_argument("--latency", type=float, metavar="S",
+                   help="with --against: also measure both models' latency, interleaved, for S seconds")
+    p.add_argument("--json", metavar="PATH", help="write the full results as JSON ('-' for stdout)")
+    p.add_argument("--report", metavar="DIR", help="write report.json, report.md and confusion.png into DIR")
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:6.2f} %"
+
+
+def _print_model(title: str, s: dict, out) -> None:
+    print(f"{title}: {s['model']} ({s['fusion']} fusion; {s['backend']})", file=out)
+    for name, m in s["outputs"].items():
+        if m["task"] == "classification":
+            print(f"  {name}: accuracy {_pct(m['accuracy'])}, precision {_pct(m['precision_macro'])}, "
+                  f"recall {_pct(m['recall_macro'])}, F1 {_pct(m['f1_macro'])} (macro over {len(m['labels'])} "
+                  f"classes), {m['samples']} samples", file=out)
+        elif m["task"] == "multilabel":
+            print(f"  {name}: subset accuracy {_pct(m['subset_accuracy'])}, F1 macro {_pct(m['f1_macro'])}, "
+                  f"micro {_pct(m['f1_micro'])}, {m['samples']} samples", file=out)
+        else:
+            r2 = "n/a" if m.get("r2") is None else f"{m['r2']:.4f}"
+            print(f"  {name}: MSE {m['mse']:.6g}, MAE {m['mae']:.6g}, RMSE {m['rmse']:.6g}, R^2 {r2}, "
+                  f"{m['samples']} samples", file=out)
+
+
+def _print_classes(m: dict, out) -> None:
+    labels = m["labels"]
+    if len(labels) > 30:
+        return
+    width = max(5, max(len(x) for x in labels))
+    print(f"    {'class':<{width}} {'precision':>9} {'recall':>9} {'F1':>9} {'support':>8}", file=out)
+    for c in m["per_class"]:
+        print(f"    {c['label']:<{width}} {_pct(c['precision']):>9} {_pct(c['recall']):>9} {_pct(c['f1']):>9} "
+              f"{c['support']:>8}", file=out)
+    print("    confusion (rows: true, columns: predicted):", file=out)
+    cw = max(3, max(len(str(v)) for row in m["confusion"] for v in row))
+    print(f"    {'':<{width}} " + " ".join(f"{x[:cw]:>{cw}}" for x in labels), file=out)
+    for label, row in zip(labels, m["confusion"]):
+        print(f"    {label:<{width}} " + " ".join(f"{v:>{cw}}" for v in row), file=out)
+
+
+def run(args) -> int:
+    from converters.report import _clean
+    from converters.validate import compare_bundles, latency_section, size_section, write_report
+    from edgemm.bundle import load_bundle
+    from edgemm.errors import EdgemmError
+    from edgemm.runners import parse_backend
+
+    parse_backend(args.backend)
+    if args.latency is not None and (not args.against or args.latency <= 0):
+        raise EdgemmError("Latency | --latency S needs --against ORIGINAL and a positive number of seconds.")
+    if args.threads is not None and args.threads < 1:
+        raise EdgemmError(f"Threads: {args.threads} | Expected a positive number of threads.")
+    model = load_bundle(args.model)
+    original = load_bundle(args.against) if args.against else None
+    if original is not None:
+        report = compare_bundles(original, model, args.data, backend=args.backend, threads=args.threads,
+                                 limit=args.limit, ablation=not args.no_ablation, progress=sys.stderr.isatty())
+        report["size"] = size_section(original, model)
+        if args.latency:
+            report["latency"] = latency_section(original, model, args.backend, args.threads or 1, args.latency)
+    else:
+        report = compare_bundles(model, None, args.data, backend=args.backend, threads=args.threads,
+                                 limit=args.limit, ablation=not args.no_ablation, progress=sys.stderr.isatty())
+    out = sys.stderr if args.json == "-" else sys.stdout
+    summaries = [("original", report["original"]), ("model", report["converted"])] if original else \
+        [("model", report["original"])]
+    print(f"Data: {report['data']} ({report['samples']} samples, {summaries[0][1]['labelled']} labelled)", file=out)
+    for title, s in summaries:
+        _print_model(title, s, out)
+    main = summaries[-1][1]
+    for name, m in main["outputs"].items():
+        if m["task"] == "classification":
+            print(f"  per class ({name}):", file=out)
+            _print_classes(m, out)
+    if not main["outputs"]:
+        print("No labels in the data: task metrics need a `label` key per .npz (or labels.csv for media).", file=out)
+    if original is not None:
+        for name, d in report["drop_points"].items():
+            if "accuracy" in d:
+                print(f"Drop {name}: accuracy {d['accuracy']:+.2f} points, F1 macro {d.get('f1_macro', 0):+.2f} points",
+                      file=out)
+            elif "mse_increase" in d:
+                print(f"Change {name}: MSE {d['mse_increase']:+.6g}", file=out)
+        print("Closeness to the original:", file=out)
+        for name, c in report["closeness"].items():
+            if "error" in c:
+                print(f"  {name}: {c['error']}", file=out)
+                continue
+            agree = f", top-1 agreement {_pct(c['top1_agreement'])}" if "top1_agreement" in c else ""
+            print(f"  {name}: max abs {c['max_abs']:.4g}, max rel {c['max_rel']:.4g}, mean abs {c['mean_abs']:.4g}, "
+                  f"cosine {c['cosine']:.6f} (min {c['cosine_min']:.6f}){agree}", file=out)
+        size = report["size"]
+        print(f"Size: {size['parameters']['before']:,} -> {size['parameters']['after']:,} parameters, "
+              f"{size['size_bytes']['before']:,} -> {size['size_bytes']['after']:,} bytes, MACs "
+              f"{size['macs']['before'] or 0:,} -> {size['macs']['after'] or 0:,}", file=out)
+        for key, v in (report.get("latency") or {}).items():
+            if "before" in v:
+                print(f"Latency {key}: {v['before']:.3f} -> {v['after']:.3f} ({v['before'] / v['after']:.2f}x)", file=out)
+    for title, s in summaries:
+        for cond, e in (s.get("ablation") or {}).items():
+            parts = []
+            for name, m in e["outputs"].items():
+                if m["task"] == "classification":
+                    parts.append(f"{name} accuracy {_pct(m['accuracy'])}")
+                elif m["task"] == "regression":
+                    parts.append(f"{name} MSE {m['mse']:.6g}")
+            for name, a in e["agreement_with_full"].items():
+                if a is not None:
+                    parts.append(f"{name} agrees with full {_pct(a)}")
+            print(f"Ablation ({title}) {cond}: " + ("; ".join(parts) or "n/a"), file=out)
+    if args.report:
+        paths = write_report(args.report, report)
+        print("Report: " + ", ".join(str(p) for p in paths.values()), file=out)
+    if args.json:
+        text = json.dumps(_clean(json.loads(json.dumps(report, default=str))), indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    return 0
