@@ -120,8 +120,8 @@ class DataFolder:
                 log.info("%s: %s: tensor %r is not an input of this model; ignored", self.what, path, key)
         missing = [n for n in self.inputs if n not in tensors]
         if missing:
-            raise EdgemmError(f"{self.what}: {path} | Has no tensor for input {missing[0]}; expected keys: "
-                              f"{', '.join(self.inputs)}.")
+            raise EdgemmError(f"{self.what}: {path} | Has no tensor for input {missing[0]} (it holds "
+                              f"{', '.join(arrays) or 'nothing'}); expected keys: {', '.join(self.inputs)}.")
         batches = {k: v.shape[0] if v.ndim else None for k, v in {**tensors, **labels}.items()}
         if len(set(batches.values())) != 1 or None in batches.values():
             raise EdgemmError(f"{self.what}: {path} | Tensors disagree on the batch (first) dim {batches}; "
