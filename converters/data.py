@@ -199,14 +199,16 @@ class DataFolder:
 
     def single_samples(self, progress: bool = False, limit: int | None = None) -> Iterator[Sample]:
         """Samples split to a batch of one each (what calibration and most evaluation loops want)."""
+        if limit is not None and limit <= 0:
+            return
         n = 0
         for s in self.samples(progress):
             for i in range(s.batch):
-                if limit is not None and n >= limit:
-                    return
                 yield Sample({k: v[i:i + 1] for k, v in s.tensors.items()},
                              {k: v[i:i + 1] for k, v in s.labels.items()}, f"{s.name}[{i}]")
                 n += 1
+                if limit is not None and n >= limit:
+                    return  # before the next file is opened
 
 
 def _progress(items, what: str, enabled: bool):

@@ -1,0 +1,550 @@
+"""`edgemm convert`: prune -> quantize (FP16 / INT8) -> accuracy guard -> validate -> TensorRT -> bundle.
+
+One function, ``convert(model, out, ConvertOptions(...))``, runs the whole chain on every graph of a
+bundle (a plain .onnx too) and writes OUT atomically: the converted graphs, the manifest with its
+provenance (source hashes, precision, every converter setting, the INT8 flavour and why, the layers
+kept in float), and the validation report (report.json, report.md, confusion.png) with accuracy,
+closeness, latency and size before and after. A failure at any step leaves no OUT behind.
+
+The pieces: converters.calibration (feeds), converters.fp16, converters.int8, converters.guard,
+converters.prune (pruning), converters.validate (metrics and report), converters.tensorrt (engines).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+from edgemm.bundle import MANIFEST_NAME, Bundle, atomic_output_dir, file_sha256, load_bundle
+from edgemm.errors import EdgemmError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_CALIB_LIMIT = 512  # TensorRT and ORT guidance: a few hundred representative samples
+FLAVOUR_TIMING_S = 2.0
+MIN_INT8_SPEEDUP = 0.95  # below this (beyond timing noise) a graph's INT8 is slower than FP32: keep FP32
+BENCH_S = 3.0
+
+
+@dataclass
+class ConvertOptions:
+    precision: str = "fp32"
+    calib: str | Path | None = None
+    calib_limit: int | None = DEFAULT_CALIB_LIMIT
+    calib_method: str = "minmax"
+    eval: str | Path | None = None
+    eval_limit: int | None = None
+    max_drop: float | None = None
+    prune: str | None = None
+    target: str = "onnxruntime"
+    force: bool = False
+    threads: int | None = None
+    bench_seconds: float = BENCH_S
+    flavour: str | None = None  # force an INT8 flavour (u8s8, s8s8, trt); None: by target and measurement
+    guard_iterations: int | None = None
+    quiet: bool = False
+
+    def settings(self) -> dict:
+        d = asdict(self)
+        for k in ("calib", "eval"):
+            d[k] = str(d[k]) if d[k] is not None else None
+        d.pop("quiet")
+        d.pop("force")
+        return d
+
+
+def _say(msg: str, opts: ConvertOptions) -> None:
+    log.info(msg)
+    if not opts.quiet:
+        print(f"edgemm convert: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks that fail before any work
+# --------------------------------------------------------------------------------------------------
+
+
+def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> None:
+    from converters import int8
+
+    if opts.precision not in PRECISIONS:
+        raise EdgemmError(f"Precision: {opts.precision} | Unknown; expected one of {', '.join(PRECISIONS)}.")
+    if opts.calib_method not in int8.CALIB_METHODS:
+        raise EdgemmError(f"Calibration method: {opts.calib_method} | Unknown; expected one of "
+                          f"{', '.join(int8.CALIB_METHODS)}.")
+    int8.target_flavour(opts.target)
+    if opts.flavour is not None and opts.flavour not in int8.FLAVOURS:
+        raise EdgemmError(f"INT8 flavour: {opts.flavour} | Unknown; expected one of {', '.join(int8.FLAVOURS)}.")
+    if opts.target == "tensorrt" and opts.flavour not in (None, "trt"):
+        raise EdgemmError(f"INT8 flavour: {opts.flavour} | TensorRT needs symmetric S8S8 Q/DQ; expected trt "
+                          "(or no flavour) with --target tensorrt.")
+    for name, value in (("Calibration limit", opts.calib_limit), ("Evaluation limit", opts.eval_limit),
+                        ("Threads", opts.threads)):
+        if value is not None and value < 1:
+            raise EdgemmError(f"{name}: {value} | Expected a positive number.")
+    if opts.max_drop is not None and opts.max_drop < 0:
+        raise EdgemmError(f"Max drop: {opts.max_drop} | Expected a non-negative number of points.")
+    if opts.prune:
+        from converters.prune import parse_spec
+
+        parse_spec(opts.prune)
+    if opts.precision == "int8" and opts.calib is None:
+        raise EdgemmError("Calibration data | --precision int8 needs --calib DIR (a folder of .npz files or media "
+                          "files); expected representative inputs to measure activation ranges on.")
+    if opts.max_drop is not None and opts.eval is None and opts.calib is None:
+        raise EdgemmError("Max drop | Needs --eval DIR (labelled samples) or at least --calib DIR to measure the drop on.")
+    out = Path(out)
+    if out.exists() and not opts.force:
+        raise EdgemmError(f"Output: {out} | Already exists; expected a new path (or pass --force to replace it).")
+    m, o = Path(model).resolve(), out.resolve()
+    if o == m or m in o.parents or o in m.parents:
+        # Inside the model's folder, or holding the model (which --force would delete): never.
+        raise EdgemmError(f"Output: {out} | Is the model itself, inside it or holds it; expected a separate path.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def stage_bundle(bundle: Bundle, models: dict[str, Any], folder: Path) -> Bundle:
+    """The bundle with some graphs replaced, written to folder (later stages read graphs by path)."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest.inferred = False
+    for g, spec in manifest.graphs.items():
+        spec.engine = None
+        onnx.save(models[g], str(folder / spec.file))
+    return Bundle(root=folder, manifest=manifest, source=bundle.source)
+
+
+def _sample_feeds(bundle: Bundle, calib, limit: int, threads) -> dict[str, list[dict]]:
+    """A few per-graph feeds (for timing and checks): from the calibration data, else synthesised."""
+    from converters.calibration import GraphFeeds, graph_order
+
+    graphs = graph_order(bundle)
+    if calib is not None:
+        out: dict[str, list[dict]] = {g: [] for g in graphs}
+        with GraphFeeds(bundle, calib, limit=limit, progress=False, threads=threads) as gf:
+            for s in gf.samples():
+                for g, f in gf.feeds_for(s).items():
+                    out[g].append(f)
+        return out
+    from converters.calibration import input_metadata
+    from edgemm.feeds import synthesize
+
+    return {g: [synthesize(input_metadata(bundle.load_graph(g, load_weights=False)), bundle.manifest.graphs[g], 1, i)
+                for i in range(limit)] for g in graphs}
+
+
+def measure(original: Bundle, converted: Bundle, feeds: dict[str, list[dict]], threads, seconds: float) -> dict:
+    """Latency (interleaved, per graph), size, parameters and MACs before and after."""
+    from edgemm import bench
+    from edgemm.modelinfo import graph_info
+    from edgemm.runners.onnxruntime import OnnxRuntimeRunner
+
+    targets = []
+    for g in original.manifest.graphs:
+        for label, b in (("before", original), ("after", converted)):
+            targets.append(bench.Target(f"{g}:{label}", OnnxRuntimeRunner(b.graph_path(g), "cpu", threads,
+                                        name=f"{g}:{label}"), feed=feeds[g][0]))
+    results = {r["model"]: r for r in bench.run(targets, duration_s=seconds, warmup_s=0.3)}
+    latency, size, params, macs = {}, {}, {}, {}
+    for g in original.manifest.graphs:
+        b, a = results[f"{g}:before"]["latency_ms"], results[f"{g}:after"]["latency_ms"]
+        latency[g] = {"before": b["p50"], "after": a["p50"], "p90_before": b["p90"], "p90_after": a["p90"],
+                      "speedup": b["p50"] / a["p50"] if a["p50"] > 0 else None}
+        ib = graph_info(original.load_graph(g), original.graph_path(g), original.manifest.graphs[g])
+        ia = graph_info(converted.load_graph(g), converted.graph_path(g), converted.manifest.graphs[g])
+        size[g] = {"before": ib.size_bytes, "after": ia.size_bytes}
+        params[g] = {"before": ib.parameters, "after": ia.parameters}
+        macs[g] = {"before": ib.macs, "after": ia.macs}
+    if len(latency) > 1:
+        tb = sum(v["before"] for v in latency.values())
+        ta = sum(v["after"] for v in latency.values())
+        latency["all graphs"] = {"before": tb, "after": ta, "speedup": tb / ta if ta else None}
+    return {"latency_ms_p50": latency, "size_bytes": size, "parameters": params, "macs": macs,
+            "latency_setup": {"method": "edgemm.bench.run, interleaved, batch 1, onnxruntime CPU",
+                              "threads": threads, "seconds": seconds,
+                              "iterations": results[next(iter(results))]["iterations"]}}
+
+
+# --------------------------------------------------------------------------------------------------
+# The chain
+# --------------------------------------------------------------------------------------------------
+
+
+def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> dict:
+    """Convert a bundle (or .onnx) into OUT. Returns the report dict (also written as OUT/report.json)."""
+    opts = opts or ConvertOptions()
+    check_options(model, out, opts)
+    from converters.calibration import GraphFeeds, graph_order
+    from converters.data import DataFolder
+
+    started = time.monotonic()
+    bundle = load_bundle(model)
+    # Data folders are opened (and checked for existence and contents) before any work.
+    if opts.calib is not None:
+        DataFolder(opts.calib, bundle, "Calibration data")
+    if opts.eval is not None:
+        DataFolder(opts.eval, bundle, "Evaluation data")
+    graphs = graph_order(bundle)
+    originals = {g: bundle.load_graph(g) for g in graphs}
+    report: dict[str, Any] = {"title": f"edgemm convert: {bundle.name} -> {opts.precision}"
+                              + (f", pruned {opts.prune}" if opts.prune else "")
+                              + (f", target {opts.target}" if opts.target != "onnxruntime" else "")}
+    conversion: dict[str, Any] = {"precision": opts.precision, "target": opts.target}
+    provenance_extra: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="edgemm-convert-") as work:
+        work = Path(work)
+        current = dict(originals)
+        stage = bundle
+
+        # 1. Prune -------------------------------------------------------------------------------------
+        if opts.prune:
+            from converters.prune import prune
+
+            prune_info = {}
+            for g in graphs:
+                _say(f"pruning graph {g} ({opts.prune})", opts)
+                feeds = None
+                if opts.calib is not None:
+                    gf = GraphFeeds(stage, opts.calib, limit=opts.calib_limit, progress=False, threads=opts.threads)
+                    feeds = list(_take(gf.iter_graph(g), 256))
+                    gf.close()
+                current[g], prune_info[g] = prune(current[g], opts.prune, feeds,
+                                                  importance="activation" if feeds else "l1",
+                                                  threads=opts.threads)
+            stage = stage_bundle(bundle, current, work / "pruned")
+            conversion["prune"] = prune_info
+            provenance_extra["prune"] = opts.prune
+
+        # 2. Quantize ------------------------------------------------------------------------------------
+        guard_setup = None
+        if opts.precision == "fp16":
+            guard_setup = _fp16(stage, current, graphs, opts, conversion)
+        elif opts.precision == "int8":
+            guard_setup = _int8(stage, current, graphs, opts, conversion, work)
+
+        # 3. Accuracy guard --------------------------------------------------------------------------------
+        if opts.max_drop is not None:
+            current = _guard(bundle, originals, current, guard_setup, opts, conversion)
+
+        # 4. Write, validate, measure, build -----------------------------------------------------------------
+        manifest = copy.deepcopy(bundle.manifest)
+        manifest.inferred = False
+        parent = dict(bundle.manifest.provenance)
+        manifest.provenance = _provenance(bundle, opts, conversion, provenance_extra, parent)
+        with atomic_output_dir(out, opts.force) as tmp:
+            import onnx
+
+            for g, spec in manifest.graphs.items():
+                spec.engine = None
+                onnx.save(current[g], str(tmp / spec.file))
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+            converted = load_bundle(tmp)  # a bundle that does not load must not replace anything
+            feeds = _sample_feeds(stage, opts.calib, 1, opts.threads)
+            _say(f"measuring latency before/after ({opts.bench_seconds:g} s, interleaved)", opts)
+            perf = measure(bundle, converted, feeds, opts.threads, opts.bench_seconds)
+            report.update(perf)
+            data = opts.eval if opts.eval is not None else opts.calib
+            if data is not None:
+                from converters.validate import compare_bundles
+
+                _say(f"validating on {data}", opts)
+                comparison = compare_bundles(bundle, converted, data, threads=opts.threads, limit=opts.eval_limit)
+                if opts.eval is None:
+                    comparison["note"] = ("no --eval given: measured on the calibration data (optimistic; "
+                                          "give a held-out --eval folder for a fair figure)")
+                if "converted" in comparison:  # it ran from the temporary folder that becomes OUT
+                    comparison["converted"]["model"] = str(out)
+                report.update(comparison)
+            else:
+                report["note"] = "no --eval or --calib data: accuracy and closeness not measured"
+            if opts.target == "tensorrt":
+                _tensorrt(converted, current, manifest, tmp, opts, conversion)
+            conversion["seconds"] = round(time.monotonic() - started, 1)
+            report["conversion"] = conversion
+            report["provenance"] = manifest.provenance
+            report["machine"] = _machine()
+            report["warnings"] = _warnings(report, opts)
+            from converters.validate import write_report
+
+            write_report(tmp, report)
+    for w in report["warnings"]:
+        _say(f"warning: {w}", opts)
+    return report
+
+
+def _take(it, n):
+    for i, x in enumerate(it):
+        if i >= n:
+            return
+        yield x
+
+
+def _machine() -> dict:
+    from edgemm.bench import machine
+
+    from converters.int8 import has_vnni
+
+    m = machine()
+    m["int8_dot_product"] = "VNNI/dotprod" if has_vnni() else "none (no VNNI)"
+    return m
+
+
+def _fp16(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict):
+    from converters import fp16
+    from converters.calibration import GraphFeeds
+
+    fp16_info = {}
+    block: dict[str, list[str]] = {}
+    bases = {}
+    for g in graphs:
+        _say(f"FP16: graph {g}: range scan{' on ' + str(opts.calib) if opts.calib else ' on synthetic inputs'}", opts)
+        if opts.calib is not None:
+            gf = GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads)
+            feeds = gf.iter_graph(g)
+        else:
+            gf = None
+            feeds = _sample_feeds(stage, None, 8, opts.threads)[g]
+        res = fp16.convert_fp16(current[g], feeds)
+        if gf is not None:
+            gf.close()
+        bases[g] = current[g]
+        block[g] = [k["node"] for k in res.kept_fp32]
+        current[g] = res.model
+        fp16_info[g] = res.summary() | {"feeds": "calibration" if opts.calib else "synthetic (no --calib)"}
+        if opts.calib is None:
+            fp16_info[g]["note"] = "range scan on synthetic inputs: give --calib for a real overflow check"
+    conversion["fp16"] = fp16_info
+
+    def quantize_fn(g, exclude):
+        from converters.fp16 import _convert
+
+        return _convert(_named(bases[g]), block[g] + list(exclude))
+
+    def groups_for(g):
+        return _compute_groups(_named(bases[g]), exclude=set(block[g]))
+
+    return {"quantize_fn": quantize_fn, "groups": {g: groups_for(g) for g in graphs}, "quantized": dict(current)}
+
+
+def _named(model):
+    import onnx
+
+    from converters.int8 import name_nodes
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    name_nodes(m)
+    return m
+
+
+def _compute_groups(model, exclude: set[str]) -> list[list[str]]:
+    """Layer groups of a float model (a computing node and the activations fused with it)."""
+    from converters.int8 import MOVEMENT_OPS, TRAILING_ACTIVATIONS, _consumers
+
+    cons = _consumers(model)
+    groups = []
+    skip = set(MOVEMENT_OPS) | set(TRAILING_ACTIVATIONS) | {"Constant", "Shape", "Cast"}
+    for n in model.graph.node:
+        if n.name in exclude or n.op_type in skip:
+            continue
+        group, cur = [n.name], n
+        while cur.output:
+            nxt = cons.get(cur.output[0], [])
+            if len(nxt) == 1 and nxt[0].op_type in TRAILING_ACTIVATIONS:
+                cur = nxt[0]
+                group.append(cur.name)
+            else:
+                break
+        groups.append(group)
+    return groups
+
+
+def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict, work: Path):
+    from converters import int8
+    from converters.calibration import GraphFeeds
+
+    fixed = int8.target_flavour(opts.target) or opts.flavour or int8.env_flavour()
+    prepared, calibs, flavours, info = {}, {}, {}, {}
+    sample_feeds = _sample_feeds(stage, opts.calib, 8, opts.threads)
+    for g in graphs:
+        _say(f"INT8: graph {g}: preparing (shape inference, BatchNorm folding)", opts)
+        prepared[g] = int8.prepare(current[g], work)
+        symmetric = fixed == "trt"
+        _say(f"INT8: graph {g}: calibrating ({opts.calib_method}) on {opts.calib}", opts)
+        with GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads) as gf:
+            calibs[g] = int8.calibrate(prepared[g], gf.iter_graph(g), opts.calib_method, symmetric, workdir=work)
+        gi: dict[str, Any] = {"calibration": {"method": opts.calib_method, "samples": calibs[g].samples,
+                                              "samples_per_chunk": calibs[g].chunk, "symmetric_ranges": symmetric}}
+        if fixed:
+            flavours[g] = fixed
+            current[g] = int8.quantize(prepared[g], calibs[g], fixed, workdir=work)
+            why = {"trt": "target tensorrt: symmetric S8S8, zero point 0, TensorRT placement"}.get(
+                fixed, "forced (--flavour or EDGEMM_INT8_FLAVOUR)")
+            gi["flavour"] = {"chosen": fixed, "why": why, "settings": int8.flavour_spec(fixed).describe()}
+        else:
+            _say(f"INT8: graph {g}: timing the Q/DQ flavours against FP32 on this CPU", opts)
+            choice = int8.choose_flavour(prepared[g], current[g], calibs[g], sample_feeds[g], opts.threads,
+                                         duration_s=FLAVOUR_TIMING_S)
+            best = choice["candidates"][choice["flavour"]]
+            others = ", ".join(f"{k} {v['speedup_vs_fp32']:.2f}x" for k, v in choice["candidates"].items())
+            gi["flavour"] = {"fp32_p50_ms": choice["fp32_p50_ms"], "candidates": choice["candidates"],
+                             "threads": opts.threads, "timing_s": FLAVOUR_TIMING_S}
+            if best["speedup_vs_fp32"] < MIN_INT8_SPEEDUP:
+                # INT8 that is slower than FP32 where it will run is worse than nothing: this graph stays
+                # FP32 (small graphs: Q/DQ overhead exceeds the integer kernels' gain).
+                flavours[g] = "fp32"
+                gi["flavour"].update(chosen="fp32", why=f"every INT8 flavour was slower than FP32 on this CPU "
+                                                          f"({others}); kept in FP32")
+                _say(f"INT8: graph {g}: kept FP32, INT8 is slower here ({others})", opts)
+            else:
+                flavours[g] = choice["flavour"]
+                current[g] = choice["models"][choice["flavour"]]
+                gi["flavour"].update(chosen=choice["flavour"], why="fastest on this CPU (interleaved timing) "
+                                                                   "among flavours as close to FP32")
+                _say(f"INT8: graph {g}: {choice['flavour']} chosen ({others} vs FP32)", opts)
+        gi["qdq"] = int8.qdq_counts(current[g])
+        info[g] = gi
+    conversion["int8"] = info
+    conversion["int8_flavours"] = flavours
+    floats = {g: current[g] for g in graphs if flavours[g] == "fp32"}
+
+    def quantize_fn(g, exclude):
+        if g in floats:
+            return floats[g]
+        return int8.quantize(prepared[g], calibs[g], flavours[g], exclude, workdir=work)
+
+    groups = {g: [] if g in floats else int8.quantized_groups(prepared[g], current[g]) for g in graphs}
+    return {"quantize_fn": quantize_fn, "groups": groups, "quantized": dict(current)}
+
+
+def _guard(bundle: Bundle, originals: dict, current: dict, setup: dict | None, opts: ConvertOptions,
+           conversion: dict) -> dict:
+    from converters import guard
+    from converters.data import DataFolder
+
+    data = opts.eval if opts.eval is not None else opts.calib
+    folder = DataFolder(data, bundle, "Evaluation data" if opts.eval is not None else "Calibration data")
+    samples = guard.load_samples(folder.single_samples(limit=opts.eval_limit))
+    evaluator = guard.BundleEvaluator(bundle, samples, opts.threads)
+    evaluator.set_reference(originals)
+    if setup is None:  # fp32 (pruning only): nothing to keep in float, only a check
+        out = evaluator.outputs(current)
+        m_float, m = evaluator.metric(evaluator.reference), evaluator.metric(out)
+        conversion["accuracy_guard"] = {"metric": evaluator.metric_name, "metric_float": m_float, "metric_final": m,
+                                        "drop_points": m_float - m, "max_drop_points": opts.max_drop,
+                                        "note": "fp32: no quantized layers to keep in float; checked only"}
+        if m_float - m > opts.max_drop:
+            raise EdgemmError(f"Accuracy guard | Drop of {m_float - m:.2f} points ({evaluator.metric_name}) exceeds "
+                              f"--max-drop {opts.max_drop:g}; expected a milder --prune ratio or a larger budget.")
+        return current
+    kwargs = {"max_iterations": opts.guard_iterations} if opts.guard_iterations else {}
+    result = guard.accuracy_guard(evaluator, originals, setup["quantize_fn"], setup["groups"], opts.max_drop,
+                                  quantized=setup["quantized"], quiet=opts.quiet, **kwargs)
+    conversion["accuracy_guard"] = result.to_dict() | {"data": str(data), "samples": len(samples)}
+    if opts.eval is None:
+        conversion["accuracy_guard"]["note"] = "measured on the calibration data (no --eval given)"
+    if not result.within_budget:
+        raise EdgemmError(f"Accuracy guard | Best drop {result.drop:.2f} points ({result.metric_name}) exceeds "
+                          f"--max-drop {opts.max_drop:g} ({result.stop_reason}); expected a larger budget, another "
+                          "--calib-method, more calibration data, or a milder --prune.")
+    kept = sum(1 for s in result.steps if s.kept_float)
+    _say(f"accuracy guard: drop {result.drop:.2f} points within {opts.max_drop:g}; {kept} layer group(s) kept "
+         "in float", opts)
+    return result.models
+
+
+def _tensorrt(converted: Bundle, current: dict, manifest, tmp: Path, opts: ConvertOptions, conversion: dict) -> None:
+    from converters.tensorrt import EngineOptions, build_engines
+
+    try:
+        builds = build_engines(converted, EngineOptions(), models=current)
+    except EdgemmError as exc:
+        # The TensorRT-ready Q/DQ graphs are still the product on a machine without a GPU: the engine is
+        # built on the device (it is tied to its GPU and TensorRT version).
+        conversion["tensorrt"] = {"engine": None, "reason": str(exc)}
+        _say(f"no TensorRT engine built: {exc}", opts)
+        return
+    for g, b in builds.items():
+        (tmp / b.file).write_bytes(b.plan)
+        manifest.graphs[g].engine = b.info
+    (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    load_bundle(tmp)
+    conversion["tensorrt"] = {g: {**b.info, "seconds": b.seconds, "warnings": b.warnings} for g, b in builds.items()}
+
+
+def _provenance(bundle: Bundle, opts: ConvertOptions, conversion: dict, extra: dict, parent: dict) -> dict:
+    import onnx
+    import onnxruntime
+
+    from edgemm import __version__
+
+    sources = {}
+    for g in bundle.manifest.graphs:
+        p = bundle.graph_path(g)
+        sources[g] = {"file": str(p), "sha256": file_sha256(p)}
+    prov: dict[str, Any] = {
+        "precision": opts.precision,
+        "converter": f"edgemm convert {__version__}",
+        "converted_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source_model": str(bundle.source or bundle.root),
+        "source_graphs": sources,
+        "settings": opts.settings(),
+        "tools": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+    }
+    if "int8" in conversion:
+        prov["int8_flavour"] = conversion["int8_flavours"]
+        kinds = set(conversion["int8_flavours"].values())
+        if "fp32" in kinds:  # INT8 was slower than FP32 for these graphs: they stayed FP32
+            prov["precision"] = "fp32" if kinds == {"fp32"} else "mixed"
+        prov["calibration_method"] = opts.calib_method
+        prov["calibration_samples"] = {g: v["calibration"]["samples"] for g, v in conversion["int8"].items()}
+    if "fp16" in conversion:
+        prov["kept_fp32"] = {g: [k["node"] for k in v["kept_fp32"]] for g, v in conversion["fp16"].items()}
+    guard = conversion.get("accuracy_guard")
+    if guard:
+        prov["accuracy_guard"] = {"max_drop_points": opts.max_drop, "metric": guard.get("metric"),
+                                  "drop_points": guard.get("drop_points"),
+                                  "layers_kept_float": guard.get("layers_kept_float", {})}
+    prov.update(extra)
+    if parent:
+        prov["parent_provenance"] = {k: v for k, v in parent.items() if k != "precision"} | {
+            "precision": parent.get("precision", "fp32")}
+    return prov
+
+
+def _warnings(report: dict, opts: ConvertOptions) -> list[str]:
+    out = []
+    lat = report.get("latency_ms_p50", {})
+    for g, v in lat.items():
+        sp = v.get("speedup")
+        if opts.precision in ("int8", "fp16") and opts.target == "onnxruntime" and sp is not None and sp < 1.0:
+            out.append(f"graph {g}: the {opts.precision} model is SLOWER than the original on this CPU "
+                       f"({sp:.2f}x); onnxruntime's kernels do not fuse it here. On a GPU build with TensorRT.")
+    if opts.precision == "fp16" and opts.target == "onnxruntime":
+        out.append("FP16 on the CPU: onnxruntime runs most FP16 ops through casts; FP16 pays off on GPUs "
+                   "(TensorRT, CUDA EP), not here")
+    return out
+
+
+def guard_budget_line(report: dict) -> str | None:
+    g = report.get("conversion", {}).get("accuracy_guard")
+    if not g:
+        return None
+    return (f"accuracy guard: {g['metric']}: float {g['metric_float']:.2f}, final {g['metric_final']:.2f} "
+            f"(drop {g['drop_points']:.2f}, budget {g['max_drop_points']:g})")

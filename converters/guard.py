@@ -1,0 +1,292 @@
+"""Accuracy guard (``--max-drop POINTS``): keep in float the layers that cost the most, until within budget.
+
+The idea is OpenVINO NNCF's ``quantize_with_accuracy_control``, applied to explicit Q/DQ models of any
+flavour (ONNX Runtime's u8s8/s8s8 and TensorRT's symmetric s8s8, for which no tool does it today):
+
+1. Quantize everything; measure the metric on the evaluation set. Within budget: done.
+2. Rank the quantized layer groups (a layer plus the activation fused with it) by their effect: each group
+   is reverted to float on its own and the model re-measured on a ranking subset. The gain in the metric
+   ranks first; the reduction of the output error against the float model breaks ties (a metric on a
+   few hundred samples moves in whole samples; the output error moves with every layer).
+3. Revert groups in rank order, re-measuring the whole evaluation set after each; a step that does not
+   help (metric not better, and output error not lower at an equal metric) is undone. Stop when within
+   budget, when every group has been tried, or at the iteration cap.
+
+The metric, in points (higher is better): with labels, accuracy x 100 (classification), mean per-label
+accuracy x 100 (multilabel), R^2 x 100 (regression); without labels, agreement with the float model:
+top-1 agreement x 100 for classification outputs, mean cosine similarity x 100 otherwise.
+Q/DQ models are run by ONNX Runtime on the CPU, which computes exactly what the Q/DQ graph specifies;
+a TensorRT engine built from it can differ from that by its own kernel rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from converters.data import Sample, primary_output
+from edgemm.bundle import Bundle
+from edgemm.errors import EdgemmError
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 64
+RANK_SAMPLES = 300
+MAX_ITERATIONS = 40
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a whole bundle from in-memory graphs
+# --------------------------------------------------------------------------------------------------
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class BundleEvaluator:
+    """Runs a bundle whose graphs are given as ModelProtos on cached samples; computes the metric."""
+
+    def __init__(self, bundle: Bundle, samples: list[Sample], threads: int | None = None, batch: int = EVAL_BATCH):
+        if not samples:
+            raise EdgemmError("Evaluation data | Holds no samples; expected at least one.")
+        self.bundle, self.samples, self.threads, self.batch = bundle, samples, threads, batch
+        self.output = primary_output(bundle)
+        self.spec = next(o for g in bundle.manifest.graphs.values() for o in g.outputs if o.name == self.output)
+        labelled = [s.labels.get(self.output) for s in samples]
+        self.labels = np.concatenate(labelled) if all(x is not None for x in labelled) else None
+        self.reference: np.ndarray | None = None  # float model's primary output, for closeness
+        self.runs = 0
+
+    @property
+    def metric_name(self) -> str:
+        if self.labels is None:
+            return "top-1 agreement with float (%)" if self.spec.task == "classification" else "cosine x 100 vs float"
+        return {"classification": "accuracy (%)", "multilabel": "mean label accuracy (%)",
+                "regression": "R^2 x 100"}.get(self.spec.task, "cosine x 100 vs labels")
+
+    def outputs(self, models: dict[str, object], idx: np.ndarray | None = None) -> np.ndarray:
+        """The primary output for the samples (all, or the indices idx), stacked along the batch."""
+        from edgemm.fusion import FusionModel
+
+        idx = np.arange(len(self.samples)) if idx is None else idx
+        with tempfile.TemporaryDirectory(prefix="edgemm-guard-") as tmp:
+            manifest = copy.deepcopy(self.bundle.manifest)
+            import onnx
+
+            for g, spec in manifest.graphs.items():
+                onnx.save(models[g], str(Path(tmp) / spec.file))
+            bundle = Bundle(root=Path(tmp), manifest=manifest)
+            outs = []
+            with FusionModel(bundle, "onnxruntime", self.threads) as fm:
+                step = self.batch if self._dynamic_batch(fm) else 1
+                for start in range(0, len(idx), step):
+                    part = [self.samples[i] for i in idx[start:start + step]]
+                    tensors = {k: np.concatenate([s.tensors[k] for s in part]) for k in part[0].tensors}
+                    outs.append(np.asarray(fm.infer(tensors).outputs[self.output]))
+        self.runs += 1
+        return np.concatenate(outs)
+
+    @staticmethod
+    def _dynamic_batch(fm) -> bool:
+        for r in fm.runners.values():
+            for meta in r.input_metadata().values():
+                if not meta.shape or isinstance(meta.shape[0], int):
+                    return False
+        return True
+
+    def set_reference(self, float_models: dict[str, object]) -> None:
+        self.reference = self.outputs(float_models)
+
+    def metric(self, out: np.ndarray, idx: np.ndarray | None = None) -> float:
+        idx = np.arange(len(out)) if idx is None else idx
+        task = self.spec.task
+        probs_given = self.spec.scores == "probabilities"
+        if self.labels is not None:
+            y = self.labels[idx]
+            if task == "classification":
+                return 100.0 * float(np.mean(out.argmax(-1) == y.reshape(-1)))
+            if task == "multilabel":
+                p = out if probs_given else _sigmoid(out)
+                return 100.0 * float(np.mean((p > 0.5) == (y > 0.5)))
+            if task == "regression":
+                y = y.reshape(out.shape).astype(np.float64)
+                ss_res = float(np.sum((out - y) ** 2))
+                ss_tot = float(np.sum((y - y.mean(axis=0)) ** 2)) or 1.0
+                return 100.0 * (1.0 - ss_res / ss_tot)
+        ref = self.reference[idx]
+        if task == "classification":
+            return 100.0 * float(np.mean(out.argmax(-1) == ref.argmax(-1)))
+        a = out.reshape(len(out), -1).astype(np.float64)
+        b = ref.reshape(len(ref), -1).astype(np.float64)
+        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cos = np.where(den > 0, np.sum(a * b, axis=1) / np.where(den > 0, den, 1), 1.0)
+        return 100.0 * float(np.mean(cos))
+
+    def error(self, out: np.ndarray, idx: np.ndarray | None = None) -> float:
+        """Output error against the float model, normalised by the float output's power (NNCF's ranking proxy)."""
+        ref = self.reference if idx is None else self.reference[idx]
+        den = float(np.mean(ref.astype(np.float64) ** 2)) or 1.0
+        return float(np.mean((out.astype(np.float64) - ref) ** 2)) / den
+
+
+# --------------------------------------------------------------------------------------------------
+# The guard
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GuardStep:
+    graph: str
+    group: list[str]
+    metric_before: float
+    metric_after: float
+    error_before: float
+    error_after: float
+    kept_float: bool
+    rank_gain: float
+
+    def to_dict(self) -> dict:
+        return {"graph": self.graph, "layers": self.group, "metric_before": round(self.metric_before, 4),
+                "metric_after": round(self.metric_after, 4),
+                "gain_points": round(self.metric_after - self.metric_before, 4),
+                "output_error_before": self.error_before, "output_error_after": self.error_after,
+                "kept_float": self.kept_float, "rank_gain_points": round(self.rank_gain, 4)}
+
+
+@dataclass
+class GuardResult:
+    models: dict[str, object]
+    excluded: dict[str, list[str]]
+    metric_name: str
+    metric_float: float
+    metric_all_quantized: float
+    metric_final: float
+    max_drop: float
+    within_budget: bool
+    steps: list[GuardStep] = field(default_factory=list)
+    ranking: list[dict] = field(default_factory=list)
+    groups_total: int = 0
+    seconds: float = 0.0
+    stop_reason: str = ""
+
+    @property
+    def drop(self) -> float:
+        return self.metric_float - self.metric_final
+
+    def to_dict(self) -> dict:
+        return {
+            "metric": self.metric_name, "max_drop_points": self.max_drop,
+            "metric_float": round(self.metric_float, 4), "metric_all_quantized": round(self.metric_all_quantized, 4),
+            "metric_final": round(self.metric_final, 4), "drop_points": round(self.drop, 4),
+            "within_budget": self.within_budget, "stop_reason": self.stop_reason,
+            "groups_quantized": self.groups_total, "layers_kept_float": self.excluded,
+            "steps": [s.to_dict() for s in self.steps], "ranking": self.ranking[:10], "seconds": round(self.seconds, 1),
+        }
+
+
+QuantizeFn = Callable[[str, list[str]], object]  # (graph, nodes to exclude) -> quantized ModelProto
+
+
+def _say(msg: str, quiet: bool) -> None:
+    log.info(msg)
+    if not quiet:
+        print(f"edgemm convert: {msg}", file=sys.stderr, flush=True)
+
+
+def accuracy_guard(evaluator: BundleEvaluator, float_models: dict[str, object], quantize_fn: QuantizeFn,
+                   groups: dict[str, list[list[str]]], max_drop: float, rank_samples: int = RANK_SAMPLES,
+                   max_iterations: int = MAX_ITERATIONS, quantized: dict[str, object] | None = None,
+                   quiet: bool = True, seed: int = 0) -> GuardResult:
+    """Quantize all, then keep the most harmful layer groups in float until the drop is within max_drop.
+
+    float_models / quantized: graph -> ModelProto (the all-quantized models, if already made).
+    groups: graph -> quantized layer groups (lists of node names; see converters.int8.quantized_groups).
+    """
+    if max_drop < 0:
+        raise EdgemmError(f"Max drop: {max_drop} | Expected a non-negative number of points.")
+    start = time.monotonic()
+    if evaluator.reference is None:
+        evaluator.set_reference(float_models)
+    metric_float = evaluator.metric(evaluator.reference)
+    current = dict(quantized) if quantized else {g: quantize_fn(g, []) for g in float_models}
+    out = evaluator.outputs(current)
+    metric_q, err_q = evaluator.metric(out), evaluator.error(out)
+    all_groups = [(g, grp) for g in groups for grp in groups[g]]
+    result = GuardResult(current, {g: [] for g in float_models}, evaluator.metric_name, metric_float, metric_q,
+                         metric_q, max_drop, metric_float - metric_q <= max_drop, groups_total=len(all_groups))
+    _say(f"accuracy guard: float {metric_float:.2f}, all quantized {metric_q:.2f} ({evaluator.metric_name}); "
+         f"drop {metric_float - metric_q:.2f} points, budget {max_drop:g}", quiet)
+    if result.within_budget:
+        result.stop_reason = "within budget with every layer quantized"
+        result.seconds = time.monotonic() - start
+        return result
+
+    # Rank on a subset: each group reverted on its own.
+    n = len(evaluator.samples)
+    rng = np.random.default_rng(seed)
+    subset = np.sort(rng.choice(n, size=min(rank_samples, n), replace=False))
+    base_out = out[subset]
+    base_metric, base_err = evaluator.metric(base_out, subset), evaluator.error(base_out, subset)
+    ranking = []
+    for i, (g, grp) in enumerate(all_groups):
+        trial = dict(current)
+        trial[g] = quantize_fn(g, list(grp))
+        o = evaluator.outputs(trial, subset)
+        ranking.append({"graph": g, "layers": grp, "gain_points": evaluator.metric(o, subset) - base_metric,
+                        "error_reduction": base_err - evaluator.error(o, subset)})
+        if not quiet:
+            sys.stderr.write(f"\redgemm convert: ranking layers {i + 1}/{len(all_groups)}")
+    if not quiet and all_groups:
+        sys.stderr.write("\n")
+    ranking.sort(key=lambda r: (r["gain_points"], r["error_reduction"]), reverse=True)
+    result.ranking = [{**r, "gain_points": round(r["gain_points"], 4)} for r in ranking]
+
+    excluded: dict[str, list[str]] = {g: [] for g in float_models}
+    metric_cur, err_cur = metric_q, err_q
+    iterations = 0
+    for r in ranking:
+        if metric_float - metric_cur <= max_drop:
+            break
+        if iterations >= max_iterations:
+            break
+        iterations += 1
+        g, grp = r["graph"], r["layers"]
+        trial_excl = excluded[g] + list(grp)
+        trial = dict(current)
+        trial[g] = quantize_fn(g, trial_excl)
+        o = evaluator.outputs(trial)
+        m, e = evaluator.metric(o), evaluator.error(o)
+        better = m > metric_cur + 1e-9 or (abs(m - metric_cur) <= 1e-9 and e < err_cur)
+        result.steps.append(GuardStep(g, list(grp), metric_cur, m, err_cur, e, better, r["gain_points"]))
+        _say(f"accuracy guard: {'keep' if better else 'undo'} {'+'.join(grp)} in float: "
+             f"{metric_cur:.2f} -> {m:.2f}", quiet)
+        if better:
+            excluded[g] = trial_excl
+            current = trial
+            metric_cur, err_cur = m, e
+    result.models = current
+    result.excluded = excluded
+    result.metric_final = metric_cur
+    result.within_budget = metric_float - metric_cur <= max_drop
+    if result.within_budget:
+        result.stop_reason = f"within budget after {iterations} step(s)"
+    elif iterations >= max_iterations:
+        result.stop_reason = f"iteration cap ({max_iterations}) reached"
+    else:
+        result.stop_reason = "every quantized layer group tried"
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def load_samples(samples: Iterable[Sample]) -> list[Sample]:
+    """Evaluation samples in memory (the guard measures many candidates on the same set); cap with a limit."""
+    return list(samples)

@@ -1,0 +1,638 @@
+"""Static INT8 quantization with explicit Q/DQ, in the flavour the target runs fastest and correctly.
+
+Steps (each a function, so the accuracy guard can re-run the cheap ones):
+
+1. ``prepare``: ``onnxruntime.quantization.quant_pre_process`` (shape inference, Conv+BatchNorm folding
+   and other graph simplifications) and a unique name for every node (the handle of nodes_to_exclude).
+2. ``calibrate``: activation ranges with MinMax, Entropy or Percentile from a ``CalibrationReader``, fed
+   in chunks so memory stays bounded (ORT's histogram calibrators keep every activation of one
+   ``collect_data`` call in memory; MinMax merges ranges between chunks). Done once; the ranges are
+   reused for every flavour and every guard step.
+3. ``quantize``: Q/DQ insertion with per-channel weights, from the cached ranges, in a flavour:
+
+   ``u8s8``  uint8 activations (asymmetric), int8 weights: ONNX Runtime's fast path on x86. Without VNNI
+             the weights use 7 bits (``reduce_range``) to avoid int16 saturation in the u8*s8 kernels.
+   ``s8s8``  int8 activations (asymmetric) and weights: ONNX Runtime's default, fast on ARM / VNNI.
+   ``trt``   TensorRT explicit quantization: int8 symmetric activations and weights (zero point 0),
+             per-channel weights, Q/DQ only on the inputs of Conv/ConvTranspose/Gemm/MatMul and the
+             residual input of Add (the Conv side of a residual Add stays float so TensorRT fuses
+             Conv+Add), no Q/DQ on op outputs, biases or graph outputs, Softmax and the rest in float.
+
+   In every flavour graph outputs stay float (no 8-bit rounding of the logits a decision reads).
+4. ``choose_flavour`` (target onnxruntime): the candidates are timed interleaved on the actual model on
+   this CPU, together with FP32, and the fastest that is as close to FP32 as the others wins. The
+   numbers are recorded, because Q/DQ INT8 can be slower than FP32 where the kernels do not fuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from edgemm.errors import EdgemmError
+
+log = logging.getLogger(__name__)
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+FLAVOURS = ("u8s8", "s8s8", "trt")
+TARGETS = ("onnxruntime", "tensorrt")
+ORT_CANDIDATES = ("u8s8", "s8s8")
+
+# Ops whose inputs TensorRT wants quantized (its INT8 kernels); everything else stays float there.
+TRT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Activations that follow a layer and are quantized (or removed) together with it.
+TRAILING_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Gelu")
+# Ops that only move or select values: ORT quantizes them when their input already is; never a group.
+MOVEMENT_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Slice", "Split",
+                "Gather", "Pad", "Resize", "Identity", "Expand", "Tile", "DepthToSpace", "SpaceToDepth")
+
+# Bounded calibration memory: samples per collect_data call come from this budget.
+CALIB_MEMORY_MB = 512
+ENTROPY_BINS = 2048  # histogram bins searched for the KL-optimal threshold of 128 levels (TensorRT's setting)
+
+
+def _q():
+    import onnxruntime.quantization as q
+
+    return q
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and the CPU
+# --------------------------------------------------------------------------------------------------
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_vnni() -> bool:
+    """True when the CPU has an 8-bit dot-product instruction (x86 VNNI, ARM dotprod)."""
+    flags = cpu_flags()
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+
+
+def is_x86() -> bool:
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+@dataclass
+class FlavourSpec:
+    name: str
+    activation: str  # "uint8" | "int8"
+    weight: str = "int8"
+    symmetric_activations: bool = False
+    reduce_range: bool = False
+    op_types: tuple[str, ...] | None = None  # None: everything ORT can quantize
+    outputs_float: tuple[str, ...] = ()  # op types whose outputs get no Q/DQ
+    quantize_bias: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        a = "u8" if self.activation == "uint8" else "s8"
+        sym = " symmetric" if self.symmetric_activations else ""
+        rr = ", 7-bit weights (reduce_range)" if self.reduce_range else ""
+        return f"{self.name}: {a} activations{sym}, s8 per-channel weights{rr}"
+
+
+def flavour_spec(name: str) -> FlavourSpec:
+    if name == "u8s8":
+        # Without VNNI the x86 u8*s8 kernels (vpmaddubsw) add pairs of products in int16 and can saturate;
+        # ORT's guidance is 7-bit weights there.
+        rr = is_x86() and not has_vnni()
+        return FlavourSpec("u8s8", "uint8", reduce_range=rr,
+                           notes=["reduce_range on: this x86 CPU has no VNNI"] if rr else [])
+    if name == "s8s8":
+        return FlavourSpec("s8s8", "int8")
+    if name == "trt":
+        return FlavourSpec("trt", "int8", symmetric_activations=True, op_types=TRT_OPS,
+                           outputs_float=TRT_OPS, quantize_bias=False)
+    raise EdgemmError(f"INT8 flavour: {name} | Unknown; expected one of {', '.join(FLAVOURS)}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Prepare
+# --------------------------------------------------------------------------------------------------
+
+
+def name_nodes(model) -> None:
+    """Give every node a unique name (quantizer exclusions and reports refer to nodes by name)."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+
+
+def prepare(model, workdir: str | Path | None = None):
+    """quant_pre_process (shape inference, BatchNorm folding, simplifications) and unique node names."""
+    import onnx
+
+    q = _q()
+    with tempfile.TemporaryDirectory(prefix="edgemm-int8-", dir=workdir) as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "prepared.onnx"
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        name_nodes(m)  # before: the optimizer keeps names of nodes it does not fuse away
+        onnx.save(m, str(src))
+        try:
+            # ONNX shape inference is enough for most graphs; ORT's symbolic shape inference (sympy, slow
+            # to import) only runs when some tensor is left without a shape.
+            with _quiet():
+                q.quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+            if not _shapes_complete(onnx.load(str(dst), load_external_data=False)) and _has_sympy():
+                with _quiet():
+                    q.quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        except Exception as exc:  # noqa: BLE001 - fall back to the plain graph, with a note
+            log.warning("quant_pre_process failed (%s); quantizing the graph without it", exc)
+            dst = src
+        out = onnx.load(str(dst))
+    name_nodes(out)
+    return out
+
+
+def _has_sympy() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sympy") is not None
+
+
+def _shapes_complete(model) -> bool:
+    """Every tensor a node produces has a known type and rank (what the quantizer needs)."""
+    known = {vi.name for vi in list(model.graph.value_info) + list(model.graph.output)
+             if vi.type.tensor_type.HasField("shape")}
+    return all(o in known for n in model.graph.node for o in n.output if o)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantization tools print progress to stdout and log warnings; keep the CLI's output clean."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Calibrate (bounded memory)
+# --------------------------------------------------------------------------------------------------
+
+
+class _ChunkReader:
+    """Hands out at most n feeds of an iterator, starting with one already taken from it."""
+
+    def __init__(self, first: dict, it: Iterator[dict], n: int):
+        self._first, self._it, self._left = first, it, n
+
+    def get_next(self):
+        if self._left <= 0:
+            return None
+        if self._first is not None:
+            f, self._first = self._first, None
+        else:
+            f = next(self._it, None)
+        if f is not None:
+            self._left -= 1
+        return f
+
+    def rewind(self):  # ORT never rewinds during collect_data
+        raise TypeError("a calibration chunk cannot be rewound")
+
+
+@dataclass
+class Calibration:
+    """Activation ranges of a prepared model (ORT TensorsData) and how they were obtained."""
+
+    ranges: object  # onnxruntime.quantization.calibrate.TensorsData
+    method: str
+    symmetric: bool
+    samples: int
+    chunk: int
+
+    def cache_file(self, folder: Path) -> Path:
+        """The ranges in ORT's calibration cache format (what quantize_static reads back)."""
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        path = Path(folder) / f"calibration-{self.method}.json"
+        if not path.exists():
+            save_tensors_data(self.ranges, path)
+        return path
+
+
+def calibrate(prepared, feeds: Iterable[dict], method: str = "minmax", symmetric: bool = False,
+              memory_mb: float = CALIB_MEMORY_MB, workdir: str | Path | None = None) -> Calibration:
+    """Activation ranges of every tensor ORT may quantize, from feeds (dicts), memory bounded."""
+    import onnx
+
+    q = _q()
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+               "percentile": q.CalibrationMethod.Percentile}
+    if method not in methods:
+        raise EdgemmError(f"Calibration method: {method} | Unknown; expected one of {', '.join(CALIB_METHODS)}.")
+    from onnxruntime.quantization.calibrate import create_calibrator
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+    it = iter(feeds)
+    with tempfile.TemporaryDirectory(prefix="edgemm-calib-", dir=workdir) as tmp:
+        path = Path(tmp) / "prepared.onnx"
+        onnx.save(prepared, str(path))
+        extra = {"symmetric": symmetric}
+        if method == "entropy":
+            # ORT's entropy defaults (128 bins for 128 quantized bins) leave no threshold to search, so it
+            # returns the min/max range; 2048 histogram bins for 128 levels is TensorRT's KL calibration.
+            extra.update(num_bins=ENTROPY_BINS, num_quantized_bins=128)
+        with _quiet():
+            calibrator = create_calibrator(path, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                           calibrate_method=methods[method], extra_options=extra)
+        try:
+            first = next(it, None)
+            if first is None:
+                raise EdgemmError("Calibration data | Holds no samples; expected at least one.")
+            # Samples per chunk from the memory the augmented model's outputs take for one sample.
+            per_sample = sum(np.asarray(v).nbytes for v in calibrator.infer_session.run(None, first))
+            chunk = int(max(1, min(1024, memory_mb * 2**20 // max(per_sample, 1))))
+            total = 0
+            while first is not None:
+                reader = _ChunkReader(first, it, chunk)
+                with _quiet():
+                    calibrator.collect_data(reader)
+                total += chunk - reader._left
+                first = next(it, None)
+            with _quiet():
+                ranges = calibrator.compute_data()
+        finally:
+            del calibrator
+    return Calibration(ranges, method, symmetric, total, chunk)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Quantize
+# --------------------------------------------------------------------------------------------------
+
+
+def quantize(prepared, calibration: Calibration, flavour: str | FlavourSpec, nodes_to_exclude: Iterable[str] = (),
+             per_channel: bool = True, workdir: str | Path | None = None):
+    """A Q/DQ model from the prepared model and cached ranges. Excluded nodes stay float."""
+    import inspect
+
+    import onnx
+
+    q = _q()
+    spec = flavour if isinstance(flavour, FlavourSpec) else flavour_spec(flavour)
+    qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
+    extra = {
+        "ActivationSymmetric": spec.symmetric_activations,
+        "WeightSymmetric": True,
+        "QuantizeBias": spec.quantize_bias,
+    }
+    if spec.outputs_float:
+        extra["OpTypesToExcludeOutputQuantization"] = list(spec.outputs_float)
+    kwargs = dict(quant_format=q.QuantFormat.QDQ, per_channel=per_channel, reduce_range=spec.reduce_range,
+                  activation_type=qtype[spec.activation], weight_type=qtype[spec.weight],
+                  nodes_to_exclude=list(nodes_to_exclude), extra_options=extra)
+    if spec.op_types:
+        kwargs["op_types_to_quantize"] = list(spec.op_types)
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+               "percentile": q.CalibrationMethod.Percentile}
+    with tempfile.TemporaryDirectory(prefix="edgemm-quant-", dir=workdir) as tmp:
+        src, dst = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(prepared, str(src))
+        if "calibration_cache_path" not in inspect.signature(q.quantize_static).parameters:
+            raise EdgemmError(f"Module: onnxruntime {_ort_version()} | Too old for cached calibration ranges; "
+                              "expected onnxruntime >= 1.24 (pip install -U onnxruntime).")
+        with _quiet():
+            q.quantize_static(str(src), str(dst), None, calibrate_method=methods[calibration.method],
+                              calibration_cache_path=str(calibration.cache_file(Path(tmp))), **kwargs)
+        model = onnx.load(str(dst))
+    removed = keep_outputs_float(model, prepared)
+    if spec.name == "trt":
+        removed += trt_residual_placement(model, prepared)
+    excluded = set(nodes_to_exclude)
+    if excluded:
+        removed += float_inputs(model, excluded, prepared)
+    if removed:
+        _topological_sort(model)  # re-created activations were appended at the end
+        drop_unused_initializers(model)
+    return model
+
+
+def drop_unused_initializers(model) -> None:
+    """Scales and zero points of removed Q/DQ pairs (ORT would warn about each one at load)."""
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [init for init in model.graph.initializer if init.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _producers(model) -> dict[str, object]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def _consumers(model) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+FOLDABLE_ACTIVATIONS = ("Relu", "Clip")
+
+
+def _float_source(model, qn, prepared) -> tuple[str, object | None]:
+    """The tensor holding the float value a Q/DQ pair stands for, and a node to add when it must be recomputed.
+
+    ORT's QDQ quantizer removes a Relu/Clip whose output it quantizes (the Q's range clips the same way),
+    so the Q's input is the value BEFORE the activation. Whoever reads past the Q/DQ in float needs the
+    activation back: it is re-created from the prepared (float) graph.
+    """
+    import onnx
+
+    src = qn.input[0]
+    if prepared is None or not qn.input[1].endswith("_scale"):
+        return src, None
+    orig = qn.input[1][: -len("_scale")]  # ORT names a tensor's scale "<tensor>_scale"
+    pprod = _producers(prepared)
+    act = pprod.get(orig)
+    if act is None or act.op_type not in FOLDABLE_ACTIVATIONS or any(n.name == act.name for n in model.graph.node):
+        return src, None
+    before = pprod.get(act.input[0])
+    here = _producers(model).get(src)
+    if before is None or here is None or before.name != here.name:
+        return src, None
+    node = onnx.NodeProto()
+    node.CopyFrom(act)
+    node.name = f"{act.name}_float"
+    node.input[0] = src
+    del node.output[:]
+    node.output.append(f"{orig}_float")
+    have = {i.name for i in model.graph.initializer}
+    for extra in list(act.input)[1:]:  # Clip's min / max
+        if extra and extra not in have:
+            init = next((i for i in prepared.graph.initializer if i.name == extra), None)
+            if init is not None:
+                model.graph.initializer.append(init)
+    return node.output[0], node
+
+
+def _bypass_qdq(model, dq_node, prepared=None, readers=None) -> bool:
+    """Remove a Q->DQ pair (DQ given) on an activation: its readers (all, or those given) read the float
+    value again (with a Relu/Clip the quantizer folded into the Q re-created). The Q/DQ stays while other
+    readers use it."""
+    prod = _producers(model)
+    qn = prod.get(dq_node.input[0])
+    if qn is None or qn.op_type != "QuantizeLinear":
+        return False
+    dst = dq_node.output[0]
+    src, act = _float_source(model, qn, prepared)
+    graph_outputs = {o.name for o in model.graph.output}
+    cons = _consumers(model)
+    if dst in graph_outputs:
+        if act is not None:
+            act.output[0] = dst  # the activation computes the output itself
+            model.graph.node.remove(dq_node)
+            model.graph.node.append(act)
+        else:
+            # The float tensor must keep the output's name: rename the producer's output instead.
+            p = prod.get(src)
+            if p is None or len(cons.get(src, [])) != 1:
+                return False
+            p.output[list(p.output).index(src)] = dst
+            model.graph.node.remove(dq_node)
+    else:
+        if act is not None:
+            model.graph.node.append(act)
+        for c in (readers if readers is not None else cons.get(dst, [])):
+            for k, name in enumerate(c.input):
+                if name == dst:
+                    c.input[k] = src
+    _drop_dead_qdq(model)
+    return True
+
+
+def _topological_sort(model) -> None:
+    """Nodes in an order where every input is made before it is read (re-created activations are appended)."""
+    made = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    pending = list(model.graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in made for i in n.input):
+                ordered.append(n)
+                made.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle or a missing input: leave the order as it was
+            return
+        pending = rest
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def float_inputs(model, nodes: set[str], prepared=None) -> int:
+    """Excluded nodes read their activations in float.
+
+    ORT's nodes_to_exclude only stops a node from asking for quantized inputs; a producer that is itself
+    quantized still puts Q/DQ on its output and every reader, the excluded node included, gets the
+    rounded value. Keeping a layer in float has to mean it computes on float inputs, so its inputs are
+    rewired past the DQ to the float tensor (the Q/DQ stays for readers that are quantized).
+    """
+    inits = {i.name for i in model.graph.initializer}
+    rewired = 0
+    for name in [n.name for n in model.graph.node if n.name in nodes]:
+        node = next(n for n in model.graph.node if n.name == name)
+        prod = _producers(model)
+        for inp in list(node.input):
+            dq = prod.get(inp)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            qn = prod.get(dq.input[0])
+            if qn is None or qn.op_type != "QuantizeLinear" or qn.input[0] in inits:
+                continue  # a weight stored as int8 + DQ: not an activation
+            rewired += _bypass_qdq(model, dq, prepared, readers=[node])
+            prod = _producers(model)
+    return rewired
+
+
+def _drop_dead_qdq(model) -> None:
+    """Remove Q/DQ nodes nothing reads any more (repeat: a dead DQ can leave its Q dead)."""
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            model.graph.node.remove(n)
+
+
+def keep_outputs_float(model, prepared=None) -> int:
+    """Drop Q/DQ pairs that end in a graph output: decisions read the layer's float result."""
+    outs = {o.name for o in model.graph.output}
+    removed = 0
+    for n in list(model.graph.node):
+        if n.op_type == "DequantizeLinear" and n.output[0] in outs and n in model.graph.node:
+            removed += _bypass_qdq(model, n, prepared)
+    return removed
+
+
+def trt_residual_placement(model, prepared=None) -> int:
+    """For TensorRT: an Add fed by a Conv/Gemm/MatMul keeps that input float, so TensorRT can fuse the
+    Add into the layer as its residual (the other input stays quantized). Returns pairs removed."""
+    prod = _producers(model)
+    removed = 0
+    for add in [n for n in model.graph.node if n.op_type == "Add"]:
+        dqs = [prod.get(i) for i in add.input]
+        sources = []
+        for dq in dqs:
+            qn = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            sources.append(prod.get(qn.input[0]) if qn is not None and qn.op_type == "QuantizeLinear" else None)
+        for dq, src in zip(dqs, sources):
+            if src is not None and src.op_type in WEIGHTED_OPS:
+                removed += _bypass_qdq(model, dq, prepared, readers=[add])
+                prod = _producers(model)
+                break  # one side only: the residual (other) input keeps its Q/DQ
+    return removed
+
+
+# --------------------------------------------------------------------------------------------------
+# Layer groups (what the accuracy guard can keep in float)
+# --------------------------------------------------------------------------------------------------
+
+
+def quantized_groups(prepared, quantized) -> list[list[str]]:
+    """Groups of node names (a layer and the activations that follow it) that the quantizer quantized.
+
+    Excluding a whole group keeps that layer in float (ORT would otherwise quantize a following Relu on
+    its own). Only layers that compute (not reshape/pool-max ops, which follow their neighbours) form groups.
+    """
+    qnames = set()
+    prod_q = _producers(quantized)
+    for n in quantized.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if any(prod_q.get(i) is not None and prod_q[i].op_type == "DequantizeLinear" for i in n.input):
+            qnames.add(n.name)
+    cons = _consumers(prepared)
+    groups = []
+    for n in prepared.graph.node:
+        if n.name not in qnames or n.op_type in MOVEMENT_OPS or n.op_type in TRAILING_ACTIVATIONS:
+            continue
+        group = [n.name]
+        cur = n
+        while True:
+            nxt = cons.get(cur.output[0], []) if cur.output else []
+            if len(nxt) == 1 and nxt[0].op_type in TRAILING_ACTIVATIONS:
+                cur = nxt[0]
+                group.append(cur.name)
+            else:
+                break
+        groups.append(group)
+    return groups
+
+
+def qdq_counts(model) -> dict[str, int]:
+    ops = [n.op_type for n in model.graph.node]
+    return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear")}
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Choose the flavour for this CPU by measuring it
+# --------------------------------------------------------------------------------------------------
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    den = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / den) if den > 0 else float(np.allclose(a, b))
+
+
+def time_models(models: dict[str, object], feed: dict, threads: int | None = None, duration_s: float = 2.0) -> dict:
+    """Interleaved timing (edgemm.bench) of ONNX models on the CPU; label -> result dict."""
+    from edgemm import bench
+    from edgemm.runners.onnxruntime import OnnxRuntimeRunner
+
+    targets = [bench.Target(label, OnnxRuntimeRunner(m.SerializeToString(), "cpu", threads, name=label), feed=feed)
+               for label, m in models.items()]
+    results = bench.run(targets, duration_s=duration_s, warmup_s=0.3)
+    return {r["model"]: r for r in results}
+
+
+def choose_flavour(prepared, float_model, calibration: Calibration, feeds: list[dict], threads: int | None = None,
+                   candidates: Iterable[str] = ORT_CANDIDATES, duration_s: float = 2.0) -> dict:
+    """Quantize in each candidate flavour, check closeness to FP32 on a few feeds, time them interleaved
+    with FP32 on this CPU, and pick the fastest that is as close as the best candidate.
+
+    Returns {"flavour", "models": {name: ModelProto}, "candidates": {name: {...}}, "fp32_p50_ms"}.
+    """
+    import onnxruntime as ort
+
+    models = {c: quantize(prepared, calibration, c) for c in candidates}
+    ref_sess = ort.InferenceSession(float_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    refs = [ref_sess.run(None, f) for f in feeds]
+    info: dict[str, dict] = {}
+    for c, m in models.items():
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        cos = [min(_cosine(a, b) for a, b in zip(r, sess.run(None, f))) for r, f in zip(refs, feeds)]
+        info[c] = {"cosine_min": float(np.min(cos)), "cosine_mean": float(np.mean(cos)),
+                   "settings": flavour_spec(c).describe()}
+    timing = time_models({"fp32": float_model, **models}, feeds[0], threads, duration_s)
+    fp32 = timing["fp32"]["latency_ms"]["p50"]
+    for c in models:
+        p50 = timing[c]["latency_ms"]["p50"]
+        info[c].update(p50_ms=p50, speedup_vs_fp32=fp32 / p50 if p50 > 0 else float("nan"))
+    best_cos = max(v["cosine_mean"] for v in info.values())
+    # "Correct": within a hair of the closest candidate (int8 flavours differ in rounding, not in kind).
+    ok = [c for c in models if info[c]["cosine_mean"] >= best_cos - 0.01]
+    chosen = min(ok, key=lambda c: info[c]["p50_ms"])
+    return {"flavour": chosen, "models": models, "candidates": info, "fp32_p50_ms": fp32,
+            "threads": threads, "timing_s": duration_s}
+
+
+def target_flavour(target: str) -> str | None:
+    """The flavour a target fixes (tensorrt), or None where it is chosen by measurement (onnxruntime)."""
+    if target not in TARGETS:
+        raise EdgemmError(f"Target: {target} | Unknown; expected one of {', '.join(TARGETS)}.")
+    return "trt" if target == "tensorrt" else None
+
+
+def env_flavour() -> str | None:
+    """EDGEMM_INT8_FLAVOUR forces a flavour (tests, reproducible benchmarks); None: choose by timing."""
+    value = os.environ.get("EDGEMM_INT8_FLAVOUR")
+    if value and value not in FLAVOURS:
+        raise EdgemmError(f"EDGEMM_INT8_FLAVOUR: {value} | Unknown; expected one of {', '.join(FLAVOURS)}.")
+    return value or None

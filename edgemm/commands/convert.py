@@ -1,0 +1,118 @@
+"""Convert a model for the device: FP16, accuracy-guarded INT8, pruning, TensorRT engine, with a report.
+
+MODEL is a bundle folder or a plain .onnx file; OUT is a new bundle folder (refused if it exists unless
+--force; a failed conversion leaves nothing behind). OUT holds the converted graph(s), the manifest with
+provenance (source hashes, every setting, the INT8 flavour and the layers kept in float) and the
+validation report: report.json, report.md and confusion.png (accuracy before/after, output closeness,
+latency and size before/after measured interleaved on this machine).
+
+INT8 Q/DQ follows --target: onnxruntime (default) times uint8- and int8-activation variants against FP32 on
+THIS CPU and keeps the fastest that is as accurate; tensorrt uses TensorRT's symmetric S8S8 placement and
+builds the engine when a GPU and TensorRT are here (otherwise it says to build on the device).
+--max-drop POINTS keeps the layers that cost the most accuracy in float until the drop is within budget.
+
+Examples:
+  edgemm convert model.onnx -o model-int8.edgemm --precision int8 --calib data/calib --eval data/test --max-drop 1
+  edgemm convert model.edgemm -o model-fp16.edgemm --precision fp16 --calib data/calib
+  edgemm convert model.edgemm -o model-trt.edgemm --precision int8 --calib data/calib --target tensorrt
+  edgemm convert model.edgemm -o pruned.edgemm --prune channels:0.3 --calib data/calib --eval data/test
+"""
+
+from __future__ import annotations
+
+
+# The data folder format (documented in full in converters/data.py; converters is imported only in run()).
+DATA_FORMAT = """\
+  .npz files keyed by input name, with a leading batch dimension (any number of samples per file);
+  optional labels under "label" (the primary output) or "label:<output>": class indices or numbers.
+  Or raw media grouped by file stem (s001.png / s001.mp4 and s001.wav make one sample), turned into
+  tensors by the bundle's own preprocessing; optional labels.csv with a header name,label.
+  Files are read one at a time: memory stays bounded however large the folder is.
+"""
+
+
+def add_arguments(p) -> None:
+    p.epilog = "Calibration / evaluation data folders (--calib, --eval):\n" + DATA_FORMAT
+    p.add_argument("model", metavar="MODEL", help="bundle folder or .onnx file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output bundle folder (must not exist)")
+    p.add_argument("--precision", default="fp32", metavar="P", help="fp32 (default), fp16 or int8")
+    p.add_argument("--calib", metavar="DIR", help="calibration data folder (needed for int8)")
+    p.add_argument("--calib-limit", type=int, default=512, metavar="N",
+                   help="use at most N calibration samples (default 512)")
+    p.add_argument("--calib-method", default="minmax", metavar="M", help="minmax (default), entropy or percentile")
+    p.add_argument("--eval", metavar="DIR", help="labelled evaluation folder: accuracy before/after, the guard's metric")
+    p.add_argument("--eval-limit", type=int, metavar="N", help="evaluate at most N samples")
+    p.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="accuracy budget in points: keep the most harmful layers in float until within it")
+    p.add_argument("--prune", metavar="SPEC", help="channels:RATIO (remove that fraction of channels) or 2:4")
+    p.add_argument("--target", default="onnxruntime", metavar="T",
+                   help="onnxruntime (default: the flavour fastest on this CPU) or tensorrt")
+    p.add_argument("--flavour", metavar="F", help="force the INT8 Q/DQ flavour: u8s8, s8s8 or trt (default: by --target)")
+    p.add_argument("--threads", type=int, metavar="N", help="intra-op threads for timing and evaluation")
+    p.add_argument("--bench-seconds", type=float, default=3.0, metavar="S",
+                   help="seconds of interleaved latency measurement before/after (default 3)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+
+
+def run(args) -> int:
+    from converters.convert import ConvertOptions, convert
+    from edgemm.errors import EdgemmError
+
+    if args.bench_seconds <= 0:
+        raise EdgemmError(f"Bench seconds: {args.bench_seconds} | Expected a positive number of seconds.")
+    opts = ConvertOptions(precision=args.precision, calib=args.calib, calib_limit=args.calib_limit,
+                          calib_method=args.calib_method, eval=args.eval, eval_limit=args.eval_limit,
+                          max_drop=args.max_drop, prune=args.prune, target=args.target, force=args.force,
+                          threads=args.threads, bench_seconds=args.bench_seconds, flavour=args.flavour,
+                          quiet=args.quiet)
+    report = convert(args.model, args.output, opts)
+    print(summary(report, args.output))
+    return 0
+
+
+def summary(report: dict, out) -> str:
+    conv = report.get("conversion", {})
+    lines = [f"{report.get('title', 'converted')} -> {out}"]
+    for g, v in report.get("latency_ms_p50", {}).items():
+        sp = v.get("speedup")
+        lines.append(f"  latency {g}: {v['before']:.3f} ms -> {v['after']:.3f} ms (p50), "
+                     f"{sp:.2f}x" if sp else f"  latency {g}: n/a")
+    for g, v in report.get("size_bytes", {}).items():
+        lines.append(f"  size {g}: {v['before'] / 1e6:.2f} MB -> {v['after'] / 1e6:.2f} MB")
+    for g, v in conv.get("int8", {}).items():
+        f = v["flavour"]
+        extra = ""
+        if "candidates" in f:
+            extra = " (" + ", ".join(f"{k} {c['speedup_vs_fp32']:.2f}x FP32" for k, c in f["candidates"].items()) + ")"
+        lines.append(f"  int8 {g}: flavour {f['chosen']}{extra}")
+    prim = report.get("primary")
+    if prim and prim.get("original") is not None:
+        drop = prim.get("drop_points")
+        lines.append(f"  {prim['output']} {prim['metric']}: {100 * prim['original']:.2f} % -> "
+                     f"{100 * prim['converted']:.2f} % (drop {drop:.2f} points) on {report.get('samples')} samples"
+                     if prim.get("converted") is not None and drop is not None else
+                     f"  {prim['output']} {prim['metric']}: {prim['original']}")
+    close = report.get("closeness") or {}
+    for name, c in list(close.items())[:4]:
+        if isinstance(c, dict) and c.get("cosine") is not None:
+            agree = f", top-1 agreement {100 * c['top1_agreement']:.2f} %" if "top1_agreement" in c else ""
+            lines.append(f"  closeness {name}: cosine {c['cosine']:.5f}, max abs {c['max_abs']:.4g}{agree}")
+    g = conv.get("accuracy_guard")
+    if g and "layers_kept_float" in g:
+        kept = {k: v for k, v in g["layers_kept_float"].items() if v}
+        lines.append(f"  accuracy guard: drop {g['drop_points']:.2f} points (budget {g['max_drop_points']:g}); "
+                     f"kept in float: {json_compact(kept) if kept else 'none'}")
+    trt = conv.get("tensorrt")
+    if trt and trt.get("engine", True) is None:
+        lines.append("  TensorRT engine: not built here (see report.md); the Q/DQ graph is TensorRT-ready")
+    for w in report.get("warnings", []):
+        lines.append(f"  warning: {w}")
+    lines.append(f"  report: {out}/report.md")
+    return "\n".join(lines)
+
+
+def json_compact(obj) -> str:
+    import json
+
+    return json.dumps(obj, separators=(",", ":"))

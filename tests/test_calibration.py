@@ -1,0 +1,140 @@
+"""Calibration feeds: per-graph feeds from npz and media folders, streamed, checked against each graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from converters.calibration import CalibrationReader, GraphFeeds
+from edgemm.bundle import load_bundle
+from edgemm.errors import EdgemmError
+from tests.onnx_models import write_av_bundle, write_intermediate_bundle, write_late_bundle
+
+
+def write_av_npz(folder, files=3, per_file=4, seed=0, video_shape=(3, 32, 32), audio_shape=(1, 64, 98)):
+    """npz files keyed by input name (video, audio) with labels, like a user's calibration folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(files):
+        np.savez(folder / f"part{i}.npz",
+                 video=rng.standard_normal((per_file, *video_shape)).astype(np.float32),
+                 audio=rng.standard_normal((per_file, *audio_shape)).astype(np.float32),
+                 label=rng.integers(0, 10, per_file))
+    return folder
+
+
+def test_reader_streams_batch_one_feeds_and_rewinds(tmp_path):
+    bundle = load_bundle(write_av_bundle(tmp_path / "b"))
+    data = write_av_npz(tmp_path / "calib")
+    reader = CalibrationReader(GraphFeeds(bundle, data, progress=False), "model")
+    feeds = list(iter(reader.get_next, None))
+    assert len(feeds) == 12
+    assert set(feeds[0]) == {"video", "audio"}
+    assert feeds[0]["video"].shape == (1, 3, 32, 32) and feeds[0]["video"].dtype == np.float32
+    with np.load(data / "part1.npz") as d:
+        np.testing.assert_array_equal(feeds[5]["audio"][0], d["audio"][1])  # file order, then sample order
+    assert reader.get_next() is None
+    reader.rewind()
+    np.testing.assert_array_equal(reader.get_next()["video"], feeds[0]["video"])
+
+
+def test_limit_and_chunks(tmp_path):
+    bundle = load_bundle(write_av_bundle(tmp_path / "b"))
+    data = write_av_npz(tmp_path / "calib")
+    reader = CalibrationReader(GraphFeeds(bundle, data, limit=7, progress=False), "model")
+    assert len(list(iter(reader.get_next, None))) == 7
+    reader.rewind()
+    reader.chunk(3)
+    assert len(list(iter(reader.get_next, None))) == 3  # a chunk ends early without losing the place
+    reader.chunk(100)
+    assert len(list(iter(reader.get_next, None))) == 4 and reader.exhausted
+
+
+def test_files_are_read_only_as_needed(tmp_path):
+    """Streaming: with a limit, files past it are never opened (here the third one is not even an npz)."""
+    bundle = load_bundle(write_av_bundle(tmp_path / "b"))
+    data = write_av_npz(tmp_path / "calib", files=2)
+    (data / "part9.npz").write_bytes(b"not an npz")
+    feeds = list(GraphFeeds(bundle, data, limit=8, progress=False).iter_graph("model"))
+    assert len(feeds) == 8
+    with pytest.raises(EdgemmError, match="part9.npz"):
+        list(GraphFeeds(bundle, data, limit=9, progress=False).iter_graph("model"))
+
+
+def test_missing_empty_and_mismatched_folders(tmp_path):
+    bundle = load_bundle(write_av_bundle(tmp_path / "b"))
+    with pytest.raises(EdgemmError, match="Not found"):
+        GraphFeeds(bundle, tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EdgemmError, match="Is empty"):
+        GraphFeeds(bundle, tmp_path / "empty")
+    bad = write_av_npz(tmp_path / "bad", files=1, video_shape=(3, 16, 16))
+    with pytest.raises(EdgemmError) as exc:
+        list(GraphFeeds(bundle, bad, progress=False).iter_graph("model"))
+    msg = str(exc.value)
+    assert "part0.npz" in msg and "video" in msg and "(1, 3, 16, 16)" in msg and "\n" not in msg
+    ints = tmp_path / "ints"
+    ints.mkdir()
+    np.savez(ints / "a.npz", video=np.zeros((1, 3, 32, 32), np.int32), audio=np.zeros((1, 1, 64, 98), np.float32))
+    with pytest.raises(EdgemmError, match="dtype int32"):
+        list(GraphFeeds(bundle, ints, progress=False).iter_graph("model"))
+    with pytest.raises(EdgemmError, match="limit"):
+        GraphFeeds(bundle, ints, limit=0)
+
+
+def test_float64_data_is_cast_to_float32(tmp_path):
+    bundle = load_bundle(write_av_bundle(tmp_path / "b"))
+    folder = tmp_path / "f64"
+    folder.mkdir()
+    np.savez(folder / "a.npz", video=np.zeros((2, 3, 32, 32)), audio=np.zeros((2, 1, 64, 98)))
+    feeds = list(GraphFeeds(bundle, folder, progress=False).iter_graph("model"))
+    assert feeds[0]["video"].dtype == np.float32 and len(feeds) == 2
+
+
+def test_intermediate_fusion_head_gets_encoder_embeddings(tmp_path):
+    root = write_intermediate_bundle(tmp_path / "mid")
+    bundle = load_bundle(root)
+    data = write_av_npz(tmp_path / "calib", files=1, per_file=3)
+    gf = GraphFeeds(bundle, data, progress=False)
+    encoders = list(gf.iter_graph("video_encoder"))
+    assert set(encoders[0]) == {"video"}
+    heads = list(gf.iter_graph("head"))
+    gf.close()
+    assert set(heads[0]) == {"video_emb", "audio_emb", "video_present", "audio_present"}
+    np.testing.assert_array_equal(heads[1]["video_present"], np.ones((1, 1), np.float32))
+    sess = ort.InferenceSession(str(root / "video_encoder.onnx"), providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {"video": encoders[1]["video"]})[0]
+    np.testing.assert_allclose(heads[1]["video_emb"], expected, rtol=1e-6)
+
+
+def test_late_fusion_members_get_their_own_inputs(tmp_path):
+    bundle = load_bundle(write_late_bundle(tmp_path / "late"))
+    data = write_av_npz(tmp_path / "calib", files=1, per_file=2)
+    gf = GraphFeeds(bundle, data, progress=False)
+    assert set(next(gf.iter_graph("audio_model"))) == {"audio"}
+    assert set(next(gf.iter_graph("video_model"))) == {"video"}
+
+
+def test_media_folder_goes_through_the_bundle_preprocessing(tmp_path):
+    import cv2
+
+    from edgemm.media import read_wav, write_wav
+    from edgemm.preprocess import preprocess_audio, preprocess_video
+
+    bundle = load_bundle(write_av_bundle(tmp_path / "b"))
+    folder = tmp_path / "media"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "s1.png"), img)
+    wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32)
+    write_wav(folder / "s1.wav", wave, 16000)
+    feed = next(GraphFeeds(bundle, folder, progress=False).iter_graph("model"))
+    spec = {s.name: s for s in bundle.manifest.graphs["model"].inputs}
+    np.testing.assert_allclose(feed["video"], preprocess_video(img, spec["video"]), atol=1e-6)
+    # the WAV is longer than the window: its middle is used (as stored: 16-bit PCM)
+    wave, _ = read_wav(folder / "s1.wav")
+    n = spec["audio"].preprocess.window_samples
+    mid = (wave.size - n) // 2
+    np.testing.assert_allclose(feed["audio"], preprocess_audio(wave[mid:mid + n], spec["audio"]), atol=1e-4)
