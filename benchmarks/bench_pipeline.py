@@ -1,0 +1,224 @@
+"""Pipeline cost against the bare model, measured as ratios within one run (the machine may be shared).
+
+(a) Throughput: the streaming pipeline (capture threads, sync, fusion scheduling, decisions, a JSON-lines
+    sink) against the raw runner on the same model and thread count. Both are fed as fast as they can
+    take it: the raw runner one fixed, already preprocessed input; the pipeline 720p frames and a 1 s
+    audio window from sources read faster than real time (file semantics: nothing dropped). Segments of
+    each alternate (raw, pipeline, raw, ...) so machine noise hits both alike. Goal: >= 0.97.
+(b) Per-frame overhead beyond the model: a live run (720p camera pattern at 30 fps, live audio), per
+    result the work done besides the model: preprocessing (the 720p resize and the log-mel of the 1 s
+    window, both in the capture thread, in parallel with the previous inference), postprocessing and
+    sinks. Reported in all, and the part on the inference thread (what costs throughput and latency).
+    Goal: <= 2 ms p99.
+
+The model is an early-fusion CNN built here (video 3x224x224, log-mel 1x64x98), about 0.16 GMAC: the size
+of a small cabin-monitoring model, slow enough on a CPU thread for the ratio to mean something.
+
+  python benchmarks/bench_pipeline.py [--rounds 4] [--segment 3] [--threads 1] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edgemm import bench
+from edgemm.bundle import load_bundle
+from edgemm.pipeline import Pipeline, PipelineSettings, format_summary
+from edgemm.preprocess import preprocess_audio, preprocess_video
+from edgemm.runners import make_runner
+from edgemm.sinks import make_sink
+from edgemm.sources import open_source
+from edgemm.sources.patterns import ArrayAudioSource, ArrayVideoSource
+
+
+def av_cnn(width: int = 1) -> onnx.ModelProto:
+    """width 1: about 0.16 GMAC; width 2: about 0.6 GMAC (MACs grow with the square of the width)."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+
+    def conv(x, name, cin, cout, stride):
+        w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, f"{name}_w"), numpy_helper.from_array(np.zeros(cout, np.float32),
+                                                                                       f"{name}_b")])
+        nodes.append(helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_c"], pads=[1, 1, 1, 1],
+                                      strides=[stride, stride]))
+        nodes.append(helper.make_node("Relu", [f"{name}_c"], [f"{name}_r"]))
+        return f"{name}_r"
+
+    k = width
+    v = "video"
+    for i, (cin, cout) in enumerate([(3, 32 * k), (32 * k, 64 * k), (64 * k, 128 * k), (128 * k, 128)]):
+        v = conv(v, f"v{i}", cin, cout, 2)
+    a = "audio"
+    for i, (cin, cout) in enumerate([(1, 32 * k), (32 * k, 64 * k), (64 * k, 64)]):
+        a = conv(a, f"a{i}", cin, cout, 2)
+    nodes += [helper.make_node("GlobalAveragePool", [v], ["vg"]), helper.make_node("Flatten", ["vg"], ["vf"]),
+              helper.make_node("GlobalAveragePool", [a], ["ag"]), helper.make_node("Flatten", ["ag"], ["af"]),
+              helper.make_node("Concat", ["vf", "af"], ["cat"], axis=1),
+              helper.make_node("Gemm", ["cat", "fw", "fb"], ["logits"], transB=1)]
+    inits += [numpy_helper.from_array((rng.standard_normal((10, 192)) * 0.1).astype(np.float32), "fw"),
+              numpy_helper.from_array(np.zeros(10, np.float32), "fb")]
+    graph = helper.make_graph(nodes, "av_cnn", [
+        helper.make_tensor_value_info("video", TensorProto.FLOAT, ["N", 3, 224, 224]),
+        helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", 1, 64, 98])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_bundle(folder: Path, width: int = 1) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model = av_cnn(width)
+    onnx.save(model, str(folder / "model.onnx"))
+    manifest = {
+        "format": "edgemm-bundle", "version": 1, "name": "av-cnn-224",
+        "fusion": {"form": "early"},
+        "graphs": {"model": {"file": "model.onnx", "inputs": [
+            {"name": "video", "modality": "video", "shape": ["N", 3, 224, 224], "layout": "NCHW",
+             "preprocess": {"size": [224, 224], "color": "rgb", "mean": [0.485, 0.456, 0.406],
+                            "std": [0.229, 0.224, 0.225]}},
+            {"name": "audio", "modality": "audio", "shape": ["N", 1, 64, 98], "layout": "NCMT",
+             "preprocess": {"sample_rate": 16000, "window_s": 1.0, "n_mels": 64}}],
+            "outputs": [{"name": "logits", "task": "classification", "shape": ["N", 10],
+                         "labels": [str(i) for i in range(10)]}]}},
+        "provenance": {"precision": "fp32"},
+    }
+    manifest["name"] = f"av-cnn-224-w{width}"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, threads: int, size: str) -> dict:
+    bundle = load_bundle(bundle_path)
+    spec = {s.name: s for s in bundle.manifest.graphs["model"].inputs}
+    w, h = map(int, size.split("x"))
+    frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    wave = np.random.default_rng(1).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    feed = {"video": preprocess_video(frame, spec["video"]), "audio": preprocess_audio(wave, spec["audio"])}
+    raw_n, raw_t, pipe_n, pipe_t, per_round, idle = 0, 0.0, 0, 0.0, [], 0.0
+    # Frames held in memory and handed out as fast as taken (a file's semantics: nothing dropped), so the
+    # figure is the pipeline's, not that of a test-pattern renderer; audio likewise.
+    frames = [np.random.default_rng(k).integers(0, 256, (h, w, 3), dtype=np.uint8) for k in range(8)]
+    video = ArrayVideoSource(frames, fps=30.0, loop=True, realtime=False)
+    audio = ArrayAudioSource(np.random.default_rng(2).uniform(-0.5, 0.5, 10 * 16000).astype(np.float32), 16000,
+                             loop=True, realtime=False)
+    sink = make_sink(f"jsonl:{tmp / 'throughput.jsonl'}")
+    with make_runner(bundle, threads=threads) as runner, \
+            Pipeline(bundle, video=video, audio=audio, sinks=[sink], threads=threads) as pipe:
+        for seg in range(rounds + 1):  # the first round warms both up and is not counted
+            t0 = time.perf_counter()
+            n = 0
+            while time.perf_counter() - t0 < segment_s:
+                runner.infer(feed, check_inputs=False)
+                n += 1
+            rt = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            m = 0
+            idle0 = pipe.worker_idle_s
+            while time.perf_counter() - t0 < segment_s:
+                if pipe.step(timeout=1.0) is not None:
+                    m += 1
+            pt = time.perf_counter() - t0
+            if seg:
+                idle += pipe.worker_idle_s - idle0
+            if seg:
+                raw_n, raw_t, pipe_n, pipe_t = raw_n + n, raw_t + rt, pipe_n + m, pipe_t + pt
+                per_round.append(round((m / pt) / (n / rt), 4))
+        summary = pipe.summary()
+    raw_fps, pipe_fps = raw_n / raw_t, pipe_n / pipe_t
+    return {"raw_per_s": round(raw_fps, 2), "pipeline_per_s": round(pipe_fps, 2), "ratio": round(pipe_fps / raw_fps, 4),
+            "ratio_per_round": per_round, "raw_inferences": raw_n, "pipeline_results": pipe_n,
+            "pipeline_infer_p50_ms": summary["latency_ms"]["infer"]["p50"],
+            "pipeline_infer_mean_ms": summary["latency_ms"]["infer"]["mean"],
+            "raw_infer_mean_ms": round(1e3 * raw_t / raw_n, 3),
+            # The worker's time waiting for a frame: when large, the sources/preprocessing limit, not the model.
+            "worker_idle_fraction": round(idle / pipe_t, 4),
+            "worker_overhead_ms": summary["worker_overhead_ms"], "frames": size}
+
+
+def overhead(bundle_path: Path, tmp: Path, seconds: float, threads: int, size: str) -> dict:
+    bundle = load_bundle(bundle_path)
+    video = open_source(f"test://video?size={size}&fps=30", "video")
+    audio = open_source("test://audio?kind=noise", "audio")
+    sink = make_sink(f"jsonl:{tmp / 'overhead.jsonl'}")
+    with Pipeline(bundle, video=video, audio=audio, sinks=[sink], threads=threads, duration_s=seconds,
+                  settings=PipelineSettings()) as pipe:
+        while pipe.is_streaming():
+            pipe.step()
+    s = pipe.final_summary
+    rows = [json.loads(line) for line in (tmp / "overhead.jsonl").read_text().splitlines()]
+    lat = [r["latency_ms"] for r in rows if r["type"] == "result"]
+    stages = np.array([[x["preprocess"], x["postprocess"], x["sink"]] for x in lat])
+    return {"frames": size, "audio_window_s": 1.0, "results": s["results"], "fps": s["fps"],
+            "overhead_ms": s["overhead_ms"], "worker_overhead_ms": s["worker_overhead_ms"],
+            "stages_ms": {k: s["latency_ms"][k] for k in ("capture", "preprocess", "infer", "postprocess", "sink",
+                                                             "total")},
+            "preprocess_postprocess_sink_p99_ms": round(float(np.percentile(stages.sum(axis=1), 99)), 3),
+            "dropped": s["ports"]["video"]["dropped"], "summary_text": format_summary(s)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=4, help="alternating segments of each side (after one warm-up)")
+    p.add_argument("--segment", type=float, default=3.0, help="seconds per segment of each side")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--widths", default="1,2", help="model widths to measure (1: ~0.16 GMAC, 2: ~0.6 GMAC)")
+    p.add_argument("--sizes", default="1280x720,224x224", help="frame sizes for (a); (b) uses the first")
+    p.add_argument("--live-seconds", type=float, default=10.0)
+    p.add_argument("--json", help="write the figures as JSON")
+    args = p.parse_args(argv)
+    from edgemm.modelinfo import estimate_macs
+
+    widths = [int(w) for w in args.widths.split(",")]
+    sizes = args.sizes.split(",")
+    result = {"machine": bench.machine(), "loadavg_before": os.getloadavg(), "threads": args.threads,
+              "throughput": [], "overhead": None}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        bundles = {}
+        for w in widths:
+            bundles[w] = write_bundle(tmp / f"av-cnn-w{w}.edgemm", w)
+            macs = estimate_macs(onnx.load(str(bundles[w] / "model.onnx")))
+            for size in sizes:
+                a = throughput(bundles[w], tmp, args.rounds, args.segment, args.threads, size)
+                a.update(width=w, gmac=round(macs / 1e9, 3) if macs else None)
+                result["throughput"].append(a)
+                o = a["worker_overhead_ms"]
+                print(f"(a) model {a['gmac']} GMAC, {args.threads} thread(s), {size} frames: raw runner "
+                      f"{a['raw_per_s']:.1f}/s, pipeline {a['pipeline_per_s']:.1f}/s, ratio {a['ratio']:.3f} "
+                      f"(per round {a['ratio_per_round']})")
+                print(f"      model per inference: raw {a['raw_infer_mean_ms']:.2f} ms, in the pipeline "
+                      f"{a['pipeline_infer_mean_ms']:.2f} ms; inference-thread work beyond it p50 {o['p50']:.3f} ms, "
+                      f"mean {o['mean']:.3f} ms, p99 {o['p99']:.3f} ms; worker waiting for frames "
+                      f"{100 * a['worker_idle_fraction']:.1f} %", flush=True)
+        b = overhead(bundles[widths[0]], tmp, args.live_seconds, args.threads, sizes[0])
+        result["overhead"] = b
+    result["loadavg_after"] = os.getloadavg()
+    print(f"(b) live {sizes[0]} at 30 fps, 1 s audio window, {b['results']} results: work beyond the model per "
+          f"result p50 {b['overhead_ms']['p50']:.3f} ms, p99 {b['overhead_ms']['p99']:.3f} ms (preprocess + "
+          f"postprocess + sink p99 {b['preprocess_postprocess_sink_p99_ms']:.3f} ms); on the inference thread "
+          f"p50 {b['worker_overhead_ms']['p50']:.3f} ms, p99 {b['worker_overhead_ms']['p99']:.3f} ms")
+    print(b["summary_text"])
+    print(f"machine: {result['machine']}; load average before {result['loadavg_before'][0]:.2f}, "
+          f"after {result['loadavg_after'][0]:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Run a model live on a camera and a microphone (or files, streams, test patterns) and report results.
+
+Each inference fuses the newest frame with the audio window ending at the frame's capture time; results go
+to the sinks (console by default), a summary (fps, drops, latency percentiles, A/V skew) to stderr at the end.
+A lost camera or microphone is reopened with backoff while the other modality runs alone. Ctrl-C / SIGTERM
+flush the sinks and exit 0. Examples:
+  edgemm run model.edgemm --video v4l2:///dev/video0 --audio mic://default
+  edgemm run model.onnx --video clip.mp4 --audio clip.wav --sink jsonl:out.jsonl --sink video:out.mp4
+  edgemm run model.edgemm --video rtsp://cam/stream --audio mic://2 --sink mqtt://broker:1883/cabin \\
+      --alert drowsy:0.7:0.5:1.0 --duration 3600
+  edgemm run --config /etc/edgemm/run.json      (keys: the long option names, e.g. "video", "sinks", "alerts")
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+CONFIG_KEYS = {
+    "model": str, "video": str, "audio": str, "sinks": list, "duration": (int, float), "threads": int,
+    "backend": str, "alerts": list, "max_in_flight": int, "max_skew_ms": (int, float), "attribution": str,
+    "tick_hz": (int, float), "rates_hz": dict, "max_age_s": (int, float), "summary_json": str, "quiet": bool,
+}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", nargs="?", metavar="MODEL", help="bundle folder, manifest.json or .onnx file")
+    p.add_argument("--video", metavar="URI", help="camera, stream or file: v4l2:///dev/video0, csi://0, rtsp://..., "
+                                                  "clip.mp4, test://video")
+    p.add_argument("--audio", metavar="URI", help="microphone or file: mic://default, mic://NAME, speech.wav, "
+                                                  "test://audio")
+    p.add_argument("--sink", action="append", dest="sinks", metavar="SPEC",
+                   help="console (default), jsonl:PATH, video:PATH.mp4, mqtt://HOST[:PORT]/TOPIC; repeatable")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until the sources "
+                                                               "end or Ctrl-C)")
+    p.add_argument("--threads", type=int, metavar="N", help="intra-op threads of the model (default: the backend's)")
+    p.add_argument("--backend", metavar="B", help="onnxruntime (default), onnxruntime:cuda, onnxruntime:tensorrt, "
+                                                  "tensorrt")
+    p.add_argument("--alert", action="append", dest="alerts", metavar="LABEL[:ON[:OFF[:MIN_S]]]",
+                   help="raise alert events while LABEL's smoothed score is high (hysteresis ON/OFF, minimum "
+                        "duration MIN_S); repeatable")
+    p.add_argument("--max-in-flight", type=int, metavar="N", help="frames admitted at once (default 2: one in the "
+                                                                  "model, the newest waiting)")
+    p.add_argument("--max-skew-ms", type=float, metavar="MS", help="A/V skew bound (default 40 ms)")
+    p.add_argument("--attribution", choices=("auto", "off", "ablation"),
+                   help="per-modality attribution: auto (late/intermediate fusion), off, ablation (also early "
+                        "fusion: reruns the model per modality)")
+    p.add_argument("--tick-hz", type=float, metavar="HZ", help="inference rate while there is no video "
+                                                               "(default: the camera's rate, else 10)")
+    p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    p.add_argument("--config", metavar="JSON", help="a JSON file with any of the options above (long names, "
+                                                    "'sinks' and 'alerts' as lists); command-line options win")
+
+
+def load_config(path: str) -> dict:
+    from edgemm.errors import EdgemmError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise EdgemmError(f"Config: {path} | File not found; expected a JSON file.") from None
+    except json.JSONDecodeError as exc:
+        raise EdgemmError(f"Config: {path} | Not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).") from None
+    if not isinstance(data, dict):
+        raise EdgemmError(f"Config: {path} | Expected a JSON object of options.")
+    for key, value in data.items():
+        k = key.replace("-", "_")
+        if k not in CONFIG_KEYS:
+            raise EdgemmError(f"Config: {path} | Unknown key {key!r}; expected some of {', '.join(sorted(CONFIG_KEYS))}.")
+        want = CONFIG_KEYS[k]
+        if not isinstance(value, want) or isinstance(value, bool) and want is not bool:
+            names = want.__name__ if isinstance(want, type) else "number"
+            raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a {names}.")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def merged_options(args) -> dict:
+    """Config file values overridden by what was given on the command line."""
+    opts = load_config(args.config) if args.config else {}
+    for key in CONFIG_KEYS:
+        value = getattr(args, key, None)
+        if value is not None and value is not False:
+            opts[key] = value
+    return opts
+
+
+def _audio_options(uri: str, rate: int) -> dict:
+    """Ask an audio source for the model's sample rate unless the URI names one itself."""
+    from edgemm.sources.uri import parse_uri
+
+    return {} if "sample_rate" in parse_uri(uri).options else {"sample_rate": rate}
+
+
+def check_inputs(bundle) -> None:
+    """Every model input must be fed by a source, the pipeline or another graph: else one line, exit 1."""
+    from edgemm.errors import EdgemmError
+
+    for graph, spec in bundle.manifest.all_inputs():
+        if spec.modality == "other":
+            raise EdgemmError(f"Model: {bundle.source or bundle.root} | Input {spec.name} ({graph.name}) cannot be "
+                              f"fed by a camera or a microphone (modality unknown, shape {spec.shape}); expected "
+                              "video/audio inputs, or a manifest that says what it is.")
+        if spec.modality == "embedding" and not spec.source:
+            raise EdgemmError(f"Model: {bundle.source or bundle.root} | Input {spec.name} ({graph.name}) is an "
+                              "embedding with no source graph; expected \"source\": \"graph.output\" in the manifest.")
+
+
+def build(opts: dict):
+    """Everything validated and constructed, nothing started: bad input fails here, before any thread runs."""
+    from edgemm.bundle import load_bundle
+    from edgemm.decisions import AlertRule
+    from edgemm.errors import EdgemmError
+    from edgemm.pipeline import Pipeline, PipelineSettings
+    from edgemm.runners import parse_backend
+    from edgemm.sinks import make_sink
+    from edgemm.sources import open_source
+
+    if not opts.get("model"):
+        raise EdgemmError("Model: (none) | No model given; expected MODEL (a bundle or .onnx) or \"model\" in --config.")
+    backend = opts.get("backend") or "onnxruntime"
+    parse_backend(backend)
+    if opts.get("threads") is not None and opts["threads"] < 1:
+        raise EdgemmError(f"Threads: {opts['threads']} | Expected a positive number of threads.")
+    if opts.get("duration") is not None and opts["duration"] <= 0:
+        raise EdgemmError(f"Duration: {opts['duration']} | Expected a positive number of seconds.")
+    bundle = load_bundle(opts["model"])
+    check_inputs(bundle)
+    mods = bundle.manifest.modalities()
+    for mod in mods:
+        if not opts.get(mod):
+            example = "v4l2:///dev/video0, clip.mp4 or test://video" if mod == "video" else \
+                "mic://default, speech.wav or test://audio"
+            article = "an" if mod == "audio" else "a"
+            raise EdgemmError(f"Model: {opts['model']} | Has {article} {mod} input but no --{mod} was given; "
+                              f"expected --{mod} URI (e.g. {example}).")
+    video = audio = None
+    if opts.get("video") and "video" in mods:
+        video = open_source(opts["video"], "video")
+    if opts.get("audio") and "audio" in mods:
+        rate = next(s.preprocess.sample_rate for _, s in bundle.manifest.all_inputs() if s.modality == "audio")
+        audio = open_source(opts["audio"], "audio", **_audio_options(opts["audio"], rate))
+    for mod in ("video", "audio"):
+        if opts.get(mod) and mod not in mods:
+            print(f"edgemm run: note: the model has no {mod} input; --{mod} is not used", file=sys.stderr)
+    sinks = [make_sink(s) for s in (opts.get("sinks") or ["console"])]
+    alerts = []
+    for a in opts.get("alerts") or []:
+        alerts.append(AlertRule.from_dict(a) if isinstance(a, dict) else AlertRule.parse(str(a)))
+    settings = PipelineSettings()
+    if opts.get("max_in_flight") is not None:
+        settings.max_in_flight = opts["max_in_flight"]
+    if opts.get("max_skew_ms") is not None:
+        if opts["max_skew_ms"] < 0:
+            raise EdgemmError(f"A/V skew bound: {opts['max_skew_ms']} ms | Expected >= 0.")
+        settings.max_skew_s = opts["max_skew_ms"] / 1e3
+    if opts.get("attribution"):
+        settings.attribution = opts["attribution"]
+    if opts.get("tick_hz") is not None:
+        if opts["tick_hz"] <= 0:
+            raise EdgemmError(f"Tick rate: {opts['tick_hz']} Hz | Expected a positive rate.")
+        settings.tick_hz = float(opts["tick_hz"])
+    if opts.get("rates_hz"):
+        settings.rates_hz = {str(k): float(v) for k, v in opts["rates_hz"].items()}
+    if opts.get("max_age_s") is not None:
+        settings.max_age_s = float(opts["max_age_s"])
+    return Pipeline(bundle, video=video, audio=audio, sinks=sinks, settings=settings, alerts=alerts,
+                    backend=backend, threads=opts.get("threads"), duration_s=opts.get("duration"))
+
+
+def run(args) -> int:
+    from edgemm.pipeline import format_summary
+
+    opts = merged_options(args)
+    pipeline = build(opts)
+
+    def on_signal(signum, frame):  # flush and leave through the normal path: sinks close, exit 0
+        pipeline.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pipeline:
+            while pipeline.is_streaming():
+                pipeline.step()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    summary = pipeline.final_summary or pipeline.summary()
+    if not opts.get("quiet"):
+        print(format_summary(summary), file=sys.stderr)
+    if opts.get("summary_json"):
+        from edgemm.sinks import to_json
+
+        Path(opts["summary_json"]).write_text(to_json(summary) + "\n")
+    return 0

@@ -1,0 +1,146 @@
+"""`edgemm run` as a user runs it: a subprocess, real models, files made with ffmpeg, test patterns, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import onnx
+import pytest
+
+from tests import onnx_models
+from tests.conftest import REPO, run_cli
+from tests.rigs import require
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 2 s, 30 fps test clip, its soundtrack as a 16 kHz WAV, and a 22.05 kHz WAV."""
+    require("ffmpeg")
+    d = tmp_path_factory.mktemp("clip")
+    common = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    subprocess.run(common + ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=30", "-t", "2", "-c:v", "libx264",
+                             "-pix_fmt", "yuv420p", str(d / "clip.mp4")], check=True, timeout=60)
+    for rate in (16000, 22050):
+        subprocess.run(common + ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={rate}", "-t", "2",
+                                 str(d / f"tone{rate}.wav")], check=True, timeout=60)
+    return d
+
+
+def test_bad_input_is_one_line_and_exit_1_before_anything_starts(tmp_path, av_onnx):
+    out = tmp_path / "never.jsonl"
+    base = [av_onnx, "--sink", f"jsonl:{out}"]
+    _one_line_error(run_cli("run", *base, "--video", "foo://x", "--audio", "test://audio"), "foo://")
+    _one_line_error(run_cli("run", *base, "--video", "v4l2:///dev/video9", "--audio", "test://audio"),
+                    "/dev/video9", "does not exist")
+    _one_line_error(run_cli("run", *base, "--video", "test://video", "--audio", "mic://no-such-mic"), "no-such-mic")
+    _one_line_error(run_cli("run", *base, "--video", "test://video"), "audio", "--audio")
+    _one_line_error(run_cli("run", *base, "--video", "test://video", "--audio", "test://audio", "--sink", "kafka:x"),
+                    "kafka:x")
+    _one_line_error(run_cli("run", *base, "--video", "test://video", "--audio", "test://audio", "--alert", "cat"),
+                    "cat", "labels")
+    _one_line_error(run_cli("run", *base, "--video", "test://video", "--audio", "test://audio", "--backend", "x"),
+                    "Backend")
+    # A model whose inputs no camera or microphone can feed.
+    odd = tmp_path / "odd.onnx"
+    onnx.save(onnx_models.odd_inputs_model(), str(odd))
+    _one_line_error(run_cli("run", odd, "--video", "test://video"), "tokens", "cannot be fed")
+    assert not out.exists()  # nothing started, nothing written
+
+
+def test_wav_at_another_rate_is_resampled_or_refused(tmp_path, av_onnx, clip):
+    wav = clip / "tone22050.wav"
+    err = _one_line_error(run_cli("run", av_onnx, "--video", "test://video", "--audio", f"file://{wav}?resample=false"),
+                          "22050", "16000")
+    assert "tone22050.wav" in err
+    out = tmp_path / "r.jsonl"
+    proc = run_cli("run", av_onnx, "--video", f"file://{clip / 'clip.mp4'}?realtime=0",
+                   "--audio", f"file://{wav}?realtime=0", "--sink", f"jsonl:{out}", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    results = [r for r in rows if r["type"] == "result"]
+    assert len(results) == 60
+    assert sum(r["degraded"] == [] for r in results) >= 40
+
+
+def test_plain_onnx_on_a_clip_loses_nothing_and_summarises(tmp_path, av_onnx, clip):
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    video_out = tmp_path / "annotated.mp4"
+    proc = run_cli("run", av_onnx, "--video", f"file://{clip / 'clip.mp4'}?realtime=0",
+                   "--audio", f"file://{clip / 'tone16000.wav'}?realtime=0", "--sink", f"jsonl:{out}",
+                   "--sink", f"video:{video_out}", "--summary-json", summary, "--alert", "class_0:0.2:0.1:0.3")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    results = [r for r in rows if r["type"] == "result"]
+    assert len(results) == 60 and rows[-1]["type"] == "summary"
+    r = results[-1]
+    assert r["outputs"]["logits"]["label"].startswith("class_") and r["degraded"] == [] and r["skew_ms"] == 0.0
+    s = json.loads(summary.read_text())
+    assert s["results"] == 60 and s["ports"]["video"]["dropped"] == 0
+    assert {"p50", "p99"} <= set(s["latency_ms"]["total"]) and s["skew_ms"]["abs_p99"] == 0.0
+    assert "results in" in proc.stderr and "A/V skew" in proc.stderr  # the human summary
+    import cv2
+
+    cap = cv2.VideoCapture(str(video_out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 60
+    cap.release()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_flushes_the_sinks_and_exits_0(tmp_path, av_onnx, sig):
+    out = tmp_path / "live.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "edgemm", "run", str(av_onnx), "--video", "test://video",
+                             "--audio", "test://audio", "--sink", f"jsonl:{out}", "--alert", "class_1:0.01:0.0:0"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if out.exists() and len(out.read_text().splitlines()) >= 10:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        os.kill(proc.pid, sig)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]  # every line complete
+    assert rows[-1]["type"] == "summary" and rows[-1]["results"] >= 10
+    events = [r["event"] for r in rows if r["type"] == "event"]
+    assert events.count("alert_start") == events.count("alert_end") >= 1  # open alerts closed at shutdown
+    assert "results in" in stderr
+
+
+def test_config_file_gives_the_same_options(tmp_path, clip):
+    bundle = onnx_models.write_late_bundle(tmp_path / "late.edgemm")
+    out = tmp_path / "cfg.jsonl"
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"model": str(bundle), "video": "test://video?size=160x120",
+                               "audio": "test://audio", "sinks": [f"jsonl:{out}"], "duration": 1.5,
+                               "threads": 1, "alerts": [{"label": "3", "on": 0.9}], "max_skew_ms": 20,
+                               "quiet": True}))
+    proc = run_cli("run", "--config", cfg)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[-1]["type"] == "summary" and rows[-1]["form"] == "late" and rows[-1]["skew_ms"]["bound_ms"] == 20.0
+    assert proc.stderr.strip() == ""  # quiet
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": str(bundle), "vidoe": "test://video"}))
+    _one_line_error(run_cli("run", "--config", bad), "vidoe")
+    bad.write_text(json.dumps({"model": str(bundle), "duration": "long"}))
+    _one_line_error(run_cli("run", "--config", bad), "duration")

@@ -1,0 +1,153 @@
+"""Audio ring, clock drift and A/V alignment (edgemm/sync.py), on synthetic timestamps with known truth."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edgemm.sources.base import AudioBlock, now
+from edgemm.sync import AudioRing, DriftEstimator
+
+SR = 16000
+
+
+def _feed_clock(ring: AudioRing, seconds: float, ppm: float, block=256, t0=1000.0, delay=0.004, jitter=0.002, seed=0):
+    """Blocks from a device whose crystal runs `ppm` fast: sample n is captured at t0 + n / (SR (1 + ppm)).
+    The source stamps them by the nominal rate (t0 + n / SR); each block arrives after a delay plus noise."""
+    rng = np.random.default_rng(seed)
+    actual = SR * (1 + ppm * 1e-6)
+    n = 0
+    for _ in range(int(seconds * SR / block)):
+        arrival = t0 + (n + block) / actual + delay + rng.exponential(jitter)
+        ring.push(AudioBlock(np.zeros(block, np.float32), t0 + n / SR, SR, n, arrival))
+        n += block
+    return t0 + n / actual, t0 + n / SR  # true and nominal host time just past the last sample
+
+
+@pytest.mark.parametrize("ppm", [80.0, -150.0, 0.0])
+def test_drift_is_measured_and_corrected(ppm):
+    ring = AudioRing(SR, capacity_s=5)
+    true_end, nominal_end = _feed_clock(ring, 600, ppm)
+    assert ring.ppm == pytest.approx(ppm, abs=3.0)
+    # Ten minutes at this drift moves the nominal clock by up to 90 ms; the corrected map stays within 2 ms.
+    assert abs(ring.latest_t() - true_end) < 0.002
+    if ppm:
+        assert abs(nominal_end - true_end) > 0.04
+    # The window asked for by host time is the one captured then (within a couple of samples).
+    w = ring.window(true_end - 1.0, SR)
+    assert w.missing == 0
+    assert abs(ring.index_at(true_end - 1.0) - (ring._end - (1.0 * SR * (1 + ppm * 1e-6)))) < 40
+
+
+def test_drift_needs_enough_data_and_ignores_nonsense():
+    est = DriftEstimator(SR, min_span_s=5.0)
+    for k in range(100):  # 1.6 s of blocks: too little to fit
+        est.add((k + 1) * 256, 10.0 + (k + 1) * 256 / SR)
+    assert est.ppm is None
+    # Arrivals not paced by the sample clock (a file read at full speed): the map keeps the sample count.
+    ring = AudioRing(SR, capacity_s=5)
+    t0 = 50.0
+    for k in range(2000):
+        ring.push(AudioBlock(np.zeros(256, np.float32), t0 + k * 256 / SR, SR, k * 256, t_arrival=t0 + k * 0.004))  # 4x real time
+    assert abs(ring.ppm) > 1e5
+    assert ring.time_of(2000 * 256) == pytest.approx(t0 + 2000 * 256 / SR)
+
+
+def _ramp_ring(seconds=3.0, capacity_s=10.0, t0=100.0, block=320):
+    """Sample n holds the value n (as float32, exact below 2**24), stamped by the sample count, no drift data."""
+    ring = AudioRing(SR, capacity_s=capacity_s, correct_drift=False)
+    n_total = int(seconds * SR)
+    for first in range(0, n_total, block):
+        x = np.arange(first, first + block, dtype=np.float32)
+        ring.push(AudioBlock(x, t0 + first / SR, SR, first))
+    return ring, t0, n_total
+
+
+def test_window_ends_at_the_asked_instant_and_pads_what_is_missing():
+    ring, t0, n = _ramp_ring()
+    w = ring.window(t0 + 2.0, 8000)  # the half second before t0 + 2 s
+    np.testing.assert_array_equal(w.samples, np.arange(32000 - 8000, 32000, dtype=np.float32))
+    assert w.missing == 0 and w.t_end == pytest.approx(t0 + 2.0)
+    # Ending 0.25 s in the future: the last 4000 samples have not arrived.
+    w = ring.window(t0 + 3.25, 8000)
+    assert w.missing == 4000
+    np.testing.assert_array_equal(w.samples[:4000], np.arange(n - 4000, n, dtype=np.float32))
+    assert not w.samples[4000:].any()
+    # Starting before the first sample: zero-padded at the front.
+    w = ring.window(t0 + 0.1, 3200)
+    assert w.missing == 1600
+    np.testing.assert_array_equal(w.samples[1600:], np.arange(0, 1600, dtype=np.float32))
+
+
+def test_window_older_than_the_ring_is_missing():
+    ring, t0, n = _ramp_ring(seconds=3.0, capacity_s=1.0)
+    w = ring.window(t0 + 1.0, 1600)  # two seconds ago: overwritten
+    assert w.missing == 1600 and not w.samples.any()
+    w = ring.window(t0 + 3.0, 1600)
+    assert w.missing == 0 and w.samples[-1] == n - 1
+
+
+def test_gaps_after_an_overflow_are_zero_and_counted():
+    ring = AudioRing(SR, correct_drift=False)
+    ring.push(AudioBlock(np.ones(1600, np.float32), 10.0, SR, 0))
+    ring.push(AudioBlock(np.ones(1600, np.float32), 10.0 + 3200 / SR, SR, 3200))  # 1600 samples lost
+    assert ring.gap_samples == 1600
+    w = ring.window(10.0 + 4800 / SR, 4800)
+    assert w.missing == 1600
+    assert w.samples[:1600].all() and not w.samples[1600:3200].any() and w.samples[3200:].all()
+
+
+def test_a_reopened_source_starts_a_new_epoch():
+    ring = AudioRing(SR, correct_drift=False)
+    ring.push(AudioBlock(np.ones(16000, np.float32), 10.0, SR, 0))
+    # The source was reopened 5 s later: its sample count restarts at 0.
+    ring.push(AudioBlock(np.full(3200, 2.0, np.float32), 16.0, SR, 0))
+    assert ring.resets == 1
+    w = ring.window(16.2, 6400)
+    assert w.missing == 3200 and set(np.unique(w.samples)) == {0.0, 2.0}
+
+
+def test_blocks_at_another_rate_are_resampled():
+    ring = AudioRing(SR, correct_drift=False)
+    x = np.sin(2 * np.pi * 440 * np.arange(48000) / 48000).astype(np.float32)
+    ring.push(AudioBlock(x, 5.0, 48000, 0))
+    w = ring.window(6.0, SR)
+    assert w.missing == 0
+    spectrum = np.abs(np.fft.rfft(w.samples))
+    assert np.argmax(spectrum) == pytest.approx(440, abs=2)  # 1 s window: bin = Hz
+
+
+def test_align_bounds_the_skew_and_reports_it():
+    ring, t0, n = _ramp_ring(seconds=2.0)
+    end = t0 + n / SR
+    # Audio there up to the frame: the window ends at the frame, no skew.
+    w = ring.align(end - 0.1, 1600, max_skew_s=0.04)
+    assert w.skew_s == pytest.approx(0.0) and w.missing == 0
+    # Audio 20 ms behind the frame, bound 40 ms: the newest audio is used, skew 20 ms reported.
+    w = ring.align(end + 0.02, 1600, max_skew_s=0.04)
+    assert w.skew_s == pytest.approx(0.02, abs=1 / SR) and w.missing == 0 and w.samples[-1] == n - 1
+    # Audio 100 ms behind: the window ends at the bound (skew 40 ms) and the 60 ms not there are zeros.
+    w = ring.align(end + 0.1, 1600, max_skew_s=0.04)
+    assert w.skew_s == pytest.approx(0.04, abs=1 / SR)
+    assert w.missing == pytest.approx(0.06 * SR, abs=2)
+
+
+def test_align_waits_for_audio_that_is_about_to_arrive():
+    ring = AudioRing(SR, correct_drift=False)
+    t0 = now()
+    ring.push(AudioBlock(np.ones(SR, np.float32), t0, SR, 0))
+    frame_t = t0 + 1.0 + 0.01  # 10 ms past the audio we have
+
+    def late_block():
+        time.sleep(0.05)
+        ring.push(AudioBlock(np.full(320, 2.0, np.float32), t0 + 1.0, SR, SR))
+
+    th = threading.Thread(target=late_block)
+    th.start()
+    w = ring.align(frame_t, 1600, max_skew_s=0.0, wait_s=5.0)
+    th.join()
+    assert w.skew_s == 0.0 and w.missing == 0 and w.samples[-1] == 2.0
+    assert 0.0 < w.waited_s < 5.0
