@@ -25,7 +25,7 @@ import numpy as np
 from converters.data import DataFolder, Sample
 from edgemm.bundle import Bundle, GraphSpec
 from edgemm.errors import EdgemmError
-from edgemm.feeds import concrete_shape
+from edgemm.feeds import concrete_shape, onnx_input_metadata
 from edgemm.runners.base import TensorMeta, check_feed
 
 try:  # the ABC only adds __iter__/__next__; duck typing is all quantize_static needs
@@ -42,23 +42,6 @@ def graph_order(bundle: Bundle) -> list[str]:
         names.remove(m.fusion.head)
         names.append(m.fusion.head)
     return names
-
-
-def input_metadata(model) -> dict[str, TensorMeta]:
-    """TensorMeta of the real inputs of an onnx.ModelProto (initializers excluded)."""
-    from onnx import helper
-
-    inits = {i.name for i in model.graph.initializer}
-    out = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
-                      for d in tt.shape.dim)
-        out[vi.name] = TensorMeta(vi.name, dtype, shape)
-    return out
 
 
 def graph_feed(spec: GraphSpec, meta: Mapping[str, TensorMeta], tensors: Mapping[str, np.ndarray],
@@ -105,7 +88,7 @@ class GraphFeeds:
     # -- metadata -------------------------------------------------------------------------------------
     def metadata(self, graph: str) -> dict[str, TensorMeta]:
         if graph not in self._meta:
-            self._meta[graph] = input_metadata(self.bundle.load_graph(graph, load_weights=False))
+            self._meta[graph] = onnx_input_metadata(self.bundle.load_graph(graph, load_weights=False))
         return self._meta[graph]
 
     def needs_encoders(self, graph: str) -> bool:

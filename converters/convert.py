@@ -142,10 +142,9 @@ def _sample_feeds(bundle: Bundle, calib, limit: int, threads) -> dict[str, list[
                 for g, f in gf.feeds_for(s).items():
                     out[g].append(f)
         return out
-    from converters.calibration import input_metadata
-    from edgemm.feeds import synthesize
+    from edgemm.feeds import onnx_input_metadata, synthesize
 
-    return {g: [synthesize(input_metadata(bundle.load_graph(g, load_weights=False)), bundle.manifest.graphs[g], 1, i)
+    return {g: [synthesize(onnx_input_metadata(bundle.load_graph(g, load_weights=False)), bundle.manifest.graphs[g], 1, i)
                 for i in range(limit)] for g in graphs}
 
 
@@ -355,24 +354,10 @@ def _named(model):
 
 def _compute_groups(model, exclude: set[str]) -> list[list[str]]:
     """Layer groups of a float model (a computing node and the activations fused with it)."""
-    from converters.int8 import MOVEMENT_OPS, TRAILING_ACTIVATIONS, _consumers
+    from converters.int8 import MOVEMENT_OPS, TRAILING_ACTIVATIONS, layer_groups
 
-    cons = _consumers(model)
-    groups = []
     skip = set(MOVEMENT_OPS) | set(TRAILING_ACTIVATIONS) | {"Constant", "Shape", "Cast"}
-    for n in model.graph.node:
-        if n.name in exclude or n.op_type in skip:
-            continue
-        group, cur = [n.name], n
-        while cur.output:
-            nxt = cons.get(cur.output[0], [])
-            if len(nxt) == 1 and nxt[0].op_type in TRAILING_ACTIVATIONS:
-                cur = nxt[0]
-                group.append(cur.name)
-            else:
-                break
-        groups.append(group)
-    return groups
+    return layer_groups(model, {n.name for n in model.graph.node if n.name not in exclude and n.op_type not in skip})
 
 
 def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict, work: Path):

@@ -547,15 +547,21 @@ def quantized_groups(prepared, quantized) -> list[list[str]]:
             continue
         if any(prod_q.get(i) is not None and prod_q[i].op_type == "DequantizeLinear" for i in n.input):
             qnames.add(n.name)
-    cons = _consumers(prepared)
+    layers = {n.name for n in prepared.graph.node
+              if n.name in qnames and n.op_type not in MOVEMENT_OPS and n.op_type not in TRAILING_ACTIVATIONS}
+    return layer_groups(prepared, layers)
+
+
+def layer_groups(model, layers: set[str]) -> list[list[str]]:
+    """Each node named in layers, with the activations that alone consume its output, as one group."""
+    cons = _consumers(model)
     groups = []
-    for n in prepared.graph.node:
-        if n.name not in qnames or n.op_type in MOVEMENT_OPS or n.op_type in TRAILING_ACTIVATIONS:
+    for n in model.graph.node:
+        if n.name not in layers:
             continue
-        group = [n.name]
-        cur = n
-        while True:
-            nxt = cons.get(cur.output[0], []) if cur.output else []
+        group, cur = [n.name], n
+        while cur.output:
+            nxt = cons.get(cur.output[0], [])
             if len(nxt) == 1 and nxt[0].op_type in TRAILING_ACTIVATIONS:
                 cur = nxt[0]
                 group.append(cur.name)

@@ -37,6 +37,7 @@ import numpy as np
 from converters import prune_lsq
 from converters.prune_graph import ChannelGraph, Group, _attr, apply_edits, node_label, prepare
 from edgemm.errors import EdgemmError
+from edgemm.feeds import onnx_input_metadata, synthesize
 
 log = logging.getLogger(__name__)
 
@@ -162,23 +163,6 @@ class _VerifyError(Exception):
     pass
 
 
-def _synth_feed(model) -> dict[str, np.ndarray]:
-    from onnx import helper
-
-    rng = np.random.default_rng(0)
-    inits = {i.name for i in model.graph.initializer}
-    feed = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
-        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        feed[vi.name] = rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating) else \
-            np.zeros(shape, dtype)
-    return feed
-
-
 def verify(model, reference, feed: Mapping[str, np.ndarray] | None = None, threads: int | None = None) -> None:
     """Raise _VerifyError unless the model passes the checker, strict shape inference, and runs in ONNX
     Runtime with outputs of the reference model's shapes and finite values."""
@@ -189,7 +173,7 @@ def verify(model, reference, feed: Mapping[str, np.ndarray] | None = None, threa
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:
         raise _VerifyError(f"onnx checker: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from exc
-    feed = dict(feed) if feed is not None else _synth_feed(reference)
+    feed = dict(feed) if feed is not None else synthesize(onnx_input_metadata(reference))
     ref = _session(reference, threads).run(None, feed)
     try:
         got = _session(model, threads).run(None, feed)
@@ -827,7 +811,7 @@ def measure_latency(models: Mapping[str, Any], feed: Mapping[str, np.ndarray] | 
     from edgemm.runners.onnxruntime import OnnxRuntimeRunner
 
     first = next(iter(models.values()))
-    feed = dict(feed) if feed is not None else _synth_feed(first)
+    feed = dict(feed) if feed is not None else synthesize(onnx_input_metadata(first))
     targets = [bench.Target(label, OnnxRuntimeRunner(m.SerializeToString(), threads=threads, name=label), feed=feed)
                for label, m in models.items()]
     results = bench.run(targets, duration_s=duration_s, warmup_s=warmup_s)

@@ -45,6 +45,23 @@ def concrete_shape(meta: TensorMeta, spec: InputSpec | None, batch: int) -> tupl
     return tuple(shape)
 
 
+def onnx_input_metadata(model) -> dict[str, TensorMeta]:
+    """TensorMeta of the real inputs of an onnx.ModelProto (initializers excluded), from the graph itself."""
+    from onnx import helper
+
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                      for d in tt.shape.dim)
+        out[vi.name] = TensorMeta(vi.name, dtype, shape)
+    return out
+
+
 def synthesize(metadata: Mapping[str, TensorMeta], graph: GraphSpec | None = None, batch: int = 1,
                seed: int = 0) -> dict[str, np.ndarray]:
     """One feed of plausible random values for every input."""

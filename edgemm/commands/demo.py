@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -355,7 +354,7 @@ def _plot(path: Path, clip, rows: list[dict], alone: dict | None, title: str, wh
 
 def run(args) -> int:
     from edgemm.bundle import load_bundle
-    from edgemm.commands.run import build
+    from edgemm.commands.run import build, stream
     from edgemm.errors import EdgemmError
     from edgemm.reference import model_path
 
@@ -401,19 +400,7 @@ def run(args) -> int:
     ref_source = pipeline.sources.get("video") or pipeline.sources.get("audio")
     collector = _Collector(clip, args.every, lambda: getattr(ref_source, "start_time", None))
     pipeline.sinks.insert(0, collector)
-
-    def on_signal(signum, frame):
-        pipeline.stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with pipeline:
-            while pipeline.is_streaming():
-                pipeline.step()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    summary = pipeline.final_summary or pipeline.summary()
+    summary = stream(pipeline)
     rows = collector.rows
 
     _step(4, "Summary")

@@ -170,11 +170,8 @@ def build(opts: dict):
                     backend=backend, threads=opts.get("threads"), duration_s=opts.get("duration"))
 
 
-def run(args) -> int:
-    from edgemm.pipeline import format_summary
-
-    opts = merged_options(args)
-    pipeline = build(opts)
+def stream(pipeline) -> dict:
+    """Step the pipeline until its sources end, its duration passes or SIGINT/SIGTERM; return its summary."""
 
     def on_signal(signum, frame):  # flush and leave through the normal path: sinks close, exit 0
         pipeline.stop()
@@ -187,7 +184,14 @@ def run(args) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    summary = pipeline.final_summary or pipeline.summary()
+    return pipeline.final_summary or pipeline.summary()
+
+
+def run(args) -> int:
+    from edgemm.pipeline import format_summary
+
+    opts = merged_options(args)
+    summary = stream(build(opts))
     if not opts.get("quiet"):
         print(format_summary(summary), file=sys.stderr)
     if opts.get("summary_json"):
