@@ -19,7 +19,7 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,10 @@ class ConvertOptions:
     flavour: str | None = None  # force an INT8 flavour (u8s8, s8s8, trt); None: by target and measurement
     guard_iterations: int | None = None
     quiet: bool = False
+    # TensorRT engine build (--target tensorrt, on the device)
+    max_batch: int = 1
+    shapes: list[str] = field(default_factory=list)  # NAME:MIN,OPT,MAX optimization profile overrides
+    timing_cache: str | None = None
 
     def settings(self) -> dict:
         d = asdict(self)
@@ -455,13 +459,17 @@ def _guard(bundle: Bundle, originals: dict, current: dict, setup: dict | None, o
 
 
 def _tensorrt(converted: Bundle, current: dict, manifest, tmp: Path, opts: ConvertOptions, conversion: dict) -> None:
-    from converters.tensorrt import EngineOptions, build_engines
+    from converters.tensorrt import BuilderUnavailable, EngineOptions, build_engines, parse_shape_spec
 
+    options = EngineOptions(max_batch=opts.max_batch, opt_batch=1,
+                            shapes=dict(parse_shape_spec(s) for s in opts.shapes),
+                            timing_cache=opts.timing_cache)
     try:
-        builds = build_engines(converted, EngineOptions(), models=current)
-    except EdgemmError as exc:
+        builds = build_engines(converted, options, models=current)
+    except BuilderUnavailable as exc:
         # The TensorRT-ready Q/DQ graphs are still the product on a machine without a GPU: the engine is
-        # built on the device (it is tied to its GPU and TensorRT version).
+        # built on the device (it is tied to its GPU and TensorRT version). Any other build failure (parser,
+        # profile, builder) is the user's to see: it propagates and nothing is written.
         conversion["tensorrt"] = {"engine": None, "reason": str(exc)}
         _say(f"no TensorRT engine built: {exc}", opts)
         return

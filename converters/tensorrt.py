@@ -250,6 +250,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+class BuilderUnavailable(EdgemmError):
+    """No GPU, no tensorrt or only its runtime here: the engine must be built on the device itself."""
+
+
 def _require_builder(command: str):
     """(device, tensorrt) or one EdgemmError that says to build on the device. Device first: never touch
     TensorRT without one (tensorrt-lean segfaults without a driver)."""
@@ -257,18 +261,19 @@ def _require_builder(command: str):
 
     p = cuda.probe()
     if not p.found:
-        raise EdgemmError(f"TensorRT engine build | No CUDA GPU here ({p.reason}). An engine is tied to the GPU and "
-                          f"TensorRT version that build it: run this on the device (the Jetson): {command}")
+        raise BuilderUnavailable(f"TensorRT engine build | No CUDA GPU here ({p.reason}). An engine is tied to the GPU "
+                                 f"and TensorRT version that built it: run this on the device (the Jetson): {command}")
     import importlib
 
     try:
         trt = importlib.import_module("tensorrt")
     except (ImportError, OSError) as exc:
-        raise EdgemmError(f"TensorRT engine build | tensorrt is not importable ({exc}). On Jetson install JetPack's "
-                          f"python3-libnvinfer (deploy/jetson/install.sh), then run on the device: {command}") from exc
+        raise BuilderUnavailable(f"TensorRT engine build | tensorrt is not importable ({exc}). On Jetson install "
+                                 f"JetPack's python3-libnvinfer (deploy/jetson/install.sh), then run on the device: "
+                                 f"{command}") from exc
     if not hasattr(trt, "Builder") or not hasattr(trt, "OnnxParser"):
-        raise EdgemmError("TensorRT engine build | Only the TensorRT runtime is installed (no Builder/OnnxParser: "
-                          f"tensorrt-lean or -dispatch); install the full tensorrt package, then run: {command}")
+        raise BuilderUnavailable("TensorRT engine build | Only the TensorRT runtime is installed (no Builder/OnnxParser: "
+                                 f"tensorrt-lean or -dispatch); install the full tensorrt package, then run: {command}")
     return p.devices[0], trt
 
 

@@ -204,6 +204,8 @@ def test_bad_inputs_are_refused(cnn, tmp_path, capsys):
     np.savez(wrong / "w.npz", x=np.zeros((2, 3, 8, 8), np.float32))
     _refused(capsys, base + ["--precision", "int8", "--calib", str(wrong)], out, "(1, 3, 8, 8)")
     _refused(capsys, ["convert", str(tmp_path / "nope.onnx"), "-o", str(out)], out, "File not found")
+    _refused(capsys, base + ["--target", "tensorrt", "--shape", "x:1x3,2"], out, "Shape: x:1x3,2")
+    _refused(capsys, base + ["--target", "tensorrt", "--max-batch", "0"], out, "Max batch: 0")
 
 
 def test_existing_out_is_refused_unless_forced(cnn, tmp_path, capsys):

@@ -47,6 +47,12 @@ def add_arguments(p) -> None:
     p.add_argument("--prune", metavar="SPEC", help="channels:RATIO (remove that fraction of channels) or 2:4")
     p.add_argument("--target", default="onnxruntime", metavar="T",
                    help="onnxruntime (default: the flavour fastest on this CPU) or tensorrt")
+    p.add_argument("--max-batch", type=int, default=1, metavar="N",
+                   help="TensorRT: largest batch of a dynamic batch axis in the engine's profile (default 1)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:MIN,OPT,MAX",
+                   help="TensorRT: profile of an input's dynamic axes, e.g. audio:1x1x64x50,1x1x64x98,1x1x64x200; "
+                        "repeatable")
+    p.add_argument("--timing-cache", metavar="PATH", help="TensorRT: timing cache file (default: a per-user cache)")
     p.add_argument("--flavour", metavar="F", help="force the INT8 Q/DQ flavour: u8s8, s8s8 or trt (default: by --target)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads for timing and evaluation")
     p.add_argument("--bench-seconds", type=float, default=3.0, metavar="S",
@@ -61,11 +67,19 @@ def run(args) -> int:
 
     if args.bench_seconds <= 0:
         raise EdgemmError(f"Bench seconds: {args.bench_seconds} | Expected a positive number of seconds.")
+    if args.max_batch < 1:
+        raise EdgemmError(f"Max batch: {args.max_batch} | Expected a positive batch size.")
+    if args.shape:
+        from converters.tensorrt import parse_shape_spec
+
+        for spec in args.shape:  # checked now, not after minutes of conversion
+            parse_shape_spec(spec)
     opts = ConvertOptions(precision=args.precision, calib=args.calib, calib_limit=args.calib_limit,
                           calib_method=args.calib_method, eval=args.eval, eval_limit=args.eval_limit,
                           max_drop=args.max_drop, prune=args.prune, target=args.target, force=args.force,
                           threads=args.threads, bench_seconds=args.bench_seconds, flavour=args.flavour,
-                          quiet=args.quiet)
+                          quiet=args.quiet, max_batch=args.max_batch, shapes=args.shape,
+                          timing_cache=args.timing_cache)
     report = convert(args.model, args.output, opts)
     print(summary(report, args.output))
     return 0
@@ -105,7 +119,7 @@ def summary(report: dict, out) -> str:
                      f"kept in float: {json_compact(kept) if kept else 'none'}")
     trt = conv.get("tensorrt")
     if trt and trt.get("engine", True) is None:
-        lines.append("  TensorRT engine: not built here (see report.md); the Q/DQ graph is TensorRT-ready")
+        lines.append("  TensorRT engine: not built here (see report.md); build it on the device from this bundle")
     for w in report.get("warnings", []):
         lines.append(f"  warning: {w}")
     lines.append(f"  report: {out}/report.md")
