@@ -11,57 +11,22 @@ the PNG; without it the PNG is skipped and the summary says so.
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
+
+from edgemm.outputs import jsonable, save_figure, write_atomic, write_json
 
 KNOWN = {"data", "samples", "original", "converted", "drop_points", "closeness", "primary", "outputs", "ablation",
          "model", "name", "backend", "fusion", "modalities", "labelled", "title"}
 MAX_CONFUSION_CLASSES = 40  # beyond this a confusion-matrix picture is unreadable
 
 
-def _atomic_write(path: Path, text: str | bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode() if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_default(obj):
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
-def _clean(obj):
-    """NaN/inf are not JSON: they become null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def write_report(out_dir, report: dict) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "md": out / "report.md"}
-    clean = _clean(json.loads(json.dumps(report, default=_json_default)))
-    _atomic_write(paths["json"], json.dumps(clean, indent=2) + "\n")
+    clean = jsonable(report)
+    write_json(paths["json"], clean)
     notes = []
     png = out / "confusion.png"
     try:
@@ -69,7 +34,7 @@ def write_report(out_dir, report: dict) -> dict[str, Path]:
             paths["png"] = png
     except ImportError:
         notes.append("confusion.png not drawn: matplotlib is not installed (pip install matplotlib)")
-    _atomic_write(paths["md"], render_markdown(clean, png.name if "png" in paths else None, notes))
+    write_atomic(paths["md"], render_markdown(clean, png.name if "png" in paths else None, notes))
     return paths
 
 
@@ -345,8 +310,5 @@ def plot_confusion(report: dict, path: Path) -> bool:
         ax.set_ylabel("true")
         ax.set_title(f"{name} ({title}): accuracy {100 * m['accuracy']:.2f} %", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return True

@@ -35,7 +35,6 @@ import datetime as _dt
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ import numpy as np
 
 from edgemm.bundle import Bundle, GraphSpec, load_bundle
 from edgemm.errors import EdgemmError
+from edgemm.outputs import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -233,18 +233,6 @@ def default_timing_cache(trt_version: str, device) -> Path:
     return base / f"tensorrt-{trt_version}-{device.sm}-{device.multiprocessors}sm.timing"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------------------
 # The build (needs TensorRT and a CUDA GPU)
 # --------------------------------------------------------------------------------------------------
@@ -377,7 +365,8 @@ def _build_one(trt, device, bundle: Bundle, graph: str, model, options: EngineOp
 
     if cache_path is not None:
         try:
-            _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
         except OSError as exc:  # a cache is an optimisation: never fail the build for it
             log.warning("could not save the timing cache %s: %s", cache_path, exc)
 

@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from edgemm.errors import EdgemmError
+from edgemm.outputs import save_figure
 from edgemm.runners.base import BaseRunner, check_feed
 
 PERCENTILES = (50, 90, 95, 99)
@@ -205,5 +206,4 @@ def plot_cdf(results: list[dict], samples: list[list[float]], path: str) -> None
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edgemm.errors import EdgemmError
+from edgemm.outputs import umask_mode
 
 FORMAT = "edgemm-bundle"
 VERSION = 1
@@ -721,10 +722,16 @@ def atomic_output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[P
     out = Path(out)
     if out.exists() and not force:
         raise EdgemmError(f"Output: {out} | Already exists; expected a new path (or pass --force to replace it).")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as exc:
+        raise EdgemmError(f"Output: {out} | Cannot write in {out.parent} ({exc.strerror}).") from exc
     try:
         yield tmp
+        # mkdtemp makes the folder private; the bundle gets what the umask gives any new folder, so that
+        # a service running as another user (deploy/jetson/edgemm.service) can read it.
+        os.chmod(tmp, umask_mode(0o777))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

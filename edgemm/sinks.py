@@ -16,49 +16,22 @@ Every sink has ``open(context)``, ``result(record, frame)``, ``event(event)``, `
 from __future__ import annotations
 
 import collections
-import json
 import logging
-import math
 import os
 import sys
 import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgemm.errors import EdgemmError
+from edgemm.outputs import to_json
 
 log = logging.getLogger("edgemm.sinks")
 
 SPEC_HELP = "console, jsonl:PATH, video:PATH.mp4 or mqtt://HOST[:PORT]/TOPIC"
-
-
-def _clean(obj):
-    """Make a record strict-JSON: numpy scalars to Python, NaN/inf to null."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    return obj
-
-
-def to_json(obj: Any) -> str:
-    try:
-        return json.dumps(obj, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError):  # numpy values or NaN somewhere: clean once, only then
-        return json.dumps(_clean(obj), allow_nan=False, separators=(",", ":"))
 
 
 class Sink:

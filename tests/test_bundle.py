@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 
-import onnx
 import pytest
 
 from edgemm.bundle import (AudioPreprocess, atomic_output_dir, infer_manifest, load_bundle, manifest_from_dict,

@@ -9,7 +9,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 
 
 def add_arguments(p) -> None:
@@ -37,6 +36,7 @@ def run(args) -> int:
     from edgemm.bundle import load_bundle
     from edgemm.errors import EdgemmError
     from edgemm.feeds import load_npz, synthesize
+    from edgemm.outputs import require_folder, write_json
     from edgemm.runners import make_runner, parse_backend
 
     backends = args.backend or ["onnxruntime"]
@@ -44,6 +44,9 @@ def run(args) -> int:
         parse_backend(b)  # unknown backends fail before anything is loaded
     if args.batch < 1:
         raise EdgemmError(f"Batch: {args.batch} | Expected a positive batch size.")
+    for path in (args.json, args.plot):
+        if path:
+            require_folder(path)  # fail now, not after the whole benchmark
     bundles = [load_bundle(m) for m in args.models]
 
     targets = []
@@ -92,10 +95,7 @@ def run(args) -> int:
         print("median latency relative to the first row: "
               + ", ".join(f"{r['model']} {r['backend']}: {r['latency_ms']['p50'] / base:.3f}x" for r in results[1:]))
     if args.json:
-        doc = {**results[0], "results": results, "machine": bench.machine()}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
+        write_json(args.json, {**results[0], "results": results, "machine": bench.machine()})
     if args.plot:
         bench.plot_cdf(results, [t.samples for t in targets], args.plot)
     return 0

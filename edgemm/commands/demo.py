@@ -20,8 +20,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,12 +47,6 @@ def add_arguments(p) -> None:
 
 def _step(n: int, text: str) -> None:
     print(f"\n[{n}/4] {text}", flush=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _script(n: int | None):
@@ -203,14 +195,14 @@ def _pc(k: int, n: int) -> str:
     return f"{100 * k / n:.0f} %" if n else "-"
 
 
-def _percentiles(values) -> dict:
-    import numpy as np
+def _percentiles(values_ms) -> dict:
+    from edgemm.bench import latency_stats
 
-    v = np.asarray([x for x in values if x is not None], np.float64)
-    if v.size == 0:
+    v = [x / 1e3 for x in values_ms if x is not None]
+    if not v:
         return {}
-    return {"p50": round(float(np.percentile(v, 50)), 3), "p90": round(float(np.percentile(v, 90)), 3),
-            "p99": round(float(np.percentile(v, 99)), 3), "max": round(float(v.max()), 3), "count": int(v.size)}
+    stats = latency_stats(v)
+    return {k: round(stats[k], 3) for k in ("p50", "p90", "p99", "max")} | {"count": len(v)}
 
 
 def _alone(clip, rows: list[dict], late_model: Path) -> dict:
@@ -303,6 +295,7 @@ def _plot(path: Path, clip, rows: list[dict], alone: dict | None, title: str, wh
         import matplotlib.pyplot as plt
     except ImportError:
         return "plot skipped: matplotlib is not installed (pip install matplotlib)"
+    from edgemm.outputs import save_figure
     from edgemm.reference.clip import CONDITIONS
 
     fig, (ax, axl) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
@@ -345,16 +338,14 @@ def _plot(path: Path, clip, rows: list[dict], alone: dict | None, title: str, wh
     axl.set_ylabel("latency (ms)\ncapture to result")
     axl.set_xlabel("clip time (s)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return None
 
 
 def run(args) -> int:
     from edgemm.bundle import load_bundle
     from edgemm.commands.run import build, stream
+    from edgemm.outputs import write_json
     from edgemm.errors import EdgemmError
     from edgemm.reference import model_path
 
@@ -463,7 +454,7 @@ def run(args) -> int:
               "latency_ms": {"total": total, "infer": infer,
                              "from_results": _percentiles(r["latency_ms"] for r in rows)},
               "pipeline": summary, "seconds": round(time.perf_counter() - t_start, 1)}
-    _atomic_write_text(out / "summary.json", json.dumps(report, indent=1, default=str) + "\n")
+    write_json(out / "summary.json", report, indent=1)
     print(f"  {note}" if note else f"  plot         {plot}")
     files = [f"{out}/summary.json", f"{out}/results.jsonl"]
     if clip is not None:

@@ -13,7 +13,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import sys
 
 
@@ -69,10 +68,10 @@ def _print_classes(m: dict, out) -> None:
 
 
 def run(args) -> int:
-    from converters.report import _clean
     from converters.validate import compare_bundles, latency_section, size_section, write_report
     from edgemm.bundle import load_bundle
     from edgemm.errors import EdgemmError
+    from edgemm.outputs import require_folder
     from edgemm.runners import parse_backend
 
     parse_backend(args.backend)
@@ -80,6 +79,8 @@ def run(args) -> int:
         raise EdgemmError("Latency | --latency S needs --against ORIGINAL and a positive number of seconds.")
     if args.threads is not None and args.threads < 1:
         raise EdgemmError(f"Threads: {args.threads} | Expected a positive number of threads.")
+    if args.json and args.json != "-":
+        require_folder(args.json)  # fail now, not after the whole evaluation
     model = load_bundle(args.model)
     original = load_bundle(args.against) if args.against else None
     if original is not None:
@@ -142,10 +143,10 @@ def run(args) -> int:
         paths = write_report(args.report, report)
         print("Report: " + ", ".join(str(p) for p in paths.values()), file=out)
     if args.json:
-        text = json.dumps(_clean(json.loads(json.dumps(report, default=str))), indent=2)
+        from edgemm.outputs import to_json, write_json
+
         if args.json == "-":
-            print(text)
+            print(to_json(report, indent=2))
         else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+            write_json(args.json, report)
     return 0

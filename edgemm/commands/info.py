@@ -6,7 +6,6 @@ assumed). Example:  edgemm info model.onnx
 
 from __future__ import annotations
 
-import json
 
 
 def add_arguments(p) -> None:
@@ -48,12 +47,12 @@ def run(args) -> int:
     bundle = load_bundle(args.model)
     info = bundle_info(bundle)
     if args.json:
-        text = json.dumps(info, indent=2, default=str)
+        from edgemm.outputs import to_json, write_json
+
         if args.json == "-":
-            print(text)
+            print(to_json(info, indent=2))
             return 0
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+        write_json(args.json, info)
     print(f"Model:      {info['source']} ({'manifest inferred' if info['manifest'] == 'inferred' else 'bundle'})")
     print(f"Fusion:     {info['fusion']}    modalities: {', '.join(info['modalities']) or 'none'}    "
           f"precision: {info['precision']}")

@@ -195,7 +195,7 @@ def run(args) -> int:
     if not opts.get("quiet"):
         print(format_summary(summary), file=sys.stderr)
     if opts.get("summary_json"):
-        from edgemm.sinks import to_json
+        from edgemm.outputs import write_json
 
-        Path(opts["summary_json"]).write_text(to_json(summary) + "\n")
+        write_json(opts["summary_json"], summary)
     return 0
