@@ -106,6 +106,21 @@ class InputSpec:
     presence_of: str | None = None  # modality whose presence this input flags (modality "presence")
     source: str | None = None  # "graph.output" feeding this input (modality "embedding", fusion heads)
 
+    def axis_sizes(self) -> dict[int, tuple[int, str]]:
+        """Sizes the preprocessing fixes for this input's axes, by its layout: axis -> (size, field)."""
+        pre = self.preprocess
+        if pre is None or not self.layout:
+            return {}
+        if self.modality == "video":
+            h, w = pre.size
+            by_letter = {"C": (1 if pre.color == "gray" else 3, "color"), "H": (h, "size"), "W": (w, "size"),
+                         "T": (pre.frames, "frames")}
+        elif pre.feature == "waveform":
+            by_letter = {"C": (1, "feature"), "S": (pre.window_samples, "window_s")}
+        else:
+            by_letter = {"C": (1, "feature"), "M": (pre.n_mels, "n_mels"), "T": (pre.n_frames, "window_s")}
+        return {i: by_letter[letter] for i, letter in enumerate(self.layout) if letter in by_letter}
+
 
 @dataclass
 class OutputSpec:
@@ -368,10 +383,12 @@ def _read_fusion(r: _Reader, graphs: dict[str, GraphSpec]) -> FusionSpec:
 
     def graph_map(key):
         m = r.get(key, dict)
+        if not m:
+            r.fail("expected at least one modality: graph entry", key)
         for modality, gname in m.items():
             if modality not in ("video", "audio"):
                 r.fail(f"keys must be video or audio, got {json.dumps(modality)}", key)
-            if gname not in graphs:
+            if not isinstance(gname, str) or gname not in graphs:
                 r.fail(f"{modality}: names graph {json.dumps(gname)}, which is not in graphs "
                        f"({', '.join(graphs)})", key)
         return dict(m)
@@ -390,6 +407,8 @@ def _read_fusion(r: _Reader, graphs: dict[str, GraphSpec]) -> FusionSpec:
                 r.fail(f"{k}: expected a positive rate for one of the encoders ({', '.join(f.encoders)})", "rates_hz")
         f.rates_hz = {k: float(v) for k, v in rates.items()}
         f.max_age_s = r.get("max_age_s", float, default=1.0)
+        if f.max_age_s <= 0:
+            r.fail(f"expected a positive age in seconds, got {f.max_age_s}", "max_age_s")
     else:
         f.members = graph_map("members")
         f.rule = r.get("rule", str, default="weighted_mean", choices=LATE_RULES)
@@ -510,11 +529,24 @@ def _check_against_onnx(graph: GraphSpec, model, where: str) -> None:
             if spec.dtype != dtype:
                 raise EdgemmError(f"{where}: graphs.{graph.name}.{kind}[{i}].dtype: {spec.dtype} but "
                                   f"{graph.file} says {dtype}")
+            at = f"{where}: graphs.{graph.name}.{kind}[{i}]"
             if not spec.shape:
                 spec.shape = list(shape)
             elif shape and len(spec.shape) != len(shape):
-                raise EdgemmError(f"{where}: graphs.{graph.name}.{kind}[{i}].shape: rank {len(spec.shape)} but "
-                                  f"{graph.file} says {shape}")
+                raise EdgemmError(f"{at}.shape: rank {len(spec.shape)} but {graph.file} says {shape}")
+            elif any(isinstance(a, int) and isinstance(b, int) and a > 0 and b > 0 and a != b
+                     for a, b in zip(spec.shape, shape)):
+                raise EdgemmError(f"{at}.shape: {spec.shape} but {graph.file} says {shape}")
+            if kind == "inputs" and spec.modality in ("video", "audio") and shape:
+                # What the preprocessing produces must fit the graph, or the first frame would fail live.
+                if len(spec.layout) != len(shape):
+                    raise EdgemmError(f"{at}.layout: {spec.layout} has {len(spec.layout)} axes but {graph.file} "
+                                      f"says the input is {shape}")
+                for axis, (size, field_name) in spec.axis_sizes().items():
+                    fixed = shape[axis]
+                    if isinstance(fixed, int) and fixed > 0 and fixed != size:
+                        raise EdgemmError(f"{at}.preprocess.{field_name}: gives {size} along axis {axis} "
+                                          f"({spec.layout[axis]}) but {graph.file} expects {fixed} (input {shape})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -690,6 +722,8 @@ def _load_manifest_bundle(manifest_path: Path, source: Path) -> Bundle:
         data = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise EdgemmError(f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise EdgemmError(f"{where}: not UTF-8 text; expected a JSON manifest") from exc
     except OSError as exc:
         raise EdgemmError(f"{where}: cannot be read ({exc.strerror})") from exc
     manifest = manifest_from_dict(data, where)
@@ -760,6 +794,7 @@ def write_bundle(manifest: Manifest, files: dict[str, Any], out: str | os.PathLi
     with atomic_output_dir(out, force) as tmp:
         for fname, content in files.items():
             dest = tmp / fname
+            dest.parent.mkdir(parents=True, exist_ok=True)  # graph files may sit in subfolders
             if isinstance(content, (bytes, bytearray)):
                 dest.write_bytes(content)
             elif isinstance(content, (str, os.PathLike)):

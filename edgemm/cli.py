@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     except EdgemmError as exc:
         print(f"edgemm {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # A path the user named that cannot be read or written (permissions, a full disk): their problem
+        # to fix, in one line. OSErrors without a file name are not theirs and keep the traceback.
+        if not exc.filename:
+            raise
+        print(f"edgemm {args.command}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `edgemm info x | head`: the reader left; not an error of ours

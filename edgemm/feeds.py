@@ -12,28 +12,14 @@ from typing import Mapping
 
 import numpy as np
 
-from edgemm.bundle import GraphSpec, InputSpec
+from edgemm.bundle import DTYPES, GraphSpec, InputSpec, onnx_io
 from edgemm.errors import EdgemmError
 from edgemm.runners.base import TensorMeta, check_feed
 
 
 def concrete_shape(meta: TensorMeta, spec: InputSpec | None, batch: int) -> tuple[int, ...]:
     """Fill dynamic dims: the first is the batch; the rest come from the manifest's preprocessing."""
-    hint: list = [None] * len(meta.shape)
-    if spec is not None and spec.preprocess is not None:
-        pre = spec.preprocess
-        layout = spec.layout or ""
-        if spec.modality == "video":
-            h, w = pre.size
-            c = 1 if pre.color == "gray" else 3
-            by_axis = {"N": batch, "C": c, "H": h, "W": w, "T": pre.frames}
-            hint = [by_axis.get(ax) for ax in layout] if len(layout) == len(meta.shape) else hint
-        elif spec.modality == "audio":
-            if pre.feature == "waveform":
-                by_axis = {"N": batch, "C": 1, "S": pre.window_samples}
-            else:
-                by_axis = {"N": batch, "C": 1, "M": pre.n_mels, "T": pre.n_frames}
-            hint = [by_axis.get(ax) for ax in layout] if len(layout) == len(meta.shape) else hint
+    sizes = spec.axis_sizes() if spec is not None and len(spec.layout or "") == len(meta.shape) else {}
     shape = []
     for axis, d in enumerate(meta.shape):
         if isinstance(d, int) and d > 0:
@@ -41,24 +27,18 @@ def concrete_shape(meta: TensorMeta, spec: InputSpec | None, batch: int) -> tupl
         elif axis == 0:
             shape.append(batch)
         else:
-            shape.append(hint[axis] or 1)
+            shape.append(sizes[axis][0] if axis in sizes else 1)
     return tuple(shape)
 
 
 def onnx_input_metadata(model) -> dict[str, TensorMeta]:
     """TensorMeta of the real inputs of an onnx.ModelProto (initializers excluded), from the graph itself."""
-    from onnx import helper
-
-    inits = {i.name for i in model.graph.initializer}
     out = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
-                      for d in tt.shape.dim)
-        out[vi.name] = TensorMeta(vi.name, dtype, shape)
+    for name, dtype, shape in onnx_io(model)[0]:
+        if dtype not in DTYPES:
+            raise EdgemmError(f"Input tensor: {name} | Has ONNX element type {dtype.split('-')[-1]}; expected one of "
+                              f"{', '.join(DTYPES)}.")
+        out[name] = TensorMeta(name, np.dtype(dtype), tuple(d if d else None for d in shape))
     return out
 
 
@@ -109,5 +89,15 @@ def load_npz(path: str | Path, metadata: Mapping[str, TensorMeta]) -> dict[str, 
             feed = {k: np.array(data[k], order="C") for k in data.files}
     except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled), OSError
         raise EdgemmError(f"Inputs file: {path} | Not a readable .npz ({exc}); expected numpy.savez output.") from exc
+    # A file of a calibration/evaluation folder works too: its labels are not inputs.
+    feed = {k: v for k, v in feed.items() if k != "label" and not k.startswith("label:")}
     check_feed(feed, metadata, what=f"Inputs file {path}, tensor")
     return feed
+
+
+def feed_batch(feed: Mapping[str, np.ndarray], metadata: Mapping[str, TensorMeta], default: int = 1) -> int:
+    """The batch a feed carries: the first dim of an input whose first dim is dynamic."""
+    for name, meta in metadata.items():
+        if meta.shape and not isinstance(meta.shape[0], int) and name in feed and feed[name].ndim:
+            return int(feed[name].shape[0])
+    return default

@@ -20,10 +20,11 @@ from typing import Mapping
 
 import numpy as np
 
-from edgemm.bundle import Bundle, OutputSpec
+from edgemm.bundle import Bundle, GraphSpec, OutputSpec
 from edgemm.errors import EdgemmError
 from edgemm.feeds import concrete_shape
 from edgemm.runners import make_runner
+from edgemm.runners.base import TensorMeta
 
 SENSORS = ("video", "audio")
 
@@ -32,6 +33,40 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     z = x - np.max(x, axis=axis, keepdims=True)
     e = np.exp(z)
     return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def graph_feed(spec: GraphSpec, meta: Mapping[str, TensorMeta], tensors: Mapping[str, np.ndarray],
+               present: Mapping[str, bool] | None = None, encoder_modality: Mapping[str, str] | None = None,
+               where: str = "Feed") -> dict[str, np.ndarray]:
+    """The feed of one graph from a sample's tensors, keyed by input name or "graph.output" (embeddings).
+
+    Presence inputs get 1 or 0 from ``present`` (default: every modality present) and recurrent states
+    zeros, as at start-up. An input of a missing modality, a sensor input or the embedding of that
+    modality's encoder (``encoder_modality``: encoder graph -> modality), is zeros.
+    """
+    present = present or {}
+    encoder_modality = encoder_modality or {}
+    batch = next((v.shape[0] for v in tensors.values() if getattr(v, "ndim", 0) > 0), 1)
+    feed = {}
+    for s in spec.inputs:
+        m = meta[s.name]
+        if s.modality == "presence":
+            feed[s.name] = np.full(concrete_shape(m, s, batch), 1.0 if present.get(s.presence_of, True) else 0.0,
+                                   dtype=m.dtype)
+        elif s.modality == "state":
+            feed[s.name] = np.zeros(concrete_shape(m, s, batch), dtype=m.dtype)
+        else:
+            key = s.source if s.modality == "embedding" and s.source else s.name
+            modality = s.modality if s.modality in SENSORS else encoder_modality.get(key.split(".", 1)[0])
+            if modality is not None and not present.get(modality, True):
+                shape = tensors[key].shape if key in tensors else concrete_shape(m, s, batch)
+                feed[s.name] = np.zeros(shape, dtype=m.dtype)
+            elif key in tensors:
+                feed[s.name] = tensors[key]
+            else:
+                raise EdgemmError(f"{where} | No tensor for input {s.name} of graph {spec.name}"
+                                  f"{f' (from {key})' if key != s.name else ''}; expected it in the feed.")
+    return feed
 
 
 @dataclass
@@ -50,6 +85,8 @@ class FusionModel:
         self.manifest = m = bundle.manifest
         self.form = m.fusion.form
         self.runners = {g: make_runner(bundle, g, backend, threads) for g in m.graphs}
+        # encoder graph -> its modality: a head's embedding input is missing when that modality is
+        self._encoder_modality = {g: mod for mod, g in m.fusion.encoders.items()}
         if self.form == "early":
             self.decision_graph = bundle.single_graph
         elif self.form == "intermediate":
@@ -96,30 +133,9 @@ class FusionModel:
     def run_graph(self, graph: str, tensors: Mapping[str, np.ndarray],
                   present: Mapping[str, bool] | None = None) -> dict[str, np.ndarray]:
         """Build the graph's feed from tensors (input name or "graph.output" for embeddings) and run it."""
-        present = present or {}
         runner = self.runners[graph]
-        meta = runner.input_metadata()
-        spec = self.manifest.graphs[graph]
-        batch = next((v.shape[0] for v in tensors.values() if getattr(v, "ndim", 0) > 0), 1)
-        feed = {}
-        for s in spec.inputs:
-            m = meta[s.name]
-            if s.modality == "presence":
-                flag = 1.0 if present.get(s.presence_of, True) else 0.0
-                feed[s.name] = np.full(concrete_shape(m, s, batch), flag, dtype=m.dtype)
-            elif s.modality == "state":
-                feed[s.name] = np.zeros(concrete_shape(m, s, batch), dtype=m.dtype)
-            else:
-                key = s.source if s.modality == "embedding" and s.source else s.name
-                absent = s.modality in SENSORS and not present.get(s.modality, True)
-                if key not in tensors and not absent:
-                    raise EdgemmError(f"Graph: {graph} | No tensor for input {s.name}"
-                                      f"{f' (from {key})' if key != s.name else ''}; expected it in the feed.")
-                if absent:
-                    shape = tensors[key].shape if key in tensors else concrete_shape(m, s, batch)
-                    feed[s.name] = np.zeros(shape, dtype=m.dtype)
-                else:
-                    feed[s.name] = tensors[key]
+        feed = graph_feed(self.manifest.graphs[graph], runner.input_metadata(), tensors, present,
+                          self._encoder_modality, where=f"Graph: {graph}")
         return runner.infer(feed)
 
     # -- intermediate -----------------------------------------------------------------------------------
@@ -134,23 +150,16 @@ class FusionModel:
         """Run one modality's encoder; returns its outputs keyed "graph.output" (what head inputs name)."""
         graph = self.encoder_graph(modality)
         outputs = self.run_graph(graph, tensors)
-        return {f"{graph}.{k}": v.copy() for k, v in outputs.items()}
+        return {f"{graph}.{k}": v for k, v in outputs.items()}
 
     def fuse(self, embeddings: Mapping[str, np.ndarray], present: Mapping[str, bool] | None = None) -> dict[str, np.ndarray]:
-        """Run the head on embeddings; a missing modality's embeddings are zeroed and its flag set to 0."""
-        present = dict(present or {})
-        tensors = dict(embeddings)
-        for mod, graph in self.manifest.fusion.encoders.items():
-            if not present.get(mod, True):
-                for k in list(tensors):
-                    if k.startswith(graph + "."):
-                        tensors[k] = np.zeros_like(tensors[k])
-        return self.run_graph(self.manifest.fusion.head, tensors, present)
+        """Run the head on embeddings; a missing modality's embeddings are zeros and its flag is 0."""
+        return self.run_graph(self.manifest.fusion.head, embeddings, present)
 
     # -- late -------------------------------------------------------------------------------------------
     def member(self, modality: str, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         graph = self.manifest.fusion.members[modality]
-        return {k: v.copy() for k, v in self.run_graph(graph, tensors).items()}
+        return self.run_graph(graph, tensors)
 
     def combine(self, member_outputs: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Combine the outputs of the members that are present by the manifest's rule."""
@@ -197,13 +206,6 @@ class FusionModel:
             for mod in self.manifest.fusion.encoders:
                 if present.get(mod, True):
                     embeddings.update(self.encode(mod, tensors))
-            # Shapes of a missing encoder's embeddings come from its outputs' metadata.
-            for mod, graph in self.manifest.fusion.encoders.items():
-                if not present.get(mod, True):
-                    batch = next((v.shape[0] for v in tensors.values() if getattr(v, "ndim", 0)), 1)
-                    for name, meta in self.runners[graph].output_metadata().items():
-                        shape = tuple(batch if i == 0 or not isinstance(d, int) else d for i, d in enumerate(meta.shape))
-                        embeddings[f"{graph}.{name}"] = np.zeros(shape, meta.dtype)
             return FusionResult(self.fuse(embeddings, present), degraded, embeddings=embeddings)
         members = {mod: self.member(mod, tensors) for mod in self.manifest.fusion.members if present.get(mod, True)}
         return FusionResult(self.combine(members), degraded, per_modality=members)

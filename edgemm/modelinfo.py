@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemm.bundle import Bundle, detect_precision, onnx_io
+from edgemm.bundle import Bundle, detect_precision
 
 
 @dataclass
@@ -34,21 +34,16 @@ def _static_model(model, batch: int = 1, graph_spec=None):
     """A copy with every dynamic input dim fixed (batch, then manifest sizes), shapes inferred."""
     import onnx
 
-    from edgemm.feeds import concrete_shape
-    from edgemm.runners.base import TensorMeta
+    from edgemm.feeds import concrete_shape, onnx_input_metadata
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     specs = {s.name: s for s in graph_spec.inputs} if graph_spec is not None else {}
-    inits = {i.name for i in m.graph.initializer}
+    metas = onnx_input_metadata(m)
     for vi in m.graph.input:
-        if vi.name in inits:
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        meta = TensorMeta(vi.name, np.dtype(np.float32),
-                          tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims))
-        for d, v in zip(dims, concrete_shape(meta, specs.get(vi.name), batch)):
-            d.dim_value = v
+        if vi.name in metas:
+            for d, v in zip(vi.type.tensor_type.shape.dim, concrete_shape(metas[vi.name], specs.get(vi.name), batch)):
+                d.dim_value = v
     return onnx.shape_inference.infer_shapes(m, data_prop=True)
 
 
@@ -109,9 +104,8 @@ def bundle_info(bundle: Bundle) -> dict:
     man = bundle.manifest
     graphs = {}
     for gname, g in man.graphs.items():
-        model = bundle.load_graph(gname)
+        model = bundle.load_graph(gname, load_weights=False)  # counts come from dims; no weights needed
         info = graph_info(model, bundle.graph_path(gname), g)
-        ins, outs = onnx_io(model)
         graphs[gname] = {
             "file": g.file,
             "parameters": info.parameters,
@@ -132,7 +126,7 @@ def bundle_info(bundle: Bundle) -> dict:
         "manifest": "inferred" if man.inferred else "bundle",
         "fusion": man.fusion.form,
         "modalities": man.modalities(),
-        "precision": man.provenance.get("precision") or "fp32",
+        "precision": man.provenance.get("precision") or _overall_precision([g["precision"] for g in graphs.values()]),
         "graphs": graphs,
         "parameters": sum(g["parameters"] for g in graphs.values()),
         "macs": sum(g["macs"] or 0 for g in graphs.values()) or None,
@@ -140,3 +134,8 @@ def bundle_info(bundle: Bundle) -> dict:
         "provenance": man.provenance,
         "notes": bundle.notes,
     }
+
+
+def _overall_precision(per_graph: list[str]) -> str:
+    """One precision for a bundle without a recorded one: what its graphs share, else mixed."""
+    return per_graph[0] if len(set(per_graph)) == 1 else "mixed"

@@ -45,6 +45,9 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
             f.write(data.encode() if isinstance(data, str) else data)
         os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, or a folder where the file should go
+        Path(tmp).unlink(missing_ok=True)
+        raise EdgemmError(f"Output: {path} | Cannot write ({exc.strerror or exc}).") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -155,3 +155,64 @@ def test_atomic_output_dir_keeps_old_on_failure(tmp_path):
 def test_audio_window_frames_consistent():
     pre = AudioPreprocess(sample_rate=16000, window_s=1.0, n_fft=400, hop_length=160)
     assert pre.window_samples == 16000 and pre.n_frames == 98
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda m: m["graphs"]["model"]["inputs"][0]["preprocess"].update(size=[64, 64]), "inputs[0].preprocess.size"),
+    (lambda m: m["graphs"]["model"]["inputs"][0]["preprocess"].update(color="gray", mean=[0], std=[1]),
+     "inputs[0].preprocess.color"),
+    (lambda m: m["graphs"]["model"]["inputs"][1]["preprocess"].update(n_mels=40), "inputs[1].preprocess.n_mels"),
+    (lambda m: m["graphs"]["model"]["inputs"][1]["preprocess"].update(window_s=2.0), "inputs[1].preprocess.window_s"),
+    (lambda m: m["graphs"]["model"]["inputs"][0].update(shape=["N", 3, 99, 99]), "inputs[0].shape"),
+    (lambda m: m["graphs"]["model"]["inputs"][0].update(layout="NTCHW"), "inputs[0].layout"),
+])
+def test_preprocessing_must_fit_the_graph(av_bundle, mutate, field):
+    """What the preprocessing produces is checked against the graph's fixed dims at load, not at the first frame."""
+    m = json.loads((av_bundle / "manifest.json").read_text())
+    mutate(m)
+    (av_bundle / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgemmError) as err:
+        load_bundle(av_bundle)
+    assert f"graphs.model.{field}:" in str(err.value)
+
+
+@pytest.mark.parametrize("fusion, field", [
+    ({"form": "late", "members": {}}, "fusion.members"),
+    ({"form": "late", "members": {"video": ["x"]}}, "fusion.members"),
+    ({"form": "intermediate", "encoders": {}, "head": "head"}, "fusion.encoders"),
+    ({"form": "intermediate", "encoders": {"video": "video_encoder"}, "head": "head", "max_age_s": -1},
+     "fusion.max_age_s"),
+])
+def test_fusion_maps_are_checked(tmp_path, fusion, field):
+    folder = onnx_models.write_intermediate_bundle(tmp_path / "inter")
+    m = json.loads((folder / "manifest.json").read_text())
+    m["fusion"] = fusion
+    with pytest.raises(EdgemmError, match=field.replace(".", r"\.")):
+        manifest_from_dict(m)
+
+
+def test_binary_manifest(av_bundle):
+    (av_bundle / "manifest.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(EdgemmError, match="not UTF-8"):
+        load_bundle(av_bundle)
+
+
+def test_graph_files_may_sit_in_subfolders(tmp_path, av_bundle):
+    b = load_bundle(av_bundle)
+    b.manifest.graphs["model"].file = "graphs/model.onnx"
+    out = write_bundle(b.manifest, {"graphs/model.onnx": load_bundle(av_bundle).load_graph()}, tmp_path / "sub.edgemm")
+    assert load_bundle(out).graph_path().parent.name == "graphs"
+
+
+def test_bundle_is_readable_by_others_under_the_umask(tmp_path, av_bundle):
+    """mkdtemp makes private folders; a bundle converted as root must stay readable by the service user."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        b = load_bundle(av_bundle)
+        out = write_bundle(b.manifest, {"model.onnx": b.load_graph()}, tmp_path / "shared.edgemm")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755

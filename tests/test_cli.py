@@ -88,3 +88,31 @@ def test_bad_input_is_one_line_exit_1(cli, tmp_path, av_onnx):
         err = proc.stderr.strip()
         assert "Traceback" not in err and len(err.splitlines()) == 1, (args, err)
         assert expect in err, (args, err)
+
+
+def test_unreadable_model_is_one_line(cli, av_onnx, tmp_path):
+    """An OSError on a path the user named (a model without read permission) is one line, not a traceback."""
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads files without read permission")
+    target = tmp_path / "locked.onnx"
+    target.write_bytes(av_onnx.read_bytes())
+    target.chmod(0)
+    proc = cli("info", target)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "locked.onnx" in proc.stderr
+
+
+def test_output_path_that_cannot_be_written_is_one_line(cli, av_onnx, tmp_path):
+    (tmp_path / "taken").mkdir()  # a folder where the JSON file should go
+    proc = cli("info", av_onnx, "--json", tmp_path / "taken")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "Output: " in proc.stderr and "taken" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob(".taken*"))  # no temporary file left behind
+
+
+def test_json_into_a_missing_folder_fails_before_the_run(cli, av_onnx, tmp_path):
+    proc = cli("bench", av_onnx, "--iterations", "5", "--json", tmp_path / "nope" / "b.json")
+    assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert "p50" not in proc.stdout  # nothing was measured

@@ -87,7 +87,7 @@ class BaseRunner:
 
     # -- inference ---------------------------------------------------------------------------------
     def infer(self, feed: Mapping[str, np.ndarray], check_inputs: bool = True) -> dict[str, np.ndarray]:
-        """Run one inference. Outputs may be reused buffers: copy them to keep them past the next call."""
+        """Run one inference. The outputs belong to the caller: every backend returns fresh arrays."""
         self._require_active("infer")
         if check_inputs:
             check_feed(feed, self.input_metadata())
@@ -115,6 +115,10 @@ class BaseRunner:
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    @classmethod
+    def preload(cls) -> None:
+        """Pay the backend's process-wide one-time costs now (imports, global state); idempotent."""
 
     def describe(self) -> str:
         """A short description of what actually runs (backend, device, provider)."""

@@ -44,6 +44,28 @@ def _meta(nodes) -> dict[str, TensorMeta]:
     return out
 
 
+def ort_cache_dir() -> Path:
+    """Where the TensorRT EP keeps its engines and timings (building them takes minutes on a Jetson)."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgemm" / "ort-tensorrt"
+
+
+def _provider_chain(provider: str) -> list:
+    """The providers a session is given, best first. TensorRT is followed by CUDA so that nodes TensorRT
+    rejects stay on the GPU (ONNX Runtime's recommendation), and keeps its engines in a cache so that a
+    service restart does not rebuild them."""
+    if provider == "tensorrt":
+        cache = ort_cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        trt = (PROVIDERS["tensorrt"], {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                                       "trt_timing_cache_enable": True})
+        return [trt, PROVIDERS["cuda"], PROVIDERS["cpu"]]
+    if provider == "cuda":
+        return [PROVIDERS["cuda"], PROVIDERS["cpu"]]
+    return [PROVIDERS["cpu"]]
+
+
 class OnnxRuntimeRunner(BaseRunner):
     """Runs an ONNX model (path or serialized bytes) with onnxruntime.
 
@@ -85,7 +107,7 @@ class OnnxRuntimeRunner(BaseRunner):
         if PROVIDERS[provider] not in ort.get_available_providers():
             raise EdgemmError(f"Provider: {provider} | Not available in this onnxruntime build "
                               f"(available: {', '.join(ort.get_available_providers())}).")
-        providers = [PROVIDERS[provider]] + ([PROVIDERS["cpu"]] if provider != "cpu" else [])
+        providers = _provider_chain(provider)
         try:
             sess = ort.InferenceSession(self.model, sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
@@ -147,6 +169,25 @@ class OnnxRuntimeRunner(BaseRunner):
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self._output_names, dict(feed))
         return dict(zip(self._output_names, values))
+
+    @classmethod
+    def preload(cls) -> None:
+        """Import onnxruntime and create its process-wide environment with one tiny session."""
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        if getattr(cls, "_preloaded", False):
+            return
+        vi = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "preload", [vi],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), opts, providers=[PROVIDERS["cpu"]]).run(
+            None, {"x": np.zeros(1, np.float32)})
+        cls._preloaded = True
 
     def describe(self) -> str:
         threads = f", {self.threads} threads" if self.threads else ""
