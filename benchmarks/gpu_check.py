@@ -144,8 +144,9 @@ def tensorrt_checks(tmp: Path) -> dict:
                 res["runs"][key] = {"max_abs_diff_vs_ort": worst, "describe": r.describe(),
                                     **{k: float(np.median([s[k] for s in split])) for k in ("h2d", "compute", "d2h")}}
     bench_json = tmp / "bench.json"
-    cmd = [sys.executable, "-m", "edgemm", "bench", str(out), "--backend", "tensorrt", "--backend", "onnxruntime",
-           "--duration", "3", "--json", str(bench_json)]
+    # The CLI path of the runner options too: tensorrt:graph:spin must reach TensorRTRunner (describe() says so).
+    cmd = [sys.executable, "-m", "edgemm", "bench", str(out), "--backend", "tensorrt", "--backend", "tensorrt:graph:spin",
+           "--backend", "onnxruntime", "--duration", "3", "--json", str(bench_json)]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=180)
     res["bench_stdout"] = p.stdout
     res["bench_rc"] = p.returncode

@@ -173,11 +173,11 @@ def _result(t: Target, wall_s: float, peak_mb: float) -> dict:
 def format_table(results: list[dict]) -> str:
     """A fixed-width table of the results, one row per target."""
     cols = ("min", "mean", "p50", "p90", "p95", "p99", "max")
-    head = f"{'model':<28} {'backend':<26} " + " ".join(f"{c:>8}" for c in cols) + f" {'inf/s':>9} {'mem MB':>8}"
+    head = f"{'model':<28} {'backend':<34} " + " ".join(f"{c:>8}" for c in cols) + f" {'inf/s':>9} {'mem MB':>8}"
     lines = [head, "-" * len(head)]
     for r in results:
         lat = r["latency_ms"]
-        lines.append(f"{r['model'][:28]:<28} {r['backend'][:26]:<26} " + " ".join(f"{lat[c]:8.3f}" for c in cols)
+        lines.append(f"{r['model'][:28]:<28} {r['backend'][:34]:<34} " + " ".join(f"{lat[c]:8.3f}" for c in cols)
                      + f" {r['throughput_per_s']:9.1f} {r['memory_mb'].get('after_warmup_mb', 0):8.1f}")
     lines.append("latency in ms per inference; mem MB: resident memory the model added (load + warm-up)")
     for r in results:

@@ -51,8 +51,9 @@ def test_require_device_is_one_clear_error():
     msg = str(err.value)
     assert msg.startswith("CUDA device | None found (") and "--backend onnxruntime" in msg
     assert "\n" not in msg
-    with pytest.raises(EdgemmError, match="CUDA device"):
-        cuda.open_cuda()
+    with pytest.raises(EdgemmError, match="CUDA device") as err:
+        cuda.open_cuda(what="The tensorrt backend")
+    assert str(err.value) == msg  # open_cuda is require_device plus the binding it found: the same one probe
 
 
 @no_gpu
@@ -173,6 +174,7 @@ def test_cuda_graph_replays_captured_copies_from_the_same_buffers():
         dev = c.device_buffer(n)
         s = c.stream()
         src.raw[:] = 1
+        dst.raw[:] = 0  # cudaHostAlloc does not promise zeroed memory
         with c.capture(s) as captured:
             c.copy_htod_async(dev, src, n, s)
             c.copy_dtoh_async(dst, dev, n, s)

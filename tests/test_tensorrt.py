@@ -21,7 +21,7 @@ from converters import tensorrt as trt_build
 from converters.tensorrt import EngineOptions, parse_shape_spec, profile_shapes
 from edgemm.bundle import load_bundle, manifest_from_dict, write_bundle
 from edgemm.errors import EdgemmError
-from edgemm.runners import cuda, make_runner
+from edgemm.runners import cuda, make_runner, parse_backend
 from edgemm.runners.tensorrt import TensorRTRunner, check_engine_compat, rebuild_command, version_tuple
 from tests import onnx_models
 from tests.conftest import REPO, run_cli
@@ -125,6 +125,32 @@ def test_engine_bundle_loads_into_an_inactive_runner(tmp_path):
     assert isinstance(runner, TensorRTRunner) and not runner.is_active
     assert runner.engine_info["compute_capability"] == "8.7" and runner.describe() == "tensorrt"
     assert runner.rebuild.startswith(f"edgemm convert {tmp_path / 'av-trt.edgemm'} -o ")
+
+
+def test_tensorrt_backend_options_are_parsed_and_checked():
+    assert parse_backend("tensorrt") == ("tensorrt", None)
+    assert parse_backend("tensorrt:graph") == ("tensorrt", "graph")
+    assert parse_backend("trt:graph:spin:copy") == ("tensorrt", "graph:spin:copy")
+    for bad in ("tensorrt:foo", "tensorrt:graph:fp16", "tensorrt:graph:", "tensorrt:cuda"):
+        with pytest.raises(EdgemmError) as err:
+            parse_backend(bad)
+        msg = str(err.value)
+        assert msg.startswith(f"Backend: {bad} | Unknown tensorrt option") and "graph" in msg and "\n" not in msg
+    with pytest.raises(EdgemmError, match=r"tensorrt\[:graph\]\[:spin\]\[:copy\]"):
+        parse_backend("tensorflow")
+
+
+def test_tensorrt_backend_options_reach_the_runner(tmp_path):
+    bundle = load_bundle(_engine_bundle(tmp_path))
+    plain = make_runner(bundle, backend="tensorrt")
+    # Not forced either way: the runner picks zero-copy on integrated GPUs (Jetson) when activated.
+    assert (plain.cuda_graph_requested, plain.spin_wait, plain.zero_copy_requested) == (False, False, None)
+    r = make_runner(bundle, backend="tensorrt:graph:spin")
+    assert (r.cuda_graph_requested, r.spin_wait, r.zero_copy_requested) == (True, True, None)
+    r = make_runner(bundle, backend="trt:copy")
+    assert (r.cuda_graph_requested, r.spin_wait, r.zero_copy_requested) == (False, False, False)
+    with pytest.raises(EdgemmError, match="Unknown tensorrt option 'grpah'"):
+        make_runner(bundle, backend="tensorrt:grpah")
 
 
 @no_gpu
@@ -329,7 +355,8 @@ def test_build_records_what_the_engine_is_tied_to(built_bundle, tmp_path):
 
 
 @needs_trt
-@pytest.mark.parametrize("zero_copy,cuda_graph", [(False, False), (True, False), (False, True)])
+# (True, True) is what a Jetson runs with --backend tensorrt:graph: mapped I/O buffers inside a captured graph.
+@pytest.mark.parametrize("zero_copy,cuda_graph", [(False, False), (True, False), (False, True), (True, True)])
 def test_runner_matches_onnxruntime_at_every_batch(built_bundle, zero_copy, cuda_graph):
     from edgemm.feeds import synthesize
 

@@ -27,7 +27,7 @@ Output (default build/avdigits, a few hundred MB at most; nothing here is commit
   train.npz, val.npz   video [N,1,32,32], audio [N,1,40,98] float32 model inputs (edgemm.preprocess),
                        label, gender, speaker, image, and the corruption applied
   test.npz             video_<clean|occluded|lowlight>, audio_<clean|noisy|silent>, label, gender, ...
-  eval/<condition>/    the test split in `edgemm eval` / `edgemm convert --calibration` folder format
+  eval/<condition>/    the test split in `edgemm eval` / `edgemm convert --calib` folder format
   calib/               512 clean training pairs in that format, for INT8 calibration
   fingerprint.npz      raw frames and audio of a few test pairs with their features (see the tests)
   meta.json            everything needed to reproduce and describe the set

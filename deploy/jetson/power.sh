@@ -11,15 +11,20 @@
 #   power.sh max                 highest mode (MAXN*), then pin the clocks
 #   power.sh lock                pin the clocks (saves the current settings first)
 #   power.sh unlock              restore the clocks saved by lock
-#   power.sh bench ARGS...       lock, run `edgemm bench ARGS...`, then unlock (also on failure)
+#   power.sh bench ARGS...       lock, run `edgemm bench ARGS...`, then unlock (also on failure); after
+#                                max or lock the clocks stay as those left them
+#
+# Run `power.sh bench` as yourself, not with sudo: only the clock commands need root (they use sudo), and
+# under sudo neither your PATH (the edgemm venv) nor EDGEMM would reach edgemm.
 #
 # Environment: NVPMODEL_CONF (default /etc/nvpmodel.conf), EDGEMM_CLOCKS_STATE (where lock saves the clocks,
-# default /var/lib/edgemm/jetson_clocks.conf), EDGEMM (the edgemm command, default: edgemm on PATH).
+# default /var/lib/edgemm/jetson_clocks.conf), EDGEMM (the edgemm command, default: edgemm on PATH, else
+# /opt/edgemm/venv/bin/edgemm where install.sh put it).
 set -euo pipefail
 
 NVPMODEL_CONF=${NVPMODEL_CONF:-/etc/nvpmodel.conf}
 STATE=${EDGEMM_CLOCKS_STATE:-/var/lib/edgemm/jetson_clocks.conf}
-EDGEMM=${EDGEMM:-edgemm}
+EDGEMM=${EDGEMM:-$(command -v edgemm || echo /opt/edgemm/venv/bin/edgemm)}
 
 die() { printf 'power.sh: error: %s\n' "$*" >&2; exit 1; }
 
@@ -65,11 +70,17 @@ max_mode() {
     echo "${best:-0}"
 }
 
+# Save the current clocks to $STATE: what unlock (or bench) goes back to.
+save_clocks() {
+    as_root mkdir -p "$(dirname "$STATE")"
+    as_root jetson_clocks --store "$STATE"
+}
+
 lock_clocks() {
     need jetson_clocks
-    as_root mkdir -p "$(dirname "$STATE")"
+    # Saved already (an earlier lock or max): that is the state to go back to, not the pinned one.
     if [[ ! -e $STATE ]]; then
-        as_root jetson_clocks --store "$STATE"
+        save_clocks
     fi
     as_root jetson_clocks
 }
@@ -111,8 +122,18 @@ case $cmd in
     unlock) unlock_clocks ;;
     bench)
         [[ $# -ge 1 ]] || die "usage: power.sh bench MODEL [edgemm bench options]"
-        lock_clocks
-        trap unlock_clocks EXIT
+        # Before the clocks change: an edgemm that is not there must not leave them pinned.
+        command -v "$EDGEMM" >/dev/null 2>&1 || die "edgemm not found at '$EDGEMM' (set EDGEMM=/path/to/edgemm)"
+        need jetson_clocks
+        # Restore afterwards only what this bench saved: after `power.sh max` or `lock` the clocks stay
+        # pinned, and their saved state stays for `power.sh unlock`.
+        if [[ -e $STATE ]]; then
+            echo "power.sh: clocks already pinned by power.sh max/lock; they stay pinned (power.sh unlock)" >&2
+        else
+            save_clocks
+            trap unlock_clocks EXIT
+        fi
+        as_root jetson_clocks
         "$EDGEMM" bench "$@"
         ;;
     -h|--help|help) usage ;;

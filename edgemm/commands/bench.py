@@ -9,13 +9,12 @@ Examples:
 
 from __future__ import annotations
 
+from edgemm.runners import BACKEND_HELP
 
 
 def add_arguments(p) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL", help="bundle folders or .onnx files")
-    p.add_argument("--backend", action="append", metavar="B",
-                   help="onnxruntime (default; onnxruntime:cuda, onnxruntime:tensorrt, onnxruntime:auto) or "
-                        "tensorrt; repeat to compare backends")
+    p.add_argument("--backend", action="append", metavar="B", help=BACKEND_HELP + "; repeat to compare backends")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--iterations", type=int, metavar="N", help="timed inferences per target")
     length.add_argument("--duration", type=float, metavar="S", help="seconds to time for (default 3, as trtexec)")

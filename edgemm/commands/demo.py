@@ -20,6 +20,8 @@ Examples:
 
 from __future__ import annotations
 
+from edgemm.runners import BACKEND_HELP
+
 import sys
 import time
 from pathlib import Path
@@ -35,7 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--audio", metavar="URI", help="a real microphone (mic://default) instead of the clip")
     p.add_argument("--duration", type=float, metavar="S", help="with --video/--audio: stop after S seconds (default 20)")
     p.add_argument("--commands", type=int, metavar="N", help="commands in the clip (default 12; 1.6 s each)")
-    p.add_argument("--backend", default="onnxruntime", metavar="B", help="onnxruntime (default), onnxruntime:cuda, tensorrt")
+    p.add_argument("--backend", default="onnxruntime", metavar="B", help=BACKEND_HELP)
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads of the model")
     p.add_argument("--every", type=int, default=3, metavar="K", help="print every K-th result (default 3; 1: all)")
     p.add_argument("--no-plot", action="store_true", help="do not draw demo.png")
@@ -122,10 +124,12 @@ class _Collector:
 
     name = "demo"
 
-    def __init__(self, clip, every: int, start_time_of):
+    def __init__(self, clip, every: int, start_time_of, primary: str):
         self.clip = clip
         self.every = max(1, every)
-        self.start_time_of = start_time_of  # callable -> the clip's time 0 on the pipeline clock
+        self.start_time_of = start_time_of  # callable -> the clip's time 0 on the pipeline clock (None: live)
+        self.primary = primary  # the decision output (edgemm.decisions.primary_output)
+        self._t_first: float | None = None
         self.rows: list[dict] = []
         self._seg = None
         self._seg_rows: list[dict] = []
@@ -145,9 +149,11 @@ class _Collector:
         self._close_segment()
 
     def result(self, record, frame=None):
-        out = next(iter(record["outputs"].values()))
+        out = record["outputs"][self.primary]
+        if self._t_first is None:
+            self._t_first = record["t"]
         t0 = self.start_time_of()
-        media_t = record["t"] - t0 if t0 is not None else record["t"]
+        media_t = record["t"] - (t0 if t0 is not None else self._t_first)  # live: from the first result
         if -0.05 < media_t < 0:  # the first frame, at media time 0, less rounding of the record's time
             media_t = 0.0
         seg = self.clip.segment_at(media_t) if self.clip else None
@@ -164,8 +170,9 @@ class _Collector:
             mark = "" if row["truth"] is None else ("  ok " if row["label"] == row["truth"] else "  MISS")
             truth = "" if row["truth"] is None else f"  truth {row['truth']}"
             deg = f"  missing: {','.join(row['degraded'])}" if row["degraded"] else ""
-            print(f"  t={media_t:6.2f}s  predicted {row['label']} ({row['score']:.2f}){truth}{mark}  "
-                  f"latency {row['latency_ms']:.1f} ms{deg}", flush=True)
+            said = (f"predicted {row['label']} ({row['score']:.2f})" if row["score"] is not None
+                    else f"output {out.get('label', out.get('values'))}")  # regression / embedding outputs
+            print(f"  t={media_t:6.2f}s  {said}{truth}{mark}  latency {row['latency_ms']:.1f} ms{deg}", flush=True)
 
     def _close_segment(self):
         if self._seg is None or not self._seg_rows:
@@ -389,7 +396,8 @@ def run(args) -> int:
             "duration": duration}
     pipeline = build(opts)
     ref_source = pipeline.sources.get("video") or pipeline.sources.get("audio")
-    collector = _Collector(clip, args.every, lambda: getattr(ref_source, "start_time", None))
+    collector = _Collector(clip, args.every, lambda: getattr(ref_source, "start_time", None),
+                           primary=pipeline.decisions.primary)
     pipeline.sinks.insert(0, collector)
     summary = stream(pipeline)
     rows = collector.rows

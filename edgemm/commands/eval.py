@@ -13,6 +13,8 @@ Examples:
 
 from __future__ import annotations
 
+from edgemm.runners import BACKEND_HELP
+
 import sys
 
 
@@ -20,8 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL", help="bundle folder or .onnx file")
     p.add_argument("--data", required=True, metavar="DIR", help="evaluation folder (.npz with labels, or media + labels.csv)")
     p.add_argument("--against", metavar="ORIGINAL", help="also run this (original) model and compare: drop and closeness")
-    p.add_argument("--backend", default="onnxruntime", metavar="B",
-                   help="onnxruntime (default; onnxruntime:cuda, onnxruntime:tensorrt) or tensorrt")
+    p.add_argument("--backend", default="onnxruntime", metavar="B", help=BACKEND_HELP)
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: the backend's own)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate at most N samples")
     p.add_argument("--no-ablation", action="store_true", help="skip the per-modality ablation runs")

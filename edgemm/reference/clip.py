@@ -237,7 +237,7 @@ def calibration_samples(n: int = 64, seed: int = 1) -> dict[str, np.ndarray]:
 
 
 def calibration_folder(folder: str | Path, n: int = 64, seed: int = 1) -> Path:
-    """Write calibration_samples as one npz in the `edgemm convert --calibration` folder format."""
+    """Write calibration_samples as one npz in the `edgemm convert --calib` folder format."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "calibration.npz", **calibration_samples(n, seed))

@@ -1,9 +1,13 @@
 """Runners: one interface (``BaseRunner``) over every backend.
 
-Backends are named on the command line as ``BACKEND[:OPTION]``:
+Backends are named on the command line as ``BACKEND[:OPTION...]``:
   onnxruntime           ONNX Runtime on the CPU (the embedded default; alias ``ort``)
   onnxruntime:cuda      ONNX Runtime with the CUDA EP (``:tensorrt`` for the TensorRT EP, ``:auto`` for the best that runs)
-  tensorrt              a TensorRT engine from the bundle (edgemm/runners/tensorrt.py; needs a CUDA GPU)
+  tensorrt              a TensorRT engine from the bundle (edgemm/runners/tensorrt.py; needs a CUDA GPU; alias ``trt``)
+  tensorrt:graph        ... replaying the engine as a CUDA graph (less launch cost per layer; needs cuda-python)
+  tensorrt:spin         ... busy-waiting for the GPU instead of sleeping (lower latency, one CPU core busy)
+  tensorrt:copy         ... with H2D/D2H copies through device buffers, even on Jetson (default there: zero-copy)
+TensorRT options combine: ``tensorrt:graph:spin`` (trtexec's ``--useCudaGraph --useSpinWait``).
 Modules for GPU backends are imported only when such a runner is made.
 """
 
@@ -14,21 +18,46 @@ from edgemm.runners.base import BaseRunner, TensorMeta, check_feed
 
 BACKENDS = ("onnxruntime", "tensorrt")
 _ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
+# tensorrt:OPTION -> TensorRTRunner keyword argument. Without "copy" the runner decides zero-copy itself
+# (on integrated GPUs, i.e. Jetson).
+TENSORRT_OPTIONS = {"graph": ("cuda_graph", True), "spin": ("spin_wait", True), "copy": ("zero_copy", False)}
+_EXPECTED = "expected one of onnxruntime[:cpu|cuda|tensorrt|auto], tensorrt[:graph][:spin][:copy]"
+# The --backend help of every command.
+BACKEND_HELP = ("onnxruntime (default, CPU), onnxruntime:cuda, onnxruntime:tensorrt, onnxruntime:auto, or a bundle's "
+                "engine: tensorrt[:graph][:spin][:copy]")
 
 
 def parse_backend(spec: str) -> tuple[str, str | None]:
-    """'onnxruntime:cuda' -> ('onnxruntime', 'cuda'). Raises EdgemmError for an unknown backend."""
+    """'onnxruntime:cuda' -> ('onnxruntime', 'cuda'); 'trt:graph:spin' -> ('tensorrt', 'graph:spin').
+
+    Raises EdgemmError for an unknown backend, provider or TensorRT option.
+    """
     backend, _, option = spec.partition(":")
     backend = _ALIASES.get(backend, backend)
     if backend not in BACKENDS:
-        raise EdgemmError(f"Backend: {spec} | Unknown; expected one of onnxruntime[:cpu|cuda|tensorrt|auto], tensorrt.")
+        raise EdgemmError(f"Backend: {spec} | Unknown; {_EXPECTED}.")
     if backend == "onnxruntime":
         from edgemm.runners.onnxruntime import PROVIDERS
 
         if option and option not in PROVIDERS and option != "auto":
             raise EdgemmError(f"Backend: {spec} | Unknown onnxruntime provider {option}; "
                               f"expected one of auto, {', '.join(PROVIDERS)}.")
+    elif option:
+        tensorrt_options(option, spec)
     return backend, option or None
+
+
+def tensorrt_options(option: str | None, spec: str | None = None) -> dict:
+    """'graph:spin' -> {'cuda_graph': True, 'spin_wait': True}: keyword arguments for TensorRTRunner."""
+    kwargs: dict = {}
+    for name in option.split(":") if option else []:
+        if name not in TENSORRT_OPTIONS:
+            raise EdgemmError(f"Backend: {spec or 'tensorrt:' + option} | Unknown tensorrt option '{name}'; "
+                              f"expected any of graph (CUDA graph), spin (spin-wait), copy (no zero-copy), "
+                              f"joined by ':' (tensorrt:graph:spin).")
+        key, value = TENSORRT_OPTIONS[name]
+        kwargs[key] = value
+    return kwargs
 
 
 def make_runner(bundle, graph: str | None = None, backend: str = "onnxruntime", threads: int | None = None,
@@ -45,7 +74,8 @@ def make_runner(bundle, graph: str | None = None, backend: str = "onnxruntime", 
                                  name=label, graph_spec=spec)
     from edgemm.runners.tensorrt import TensorRTRunner  # lazy: tensorrt and CUDA are imported only here
 
-    return TensorRTRunner.from_bundle(bundle, graph, name=label)
+    return TensorRTRunner.from_bundle(bundle, graph, name=label, **tensorrt_options(option, backend))
 
 
-__all__ = ["BaseRunner", "TensorMeta", "check_feed", "make_runner", "parse_backend", "BACKENDS"]
+__all__ = ["BaseRunner", "TensorMeta", "check_feed", "make_runner", "parse_backend", "tensorrt_options", "BACKENDS",
+           "TENSORRT_OPTIONS"]

@@ -363,9 +363,6 @@ class _CudaPythonApi:
         # The runtime API keeps the current device per host thread.
         self.check(self.rt.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
 
-    def release_thread(self) -> None:
-        pass
-
     def malloc(self, nbytes: int) -> DeviceBuffer:
         return DeviceBuffer(int(self.check(self.rt.cudaMalloc(nbytes), f"cudaMalloc({nbytes} bytes)")), nbytes)
 
@@ -474,9 +471,6 @@ class _PyCudaApi:
         if not getattr(self._pushed, "value", False):
             self.ctx.push()
             self._pushed.value = True
-
-    def release_thread(self) -> None:
-        pass
 
     def malloc(self, nbytes: int) -> DeviceBuffer:
         alloc = self._guard(f"mem_alloc({nbytes} bytes)", self.drv.mem_alloc, nbytes)
@@ -667,8 +661,11 @@ class Cuda:
         self.close()
 
 
-def open_cuda(index: int = 0, binding: str | None = None) -> Cuda:
-    """Open device ``index`` through cuda-python (or pycuda); one EdgemmError when that is impossible."""
-    dev = require_device(index, binding=binding)
-    p = probe(binding)
-    return Cuda(dev, p.binding)
+def open_cuda(index: int = 0, binding: str | None = None, what: str = "This backend") -> Cuda:
+    """Open device ``index`` through cuda-python (or pycuda); one EdgemmError when that is impossible.
+
+    One probe: require_device only returns a device found through a usable binding, and that binding is
+    recorded on the device itself (``DeviceInfo.binding``).
+    """
+    dev = require_device(index, what=what, binding=binding)
+    return Cuda(dev, dev.binding)

@@ -145,6 +145,9 @@ class TensorRTRunner(BaseRunner):
     zero_copy:   map pinned host memory for the GPU instead of copying (None: on integrated GPUs, i.e. Jetson)
     cuda_graph:  capture the engine's enqueue into a CUDA graph and replay it (cuda-python only)
     spin_wait:   busy-wait for the GPU instead of sleeping (lower latency, one CPU core busy; trtexec --useSpinWait)
+
+    On the command line: ``--backend tensorrt:graph:spin`` (cuda_graph, spin_wait), ``tensorrt:copy``
+    (zero_copy=False); see edgemm.runners.
     """
 
     backend = "tensorrt"
@@ -209,9 +212,9 @@ class TensorRTRunner(BaseRunner):
             raise
 
     def _activate(self, cuda, import_optional) -> None:
-        # 1. A device and a working CUDA binding, before anything touches TensorRT.
-        self.device = cuda.require_device(self.device_index, what="The tensorrt backend", binding=self.binding)
-        self.cuda = cuda.open_cuda(self.device_index, self.binding)
+        # 1. A device and a working CUDA binding (one probe), before anything touches TensorRT.
+        self.cuda = cuda.open_cuda(self.device_index, self.binding, what="The tensorrt backend")
+        self.device = self.cuda.device
         # 2. TensorRT itself, and the engine's version/GPU against this device.
         trt = self.trt = import_optional("tensorrt", TENSORRT_HINT)
         self.trt_version = trt.__version__
@@ -399,5 +402,6 @@ class TensorRTRunner(BaseRunner):
     def describe(self) -> str:
         if self.device is None:
             return "tensorrt"
-        extras = [x for x, on in (("zero-copy", self.zero_copy), ("CUDA graph", self.cuda_graph)) if on]
+        extras = [x for x, on in (("zero-copy", self.zero_copy), ("CUDA graph", self.cuda_graph),
+                                  ("spin-wait", self.spin_wait)) if on]
         return f"tensorrt {self.trt_version} {self.device.name} {self.device.sm}" + (f" {', '.join(extras)}" if extras else "")
