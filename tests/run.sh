@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(ffmpeg jackd2 libportaudio2 espeak-ng sox mosquitto shellcheck systemd)
+APT_PACKAGES=(python3-venv ffmpeg jackd2 libportaudio2 espeak-ng sox mosquitto shellcheck systemd)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
