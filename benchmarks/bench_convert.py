@@ -13,8 +13,8 @@ models of benchmarks/train_reference.py where they and their data exist):
   fp16            `edgemm convert --precision fp16`
 
 Accuracy and closeness come from converters.validate.compare_bundles on the test split; latency from
-edgemm.bench.run, all variants interleaved one inference at a time (batch 1), so the ratios hold even
-on a busy machine. Prints markdown (and writes it with --out).
+converters.timing (edgemm.bench.run), all variants interleaved one inference at a time (batch 1), so the
+ratios hold even on a busy machine. Prints markdown (and writes it with --out).
 
 Usage:  python benchmarks/bench_convert.py [--threads 1] [--seconds 12] [--out results.md] [--only resnet_digits]
 """
@@ -35,10 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 from converters.calibration import CalibrationReader, GraphFeeds, graph_order  # noqa: E402
 from converters.convert import ConvertOptions, convert, stage_bundle  # noqa: E402
+from converters.timing import time_models  # noqa: E402
 from converters.validate import compare_bundles  # noqa: E402
-from edgemm import bench  # noqa: E402
 from edgemm.bundle import load_bundle  # noqa: E402
 from edgemm.errors import EdgemmError  # noqa: E402
+from edgemm.outputs import write_atomic, write_json  # noqa: E402
 
 MODELS = {
     # name: (bundle, calibration folder, test folder)
@@ -73,36 +74,32 @@ def ort_default(bundle, calib, limit, work: Path):
 def trt_qdq(bundle, calib, limit, work: Path):
     from converters import int8
 
-    models = {}
+    graphs = graph_order(bundle)
+    prepared = {g: int8.prepare(bundle.load_graph(g)) for g in graphs}
     with GraphFeeds(bundle, calib, limit=limit, progress=False) as gf:
-        for g in graph_order(bundle):
-            prepared = int8.prepare(bundle.load_graph(g))
-            cal = int8.calibrate(prepared, gf.iter_graph(g), "minmax", symmetric=True)
-            models[g] = int8.quantize(prepared, cal, "trt")
+        cals = int8.calibrate_graphs(prepared, gf.iter_feeds(), "minmax", symmetric=True)
+    models = {g: int8.quantize(prepared[g], cals[g], "trt") for g in graphs}
     return stage_bundle(bundle, models, work / "trt-qdq")
 
 
 def first_feeds(bundle, calib) -> dict[str, dict]:
     with GraphFeeds(bundle, calib, limit=1, progress=False) as gf:
-        sample = next(gf.samples())
-        return gf.feeds_for(sample)
+        return next(gf.iter_feeds())
 
 
 def time_variants(variants: dict, feeds: dict, threads: int, seconds: float) -> dict[str, float]:
     """Sum over graphs of the median latency (ms) of each variant, all timed interleaved in one run."""
-    from edgemm.runners.onnxruntime import OnnxRuntimeRunner
-
-    targets = []
+    models, graph_feeds = {}, {}
     for label, b in variants.items():
         for g in b.manifest.graphs:
-            targets.append(bench.Target(f"{label}|{g}", OnnxRuntimeRunner(b.graph_path(g), "cpu", threads,
-                                                                           name=f"{label}|{g}"), feed=feeds[g]))
-    results = bench.run(targets, duration_s=seconds, warmup_s=0.5)
+            models[f"{label}|{g}"] = b.graph_path(g)
+            graph_feeds[f"{label}|{g}"] = feeds[g]
+    results = time_models(models, feeds=graph_feeds, threads=threads, duration_s=seconds, warmup_s=0.5)
     out: dict[str, float] = {}
-    for r in results:
-        label = r["model"].split("|")[0]
+    for key, r in results.items():
+        label = key.split("|")[0]
         out[label] = out.get(label, 0.0) + r["latency_ms"]["p50"]
-    out["_iterations"] = results[0]["iterations"]
+    out["_iterations"] = next(iter(results.values()))["iterations"]
     return out
 
 
@@ -226,9 +223,9 @@ def main(argv=None) -> int:
     text = markdown(results, args, _machine(), command.strip())
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        write_atomic(args.out, text + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_json(args.json, results)
     return 0
 
 

@@ -5,7 +5,7 @@ and 2:4), on the same machine in the same run:
   accuracy on the test split and its drop in points (converters.validate.compare_bundles, same samples),
   top-1 agreement and cosine of the logits against FP32,
   parameters and MACs (edgemm.modelinfo),
-  latency in ONNX Runtime, all variants interleaved one inference at a time (edgemm.bench.run), as a
+  latency in ONNX Runtime, all variants interleaved one inference at a time (converters.timing), as a
   speed-up ratio over FP32 (medians), at the given intra-op thread count.
 Calibration (importance by activations, reconstruction) uses the calib split only; the test split is never
 seen by the pruner.
@@ -18,7 +18,6 @@ Run (from the repository root):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -28,11 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from converters.calibration import GraphFeeds  # noqa: E402
-from converters.prune import measure_latency, prune  # noqa: E402
+from converters.prune import prune  # noqa: E402
+from converters.timing import time_models  # noqa: E402
 from converters.validate import compare_bundles  # noqa: E402
 from edgemm.bench import machine  # noqa: E402
 from edgemm.bundle import load_bundle, write_bundle  # noqa: E402
 from edgemm.errors import EdgemmError  # noqa: E402
+from edgemm.outputs import write_json  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "benchmarks" / "models" / "resnet_digits"
 DEFAULT_DATA = ROOT / "benchmarks" / "data" / "resnet_digits"
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
                   f"MACs {info['macs']['after']:,}, pruned in {prune_s:.1f} s", flush=True)
 
     sample = next(iter(calib))
-    lat = measure_latency(pruned_models, sample, duration_s=args.duration, threads=args.threads)
+    lat = time_models(pruned_models, feed=sample, threads=args.threads, duration_s=args.duration)
     fp32_ms = lat["fp32"]["latency_ms"]["p50"]
     for r in rows:
         res = lat[r["variant"]]
@@ -126,9 +127,8 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}; total {time.monotonic() - started:.0f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
-                                         "fp32_latency_ms": lat["fp32"]["latency_ms"], "rows": rows},
-                                        indent=2, default=str) + "\n")
+        write_json(args.json, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
+                               "fp32_latency_ms": lat["fp32"]["latency_ms"], "rows": rows})
     return 0
 
 

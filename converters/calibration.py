@@ -8,10 +8,13 @@ bundle, one sample at a time (batch 1), so memory stays bounded however large th
                       running the (float) encoders on the same sample, as they would on the device;
   late fusion         each member takes its own modality's tensors.
 
-``CalibrationReader`` wraps it as an ONNX Runtime ``CalibrationDataReader`` for one graph
+``iter_feeds()`` gives, per sample, the feeds of every graph at once, so one pass over the folder (and
+one run of the encoders) serves every graph of a conversion step; ``iter_graph(g)`` the feeds of one.
+``CalibrationReader`` wraps one graph's feeds as an ONNX Runtime ``CalibrationDataReader``
 (``get_next()`` returns a feed dict or None, ``rewind()`` starts over); ``--calib-limit`` caps the
 number of samples. Every feed is checked against the graph's own inputs, so a folder made for another
-model fails with one line naming the file, the tensor and what was expected.
+model fails with one line naming the file, the tensor and what was expected. The feed of a graph is
+built by ``edgemm.fusion.graph_feed``, the function the runtime uses: presence flags 1, states 0.
 """
 
 from __future__ import annotations
@@ -23,16 +26,11 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from converters.data import DataFolder, Sample
-from edgemm.bundle import Bundle, GraphSpec
+from edgemm.bundle import Bundle
 from edgemm.errors import EdgemmError
-from edgemm.feeds import concrete_shape, onnx_input_metadata
+from edgemm.feeds import onnx_input_metadata
+from edgemm.fusion import graph_feed
 from edgemm.runners.base import TensorMeta, check_feed
-
-try:  # the ABC only adds __iter__/__next__; duck typing is all quantize_static needs
-    from onnxruntime.quantization import CalibrationDataReader as _ReaderBase
-except ImportError:  # pragma: no cover - onnxruntime is a core dependency
-    _ReaderBase = object
-
 
 def graph_order(bundle: Bundle) -> list[str]:
     """Graphs in the order data flows through them (encoders before the head)."""
@@ -42,31 +40,6 @@ def graph_order(bundle: Bundle) -> list[str]:
         names.remove(m.fusion.head)
         names.append(m.fusion.head)
     return names
-
-
-def graph_feed(spec: GraphSpec, meta: Mapping[str, TensorMeta], tensors: Mapping[str, np.ndarray],
-               where: str = "Calibration data") -> dict[str, np.ndarray]:
-    """The feed of one graph from a sample's tensors (input name, or "graph.output" for embeddings).
-
-    Presence flags are 1 (every modality present) and recurrent states are zeros, as at start-up.
-    """
-    batch = next((v.shape[0] for v in tensors.values() if getattr(v, "ndim", 0) > 0), 1)
-    feed = {}
-    for s in spec.inputs:
-        m = meta.get(s.name)
-        if m is None:
-            continue
-        if s.modality == "presence":
-            feed[s.name] = np.ones(concrete_shape(m, s, batch), dtype=m.dtype)
-        elif s.modality == "state":
-            feed[s.name] = np.zeros(concrete_shape(m, s, batch), dtype=m.dtype)
-        else:
-            key = s.source if s.modality == "embedding" and s.source else s.name
-            if key not in tensors:
-                raise EdgemmError(f"{where} | Has no tensor for input {s.name} of graph {spec.name}"
-                                  f"{f' (from {key})' if key != s.name else ''}; expected it in every sample.")
-            feed[s.name] = tensors[key]
-    return feed
 
 
 class GraphFeeds:
@@ -115,15 +88,19 @@ class GraphFeeds:
             spec = self.bundle.manifest.graphs[g]
             meta = self.metadata(g)
             where = f"{self.what}: {self.data.folder / sample.name}"
-            feed = graph_feed(spec, meta, tensors, where)
-            feed = {k: _as_dtype(v, meta[k], where) for k, v in feed.items()}
+            feed = graph_feed(spec, meta, tensors, where=where)
             check_feed(feed, meta, what=f"{where} | graph {g}, tensor")
             out[g] = feed
         return out
 
-    def iter_graph(self, graph: str) -> Iterator[dict[str, np.ndarray]]:
+    def iter_feeds(self, graphs: list[str] | None = None) -> Iterator[dict[str, dict[str, np.ndarray]]]:
+        """Per sample, graph -> feed for the given graphs (default: all): one pass serves them all."""
         for sample in self.samples():
-            yield self.feeds_for(sample, [graph])[graph]
+            yield self.feeds_for(sample, graphs)
+
+    def iter_graph(self, graph: str) -> Iterator[dict[str, np.ndarray]]:
+        for feeds in self.iter_feeds([graph]):
+            yield feeds[graph]
 
     def _embeddings(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         from edgemm.fusion import FusionModel
@@ -148,53 +125,24 @@ class GraphFeeds:
         self.close()
 
 
-def _as_dtype(value: np.ndarray, meta: TensorMeta, where: str) -> np.ndarray:
-    """float64 data for a float32 input is converted (numpy's default); anything else must match."""
-    if value.dtype != meta.dtype and value.dtype.kind == "f" and meta.dtype.kind == "f":
-        return value.astype(meta.dtype)
-    return value
-
-
-class CalibrationReader(_ReaderBase):
+class CalibrationReader:
     """ONNX Runtime ``CalibrationDataReader`` over one graph of a bundle, streamed from a folder.
 
     ``get_next()`` returns the next feed dict (batch 1) or None at the end; ``rewind()`` starts over.
-    ``chunk(n)`` makes the reader stop (return None) after n more feeds without losing its place, so a
-    histogram calibrator (which keeps every activation of one ``collect_data`` call in memory) can be
-    fed in bounded pieces.
+    That is the whole protocol: ORT's ABC recognises any class with ``get_next`` (its __subclasshook__),
+    and inheriting from it would bring its ``__len__``, which raises, so that even ``if reader:`` failed.
+    (converters.int8.calibrate feeds its calibrators in bounded chunks itself; this reader is for handing
+    a folder to ORT's own ``quantize_static``.)
     """
 
     def __init__(self, feeds: GraphFeeds, graph: str):
         self.feeds, self.graph = feeds, graph
-        self._it = None
-        self._left: int | None = None
-        self.count = 0  # feeds handed out since the last rewind
-        self.exhausted = False
+        self._it: Iterator[dict[str, np.ndarray]] | None = None
 
     def get_next(self):
-        if self._left is not None and self._left <= 0:
-            return None
         if self._it is None:
             self._it = self.feeds.iter_graph(self.graph)
-        try:
-            feed = next(self._it)
-        except StopIteration:
-            self.exhausted = True
-            return None
-        self.count += 1
-        if self._left is not None:
-            self._left -= 1
-        return feed
+        return next(self._it, None)
 
     def rewind(self) -> None:
         self._it = None
-        self._left = None
-        self.count = 0
-        self.exhausted = False
-
-    def chunk(self, n: int | None) -> "CalibrationReader":
-        self._left = n
-        return self
-
-    def __len__(self) -> int:  # the number of samples is known only once read; ORT asks only for strides
-        raise TypeError("CalibrationReader streams its folder; its length is not known in advance")

@@ -7,14 +7,17 @@ kept in float), and the validation report (report.json, report.md, confusion.png
 closeness, latency and size before and after. A failure at any step leaves no OUT behind.
 
 The pieces: converters.calibration (feeds), converters.fp16, converters.int8, converters.guard,
-converters.prune (pruning), converters.validate (metrics and report), converters.tensorrt (engines).
+converters.prune (pruning), converters.validate (metrics and report), converters.tensorrt (engines),
+converters.timing (side-by-side latency), converters.graphs (saving, sessions, exposed tensors).
+
+Each step reads the calibration data in one pass that feeds every graph (pruning, the FP16 range scan,
+INT8 calibration); the few feeds the latency measurement needs are kept from that pass.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
-import json
 import logging
 import sys
 import tempfile
@@ -26,6 +29,7 @@ from typing import Any
 
 from edgemm.bundle import MANIFEST_NAME, Bundle, atomic_output_dir, file_sha256, load_bundle
 from edgemm.errors import EdgemmError
+from edgemm.outputs import write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ DEFAULT_CALIB_LIMIT = 512  # TensorRT and ORT guidance: a few hundred representa
 FLAVOUR_TIMING_S = 2.0
 MIN_INT8_SPEEDUP = 0.95  # below this (beyond timing noise) a graph's INT8 is slower than FP32: keep FP32
 BENCH_S = 3.0
+PRUNE_SAMPLES = 256  # calibration samples pruning holds in memory (importance, re-fit, final check)
+SAMPLE_FEEDS = 8  # feeds per graph for the INT8 flavour check and timing
 
 
 @dataclass
@@ -98,6 +104,19 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
             raise EdgemmError(f"{name}: {value} | Expected a positive number.")
     if opts.max_drop is not None and opts.max_drop < 0:
         raise EdgemmError(f"Max drop: {opts.max_drop} | Expected a non-negative number of points.")
+    if not opts.bench_seconds or opts.bench_seconds <= 0:
+        raise EdgemmError(f"Bench seconds: {opts.bench_seconds} | Expected a positive number of seconds.")
+    if opts.max_batch is None or opts.max_batch < 1:
+        raise EdgemmError(f"Max batch: {opts.max_batch} | Expected a positive batch size.")
+    if opts.shapes:
+        from converters.tensorrt import parse_shape_spec
+
+        names = [parse_shape_spec(spec)[0] for spec in opts.shapes]  # the format, now
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise EdgemmError(f"Shape: {twice[0]} | Given more than once; expected one --shape per input.")
+    if opts.precision == "int8":
+        int8.check_onnxruntime()  # before minutes of calibration, not after
     if opts.prune:
         from converters.prune import parse_spec
 
@@ -123,15 +142,26 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
 
 def stage_bundle(bundle: Bundle, models: dict[str, Any], folder: Path) -> Bundle:
     """The bundle with some graphs replaced, written to folder (later stages read graphs by path)."""
-    import onnx
+    from converters.graphs import save_model
 
     folder.mkdir(parents=True, exist_ok=True)
     manifest = copy.deepcopy(bundle.manifest)
     manifest.inferred = False
     for g, spec in manifest.graphs.items():
         spec.engine = None
-        onnx.save(models[g], str(folder / spec.file))
+        save_model(models[g], folder / spec.file)
     return Bundle(root=folder, manifest=manifest, source=bundle.source)
+
+
+def _recording(samples, store: dict[str, list], n: int):
+    """Pass per-sample feeds (graph -> feed) through, keeping the first n of each graph in store: the few
+    feeds timing needs come from the pass that runs anyway, not from another pass over the data."""
+    for sample in samples:
+        for g, feed in sample.items():
+            kept = store.setdefault(g, [])
+            if len(kept) < n:
+                kept.append(feed)
+        yield sample
 
 
 def _sample_feeds(bundle: Bundle, calib, limit: int, threads) -> dict[str, list[dict]]:
@@ -154,32 +184,30 @@ def _sample_feeds(bundle: Bundle, calib, limit: int, threads) -> dict[str, list[
 
 def measure(original: Bundle, converted: Bundle, feeds: dict[str, list[dict]], threads, seconds: float) -> dict:
     """Latency (interleaved, per graph), size, parameters and MACs before and after."""
-    from edgemm import bench
-    from edgemm.modelinfo import graph_info
-    from edgemm.runners.onnxruntime import OnnxRuntimeRunner
+    from converters.timing import time_models
+    from converters.validate import size_section
 
-    targets = []
+    models, graph_feeds = {}, {}
     for g in original.manifest.graphs:
         for label, b in (("before", original), ("after", converted)):
-            targets.append(bench.Target(f"{g}:{label}", OnnxRuntimeRunner(b.graph_path(g), "cpu", threads,
-                                        name=f"{g}:{label}"), feed=feeds[g][0]))
-    results = {r["model"]: r for r in bench.run(targets, duration_s=seconds, warmup_s=0.3)}
-    latency, size, params, macs = {}, {}, {}, {}
+            models[f"{g}:{label}"] = b.graph_path(g)
+            graph_feeds[f"{g}:{label}"] = feeds[g][0]
+    results = time_models(models, feeds=graph_feeds, threads=threads, duration_s=seconds)
+    sizes = size_section(original, converted)["graphs"]
+    latency = {}
     for g in original.manifest.graphs:
         b, a = results[f"{g}:before"]["latency_ms"], results[f"{g}:after"]["latency_ms"]
         latency[g] = {"before": b["p50"], "after": a["p50"], "p90_before": b["p90"], "p90_after": a["p90"],
                       "speedup": b["p50"] / a["p50"] if a["p50"] > 0 else None}
-        ib = graph_info(original.load_graph(g), original.graph_path(g), original.manifest.graphs[g])
-        ia = graph_info(converted.load_graph(g), converted.graph_path(g), converted.manifest.graphs[g])
-        size[g] = {"before": ib.size_bytes, "after": ia.size_bytes}
-        params[g] = {"before": ib.parameters, "after": ia.parameters}
-        macs[g] = {"before": ib.macs, "after": ia.macs}
     if len(latency) > 1:
         tb = sum(v["before"] for v in latency.values())
         ta = sum(v["after"] for v in latency.values())
         latency["all graphs"] = {"before": tb, "after": ta, "speedup": tb / ta if ta else None}
-    return {"latency_ms_p50": latency, "size_bytes": size, "parameters": params, "macs": macs,
-            "latency_setup": {"method": "edgemm.bench.run, interleaved, batch 1, onnxruntime CPU",
+    return {"latency_ms_p50": latency,
+            "size_bytes": {g: v["size_bytes"] for g, v in sizes.items()},
+            "parameters": {g: v["parameters"] for g, v in sizes.items()},
+            "macs": {g: v["macs"] for g, v in sizes.items()},
+            "latency_setup": {"method": "converters.timing (edgemm.bench.run), interleaved, batch 1, onnxruntime CPU",
                               "threads": threads, "seconds": seconds,
                               "iterations": results[next(iter(results))]["iterations"]}}
 
@@ -195,14 +223,21 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
     check_options(model, out, opts)
     from converters.calibration import GraphFeeds, graph_order
     from converters.data import DataFolder
+    from converters.graphs import save_model
 
     started = time.monotonic()
     bundle = load_bundle(model)
-    # Data folders are opened (and checked for existence and contents) before any work.
-    if opts.calib is not None:
-        DataFolder(opts.calib, bundle, "Calibration data")
-    if opts.eval is not None:
-        DataFolder(opts.eval, bundle, "Evaluation data")
+    # Data folders (their first sample against every graph's inputs) and --shape names are checked
+    # against the model before any work.
+    for folder, what in ((opts.calib, "Calibration data"), (opts.eval, "Evaluation data")):
+        if folder is not None:
+            with GraphFeeds(bundle, DataFolder(folder, bundle, what), limit=1, what=what, progress=False,
+                            threads=opts.threads) as gf:
+                next(gf.iter_feeds(), None)
+    if opts.shapes:
+        from converters.tensorrt import check_shapes, parse_shape_spec
+
+        check_shapes(bundle, dict(parse_shape_spec(s) for s in opts.shapes))
     graphs = graph_order(bundle)
     originals = {g: bundle.load_graph(g) for g in graphs}
     report: dict[str, Any] = {"title": f"edgemm convert: {bundle.name} -> {opts.precision}"
@@ -210,6 +245,9 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
                               + (f", target {opts.target}" if opts.target != "onnxruntime" else "")}
     conversion: dict[str, Any] = {"precision": opts.precision, "target": opts.target}
     provenance_extra: dict[str, Any] = {}
+    # The first few feeds of each graph, kept from whichever pass over the calibration data runs first
+    # (for the latency measurement): no extra pass over the data for them.
+    first_feeds: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="edgemm-convert-") as work:
         work = Path(work)
         current = dict(originals)
@@ -219,17 +257,22 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
         if opts.prune:
             from converters.prune import prune
 
+            feeds: dict[str, list[dict]] = {g: [] for g in graphs}
+            if opts.calib is not None:
+                # One pass over the data for every graph (and one run of the encoders for a head's feeds).
+                limit = min(opts.calib_limit or PRUNE_SAMPLES, PRUNE_SAMPLES)
+                _say(f"pruning: reading {limit} calibration samples from {opts.calib}", opts)
+                with GraphFeeds(stage, opts.calib, limit=limit, threads=opts.threads) as gf:
+                    for sample in _recording(gf.iter_feeds(), first_feeds, 1):
+                        for g, f in sample.items():
+                            feeds[g].append(f)
             prune_info = {}
             for g in graphs:
                 _say(f"pruning graph {g} ({opts.prune})", opts)
-                feeds = None
-                if opts.calib is not None:
-                    gf = GraphFeeds(stage, opts.calib, limit=opts.calib_limit, progress=False, threads=opts.threads)
-                    feeds = list(_take(gf.iter_graph(g), 256))
-                    gf.close()
-                current[g], prune_info[g] = prune(current[g], opts.prune, feeds,
-                                                  importance="activation" if feeds else "l1",
-                                                  threads=opts.threads)
+                current[g], prune_info[g] = prune(current[g], opts.prune, feeds[g] or None,
+                                                  importance="activation" if feeds[g] else "l1",
+                                                  threads=opts.threads, max_samples=PRUNE_SAMPLES)
+                feeds[g] = []  # release this graph's samples before the next one
             stage = stage_bundle(bundle, current, work / "pruned")
             conversion["prune"] = prune_info
             provenance_extra["prune"] = opts.prune
@@ -237,9 +280,9 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
         # 2. Quantize ------------------------------------------------------------------------------------
         guard_setup = None
         if opts.precision == "fp16":
-            guard_setup = _fp16(stage, current, graphs, opts, conversion)
+            guard_setup = _fp16(stage, current, graphs, opts, conversion, first_feeds)
         elif opts.precision == "int8":
-            guard_setup = _int8(stage, current, graphs, opts, conversion, work)
+            guard_setup = _int8(stage, current, graphs, opts, conversion, work, first_feeds)
 
         # 3. Accuracy guard --------------------------------------------------------------------------------
         if opts.max_drop is not None:
@@ -251,14 +294,13 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
         parent = dict(bundle.manifest.provenance)
         manifest.provenance = _provenance(bundle, opts, conversion, provenance_extra, parent)
         with atomic_output_dir(out, opts.force) as tmp:
-            import onnx
-
             for g, spec in manifest.graphs.items():
                 spec.engine = None
-                onnx.save(current[g], str(tmp / spec.file))
-            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+                save_model(current[g], tmp / spec.file)
+            write_json(tmp / MANIFEST_NAME, manifest.to_dict())
             converted = load_bundle(tmp)  # a bundle that does not load must not replace anything
-            feeds = _sample_feeds(stage, opts.calib, 1, opts.threads)
+            feeds = first_feeds if all(first_feeds.get(g) for g in graphs) else \
+                _sample_feeds(stage, opts.calib, 1, opts.threads)
             _say(f"measuring latency before/after ({opts.bench_seconds:g} s, interleaved)", opts)
             perf = measure(bundle, converted, feeds, opts.threads, opts.bench_seconds)
             report.update(perf)
@@ -267,7 +309,8 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
                 from converters.validate import compare_bundles
 
                 _say(f"validating on {data}", opts)
-                comparison = compare_bundles(bundle, converted, data, threads=opts.threads, limit=opts.eval_limit)
+                limit = opts.eval_limit if opts.eval is not None else opts.calib_limit
+                comparison = compare_bundles(bundle, converted, data, threads=opts.threads, limit=limit)
                 if opts.eval is None:
                     comparison["note"] = ("no --eval given: measured on the calibration data (optimistic; "
                                           "give a held-out --eval folder for a fair figure)")
@@ -291,13 +334,6 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
     return report
 
 
-def _take(it, n):
-    for i, x in enumerate(it):
-        if i >= n:
-            return
-        yield x
-
-
 def _machine() -> dict:
     from edgemm.bench import machine
 
@@ -308,24 +344,25 @@ def _machine() -> dict:
     return m
 
 
-def _fp16(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict):
+def _fp16(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict,
+          first_feeds: dict):
     from converters import fp16
     from converters.calibration import GraphFeeds
 
+    _say(f"FP16: range scan of {len(graphs)} graph(s) "
+         f"{'on ' + str(opts.calib) if opts.calib else 'on synthetic inputs'}", opts)
+    models = {g: current[g] for g in graphs}
+    if opts.calib is not None:
+        with GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads) as gf:
+            results = fp16.convert_fp16_graphs(models, _recording(gf.iter_feeds(), first_feeds, 1))
+    else:
+        synthetic = _sample_feeds(stage, None, 8, opts.threads)
+        results = fp16.convert_fp16_graphs(models, ({g: synthetic[g][i] for g in graphs} for i in range(8)))
     fp16_info = {}
     block: dict[str, list[str]] = {}
     bases = {}
     for g in graphs:
-        _say(f"FP16: graph {g}: range scan{' on ' + str(opts.calib) if opts.calib else ' on synthetic inputs'}", opts)
-        if opts.calib is not None:
-            gf = GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads)
-            feeds = gf.iter_graph(g)
-        else:
-            gf = None
-            feeds = _sample_feeds(stage, None, 8, opts.threads)[g]
-        res = fp16.convert_fp16(current[g], feeds)
-        if gf is not None:
-            gf.close()
+        res = results[g]
         bases[g] = current[g]
         block[g] = [k["node"] for k in res.kept_fp32]
         current[g] = res.model
@@ -346,12 +383,10 @@ def _fp16(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
 
 
 def _named(model):
-    import onnx
-
+    from converters.graphs import copy_model
     from converters.int8 import name_nodes
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = copy_model(model)
     name_nodes(m)
     return m
 
@@ -364,20 +399,27 @@ def _compute_groups(model, exclude: set[str]) -> list[list[str]]:
     return layer_groups(model, {n.name for n in model.graph.node if n.name not in exclude and n.op_type not in skip})
 
 
-def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict, work: Path):
+def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict, work: Path,
+          first_feeds: dict):
     from converters import int8
     from converters.calibration import GraphFeeds
 
     fixed = int8.target_flavour(opts.target) or opts.flavour or int8.env_flavour()
-    prepared, calibs, flavours, info = {}, {}, {}, {}
-    sample_feeds = _sample_feeds(stage, opts.calib, 8, opts.threads)
+    flavours, info = {}, {}
+    prepared = {}
     for g in graphs:
         _say(f"INT8: graph {g}: preparing (shape inference, BatchNorm folding)", opts)
         prepared[g] = int8.prepare(current[g], work)
-        symmetric = fixed == "trt"
-        _say(f"INT8: graph {g}: calibrating ({opts.calib_method}) on {opts.calib}", opts)
-        with GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads) as gf:
-            calibs[g] = int8.calibrate(prepared[g], gf.iter_graph(g), opts.calib_method, symmetric, workdir=work)
+    symmetric = fixed == "trt"
+    _say(f"INT8: calibrating {len(graphs)} graph(s) ({opts.calib_method}) on {opts.calib}", opts)
+    # One pass over the data calibrates every graph; it also keeps the feeds the flavour timing needs
+    # (only when the flavour is chosen by timing).
+    sample_feeds: dict[str, list[dict]] = {}
+    with GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads) as gf:
+        samples = _recording(gf.iter_feeds(), sample_feeds, 1 if fixed else SAMPLE_FEEDS)
+        calibs = int8.calibrate_graphs(prepared, samples, opts.calib_method, symmetric, workdir=work)
+    for g in graphs:
+        first_feeds.setdefault(g, sample_feeds[g][:1])
         gi: dict[str, Any] = {"calibration": {"method": opts.calib_method, "samples": calibs[g].samples,
                                               "samples_per_chunk": calibs[g].chunk, "symmetric_ranges": symmetric}}
         if fixed:
@@ -427,26 +469,42 @@ def _guard(bundle: Bundle, originals: dict, current: dict, setup: dict | None, o
     from converters import guard
     from converters.data import DataFolder
 
-    data = opts.eval if opts.eval is not None else opts.calib
-    folder = DataFolder(data, bundle, "Evaluation data" if opts.eval is not None else "Calibration data")
-    samples = guard.load_samples(folder.single_samples(limit=opts.eval_limit))
-    evaluator = guard.BundleEvaluator(bundle, samples, opts.threads)
-    evaluator.set_reference(originals)
-    if setup is None:  # fp32 (pruning only): nothing to keep in float, only a check
-        out = evaluator.outputs(current)
-        m_float, m = evaluator.metric(evaluator.reference), evaluator.metric(out)
-        conversion["accuracy_guard"] = {"metric": evaluator.metric_name, "metric_float": m_float, "metric_final": m,
-                                        "drop_points": m_float - m, "max_drop_points": opts.max_drop,
-                                        "note": "fp32: no quantized layers to keep in float; checked only"}
-        if m_float - m > opts.max_drop:
-            raise EdgemmError(f"Accuracy guard | Drop of {m_float - m:.2f} points ({evaluator.metric_name}) exceeds "
-                              f"--max-drop {opts.max_drop:g}; expected a milder --prune ratio or a larger budget.")
-        return current
-    kwargs = {"max_iterations": opts.guard_iterations} if opts.guard_iterations else {}
-    result = guard.accuracy_guard(evaluator, originals, setup["quantize_fn"], setup["groups"], opts.max_drop,
-                                  quantized=setup["quantized"], quiet=opts.quiet, **kwargs)
+    on_eval = opts.eval is not None
+    data = opts.eval if on_eval else opts.calib
+    folder = DataFolder(data, bundle, "Evaluation data" if on_eval else "Calibration data")
+    # The guard holds its samples in memory (it measures many candidates on them): at most the limit the
+    # user gave for this folder, else GUARD_MAX_SAMPLES.
+    limit = (opts.eval_limit if on_eval else opts.calib_limit) or guard.GUARD_MAX_SAMPLES
+    samples, capped = guard.load_samples(folder.single_samples(limit=limit + 1), limit)
+    cap_note = None
+    if capped:
+        why = ("--eval-limit" if opts.eval_limit else f"at most {guard.GUARD_MAX_SAMPLES} by default") if on_eval \
+            else ("--calib-limit" if opts.calib_limit else f"at most {guard.GUARD_MAX_SAMPLES} by default")
+        cap_note = f"measured on the first {limit} samples of {data} ({why}); the rest were not read"
+        _say(f"accuracy guard: {cap_note}", opts)
+    with guard.BundleEvaluator(bundle, samples, opts.threads) as evaluator:
+        evaluator.set_reference(originals)
+        if setup is None:  # fp32 (pruning only): nothing to keep in float, only a check
+            out = evaluator.outputs(current)
+            m_float, m = evaluator.metric(evaluator.reference), evaluator.metric(out)
+            conversion["accuracy_guard"] = {"metric": evaluator.metric_name, "metric_float": m_float,
+                                            "metric_final": m, "drop_points": m_float - m,
+                                            "max_drop_points": opts.max_drop, "samples": len(samples),
+                                            "note": "fp32: no quantized layers to keep in float; checked only"}
+            if cap_note:
+                conversion["accuracy_guard"]["sample_cap"] = cap_note
+            if m_float - m > opts.max_drop:
+                raise EdgemmError(f"Accuracy guard | Drop of {m_float - m:.2f} points ({evaluator.metric_name}) "
+                                  f"exceeds --max-drop {opts.max_drop:g}; expected a milder --prune ratio or a "
+                                  "larger budget.")
+            return current
+        kwargs = {"max_iterations": opts.guard_iterations} if opts.guard_iterations else {}
+        result = guard.accuracy_guard(evaluator, originals, setup["quantize_fn"], setup["groups"], opts.max_drop,
+                                      quantized=setup["quantized"], quiet=opts.quiet, **kwargs)
     conversion["accuracy_guard"] = result.to_dict() | {"data": str(data), "samples": len(samples)}
-    if opts.eval is None:
+    if cap_note:
+        conversion["accuracy_guard"]["sample_cap"] = cap_note
+    if not on_eval:
         conversion["accuracy_guard"]["note"] = "measured on the calibration data (no --eval given)"
     if not result.within_budget:
         raise EdgemmError(f"Accuracy guard | Best drop {result.drop:.2f} points ({result.metric_name}) exceeds "
@@ -455,7 +513,26 @@ def _guard(bundle: Bundle, originals: dict, current: dict, setup: dict | None, o
     kept = sum(1 for s in result.steps if s.kept_float)
     _say(f"accuracy guard: drop {result.drop:.2f} points within {opts.max_drop:g}; {kept} layer group(s) kept "
          "in float", opts)
+    _describe_final(result.models, result.excluded, conversion)
     return result.models
+
+
+def _describe_final(models: dict, excluded: dict[str, list[str]], conversion: dict) -> None:
+    """The per-graph details recorded during quantization describe the all-quantized models; after the
+    guard kept layers in float they must describe the models delivered: Q/DQ counts, the nodes kept in
+    FP32 (each with its reason), the nodes that compute in FP16."""
+    from converters.fp16 import fp16_node_count
+    from converters.int8 import qdq_counts
+
+    for g, gi in conversion.get("int8", {}).items():
+        gi["qdq"] = qdq_counts(models[g])
+    for g, gi in conversion.get("fp16", {}).items():
+        ops = {n.name: n.op_type for n in models[g].graph.node}
+        have = {k["node"] for k in gi["kept_fp32"]}
+        gi["kept_fp32"] = gi["kept_fp32"] + [
+            {"node": n, "op": ops.get(n, "?"), "reason": "accuracy guard: kept in float to stay within --max-drop"}
+            for n in excluded.get(g, []) if n not in have]
+        gi["fp16_nodes"] = fp16_node_count(models[g])
 
 
 def _tensorrt(converted: Bundle, current: dict, manifest, tmp: Path, opts: ConvertOptions, conversion: dict) -> None:
@@ -474,9 +551,10 @@ def _tensorrt(converted: Bundle, current: dict, manifest, tmp: Path, opts: Conve
         _say(f"no TensorRT engine built: {exc}", opts)
         return
     for g, b in builds.items():
-        (tmp / b.file).write_bytes(b.plan)
+        (tmp / b.file).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(tmp / b.file, b.plan)
         manifest.graphs[g].engine = b.info
-    (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    write_json(tmp / MANIFEST_NAME, manifest.to_dict())
     load_bundle(tmp)
     conversion["tensorrt"] = {g: {**b.info, "seconds": b.seconds, "warnings": b.warnings} for g, b in builds.items()}
 

@@ -48,16 +48,20 @@ class Sample:
         return next(iter(self.tensors.values())).shape[0]
 
 
-def primary_output(bundle: Bundle) -> str:
-    """The output `label` refers to: the first classification/regression output of the deciding graph."""
+def decision_graph(bundle: Bundle) -> str:
+    """The graph whose outputs are the bundle's decisions (FusionModel.decision_graph, without runners)."""
     m = bundle.manifest
-    graph = {"early": lambda: bundle.single_graph, "intermediate": lambda: m.fusion.head,
-             "late": lambda: next(iter(m.fusion.members.values()))}[m.fusion.form]()
-    outs = m.graphs[graph].outputs
-    for o in outs:
-        if o.task in ("classification", "multilabel", "regression"):
-            return o.name
-    return outs[0].name
+    return {"early": lambda: bundle.single_graph, "intermediate": lambda: m.fusion.head,
+            "late": lambda: next(iter(m.fusion.members.values()))}[m.fusion.form]()
+
+
+def primary_output(bundle: Bundle) -> str:
+    """The output `label` refers to, the accuracy guard measures and reports lead with: the same output the
+    live pipeline decides and alerts on (edgemm.decisions.primary_output over the decision graph's outputs),
+    so that `edgemm eval` and `edgemm run` never talk about different outputs."""
+    from edgemm.decisions import primary_output as decisions_primary
+
+    return decisions_primary({o.name: o for o in bundle.manifest.graphs[decision_graph(bundle)].outputs})
 
 
 def sensor_inputs(bundle: Bundle) -> dict[str, InputSpec]:
@@ -112,7 +116,7 @@ class DataFolder:
             elif key.startswith(LABEL_KEY + ":"):
                 labels[key.split(":", 1)[1]] = arr
             elif key in self.inputs:
-                tensors[key] = arr
+                tensors[key] = _as_input_dtype(arr, self.inputs[key])
             elif key not in self._ignored:
                 # One data set serves several models (a video-only baseline reads the files of the AV set):
                 # tensors for inputs this model does not have are skipped, and said once.
@@ -168,10 +172,10 @@ class DataFolder:
             if spec.modality == "video":
                 if "video" not in files:
                     raise EdgemmError(f"{self.what}: {self.folder / stem} | No image or video file for input {name}.")
-                frames = read_video_frames(files["video"])
-                n = spec.preprocess.frames
-                mid = max(0, (len(frames) - n) // 2)  # the frames at the middle of the clip
-                tensors[name] = preprocess_video(frames[mid:mid + n], spec)
+                # Only the frames at the middle of the clip are decoded and kept (a minute of 1080p would
+                # otherwise be ~10 GB of frames to use a few).
+                frames = read_video_frames(files["video"], max_frames=spec.preprocess.frames, start="middle")
+                tensors[name] = preprocess_video(frames, spec)
             elif spec.modality == "audio":
                 if "audio" not in files:
                     raise EdgemmError(f"{self.what}: {self.folder / stem} | No WAV file for input {name}.")
@@ -188,7 +192,7 @@ class DataFolder:
                 raise EdgemmError(f"{self.what}: {self.folder} | Input {name} is not video or audio, so it cannot "
                                   "come from media files; expected .npz files.")
         labels = {out: self._label_value(out, v, f"labels.csv row {stem}")
-                  for out, v in self.labels.get(stem, {}).items() if v != ""}
+                  for out, v in self.labels.get(stem, {}).items() if v not in ("", None)}  # short row: None
         return Sample(tensors, labels, stem)
 
     # -- iteration -----------------------------------------------------------------------------------
@@ -209,6 +213,16 @@ class DataFolder:
                 n += 1
                 if limit is not None and n >= limit:
                     return  # before the next file is opened
+
+
+def _as_input_dtype(arr: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Float data becomes the input's float dtype: np.savez of plain numpy arrays gives float64, and every
+    consumer (calibration, evaluation, the accuracy guard) reads the folder through here. Anything else
+    is left for the feed check to refuse with the input's name."""
+    if arr.dtype.kind != "f":
+        return arr
+    want = np.dtype(spec.dtype) if spec.dtype in ("float16", "float32", "float64") else None
+    return arr.astype(want) if want is not None and arr.dtype != want else arr
 
 
 def _progress(items, what: str, enabled: bool):

@@ -12,16 +12,20 @@
 4. The FP16 model runs on the same feeds: any NaN/Inf in an intermediate tensor sends the node that first
    produced it back to FP32, and the conversion is redone (a few rounds at most); a model that still
    produces NaN/Inf is refused with the name of the tensor.
+
+``convert_fp16_graphs`` does this for every graph of a bundle from ONE pass over the calibration data
+(each sample's feeds of all graphs at once); ``convert_fp16`` is the one-graph form.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
+from converters.graphs import copy_model, cpu_session, with_outputs
 from edgemm.errors import EdgemmError
 
 log = logging.getLogger(__name__)
@@ -70,52 +74,40 @@ class Fp16Result:
                 "fp16_nodes": self.fp16_nodes, "total_nodes": self.total_nodes}
 
 
-def _with_intermediate_outputs(model):
-    """A copy whose graph outputs also list every float tensor a node produces (types from inference)."""
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(m)
-    except Exception:  # noqa: BLE001 - fall back to what the graph declares
-        inferred = m
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in
-             list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
-    have = {o.name for o in m.graph.output}
-    for node in m.graph.node:
-        for out in node.output:
-            if out and out not in have and types.get(out) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
-                m.graph.output.append(onnx.helper.make_tensor_value_info(out, types[out], None))
-                have.add(out)
-    return m
-
-
-def _session(model):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+def _scan_session(model, what: str):
     # No graph fusions: the tensors measured must be the ones the FP16 graph will compute.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return cpu_session(with_outputs(model), optimize=False, what=what)
+
+
+class RangeScan:
+    """Per-tensor magnitude statistics of every float tensor of one model, one feed at a time; the first
+    ``keep`` feeds are kept for the NaN/Inf check after conversion."""
+
+    def __init__(self, model, keep: int = 0, what: str = "FP16 range scan"):
+        self.sess = _scan_session(model, what)
+        self.names = [o.name for o in self.sess.get_outputs()]
+        self.stats = {n: TensorRange() for n in self.names}
+        self.count = 0
+        self.keep = keep
+        self.kept_feeds: list[dict] = []
+
+    def add(self, feed: Mapping[str, np.ndarray]) -> None:
+        for name, value in zip(self.names, self.sess.run(None, dict(feed))):
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                self.stats[name].update(value)
+        if len(self.kept_feeds) < self.keep:
+            self.kept_feeds.append(dict(feed))
+        self.count += 1
 
 
 def range_scan(model, feeds: Iterable[dict]) -> tuple[dict[str, TensorRange], int]:
     """Per-tensor magnitude statistics of every float tensor over the feeds (one sample in memory)."""
-    m = _with_intermediate_outputs(model)
-    sess = _session(m)
-    names = [o.name for o in sess.get_outputs()]
-    stats = {n: TensorRange() for n in names}
-    count = 0
+    scan = RangeScan(model)
     for feed in feeds:
-        for name, value in zip(names, sess.run(None, feed)):
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-                stats[name].update(value)
-        count += 1
-    if count == 0:
+        scan.add(feed)
+    if scan.count == 0:
         raise EdgemmError("Calibration data | Holds no samples; expected at least one for the FP16 range scan.")
-    return stats, count
+    return scan.stats, scan.count
 
 
 def risky_nodes(model, stats: dict[str, TensorRange]) -> list[dict]:
@@ -152,9 +144,28 @@ def _convert(model, block_nodes: list[str]):
     except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions on unsupported graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgemmError(f"FP16 conversion | onnxconverter_common failed: {first}") from exc
+    _fix_cast_targets(out)
     _collapse_cast_pairs(out)
     _restore_output_types(model, out)
     return out
+
+
+def _fix_cast_targets(model) -> int:
+    """A Cast(to=FLOAT) of the source graph whose output the converter declared FLOAT16 is made to cast to
+    FLOAT16: onnxconverter_common 1.15/1.16 retypes the output but leaves ``to`` (its issue #320), and ONNX
+    Runtime refuses the graph (e.g. Shape -> Cast(float) -> Div -> Resize scales, in exported upsampling).
+    Its readers were converted to FP16 and expect that type. Returns the number of Casts changed."""
+    from onnx import TensorProto
+
+    declared = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
+    fixed = 0
+    for node in model.graph.node:
+        if _cast_to(node) == TensorProto.FLOAT and declared.get(node.output[0]) == TensorProto.FLOAT16:
+            for a in node.attribute:
+                if a.name == "to":
+                    a.i = TensorProto.FLOAT16
+            fixed += 1
+    return fixed
 
 
 def _cast_to(node) -> int | None:
@@ -224,8 +235,8 @@ def _restore_output_types(original, converted) -> None:
 
 def _first_nonfinite(fp16_model, feeds: list[dict]) -> str | None:
     """Name of the first (graph order) tensor holding NaN/Inf on any feed, or None."""
-    m = _with_intermediate_outputs(fp16_model)
-    sess = _session(m)
+    m = with_outputs(fp16_model)
+    sess = cpu_session(m, optimize=False, what="FP16 conversion: the converted graph")
     names = [o.name for o in sess.get_outputs()]
     order = {}
     for i, node in enumerate(m.graph.node):
@@ -239,34 +250,57 @@ def _first_nonfinite(fp16_model, feeds: list[dict]) -> str | None:
     return None
 
 
+def fp16_node_count(converted) -> int:
+    """Nodes of a converted graph that compute in FP16: those (other than Casts) with an FP16 output.
+    Counted on the model itself, so ops onnxconverter_common keeps in FP32 anyway (Resize, TopK, ...) and
+    integer shape arithmetic do not count."""
+    from onnx import TensorProto
+
+    from converters.graphs import tensor_types
+
+    types = tensor_types(converted)
+    return sum(1 for n in converted.graph.node
+               if n.op_type != "Cast" and any(types.get(o) == TensorProto.FLOAT16 for o in n.output))
+
+
 def convert_fp16(model, feeds: Iterable[dict], check_limit: int = 32) -> Fp16Result:
     """FP16 with I/O types kept; nodes at risk of overflow (on the feeds) stay FP32; NaN/Inf checked.
 
     feeds: calibration feed dicts for this graph (streamed once for the scan; the first ``check_limit``
     are kept for the NaN/Inf check).
     """
+    return convert_fp16_graphs({"model": model}, ({"model": f} for f in feeds), check_limit)["model"]
+
+
+def convert_fp16_graphs(models: Mapping[str, object], feeds: Iterable[Mapping[str, dict]],
+                        check_limit: int = 32) -> dict[str, Fp16Result]:
+    """convert_fp16 for several graphs from one pass over the data: feeds yields, per sample, graph -> feed
+    (converters.calibration.GraphFeeds.iter_feeds). Returns graph -> Fp16Result."""
     from converters.int8 import name_nodes
-    import onnx
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    name_nodes(m)
-    kept_feeds: list[dict] = []
+    named = {}
+    scans = {}
+    for g, model in models.items():
+        m = copy_model(model)
+        name_nodes(m)
+        named[g] = m
+        scans[g] = RangeScan(m, keep=check_limit, what=f"FP16 range scan: graph {g}")
+    for sample in feeds:
+        for g, scan in scans.items():
+            scan.add(sample[g])
+    if not scans or next(iter(scans.values())).count == 0:
+        raise EdgemmError("Calibration data | Holds no samples; expected at least one for the FP16 range scan.")
+    return {g: _convert_scanned(named[g], scans[g]) for g in models}
 
-    def remember(it):
-        for f in it:
-            if len(kept_feeds) < check_limit:
-                kept_feeds.append(f)
-            yield f
 
-    stats, count = range_scan(m, remember(feeds))
-    kept = risky_nodes(m, stats)
+def _convert_scanned(m, scan: RangeScan) -> Fp16Result:
+    kept = risky_nodes(m, scan.stats)
     block = [k["node"] for k in kept]
     producer = {o: n for n in m.graph.node for o in n.output}
     rounds = 1
     while True:
         out = _convert(m, block)
-        bad = _first_nonfinite(out, kept_feeds)
+        bad = _first_nonfinite(out, scan.kept_feeds)
         if bad is None:
             break
         # Map the FP16 graph's tensor back to the FP32 node that makes it (names survive the conversion);
@@ -284,6 +318,4 @@ def convert_fp16(model, feeds: Iterable[dict], check_limit: int = 32) -> Fp16Res
             kept.append({"node": n.name, "op": n.op_type, "reason": f"{role} {bad}, NaN/Inf in FP16"})
             block.append(n.name)
         rounds += 1
-    total = len(out.graph.node)
-    fp16_nodes = sum(1 for n in m.graph.node if n.name not in set(block))
-    return Fp16Result(out, kept, count, rounds, fp16_nodes, len(m.graph.node) if total else 0)
+    return Fp16Result(out, kept, scan.count, rounds, fp16_node_count(out), len(m.graph.node))

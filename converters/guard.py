@@ -21,13 +21,10 @@ a TensorRT engine built from it can differ from that by its own kernel rounding.
 
 from __future__ import annotations
 
-import copy
 import logging
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -41,6 +38,9 @@ log = logging.getLogger(__name__)
 EVAL_BATCH = 64
 RANK_SAMPLES = 300
 MAX_ITERATIONS = 40
+# The guard measures many candidates on the same samples, so it holds them in memory: at most this many
+# unless a limit (--eval-limit, or --calib-limit when it measures on the calibration data) says otherwise.
+GUARD_MAX_SAMPLES = 2000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,10 +52,51 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+class _CachedOutputs:
+    """A runner whose outputs are remembered per evaluation sample: a graph fed only from the samples
+    (an encoder, a late member) gives the same outputs for the same model and sample, so when a candidate
+    changes another graph (the head) it is not run again. ``ids`` names the samples of the next feed."""
+
+    def __init__(self, runner, n_samples: int):
+        self.runner = runner
+        self.ids: np.ndarray | None = None
+        self._values: dict[str, np.ndarray] | None = None
+        self._have = np.zeros(n_samples, bool)
+        self._cacheable = True
+
+    def __getattr__(self, name):  # metadata, describe, is_active ... of the real runner
+        return getattr(self.runner, name)
+
+    def infer(self, feed, check_inputs: bool = True):
+        ids = self.ids
+        if ids is not None and self._values is not None and self._have[ids].all():
+            return {k: v[ids] for k, v in self._values.items()}
+        out = self.runner.infer(feed, check_inputs)
+        if ids is not None and self._cacheable:
+            if any(np.ndim(v) == 0 or np.shape(v)[0] != len(ids) for v in out.values()):
+                self._cacheable = False  # an output without a batch axis: nothing to key by sample
+            else:
+                if self._values is None:
+                    n = len(self._have)
+                    self._values = {k: np.zeros((n, *np.shape(v)[1:]), np.asarray(v).dtype) for k, v in out.items()}
+                for k, v in out.items():
+                    self._values[k][ids] = v
+                self._have[ids] = True
+        return out
+
+
 class BundleEvaluator:
-    """Runs a bundle whose graphs are given as ModelProtos on cached samples; computes the metric."""
+    """Runs a bundle whose graphs are given as ModelProtos on cached samples; computes the metric.
+
+    Sessions are built once per (graph, model): a candidate that changes one graph reuses the runners of
+    the others, and the outputs of graphs fed only from the samples (encoders, late members) are reused
+    too. Per graph the runner of the pinned model (the guard's current one) and of the latest other model
+    are kept; older ones are released.
+    """
 
     def __init__(self, bundle: Bundle, samples: list[Sample], threads: int | None = None, batch: int = EVAL_BATCH):
+        from edgemm.fusion import FusionModel
+
         if not samples:
             raise EdgemmError("Evaluation data | Holds no samples; expected at least one.")
         self.bundle, self.samples, self.threads, self.batch = bundle, samples, threads, batch
@@ -64,7 +105,15 @@ class BundleEvaluator:
         labelled = [s.labels.get(self.output) for s in samples]
         self.labels = np.concatenate(labelled) if all(x is not None for x in labelled) else None
         self.reference: np.ndarray | None = None  # float model's primary output, for closeness
-        self.runs = 0
+        # The fusion logic of the bundle's form; its runners are swapped for the cached ones of each call.
+        self._fm = FusionModel(bundle, "onnxruntime", threads)
+        self._runners: dict[str, list[tuple[object, object]]] = {g: [] for g in bundle.manifest.graphs}
+        self._pinned: dict[str, int] = {}
+        # Graphs whose outputs are worth keeping: fed only from the samples, in a bundle of several graphs
+        # (a single early-fusion graph changes with every candidate).
+        self._sample_fed = {g: len(bundle.manifest.graphs) > 1 and
+                            not any(s.modality == "embedding" and s.source for s in spec.inputs)
+                            for g, spec in bundle.manifest.graphs.items()}
 
     @property
     def metric_name(self) -> str:
@@ -73,35 +122,61 @@ class BundleEvaluator:
         return {"classification": "accuracy (%)", "multilabel": "mean label accuracy (%)",
                 "regression": "R^2 x 100"}.get(self.spec.task, "cosine x 100 vs labels")
 
+    def pin(self, models: dict[str, object]) -> None:
+        """Keep the runners of these models (the guard's current models) while candidates come and go."""
+        self._pinned = {g: id(m) for g, m in models.items()}
+
+    def _runner(self, graph: str, model):
+        from edgemm.runners.onnxruntime import OnnxRuntimeRunner
+
+        entries = self._runners[graph]
+        for i, (m, r) in enumerate(entries):
+            if m is model:
+                entries.append(entries.pop(i))  # most recently used last
+                return r
+        runner = OnnxRuntimeRunner(model.SerializeToString(), "cpu", self.threads, name=graph,
+                                   graph_spec=self.bundle.manifest.graphs[graph])
+        runner.activate()
+        if self._sample_fed[graph]:
+            runner = _CachedOutputs(runner, len(self.samples))
+        entries.append((model, runner))
+        pinned = self._pinned.get(graph)
+        while len(entries) > 2:  # release the oldest that is not pinned
+            k = next(i for i, (m, _) in enumerate(entries) if id(m) != pinned)
+            _, old = entries.pop(k)
+            old.deactivate()
+        return runner
+
+    def close(self) -> None:
+        for entries in self._runners.values():
+            for _, r in entries:
+                r.deactivate()
+            entries.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def outputs(self, models: dict[str, object], idx: np.ndarray | None = None) -> np.ndarray:
         """The primary output for the samples (all, or the indices idx), stacked along the batch."""
-        from edgemm.fusion import FusionModel
+        from converters.graphs import dynamic_batch
 
-        idx = np.arange(len(self.samples)) if idx is None else idx
-        with tempfile.TemporaryDirectory(prefix="edgemm-guard-") as tmp:
-            manifest = copy.deepcopy(self.bundle.manifest)
-            import onnx
-
-            for g, spec in manifest.graphs.items():
-                onnx.save(models[g], str(Path(tmp) / spec.file))
-            bundle = Bundle(root=Path(tmp), manifest=manifest)
-            outs = []
-            with FusionModel(bundle, "onnxruntime", self.threads) as fm:
-                step = self.batch if self._dynamic_batch(fm) else 1
-                for start in range(0, len(idx), step):
-                    part = [self.samples[i] for i in idx[start:start + step]]
-                    tensors = {k: np.concatenate([s.tensors[k] for s in part]) for k in part[0].tensors}
-                    outs.append(np.asarray(fm.infer(tensors).outputs[self.output]))
-        self.runs += 1
+        idx = np.arange(len(self.samples)) if idx is None else np.asarray(idx)
+        runners = {g: self._runner(g, models[g]) for g in self.bundle.manifest.graphs}
+        self._fm.use_runners(runners)
+        step = self.batch if dynamic_batch(runners.values()) else 1
+        outs = []
+        for start in range(0, len(idx), step):
+            ids = idx[start:start + step]
+            for r in runners.values():
+                if isinstance(r, _CachedOutputs):
+                    r.ids = ids
+            part = [self.samples[i] for i in ids]
+            tensors = {k: np.concatenate([s.tensors[k] for s in part]) for k in part[0].tensors}
+            outs.append(np.asarray(self._fm.infer(tensors).outputs[self.output]))
         return np.concatenate(outs)
-
-    @staticmethod
-    def _dynamic_batch(fm) -> bool:
-        for r in fm.runners.values():
-            for meta in r.input_metadata().values():
-                if not meta.shape or isinstance(meta.shape[0], int):
-                    return False
-        return True
 
     def set_reference(self, float_models: dict[str, object]) -> None:
         self.reference = self.outputs(float_models)
@@ -218,6 +293,7 @@ def accuracy_guard(evaluator: BundleEvaluator, float_models: dict[str, object], 
         evaluator.set_reference(float_models)
     metric_float = evaluator.metric(evaluator.reference)
     current = dict(quantized) if quantized else {g: quantize_fn(g, []) for g in float_models}
+    evaluator.pin(current)
     out = evaluator.outputs(current)
     metric_q, err_q = evaluator.metric(out), evaluator.error(out)
     all_groups = [(g, grp) for g in groups for grp in groups[g]]
@@ -272,6 +348,7 @@ def accuracy_guard(evaluator: BundleEvaluator, float_models: dict[str, object], 
         if better:
             excluded[g] = trial_excl
             current = trial
+            evaluator.pin(current)
             metric_cur, err_cur = m, e
     result.models = current
     result.excluded = excluded
@@ -287,6 +364,12 @@ def accuracy_guard(evaluator: BundleEvaluator, float_models: dict[str, object], 
     return result
 
 
-def load_samples(samples: Iterable[Sample]) -> list[Sample]:
-    """Evaluation samples in memory (the guard measures many candidates on the same set); cap with a limit."""
-    return list(samples)
+def load_samples(samples: Iterable[Sample], limit: int | None = GUARD_MAX_SAMPLES) -> tuple[list[Sample], bool]:
+    """Evaluation samples in memory (the guard measures many candidates on the same set): at most limit.
+    Returns (samples, capped): capped when the source had more (one more is read to know, never kept)."""
+    out: list[Sample] = []
+    for s in samples:
+        if limit is not None and len(out) >= limit:
+            return out, True
+        out.append(s)
+    return out, False

@@ -4,10 +4,10 @@ Steps (each a function, so the accuracy guard can re-run the cheap ones):
 
 1. ``prepare``: ``onnxruntime.quantization.quant_pre_process`` (shape inference, Conv+BatchNorm folding
    and other graph simplifications) and a unique name for every node (the handle of nodes_to_exclude).
-2. ``calibrate``: activation ranges with MinMax, Entropy or Percentile from a ``CalibrationReader``, fed
-   in chunks so memory stays bounded (ORT's histogram calibrators keep every activation of one
-   ``collect_data`` call in memory; MinMax merges ranges between chunks). Done once; the ranges are
-   reused for every flavour and every guard step.
+2. ``calibrate`` / ``calibrate_graphs``: activation ranges with MinMax, Entropy or Percentile from feed
+   dicts (every graph of a bundle in one pass over the data), fed in chunks so memory stays bounded
+   (ORT's histogram calibrators keep every activation of one ``collect_data`` call in memory; MinMax
+   merges ranges between chunks). Done once; the ranges are reused for every flavour and every guard step.
 3. ``quantize``: Q/DQ insertion with per-channel weights, from the cached ranges, in a flavour:
 
    ``u8s8``  uint8 activations (asymmetric), int8 weights: ONNX Runtime's fast path on x86. Without VNNI
@@ -33,7 +33,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -202,22 +202,14 @@ def _quiet():
 # --------------------------------------------------------------------------------------------------
 
 
-class _ChunkReader:
-    """Hands out at most n feeds of an iterator, starting with one already taken from it."""
+class _ListReader:
+    """Hands a list of feeds to one ``collect_data`` call (ORT's CalibrationDataReader protocol)."""
 
-    def __init__(self, first: dict, it: Iterator[dict], n: int):
-        self._first, self._it, self._left = first, it, n
+    def __init__(self, feeds: list[dict]):
+        self._it = iter(feeds)
 
     def get_next(self):
-        if self._left <= 0:
-            return None
-        if self._first is not None:
-            f, self._first = self._first, None
-        else:
-            f = next(self._it, None)
-        if f is not None:
-            self._left -= 1
-        return f
+        return next(self._it, None)
 
     def rewind(self):  # ORT never rewinds during collect_data
         raise TypeError("a calibration chunk cannot be rewound")
@@ -246,6 +238,21 @@ class Calibration:
 def calibrate(prepared, feeds: Iterable[dict], method: str = "minmax", symmetric: bool = False,
               memory_mb: float = CALIB_MEMORY_MB, workdir: str | Path | None = None) -> Calibration:
     """Activation ranges of every tensor ORT may quantize, from feeds (dicts), memory bounded."""
+    return calibrate_graphs({"model": prepared}, ({"model": f} for f in feeds), method, symmetric, memory_mb,
+                            workdir)["model"]
+
+
+def calibrate_graphs(prepared: Mapping[str, object], feeds: Iterable[Mapping[str, dict]], method: str = "minmax",
+                     symmetric: bool = False, memory_mb: float = CALIB_MEMORY_MB,
+                     workdir: str | Path | None = None) -> dict[str, Calibration]:
+    """calibrate for every graph of a bundle from ONE pass over the data; graph -> Calibration.
+
+    feeds yields, per sample, graph -> feed (converters.calibration.GraphFeeds.iter_feeds). Samples are
+    buffered in chunks sized so that one chunk's feeds plus the largest graph's activations for it fit in
+    memory_mb; each chunk goes to every graph's calibrator in turn (ORT's histogram calibrators keep every
+    activation of one ``collect_data`` call; MinMax merges its ranges between calls, so chunking does not
+    change MinMax ranges at all).
+    """
     import onnx
 
     q = _q()
@@ -258,36 +265,54 @@ def calibrate(prepared, feeds: Iterable[dict], method: str = "minmax", symmetric
 
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
     it = iter(feeds)
+    graphs = list(prepared)
+    extra = {"symmetric": symmetric}
+    if method == "entropy":
+        # ORT's entropy defaults (128 bins for 128 quantized bins) leave no threshold to search, so it
+        # returns the min/max range; 2048 histogram bins for 128 levels is TensorRT's KL calibration.
+        extra.update(num_bins=ENTROPY_BINS, num_quantized_bins=128)
     with tempfile.TemporaryDirectory(prefix="edgemm-calib-", dir=workdir) as tmp:
-        path = Path(tmp) / "prepared.onnx"
-        onnx.save(prepared, str(path))
-        extra = {"symmetric": symmetric}
-        if method == "entropy":
-            # ORT's entropy defaults (128 bins for 128 quantized bins) leave no threshold to search, so it
-            # returns the min/max range; 2048 histogram bins for 128 levels is TensorRT's KL calibration.
-            extra.update(num_bins=ENTROPY_BINS, num_quantized_bins=128)
-        with _quiet():
-            calibrator = create_calibrator(path, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                           calibrate_method=methods[method], extra_options=extra)
+        calibrators = {}
         try:
+            for i, g in enumerate(graphs):
+                path = Path(tmp) / f"prepared-{i}.onnx"
+                onnx.save(prepared[g], str(path))
+                with _quiet():
+                    calibrators[g] = create_calibrator(path, op_types,
+                                                       augmented_model_path=str(Path(tmp) / f"augmented-{i}.onnx"),
+                                                       calibrate_method=methods[method], extra_options=extra)
             first = next(it, None)
             if first is None:
                 raise EdgemmError("Calibration data | Holds no samples; expected at least one.")
-            # Samples per chunk from the memory the augmented model's outputs take for one sample.
-            per_sample = sum(np.asarray(v).nbytes for v in calibrator.infer_session.run(None, first))
-            chunk = int(max(1, min(1024, memory_mb * 2**20 // max(per_sample, 1))))
+            # Samples per chunk from the memory one sample takes: its feeds (all graphs) and the augmented
+            # model's outputs of the largest graph.
+            outputs = max(sum(np.asarray(v).nbytes for v in calibrators[g].infer_session.run(None, dict(first[g])))
+                          for g in graphs)
+            inputs = sum(np.asarray(v).nbytes for g in graphs for v in first[g].values())
+            chunk = int(max(1, min(1024, memory_mb * 2**20 // max(outputs + inputs, 1))))
+
+            def collect(chunk_feeds: list[Mapping[str, dict]]) -> None:
+                for g in graphs:
+                    with _quiet():
+                        calibrators[g].collect_data(_ListReader([dict(s[g]) for s in chunk_feeds]))
+
             total = 0
-            while first is not None:
-                reader = _ChunkReader(first, it, chunk)
+            pending: list[Mapping[str, dict]] = [first]
+            for sample in it:
+                if len(pending) >= chunk:
+                    collect(pending)
+                    total += len(pending)
+                    pending = []
+                pending.append(sample)
+            collect(pending)
+            total += len(pending)
+            ranges = {}
+            for g in graphs:
                 with _quiet():
-                    calibrator.collect_data(reader)
-                total += chunk - reader._left
-                first = next(it, None)
-            with _quiet():
-                ranges = calibrator.compute_data()
+                    ranges[g] = calibrators[g].compute_data()
         finally:
-            del calibrator
-    return Calibration(ranges, method, symmetric, total, chunk)
+            calibrators.clear()
+    return {g: Calibration(ranges[g], method, symmetric, total, chunk) for g in graphs}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,8 +323,6 @@ def calibrate(prepared, feeds: Iterable[dict], method: str = "minmax", symmetric
 def quantize(prepared, calibration: Calibration, flavour: str | FlavourSpec, nodes_to_exclude: Iterable[str] = (),
              per_channel: bool = True, workdir: str | Path | None = None):
     """A Q/DQ model from the prepared model and cached ranges. Excluded nodes stay float."""
-    import inspect
-
     import onnx
 
     q = _q()
@@ -319,12 +342,10 @@ def quantize(prepared, calibration: Calibration, flavour: str | FlavourSpec, nod
         kwargs["op_types_to_quantize"] = list(spec.op_types)
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
+    check_onnxruntime()
     with tempfile.TemporaryDirectory(prefix="edgemm-quant-", dir=workdir) as tmp:
         src, dst = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         onnx.save(prepared, str(src))
-        if "calibration_cache_path" not in inspect.signature(q.quantize_static).parameters:
-            raise EdgemmError(f"Module: onnxruntime {_ort_version()} | Too old for cached calibration ranges; "
-                              "expected onnxruntime >= 1.24 (pip install -U onnxruntime).")
         with _quiet():
             q.quantize_static(str(src), str(dst), None, calibrate_method=methods[calibration.method],
                               calibration_cache_path=str(calibration.cache_file(Path(tmp))), **kwargs)
@@ -339,6 +360,15 @@ def quantize(prepared, calibration: Calibration, flavour: str | FlavourSpec, nod
         _topological_sort(model)  # re-created activations were appended at the end
         drop_unused_initializers(model)
     return model
+
+
+def check_onnxruntime() -> None:
+    """The installed onnxruntime can quantize from cached calibration ranges (checked before any work)."""
+    import inspect
+
+    if "calibration_cache_path" not in inspect.signature(_q().quantize_static).parameters:
+        raise EdgemmError(f"Module: onnxruntime {_ort_version()} | Too old for cached calibration ranges; "
+                          "expected onnxruntime >= 1.24 (pip install -U onnxruntime).")
 
 
 def drop_unused_initializers(model) -> None:
@@ -587,36 +617,34 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / den) if den > 0 else float(np.allclose(a, b))
 
 
-def time_models(models: dict[str, object], feed: dict, threads: int | None = None, duration_s: float = 2.0) -> dict:
-    """Interleaved timing (edgemm.bench) of ONNX models on the CPU; label -> result dict."""
-    from edgemm import bench
-    from edgemm.runners.onnxruntime import OnnxRuntimeRunner
-
-    targets = [bench.Target(label, OnnxRuntimeRunner(m.SerializeToString(), "cpu", threads, name=label), feed=feed)
-               for label, m in models.items()]
-    results = bench.run(targets, duration_s=duration_s, warmup_s=0.3)
-    return {r["model"]: r for r in results}
-
-
 def choose_flavour(prepared, float_model, calibration: Calibration, feeds: list[dict], threads: int | None = None,
                    candidates: Iterable[str] = ORT_CANDIDATES, duration_s: float = 2.0) -> dict:
     """Quantize in each candidate flavour, check closeness to FP32 on a few feeds, time them interleaved
     with FP32 on this CPU, and pick the fastest that is as close as the best candidate.
 
+    One runner per model serves both the closeness check and the timing (sessions are built once).
     Returns {"flavour", "models": {name: ModelProto}, "candidates": {name: {...}}, "fp32_p50_ms"}.
     """
-    import onnxruntime as ort
+    from converters.timing import time_models
+    from edgemm.runners.onnxruntime import OnnxRuntimeRunner
 
     models = {c: quantize(prepared, calibration, c) for c in candidates}
-    ref_sess = ort.InferenceSession(float_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    refs = [ref_sess.run(None, f) for f in feeds]
+    runners = {label: OnnxRuntimeRunner(m.SerializeToString(), "cpu", threads, name=label)
+               for label, m in {"fp32": float_model, **models}.items()}
     info: dict[str, dict] = {}
-    for c, m in models.items():
-        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        cos = [min(_cosine(a, b) for a, b in zip(r, sess.run(None, f))) for r, f in zip(refs, feeds)]
-        info[c] = {"cosine_min": float(np.min(cos)), "cosine_mean": float(np.mean(cos)),
-                   "settings": flavour_spec(c).describe()}
-    timing = time_models({"fp32": float_model, **models}, feeds[0], threads, duration_s)
+    try:
+        for r in runners.values():
+            r.activate()
+        refs = [runners["fp32"].infer(f) for f in feeds]
+        for c in models:
+            outs = [runners[c].infer(f) for f in feeds]
+            cos = [min(_cosine(ref[k], out[k]) for k in ref) for ref, out in zip(refs, outs)]
+            info[c] = {"cosine_min": float(np.min(cos)), "cosine_mean": float(np.mean(cos)),
+                       "settings": flavour_spec(c).describe()}
+        timing = time_models(runners, feed=feeds[0], threads=threads, duration_s=duration_s)
+    finally:
+        for r in runners.values():
+            r.deactivate()
     fp32 = timing["fp32"]["latency_ms"]["p50"]
     for c in models:
         p50 = timing[c]["latency_ms"]["p50"]

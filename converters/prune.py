@@ -22,8 +22,9 @@ do not run faster on 2:4 weights; the speed-up needs sparse tensor cores (Ampere
 Specs may be combined with "+": ``channels:0.3+2:4``.
 
 Every result is checked (onnx.checker with strict shape inference, and a real ONNX Runtime run against
-the original's output shapes). A group whose rewiring fails the check is left alone and reported; the
-returned graph is never broken. Layers feeding graph outputs are never pruned in their output channels.
+the original's output shapes). A group whose rewiring fails the check is left alone and reported, and so
+is a 2:4 layer whose new weights fail it; the returned graph is never broken. Layers feeding graph outputs
+are never pruned in their output channels.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from converters import prune_lsq
+from converters.graphs import copy_model, cpu_session, first_line, with_outputs
 from converters.prune_graph import ChannelGraph, Group, _attr, apply_edits, node_label, prepare
 from edgemm.errors import EdgemmError
 from edgemm.feeds import onnx_input_metadata, synthesize
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 IMPORTANCE = ("l1", "l2", "activation")
 SPEC_HELP = "channels:RATIO (0 < RATIO < 1, the fraction of channels removed per layer group), 2:4, or both as channels:RATIO+2:4"
 ROWS_PER_LAYER = 24000  # output positions sampled per layer for reconstruction (bounded cost and memory)
+# Reconstruction targets (the original model's sampled outputs) held at once: layers are fitted in groups
+# of waves whose targets fit; each further group costs one more pass of the original model.
+TARGET_MEMORY_MB = 256
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,63 +134,54 @@ def materialize_feeds(calib_feeds, model, max_samples: int = 256, batch: int = 3
     return out
 
 
-def _session(model, threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _VerifyError(f"onnxruntime cannot load it: {first}") from exc
-
-
-def with_outputs(model, names: Iterable[str]):
-    """A copy of the model that also returns the given intermediate tensors."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in have:
-            m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
-            have.add(n)
-    return m
-
-
 class _VerifyError(Exception):
     pass
 
 
+class Verifier:
+    """Checks candidate graphs against the reference (original) graph: onnx.checker with strict shape
+    inference, then an ONNX Runtime run on one feed giving outputs of the reference's shapes, all finite.
+    The reference runs once, however many candidates are checked."""
+
+    def __init__(self, reference, feed: Mapping[str, np.ndarray] | None = None, threads: int | None = None):
+        self.feed = dict(feed) if feed is not None else synthesize(onnx_input_metadata(reference))
+        self.threads = threads
+        sess = cpu_session(reference, threads, what="Pruning check: the original graph")
+        try:
+            ref = sess.run(None, self.feed)
+        except Exception as exc:  # ORT's own error types
+            raise EdgemmError(f"Pruning check | The original graph fails in onnxruntime on the check input "
+                              f"({first_line(exc)}); expected a graph onnxruntime can run.") from exc
+        self.outputs = [(o.name, r.shape) for o, r in zip(reference.graph.output, ref)]
+
+    def check(self, model) -> None:
+        """Raise _VerifyError (with the reason) unless model passes."""
+        import onnx
+
+        try:
+            onnx.checker.check_model(model)
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        except Exception as exc:
+            raise _VerifyError(f"onnx checker: {first_line(exc)}") from exc
+        try:
+            sess = cpu_session(model, self.threads)
+        except EdgemmError as exc:
+            raise _VerifyError(f"onnxruntime cannot load it: {first_line(exc.__cause__ or exc)}") from exc
+        try:
+            got = sess.run(None, self.feed)
+        except Exception as exc:
+            raise _VerifyError(f"onnxruntime run: {first_line(exc)}") from exc
+        for (name, shape), g_ in zip(self.outputs, got):
+            if shape != g_.shape:
+                raise _VerifyError(f"output {name} has shape {g_.shape}, expected {shape}")
+            if np.issubdtype(g_.dtype, np.floating) and not np.all(np.isfinite(g_)):
+                raise _VerifyError(f"output {name} has non-finite values")
+
+
 def verify(model, reference, feed: Mapping[str, np.ndarray] | None = None, threads: int | None = None) -> None:
     """Raise _VerifyError unless the model passes the checker, strict shape inference, and runs in ONNX
-    Runtime with outputs of the reference model's shapes and finite values."""
-    import onnx
-
-    try:
-        onnx.checker.check_model(model)
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    except Exception as exc:
-        raise _VerifyError(f"onnx checker: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from exc
-    feed = dict(feed) if feed is not None else synthesize(onnx_input_metadata(reference))
-    ref = _session(reference, threads).run(None, feed)
-    try:
-        got = _session(model, threads).run(None, feed)
-    except _VerifyError:
-        raise
-    except Exception as exc:
-        raise _VerifyError(f"onnxruntime run: {str(exc).strip().splitlines()[0]}") from exc
-    for r, g_, o in zip(ref, got, reference.graph.output):
-        if r.shape != g_.shape:
-            raise _VerifyError(f"output {o.name} has shape {g_.shape}, expected {r.shape}")
-        if np.issubdtype(g_.dtype, np.floating) and not np.all(np.isfinite(g_)):
-            raise _VerifyError(f"output {o.name} has non-finite values")
+    Runtime with outputs of the reference model's shapes and finite values (see Verifier)."""
+    Verifier(reference, feed, threads).check(model)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,7 +250,7 @@ def activation_importance(cg: ChannelGraph, groups: list[Group], arrays, feeds, 
     tensors = sorted({t for g in groups for _, t in g.consumers})
     sums: dict[str, np.ndarray] = {}
     count: dict[str, int] = {}
-    sess = _session(with_outputs(cg.model, tensors), threads)
+    sess = cpu_session(with_outputs(cg.model, tensors), threads, what="Pruning: activation importance")
     for feed in feeds:
         values = dict(zip(tensors, sess.run(tensors, dict(feed))))
         for t, v in values.items():
@@ -339,13 +335,14 @@ def _output_rows(node, y: np.ndarray) -> np.ndarray:
     return y.reshape(y.shape[0], -1, y.shape[-1])
 
 
-def _input_rows(node, x: np.ndarray, w_shape, out_spatial) -> np.ndarray:
-    """A layer's input as rows [n, P, K] matching _output_rows (im2col for a Conv)."""
+def _input_rows(node, x: np.ndarray, w_shape, out_spatial, picks: np.ndarray | None = None) -> np.ndarray:
+    """A layer's input as rows [n, P, K] matching _output_rows (im2col for a Conv), only the picked
+    positions ([n, R]) when given."""
     if node.op_type == "Conv":
         attrs = {a: _attr(node, a) for a in ("strides", "dilations", "pads", "auto_pad")}
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        return prune_lsq.im2col(x, attrs, list(w_shape[2:]), list(out_spatial))
-    return x.reshape(x.shape[0], -1, x.shape[-1])
+        return prune_lsq.im2col(x, attrs, list(w_shape[2:]), list(out_spatial), picks)
+    return _take_rows(x.reshape(x.shape[0], -1, x.shape[-1]), picks)
 
 
 def _take_rows(rows: np.ndarray, picks: np.ndarray | None) -> np.ndarray:
@@ -419,64 +416,95 @@ def reconstruct(original, current, layers: list[int], out_index: Mapping[int, np
     results = []
     n_samples = sum(next(iter(f.values())).shape[0] for f in feeds) or 1
     max_rows = max(8, ROWS_PER_LAYER // n_samples)
-    # One pass over the original model: the target rows of every layer (positions sampled once, so the
-    # same positions are read from the pruned model's input later).
-    y_names = [original.graph.node[li].output[0] for li in layers]
-    orig_sess = _session(with_outputs(original, y_names), threads)
-    targets: dict[int, list[tuple[np.ndarray | None, np.ndarray, tuple]]] = {li: [] for li in layers}
-    for b, feed in enumerate(feeds):
-        ys = orig_sess.run(y_names, dict(feed))
-        for li, y in zip(layers, ys):
-            node = original.graph.node[li]
-            idx = out_index.get(li)
-            if idx is not None:
-                y = np.take(y, idx, axis=1 if node.op_type == "Conv" else y.ndim - 1)
-            rows = _output_rows(node, y)
-            picks = _picks(rows.shape[1], rows.shape[0], max_rows, seed=li * 100003 + b)
-            targets[li].append((picks, _take_rows(rows, picks).astype(np.float32), y.shape[2:]))
-    del orig_sess
-    for wave in _waves(current.graph, layers):
-        arrays = _arrays(current)
-        x_names = [current.graph.node[li].input[0] for li in wave]
-        cur_sess = _session(with_outputs(current, x_names), threads)
-        stats: dict[int, prune_lsq.LayerStats] = {}
-        w0s: dict[int, np.ndarray] = {}
-        has_bias: dict[int, bool] = {}
-        for li in wave:
-            W0, bias = _layer_matrix(current.graph.node[li], arrays)
-            w0s[li], has_bias[li] = W0, bias
-            stats[li] = prune_lsq.LayerStats(W0.shape[0] - (1 if bias else 0), W0.shape[1], bias)
-        sample = 0
+    y_names = {li: original.graph.node[li].output[0] for li in layers}
+    orig_sess = cpu_session(with_outputs(original, list(y_names.values())), threads,
+                            what="Pruning: the original graph")
+
+    def target_rows(li: int, b: int, y: np.ndarray):
+        """The layer's sampled output rows for feed b (positions drawn per layer and feed, so the same
+        positions are read from the pruned model's input later)."""
+        node = original.graph.node[li]
+        idx = out_index.get(li)
+        if idx is not None:
+            y = np.take(y, idx, axis=1 if node.op_type == "Conv" else y.ndim - 1)
+        rows = _output_rows(node, y)
+        picks = _picks(rows.shape[1], rows.shape[0], max_rows, seed=li * 100003 + b)
+        return picks, _take_rows(rows, picks).astype(np.float32), y.shape[2:]
+
+    # Targets of every layer at once can be large (a MobileNet: ~1 GB): the waves are fitted in groups
+    # whose targets fit in TARGET_MEMORY_MB, the original model running once per group.
+    waves = _waves(current.graph, layers)
+    first = dict(zip(layers, orig_sess.run([y_names[li] for li in layers], dict(feeds[0]))))
+    per_feed0 = {li: target_rows(li, 0, y)[1].nbytes for li, y in first.items()}
+    size = {li: per_feed0[li] * n_samples / max(next(iter(feeds[0].values())).shape[0], 1) for li in layers}
+    del first
+    budget = TARGET_MEMORY_MB * 2**20
+    groups: list[list[list[int]]] = []
+    used = budget + 1
+    for wave in waves:
+        need = sum(size[li] for li in wave)
+        if groups and used + need <= budget:
+            groups[-1].append(wave)
+            used += need
+        else:
+            groups.append([wave])
+            used = need
+    for group in groups:
+        names = [li for wave in group for li in wave]
+        targets: dict[int, list[tuple[np.ndarray | None, np.ndarray, tuple]]] = {li: [] for li in names}
         for b, feed in enumerate(feeds):
-            xs = cur_sess.run(x_names, dict(feed))
-            for li, x in zip(wave, xs):
-                node = current.graph.node[li]
-                picks, yr, out_spatial = targets[li][b]
-                rows = _take_rows(_input_rows(node, x, arrays[node.input[1]].shape, out_spatial), picks)
-                stats[li].add_samples(rows, yr, sample)
-            sample += xs[0].shape[0]
-        for li in wave:
-            targets.pop(li, None)
-        for li in wave:
+            ys = orig_sess.run([y_names[li] for li in names], dict(feed))
+            for li, y in zip(names, ys):
+                targets[li].append(target_rows(li, b, y))
+        for wave in group:
+            results += _fit_wave(current, wave, targets, feeds, threads, masks, mask_fn, refit, progress)
+    return results
+
+
+def _fit_wave(current, wave: list[int], targets, feeds, threads, masks, mask_fn, refit, progress) -> list[dict]:
+    """Re-fit the layers of one wave (their inputs do not depend on each other) from one pass of `current`."""
+    results = []
+    arrays = _arrays(current)
+    x_names = [current.graph.node[li].input[0] for li in wave]
+    cur_sess = cpu_session(with_outputs(current, x_names), threads, what="Pruning: the pruned graph")
+    stats: dict[int, prune_lsq.LayerStats] = {}
+    w0s: dict[int, np.ndarray] = {}
+    has_bias: dict[int, bool] = {}
+    for li in wave:
+        W0, bias = _layer_matrix(current.graph.node[li], arrays)
+        w0s[li], has_bias[li] = W0, bias
+        stats[li] = prune_lsq.LayerStats(W0.shape[0] - (1 if bias else 0), W0.shape[1], bias)
+    sample = 0
+    for b, feed in enumerate(feeds):
+        xs = cur_sess.run(x_names, dict(feed))
+        for li, x in zip(wave, xs):
             node = current.graph.node[li]
-            mask = None
-            if masks is not None and li in masks:
-                mask = masks[li]
-            elif mask_fn is not None:
-                mask = mask_fn(li, stats[li], w0s[li])
-            if not refit:  # only the mask (2:4 without reconstruction); the fit is still reported
-                W = w0s[li] if mask is None else w0s[li] * mask
-                err = prune_lsq.fit_error(W, stats[li].total()) / max(prune_lsq._variance(stats[li].total()), 1e-30)
-                rec = {"lambda": None, "rows": stats[li].rows, "error_sliced": round(err, 6),
-                       "error_reconstructed": round(err, 6)}
-            elif mask is not None:
-                W, rec = prune_lsq.solve_masked(stats[li], w0s[li], mask)
-            else:
-                W, rec = prune_lsq.solve(stats[li], w0s[li])
-            _write_layer(current, li, W, has_bias[li])
-            results.append({"layer": node_label(node, li), "op": node.op_type, **rec})
-            if progress:
-                progress(results[-1])
+            picks, yr, out_spatial = targets[li][b]
+            rows = _input_rows(node, x, arrays[node.input[1]].shape, out_spatial, picks)
+            stats[li].add_samples(rows, yr, sample)
+        sample += xs[0].shape[0]
+    for li in wave:
+        targets.pop(li, None)
+    for li in wave:
+        node = current.graph.node[li]
+        mask = None
+        if masks is not None and li in masks:
+            mask = masks[li]
+        elif mask_fn is not None:
+            mask = mask_fn(li, stats[li], w0s[li])
+        if not refit:  # only the mask (2:4 without reconstruction); the fit is still reported
+            W = w0s[li] if mask is None else w0s[li] * mask
+            err = prune_lsq.fit_error(W, stats[li].total()) / max(prune_lsq._variance(stats[li].total()), 1e-30)
+            rec = {"lambda": None, "rows": stats[li].rows, "error_sliced": round(err, 6),
+                   "error_reconstructed": round(err, 6)}
+        elif mask is not None:
+            W, rec = prune_lsq.solve_masked(stats[li], w0s[li], mask)
+        else:
+            W, rec = prune_lsq.solve(stats[li], w0s[li])
+        _write_layer(current, li, W, has_bias[li])
+        results.append({"layer": node_label(node, li), "op": node.op_type, **rec})
+        if progress:
+            progress(results[-1])
     return results
 
 
@@ -525,8 +553,6 @@ def _group_record(cg: ChannelGraph, g: Group, kept: int | None = None, reason: s
 def prune_channels(model, ratio: float, feeds: list, importance: str = "l1", reconstruct_layers: bool = True,
                    round_to: int | None = 8, exclude: Iterable[str] = (), threads: int | None = None,
                    check_feed=None) -> tuple[Any, dict]:
-    import onnx
-
     m = prepare(model)
     cg = ChannelGraph(m)
     groups = cg.groups()
@@ -559,16 +585,17 @@ def prune_channels(model, ratio: float, feeds: list, importance: str = "l1", rec
         keep[g.root] = np.sort(order[:n])
     # Rewire, then prove the graph sound; groups whose rewiring does not pass are left alone.
     feed = check_feed if check_feed is not None else (feeds[0] if feeds else None)
+    verifier = Verifier(m, feed, threads)
     by_root = {g.root: g for g in candidates}
     pruned = apply_edits(m, cg, keep)
     try:
-        verify(pruned, m, feed, threads)
+        verifier.check(pruned)
     except _VerifyError:
         # Add the groups one at a time, keeping each only if the graph still verifies with it.
         good: dict[int, np.ndarray] = {}
         for root in list(keep):
             try:
-                verify(apply_edits(m, cg, {**good, root: keep[root]}), m, feed, threads)
+                verifier.check(apply_edits(m, cg, {**good, root: keep[root]}))
                 good[root] = keep[root]
             except _VerifyError as exc:
                 skipped.append(_group_record(cg, by_root[root], reason=f"rewired graph failed verification ({exc})"))
@@ -586,11 +613,10 @@ def prune_channels(model, ratio: float, feeds: list, importance: str = "l1", rec
         arrays_p = _arrays(pruned)
         layers = sorted({c for g in pruned_groups for c, _ in g.consumers
                          if c not in shared and _refittable(pruned.graph.node[c], arrays_p)})
-        sliced = onnx.ModelProto()
-        sliced.CopyFrom(pruned)
+        sliced = copy_model(pruned)
         records = reconstruct(m, pruned, layers, out_index, feeds, threads)
         try:
-            verify(pruned, m, feed, threads)
+            verifier.check(pruned)
         except _VerifyError as exc:  # e.g. a numerically broken fit: keep the plainly sliced layers
             log.warning("reconstructed graph failed verification (%s); keeping the sliced layers", exc)
             pruned, records = sliced, [{"note": f"reconstruction discarded: {exc}"}]
@@ -656,18 +682,34 @@ def _spatial(node, arrays) -> int:
     return int(np.prod(w.shape[2:])) if node.op_type == "Conv" else 1
 
 
+def _keep_verified_layers(original, candidate, layers: list[int], verifier: Verifier) -> tuple[Any, list[dict]]:
+    """original with the new weights of each layer of candidate added one at a time, kept only while the
+    graph verifies; returns (model, skipped records of the layers that failed)."""
+    new_arrays = _arrays(candidate)
+    current = copy_model(original)
+    failed = []
+    for li in layers:
+        node = candidate.graph.node[li]
+        W, bias = _layer_matrix(node, new_arrays)
+        trial = copy_model(current)
+        _write_layer(trial, li, W, bias)
+        try:
+            verifier.check(trial)
+            current = trial
+        except _VerifyError as exc:
+            failed.append({"layer": node_label(node, li), "reason": f"2:4 weights failed verification ({exc})"})
+    return current, failed
+
+
 def prune_2_4(model, feeds: list, importance: str = "l1", reconstruct_layers: bool = True,
               exclude: Iterable[str] = (), threads: int | None = None, check_feed=None) -> tuple[Any, dict]:
-    import onnx
-
     m = prepare(model)
     layers, skipped = sparse_layers(m, exclude)
     shared = _shared_weights(m)
     skipped += [{"layer": node_label(m.graph.node[i], i), "reason": "its weights are shared with another node"}
                 for i in layers if i in shared]
     layers = [i for i in layers if i not in shared]
-    current = onnx.ModelProto()
-    current.CopyFrom(m)
+    current = copy_model(m)
     arrays = _arrays(m)
     records = []
     if importance == "activation" and not feeds:
@@ -700,7 +742,17 @@ def prune_2_4(model, feeds: list, importance: str = "l1", reconstruct_layers: bo
                 mask = np.vstack([mask, np.ones((1, mask.shape[1]), bool)])
             _write_layer(current, li, W0 * mask, bias)
     feed = check_feed if check_feed is not None else (feeds[0] if feeds else None)
-    verify(current, m, feed, threads)
+    verifier = Verifier(m, feed, threads)
+    try:
+        verifier.check(current)
+    except _VerifyError:
+        # Like a channel group: a layer whose 2:4 weights break the graph (a numerically broken fit) keeps
+        # its dense weights; the others are kept one at a time while the graph still verifies.
+        current, failed = _keep_verified_layers(m, current, layers, verifier)
+        skipped += failed
+        bad = {f["layer"] for f in failed}
+        layers = [li for li in layers if node_label(m.graph.node[li], li) not in bad]
+        records = [r for r in records if r.get("layer") not in bad]
     new_arrays = _arrays(current)
     zeros = total = 0
     per_layer = []
@@ -768,11 +820,15 @@ def _prune(model, spec, calib_feeds, importance, reconstruct, round_to, exclude,
     current = model
     step_infos = []
     for kind, ratio in steps:
-        if kind == "channels":
-            current, info = prune_channels(current, ratio, feeds, importance, reconstruct, round_to, exclude,
-                                           threads, check)
-        else:
-            current, info = prune_2_4(current, feeds, importance, reconstruct, exclude, threads, check)
+        try:
+            if kind == "channels":
+                current, info = prune_channels(current, ratio, feeds, importance, reconstruct, round_to, exclude,
+                                               threads, check)
+            else:
+                current, info = prune_2_4(current, feeds, importance, reconstruct, exclude, threads, check)
+        except _VerifyError as exc:  # a check nothing above could route around: one line, naming the spec
+            raise EdgemmError(f"Prune {spec} | The pruned graph failed verification ({exc}); expected a graph "
+                              "that onnxruntime runs with the original's output shapes.") from exc
         step_infos.append(info)
     after = _count(current)
     info: dict[str, Any] = {
@@ -799,25 +855,3 @@ def _nonzero_params(model) -> int:
         if arr.size > 1 and arr.dtype != np.int64:
             total += int(np.count_nonzero(arr))
     return total
-
-
-def measure_latency(models: Mapping[str, Any], feed: Mapping[str, np.ndarray] | None = None,
-                    duration_s: float = 3.0, threads: int | None = 1, warmup_s: float = 0.3) -> dict[str, dict]:
-    """Interleaved latency of several onnx.ModelProtos in ONNX Runtime (edgemm.bench.run); label -> result.
-
-    The first model is the reference: every result carries "speedup" = its median / this one's.
-    """
-    from edgemm import bench
-    from edgemm.runners.onnxruntime import OnnxRuntimeRunner
-
-    first = next(iter(models.values()))
-    feed = dict(feed) if feed is not None else synthesize(onnx_input_metadata(first))
-    targets = [bench.Target(label, OnnxRuntimeRunner(m.SerializeToString(), threads=threads, name=label), feed=feed)
-               for label, m in models.items()]
-    results = bench.run(targets, duration_s=duration_s, warmup_s=warmup_s)
-    ref = results[0]["latency_ms"]["p50"]
-    out = {}
-    for r in results:
-        r["speedup"] = ref / r["latency_ms"]["p50"] if r["latency_ms"]["p50"] > 0 else float("nan")
-        out[r["model"]] = r
-    return out

@@ -47,10 +47,13 @@ def conv_geometry(attrs: dict, in_spatial: list[int], kernel: list[int]) -> tupl
     return list(pads), strides, dil
 
 
-def im2col(x: np.ndarray, attrs: dict, kernel: list[int], out_spatial: list[int]) -> np.ndarray:
+def im2col(x: np.ndarray, attrs: dict, kernel: list[int], out_spatial: list[int],
+           picks: np.ndarray | None = None) -> np.ndarray:
     """Conv input [n, C, *spatial] -> patches [n, P, C * prod(kernel)] in the order of W.reshape(Cout, -1).
 
-    P is the number of output positions; 1-D convolutions are handled as 2-D with height 1.
+    P is the number of output positions; 1-D convolutions are handled as 2-D with height 1. picks
+    ([n, R] output position indices per sample) gathers only those positions: the same values as
+    ``im2col(...)[sample, picks]`` without expanding the whole map (k*k times the input) first.
     """
     one_d = x.ndim == 3
     if one_d:
@@ -73,6 +76,13 @@ def im2col(x: np.ndarray, attrs: dict, kernel: list[int], out_spatial: list[int]
     need_w = (wo - 1) * strides[1] + (kw - 1) * dil[1] + 1
     pb, pr = max(0, need_h - h - pt), max(0, need_w - w - pl)
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    if picks is not None:
+        oh, ow = np.divmod(np.asarray(picks), wo)  # [n, R] output row / column of each picked position
+        hh = oh[:, :, None, None] * strides[0] + (np.arange(kh) * dil[0])[None, None, :, None]
+        ww = ow[:, :, None, None] * strides[1] + (np.arange(kw) * dil[1])[None, None, None, :]
+        # Advanced indices around a slice: the result is [n, R, kh, kw, C].
+        patches = xp[np.arange(n)[:, None, None, None], :, hh, ww]
+        return patches.transpose(0, 1, 4, 2, 3).reshape(n, picks.shape[1], c * kh * kw)
     cols = np.empty((n, ho, wo, c, kh, kw), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):

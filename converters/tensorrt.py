@@ -278,9 +278,37 @@ def build_engines(bundle: Bundle | str | Path, options: EngineOptions | None = N
         if g not in bundle.manifest.graphs:
             raise EdgemmError(f"Graph: {g} | Not in the bundle; expected one of {', '.join(bundle.manifest.graphs)}.")
     models = dict(models or {})
+    check_shapes(bundle, options.shapes)
     command = rebuild_command(bundle.source or bundle.root)
     device, trt = _require_builder(command)
-    return {g: _build_one(trt, device, bundle, g, models.get(g), options) for g in names}
+    return {g: _build_one(trt, device, bundle, g, models.get(g), _graph_options(bundle, g, options)) for g in names}
+
+
+def _graph_options(bundle: Bundle, graph: str, options: EngineOptions) -> EngineOptions:
+    """The options for one graph: only the --shape profiles of its own inputs (in a bundle of several
+    graphs each --shape names the input of one of them)."""
+    import dataclasses
+
+    own = {s.name for s in bundle.manifest.graphs[graph].inputs}
+    return dataclasses.replace(options, shapes={n: p for n, p in options.shapes.items() if n in own})
+
+
+def check_shapes(bundle: Bundle, shapes: Mapping[str, tuple[Shape, Shape, Shape]]) -> None:
+    """Each --shape profile names an input of some graph of the bundle and fits it (rank, fixed axes):
+    checked from the ONNX graphs alone, before any conversion work, TensorRT or not."""
+    from edgemm.bundle import onnx_io
+
+    if not shapes:
+        return
+    found: dict[str, list[tuple[str, Shape]]] = {}
+    for g in bundle.manifest.graphs:
+        for name, _, dims in onnx_io(bundle.load_graph(g, load_weights=False))[0]:
+            found.setdefault(name, []).append((g, tuple(d if isinstance(d, int) and d > 0 else -1 for d in dims)))
+    for name, prof in shapes.items():
+        if name not in found:
+            raise EdgemmError(f"Shape: {name} | Not an input of the model; expected one of {', '.join(sorted(found))}.")
+        for g, dims in found[name]:
+            profile_shapes([(name, dims)], bundle.manifest.graphs[g], EngineOptions(shapes={name: prof}))
 
 
 def _onnx_source(bundle: Bundle, graph: str, model) -> tuple[Path | None, bytes | None, Any]:
@@ -371,7 +399,7 @@ def _build_one(trt, device, bundle: Bundle, graph: str, model, options: EngineOp
             log.warning("could not save the timing cache %s: %s", cache_path, exc)
 
     onnx_bytes = data if data is not None else Path(path).read_bytes()
-    file = f"{Path(spec.file).stem}.plan"
+    file = Path(spec.file).with_suffix(".plan").as_posix()  # next to its graph (subfolders included)
     info = {
         "file": file,
         "tensorrt_version": trt.__version__,

@@ -281,27 +281,6 @@ def _check_labels(spec, name: str, y: np.ndarray, n_out: int, where: str) -> np.
     return y
 
 
-def _is_dynamic_batch(fm) -> bool:
-    for r in fm.runners.values():
-        for meta in r.input_metadata().values():
-            if meta.shape and isinstance(meta.shape[0], int):
-                return False
-    return True
-
-
-def _as_input_dtypes(fm, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """float64 data for a float32 input is converted (numpy's default dtype); anything else must match."""
-    want = {}
-    for r in fm.runners.values():
-        for name, meta in r.input_metadata().items():
-            want.setdefault(name, meta.dtype)
-    out = {}
-    for k, v in tensors.items():
-        dt = want.get(k)
-        out[k] = v.astype(dt) if dt is not None and v.dtype != dt and v.dtype.kind == "f" and dt.kind == "f" else v
-    return out
-
-
 def _chunks(data, limit: int | None, batch: int, progress: bool = False) -> Iterator:
     """Samples of the folder in chunks of at most `batch`, at most `limit` samples in all."""
     from converters.data import Sample
@@ -392,6 +371,8 @@ def compare_bundles(original, converted, data, backend: str = "onnxruntime", thr
     Returns {"data", "samples", "original": {...}, "converted": {...}, "drop_points": {...},
     "closeness": {...}, "primary": {...}}.
     """
+    from converters.data import primary_output
+    from converters.graphs import dynamic_batch
     from edgemm.bundle import load_bundle
     from edgemm.fusion import FusionModel
 
@@ -417,15 +398,14 @@ def compare_bundles(original, converted, data, backend: str = "onnxruntime", thr
     try:
         for fm in models:
             entered.append(fm.__enter__())
-        size = batch or (BATCH if all(_is_dynamic_batch(fm) for fm in models) else 1)
+        size = batch or (BATCH if dynamic_batch(r for fm in models for r in fm.runners.values()) else 1)
         for sample in _chunks(folder, limit, size, progress):
             where = _where(folder, sample)
             full_results = []
             for mi, fm in enumerate(models):
-                tensors = _as_input_dtypes(fm, sample.tensors)
                 for cname, present in conds:
                     try:
-                        res = fm.infer(tensors, present)
+                        res = fm.infer(sample.tensors, present)
                     except EdgemmError as exc:
                         raise EdgemmError(f"{where} | {exc}") from exc
                     collectors[mi][cname].add(res.outputs, sample.labels, where)
@@ -466,7 +446,7 @@ def compare_bundles(original, converted, data, backend: str = "onnxruntime", thr
         report["converted"] = summaries[1]
         report["drop_points"] = drop_points(summaries[0]["outputs"], summaries[1]["outputs"])
         report["closeness"] = close.result()
-    report["primary"] = _primary(report)
+    report["primary"] = _primary(report, primary_output(bundles[0]))
     return report
 
 
@@ -500,12 +480,14 @@ def drop_points(orig: Mapping[str, dict], conv: Mapping[str, dict]) -> dict[str,
     return out
 
 
-def _primary(report: dict) -> dict | None:
-    """The headline: first decision output with labels, its metric, and the drop (the accuracy guard reads it)."""
+def _primary(report: dict, preferred: str | None = None) -> dict | None:
+    """The headline (what `edgemm convert` and `edgemm eval` print first): the bundle's primary output (the
+    one `edgemm run` decides on and `label` refers to) when it has labels, else the first labelled
+    decision output; its metric and the drop."""
     outs = report["original"]["outputs"]
     if not outs:
         return None
-    name = next(iter(outs))
+    name = preferred if preferred in outs else next(iter(outs))
     metric, value, higher = primary_metric(outs[name])
     p = {"output": name, "metric": metric, "higher_is_better": higher, "original": value}
     if "converted" in report:
@@ -524,52 +506,41 @@ def write_report(out_dir, report: dict) -> dict[str, Path]:
     return _write(out_dir, report)
 
 
-def eval_outputs(bundle, data, backend: str = "onnxruntime", threads: int | None = None,
-                 limit: int | None = None) -> Iterable[dict[str, np.ndarray]]:
-    """Decision outputs of a bundle over data, one dict per chunk (for callers measuring closeness themselves)."""
-    from edgemm.bundle import load_bundle
-    from edgemm.fusion import FusionModel
-
-    bundle = bundle if hasattr(bundle, "manifest") else load_bundle(bundle)
-    folder = _data_folder(data, bundle, "Evaluation data")
-    with FusionModel(bundle, backend, threads) as fm:
-        size = BATCH if _is_dynamic_batch(fm) else 1
-        for sample in _chunks(folder, limit, size):
-            yield _all_outputs(fm.infer(_as_input_dtypes(fm, sample.tensors)))
-
-
 # --------------------------------------------------------------------------------------------------
 # Size and latency before/after (sections of the report)
 # --------------------------------------------------------------------------------------------------
 
 
 def size_section(original, converted) -> dict:
-    """{"parameters"|"macs"|"size_bytes": {"before", "after"}} over all graphs of two bundles."""
+    """{"parameters"|"macs"|"size_bytes"|"precision": {"before", "after"}} over all graphs of two bundles,
+    and the same per graph under "graphs" (graph -> {"parameters"|"macs"|"size_bytes": {"before", "after"}})."""
     from edgemm.bundle import load_bundle
     from edgemm.modelinfo import bundle_info
 
     a, b = (bundle_info(x if hasattr(x, "manifest") else load_bundle(x)) for x in (original, converted))
-    out = {k: {"before": a[k], "after": b[k]} for k in ("parameters", "macs", "size_bytes")}
+    keys = ("parameters", "macs", "size_bytes")
+    out: dict = {k: {"before": a[k], "after": b[k]} for k in keys}
     out["precision"] = {"before": a["precision"], "after": b["precision"]}
+    out["graphs"] = {g: {k: {"before": a["graphs"][g][k], "after": b["graphs"][g][k]} for k in keys}
+                     for g in a["graphs"] if g in b["graphs"]}
     return out
 
 
 def latency_section(original, converted, backend: str = "onnxruntime", threads: int | None = 1,
                     duration_s: float = 3.0, converted_backend: str | None = None) -> dict:
-    """Median/p90 latency per graph of both bundles, measured interleaved in one run (edgemm.bench.run),
+    """Median/p90 latency per graph of both bundles, measured interleaved in one run (converters.timing),
     with synthesised batch-1 inputs; "speedup" is before / after of the medians (sum over graphs in "total")."""
-    from edgemm import bench
+    from converters.timing import time_models
     from edgemm.bundle import load_bundle
-    from edgemm.feeds import synthesize
     from edgemm.runners import make_runner
 
     bundles = [x if hasattr(x, "manifest") else load_bundle(x) for x in (original, converted)]
-    targets = []
+    runners, specs = {}, {}
     for tag, b, be in (("before", bundles[0], backend), ("after", bundles[1], converted_backend or backend)):
         for g, spec in b.manifest.graphs.items():
-            r = make_runner(b, g, be, threads)
-            targets.append(bench.Target(f"{tag}:{g}", r, make_feed=lambda run, spec=spec: synthesize(run.input_metadata(), spec)))
-    results = {r["model"]: r for r in bench.run(targets, duration_s=duration_s)}
+            runners[f"{tag}:{g}"] = make_runner(b, g, be, threads)
+            specs[f"{tag}:{g}"] = spec
+    results = time_models(runners, threads=threads, duration_s=duration_s, graph_specs=specs)
     out: dict = {}
     tot_b = tot_a = 0.0
     for g in bundles[0].manifest.graphs:

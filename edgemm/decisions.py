@@ -24,18 +24,13 @@ import numpy as np
 
 from edgemm.bundle import OutputSpec
 from edgemm.errors import EdgemmError
+from edgemm.fusion import softmax
 
 MAX_VALUES = 16  # regression / other outputs larger than this are summarised, not dumped into every record
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - np.max(x, axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / np.sum(e, axis=-1, keepdims=True)
 
 
 def scores_of(value: np.ndarray, spec: OutputSpec) -> np.ndarray:
@@ -45,7 +40,7 @@ def scores_of(value: np.ndarray, spec: OutputSpec) -> np.ndarray:
     v = v[0] if v.ndim >= 2 else v
     v = v.reshape(-1)
     if spec.task == "classification":
-        return _softmax(v) if spec.scores == "logits" else v
+        return softmax(v) if spec.scores == "logits" else v
     if spec.task == "multilabel":
         return _sigmoid(v) if spec.scores == "logits" else v
     return v
@@ -76,10 +71,12 @@ def decode_output(value: np.ndarray, spec: OutputSpec, top_k: int = 3) -> dict:
 
 
 def primary_output(specs: Mapping[str, OutputSpec]) -> str:
-    """The output alerts and attribution refer to by default: the first classification, else the first."""
-    for name, spec in specs.items():
-        if spec.task in ("classification", "multilabel"):
-            return name
+    """The output decisions, alerts and `label` in data folders refer to: the first classification (or
+    multilabel) output, else the first regression output, else the first."""
+    for tasks in (("classification", "multilabel"), ("regression",)):
+        for name, spec in specs.items():
+            if spec.task in tasks:
+                return name
     return next(iter(specs))
 
 
@@ -170,10 +167,23 @@ class AlertRule:
 
     @classmethod
     def from_dict(cls, d: dict) -> AlertRule:
+        """{"label": "drowsy", "on": 0.7, ...} (a config file's alerts); every value type is checked."""
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown or "label" not in d:
             raise EdgemmError(f"Alert: {d} | Expected keys {', '.join(sorted(known))} with at least label.")
+        for key, value in d.items():
+            if key == "label":
+                ok = isinstance(value, (str, int)) and not isinstance(value, bool)
+                want = "a label name or class index"
+            elif key in ("name", "output"):
+                ok = isinstance(value, str) or (key == "output" and value is None)
+                want = "a string"
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                want = "a number"
+            if not ok:
+                raise EdgemmError(f"Alert: {d.get('label')} | {key} is {value!r}; expected {want}.")
         return cls(**d)
 
 

@@ -24,7 +24,7 @@ from edgemm.bundle import Bundle, GraphSpec, OutputSpec
 from edgemm.errors import EdgemmError
 from edgemm.feeds import concrete_shape
 from edgemm.runners import make_runner
-from edgemm.runners.base import TensorMeta
+from edgemm.runners.base import BaseRunner, TensorMeta
 
 SENSORS = ("video", "audio")
 
@@ -111,6 +111,14 @@ class FusionModel:
             specs = {n: OutputSpec(**{**o.__dict__, "scores": "probabilities"}) if o.task == "classification" else o
                      for n, o in specs.items()}
         return specs
+
+    def use_runners(self, runners: Mapping[str, BaseRunner]) -> None:
+        """Run the graphs on these runners (activated and owned by the caller), e.g. candidate models of the
+        accuracy guard, with this bundle's fusion logic."""
+        missing = set(self.manifest.graphs) - set(runners)
+        if missing:
+            raise ValueError(f"no runner for graphs {sorted(missing)}")
+        self.runners = dict(runners)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self):

@@ -76,8 +76,15 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def read_video_frames(path: str | Path, max_frames: int | None = None) -> list[np.ndarray]:
-    """All (or the first max_frames) BGR frames of a video file, or one image file as a single frame."""
+def read_video_frames(path: str | Path, max_frames: int | None = None, start: int | str = 0) -> list[np.ndarray]:
+    """BGR frames of a video file (all, or max_frames from ``start``), or one image file as a single frame.
+
+    start: the index of the first frame, or "middle" for the max_frames frames at the middle of the clip.
+    Only the frames returned are held in memory: the decoder seeks (CAP_PROP_POS_FRAMES) where the
+    container allows it and otherwise skips with grab() (decoded, never converted or kept). "middle" takes
+    the clip's length from the container's frame count; when the container does not give one, a first
+    pass counts the frames with grab().
+    """
     import cv2
 
     path = Path(path)
@@ -88,19 +95,60 @@ def read_video_frames(path: str | Path, max_frames: int | None = None) -> list[n
         if img is None:
             raise EdgemmError(f"Image file: {path} | Not a readable image; expected PNG, JPEG or BMP.")
         return [img]
+    middle = start == "middle"
+    if middle:
+        start = 0 if max_frames is None else max(0, (_frame_count(path, counted=False) - max_frames) // 2)
+    elif not isinstance(start, int) or start < 0:
+        raise EdgemmError(f"Video file: {path} | Start frame {start!r}; expected a frame index >= 0 or 'middle'.")
+    frames = _read_frames(path, start, max_frames)
+    if not frames and middle and start > 0:
+        # The container's frame count was more than the frames it holds: count them, then read again.
+        start = max(0, (_frame_count(path, counted=True) - max_frames) // 2)
+        frames = _read_frames(path, start, max_frames)
+    if not frames:
+        raise EdgemmError(f"Video file: {path} | No frames could be read"
+                          f"{f' from frame {start}' if start else ''}; expected a video OpenCV can decode.")
+    return frames
+
+
+def _frame_count(path: Path, counted: bool) -> int:
+    """The number of frames: the container's figure, or (counted, or when it has none) by grabbing them all."""
+    import cv2
+
     cap = cv2.VideoCapture(str(path))
-    frames = []
     try:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        if n > 0 and not counted:
+            return n
+        n = 0
+        while cap.isOpened() and cap.grab():
+            n += 1
+        return n
+    finally:
+        cap.release()
+
+
+def _read_frames(path: Path, start: int, max_frames: int | None) -> list[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if start > 0 and not (cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+                              and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == start):
+            cap.release()  # no (exact) seek in this container: decode from the start, keeping nothing
+            cap = cv2.VideoCapture(str(path))
+            for _ in range(start):
+                if not cap.grab():
+                    return []
+        frames = []
         while cap.isOpened() and (max_frames is None or len(frames) < max_frames):
             ok, frame = cap.read()
             if not ok:
                 break
             frames.append(frame)
+        return frames
     finally:
         cap.release()
-    if not frames:
-        raise EdgemmError(f"Video file: {path} | No frames could be read; expected a video OpenCV can decode.")
-    return frames
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}

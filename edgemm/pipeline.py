@@ -11,7 +11,12 @@
   itself, which is what a GPU wants and what keeps the latency accounting honest.
 - A source that fails (SourceError) or goes silent is reopened with exponential backoff by its capture
   thread; loss and recovery are events, and meanwhile the other modality is fused alone (``degraded``).
+  A live source whose thread crashes (a bug: any other exception) is reopened the same way; one that
+  keeps crashing, or a file that crashes, fails the run: ``step()`` raises ``CaptureFailed``.
   Microphone overflows are counted, never fatal.
+- Live frames are prepared (resized, normalised) in the capture thread while the model runs, except those
+  that will not be used: dropped at the entry, likely replaced before the worker is free, or not due for
+  a video encoder running at its own rate. Audio-only ticks on a file step through all of it.
 - Everything is bounded (queues, ring, frame history, latency statistics by reservoir sampling), so
   memory stays flat however long it runs.
 
@@ -37,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemm import bench
+from edgemm import bench, watchdog
 from edgemm.bundle import Bundle
 from edgemm.decisions import AlertRule, Decisions, decode_output
 from edgemm.decisions import attribution as attribution_of
@@ -65,6 +70,7 @@ class PipelineSettings(LiveSettings):
     tick_hz: float | None = None  # inference rate while there is no video (None: camera rate, else 10 Hz)
     read_timeout_s: float = 0.2
     reservoir: int = 20000  # latency samples kept per stage for the percentiles (uniform over the run)
+    max_capture_crashes: int = 3  # a live source crashing this often in a row fails the run (step() raises)
     # Python hands the GIL to a waiting thread after this long (default 5 ms). The worker spends its time
     # in the model with the GIL released; when the model returns while a capture thread runs Python code,
     # the worker waits up to this long for the GIL. 1 ms while streaming (restored on close); None: leave it.
@@ -143,6 +149,13 @@ class FlowLimiter:
         self._cond.notify_all()
         return True
 
+    def entry(self) -> str:
+        """What put() would do with an item now: 'admit', 'replace' (the waiting one) or 'drop'."""
+        with self._cond:
+            if self._in_flight < self.max_in_flight or not self.drop_oldest:
+                return "admit"
+            return "replace" if self._q else "drop"
+
     def get(self, timeout: float | None = None):
         with self._cond:
             if not self._q:
@@ -162,12 +175,25 @@ class FlowLimiter:
 @dataclass
 class _VideoItem:
     frame: Frame
-    prepared: Prepared
+    prepared: Prepared | None  # None: not prepared in the capture thread (the worker builds the tensors)
     t_in: float  # now() when the capture thread got it (glass time for files read faster than real time)
 
 
+class CaptureFailed(EdgemmError):
+    """A capture thread kept crashing (a bug in a source, or data the model's preprocessing refuses).
+
+    Raised from ``Pipeline.step()``, so ``edgemm run`` exits 1 with one line and a service manager restarts
+    it; the traceback is in the log."""
+
+
 class Capture(threading.Thread):
-    """Reads one source until stopped; reopens it with exponential backoff when it fails or stalls."""
+    """Reads one source until stopped; reopens it with exponential backoff when it fails or stalls.
+
+    An unexpected exception (not a SourceError) is a crash: a live source is then treated as lost and
+    reopened like after a SourceError (the traceback is logged once), unless it crashes
+    ``max_capture_crashes`` times in a row without delivering anything in between; a file is not reopened
+    (it would replay from the start). Then the failure is kept in ``fatal`` and ``Pipeline.step()`` raises it.
+    """
 
     def __init__(self, pipeline: Pipeline, source: Source, modality: str):
         super().__init__(name=f"edgemm-capture-{modality}", daemon=True)
@@ -179,9 +205,13 @@ class Capture(threading.Thread):
         self.ended = False
         self.reconnects = 0
         self.failures = 0
+        self.crashes = 0
+        self._crashes_in_a_row = 0
+        self.fatal: BaseException | None = None
         self.items = 0
-        self.last_item: float | None = None  # now() of the last delivery
+        self.last_item: float | None = None  # now() of the last delivery (or of the last reopening)
         self.period: float | None = None  # EMA of the delivery interval
+        self._skip_period = False  # the next interval spans a reopening: not a delivery period
         self.lost_at: float | None = None
         self.last_error = ""
         self._is_open = True
@@ -233,7 +263,14 @@ class Capture(threading.Thread):
                 self.source.open()
                 self._is_open = True
                 if self.modality == "audio" and self.p.ring is not None:
-                    self.p.ring.reset()  # a reopened source counts samples from 0 again
+                    # A reopened source is a new timeline (a microphone counts samples from 0 again and
+                    # anchors its clock afresh): the ring starts a new epoch (content, anchor, drift fit).
+                    self.p.ring.reset()
+                # Silence is measured from now: a source that needs a moment before its first item (a
+                # microphone anchoring its clock, a stream waiting for a keyframe) is not lost again at
+                # once, and the wait is not a delivery period.
+                self.last_item = now()
+                self._skip_period = True
                 return True
             except (SourceError, EdgemmError, OSError) as exc:
                 self.failures += 1
@@ -243,53 +280,74 @@ class Capture(threading.Thread):
         return False
 
     def run(self) -> None:
-        s = self.p.settings
         try:
             while not self.p._stop.is_set():
                 try:
-                    item = self.source.read(s.read_timeout_s)
-                except EndOfStream as exc:
-                    if not self.live:
-                        self.ended = True
-                        if self.modality == "audio" and self.p.ring is not None:
-                            self.p.ring.mark_ended()
-                        self.p._event({"event": "source_ended", "modality": self.modality, "source": self.uri})
+                    if not self._read_one():
                         return
-                    self.last_error = str(exc)
-                    self._lost(f"stream ended ({exc})")
-                    if not self._reopen():
+                except Exception as exc:  # noqa: BLE001 - a bug in a source or in preparing its data
+                    if not self._crashed(exc):
                         return
-                    continue
-                except SourceError as exc:
-                    self.last_error = str(exc)
-                    self._lost(str(exc))
-                    if not self._reopen():
-                        return
-                    continue
-                t = now()
-                if item is None:
-                    quiet = t - (self.last_item or self.p.started_at or t)
-                    if self.up and quiet > self._stale_after():
-                        self._lost(f"no data for {quiet:.1f} s")
-                    if quiet > max(s.stall_reopen_s, self._stale_after()):
-                        self.last_item = t  # measure the next stall from this reopen
-                        if not self._reopen():
-                            return
-                    continue
-                if self.last_item is not None:
-                    dt = t - self.last_item
-                    self.period = dt if self.period is None else 0.9 * self.period + 0.1 * dt
-                self.last_item = t
-                self.items += 1
-                self._recovered()
-                self.p._deliver(self.modality, item, self)
-        except Exception as exc:  # a bug in a source must not hang the pipeline silently
-            log.exception("capture thread for %s crashed", self.uri)
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            self._lost(f"capture crashed: {self.last_error}")
-            self.ended = True
         finally:
             self._close_source()
+
+    def _read_one(self) -> bool:
+        """Read and deliver one item (or handle the source's end or failure). False: the thread is done."""
+        s = self.p.settings
+        try:
+            item = self.source.read(s.read_timeout_s)
+        except EndOfStream as exc:
+            if not self.live:
+                self.ended = True
+                if self.modality == "audio" and self.p.ring is not None:
+                    self.p.ring.mark_ended()
+                self.p._event({"event": "source_ended", "modality": self.modality, "source": self.uri})
+                return False
+            self.last_error = str(exc)
+            self._lost(f"stream ended ({exc})")
+            return self._reopen()
+        except SourceError as exc:
+            self.last_error = str(exc)
+            self._lost(str(exc))
+            return self._reopen()
+        t = now()
+        if item is None:
+            quiet = t - (self.last_item or self.p.started_at or t)
+            if self.up and quiet > self._stale_after():
+                self._lost(f"no data for {quiet:.1f} s")
+            if quiet > max(s.stall_reopen_s, self._stale_after()):
+                return self._reopen()
+            return True
+        if self.last_item is not None and not self._skip_period:
+            dt = t - self.last_item
+            self.period = dt if self.period is None else 0.9 * self.period + 0.1 * dt
+        self._skip_period = False
+        self.last_item = t
+        self.items += 1
+        self._recovered()
+        self.p._deliver(self.modality, item, self)
+        self._crashes_in_a_row = 0
+        return True
+
+    def _crashed(self, exc: BaseException) -> bool:
+        """An unexpected exception in this thread. True: carry on (reopened); False: the thread is done."""
+        self.crashes += 1
+        self._crashes_in_a_row += 1
+        self.last_error = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+        if self.crashes == 1:
+            log.exception("capture thread for %s crashed", self.uri)
+        else:
+            log.warning("capture thread for %s crashed again (%d times): %s", self.uri, self.crashes, self.last_error)
+        limit = self.p.settings.max_capture_crashes
+        if self.live and self._crashes_in_a_row < limit:
+            self._lost(f"capture crashed: {self.last_error}")
+            return self._reopen()
+        self._lost(f"capture failed: {self.last_error}")
+        why = (f"crashed {self._crashes_in_a_row} times in a row" if self.live else "crashed reading a file")
+        self.fatal = CaptureFailed(f"Capture: {self.uri} | The {self.modality} capture {why} ({self.last_error}); "
+                                   "expected a source that delivers frames/blocks the model's preprocessing "
+                                   "accepts (traceback in the log).")
+        return False
 
 
 class Pipeline:
@@ -341,6 +399,9 @@ class Pipeline:
         self._last_sink_s = 0.0
         self._last_tick_t: float | None = None
         self._watchdog = None
+        self._busy_since: float | None = None  # now() when the worker took the tick it is running
+        self._work_s: float | None = None  # EMA of the worker's time per video tick
+        self.prepared_frames = 0  # frames whose tensors the capture thread made
         self._blas = None
         self._switch_interval: float | None = None
         # statistics
@@ -371,13 +432,16 @@ class Pipeline:
         """Open the sinks and the model, then the sources (last, so a camera's first frame is fresh), and
         start the capture threads. Sources from ``open_source`` were validated when made; a failure to open
         here is still a user error (EdgemmError) and everything opened so far is closed again."""
-        context = {"fps": getattr(self.sources.get("video"), "fps", None), "model": self.manifest.name}
+        # A camera's or a file's frame rate is known only once it is open (after the sinks): "video_fps"
+        # asks for it when a sink needs it (the video sink, at its first frame).
+        context = {"fps": getattr(self.sources.get("video"), "fps", None), "video_fps": self.video_fps,
+                   "model": self.manifest.name}
         for sink in self.sinks:
             sink.open(context)
             self._opened.append(sink)
         self.model.__enter__()
         self._opened.append(self.model)
-        self._watchdog = _load_watchdog()
+        self._watchdog = watchdog.ping  # systemd READY=1, then WATCHDOG=1 from the worker loop
         self._blas = _limit_blas_threads()
         if self.settings.gil_switch_interval_s:
             self._switch_interval = sys.getswitchinterval()
@@ -405,7 +469,7 @@ class Pipeline:
     def close(self) -> None:
         self._stop.set()
         if self._watchdog is not None:
-            _notify_stopping()  # systemd: a clean stop, not a hang (flushing sinks may take a moment)
+            watchdog.notify("STOPPING=1")  # systemd: a clean stop, not a hang (flushing sinks may take a moment)
             self._watchdog = None
         for cap in self.captures.values():
             cap.join(timeout=3.0)
@@ -444,9 +508,25 @@ class Pipeline:
             sys.setswitchinterval(self._switch_interval)
             self._switch_interval = None
 
+    def video_fps(self) -> float | None:
+        """The video source's frame rate: what it says once open (a file's, a camera's mode), else what it
+        measured, else None."""
+        src = self.sources.get("video")
+        if src is None:
+            return None
+        fps = getattr(src, "fps", None)
+        if not fps:
+            fps = getattr(getattr(src, "stats", None), "extra", {}).get("fps_measured")
+        return float(fps) if fps else None
+
+    def _failure(self) -> CaptureFailed | None:
+        return next((c.fatal for c in self.captures.values() if c.fatal is not None), None)
+
     def is_streaming(self) -> bool:
         if self._stop.is_set():
             return False
+        if self._failure() is not None:
+            return True  # the next step() raises it
         if self.duration_s is not None and self.started_at is not None and now() - self.started_at >= self.duration_s:
             return False
         video = self.captures.get("video")
@@ -465,12 +545,29 @@ class Pipeline:
     def _deliver(self, modality: str, item, cap: Capture) -> None:
         if modality == "video":
             t_in = now()
-            self.video_port.put(_VideoItem(item, self.live.prepare(item), t_in), self._stop)
+            prepared = self.live.prepare(item) if self._worth_preparing(cap) else None
+            if prepared is not None and prepared.video:
+                self.prepared_frames += 1
+            self.video_port.put(_VideoItem(item, prepared, t_in), self._stop)
         elif self.ring is not None:
             block: AudioBlock = item
             if not cap.live:
                 self.ring.wait_for_room(block.t_end, self.live.max_window / self.ring.sample_rate, self._stop)
             self.ring.push(block)
+
+    def _worth_preparing(self, cap: Capture) -> bool:
+        """Whether to prepare a live frame in the capture thread: not when it is dropped at the entry, nor
+        when it replaces the waiting frame and the worker will still be busy when the next frame comes (it
+        would be replaced in turn). A wrong guess costs little: an unprepared frame is prepared by the
+        worker (VideoPrep builds whatever is missing)."""
+        entry = self.video_port.entry()
+        if entry == "drop":
+            return False
+        if entry == "replace":
+            busy, work = self._busy_since, self._work_s
+            if busy is not None and work is not None and cap.period and busy + work > now() + cap.period:
+                return False
+        return True
 
     # -- the worker --------------------------------------------------------------------------------------
     def _drain_events(self, extra: list[dict] = ()) -> None:
@@ -501,11 +598,33 @@ class Pipeline:
         rates = [r for r in (self.manifest.fusion.rates_hz or {}).values()] + list(self.settings.rates_hz.values())
         return 1.0 / max(rates) if rates else 0.1
 
+    def _audio_target(self, latest: float, period: float) -> float:
+        """The instant of the next tick on the audio timeline.
+
+        Live audio ticks at the present: the first tick at the newest audio, and after a gap (or a worker
+        slower than the tick rate) it jumps to the present rather than working through the past. Audio
+        from a file loses nothing, however fast it is read: the first tick at the first full window, then
+        every period, all the way through.
+        """
+        cap = self.captures.get("audio")
+        live = cap is None or cap.live
+        if self._last_tick_t is None:
+            if live:
+                return latest
+            first = self.ring.first_t()
+            window_s = self.live.max_window / self.ring.sample_rate
+            target = (first if first is not None else latest) + (window_s or period)
+            return min(target, latest) if self.ring.ended else target  # a file shorter than one window
+        target = self._last_tick_t + period
+        if live and target < latest - 2 * period:
+            target = latest
+        return target
+
     def _audio_ticks_left(self) -> bool:
         if self.ring is None or "audio" not in self.captures:
             return False
         latest = self.ring.latest_t()
-        return latest is not None and (self._last_tick_t is None or latest > self._last_tick_t + self._tick_period())
+        return latest is not None and latest >= self._audio_target(latest, self._tick_period()) - 1e-9
 
     def _next_tick(self, timeout: float) -> tuple[Tick, _VideoItem | None] | None:
         present = self._present()
@@ -530,10 +649,8 @@ class Pipeline:
         while True:
             latest = self.ring.latest_t()
             if latest is not None:
-                target = latest if self._last_tick_t is None else self._last_tick_t + period
-                if target < latest - 2 * period:  # after a gap (or a slow worker) jump to the present
-                    target = latest
-                if latest >= target:
+                target = self._audio_target(latest, period)
+                if latest >= target - 1e-9:
                     self._last_tick_t = target
                     return Tick(target, None, None, {**present, "video": False}), None
             if now() >= deadline or self._stop.is_set():
@@ -543,6 +660,9 @@ class Pipeline:
     def step(self, timeout: float = 0.25) -> dict | None:
         """Wait up to timeout for the next tick, run it, and hand the result to the sinks. Returns the record."""
         self._drain_events()
+        failure = self._failure()
+        if failure is not None:
+            raise failure
         if self._watchdog is not None:
             self._watchdog()
         while self._recovered_mods:
@@ -553,11 +673,15 @@ class Pipeline:
         if got is None:
             return None
         tick, item = got
+        busy = self._busy_since = now()
         try:
             return self._run_tick(tick, item)
         finally:
+            self._busy_since = None
             if item is not None:
                 self.video_port.done()
+                work = now() - busy
+                self._work_s = work if self._work_s is None else 0.8 * self._work_s + 0.2 * work
 
     def _run_tick(self, tick: Tick, item: _VideoItem | None) -> dict | None:
         t_pick = now()
@@ -571,7 +695,7 @@ class Pipeline:
         events = self.decisions.alerts(res.t, res.outputs)
         record["alerts"] = self.decisions.active_alerts()
         post_s = time.perf_counter() - p0 + res.attribution_s
-        capture_prep_s = item.prepared.work_s if item else 0.0
+        capture_prep_s = item.prepared.work_s if item is not None and item.prepared is not None else 0.0
         prep_s = res.preprocess_s + capture_prep_s
         t_result = now()
         # Glass time: the capture time; a file read faster than real time stamps frames with media times
@@ -648,6 +772,7 @@ class Pipeline:
             st = cap.source.stats
             ports["video"] = {"captured": cap.items, "admitted": self.video_port.admitted,
                               "dropped": self.video_port.dropped, "source_dropped": st.dropped,
+                              "prepared": self.prepared_frames,
                               "policy": "drop_oldest" if self.video_port.drop_oldest else "block"}
         cap = self.captures.get("audio")
         if cap is not None and self.ring is not None:
@@ -670,6 +795,7 @@ class Pipeline:
             "overhead_ms": self.overhead.stats_ms(),
             "worker_overhead_ms": self.worker_overhead.stats_ms(),
             "reconnects": {m: c.reconnects for m, c in self.captures.items()},
+            "capture_crashes": {m: c.crashes for m, c in self.captures.items() if c.crashes},
             "overflows": sum(c.source.stats.overflows for c in self.captures.values()),
             "degraded_results": dict(self.degraded_counts),
             "events": dict(self.event_counts),
@@ -700,26 +826,6 @@ def _limit_blas_threads():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _load_watchdog():
-    """edgemm.watchdog (systemd NOTIFY_SOCKET keep-alive) when present: a ping callable, else None."""
-    try:
-        from edgemm import watchdog  # optional module (systemd notifications)
-    except ImportError:
-        return None
-    fn = getattr(watchdog, "ping", None)
-    return fn if callable(fn) else None
-
-
-def _notify_stopping() -> None:
-    try:
-        from edgemm import watchdog  # optional module
-    except ImportError:
-        return
-    notify = getattr(watchdog, "notify", None)
-    if callable(notify):
-        notify("STOPPING=1")
-
-
 def format_summary(s: dict) -> str:
     """The end-of-run summary as a few human lines."""
     lines = [f"{s['results']} results in {s['duration_s']:.1f} s ({s['fps']:.1f}/s), "
@@ -739,6 +845,8 @@ def format_summary(s: dict) -> str:
         o, w = s["overhead_ms"], s["worker_overhead_ms"]
         lines.append(f"  work beyond the model per result: p50 {o['p50']:.3f} ms, p99 {o['p99']:.3f} ms "
                      f"(on the inference thread: p50 {w['p50']:.3f} ms, p99 {w['p99']:.3f} ms)")
+    if s.get("capture_crashes"):
+        lines.append(f"  capture crashes {s['capture_crashes']} (tracebacks in the log)")
     lines.append(f"  reconnects {s['reconnects']}, overflows {s['overflows']}, "
                  f"degraded results {s['degraded_results']}, events {s['events']}")
     return "\n".join(lines)

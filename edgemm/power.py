@@ -31,6 +31,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN", "VIN")
@@ -69,28 +71,18 @@ def total_power(rails: dict[str, float]) -> tuple[float, str]:
     return float(sum(rails.values())), f"sum of {len(rails)} rails"
 
 
-def _interp(samples: list[PowerSample], t: float) -> float:
-    """Power at time t, linear between samples, held flat outside them."""
-    if t <= samples[0].t:
-        return samples[0].total_mw
-    if t >= samples[-1].t:
-        return samples[-1].total_mw
-    for a, b in zip(samples, samples[1:]):
-        if a.t <= t <= b.t:
-            if b.t == a.t:
-                return b.total_mw
-            return a.total_mw + (b.total_mw - a.total_mw) * (t - a.t) / (b.t - a.t)
-    return samples[-1].total_mw  # not reached
-
-
 def energy_j(samples: list[PowerSample], t0: float, t1: float) -> float:
-    """Energy in joules between t0 and t1: the integral of the piecewise-linear power curve (trapezoids)."""
+    """Energy in joules between t0 and t1: the integral of the piecewise-linear power curve (trapezoids),
+    held flat before the first sample and after the last."""
     if t1 <= t0 or not samples:
         return 0.0
     samples = sorted(samples, key=lambda s: s.t)
-    pts = [t0] + [s.t for s in samples if t0 < s.t < t1] + [t1]
-    mw = [_interp(samples, t) for t in pts]
-    return sum((mw[i] + mw[i + 1]) / 2 * (pts[i + 1] - pts[i]) for i in range(len(pts) - 1)) / 1e3
+    ts = np.array([s.t for s in samples])
+    mw = np.array([s.total_mw for s in samples])
+    inside = (ts > t0) & (ts < t1)
+    pts = np.concatenate([[t0], ts[inside], [t1]])
+    curve = np.interp(pts, ts, mw)  # flat beyond the ends, as np.interp holds the end values
+    return float(np.trapezoid(curve, pts) if hasattr(np, "trapezoid") else np.trapz(curve, pts)) / 1e3
 
 
 def is_jetson() -> bool:
@@ -165,18 +157,19 @@ class PowerSampler:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=2)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
-            if self._proc.stdout:
-                self._proc.stdout.close()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
         if self._thread is not None:
+            # The reader ends at the pipe's end of file (the process is gone); closing the pipe under it
+            # would make it fail on a closed file instead.
             self._thread.join(timeout=2)
+        if self._proc is not None and self._proc.stdout and not (self._thread and self._thread.is_alive()):
+            self._proc.stdout.close()
 
     def __enter__(self):
         return self.start()

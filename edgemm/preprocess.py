@@ -11,6 +11,7 @@ Audio: mono float32 waveforms in [-1, 1] at the manifest's sample rate.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -175,18 +176,127 @@ def preprocess_audio(waveform: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(x.astype(np_dtype(spec.dtype), copy=False))
 
 
+# Resampling: one streaming polyphase resampler for files, live streams and training data alike.
+RESAMPLE_ZERO_CROSSINGS = 16  # filter half-length, in periods of the lower of the two rates
+RESAMPLE_KAISER_BETA = 8.0  # about 80 dB stopband
+
+
+@functools.lru_cache(maxsize=16)
+def _polyphase_bank(up: int, down: int) -> tuple[np.ndarray, int]:
+    """The windowed-sinc low-pass at the upsampled rate (rate_in * up), split into its ``up`` phases.
+
+    Cutoff at the lower Nyquist frequency, min(rate_in, rate_out) / 2, i.e. 1 / max(up, down) of the
+    upsampled Nyquist; Kaiser window; ``half`` taps either side of the centre, so the filter is
+    linear-phase and centred (no delay). Gain ``up`` makes up for the zeros that upsampling inserts.
+    Row p holds taps p, p + up, p + 2 up, ... (zero-padded to one length): the phase used for an
+    output whose position on the upsampled grid is p past an input sample.
+    """
+    wider = max(up, down)
+    half = RESAMPLE_ZERO_CROSSINGS * wider
+    k = np.arange(-half, half + 1, dtype=np.float64)
+    h = np.sinc(k / wider) * np.kaiser(2 * half + 1, RESAMPLE_KAISER_BETA)
+    h *= up / h.sum()
+    taps = -(-(2 * half + 1) // up)
+    bank = np.zeros((up, taps), np.float64)
+    for p in range(up):
+        row = h[p::up]
+        bank[p, :len(row)] = row
+    return bank, half
+
+
+class Resampler:
+    """Streaming polyphase resampling from rate_in to rate_out (integers, e.g. 48000 -> 16000).
+
+    ``process(block)`` returns every output sample it can compute so far; blocks of any size give the
+    same samples as one call on the whole signal (the filter state, i.e. the recent input and the output
+    position, carries over between calls). Output sample n sits at time n / rate_out after the first
+    input sample (the filter is centred, so there is no delay): it waits for the look-ahead it needs
+    (``RESAMPLE_ZERO_CROSSINGS`` samples of the lower rate), and ``process(..., final=True)`` flushes the
+    end as if zeros followed. Before the first sample the signal counts as zero too. The total output
+    length is ceil(n_in * rate_out / rate_in), as scipy's resample_poly gives.
+
+    ``start`` puts the first input sample at index ``start`` of an endless input timeline (earlier input
+    counts as zero); outputs are then numbered on that timeline's output grid, from
+    ``ceil(start * rate_out / rate_in)`` (``next_output``), so a stream restarted after a gap stays on the
+    same grid.
+    """
+
+    CHUNK = 4096  # outputs computed per vectorised step (bounds the temporary gather array)
+
+    def __init__(self, rate_in: int, rate_out: int, start: int = 0):
+        rate_in, rate_out = int(rate_in), int(rate_out)
+        if rate_in <= 0 or rate_out <= 0:
+            raise EdgemmError(f"Resampling: {rate_in} Hz -> {rate_out} Hz | Expected positive sample rates.")
+        g = math.gcd(rate_in, rate_out)
+        self.rate_in, self.rate_out = rate_in, rate_out
+        self.up, self.down = rate_out // g, rate_in // g
+        self.identity = self.up == self.down
+        if not self.identity:
+            self._bank, self._half = _polyphase_bank(self.up, self.down)
+        self.start = int(start)
+        self.n_in = self.start  # index one past the last input sample received
+        self.next_output = -(-self.start * self.up // self.down)  # index of the next output sample
+        self._buf = np.zeros(0, np.float64)  # input samples from index self._buf_start on
+        self._buf_start = self.start
+        self.finished = False
+
+    def _last_input(self, n: np.ndarray | int):
+        """Index of the newest input sample output n needs, and the filter phase for it."""
+        pos = n * self.down + self._half
+        return pos // self.up, pos % self.up
+
+    def process(self, block, final: bool = False) -> np.ndarray:
+        x = np.asarray(block, np.float64).reshape(-1)
+        if self.finished:
+            if x.size:
+                raise EdgemmError("Resampling | Input after the final block; expected a new Resampler.")
+            return np.zeros(0, np.float32)
+        if self.identity:
+            self.n_in += x.size
+            self.next_output = self.n_in
+            self.finished = final
+            return x.astype(np.float32)
+        if x.size:
+            self._buf = np.concatenate([self._buf, x]) if self._buf.size else x.copy()
+            self.n_in += x.size
+        if final:
+            end = -(-self.n_in * self.up // self.down)  # ceil(n_in * up / down): everything there is
+        else:
+            # Outputs whose newest input sample has arrived: last_input(n) <= n_in - 1.
+            end = ((self.n_in - 1) * self.up + self.up - 1 - self._half) // self.down + 1
+        end = max(end, self.next_output)
+        taps = self._bank.shape[1]
+        pieces = []
+        for lo in range(self.next_output, end, self.CHUNK):
+            n = np.arange(lo, min(end, lo + self.CHUNK), dtype=np.int64)
+            last, phase = self._last_input(n)
+            idx = last[:, None] - np.arange(taps, dtype=np.int64)[None, :] - self._buf_start
+            inside = (idx >= 0) & (idx < self._buf.size)  # before the start or past the end: zeros
+            vals = np.where(inside, self._buf[np.clip(idx, 0, max(self._buf.size - 1, 0))] if self._buf.size
+                            else 0.0, 0.0)
+            pieces.append(np.einsum("ij,ij->i", self._bank[phase], vals))
+        self.next_output = end
+        if final:
+            self.finished = True
+            self._buf = np.zeros(0, np.float64)
+        else:
+            # Keep only the input the next outputs can still reach.
+            oldest = int(self._last_input(self.next_output)[0]) - taps + 1
+            drop = min(max(0, oldest - self._buf_start), self._buf.size)
+            if drop:
+                self._buf = self._buf[drop:]
+                self._buf_start += drop
+        if not pieces:
+            return np.zeros(0, np.float32)
+        return np.concatenate(pieces).astype(np.float32)
+
+
 def resample(waveform: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Band-limited resampling (polyphase when scipy is there, else linear interpolation)."""
-    if rate_in == rate_out:
-        return np.asarray(waveform, np.float32)
-    try:
-        from math import gcd
+    """Band-limited resampling of a whole signal: ``Resampler(rate_in, rate_out).process(x, final=True)``.
 
-        from scipy.signal import resample_poly
-
-        g = gcd(rate_in, rate_out)
-        return resample_poly(waveform, rate_out // g, rate_in // g).astype(np.float32)
-    except ImportError:
-        n_out = int(round(len(waveform) * rate_out / rate_in))
-        t_out = np.arange(n_out) * (rate_in / rate_out)
-        return np.interp(t_out, np.arange(len(waveform)), waveform).astype(np.float32)
+    The one implementation for WAV files, live streams at another rate and training data; no scipy
+    needed. Output length ceil(len * rate_out / rate_in); sample n at time n / rate_out.
+    """
+    if int(rate_in) == int(rate_out):
+        return np.asarray(waveform, np.float32).reshape(-1)
+    return Resampler(rate_in, rate_out).process(waveform, final=True)

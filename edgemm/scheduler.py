@@ -23,6 +23,7 @@ the whole model with one input zeroed (costly: only when asked, ``attribution="a
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -99,6 +100,18 @@ class RateGate:
     def would_run(self, t: float) -> bool:
         """What due(t) would answer, without moving the schedule."""
         return not self.period or self.next is None or t >= self.next - 0.25 * self.period
+
+    def would_run_after(self, t: float, t_prev: float | None) -> bool:
+        """What due(t) will answer once the ticks up to t_prev (which this gate may not have seen yet) have
+        run: for preparing data ahead of the worker. Each on-time threshold (``next - period / 4``, then one
+        period apart) is taken by the first tick at or after it, so after t_prev the pending threshold is
+        the first one past t_prev. A guess (a gap resets the schedule; a dropped tick takes nothing)."""
+        if not self.period or self.next is None:
+            return True
+        first = self.next - 0.25 * self.period
+        if t_prev is not None and t_prev >= first:
+            first += (math.floor((t_prev - first) / self.period) + 1) * self.period
+        return t >= first
 
     def due(self, t: float) -> bool:
         if not self.would_run(t):
@@ -181,7 +194,7 @@ class LiveFusion:
         # featurised in the capture thread with the frame; rate-limited encoders get theirs when due.
         self.audio_every_tick = bool(self.audio_inputs) and (self.form == "early" or not self.gates["audio"].period)
         self._cache: dict[str, tuple[dict[str, np.ndarray], float]] = {}  # modality -> (outputs, capture t)
-        self._zero_emb: dict[str, dict[str, np.ndarray]] = {}
+        self._prepared_t: float | None = None  # capture time of the last frame prepare() saw
         if self.audio_inputs and ring is not None:
             rate = {s.preprocess.sample_rate for _, s in self.audio_inputs}
             if len(rate) > 1:
@@ -197,12 +210,25 @@ class LiveFusion:
         """Called by the video capture thread: the frame's video tensors and, where every tick needs them,
         its audio tensors (waiting, within the skew bound, for the audio to reach the frame)."""
         t0 = time.perf_counter()
-        prepared = Prepared(self.video.prepare(frame))
+        # A video encoder (or member) at its own rate that will not run on this frame needs no tensors: on
+        # a 30 fps camera a 5 Hz encoder skips 25 frames in 30. (The gate is the worker's; read here without
+        # a lock, a stale answer only moves the work: VideoPrep.tensors builds anything missing.)
+        if self.form == "early":
+            video_due = True
+        else:
+            video_due = self.gates["video"].would_run_after(frame.t, self._prepared_t)
+            self._prepared_t = frame.t
+        video = self.video.prepare(frame) if video_due else {}
+        prepared = Prepared(video)
         if self.audio_every_tick and self.ring is not None:
             prepared.audio, prepared.window = self._audio(frame.t, True)
             prepared.wait_s = prepared.window.waited_s
         prepared.work_s = time.perf_counter() - t0 - prepared.wait_s
         return prepared
+
+    def video_due(self, t: float) -> bool:
+        """Whether the video graph would run on a frame captured at t (always in early fusion)."""
+        return self.form == "early" or self.gates["video"].would_run(t)
 
     def _audio(self, t: float, video_tick: bool) -> tuple[dict[tuple[str, str], np.ndarray], AudioWindow | None]:
         """Audio tensors for every audio input, cut from one window ending at the aligned instant."""
@@ -234,7 +260,8 @@ class LiveFusion:
         prepared = tick.prepared
         if video_tick and "video" in self.modalities:
             self._frames.append(tick.frame)
-            tensors.update(self.video.tensors(list(self._frames), prepared.video if prepared else None))
+            if self.video_due(tick.t):  # (an encoder at its own rate that is not due needs no tensors)
+                tensors.update(self.video.tensors(list(self._frames), prepared.video if prepared else None))
         window = None
         waited = 0.0
         if present.get("audio"):
@@ -273,12 +300,11 @@ class LiveFusion:
         feed = self._graph_feed(graph, tensors)
         res = StepResult(t, {}, [m for m in self.modalities if not present[m]], ran=[graph])
         res.outputs = self._timed(res, self.model.run_graph, graph, feed, present)
-        res.outputs = {k: v.copy() for k, v in res.outputs.items()}
         res.ages_s = {m: 0.0 for m in self.modalities if present[m]}
         if self.attribute and self.s.attribution == "ablation":
             t1 = time.perf_counter()
             alive = [m for m in self.modalities if present[m]]
-            res.without = {m: ({k: v.copy() for k, v in self.model.run_graph(graph, feed, {**present, m: False}).items()}
+            res.without = {m: (self.model.run_graph(graph, feed, {**present, m: False})
                                if len(alive) > 1 else None) for m in alive}
             res.attribution_s = time.perf_counter() - t1
         return res
@@ -303,17 +329,6 @@ class LiveFusion:
         f = self.manifest.fusion
         return f.encoders[mod] if self.form == "intermediate" else f.members[mod]
 
-    def _zeros_for(self, mod: str) -> dict[str, np.ndarray]:
-        """Zero embeddings shaped like the encoder's outputs (batch 1), for a modality never seen yet."""
-        if mod not in self._zero_emb:
-            graph = self.manifest.fusion.encoders[mod]
-            zeros = {}
-            for name, meta in self.model.runners[graph].output_metadata().items():
-                shape = tuple(1 if i == 0 or not isinstance(d, int) else d for i, d in enumerate(meta.shape))
-                zeros[f"{graph}.{name}"] = np.zeros(shape, meta.dtype)
-            self._zero_emb[mod] = zeros
-        return self._zero_emb[mod]
-
     def _step_intermediate(self, t, tensors, present) -> StepResult | None:
         res = StepResult(t, {}, [])
         self._run_due(t, tensors, present, res, self.model.encode)
@@ -321,16 +336,16 @@ class LiveFusion:
         if not fresh:
             return None
         embeddings: dict[str, np.ndarray] = {}
-        for mod in self.manifest.fusion.encoders:
-            embeddings.update(self._cache[mod][0] if mod in fresh else self._zeros_for(mod))
+        for mod in fresh:  # a stale or never-seen modality's embeddings are zeros (fusion.graph_feed)
+            embeddings.update(self._cache[mod][0])
         head_present = {m: m in fresh for m in self.manifest.fusion.encoders}
         res.degraded = [m for m in self.modalities if not head_present.get(m, False)]
         res.ages_s = fresh
-        res.outputs = {k: v.copy() for k, v in self._timed(res, self.model.fuse, embeddings, head_present).items()}
+        res.outputs = self._timed(res, self.model.fuse, embeddings, head_present)
         res.ran.append(self.manifest.fusion.head)
         if self.attribute:
             t1 = time.perf_counter()
-            res.without = {m: ({k: v.copy() for k, v in self.model.fuse(embeddings, {**head_present, m: False}).items()}
+            res.without = {m: (self.model.fuse(embeddings, {**head_present, m: False})
                                if len(fresh) > 1 else None) for m in fresh}
             res.attribution_s = time.perf_counter() - t1
         return res
@@ -360,3 +375,4 @@ class LiveFusion:
         self.gates[mod].reset()
         if mod == "video":
             self._frames.clear()
+            self._prepared_t = None

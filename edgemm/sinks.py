@@ -3,10 +3,14 @@
 A sink is named by a spec string (``make_sink``):
 
   console                        one short line per result and per event on stdout
-  jsonl:PATH                     one JSON object per line: {"type": "result"|"event"|"summary", ...}
+  jsonl:PATH                     one JSON object per line: {"type": "result"|"event"|"summary", ...}, appended
+                                 (a restarted service keeps what it wrote before); ?mode=w starts the file
+                                 afresh; ?max_mb=N&keep=K renames a full file to PATH.1 (PATH.1 to PATH.2 ...)
+                                 and keeps K of them
   video:PATH.mp4                 the frames that were inferred, with label, score and latency drawn on them
   mqtt://HOST[:PORT]/TOPIC       results to TOPIC/results (QoS 0), events and the summary to TOPIC/events
-                                 and TOPIC/summary (QoS 1, kept and re-sent across reconnects by paho)
+                                 and TOPIC/summary (QoS 1, kept and re-sent across reconnects by paho);
+                                 ?results=off, client_id=NAME, reconnect_min=S, reconnect_max=S
 
 Every sink has ``open(context)``, ``result(record, frame)``, ``event(event)``, ``summary(summary)`` and
 ``close()``; the pipeline calls them from its one worker thread, and always calls ``close()`` on shutdown
@@ -18,6 +22,8 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import secrets
+import socket
 import sys
 import threading
 import time
@@ -31,7 +37,7 @@ from edgemm.outputs import to_json
 
 log = logging.getLogger("edgemm.sinks")
 
-SPEC_HELP = "console, jsonl:PATH, video:PATH.mp4 or mqtt://HOST[:PORT]/TOPIC"
+SPEC_HELP = "console, jsonl:PATH[?mode=w&max_mb=N&keep=K], video:PATH.mp4 or mqtt://HOST[:PORT]/TOPIC"
 
 
 class Sink:
@@ -93,25 +99,62 @@ class ConsoleSink(Sink):
 
 class JsonlSink(Sink):
     """JSON lines, line-buffered: each record reaches the OS as it is written, so a crash loses nothing
-    that was reported; close() flushes and fsyncs."""
+    that was reported; close() flushes and fsyncs.
+
+    Appends by default: a service restarted after a failure keeps the results it wrote before (the restart
+    shows as a new "summary"-less stretch after the last line). ``mode="w"`` starts the file afresh. With
+    ``max_mb`` a file that reaches that size is renamed PATH.1 (an older PATH.1 to PATH.2, ...; ``keep``
+    of them are kept) and a new PATH is started, so a long-running service never fills the disk.
+    """
 
     name = "jsonl"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, mode: str = "a", max_mb: float | None = None, keep: int = 5):
         self.path = Path(path)
+        if mode not in ("a", "w"):
+            raise EdgemmError(f"Sink: jsonl:{path} | mode={mode}; expected a (append) or w (start afresh).")
+        if max_mb is not None and max_mb <= 0:
+            raise EdgemmError(f"Sink: jsonl:{path} | max_mb={max_mb}; expected a positive size in MB.")
+        if keep < 1:
+            raise EdgemmError(f"Sink: jsonl:{path} | keep={keep}; expected at least 1 rotated file.")
+        self.mode = mode
+        self.max_bytes = None if max_mb is None else int(max_mb * 1e6)
+        self.keep = int(keep)
+        self.rotations = 0
         self._f = None
+
+    def _spec(self) -> str:
+        return f"jsonl:{self.path}"
 
     def open(self, context=None) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "w", buffering=1, encoding="utf-8")
+            if self.mode == "a" and self.max_bytes and self.path.is_file() and \
+                    self.path.stat().st_size >= self.max_bytes:
+                self._rotate_files()
+            self._f = open(self.path, self.mode, buffering=1, encoding="utf-8")
         except OSError as exc:
-            raise EdgemmError(f"Sink: jsonl:{self.path} | Cannot be written ({exc.strerror}); "
+            raise EdgemmError(f"Sink: {self._spec()} | Cannot be written ({exc.strerror}); "
                               "expected a writable file path.") from None
 
+    def _rotate_files(self) -> None:
+        """PATH.(keep-1) -> PATH.keep, ..., PATH -> PATH.1 (the oldest beyond keep is replaced)."""
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.path.exists():
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self.rotations += 1
+
     def _line(self, kind: str, obj: dict) -> None:
-        if self._f is not None:
-            self._f.write(to_json({"type": kind, **obj}) + "\n")
+        if self._f is None:
+            return
+        self._f.write(to_json({"type": kind, **obj}) + "\n")
+        if self.max_bytes and self._f.tell() >= self.max_bytes:
+            self._close_file()
+            self._rotate_files()
+            self._f = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - open until close()
 
     def result(self, record, frame=None) -> None:
         self._line("result", record)
@@ -122,15 +165,18 @@ class JsonlSink(Sink):
     def summary(self, summary) -> None:
         self._line("summary", summary)
 
+    def _close_file(self) -> None:
+        f, self._f = self._f, None
+        f.flush()
+        try:
+            os.fsync(f.fileno())
+        except OSError:
+            pass
+        f.close()
+
     def close(self) -> None:
         if self._f is not None:
-            f, self._f = self._f, None
-            f.flush()
-            try:
-                os.fsync(f.fileno())
-            except OSError:
-                pass
-            f.close()
+            self._close_file()
 
 
 class VideoSink(Sink):
@@ -139,6 +185,8 @@ class VideoSink(Sink):
     Written to a hidden temporary file beside PATH and renamed on close, so PATH is either a complete
     video or absent. Only frames that were inferred are written: when the model is slower than the
     camera the file plays faster than life (the record's times say when each frame was captured).
+    The frame rate is the one given, else the video source's, asked for at the first frame (a camera's
+    or a file's rate is known only once it is open: ``context["video_fps"]``), else 30.
     """
 
     name = "video"
@@ -150,13 +198,14 @@ class VideoSink(Sink):
             raise EdgemmError(f"Sink: video:{path} | Unknown container {self.path.suffix or '(none)'}; "
                               f"expected a file ending in {', '.join(self.FOURCC)}.")
         self.fps = fps
+        self._context: dict = {}
         self._writer = None
         self._size = None
         self.frames = 0
         self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
 
     def open(self, context=None) -> None:
-        self.fps = self.fps or (context or {}).get("fps") or 30.0
+        self._context = dict(context or {})
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self._tmp, "wb"):
@@ -169,6 +218,9 @@ class VideoSink(Sink):
         import cv2
 
         if self._writer is None:
+            if not self.fps:
+                source_fps = self._context.get("video_fps")
+                self.fps = (source_fps() if callable(source_fps) else None) or self._context.get("fps") or 30.0
             h, w = frame.shape[:2]
             self._size = (w, h)
             fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[self.path.suffix.lower()])
@@ -251,9 +303,16 @@ class MqttSink(Sink):
     name = "mqtt"
 
     def __init__(self, host: str, port: int = 1883, topic: str = "edgemm", client_id: str = "",
-                 results: bool = True, max_queued: int = 1000, keepalive: int = 30):
+                 results: bool = True, max_queued: int = 1000, keepalive: int = 30,
+                 reconnect_min_s: float = 1.0, reconnect_max_s: float = 30.0):
         self.host, self.port, self.topic = host, port, topic.strip("/") or "edgemm"
-        self.client_id = client_id or f"edgemm-{os.getpid()}"
+        # Unique per process and machine: edgemm is PID 1 in every container (and containers on the host
+        # network share its hostname), and a broker disconnects the older of two clients with one id.
+        self.client_id = client_id or f"edgemm-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        if not 0 < reconnect_min_s <= reconnect_max_s:
+            raise EdgemmError(f"Sink: mqtt://{host}:{port}/{topic} | reconnect delays {reconnect_min_s}..{reconnect_max_s} s; "
+                              "expected 0 < reconnect_min <= reconnect_max.")
+        self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
         self.send_results = results
         self.max_queued = max_queued
         self.keepalive = keepalive
@@ -276,7 +335,7 @@ class MqttSink(Sink):
         mqtt = import_optional("paho.mqtt.client", "install it with `pip install paho-mqtt` (or edgemm[mqtt]).")
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
         client.max_queued_messages_set(self.max_queued)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(min_delay=self.reconnect_min_s, max_delay=self.reconnect_max_s)
 
         def on_connect(c, userdata, flags, reason_code, properties):
             if not reason_code.is_failure:
@@ -351,16 +410,39 @@ class MqttSink(Sink):
         client.loop_stop()
 
 
+def _query(spec: str, text: str, allowed: dict[str, str]) -> dict[str, str]:
+    q = dict(urllib.parse.parse_qsl(text, keep_blank_values=True))
+    unknown = set(q) - set(allowed)
+    if unknown:
+        raise EdgemmError(f"Sink: {spec} | Unknown option {', '.join(sorted(unknown))}; expected "
+                          f"{', '.join(f'{k}={v}' for k, v in allowed.items())}.")
+    return q
+
+
+def _number(spec: str, q: dict, key: str, kind=float):
+    if key not in q:
+        return None
+    try:
+        return kind(q[key])
+    except ValueError:
+        raise EdgemmError(f"Sink: {spec} | Option {key}={q[key]!r} is not a number.") from None
+
+
 def make_sink(spec: str) -> Sink:
     """A sink from its spec string; raises EdgemmError naming the spec when it is not understood."""
+    if not isinstance(spec, str):
+        raise EdgemmError(f"Sink: {spec!r} | Not a text spec; expected {SPEC_HELP}.")
     spec = spec.strip()
     if spec in ("console", "-", "stdout"):
         return ConsoleSink()
     if spec.startswith("jsonl:"):
-        path = spec[len("jsonl:"):]
+        path, _, query = spec[len("jsonl:"):].partition("?")
         if not path:
             raise EdgemmError(f"Sink: {spec} | No path; expected jsonl:PATH.")
-        return JsonlSink(path)
+        q = _query(spec, query, {"mode": "a|w", "max_mb": "MB", "keep": "N"})
+        keep = _number(spec, q, "keep", int)
+        return JsonlSink(path, mode=q.get("mode", "a"), max_mb=_number(spec, q, "max_mb"),
+                         keep=5 if keep is None else keep)
     if spec.startswith("video:"):
         path = spec[len("video:"):]
         if not path:
@@ -374,11 +456,10 @@ def make_sink(spec: str) -> Sink:
             raise EdgemmError(f"Sink: {spec} | Bad port; expected mqtt://HOST[:PORT]/TOPIC.") from None
         if not u.hostname:
             raise EdgemmError(f"Sink: {spec} | No host; expected mqtt://HOST[:PORT]/TOPIC.")
-        q = dict(urllib.parse.parse_qsl(u.query))
-        unknown = set(q) - {"results", "client_id"}
-        if unknown:
-            raise EdgemmError(f"Sink: {spec} | Unknown option {', '.join(sorted(unknown))}; "
-                              "expected results=on|off, client_id=NAME.")
+        q = _query(spec, u.query, {"results": "on|off", "client_id": "NAME", "reconnect_min": "S",
+                                   "reconnect_max": "S"})
+        delays = {k: v for k, v in (("reconnect_min_s", _number(spec, q, "reconnect_min")),
+                                    ("reconnect_max_s", _number(spec, q, "reconnect_max"))) if v is not None}
         return MqttSink(u.hostname, port, u.path.lstrip("/") or "edgemm", client_id=q.get("client_id", ""),
-                        results=q.get("results", "on").lower() not in ("off", "0", "false", "no"))
+                        results=q.get("results", "on").lower() not in ("off", "0", "false", "no"), **delays)
     raise EdgemmError(f"Sink: {spec} | Unknown; expected {SPEC_HELP}.")

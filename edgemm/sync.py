@@ -11,8 +11,8 @@ go with. This module keeps them together:
                     sample period on the host clock, reported in ppm against the nominal rate.
 ``AudioRing``       holds the recent audio by sample index and returns the window ending at any host
                     instant t, through the drift-corrected map from sample index to host time; where
-                    samples are missing (not yet arrived, overwritten, a gap after an overflow or a
-                    reopen) it zero-pads and says how many.
+                    samples are missing (not yet arrived, overwritten, a gap after an overflow, before
+                    the first sample since the source was (re)opened) it zero-pads and says how many.
 ``AudioRing.align`` picks the window for a video frame: the one ending at the frame's capture time when
                     the audio has arrived that far, else the newest audio within ``max_skew_s``; the
                     A/V skew (frame time minus window end) is therefore bounded and reported.
@@ -138,9 +138,15 @@ class AudioWindow:
 class AudioRing:
     """The recent audio of one source by sample index; thread-safe (capture thread pushes, worker reads).
 
-    Sample indexes restart at 0 when a source is reopened (``first_sample`` counts from the open): the
-    ring then starts a new epoch (its content and the drift fit are dropped), detected when an index
-    goes backwards, or by calling ``reset()``.
+    A reopened source starts a new epoch (``reset()``, which the pipeline calls after every reopening;
+    also detected when a sample index goes backwards): its content, its clock anchor, the drift fit and
+    the resampler are dropped, and the next block anchors the map afresh from the source's own stamps.
+    Drift correction therefore restarts too: for the first ``DriftEstimator.min_span_s`` after a reopening
+    the map is the nominal rate from the new anchor (a crystal off by 100 ppm drifts 0.5 ms in that time).
+
+    Blocks at another rate than the ring's are resampled on the way in by one streaming
+    ``edgemm.preprocess.Resampler`` per epoch (no clicks at block edges; about a millisecond of
+    look-ahead held back until the next block, or until ``mark_ended()`` flushes it).
     """
 
     def __init__(self, sample_rate: int, capacity_s: float = 10.0, correct_drift: bool = True,
@@ -166,6 +172,8 @@ class AudioRing:
         self._offset: float | None = None  # fitted line minus host time, frozen when the fit starts
         self._warned = False
         self._valid[:] = False
+        self._resampler = None  # one per epoch, for a source at another rate than the ring's
+        self._res_ref: tuple[int, float, int] | None = None  # (input index, its time, input rate)
         self.drift.reset()
 
     def reset(self) -> None:
@@ -178,51 +186,89 @@ class AudioRing:
 
     def mark_ended(self) -> None:
         with self._cond:
+            rs = self._resampler
+            if rs is not None and not rs.finished:  # the end of the stream: the filter's tail is due now
+                first = rs.next_output
+                tail = rs.process((), final=True)
+                if tail.size:
+                    self._write(tail, first, self._resampled_time(first))
             self.ended = True
             self._cond.notify_all()
 
     # -- writing ---------------------------------------------------------------------------------------
     def push(self, block: AudioBlock) -> None:
         samples = np.asarray(block.samples, np.float32).reshape(-1)
-        if block.sample_rate != self.sample_rate:
-            from edgemm.preprocess import resample
-
-            # Sources are asked for the model's rate; this is the fallback for one that cannot deliver it.
-            scale = self.sample_rate / block.sample_rate
-            samples = resample(samples, block.sample_rate, self.sample_rate)
-            first = int(round(block.first_sample * scale))
-        else:
-            first = int(block.first_sample)
-        n = samples.size
-        if n == 0:
+        if samples.size == 0:
             return
+        first_in = int(block.first_sample)
         with self._cond:
-            if self._end is not None and first < self._end - n:
-                # The count went backwards: the source restarted without telling us.
-                self._clear()
-                self.resets += 1
-            if self._end is None:
-                self._begin = first
-                self._anchor = (first, float(block.t))
-                self._end = first
-            if first > self._end:  # a gap: samples the source lost (overflow): mark them missing
-                gap = first - self._end
-                self.gap_samples += gap
-                self._set_valid(self._end, min(gap, self.capacity), False)
-            if n > self.capacity:
-                samples, first, n = samples[-self.capacity:], first + n - self.capacity, self.capacity
-            pos = first % self.capacity
-            k = min(n, self.capacity - pos)
-            self._buf[pos:pos + k] = samples[:k]
-            self._buf[:n - k] = samples[k:]
-            self._set_valid(first, n, True)
-            self._end = max(self._end, first + n)
-            self.pushed_samples += n
+            if block.sample_rate == self.sample_rate:
+                self._restart_if_backwards(first_in, samples.size)
+                self._write(samples, first_in, float(block.t))
+                n_end = first_in + samples.size
+            else:
+                # Sources are asked for the model's rate; this is the fallback for one that cannot deliver
+                # it. One streaming resampler per epoch: blocks join without edge clicks, and the output
+                # lags the input only by the filter's look-ahead (about a millisecond).
+                scale = self.sample_rate / block.sample_rate
+                self._restart_if_backwards(round(first_in * scale), round(samples.size * scale))
+                self._res_ref = (first_in, float(block.t), int(block.sample_rate))
+                for first, out in self._resample(int(block.sample_rate), first_in, samples):
+                    self._write(out, first, self._resampled_time(first))
+                n_end = round((first_in + samples.size) * scale)
             if block.t_arrival:
-                self.drift.add(first + n, float(block.t_arrival))
-                if self._offset is None and self.correct_drift:
-                    self._time_of(first)  # freezes the offset as soon as the first fit exists
+                # The arrival is of the block's last input sample, whatever the resampler still holds back.
+                self.drift.add(n_end, float(block.t_arrival))
+                if self._offset is None and self.correct_drift and self._anchor is not None:
+                    self._time_of(self._anchor[0])  # freezes the offset as soon as the first fit exists
             self._cond.notify_all()
+
+    def _restart_if_backwards(self, first: int, n: int) -> None:
+        if self._end is not None and first < self._end - n:
+            # The count went backwards: the source restarted without telling us.
+            self._clear()
+            self.resets += 1
+
+    def _resample(self, rate: int, first_in: int, samples: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """(first output index, samples) pieces for one block at another rate, on the ring's sample grid."""
+        from edgemm.preprocess import Resampler
+
+        pieces = []
+        rs = self._resampler
+        if rs is not None and (rs.rate_in != rate or first_in != rs.n_in):
+            if rs.rate_in == rate and first_in > rs.n_in:
+                # Samples the source lost: flush what the filter holds, then start again after the gap (on
+                # the same output grid, so the gap stays a gap of the right length).
+                pieces.append((rs.next_output, rs.process((), final=True)))
+            rs = None
+        if rs is None:
+            rs = self._resampler = Resampler(rate, self.sample_rate, start=first_in)
+        pieces.append((rs.next_output, rs.process(samples)))
+        return [(first, out) for first, out in pieces if out.size]
+
+    def _resampled_time(self, index: int) -> float:
+        first_in, t, rate = self._res_ref
+        return t + (index * rate / self.sample_rate - first_in) / rate
+
+    def _write(self, samples: np.ndarray, first: int, t_first: float) -> None:
+        n = samples.size
+        if self._end is None:
+            self._begin = first
+            self._anchor = (first, t_first)
+            self._end = first
+        if first > self._end:  # a gap: samples the source lost (overflow): mark them missing
+            gap = first - self._end
+            self.gap_samples += gap
+            self._set_valid(self._end, min(gap, self.capacity), False)
+        if n > self.capacity:
+            samples, first, n = samples[-self.capacity:], first + n - self.capacity, self.capacity
+        pos = first % self.capacity
+        k = min(n, self.capacity - pos)
+        self._buf[pos:pos + k] = samples[:k]
+        self._buf[:n - k] = samples[k:]
+        self._set_valid(first, n, True)
+        self._end = max(self._end, first + n)
+        self.pushed_samples += n
 
     def _set_valid(self, first: int, n: int, value: bool) -> None:
         pos = first % self.capacity
@@ -295,6 +341,11 @@ class AudioRing:
     def ppm(self) -> float | None:
         with self._cond:
             return self.drift.ppm
+
+    def first_t(self) -> float | None:
+        """Host time of the first sample of this epoch, or None when empty."""
+        with self._cond:
+            return None if self._begin is None else self._time_of(self._begin)
 
     def latest_t(self) -> float | None:
         """Host time just past the newest sample held, or None when empty."""

@@ -5,9 +5,12 @@
   a real recovery.
 - ``JackServer``: a JACK server with the dummy driver (no sound card), its own server name so parallel runs
   never meet, and ``add_tone()`` clients (``jack_metro``) that PortAudio lists as input devices.
+- ``Mosquitto``: an MQTT broker on a free loopback port (optionally persisting sessions across restarts).
 
-Every process is started by us and stopped by its pid (never by name), also when a test fails: use them as
-context managers or pytest fixtures. ``require()`` skips a test with a clear reason when a binary is missing.
+Every process is started by us and stopped by its pid (never by name), also when a test fails or its start
+does: use them as context managers or pytest fixtures. ``require()`` skips a test with a clear reason when a
+binary is missing -- unless ``EDGEMM_REQUIRE_RIGS=1`` (CI sets it), where a missing stand-in FAILS the test,
+so a run cannot go green with the hardware stand-ins silently skipped.
 """
 
 from __future__ import annotations
@@ -26,12 +29,41 @@ from pathlib import Path
 
 import pytest
 
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")  # daemons (mosquitto) live here, off a normal user's PATH
+
+
+def rigs_required() -> bool:
+    return os.environ.get("EDGEMM_REQUIRE_RIGS", "").strip() == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the calling test -- or fail it when EDGEMM_REQUIRE_RIGS=1: CI must not pass without its rigs."""
+    if rigs_required():
+        pytest.fail(f"{reason} (EDGEMM_REQUIRE_RIGS=1: the stand-ins for hardware must be installed)")
+    pytest.skip(reason)
+
+
+def which(binary: str) -> str | None:
+    """The binary's path on PATH, or in the sbin folders."""
+    return shutil.which(binary) or shutil.which(binary, path=os.pathsep.join(SBIN))
+
 
 def require(*binaries: str) -> None:
-    """Skip the calling test unless every binary is on PATH (tests/run.sh installs them: apt ffmpeg jackd2)."""
-    missing = [b for b in binaries if shutil.which(b) is None]
+    """Skip (or, with EDGEMM_REQUIRE_RIGS=1, fail) unless every binary is installed (tests/run.sh installs
+    them: apt ffmpeg jackd2 mosquitto)."""
+    missing = [b for b in binaries if which(b) is None]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} on PATH (Debian: apt install ffmpeg jackd2 libportaudio2)")
+        skip_or_fail(f"needs {', '.join(missing)} (Debian: apt install ffmpeg jackd2 libportaudio2 mosquitto)")
+
+
+def require_module(name: str, hint: str = ""):
+    """Import a Python module a rig needs (sounddevice, paho-mqtt), or skip/fail as require() does."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except (ImportError, OSError) as exc:  # OSError: sounddevice without the PortAudio library
+        skip_or_fail(f"needs {name} ({exc}){'; ' + hint if hint else ''}")
 
 
 def free_port() -> int:
@@ -40,17 +72,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def is_listening(port: int) -> bool:
-    """True when something listens on 127.0.0.1:port, found in /proc/net/tcp without connecting: a probe
-    connection would be the one client an ``-listen 1`` ffmpeg serves."""
+LISTEN, ESTABLISHED = "0A", "01"  # socket states in /proc/net/tcp
+
+
+def is_listening(port: int, states: tuple[str, ...] = (LISTEN,)) -> bool:
+    """True when a local socket on 127.0.0.1:port is in one of ``states`` (default: listening), found in
+    /proc/net/tcp without connecting: a probe connection would be the one client an ``-listen 1`` ffmpeg
+    serves."""
     suffix = f":{port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                if len(fields) > 3 and fields[3] == "0A" and fields[1].endswith(suffix):  # 0A: LISTEN
+                if len(fields) > 3 and fields[3] in states and fields[1].endswith(suffix):
                     return True
     return False
+
+
+def _wait_ready(proc: subprocess.Popen, ready, timeout: float, what: str, log) -> None:
+    """Wait until ready() or fail; the process is killed when it does not get ready (never left behind)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log()}")
+        if time.monotonic() > deadline:
+            _kill(proc)
+            raise RuntimeError(f"{what} was not ready within {timeout} s: {log()}")
+        time.sleep(0.02)
 
 
 def _kill(proc: subprocess.Popen | None, term_first: bool = False, grace: float = 3.0) -> None:
@@ -72,9 +120,14 @@ class FfmpegStream:
     """A live camera: ffmpeg encodes its ``testsrc`` pattern (a frame counter is drawn in it) in real time
     (``-re``) and serves it at ``self.url`` to one client."""
 
-    def __init__(self, kind: str = "mjpeg", size=(320, 240), fps: int = 30, port: int | None = None):
+    def __init__(self, kind: str = "mjpeg", size=(320, 240), fps: int = 30, port: int | None = None,
+                 ready_states: tuple[str, ...] = (LISTEN,)):
+        """ready_states: socket states that mean it is up; (LISTEN, ESTABLISHED) when a client that
+        reconnects in a loop may already be the one client ffmpeg serves (its listening socket is then
+        gone) before anyone looks."""
         assert kind in ("mjpeg", "mpegts")
         self.kind, self.size, self.fps = kind, size, fps
+        self.ready_states = tuple(ready_states)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen | None = None
@@ -94,14 +147,8 @@ class FfmpegStream:
         require("ffmpeg")
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self._log)
-        deadline = time.monotonic() + timeout
-        while not is_listening(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ffmpeg exited with {self.proc.returncode}: {self.log()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"ffmpeg did not listen on {self.url} within {timeout} s: {self.log()}")
-            time.sleep(0.02)
+        _wait_ready(self.proc, lambda: is_listening(self.port, self.ready_states), timeout,
+                    f"ffmpeg serving {self.url}", self.log)
         return self
 
     def kill(self) -> None:
@@ -274,6 +321,55 @@ class JackServer:
             self._saved_env = None
         if released:
             sd._initialize()
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-2000:]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        self._log.close()
+
+
+class Mosquitto:
+    """A mosquitto broker on a free loopback port, ours by pid. ``persist_dir``: keep sessions (a
+    subscriber's subscription and the QoS 1 messages queued for it) across a restart, in that folder."""
+
+    def __init__(self, conf_dir: Path, port: int | None = None, persist_dir: Path | None = None):
+        self.binary = which("mosquitto")
+        if self.binary is None:
+            skip_or_fail("needs mosquitto (Debian: apt install mosquitto; it installs to /usr/sbin)")
+        self.port = port or free_port()
+        self.conf = Path(conf_dir) / f"mosquitto-{self.port}.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+        if os.geteuid() == 0:
+            # Started as root, mosquitto 2 switches to the user "mosquitto", who may not write (or even reach)
+            # our folders: stay who we are.
+            import pwd
+
+            lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+        if persist_dir is not None:
+            Path(persist_dir).mkdir(parents=True, exist_ok=True)
+            lines += ["persistence true", f"persistence_location {Path(persist_dir)}/"]
+        else:
+            lines += ["persistence false"]
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+
+    def start(self, timeout: float = 10.0) -> Mosquitto:
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=self._log, stderr=self._log,
+                                     stdin=subprocess.DEVNULL)
+        _wait_ready(self.proc, lambda: is_listening(self.port), timeout, f"mosquitto on port {self.port}", self.log)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (it saves its sessions when persistent), SIGKILL if it does not go."""
+        _kill(self.proc, term_first=True)
+        self.proc = None
 
     def log(self) -> str:
         self._log.seek(0)

@@ -121,15 +121,35 @@ def test_guard_through_convert(cnn, tmp_path):
     assert prov["max_drop_points"] == 0.0 and prov["layers_kept_float"] == g["layers_kept_float"]
 
 
-def test_tensorrt_target_without_gpu_writes_trt_ready_qdq(cnn, tmp_path):
+def _engine_builder_here() -> bool:
+    """Whether this machine can build TensorRT engines (a CUDA GPU and the full tensorrt package)."""
+    from converters.tensorrt import BuilderUnavailable, _require_builder
+
+    try:
+        _require_builder("edgemm convert ...")
+    except BuilderUnavailable:
+        return False
+    return True
+
+
+def test_tensorrt_target_writes_trt_ready_qdq_and_the_engine_where_it_can(cnn, tmp_path):
+    """Both branches are asserted, and which one runs is what this machine can do: without a GPU/TensorRT
+    the Q/DQ graph is written and the report says to build on the device; with them the engine is built
+    and recorded in the manifest."""
     model, calib, _ = cnn
     out = tmp_path / "trt"
     report = convert(model, out, ConvertOptions(precision="int8", calib=calib, target="tensorrt", threads=1,
                                                 bench_seconds=0.2, quiet=True))
     trt = report["conversion"]["tensorrt"]
-    if trt.get("engine", True) is None:  # no GPU/TensorRT here: the reason says to build on the device
+    engine = load_bundle(out).manifest.graphs["model"].engine
+    if not _engine_builder_here():
+        assert trt["engine"] is None
         assert "device" in trt["reason"] or "TensorRT" in trt["reason"]
-        assert load_bundle(out).manifest.graphs["model"].engine is None
+        assert engine is None
+    else:
+        assert engine is not None and (out / engine["file"]).is_file()
+        assert engine["tensorrt_version"] and engine["compute_capability"]
+        assert trt["model"]["tensorrt_version"] == engine["tensorrt_version"] and trt["model"]["seconds"] > 0
     q = load_bundle(out).load_graph("model")
     zps = [i for i in q.graph.initializer if i.name.endswith("zero_point")]
     assert zps and all(onnx.numpy_helper.to_array(z).dtype == np.int8 and not onnx.numpy_helper.to_array(z).any()
@@ -202,7 +222,10 @@ def test_bad_inputs_are_refused(cnn, tmp_path, capsys):
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     np.savez(wrong / "w.npz", x=np.zeros((2, 3, 8, 8), np.float32))
+    # Data that does not fit the model is refused before any work: no progress line before the error
+    # (these runs are not --quiet), for calibration and evaluation folders alike.
     _refused(capsys, base + ["--precision", "int8", "--calib", str(wrong)], out, "(1, 3, 8, 8)")
+    _refused(capsys, base + ["--precision", "int8", "--calib", str(calib), "--eval", str(wrong)], out, "(1, 3, 8, 8)")
     _refused(capsys, ["convert", str(tmp_path / "nope.onnx"), "-o", str(out)], out, "File not found")
     _refused(capsys, base + ["--target", "tensorrt", "--shape", "x:1x3,2"], out, "Shape: x:1x3,2")
     _refused(capsys, base + ["--target", "tensorrt", "--max-batch", "0"], out, "Max batch: 0")
@@ -222,15 +245,16 @@ def test_existing_out_is_refused_unless_forced(cnn, tmp_path, capsys):
 
 
 def test_failure_late_in_the_chain_leaves_nothing(cnn, tmp_path, capsys):
-    """Evaluation data that does not fit the model fails only at validation, after the graphs were written
-    to the temporary folder: OUT must not appear and the temporary folder must be gone."""
+    """Evaluation labels that do not fit the model (class 99 of 10) are found only at validation, after the
+    graphs were written to the temporary folder: OUT must not appear and the temporary folder must be gone."""
     model, calib, _ = cnn
     bad_eval = tmp_path / "badeval"
     bad_eval.mkdir()
-    np.savez(bad_eval / "e.npz", x=np.zeros((2, 3, 8, 8), np.float32), label=np.zeros(2, np.int64))
+    np.savez(bad_eval / "e.npz", x=np.zeros((2, 3, 16, 16), np.float32), label=np.full(2, 99, np.int64))
     out = tmp_path / "late"
     err = _refused(capsys, ["convert", str(model), "-o", str(out), "--precision", "int8", "--calib", str(calib),
-                            "--flavour", "u8s8", "--eval", str(bad_eval), "--bench-seconds", "0.1", "-q"], out, "8, 8)")
+                            "--flavour", "u8s8", "--eval", str(bad_eval), "--bench-seconds", "0.1", "-q"], out,
+                   "Label 99 for logits is out of range")
     assert "badeval" in err
 
 
@@ -274,3 +298,187 @@ def test_prune_then_int8_chain(cnn, tmp_path):
     assert report["macs"]["model"]["after"] < report["macs"]["model"]["before"]
     assert "QuantizeLinear" in {n.op_type for n in bundle.load_graph("model").graph.node}
     assert report["primary"]["converted"] is not None
+
+
+# -- data, limits and what the report says about the delivered model ------------------------------------
+
+
+def _labelled_folder(folder: Path, model, x, name="x", dtype=np.float32):
+    """x (as dtype) with the float model's own predictions as labels: float scores 100 %."""
+    folder.mkdir(parents=True)
+    y = ort.InferenceSession(model.SerializeToString()).run(None, {name: x.astype(np.float32)})[0].argmax(1)
+    np.savez(folder / "d.npz", **{name: x.astype(dtype)}, label=y)
+    return folder
+
+
+def test_float64_data_works_for_calibration_guard_and_validation(tmp_path):
+    """np.savez of plain numpy gives float64: the guard (like calibration and validation) must accept it."""
+    model = residual_cnn_model(hw=16, channels=16)
+    path = tmp_path / "cnn.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(0)
+    calib = _labelled_folder(tmp_path / "calib", model, rng.standard_normal((16, 3, 16, 16)), dtype=np.float64)
+    test = _labelled_folder(tmp_path / "test", model, rng.standard_normal((30, 3, 16, 16)), dtype=np.float64)
+    report = convert(path, tmp_path / "out", ConvertOptions(precision="int8", calib=calib, eval=test, max_drop=5.0,
+                                                            threads=1, bench_seconds=0.1, flavour="u8s8", quiet=True))
+    assert report["conversion"]["accuracy_guard"]["samples"] == 30
+    assert report["primary"]["original"] == pytest.approx(1.0)
+
+
+def test_guard_sample_cap_follows_the_limits_and_is_reported(cnn, tmp_path):
+    model, calib, test = cnn  # 24 calibration samples, 60 test samples
+    # Without --eval the guard measures on the calibration data, as many samples as --calib-limit.
+    report = convert(model, tmp_path / "a", ConvertOptions(precision="int8", calib=calib, calib_limit=10,
+                                                           max_drop=100.0, threads=1, bench_seconds=0.1,
+                                                           flavour="u8s8", quiet=True))
+    g = report["conversion"]["accuracy_guard"]
+    assert g["samples"] == 10 and "--calib-limit" in g["sample_cap"]
+    assert report["samples"] == 10  # validation reads the same samples
+    report = convert(model, tmp_path / "b", ConvertOptions(precision="int8", calib=calib, eval=test, eval_limit=25,
+                                                           max_drop=100.0, threads=1, bench_seconds=0.1,
+                                                           flavour="u8s8", quiet=True))
+    g = report["conversion"]["accuracy_guard"]
+    assert g["samples"] == 25 and "--eval-limit" in g["sample_cap"]
+    report = convert(model, tmp_path / "c", ConvertOptions(precision="int8", calib=calib, eval=test, max_drop=100.0,
+                                                           threads=1, bench_seconds=0.1, flavour="u8s8", quiet=True))
+    assert report["conversion"]["accuracy_guard"]["samples"] == 60
+    assert "sample_cap" not in report["conversion"]["accuracy_guard"]  # all of it: nothing to say
+
+
+def test_graph_files_in_subfolders(tmp_path):
+    """A manifest may name graph files in subfolders ("enc/video.onnx"): every step writes them there."""
+    root = write_intermediate_bundle(tmp_path / "mid")
+    manifest = json.loads((root / "manifest.json").read_text())
+    for g, spec in manifest["graphs"].items():
+        new = f"{'enc' if g.endswith('encoder') else 'head'}/{spec['file']}"
+        (root / new).parent.mkdir(exist_ok=True)
+        (root / spec["file"]).rename(root / new)
+        spec["file"] = new
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    data = write_av_npz(tmp_path / "calib", files=1, per_file=8)
+    out = tmp_path / "sub-int8"
+    convert(root, out, ConvertOptions(precision="int8", prune="channels:0.25", calib=data, max_drop=100.0,
+                                      threads=1, bench_seconds=0.1, flavour="u8s8", quiet=True))
+    bundle = load_bundle(out)
+    assert bundle.manifest.graphs["video_encoder"].file == "enc/video_encoder.onnx"
+    for g in bundle.manifest.graphs:
+        assert "QuantizeLinear" in {n.op_type for n in bundle.load_graph(g).graph.node}
+
+
+def test_int8_report_describes_the_model_after_the_guard(tmp_path):
+    """Q/DQ counts in the report are those of the delivered model, once the guard kept a layer in float."""
+    from converters.int8 import qdq_counts
+    from tests.test_guard import outlier_model
+
+    model = outlier_model()
+    path = tmp_path / "outlier.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(1)
+    calib = _labelled_folder(tmp_path / "calib", model, rng.standard_normal((64, 8)))
+    test = _labelled_folder(tmp_path / "test", model, rng.standard_normal((200, 8)))
+    out = tmp_path / "guarded"
+    report = convert(path, out, ConvertOptions(precision="int8", calib=calib, eval=test, max_drop=4.0, threads=1,
+                                               bench_seconds=0.1, flavour="u8s8", quiet=True))
+    assert report["conversion"]["accuracy_guard"]["layers_kept_float"]["model"]  # the guard did keep a layer
+    delivered = load_bundle(out).load_graph("model")
+    assert report["conversion"]["int8"]["model"]["qdq"] == qdq_counts(delivered)
+
+
+def near_tie_model():
+    """Two logits that differ by ~0.1 % of their size: FP16 rounding in the last layer flips some decisions,
+    keeping that layer in FP32 brings them back."""
+    from onnx import TensorProto, helper
+
+    from tests.onnx_models import _init, _model
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((16, 32)) * 0.5
+    base = rng.standard_normal((32, 1)) * 2.0
+    w2 = np.hstack([base, base + rng.standard_normal((32, 1)) * 2e-3])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+             helper.make_node("MatMul", ["r", "w2"], ["logits"], name="fc2")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+                  [_init("w1", w1), _init("w2", w2)], "tie")
+
+
+def test_fp16_provenance_lists_the_layers_the_guard_kept(tmp_path):
+    from converters.fp16 import fp16_node_count
+
+    model = near_tie_model()
+    path = tmp_path / "tie.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(1)
+    calib = _labelled_folder(tmp_path / "calib", model, rng.standard_normal((16, 16)) * 4)
+    test = _labelled_folder(tmp_path / "test", model, rng.standard_normal((200, 16)) * 4)
+    out = tmp_path / "fp16"
+    report = convert(path, out, ConvertOptions(precision="fp16", calib=calib, eval=test, max_drop=0.0, threads=1,
+                                               bench_seconds=0.1, quiet=True))
+    guard = report["conversion"]["accuracy_guard"]
+    assert guard["metric_all_quantized"] < 100.0 and guard["layers_kept_float"]["model"]  # the premise
+    kept = guard["layers_kept_float"]["model"]
+    prov = load_bundle(out).manifest.provenance
+    assert set(kept) <= set(prov["kept_fp32"]["model"])
+    info = report["conversion"]["fp16"]["model"]
+    assert any(k["node"] in kept and "accuracy guard" in k["reason"] for k in info["kept_fp32"])
+    assert info["fp16_nodes"] == fp16_node_count(load_bundle(out).load_graph("model"))
+
+
+# -- options checked before any work -------------------------------------------------------------------
+
+
+def test_engine_options_are_checked_by_convert_itself(cnn, tmp_path):
+    """Python callers of convert() get the same checks as the CLI, before the model is even loaded."""
+    missing = tmp_path / "not-there.onnx"  # never read: every option fails first
+    for opts, match in ((ConvertOptions(bench_seconds=0), "Bench seconds: 0"),
+                        (ConvertOptions(max_batch=0), "Max batch: 0"),
+                        (ConvertOptions(shapes=["x:1x3,2"]), "Shape: x:1x3,2"),
+                        (ConvertOptions(shapes=["x:1x3x16x16", "x:2x3x16x16"]), "more than once")):
+        with pytest.raises(EdgemmError, match=match):
+            convert(missing, tmp_path / "o", opts)
+
+
+def test_shape_names_are_checked_against_the_graphs_first(cnn, tmp_path, capsys):
+    model, calib, _ = cnn
+    out = tmp_path / "o"
+    err = _refused(capsys, ["convert", str(model), "-o", str(out), "--precision", "int8", "--calib", str(calib),
+                            "--target", "tensorrt", "--shape", "video:1x3x16x16"], out, "Shape: video")
+    assert "expected one of x" in err  # before any progress line (not --quiet): no work was done
+    _refused(capsys, ["convert", str(model), "-o", str(out), "--target", "tensorrt", "--shape",
+                      "x:1x3x16,1x3x16,1x3x16"], out, "Shape: x")  # rank 3 for a rank-4 input
+
+
+def test_shape_profiles_go_to_the_graph_that_has_the_input(tmp_path):
+    """In a bundle of several graphs each --shape names one graph's input: the others do not see it."""
+    from converters.tensorrt import EngineOptions, _graph_options, check_shapes
+
+    bundle = load_bundle(write_intermediate_bundle(tmp_path / "mid"))
+    prof = ((1, 1, 64, 98),) * 3
+    check_shapes(bundle, {"audio": prof})
+    opts = EngineOptions(shapes={"audio": prof})
+    assert _graph_options(bundle, "audio_encoder", opts).shapes == {"audio": prof}
+    assert _graph_options(bundle, "video_encoder", opts).shapes == {}
+    with pytest.raises(EdgemmError, match="Not an input of the model"):
+        check_shapes(bundle, {"mic": prof})
+
+
+def test_each_conversion_step_reads_the_data_once(tmp_path, monkeypatch):
+    """One pass over the calibration folder per step feeds every graph (and runs the encoders once),
+    instead of one pass per graph: here the check of the first sample, the INT8 calibration (which also
+    keeps the feeds for timing) and the validation."""
+    from converters.data import DataFolder
+
+    root = write_intermediate_bundle(tmp_path / "mid")
+    data = write_av_npz(tmp_path / "calib", files=2, per_file=4)
+    passes = []
+    real = DataFolder.samples
+
+    def counted(self, progress=False):
+        passes.append(self.what)
+        yield from real(self, progress)
+
+    monkeypatch.setattr(DataFolder, "samples", counted)
+    convert(root, tmp_path / "out", ConvertOptions(precision="int8", calib=data, threads=1, bench_seconds=0.1,
+                                                   flavour="u8s8", quiet=True))
+    assert len(passes) == 3, passes

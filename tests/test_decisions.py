@@ -116,3 +116,14 @@ def test_attribution_is_the_score_lost_without_each_modality():
     assert a["video"] == pytest.approx(0.3) and a["audio"] == pytest.approx(0.05)
     # The only modality present carries the whole score.
     assert attribution(full, {"audio": None}, specs)["audio"] == pytest.approx(0.7)
+
+
+def test_alert_rules_from_a_config_file_check_their_types():
+    rule = AlertRule.from_dict({"label": "drowsy", "on": 0.7, "off": 0.5, "min_on_s": 1})
+    assert (rule.label, rule.on, rule.off, rule.min_on_s) == ("drowsy", 0.7, 0.5, 1)
+    assert AlertRule.from_dict({"label": 3}).label == 3
+    for bad in ({"label": "a", "on": "high"}, {"label": "a", "smoothing_s": None}, {"label": ["a"]},
+                {"label": "a", "on": True}, {"label": "a", "output": 5}):
+        with pytest.raises(EdgemmError) as info:
+            AlertRule.from_dict(bad)
+        assert "\n" not in str(info.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from converters import fp16
 from edgemm.bundle import detect_precision
@@ -113,3 +113,53 @@ def test_empty_feeds_are_refused():
 
     with pytest.raises(EdgemmError, match="no samples"):
         fp16.convert_fp16(risky_model(), [])
+
+
+def upsample_model():
+    """An exported-upsampling pattern: Resize scales computed from the feature map's own shape,
+    Shape -> Slice -> Cast(to=float) -> Div -> Concat -> Resize. onnxconverter_common declares the Cast's
+    output FP16 but leaves to=FLOAT (its issue #320), which ONNX Runtime refuses to load."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Shape", ["c"], ["shp"], name="shape"),
+        helper.make_node("Slice", ["shp", "s0", "s1"], ["hw"], name="slice"),
+        helper.make_node("Cast", ["hw"], ["hwf"], to=TensorProto.FLOAT, name="cast"),
+        helper.make_node("Div", ["target", "hwf"], ["ratio"], name="div"),
+        helper.make_node("Concat", ["ones", "ratio"], ["scales"], axis=0, name="concat"),
+        helper.make_node("Resize", ["c", "", "scales"], ["y"], mode="nearest", name="resize"),
+    ]
+    inits = [_init("w", rng.standard_normal((4, 3, 3, 3)) * 0.3),
+             numpy_helper.from_array(np.array([2], np.int64), "s0"),
+             numpy_helper.from_array(np.array([4], np.int64), "s1"), _init("target", np.array([16.0, 16.0])),
+             _init("ones", np.array([1.0, 1.0]))]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H", "W"])], inits, "upsample")
+
+
+def test_cast_to_float_inside_converted_ops_is_retargeted():
+    model = upsample_model()
+    res = fp16.convert_fp16(model, feeds(4, shape=(1, 3, 8, 8)))
+    cast = next(n for n in res.model.graph.node if n.name == "cast")
+    assert next(a.i for a in cast.attribute if a.name == "to") == TensorProto.FLOAT16
+    for f in feeds(2, shape=(1, 3, 8, 8), seed=4):
+        (ref,), (got,) = run(model, f), run(res.model, f)
+        assert got.shape == ref.shape == (1, 4, 16, 16) and got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, atol=2e-2 * np.abs(ref).max())
+    # Counted on the result: Conv, Div and Concat compute in FP16; Resize (kept FP32 by the converter),
+    # the integer Shape/Slice and the Casts do not.
+    assert res.fp16_nodes == 3 and res.total_nodes == 7
+
+
+def test_a_model_onnxruntime_cannot_load_is_one_line():
+    from edgemm.errors import EdgemmError
+
+    nodes = [helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.example", name="custom")]
+    model = helper.make_model(
+        helper.make_graph(nodes, "custom", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    with pytest.raises(EdgemmError) as exc:
+        fp16.convert_fp16(model, feeds(1))
+    assert "FP16 range scan" in str(exc.value) and "onnxruntime cannot load it" in str(exc.value)
+    assert "\n" not in str(exc.value)

@@ -128,9 +128,11 @@ def test_a_step_that_hurts_in_combination_is_undone(setup):
 
 
 def test_iteration_cap(setup):
+    """A budget of 0 points is out of reach here (the previous test: even with fc2 in float the metric stays
+    below float's), so one step is taken, and the guard stops at the cap and says so."""
     res = _run_guard(setup, "u8s8", max_drop=0.0, max_iterations=1)
-    assert len(res.steps) == 1
-    assert res.within_budget or res.stop_reason == "iteration cap (1) reached"
+    assert len(res.steps) == 1 and res.steps[0].group[0] == "fc2" and res.steps[0].kept_float
+    assert not res.within_budget and res.stop_reason == "iteration cap (1) reached"
 
 
 def test_without_labels_the_guard_uses_agreement_with_float(setup):
@@ -142,3 +144,53 @@ def test_without_labels_the_guard_uses_agreement_with_float(setup):
 def test_negative_budget_is_refused(setup):
     with pytest.raises(EdgemmError, match="Max drop"):
         _run_guard(setup, "u8s8", max_drop=-1)
+
+
+def _scaled(model, name, factor):
+    """A copy of model with initializer `name` multiplied by factor (another candidate of that graph)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for i, init in enumerate(m.graph.initializer):
+        if init.name == name:
+            m.graph.initializer[i].CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * factor, name))
+    return m
+
+
+def test_evaluator_reuses_runners_and_encoder_outputs(tmp_path):
+    """Intermediate fusion: a candidate that changes only the head reuses the encoders' sessions and outputs,
+    and gives exactly what a fresh evaluation gives; a changed encoder is run again."""
+    from edgemm.fusion import FusionModel
+    from tests.onnx_models import write_intermediate_bundle
+
+    bundle = load_bundle(write_intermediate_bundle(tmp_path / "mid"))
+    rng = np.random.default_rng(4)
+    samples = [Sample({"video": rng.standard_normal((1, 3, 32, 32)).astype(np.float32),
+                       "audio": rng.standard_normal((1, 1, 64, 98)).astype(np.float32)}, {}, f"s{i}")
+               for i in range(10)]
+    models = {g: bundle.load_graph(g) for g in bundle.manifest.graphs}
+    head_w = next(i.name for i in models["head"].graph.initializer if len(i.dims) == 2)
+    enc_w = next(i.name for i in models["video_encoder"].graph.initializer if len(i.dims) >= 2)
+    with FusionModel(bundle) as fm:
+        direct = np.concatenate([fm.infer(s.tensors).outputs["logits"] for s in samples])
+    with BundleEvaluator(bundle, samples, batch=4) as ev:
+        np.testing.assert_allclose(ev.outputs(models), direct, rtol=1e-5, atol=1e-6)
+        encoders = {g: ev._runner(g, models[g]) for g in ("video_encoder", "audio_encoder")}
+        new_head = {**models, "head": _scaled(models["head"], head_w, 0.5)}
+        got = ev.outputs(new_head, np.array([7, 1, 3]))
+        assert all(ev._runner(g, models[g]) is r for g, r in encoders.items())  # same sessions
+        new_enc = {**models, "video_encoder": _scaled(models["video_encoder"], enc_w, -1.0)}
+        got_enc = ev.outputs(new_enc)
+    with BundleEvaluator(bundle, samples) as fresh:
+        np.testing.assert_allclose(got, fresh.outputs(new_head)[[7, 1, 3]], rtol=1e-6)
+        np.testing.assert_allclose(got_enc, fresh.outputs(new_enc), rtol=1e-6)
+    assert not np.allclose(got_enc, direct)  # the changed encoder really ran
+
+
+def test_load_samples_caps_and_says_so():
+    from converters.guard import load_samples
+
+    samples = (Sample({"x": np.zeros((1, 8), np.float32)}, {}, f"s{i}") for i in range(10))
+    kept, capped = load_samples(samples, limit=4)
+    assert len(kept) == 4 and capped
+    kept, capped = load_samples([Sample({"x": np.zeros((1, 8), np.float32)}, {}, "a")], limit=4)
+    assert len(kept) == 1 and not capped

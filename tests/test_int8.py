@@ -147,6 +147,23 @@ def test_calibration_in_chunks_gives_the_same_minmax_ranges(cnn):
                                    rtol=1e-6)
 
 
+def test_one_pass_calibrates_every_graph_as_alone(cnn):
+    """calibrate_graphs: each sample's feeds of all graphs in one pass, chunked, give each graph the ranges
+    it gets calibrated on its own."""
+    _, prepared, _ = cnn
+    other = int8.prepare(residual_cnn_model(hw=8, channels=8, seed=3, input_name="y"))
+    a_feeds, b_feeds = feeds(9), feeds(9, seed=2, shape=(1, 3, 8, 8), name="y")
+    both = int8.calibrate_graphs({"a": prepared, "b": other},
+                                 ({"a": fa, "b": fb} for fa, fb in zip(a_feeds, b_feeds)), "minmax", memory_mb=1e-9)
+    for g, model, fs in (("a", prepared, a_feeds), ("b", other, b_feeds)):
+        alone = int8.calibrate(model, fs, "minmax")
+        assert both[g].samples == 9 and both[g].chunk == 1
+        assert set(both[g].ranges.data) == set(alone.ranges.data)
+        for k, v in alone.ranges.data.items():
+            np.testing.assert_allclose(np.asarray(both[g].ranges.data[k].range_value, np.float64),
+                                       np.asarray(v.range_value, np.float64), rtol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_methods_in_chunks(cnn, method, monkeypatch):
     monkeypatch.setattr(int8, "ENTROPY_BINS", 512)  # the KL search is linear in bins; 2048 is slow for a test

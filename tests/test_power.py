@@ -157,3 +157,35 @@ def test_no_power_source_off_a_jetson(cli, av_onnx):
     assert r.returncode == 1 and r.stderr.strip().startswith("edgemm bench: error: Power | No power source here")
     r = cli("bench", av_onnx, "--iterations", "2")  # auto: quietly no power line off a Jetson
     assert r.returncode == 0 and "power:" not in r.stdout
+
+
+def test_energy_over_many_irregular_samples_matches_a_fine_integration():
+    rng = np.random.default_rng(0)
+    ts = np.cumsum(rng.uniform(0.01, 0.2, 3000))
+    mw = rng.uniform(1000, 9000, ts.size)
+    samples = [PowerSample(float(t), float(m)) for t, m in zip(ts, mw)]
+    rng.shuffle(samples)  # any order
+    t0, t1 = float(ts[10] + 0.003), float(ts[-20] - 0.001)
+    grid = np.linspace(t0, t1, 2_000_001)  # the piecewise-linear curve on a fine grid
+    power_w = np.interp(grid, ts, mw) / 1e3
+    reference = float(np.sum((power_w[1:] + power_w[:-1]) / 2 * np.diff(grid)))
+    assert energy_j(samples, t0, t1) == pytest.approx(reference, rel=1e-5)
+
+
+def test_stop_lets_the_reader_finish_before_closing_its_pipe(tmp_path):
+    """The reader thread ends at the pipe's end; closing the pipe under it made it fail (ValueError)."""
+    import threading
+
+    errors = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+        for _ in range(3):
+            sampler = PowerSampler(interval_ms=10, idle_s=0, command=_replay(tmp_path, [LINES[0][1]], 0.01))
+            sampler.start()
+            time.sleep(0.2)
+            sampler.stop()
+            assert not sampler._thread.is_alive() and sampler._proc.stdout.closed and sampler.samples
+    finally:
+        threading.excepthook = previous
+    assert errors == []

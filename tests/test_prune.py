@@ -10,6 +10,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from converters import prune as P
+from converters.graphs import cpu_session
 from converters.prune_graph import ChannelGraph, prepare
 from edgemm.errors import EdgemmError
 from edgemm.modelinfo import count_parameters, estimate_macs
@@ -24,7 +25,7 @@ def _feeds(model, n, seed):
 
 
 def _run(model, x):
-    sess = P._session(model)
+    sess = cpu_session(model)
     return sess.run(None, {model.graph.input[0].name: x})[0]
 
 
@@ -314,4 +315,84 @@ def test_video_conv3d_model():
     assert [r["layer"] for r in info["steps"][0]["reconstruction"]] == ["fc"]  # c2 (3-D) is sliced, not re-fitted
     groups = np.moveaxis(w["c2.w"], 1, 0).reshape(1, 4, -1)
     assert np.all((groups == 0).sum(axis=1) >= 2)
-    assert P._session(pruned).run(None, feeds[0])[0].shape == (1, 4)
+    assert cpu_session(pruned).run(None, feeds[0])[0].shape == (1, 4)
+
+
+@pytest.mark.parametrize("shape,attrs,kernel", [
+    ((2, 3, 9, 11), {"strides": [2, 1], "pads": [1, 1, 1, 1], "dilations": [1, 2]}, [3, 3]),
+    ((3, 4, 20), {"strides": [2], "pads": [1, 1]}, [3]),
+    ((2, 5, 8, 8), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, [3, 3]),
+])
+def test_im2col_of_sampled_positions_equals_the_full_expansion(shape, attrs, kernel):
+    """Reconstruction gathers only the sampled output positions (the full im2col of a large map is k*k
+    times the input): the rows must be exactly those of the full expansion."""
+    from converters.prune_lsq import im2col
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    s = attrs.get("strides", [1] * len(kernel))
+    if attrs.get("auto_pad") == "SAME_UPPER":
+        out = [-(-d // st) for d, st in zip(shape[2:], s)]
+    else:
+        p, d = attrs.get("pads"), attrs.get("dilations", [1] * len(kernel))
+        out = [(shape[2 + i] + p[i] + p[i + len(kernel)] - ((kernel[i] - 1) * d[i] + 1)) // s[i] + 1
+               for i in range(len(kernel))]
+    full = im2col(x, attrs, kernel, out)
+    picks = np.sort(np.stack([rng.choice(full.shape[1], 5, replace=False) for _ in range(shape[0])]), axis=1)
+    np.testing.assert_array_equal(im2col(x, attrs, kernel, out, picks=picks),
+                                  np.take_along_axis(full, picks[:, :, None], axis=1))
+
+
+def test_reconstruction_in_target_groups_gives_the_same_model(resnet, monkeypatch):
+    """With a tiny target budget every wave gets its own pass of the original model: the fitted weights
+    must be identical to fitting with all targets in memory (200 samples: positions are sampled too)."""
+    feeds = _feeds(resnet, 200, seed=11)
+    whole, _ = P.prune(resnet, "channels:0.5+2:4", feeds, round_to=None)
+    monkeypatch.setattr(P, "TARGET_MEMORY_MB", 1e-6)
+    grouped, _ = P.prune(resnet, "channels:0.5+2:4", feeds, round_to=None)
+    a, b = _weights(whole), _weights(grouped)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_2_4_layer_whose_fit_breaks_the_graph_keeps_its_weights(resnet, held_out, monkeypatch):
+    """Fault injection: the re-fit of one layer returns NaN; that layer keeps its dense weights (reported),
+    every other layer is still 2:4, and the graph verifies."""
+    from converters import prune_lsq
+
+    real = prune_lsq.solve_masked
+    calls = []
+
+    def broken_for_fc1(stats, w0, mask):
+        W, rec = real(stats, w0, mask)
+        calls.append(w0.shape)
+        if w0.shape == (33, 24):  # fc1: 32 inputs + bias row, 24 outputs
+            W = np.full_like(W, np.nan)
+        return W, rec
+
+    monkeypatch.setattr(prune_lsq, "solve_masked", broken_for_fc1)
+    pruned, info = P.prune(resnet, "2:4", _feeds(resnet, 16, seed=12))
+    assert (33, 24) in calls  # the premise: fc1 was re-fitted
+    step = info["steps"][0]
+    reasons = {s["layer"]: s["reason"] for s in step["skipped"]}
+    assert "failed verification" in reasons["fc1"] and "non-finite" in reasons["fc1"]
+    w = _weights(pruned)
+    np.testing.assert_array_equal(w["fc1.w"], _weights(resnet)["fc1.w"])  # dense, as it was
+    groups = np.moveaxis(w["fc2.w"], 1, 0).reshape(w["fc2.w"].shape[1] // 4, 4, -1)
+    assert np.all((groups == 0).sum(axis=1) >= 2)  # the others are 2:4
+    assert "fc1" not in [r["layer"] for r in step["reconstruction"]] and step["layers"]
+    assert np.isfinite(_run(pruned, held_out)).all()
+
+
+def test_an_original_graph_onnxruntime_cannot_run_is_one_line():
+    """The check's reference run fails (a Reshape the check input does not fit): EdgemmError, not a traceback."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc"),
+             helper.make_node("Reshape", ["h", "shape"], ["y"], name="reshape")]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([3, -1], np.int64), "shape")]
+    g = helper.make_graph(nodes, "bad", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, "K"])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with pytest.raises(EdgemmError, match=r"Pruning check \| The original graph fails in onnxruntime"):
+        P.prune(model, "2:4", None)

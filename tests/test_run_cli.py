@@ -144,3 +144,27 @@ def test_config_file_gives_the_same_options(tmp_path, clip):
     _one_line_error(run_cli("run", "--config", bad), "vidoe")
     bad.write_text(json.dumps({"model": str(bundle), "duration": "long"}))
     _one_line_error(run_cli("run", "--config", bad), "duration")
+
+
+def test_bad_config_values_are_one_line_errors_before_anything_starts(tmp_path, av_onnx):
+    out = tmp_path / "never.jsonl"
+    base = {"model": str(av_onnx), "video": "test://video", "audio": "test://audio", "sinks": [f"jsonl:{out}"]}
+    cfg = tmp_path / "run.json"
+    cases = [
+        ({"alerts": [{"label": "class_1", "on": "high"}]}, ("on", "'high'", "number")),
+        ({"alerts": [{"label": ["class_1"]}]}, ("label",)),
+        ({"alerts": [3]}, ("alerts",)),
+        ({"rates_hz": {"video": "fast"}}, ("video", "fast")),
+        ({"rates_hz": {"video": -5}}, ("video", "positive")),
+        ({"rates_hz": {"lidar": 5}}, ("lidar",)),
+        ({"sinks": [f"jsonl:{out}", 7]}, ("sinks",)),
+        ({"max_age_s": -1}, ("-1",)),
+        ({"summary_json": str(tmp_path / "no-such-folder" / "s.json")}, ("no-such-folder", "does not exist")),
+        ({"summary_json": str(tmp_path)}, ("folder",)),
+        ({"video": "test://video?pattern=noise&seed=-1"}, ("seed",)),
+        ({"audio": "test://audio?kind=noise&seed=-3"}, ("seed",)),
+    ]
+    for extra, needles in cases:
+        cfg.write_text(json.dumps({**base, **extra}))
+        _one_line_error(run_cli("run", "--config", cfg), *needles)
+        assert not out.exists(), extra  # nothing started, nothing written

@@ -7,8 +7,6 @@ import io
 import json
 import math
 import queue
-import shutil
-import subprocess
 import time
 
 import cv2
@@ -17,7 +15,7 @@ import pytest
 
 from edgemm.errors import EdgemmError
 from edgemm.sinks import ConsoleSink, JsonlSink, MqttSink, VideoSink, make_sink
-from tests.rigs import _kill, free_port, is_listening
+from tests.rigs import Mosquitto, free_port, require_module
 
 RECORD = {"t": 12.5, "outputs": {"logits": {"label": "dog", "index": 1, "score": 0.91, "top": [["dog", 0.91]]}},
           "degraded": ["audio"], "attribution": None, "skew_ms": 3.25, "alerts": ["dog"],
@@ -33,7 +31,12 @@ def test_make_sink_understands_the_specs_and_refuses_the_rest():
     assert isinstance(m, MqttSink) and (m.host, m.port, m.topic, m.send_results) == ("broker.local", 1884, "cabin/left",
                                                                                     False)
     assert make_sink("mqtt://broker").port == 1883
-    for bad in ("kafka://x", "jsonl:", "video:/tmp/x.gif", "mqtt:///topic", "mqtt://h:port/t", "mqtt://h/t?qos=2"):
+    j = make_sink("jsonl:/tmp/x.jsonl?mode=w&max_mb=2.5&keep=3")
+    assert (j.mode, j.max_bytes, j.keep) == ("w", 2_500_000, 3) and make_sink("jsonl:/tmp/x.jsonl").mode == "a"
+    assert make_sink("mqtt://h/t?reconnect_min=4&reconnect_max=8").reconnect_min_s == 4.0
+    for bad in ("kafka://x", "jsonl:", "video:/tmp/x.gif", "mqtt:///topic", "mqtt://h:port/t", "mqtt://h/t?qos=2",
+                "jsonl:/tmp/x.jsonl?mode=x", "jsonl:/tmp/x.jsonl?max_mb=big", "jsonl:/tmp/x.jsonl?rotate=1",
+                "mqtt://h/t?reconnect_min=0", 42):
         with pytest.raises(EdgemmError) as e:
             make_sink(bad)
         assert "\n" not in str(e.value)
@@ -69,6 +72,48 @@ def test_jsonl_is_strict_json_line_by_line(tmp_path):
         JsonlSink(str(blocker / "out.jsonl")).open({})  # its folder would have to be a file
 
 
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_jsonl_appends_across_restarts_unless_asked_to_start_afresh(tmp_path):
+    """A service restarted after a failure (systemd Restart=on-failure) must not wipe what it wrote."""
+    path = tmp_path / "results.jsonl"
+    for run in range(2):
+        sink = make_sink(f"jsonl:{path}")
+        sink.open({})
+        sink.result({**RECORD, "t": float(run)})
+        sink.summary({"results": 1})
+        sink.close()
+    assert [(r["type"], r.get("t")) for r in _rows(path)] == [("result", 0.0), ("summary", None),
+                                                              ("result", 1.0), ("summary", None)]
+    sink = make_sink(f"jsonl:{path}?mode=w")
+    sink.open({})
+    sink.result(RECORD)
+    sink.close()
+    assert [r["type"] for r in _rows(path)] == ["result"]
+
+
+def test_jsonl_rotates_at_its_size_limit_and_keeps_k_files(tmp_path):
+    path = tmp_path / "results.jsonl"
+    line = len(json.dumps({"type": "result", **RECORD}, separators=(",", ":"))) + 1
+    sink = make_sink(f"jsonl:{path}?max_mb={(3.5 * line) / 1e6}&keep=2")  # room for 4 lines per file
+    sink.open({})
+    for i in range(14):
+        sink.result({**RECORD, "t": float(i)})
+    sink.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["results.jsonl", "results.jsonl.1", "results.jsonl.2"]  # the oldest beyond keep are gone
+    ts = [[r["t"] for r in _rows(tmp_path / name)] for name in ("results.jsonl.2", "results.jsonl.1", "results.jsonl")]
+    assert ts == [[4.0, 5.0, 6.0, 7.0], [8.0, 9.0, 10.0, 11.0], [12.0, 13.0]]  # in order, no line split
+    assert sink.rotations == 3
+    # A full file left by an earlier run is rotated before anything is appended to it.
+    sink = make_sink(f"jsonl:{path}?max_mb={(1.5 * line) / 1e6}&keep=2")
+    sink.open({})
+    sink.close()
+    assert [r["t"] for r in _rows(tmp_path / "results.jsonl.1")] == [12.0, 13.0] and path.read_text() == ""
+
+
 def test_video_sink_writes_annotated_frames_atomically(tmp_path):
     path = tmp_path / "annotated.mp4"
     sink = VideoSink(str(path))
@@ -97,6 +142,21 @@ def test_video_sink_writes_annotated_frames_atomically(tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_video_sink_takes_the_sources_rate_at_its_first_frame(tmp_path):
+    """Sinks open before the camera or file does, when its frame rate is not known yet: the video sink
+    asks for it when the first frame comes (a 25 fps clip written at 30 fps would play 20 % fast)."""
+    fps = {"now": None}  # the source's rate: unknown when the sink opens
+    sink = VideoSink(str(tmp_path / "clip.mp4"))
+    sink.open({"fps": None, "video_fps": lambda: fps["now"]})
+    fps["now"] = 25.0  # the source opened
+    for _ in range(3):
+        sink.result(RECORD, np.full((48, 64, 3), 90, np.uint8))
+    sink.close()
+    cap = cv2.VideoCapture(str(tmp_path / "clip.mp4"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0)
+    cap.release()
+
+
 def test_video_sink_without_frames_leaves_no_file(tmp_path):
     sink = VideoSink(str(tmp_path / "none.mp4"))
     sink.open({})
@@ -107,40 +167,20 @@ def test_video_sink_without_frames_leaves_no_file(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- MQTT
 
-class Mosquitto:
-    """A mosquitto broker on a free loopback port, ours by pid."""
-
-    def __init__(self, tmp_path, port: int | None = None):
-        if shutil.which("mosquitto") is None:
-            pytest.skip("needs mosquitto on PATH (Debian: apt install mosquitto)")
-        self.port = port or free_port()
-        self.conf = tmp_path / f"mosquitto-{self.port}.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not is_listening(self.port):
-            assert self.proc.poll() is None, "mosquitto exited"
-            assert time.monotonic() < deadline, "mosquitto did not listen"
-            time.sleep(0.02)
-        return self
-
-    def stop(self):
-        _kill(self.proc, term_first=True)
-        self.proc = None
+def _paho():
+    return require_module("paho.mqtt.client", "pip install paho-mqtt")
 
 
 @contextlib.contextmanager
-def subscriber(port: int, topic: str):
-    """A paho client subscribed to topic/#, collecting (topic, payload dict)."""
-    import paho.mqtt.client as mqtt
-
+def subscriber(port: int, topic: str, client_id: str | None = None, persistent: bool = False):
+    """A paho client subscribed to topic/# at QoS 1, collecting (topic, payload dict). ``persistent``: a
+    session the broker keeps while it is away (clean_session=False), so nothing for it is lost."""
+    mqtt = _paho()
     got: queue.Queue = queue.Queue()
     ready = queue.Queue()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}-{time.monotonic_ns()}")
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"test-sub-{port}-{time.monotonic_ns()}",
+                    clean_session=not persistent)
+    c.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
     c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"{topic}/#", qos=1)
     c.on_subscribe = lambda cl, u, mid, rcs, p: ready.put(True)
     c.on_message = lambda cl, u, msg: got.put((msg.topic, json.loads(msg.payload)))
@@ -164,9 +204,8 @@ def _drain(q: queue.Queue, want: int, timeout: float) -> list:
 
 
 def test_mqtt_sink_publishes_results_and_events(tmp_path):
-    pytest.importorskip("paho.mqtt.client")
-    broker = Mosquitto(tmp_path).start()
-    try:
+    _paho()
+    with Mosquitto(tmp_path) as broker:
         with subscriber(broker.port, "cabin") as got:
             sink = make_sink(f"mqtt://127.0.0.1:{broker.port}/cabin")
             sink.open({})
@@ -180,19 +219,23 @@ def test_mqtt_sink_publishes_results_and_events(tmp_path):
         by_topic = dict(msgs)
         assert by_topic["cabin/results"]["outputs"]["logits"]["label"] == "dog"
         assert by_topic["cabin/events"]["event"] == "alert_start" and by_topic["cabin/events"]["score"] is None
-    finally:
-        broker.stop()
 
 
 def test_mqtt_events_survive_a_broker_restart(tmp_path):
-    """Events (QoS 1) published while the broker is down are sent once paho has reconnected by itself."""
-    pytest.importorskip("paho.mqtt.client")
-    broker = Mosquitto(tmp_path).start()
-    sink = make_sink(f"mqtt://127.0.0.1:{broker.port}/car")
+    """Events (QoS 1) published while the broker is down are sent once paho has reconnected by itself.
+
+    The subscriber holds a persistent session on a broker that keeps sessions across its restart, so the
+    event reaches it whichever of the two reconnects first (no race with paho's reconnect backoff)."""
+    _paho()
+    broker = Mosquitto(tmp_path, persist_dir=tmp_path / "mosquitto-db").start()
+    sub_id = f"test-sub-{time.monotonic_ns()}"
+    sink = make_sink(f"mqtt://127.0.0.1:{broker.port}/car?reconnect_min=0.2&reconnect_max=1")
     try:
+        with subscriber(broker.port, "car", client_id=sub_id, persistent=True):
+            pass  # the broker now holds the subscription of this session
         sink.open({})
         assert sink._connected.wait(10)
-        broker.stop()
+        broker.stop()  # SIGTERM: mosquitto saves the session
         deadline = time.monotonic() + 10
         while sink._connected.is_set() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -200,20 +243,42 @@ def test_mqtt_events_survive_a_broker_restart(tmp_path):
         sink.event({"event": "source_lost", "modality": "video", "t": 5.0})  # the broker is down now
         sink.result(RECORD)  # results are QoS 0: not kept while disconnected
         broker.start()
-        # A fresh subscriber is in before the sink's reconnect backoff (>= 1 s) has passed.
-        with subscriber(broker.port, "car") as got:
-            msgs = _drain(got, 1, 15)
-            assert [t for t, _ in msgs] == ["car/events"]
-            assert msgs[0][1]["event"] == "source_lost"
-            sink.close()
+        assert sink._connected.wait(15), broker.log()
+        sink.close()  # waits for the broker's acknowledgement of the queued event
         assert sink.published["events"] == 1 and not sink._unacked
+        with subscriber(broker.port, "car", client_id=sub_id, persistent=True) as got:
+            msgs = _drain(got, 1, 10)
+        assert [t for t, _ in msgs] == ["car/events"] and msgs[0][1]["event"] == "source_lost"
     finally:
         sink.close()
         broker.stop()
 
 
+def test_two_sinks_on_one_broker_keep_their_connections(tmp_path):
+    """Every container runs edgemm as PID 1: client ids made of the pid alone collide, and a broker then
+    disconnects one client whenever the other (re)connects. Ids must differ between processes and sinks."""
+    _paho()
+    with Mosquitto(tmp_path) as broker:
+        a = make_sink(f"mqtt://127.0.0.1:{broker.port}/a?reconnect_min=0.1&reconnect_max=0.2")
+        b = make_sink(f"mqtt://127.0.0.1:{broker.port}/b?reconnect_min=0.1&reconnect_max=0.2")
+        assert a.client_id != b.client_id
+        drops = []
+        try:
+            a.open({})
+            b.open({})
+            assert a._connected.wait(10) and b._connected.wait(10)
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:  # a broker kicking one of them shows within a reconnect or two
+                drops += [s.topic for s in (a, b) if not s._connected.is_set()]
+                time.sleep(0.01)
+        finally:
+            a.close(timeout_s=1)
+            b.close(timeout_s=1)
+        assert drops == []
+
+
 def test_mqtt_unreachable_broker_does_not_block_the_run(tmp_path):
-    pytest.importorskip("paho.mqtt.client")
+    _paho()
     sink = make_sink(f"mqtt://127.0.0.1:{free_port()}/x")
     t0 = time.monotonic()
     sink.open({})  # warns and goes on; paho keeps retrying in its thread

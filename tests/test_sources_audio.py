@@ -1,14 +1,17 @@
 """Audio sources on real components: a JACK dummy server with a jack_metro client as the microphone, read
 through PortAudio/sounddevice exactly as a USB microphone would be; WAV files; test tones. Rates are
-checked as generous ratios over a couple of seconds, never as timings."""
+checked as generous ratios over a couple of seconds, delays as medians against the block and buffer
+periods, never as absolute timings."""
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -25,11 +28,7 @@ RATE = 16000
 
 
 def sounddevice_or_skip():
-    try:
-        import sounddevice  # noqa: F401
-    except (ImportError, OSError) as exc:
-        pytest.skip(f"sounddevice/PortAudio not usable here ({exc}); "
-                    "pip install sounddevice, apt install libportaudio2")
+    rigs.require_module("sounddevice", "pip install sounddevice; apt install libportaudio2")
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +66,13 @@ def check_contiguous(blocks, block: int, sr: int) -> None:
     assert all(b2.t > b1.t for b1, b2 in zip(blocks, blocks[1:]))
 
 
+def lag_bound(src) -> float:
+    """How late a block may arrive after its last sample, generously: a few times what buffering explains
+    (the block itself, PortAudio's buffer, JACK's period)."""
+    latency = src.stats.extra.get("latency_s") or 0.05
+    return 5 * (src.block / src.sample_rate + latency + 256 / RATE)
+
+
 def arrival_rate(blocks) -> float:
     """Samples per second of the monotonic clock, from the sample count against the arrival times."""
     a, b = blocks[len(blocks) // 5], blocks[-1]
@@ -86,7 +92,7 @@ def test_microphone_rate_timestamps_and_content(jack):
     assert 0.9 < src.stats.extra["rate_measured"] / RATE < 1.1
     # Stamped at the first sample: a block arrives after its last sample was captured, within a few periods.
     lag = np.array([b.t_arrival - b.t_end for b in blocks])
-    assert lag.min() > -0.01 and np.median(lag) < 0.2, (lag.min(), np.median(lag))
+    assert lag.min() > -0.01 and np.median(lag) < lag_bound(src), (lag.min(), np.median(lag), lag_bound(src))
     # It is the tone jack_metro plays, not silence or noise.
     x = np.concatenate([b.samples for b in blocks[-50:]])
     spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
@@ -99,7 +105,15 @@ def test_microphone_overflow_is_counted_and_the_gap_filled(jack):
     """The Python process holds the GIL for ~0.5 s (a long C call, as a busy inference thread can): the
     PortAudio callback cannot run, JACK drops samples and flags an input overflow. It is counted, the stream
     goes on, and the lost time is filled with zeros so the sample count keeps matching the clock."""
-    data = list(np.random.default_rng(0).random(600_000))
+    # Enough work to hold the GIL ~0.5 s on this machine (sized first: machines differ tenfold).
+    n = 200_000
+    while True:
+        data = list(np.random.default_rng(0).random(n))
+        t = time.perf_counter()
+        sorted(data)
+        if time.perf_counter() - t > 0.4 or n >= 16_000_000:
+            break
+        n *= 2
     src = open_source("mic://tone", sample_rate=RATE, buffer_s=10.0)  # big ring: only the driver loses samples
     with src:
         before = read_blocks(src, 0.6)
@@ -107,7 +121,8 @@ def test_microphone_overflow_is_counted_and_the_gap_filled(jack):
         sorted(data)  # list.sort in C: holds the GIL the whole time
         held = time.perf_counter() - t_hold
         after = read_blocks(src, 1.2)
-    assert held > 0.15, f"the GIL was held only {held:.3f} s on this machine; too short to force an overflow"
+    if held <= 0.15:  # a precondition about this machine, not a property of the source
+        pytest.skip(f"the GIL was held only {held:.3f} s here; too short to force an overflow")
     blocks = before + after
     print(f"held {held:.3f} s, stats {src.stats}")
     assert src.stats.overflows >= 1 and src.stats.dropped == 0
@@ -134,24 +149,23 @@ def test_ring_overflow_drops_the_oldest_whole_blocks(jack):
     assert nxt.t == pytest.approx(first.t + jump / RATE, abs=1e-9)
 
 
-def test_microphone_reopen_keeps_one_timeline(jack):
-    """Closed for 0.5 s and opened again: the sample index jumps by about 0.5 s (a gap, not a restart), and
-    t = t0 + first_sample / sample_rate still holds with the same t0."""
+def test_microphone_reopen_starts_a_new_timeline(jack):
+    """Closed for 0.5 s and opened again: a new timeline, as at the first opening (the device may come back
+    with another clock): the sample index restarts at 0 and t0 is anchored afresh, so the blocks are stamped
+    with when they were captured, after the pause."""
     src = open_source("mic://tone", sample_rate=RATE)
     with src:
         a = read_blocks(src, 0.3)
     time.sleep(0.5)
     with src:
-        b = read_blocks(src, 0.3)
+        b = read_blocks(src, 0.6)
     assert src.stats.reopened == 1
-    gap = b[0].first_sample - a[-1].first_sample - src.block
-    assert 0.3 * RATE < gap < 1.5 * RATE, gap
-    assert src.stats.extra["outage_samples"] > 0.3 * RATE
-    t0 = a[0].t - a[0].first_sample / RATE
-    assert b[0].t == pytest.approx(t0 + b[0].first_sample / RATE, abs=1e-9)
+    assert a[0].first_sample == 0 and b[0].first_sample == 0
     check_contiguous(b, src.block, RATE)
-    # And the index still tells the time: the block arrived just after its samples were captured.
-    assert -0.01 < b[-1].t_arrival - b[-1].t_end < 0.2
+    assert b[0].t - a[-1].t_end > 0.4  # the pause is in the timestamps: after it, not right after a
+    # The new anchor tells the time: blocks arrive just after their samples were captured.
+    lag = np.array([x.t_arrival - x.t_end for x in b])
+    assert lag.min() > -0.01 and np.median(lag) < lag_bound(src), (lag.min(), np.median(lag), lag_bound(src))
 
 
 def test_unknown_microphone_lists_the_devices(jack):
@@ -202,8 +216,8 @@ def test_microphone_lost_raises_instead_of_hanging(tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=os.path.dirname(os.path.dirname(__file__)))
         try:
-            line = proc.stdout.readline()
-            assert line.startswith("READY"), line + proc.stderr.read() if proc.poll() is not None else line
+            line = _readline(proc, 60)  # never block pytest on a child that hangs
+            assert line.startswith("READY"), line + (proc.stderr.read() if proc.poll() is not None else "")
             server.remove_client("tone")
             server.kill_server()
             proc.stdin.write("go\n")
@@ -215,6 +229,35 @@ def test_microphone_lost_raises_instead_of_hanging(tmp_path):
     assert "No audio for" in out
     closed = [ln for ln in out.splitlines() if ln.startswith("CLOSED")]
     assert closed and float(closed[0].split()[1]) < 5.0
+
+
+def _readline(proc: subprocess.Popen, timeout: float) -> str:
+    """One line of the child's stdout, or '' when none came within timeout (or it ended)."""
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        return ""
+
+
+def test_overflow_loss_is_estimated_from_the_last_callback_not_from_the_start():
+    """The samples a driver lost are measured over the interval since the previous callback, from the
+    driver's capture times when it gives them (taken before our callback waited for the GIL), else from
+    the arrivals: not from "t0 + samples / nominal rate", which after an hour at 100 ppm is 360 ms off."""
+    from edgemm.sources.audio import MicSource
+
+    mic = MicSource.__new__(MicSource)  # the estimate alone: no device needed
+    mic.sample_rate = RATE
+    # ADC times 0.5 s + one 256-frame buffer apart: 0.5 s were lost.
+    assert mic._lost_samples((100.0, 100.03, 256), 100.5 + 256 / RATE, 100.531, 256) == 8000
+    # The late callback (it waited for the GIL) arrives 0.5 s after the previous one; its ADC time says
+    # the driver lost nothing.
+    assert mic._lost_samples((100.0, 100.03, 256), 100.0 + 256 / RATE, 100.53, 256) == 0
+    # No ADC times from this driver: arrivals, less this callback's own frames.
+    assert mic._lost_samples((None, 100.0, 256), None, 100.5 + 256 / RATE, 256) == 8000
+    # A clock jump is not an hour of audio.
+    assert mic._lost_samples((None, 100.0, 256), None, 5000.0, 256) == 60 * RATE
 
 
 # ------------------------------------------------------------------------------------------------ WAV

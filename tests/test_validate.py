@@ -184,7 +184,7 @@ def _cnn_bundle(folder: Path, model) -> Path:
 
 
 def _cnn_data(folder: Path, model, n=64, seed=0) -> Path:
-    from converters.prune import _session
+    from converters.graphs import cpu_session as _session
 
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -240,7 +240,7 @@ def test_regression_outputs(tmp_path):
     manifest, _ = infer_manifest(model, "model.onnx")
     assert manifest.graphs["model"].outputs[0].task == "regression"
     folder = write_bundle(manifest, {"model.onnx": model}, tmp_path / "reg")
-    from converters.prune import _session
+    from converters.graphs import cpu_session as _session
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((20, 3, 16, 16)).astype(np.float32)
@@ -251,3 +251,87 @@ def test_regression_outputs(tmp_path):
     m = r["outputs"]["logits"]
     assert m["task"] == "regression" and m["mse"] == pytest.approx(0.25, rel=1e-4) and m["mae"] == pytest.approx(0.5, rel=1e-4)
     assert r["primary"]["metric"] == "mse"
+
+
+def two_output_model():
+    """x -> Gemm -> "age" [N, 1] (regression, listed first) and Gemm -> "drowsy" [N, 3] (classification)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "wa"], ["age"], transB=1, name="age_head"),
+             helper.make_node("Gemm", ["x", "wd"], ["drowsy"], transB=1, name="drowsy_head")]
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 8)).astype(np.float32), "wa"),
+             numpy_helper.from_array(rng.standard_normal((3, 8)).astype(np.float32), "wd")]
+    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                          [helper.make_tensor_value_info("age", TensorProto.FLOAT, ["N", 1]),
+                           helper.make_tensor_value_info("drowsy", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_eval_and_run_lead_with_the_same_output(tmp_path):
+    """The output `label` means, the guard measures and eval reports first is the one the live pipeline
+    decides on (edgemm.decisions.primary_output): here the classification, not the regression listed first."""
+    from converters.data import primary_output
+    from edgemm.decisions import primary_output as decisions_primary
+
+    model = two_output_model()
+    onnx.save(model, str(tmp_path / "two.onnx"))
+    bundle = load_bundle(tmp_path / "two.onnx")
+    with FusionModel(bundle) as fm:
+        assert primary_output(bundle) == decisions_primary(fm.output_specs) == "drowsy"
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((12, 8)).astype(np.float32)
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "a.npz", x=x, **{"label:age": rng.standard_normal((12, 1)).astype(np.float32),
+                                                   "label:drowsy": rng.integers(0, 3, 12)})
+    r = V.evaluate(bundle, tmp_path / "data", ablation=False)
+    assert set(r["outputs"]) == {"age", "drowsy"}
+    assert r["primary"]["output"] == "drowsy" and r["primary"]["metric"] == "accuracy"
+
+
+def test_dynamic_batch_needs_a_free_first_dim_on_every_input(tmp_path):
+    from converters.graphs import dynamic_batch
+    from edgemm.runners.onnxruntime import OnnxRuntimeRunner
+    from onnx import TensorProto, helper
+
+    def runner(shape):
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        r = OnnxRuntimeRunner(m.SerializeToString())
+        r.activate()
+        return r
+
+    free, fixed, scalar = runner(["N", 4]), runner([1, 4]), runner([])
+    assert dynamic_batch([free]) and not dynamic_batch([free, fixed]) and not dynamic_batch([scalar])
+
+
+def test_time_models_side_by_side(tmp_path):
+    """One timing function for ModelProtos, paths and runners alike; results keyed by label, with the
+    speed-up over the first (no timing assertions: only that every target was measured)."""
+    from converters.timing import time_models
+    from edgemm.runners.onnxruntime import OnnxRuntimeRunner
+
+    model = residual_cnn_model()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    feed = {"x": np.zeros((1, 3, 16, 16), np.float32)}
+    res = time_models({"proto": model, "path": tmp_path / "m.onnx",
+                       "runner": OnnxRuntimeRunner(tmp_path / "m.onnx", threads=1)},
+                      feed=feed, threads=1, duration_s=0.1, warmup_s=0.0)
+    assert list(res) == ["proto", "path", "runner"]
+    assert res["proto"]["speedup"] == pytest.approx(1.0)
+    assert all(r["iterations"] == res["proto"]["iterations"] > 0 and r["latency_ms"]["p50"] > 0 for r in res.values())
+    synthesised = time_models({"m": model}, duration_s=0.05, warmup_s=0.0)  # no feed: made from the inputs
+    assert synthesised["m"]["iterations"] > 0
+
+
+def test_size_section_totals_and_per_graph(tmp_path):
+    root = write_intermediate_bundle(tmp_path / "mid")
+    s = V.size_section(root, root)
+    assert set(s["graphs"]) == {"video_encoder", "audio_encoder", "head"}
+    for key in ("parameters", "size_bytes"):
+        assert s[key]["before"] == s[key]["after"] == sum(v[key]["before"] for v in s["graphs"].values())

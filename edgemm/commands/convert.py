@@ -63,17 +63,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from converters.convert import ConvertOptions, convert
-    from edgemm.errors import EdgemmError
 
-    if args.bench_seconds <= 0:
-        raise EdgemmError(f"Bench seconds: {args.bench_seconds} | Expected a positive number of seconds.")
-    if args.max_batch < 1:
-        raise EdgemmError(f"Max batch: {args.max_batch} | Expected a positive batch size.")
-    if args.shape:
-        from converters.tensorrt import parse_shape_spec
-
-        for spec in args.shape:  # checked now, not after minutes of conversion
-            parse_shape_spec(spec)
     opts = ConvertOptions(precision=args.precision, calib=args.calib, calib_limit=args.calib_limit,
                           calib_method=args.calib_method, eval=args.eval, eval_limit=args.eval_limit,
                           max_drop=args.max_drop, prune=args.prune, target=args.target, force=args.force,

@@ -392,7 +392,7 @@ def run(args) -> int:
               "deliver it)") + (f" for {duration:g} s" if duration else ""))
     opts = {"model": str(run_model), "video": args.video or (None if live else f"file://{clip.video.resolve()}"),
             "audio": args.audio or (None if live else f"file://{clip.audio.resolve()}"),
-            "sinks": [f"jsonl:{out / 'results.jsonl'}"], "backend": args.backend, "threads": args.threads,
+            "sinks": [f"jsonl:{out / 'results.jsonl'}?mode=w"], "backend": args.backend, "threads": args.threads,
             "duration": duration}
     pipeline = build(opts)
     ref_source = pipeline.sources.get("video") or pipeline.sources.get("audio")

@@ -74,6 +74,12 @@ def load_config(path: str) -> dict:
         if not isinstance(value, want) or isinstance(value, bool) and want is not bool:
             names = want.__name__ if isinstance(want, type) else "number"
             raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a {names}.")
+        if k == "sinks" and not all(isinstance(v, str) for v in value):
+            raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of sink specs "
+                              "(strings such as \"jsonl:/var/log/edgemm/results.jsonl\").")
+        if k == "alerts" and not all(isinstance(v, (str, dict)) for v in value):
+            raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of "
+                              "\"LABEL:ON:OFF:MIN_S\" strings or {\"label\": ..., \"on\": ...} objects.")
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
@@ -126,6 +132,8 @@ def build(opts: dict):
         raise EdgemmError(f"Threads: {opts['threads']} | Expected a positive number of threads.")
     if opts.get("duration") is not None and opts["duration"] <= 0:
         raise EdgemmError(f"Duration: {opts['duration']} | Expected a positive number of seconds.")
+    if opts.get("summary_json"):
+        _check_writable(opts["summary_json"])
     bundle = load_bundle(opts["model"])
     check_inputs(bundle)
     mods = bundle.manifest.modalities()
@@ -163,11 +171,41 @@ def build(opts: dict):
             raise EdgemmError(f"Tick rate: {opts['tick_hz']} Hz | Expected a positive rate.")
         settings.tick_hz = float(opts["tick_hz"])
     if opts.get("rates_hz"):
-        settings.rates_hz = {str(k): float(v) for k, v in opts["rates_hz"].items()}
+        settings.rates_hz = _rates(opts["rates_hz"])
     if opts.get("max_age_s") is not None:
+        if opts["max_age_s"] < 0:
+            raise EdgemmError(f"Embedding age bound: {opts['max_age_s']} s | Expected >= 0 seconds.")
         settings.max_age_s = float(opts["max_age_s"])
     return Pipeline(bundle, video=video, audio=audio, sinks=sinks, settings=settings, alerts=alerts,
                     backend=backend, threads=opts.get("threads"), duration_s=opts.get("duration"))
+
+
+def _rates(rates: dict) -> dict[str, float]:
+    """{"video": 15, "audio": 5}: a positive rate per modality (they override fusion.rates_hz)."""
+    from edgemm.errors import EdgemmError
+
+    out = {}
+    for mod, hz in rates.items():
+        if mod not in ("video", "audio"):
+            raise EdgemmError(f"Rates: {mod!r} | Unknown modality; expected \"video\" and/or \"audio\" in rates_hz.")
+        if isinstance(hz, bool) or not isinstance(hz, (int, float)) or hz <= 0:
+            raise EdgemmError(f"Rates: {mod}={json.dumps(hz)} | Expected a positive number of runs per second.")
+        out[mod] = float(hz)
+    return out
+
+
+def _check_writable(path) -> None:
+    """The summary is written after the run: refuse an unwritable path now, not an hour later."""
+    import os
+
+    from edgemm.errors import EdgemmError
+    from edgemm.outputs import require_folder
+
+    p = require_folder(path, "Summary JSON")
+    if p.is_dir():
+        raise EdgemmError(f"Summary JSON: {p} | Is a folder; expected a file path.")
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise EdgemmError(f"Summary JSON: {p} | Folder {p.parent} is not writable; expected a writable folder.")
 
 
 def stream(pipeline) -> dict:

@@ -25,7 +25,7 @@ Options go in the query string (``test://video?fps=15``) or as keyword arguments
   audio:         sample_rate (16000 for mic/test; a WAV is resampled to it), block (samples) or block_s
                  (0.02 s), buffer_s (2 s ring), stall_timeout (2 s, mic), resample (true, WAV), channels and
                  latency (0.05 s PortAudio buffer: room for Python's GIL hand-offs), anchor_s (0.25 s: the
-                 clock anchor settles over the first callbacks; blocks come after it) for mic
+                 clock anchor settles over the first callbacks of every opening; blocks come after it) for mic
   test:          size, fps, pattern, frames, live (true), kind, freq, freq_end, period_s, amplitude, seed,
                  duration_s
 """
@@ -219,7 +219,7 @@ def _test_video(parsed, opts: Options) -> Source:
     src = ColourBarsSource(parsed.uri, size=opts.get_size("size", (640, 480)),
                            fps=opts.get_float("fps", 30.0, minimum=0.01),
                            pattern=opts.get_choice("pattern", ("bars", "noise"), "bars"),
-                           frames=opts.get_int("frames", None, minimum=1), seed=opts.get_int("seed", 0),
+                           frames=opts.get_int("frames", None, minimum=1), seed=opts.get_int("seed", 0, minimum=0),
                            live=opts.get_bool("live", True), realtime=opts.get_bool("realtime", True),
                            loop=opts.get_bool("loop", False), start_time=opts.get_float("start_time"),
                            name=opts.get_str("name"))
@@ -230,13 +230,10 @@ def _test_video(parsed, opts: Options) -> Source:
 # ------------------------------------------------------------------------------------------------ audio
 
 def _block(opts: Options, sample_rate: int) -> int:
-    from edgemm.sources.patterns import default_block
+    from edgemm.sources.patterns import block_size
 
-    block = opts.get_int("block", None, minimum=1)
-    block_s = opts.get_float("block_s", None, minimum=1e-4)
-    if block is None and block_s is not None:
-        block = max(1, int(round(block_s * sample_rate)))
-    return block or default_block(sample_rate)
+    return block_size(sample_rate, opts.get_int("block", None, minimum=1),
+                      opts.get_float("block_s", None, minimum=1e-4))
 
 
 def _mic(parsed, opts: Options, loc: str) -> Source:
@@ -277,7 +274,7 @@ def _test_audio(parsed, opts: Options) -> Source:
     gen = audio_pattern(kind, rate, freq=opts.get_float("freq", 440.0, minimum=0),
                         freq_end=opts.get_float("freq_end", 4000.0, minimum=0),
                         period_s=opts.get_float("period_s", 1.0, minimum=1e-3),
-                        amplitude=opts.get_float("amplitude", 0.5, minimum=0), seed=opts.get_int("seed", 0))
+                        amplitude=opts.get_float("amplitude", 0.5, minimum=0), seed=opts.get_int("seed", 0, minimum=0))
     duration = opts.get_float("duration_s", None, minimum=1e-3)
     src = GeneratedAudioSource(parsed.uri, gen, rate, _block(opts, rate),
                                total=None if duration is None else int(round(duration * rate)),

@@ -13,15 +13,19 @@ Every block also carries ``t_arrival``, the ``now()`` of the callback that compl
 can measure how the device's sample clock drifts against the monotonic clock and correct it.
 
 Faults are not fatal: a driver overflow (``status.input_overflow``, e.g. the Python process held the GIL too
-long) is counted in ``stats.overflows`` and, as the driver lost samples, the gap is estimated from the arrival
-time and filled with zeros so the sample count keeps matching time (``stats.extra['filled_samples']``). When the
-consumer is slower than the microphone, the ring drops its oldest whole blocks (``stats.dropped`` blocks).
-A device that stops calling back for ``stall_timeout`` seconds raises SourceError from ``read()``.
+long) is counted in ``stats.overflows`` and, as the driver lost samples, the gap is estimated locally, from the
+time between this callback and the previous one (the driver's own capture times when it gives them, taken
+before our callback waited for the GIL; else arrival times), and filled with zeros so the sample count keeps
+matching time (``stats.extra['filled_samples']``). A local estimate, because "t0 + samples / nominal rate"
+drifts from the real clock by the crystal's error: after an hour at 100 ppm, 360 ms. When the consumer is
+slower than the microphone, the ring drops its oldest whole blocks (``stats.dropped`` blocks). A device that
+stops calling back for ``stall_timeout`` seconds raises SourceError from ``read()``.
 
-Reopening (``close()`` then ``open()``, what the pipeline does after a SourceError) keeps one timeline:
-``t0`` stays and the sample index jumps forward by the time the stream was closed
-(``stats.extra['outage_samples']``), so ``t = t0 + first_sample / sample_rate`` holds for the source's whole
-life and a consumer sees the outage as a gap in ``first_sample``, never as a restart at 0.
+Reopening (``close()`` then ``open()``, what the pipeline does after a SourceError) starts a new timeline:
+the sample index restarts at 0 and ``t0`` is anchored again over the new stream's first ``anchor_s``, as at
+the first opening (the device may have come back with another clock, another latency, or be another
+device). A consumer starts a new epoch then (``edgemm.sync.AudioRing.reset()``, which the pipeline calls
+after every reopening; the ring also sees the index go backwards).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from edgemm.errors import EdgemmError
 from edgemm.lazy import import_optional
 from edgemm.media import read_wav
 from edgemm.sources.base import AudioBlock, Source, SourceError, now
-from edgemm.sources.patterns import ArrayAudioSource, default_block
+from edgemm.sources.patterns import ArrayAudioSource, block_size, default_block
 
 log = logging.getLogger("edgemm.sources")
 
@@ -160,10 +164,11 @@ class MicSource(Source):
         self._error: SourceError | None = None
         self._last_callback = 0.0
         self._rate_ref: tuple[int, float] | None = None  # (tail, arrival) at the first callback
+        self._prev_cb: tuple[float | None, float, int] | None = None  # previous callback: (ADC time, arrival, frames)
+        self._generation = 0  # which opening a callback belongs to (a stream whose close hung may still call)
         self._is_open = False
         self._opened_once = False
-        self.stats.extra.update(filled_samples=0, dropped_samples=0, outage_samples=0, callbacks=0,
-                                device=self.device_name)
+        self.stats.extra.update(filled_samples=0, dropped_samples=0, callbacks=0, device=self.device_name)
 
     # ---------------------------------------------------------------------------------- open / close
 
@@ -178,14 +183,16 @@ class MicSource(Source):
                                                            self.channels, error=SourceError)
             self.device_name = info["name"]
         with self._cond:
-            # One timeline for the source's whole life: t0 stays, and the first callback after a reopening
-            # advances the sample index by the time the stream was closed (those samples are a gap, never
-            # delivered). Unread samples from before are dropped: they would sit just before the gap.
-            self._head = self._tail
+            # Every opening is a new timeline: sample 0 is its first sample, anchored afresh (_anchor). What
+            # was not read from the previous opening is dropped.
+            self._generation += 1
+            self._head = self._tail = 0
+            self._t0 = None
             self._arrivals.clear()
             self._anchored = False
             self._pending = []
             self._rate_ref = None
+            self._prev_cb = None
             self._error = None
             self._last_callback = now()
         try:
@@ -215,8 +222,13 @@ class MicSource(Source):
             self._is_open = True
 
     def _start_stream(self, sd):
+        generation = self._generation
+
+        def callback(indata, frames, time_info, status):
+            self._callback(indata, frames, time_info, status, generation)
+
         stream = sd.InputStream(device=self.device_index, samplerate=self.sample_rate, channels=self.channels,
-                                dtype="float32", latency=self.latency, callback=self._callback,
+                                dtype="float32", latency=self.latency, callback=callback,
                                 finished_callback=self._finished)
         try:
             stream.start()
@@ -261,21 +273,25 @@ class MicSource(Source):
                                           "keep running.")
             self._cond.notify_all()
 
-    def _callback(self, indata, frames, time_info, status) -> None:
+    def _callback(self, indata, frames, time_info, status, generation: int | None = None) -> None:
         t_arrival = now()
         try:
             x = indata[:, 0] if indata.shape[1] == 1 else indata.mean(axis=1)
             with self._cond:
+                if generation is not None and generation != self._generation:
+                    return  # a stream of an earlier opening (its close hung): not on this timeline
                 self.stats.extra["callbacks"] += 1
                 self._last_callback = t_arrival
                 if status.input_overflow:
                     self.stats.overflows += 1
                 sr = self.sample_rate
+                adc, cur = time_info.inputBufferAdcTime, time_info.currentTime
+                adc = adc if adc > 0 and cur > 0 else None
+                prev, self._prev_cb = self._prev_cb, (adc, t_arrival, frames)
                 t_first_bound = t_arrival - frames / sr  # the first sample was captured no later than this
                 if not self._anchored:
-                    adc, cur = time_info.inputBufferAdcTime, time_info.currentTime
                     t_first = t_first_bound
-                    if adc > 0 and cur > 0:
+                    if adc is not None:
                         t_first = min(t_first_bound, adc + (t_arrival - cur))
                     if status.input_overflow and self._pending:
                         # Samples were lost inside the window: the callbacks before the loss no longer line up
@@ -289,11 +305,11 @@ class MicSource(Source):
                         self._anchor()
                     self._cond.notify_all()
                     return
-                if status.input_overflow:
-                    # The driver dropped samples: estimate how many from the clock and fill them with zeros,
-                    # so that "sample n was captured at t0 + n / sr" stays true after the gap.
-                    lost = int(round((t_first_bound - (self._t0 + self._tail / sr)) * sr))
-                    if lost >= max(frames, 1):
+                if status.input_overflow and prev is not None:
+                    # The driver dropped samples: fill them with zeros, so that "sample n was captured at
+                    # t0 + n / sr" stays true after the gap.
+                    lost = self._lost_samples(prev, adc, t_arrival, frames)
+                    if lost >= max(frames, 1):  # shorter than a callback: timing noise, not a loss
                         self._write_zeros(lost)
                         self.stats.extra["filled_samples"] += lost
                 self._write(np.asarray(x, np.float32))
@@ -304,6 +320,24 @@ class MicSource(Source):
             with self._cond:
                 self._error = SourceError(f"Microphone: {self.uri} | Capture callback failed ({exc}).")
                 self._cond.notify_all()
+
+    def _lost_samples(self, prev: tuple[float | None, float, int], adc: float | None, t_arrival: float,
+                      frames: int) -> int:
+        """Samples the driver lost between the previous callback and this one, estimated over that interval
+        only (so the crystal's drift since the stream started does not enter).
+
+        With the driver's capture times (ADC time of each buffer's first sample, read by PortAudio before
+        our callback waited for the GIL), the first samples of the two buffers are ``adc - prev_adc`` apart:
+        the previous buffer's frames plus what was lost. Without them, arrivals: the callbacks completed
+        ``t_arrival - prev_arrival`` apart, this buffer's frames plus what was lost (later by any scheduling
+        delay of the previous callback, hence only whole callbacks count).
+        """
+        prev_adc, prev_arrival, prev_frames = prev
+        if adc is not None and prev_adc is not None and adc > prev_adc:
+            lost = round((adc - prev_adc) * self.sample_rate) - prev_frames
+        else:
+            lost = round((t_arrival - prev_arrival) * self.sample_rate) - frames
+        return min(lost, int(60 * self.sample_rate))  # a clock that jumped is not a minute of lost audio
 
     def _anchor(self) -> None:
         """Place this opening's samples on the timeline, from the callbacks of its first ``anchor_s``.
@@ -319,13 +353,7 @@ class MicSource(Source):
             s = t_first - offset / sr
             start = s if start is None else min(start, s)
             offset += frames
-        if self._t0 is None:
-            self._t0 = start - self._tail / sr
-        else:  # reopened: skip the outage on the same timeline
-            outage = int(round((start - (self._t0 + self._tail / sr)) * sr))
-            if outage > 0:
-                self._tail = self._head = self._tail + outage
-                self.stats.extra["outage_samples"] += outage
+        self._t0 = start - self._tail / sr  # (the tail is 0 here: nothing of this opening is written yet)
         for samples, _, t_arrival, _ in self._pending:
             self._write(samples)
             self._arrivals.append((self._tail, t_arrival))
@@ -432,6 +460,4 @@ class WavSource(ArrayAudioSource):
         else:
             self.resampled_from = None
         self.path = str(path)
-        if block is None and block_s is not None:
-            block = max(1, int(round(block_s * rate)))
-        super().__init__(data, rate, block=block, uri=uri, **kw)
+        super().__init__(data, rate, block=block_size(rate, block, block_s), uri=uri, **kw)

@@ -212,7 +212,8 @@ class ArrayVideoSource(GeneratedVideoSource):
         if first.ndim != 3 or first.shape[2] != 3 or first.dtype != np.uint8:
             raise EdgemmError(f"Source: {uri} | Frame of shape {first.shape} {first.dtype}; expected (H, W, 3) "
                               "uint8 BGR.")
-        super().__init__(uri, lambda i, _seq: np.array(self._frames[i], copy=True), fps,
+        # The same array each time it is due: frames are read-only downstream (sinks draw on a copy).
+        super().__init__(uri, lambda i, _seq: self._frames[i], fps,
                          size=(first.shape[1], first.shape[0]), count=len(self._frames), live=live, **kw)
 
 
@@ -280,6 +281,13 @@ class ArrayAudioSource(GeneratedAudioSource):
 def default_block(sample_rate: int) -> int:
     """20 ms: the hop of most speech front ends, and fine-grained enough to cut a window at any instant."""
     return max(1, int(round(sample_rate * 0.02)))
+
+
+def block_size(sample_rate: int, block: int | None = None, block_s: float | None = None) -> int:
+    """Samples per block: ``block`` if given, else ``block_s`` seconds at the rate, else 20 ms."""
+    if block is None and block_s is not None:
+        block = max(1, round(block_s * sample_rate))
+    return int(block) if block else default_block(sample_rate)
 
 
 AUDIO_KINDS = ("tone", "chirp", "noise", "silence")

@@ -67,9 +67,6 @@ class Options:
         self._used.add(name)
         return self._options.get(name)
 
-    def has(self, name: str) -> bool:
-        return self._options.get(name) is not None
-
     def get_str(self, name: str, default: str | None = None) -> str | None:
         value = self._raw(name)
         return default if value is None else str(value)

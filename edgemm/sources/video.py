@@ -6,7 +6,10 @@ takes what it left:
 - live sources (cameras, RTSP/HTTP streams): a one-frame slot, the latest frame wins. The decoder is always
   drained, so lag never builds up (the RTSP "delay that grows" users of plain ``cap.read()`` loops see);
   frames the consumer had no time for are counted in ``stats.dropped`` and show as gaps in ``Frame.seq``.
-  ``Frame.t`` is ``now()`` when ``grab()`` returned.
+  ``Frame.t`` is ``now()`` when ``grab()`` returned; for V4L2 cameras it is the driver's own timestamp of
+  the buffer (``CAP_PROP_POS_MSEC``, on CLOCK_MONOTONIC like ``now()``: for UVC cameras the start of the
+  frame's transfer), which does not include the time the frame waited in the driver's queue or for
+  ``grab()`` to be called. Either way less ``capture_delay`` when one was calibrated.
 - files: every frame, in order, through a short queue (decoding runs ahead of the consumer). ``Frame.t``
   is ``start + pts`` (media time on the pipeline clock, so a WAV opened with the same ``start_time`` lines up);
   with ``realtime=True`` a frame is handed out no earlier than its time, otherwise as fast as it is read.
@@ -67,6 +70,21 @@ def gst_pipeline(text: str) -> str:
     if "appsink" in text:
         return text
     return text.rstrip(" !") + " ! videoconvert ! video/x-raw,format=BGR ! appsink drop=true max-buffers=1 sync=false"
+
+
+def v4l2_capture_time(pos_msec: float, t_now: float, capture_delay: float = 0.0) -> tuple[float, bool]:
+    """Capture time of a V4L2 frame from OpenCV's CAP_PROP_POS_MSEC, and whether the driver's stamp was used.
+
+    OpenCV's V4L2 backend returns the dequeued buffer's timestamp (``1000 * tv_sec + tv_usec / 1000``;
+    0 before the first frame). Drivers stamp buffers on CLOCK_MONOTONIC (V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC,
+    the default since Linux 3.10) -- the clock ``now()`` reads -- but some are configured for the wall clock
+    (uvcvideo clock=realtime) or give nothing: a stamp is used only when it is sane, i.e. in the past by
+    less than a second. Else the time grab() returned stands in.
+    """
+    ts = pos_msec / 1000.0
+    if 0.0 <= t_now - ts < 1.0:
+        return ts - capture_delay, True
+    return t_now - capture_delay, False
 
 
 class VideoCaptureSource(Source):
@@ -198,10 +216,18 @@ class VideoCaptureSource(Source):
             self._cond.notify_all()
 
     def _run_live(self, cap, stop: threading.Event, _start: float) -> None:
+        import cv2
+
+        driver_stamps = self.api == "v4l2"
         try:
             while not stop.is_set():
                 ok = cap.grab()
-                t = now() - self.capture_delay
+                t_grab = now()
+                t = t_grab - self.capture_delay
+                if driver_stamps and ok:
+                    t, used = v4l2_capture_time(cap.get(cv2.CAP_PROP_POS_MSEC), t_grab, self.capture_delay)
+                    if used:
+                        self.stats.extra["driver_timestamps"] = self.stats.extra.get("driver_timestamps", 0) + 1
                 if stop.is_set():
                     break
                 if not ok:
@@ -221,7 +247,7 @@ class VideoCaptureSource(Source):
                     self._slot = Frame(image, t, self._seq, self.name)
                     self.size = (image.shape[1], image.shape[0])
                     self._seq += 1
-                    self._last_frame_at = t + self.capture_delay
+                    self._last_frame_at = t_grab
                     self._recent.append(t)
                     if len(self._recent) > 1 and self._recent[-1] > self._recent[0]:
                         # What the camera really delivers; CAP_PROP_FPS (self.fps) is often a default like 25.
