@@ -1,16 +1,7 @@
 """Calibration and evaluation data: a folder read one file at a time, so memory stays bounded.
 
-Folder formats (DATA_FORMAT below is also what `edgemm convert --help` shows):
-
-1. ``.npz`` files, each keyed by input name with a leading batch dimension (any N per file); tensors for
-   inputs the model does not have are ignored, so one folder serves several models. Labels,
-   optional, under ``label`` (for the bundle's primary task output) or ``label:<output name>``:
-   int class indices for classification, floats for regression. In a multi-graph bundle an input name
-   stands for every graph input of that name.
-2. Raw media grouped by file stem: ``s001.png`` (or .jpg/.bmp, or a video file .mp4/.avi/...) and
-   ``s001.wav`` make one sample, turned into tensors by the bundle's own preprocessing. WAVs at another
-   sample rate are resampled. Labels, optional, in ``labels.csv`` with a header
-   ``name,label`` (or ``name,label:<output>,...``); values are class indices, class names or numbers.
+The folder formats are documented once, in DATA_FORMAT (edgemm/commands/convert.py), which is what
+`edgemm convert --help` shows; this module implements them.
 """
 
 from __future__ import annotations
@@ -31,8 +22,6 @@ from edgemm.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_vi
 from edgemm.preprocess import preprocess_audio, preprocess_video, resample
 
 log = logging.getLogger(__name__)
-
-DATA_FORMAT = __doc__.split("Folder formats", 1)[1].split("\n", 2)[2]
 
 LABEL_KEY = "label"
 

@@ -105,24 +105,6 @@ def _check_profile(name: str, prof: tuple[Shape, Shape, Shape], rank: int | None
         raise EdgemmError(f"Shape: {name} | Expected positive dims with min <= opt <= max; got {lo}, {opt}, {hi}.")
 
 
-def axis_sizes(spec) -> dict[int, int]:
-    """Sizes the manifest's preprocessing fixes for an input's axes (axis index -> size), by its layout."""
-    if spec is None or spec.preprocess is None or not spec.layout:
-        return {}
-    pre = spec.preprocess
-    if spec.modality == "video":
-        h, w = pre.size
-        by_letter = {"C": 1 if pre.color == "gray" else 3, "H": h, "W": w, "T": pre.frames}
-    elif spec.modality == "audio":
-        if pre.feature == "waveform":
-            by_letter = {"C": 1, "S": pre.window_samples}
-        else:
-            by_letter = {"C": 1, "M": pre.n_mels, "T": pre.n_frames}
-    else:
-        return {}
-    return {i: by_letter[letter] for i, letter in enumerate(spec.layout) if letter in by_letter}
-
-
 def profile_shapes(inputs: list[tuple[str, Shape]], graph: GraphSpec | None, options: EngineOptions) -> dict[str, tuple[Shape, Shape, Shape]]:
     """min/opt/max for every input with a dynamic axis (-1), from the manifest, the batch options and overrides."""
     if options.max_batch < 1 or not 1 <= options.opt_batch <= options.max_batch:
@@ -146,7 +128,8 @@ def profile_shapes(inputs: list[tuple[str, Shape]], graph: GraphSpec | None, opt
             continue
         if all(d >= 0 for d in shape):
             continue
-        sizes = axis_sizes(specs.get(name))
+        spec = specs.get(name)
+        sizes = {axis: size for axis, (size, _) in spec.axis_sizes().items()} if spec is not None else {}
         lo, opt, hi = [], [], []
         for axis, d in enumerate(shape):
             if d >= 0:

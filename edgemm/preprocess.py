@@ -18,12 +18,9 @@ import numpy as np
 from edgemm.bundle import AudioPreprocess, InputSpec, VideoPreprocess
 from edgemm.errors import EdgemmError
 
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "uint8": np.uint8,
-              "int8": np.int8, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
-
-
 def np_dtype(name: str) -> np.dtype:
-    return np.dtype(_NP_DTYPES[name])
+    """The numpy dtype of a manifest dtype name (they are numpy's own names)."""
+    return np.dtype(name)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,12 +21,18 @@ Examples:
 from __future__ import annotations
 
 
-# The data folder format (documented in full in converters/data.py; converters is imported only in run()).
+# The data folder formats, documented here once (converters/data.py implements them; the CLI shows this
+# text without importing converters).
 DATA_FORMAT = """\
-  .npz files keyed by input name, with a leading batch dimension (any number of samples per file);
-  optional labels under "label" (the primary output) or "label:<output>": class indices or numbers.
-  Or raw media grouped by file stem (s001.png / s001.mp4 and s001.wav make one sample), turned into
-  tensors by the bundle's own preprocessing; optional labels.csv with a header name,label.
+  1. .npz files, each keyed by input name with a leading batch dimension (any number of samples per file);
+     float64 arrays are cast to the input's dtype; tensors for inputs the model does not have are ignored,
+     so one folder serves several models. Optional labels under "label" (the primary output) or
+     "label:<output>": class indices for classification, numbers for regression. In a multi-graph bundle
+     an input name stands for every graph input of that name.
+  2. Raw media grouped by file stem: s001.png (or .jpg/.bmp, or a video file: its middle frames) and
+     s001.wav make one sample, turned into tensors by the bundle's own preprocessing; WAVs at another
+     sample rate are resampled. Optional labels.csv with a header name,label (or name,label:<output>,...);
+     values are class indices, class names or numbers.
   Files are read one at a time: memory stays bounded however large the folder is.
 """
 
