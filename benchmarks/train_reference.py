@@ -67,21 +67,9 @@ def build_models():
         # A strided first conv halves the resolution at a quarter of the cost of conv + max-pool.
         return nn.Sequential(nn.Conv2d(1, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
-    class VideoEncoder(nn.Module):
-        """[N,1,32,32] -> [N,64]. stem -> 16x16, block -> 8x8, block -> 4x4, block, global pool, fc."""
-
-        def __init__(self):
-            super().__init__()
-            self.stem = stem()
-            self.trunk = nn.Sequential(block(16, 32), block(32, 48), block(48, 64, pool=False))
-            self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64, EMB), nn.ReLU())
-
-        def forward(self, x):
-            x = self.trunk(self.stem(x))
-            return self.fc(F.adaptive_avg_pool2d(x, 1))
-
-    class AudioEncoder(nn.Module):
-        """[N,1,40,98] log-mel -> [N,64]. stem -> 20x49, blocks -> 10x24 -> 5x12, block, global pool, fc."""
+    class Encoder(nn.Module):
+        """One design for both modalities ("sharing encoder designs"): a frame [N,1,32,32] or a log-mel
+        [N,1,40,98] -> [N,EMB]. stem (stride 2), three blocks (the first two pool), global pool, fc."""
 
         def __init__(self):
             super().__init__()
@@ -97,7 +85,7 @@ def build_models():
         def __init__(self, modality):
             super().__init__()
             self.modality = modality
-            self.encoder = VideoEncoder() if modality == "video" else AudioEncoder()
+            self.encoder = Encoder()
             self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(EMB, 10))
 
         def forward(self, x):
@@ -132,7 +120,7 @@ def build_models():
     class Intermediate(nn.Module):
         def __init__(self):
             super().__init__()
-            self.video_encoder, self.audio_encoder, self.head = VideoEncoder(), AudioEncoder(), Head()
+            self.video_encoder, self.audio_encoder, self.head = Encoder(), Encoder(), Head()
             # Training only (never exported): a classifier per embedding keeps each encoder useful on its
             # own, so the weaker camera is not starved by the easier microphone (modality imbalance).
             self.aux = nn.ModuleDict({"video": nn.Linear(EMB, 10), "audio": nn.Linear(EMB, 10)})
@@ -148,7 +136,7 @@ def build_models():
 
         def __init__(self):
             super().__init__()
-            self.video_encoder, self.audio_encoder = VideoEncoder(), AudioEncoder()
+            self.video_encoder, self.audio_encoder = Encoder(), Encoder()
             self.shared = nn.Sequential(nn.Linear(2 * EMB, 64), nn.ReLU(), nn.Dropout(0.2))
             self.digit = nn.Linear(64, 10)
             self.speaker = nn.Linear(64, 2)

@@ -116,7 +116,25 @@ def _kill(proc: subprocess.Popen | None, term_first: bool = False, grace: float 
     proc.wait(10)
 
 
-class FfmpegStream:
+class _Rig:
+    """What every stand-in shares: a log file of its process's output, and ``with rig:`` = start ... stop."""
+
+    def __init__(self):
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-2000:]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        self._log.close()
+
+
+class FfmpegStream(_Rig):
     """A live camera: ffmpeg encodes its ``testsrc`` pattern (a frame counter is drawn in it) in real time
     (``-re``) and serves it at ``self.url`` to one client."""
 
@@ -131,7 +149,7 @@ class FfmpegStream:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen | None = None
-        self._log = tempfile.TemporaryFile()
+        super().__init__()
 
     def command(self) -> list[str]:
         w, h = self.size
@@ -160,22 +178,14 @@ class FfmpegStream:
         self.kill()
         return self.start(timeout)
 
-    def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-2000:]
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
+    def stop(self) -> None:
         self.kill()
-        self._log.close()
 
 
 JACK_SLOTS = 6  # server names edgemm_rig0..5, reused (see JackServer)
 
 
-class JackServer:
+class JackServer(_Rig):
     """``jackd --no-realtime -d dummy -r RATE -p PERIOD`` under a server name of its own.
 
     As root in a container JACK needs no realtime scheduling (``--no-realtime``) and no D-Bus device
@@ -198,7 +208,7 @@ class JackServer:
         self.clients: dict[str, subprocess.Popen] = {}
         self._saved_env: dict | None = None
         self._lock_file = None
-        self._log = tempfile.TemporaryFile()
+        super().__init__()
 
     def _claim_slot(self, slot: int) -> bool:
         lock = open(os.path.join(tempfile.gettempdir(), f"edgemm-jack-rig{slot}.lock"), "w")
@@ -322,19 +332,9 @@ class JackServer:
         if released:
             sd._initialize()
 
-    def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-2000:]
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-        self._log.close()
 
 
-class Mosquitto:
+class Mosquitto(_Rig):
     """A mosquitto broker on a free loopback port, ours by pid. ``persist_dir``: keep sessions (a
     subscriber's subscription and the QoS 1 messages queued for it) across a restart, in that folder."""
 
@@ -358,7 +358,7 @@ class Mosquitto:
             lines += ["persistence false"]
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+        super().__init__()
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=self._log, stderr=self._log,
@@ -371,16 +371,6 @@ class Mosquitto:
         _kill(self.proc, term_first=True)
         self.proc = None
 
-    def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-2000:]
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-        self._log.close()
 
 
 def _sounddevice_if_loaded():

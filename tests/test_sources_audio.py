@@ -55,6 +55,17 @@ def read_blocks(src, seconds: float) -> list:
     return blocks
 
 
+def read_to_end(src, timeout: float = 0.0) -> list:
+    """Open a finite source and read every block until EndOfStream."""
+    blocks = []
+    with src:
+        while True:
+            try:
+                blocks.append(src.read(timeout))
+            except EndOfStream:
+                return blocks
+
+
 def check_contiguous(blocks, block: int, sr: int) -> None:
     """Sample indices follow each other, and t comes from the sample count: t = t0 + first_sample / sr."""
     firsts = [b.first_sample for b in blocks]
@@ -278,13 +289,7 @@ def test_wav_is_resampled_and_says_so(wav_22k, caplog):
         src = open_source(f"file://{path}", sample_rate=16000, realtime=False, start_time=50.0)
     assert any("Resampling 22050 Hz -> 16000 Hz" in r.getMessage() for r in caplog.records)
     assert src.sample_rate == 16000 and src.resampled_from == 22050
-    blocks = []
-    with src:
-        while True:
-            try:
-                blocks.append(src.read(0))
-            except EndOfStream:
-                break
+    blocks = read_to_end(src)
     x = np.concatenate([b.samples for b in blocks])
     assert len(x) == pytest.approx(n * 16000 / sr, abs=2)  # nothing lost, nothing padded
     assert np.array_equal(x, src.samples)
@@ -309,14 +314,7 @@ def test_wav_realtime_is_paced_and_start_time_is_shared(wav_22k):
     start = now() + 0.05
     src = open_source(path, sample_rate=16000, block_s=0.1, start_time=start)  # realtime by default
     assert src.block == 1600
-    got = []
-    with src:
-        while True:
-            try:
-                b = src.read(2.0)
-            except EndOfStream:
-                break
-            got.append(b)
+    got = read_to_end(src, timeout=2.0)
     for b in got:
         assert b.t_arrival >= b.t_end - 1e-3, "a block was delivered before its last sample was due"
     assert got[0].t == pytest.approx(start)
@@ -327,13 +325,7 @@ def test_wav_realtime_is_paced_and_start_time_is_shared(wav_22k):
 
 def test_test_tone_is_continuous_across_blocks():
     src = open_source("test://audio?kind=tone&freq=1000&live=false&realtime=false&duration_s=0.5")
-    with src:
-        blocks = []
-        while True:
-            try:
-                blocks.append(src.read(0))
-            except EndOfStream:
-                break
+    blocks = read_to_end(src)
     x = np.concatenate([b.samples for b in blocks])
     assert len(x) == 8000
     assert np.allclose(x, audio_pattern("tone", 16000, freq=1000)(0, 8000))

@@ -72,27 +72,20 @@ class Options:
         return default if value is None else str(value)
 
     def get_float(self, name: str, default: float | None = None, minimum: float | None = None) -> float | None:
-        value = self._raw(name)
-        if value is None:
-            return default
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is not a number; expected e.g. "
-                              f"{name}={default if default is not None else 1.0}.") from None
-        if minimum is not None and out < minimum:
-            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is too small; expected >= {minimum}.")
-        return out
+        return self._get_number(name, float, "a number", 1.0, default, minimum)
 
     def get_int(self, name: str, default: int | None = None, minimum: int | None = None) -> int | None:
+        return self._get_number(name, int, "an integer", 1, default, minimum)
+
+    def _get_number(self, name: str, kind, what: str, example, default, minimum):
         value = self._raw(name)
         if value is None:
             return default
         try:
-            out = int(value)
+            out = kind(value)
         except (TypeError, ValueError):
-            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is not an integer; expected e.g. "
-                              f"{name}={default if default is not None else 1}.") from None
+            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is not {what}; expected e.g. "
+                              f"{name}={default if default is not None else example}.") from None
         if minimum is not None and out < minimum:
             raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is too small; expected >= {minimum}.")
         return out
