@@ -12,7 +12,7 @@ models of benchmarks/train_reference.py where they and their data exist):
                   from the Q/DQ graph, its CPU latency says nothing about TensorRT (listed, not timed)
   fp16            `edgemm convert --precision fp16`
 
-Accuracy and closeness come from converters.validate.compare_bundles on the test split; latency from
+Accuracy and closeness come from edgemm.converters.validate.compare_bundles on the test split; latency from
 converters.timing (edgemm.bench.run), all variants interleaved one inference at a time (batch 1), so the
 ratios hold even on a busy machine. Prints markdown (and writes it with --out).
 
@@ -33,10 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converters.calibration import CalibrationReader, GraphFeeds, graph_order  # noqa: E402
-from converters.convert import ConvertOptions, convert, stage_bundle  # noqa: E402
-from converters.timing import time_models  # noqa: E402
-from converters.validate import compare_bundles  # noqa: E402
+from edgemm.converters.calibration import CalibrationReader, GraphFeeds, graph_order  # noqa: E402
+from edgemm.converters.convert import ConvertOptions, convert, stage_bundle  # noqa: E402
+from edgemm.converters.timing import time_models  # noqa: E402
+from edgemm.converters.validate import compare_bundles  # noqa: E402
 from edgemm.bundle import load_bundle  # noqa: E402
 from edgemm.errors import EdgemmError  # noqa: E402
 from edgemm.outputs import write_atomic, write_json  # noqa: E402
@@ -72,7 +72,7 @@ def ort_default(bundle, calib, limit, work: Path):
 
 
 def trt_qdq(bundle, calib, limit, work: Path):
-    from converters import int8
+    from edgemm.converters import int8
 
     graphs = graph_order(bundle)
     prepared = {g: int8.prepare(bundle.load_graph(g)) for g in graphs}
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
         print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix=f"bench-convert-{name}-") as work:
             results.append(bench_model(name, bundle_dir, calib, test, args.threads, args.seconds, Path(work)))
-    from converters.convert import _machine
+    from edgemm.converters.convert import _machine
 
     command = "python benchmarks/bench_convert.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     text = markdown(results, args, _machine(), command.strip())

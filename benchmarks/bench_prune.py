@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converters.calibration import GraphFeeds  # noqa: E402
-from converters.prune import prune  # noqa: E402
-from converters.timing import time_models  # noqa: E402
-from converters.validate import compare_bundles  # noqa: E402
+from edgemm.converters.calibration import GraphFeeds  # noqa: E402
+from edgemm.converters.prune import prune  # noqa: E402
+from edgemm.converters.timing import time_models  # noqa: E402
+from edgemm.converters.validate import compare_bundles  # noqa: E402
 from edgemm.bench import machine  # noqa: E402
 from edgemm.bundle import load_bundle, write_bundle  # noqa: E402
 from edgemm.errors import EdgemmError  # noqa: E402

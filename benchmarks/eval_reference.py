@@ -57,7 +57,7 @@ SUBSET_CONDITIONS = {"clean": ("clean", "clean"), "video occluded": ("occluded",
 
 
 def metrics(y_true, logits, labels) -> dict:
-    from converters.validate import classification_metrics
+    from edgemm.converters.validate import classification_metrics
 
     m = classification_metrics(y_true, np.asarray(logits).argmax(1), labels)
     return {"accuracy": round(m["accuracy"], 4), "recall": round(m["recall_macro"], 4), "f1": round(m["f1_macro"], 4)}
@@ -90,7 +90,7 @@ def subset_figures(bundle_path: Path) -> dict:
 
 def convert_variants(models: Path, data: Path, work: Path, names: list[str], log=print) -> dict:
     """INT8 (accuracy-guarded, ORT flavour chosen by measurement) and channel-pruned (30 %) versions."""
-    from converters.convert import ConvertOptions, convert
+    from edgemm.converters.convert import ConvertOptions, convert
 
     made = {}
     for name in names:

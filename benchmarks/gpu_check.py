@@ -111,7 +111,7 @@ def cuda_checks() -> dict:
 def tensorrt_checks(tmp: Path) -> dict:
     import onnxruntime as ort
 
-    from converters.tensorrt import EngineOptions, build_engines
+    from edgemm.converters.tensorrt import EngineOptions, build_engines
     from edgemm.bundle import load_bundle, write_bundle
     from edgemm.feeds import synthesize
     from edgemm.runners.tensorrt import TensorRTRunner

@@ -25,7 +25,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from converters.data import DataFolder, Sample
+from edgemm.converters.data import DataFolder, Sample
 from edgemm.bundle import Bundle
 from edgemm.errors import EdgemmError
 from edgemm.feeds import onnx_input_metadata

@@ -85,7 +85,7 @@ def _say(msg: str, opts: ConvertOptions) -> None:
 
 
 def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> None:
-    from converters import int8
+    from edgemm.converters import int8
 
     if opts.precision not in PRECISIONS:
         raise EdgemmError(f"Precision: {opts.precision} | Unknown; expected one of {', '.join(PRECISIONS)}.")
@@ -109,7 +109,7 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
     if opts.max_batch is None or opts.max_batch < 1:
         raise EdgemmError(f"Max batch: {opts.max_batch} | Expected a positive batch size.")
     if opts.shapes:
-        from converters.tensorrt import parse_shape_spec
+        from edgemm.converters.tensorrt import parse_shape_spec
 
         names = [parse_shape_spec(spec)[0] for spec in opts.shapes]  # the format, now
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -118,7 +118,7 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
     if opts.precision == "int8":
         int8.check_onnxruntime()  # before minutes of calibration, not after
     if opts.prune:
-        from converters.prune import parse_spec
+        from edgemm.converters.prune import parse_spec
 
         parse_spec(opts.prune)
     if opts.precision == "int8" and opts.calib is None:
@@ -142,7 +142,7 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
 
 def stage_bundle(bundle: Bundle, models: dict[str, Any], folder: Path) -> Bundle:
     """The bundle with some graphs replaced, written to folder (later stages read graphs by path)."""
-    from converters.graphs import save_model
+    from edgemm.converters.graphs import save_model
 
     folder.mkdir(parents=True, exist_ok=True)
     manifest = copy.deepcopy(bundle.manifest)
@@ -166,7 +166,7 @@ def _recording(samples, store: dict[str, list], n: int):
 
 def _sample_feeds(bundle: Bundle, calib, limit: int, threads) -> dict[str, list[dict]]:
     """A few per-graph feeds (for timing and checks): from the calibration data, else synthesised."""
-    from converters.calibration import GraphFeeds, graph_order
+    from edgemm.converters.calibration import GraphFeeds, graph_order
 
     graphs = graph_order(bundle)
     if calib is not None:
@@ -184,8 +184,8 @@ def _sample_feeds(bundle: Bundle, calib, limit: int, threads) -> dict[str, list[
 
 def measure(original: Bundle, converted: Bundle, feeds: dict[str, list[dict]], threads, seconds: float) -> dict:
     """Latency (interleaved, per graph), size, parameters and MACs before and after."""
-    from converters.timing import time_models
-    from converters.validate import size_section
+    from edgemm.converters.timing import time_models
+    from edgemm.converters.validate import size_section
 
     models, graph_feeds = {}, {}
     for g in original.manifest.graphs:
@@ -221,9 +221,9 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
     """Convert a bundle (or .onnx) into OUT. Returns the report dict (also written as OUT/report.json)."""
     opts = opts or ConvertOptions()
     check_options(model, out, opts)
-    from converters.calibration import GraphFeeds, graph_order
-    from converters.data import DataFolder
-    from converters.graphs import save_model
+    from edgemm.converters.calibration import GraphFeeds, graph_order
+    from edgemm.converters.data import DataFolder
+    from edgemm.converters.graphs import save_model
 
     started = time.monotonic()
     bundle = load_bundle(model)
@@ -235,7 +235,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
                             threads=opts.threads) as gf:
                 next(gf.iter_feeds(), None)
     if opts.shapes:
-        from converters.tensorrt import check_shapes, parse_shape_spec
+        from edgemm.converters.tensorrt import check_shapes, parse_shape_spec
 
         check_shapes(bundle, dict(parse_shape_spec(s) for s in opts.shapes))
     graphs = graph_order(bundle)
@@ -255,7 +255,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
 
         # 1. Prune -------------------------------------------------------------------------------------
         if opts.prune:
-            from converters.prune import prune
+            from edgemm.converters.prune import prune
 
             feeds: dict[str, list[dict]] = {g: [] for g in graphs}
             if opts.calib is not None:
@@ -306,7 +306,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
             report.update(perf)
             data = opts.eval if opts.eval is not None else opts.calib
             if data is not None:
-                from converters.validate import compare_bundles
+                from edgemm.converters.validate import compare_bundles
 
                 _say(f"validating on {data}", opts)
                 limit = opts.eval_limit if opts.eval is not None else opts.calib_limit
@@ -326,7 +326,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
             report["provenance"] = manifest.provenance
             report["machine"] = _machine()
             report["warnings"] = _warnings(report, opts)
-            from converters.validate import write_report
+            from edgemm.converters.validate import write_report
 
             write_report(tmp, report)
     for w in report["warnings"]:
@@ -337,7 +337,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
 def _machine() -> dict:
     from edgemm.bench import machine
 
-    from converters.int8 import has_vnni
+    from edgemm.converters.int8 import has_vnni
 
     m = machine()
     m["int8_dot_product"] = "VNNI/dotprod" if has_vnni() else "none (no VNNI)"
@@ -346,8 +346,8 @@ def _machine() -> dict:
 
 def _fp16(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict,
           first_feeds: dict):
-    from converters import fp16
-    from converters.calibration import GraphFeeds
+    from edgemm.converters import fp16
+    from edgemm.converters.calibration import GraphFeeds
 
     _say(f"FP16: range scan of {len(graphs)} graph(s) "
          f"{'on ' + str(opts.calib) if opts.calib else 'on synthetic inputs'}", opts)
@@ -372,7 +372,7 @@ def _fp16(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
     conversion["fp16"] = fp16_info
 
     def quantize_fn(g, exclude):
-        from converters.fp16 import _convert
+        from edgemm.converters.fp16 import _convert
 
         return _convert(_named(bases[g]), block[g] + list(exclude))
 
@@ -383,8 +383,8 @@ def _fp16(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
 
 
 def _named(model):
-    from converters.graphs import copy_model
-    from converters.int8 import name_nodes
+    from edgemm.converters.graphs import copy_model
+    from edgemm.converters.int8 import name_nodes
 
     m = copy_model(model)
     name_nodes(m)
@@ -393,7 +393,7 @@ def _named(model):
 
 def _compute_groups(model, exclude: set[str]) -> list[list[str]]:
     """Layer groups of a float model (a computing node and the activations fused with it)."""
-    from converters.int8 import MOVEMENT_OPS, TRAILING_ACTIVATIONS, layer_groups
+    from edgemm.converters.int8 import MOVEMENT_OPS, TRAILING_ACTIVATIONS, layer_groups
 
     skip = set(MOVEMENT_OPS) | set(TRAILING_ACTIVATIONS) | {"Constant", "Shape", "Cast"}
     return layer_groups(model, {n.name for n in model.graph.node if n.name not in exclude and n.op_type not in skip})
@@ -401,8 +401,8 @@ def _compute_groups(model, exclude: set[str]) -> list[list[str]]:
 
 def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict, work: Path,
           first_feeds: dict):
-    from converters import int8
-    from converters.calibration import GraphFeeds
+    from edgemm.converters import int8
+    from edgemm.converters.calibration import GraphFeeds
 
     fixed = int8.target_flavour(opts.target) or opts.flavour or int8.env_flavour()
     flavours, info = {}, {}
@@ -466,8 +466,8 @@ def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
 
 def _guard(bundle: Bundle, originals: dict, current: dict, setup: dict | None, opts: ConvertOptions,
            conversion: dict) -> dict:
-    from converters import guard
-    from converters.data import DataFolder
+    from edgemm.converters import guard
+    from edgemm.converters.data import DataFolder
 
     on_eval = opts.eval is not None
     data = opts.eval if on_eval else opts.calib
@@ -521,8 +521,8 @@ def _describe_final(models: dict, excluded: dict[str, list[str]], conversion: di
     """The per-graph details recorded during quantization describe the all-quantized models; after the
     guard kept layers in float they must describe the models delivered: Q/DQ counts, the nodes kept in
     FP32 (each with its reason), the nodes that compute in FP16."""
-    from converters.fp16 import fp16_node_count
-    from converters.int8 import qdq_counts
+    from edgemm.converters.fp16 import fp16_node_count
+    from edgemm.converters.int8 import qdq_counts
 
     for g, gi in conversion.get("int8", {}).items():
         gi["qdq"] = qdq_counts(models[g])
@@ -536,7 +536,7 @@ def _describe_final(models: dict, excluded: dict[str, list[str]], conversion: di
 
 
 def _tensorrt(converted: Bundle, current: dict, manifest, tmp: Path, opts: ConvertOptions, conversion: dict) -> None:
-    from converters.tensorrt import BuilderUnavailable, EngineOptions, build_engines, parse_shape_spec
+    from edgemm.converters.tensorrt import BuilderUnavailable, EngineOptions, build_engines, parse_shape_spec
 
     options = EngineOptions(max_batch=opts.max_batch, opt_batch=1,
                             shapes=dict(parse_shape_spec(s) for s in opts.shapes),

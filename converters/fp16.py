@@ -25,7 +25,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from converters.graphs import copy_model, cpu_session, with_outputs
+from edgemm.converters.graphs import copy_model, cpu_session, with_outputs
 from edgemm.errors import EdgemmError
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def fp16_node_count(converted) -> int:
     integer shape arithmetic do not count."""
     from onnx import TensorProto
 
-    from converters.graphs import tensor_types
+    from edgemm.converters.graphs import tensor_types
 
     types = tensor_types(converted)
     return sum(1 for n in converted.graph.node
@@ -276,7 +276,7 @@ def convert_fp16_graphs(models: Mapping[str, object], feeds: Iterable[Mapping[st
                         check_limit: int = 32) -> dict[str, Fp16Result]:
     """convert_fp16 for several graphs from one pass over the data: feeds yields, per sample, graph -> feed
     (converters.calibration.GraphFeeds.iter_feeds). Returns graph -> Fp16Result."""
-    from converters.int8 import name_nodes
+    from edgemm.converters.int8 import name_nodes
 
     named = {}
     scans = {}

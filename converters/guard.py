@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from converters.data import Sample, primary_output
+from edgemm.converters.data import Sample, primary_output
 from edgemm.bundle import Bundle
 from edgemm.errors import EdgemmError
 
@@ -161,7 +161,7 @@ class BundleEvaluator:
 
     def outputs(self, models: dict[str, object], idx: np.ndarray | None = None) -> np.ndarray:
         """The primary output for the samples (all, or the indices idx), stacked along the batch."""
-        from converters.graphs import dynamic_batch
+        from edgemm.converters.graphs import dynamic_batch
 
         idx = np.arange(len(self.samples)) if idx is None else np.asarray(idx)
         runners = {g: self._runner(g, models[g]) for g in self.bundle.manifest.graphs}

@@ -625,7 +625,7 @@ def choose_flavour(prepared, float_model, calibration: Calibration, feeds: list[
     One runner per model serves both the closeness check and the timing (sessions are built once).
     Returns {"flavour", "models": {name: ModelProto}, "candidates": {name: {...}}, "fp32_p50_ms"}.
     """
-    from converters.timing import time_models
+    from edgemm.converters.timing import time_models
     from edgemm.runners.onnxruntime import OnnxRuntimeRunner
 
     models = {c: quantize(prepared, calibration, c) for c in candidates}

@@ -35,9 +35,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from converters import prune_lsq
-from converters.graphs import copy_model, cpu_session, first_line, with_outputs
-from converters.prune_graph import ChannelGraph, Group, _attr, apply_edits, node_label, prepare
+from edgemm.converters import prune_lsq
+from edgemm.converters.graphs import copy_model, cpu_session, first_line, with_outputs
+from edgemm.converters.prune_graph import ChannelGraph, Group, _attr, apply_edits, node_label, prepare
 from edgemm.errors import EdgemmError
 from edgemm.feeds import onnx_input_metadata, synthesize
 

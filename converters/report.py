@@ -124,7 +124,7 @@ def _ablation(summaries: list[tuple[str, dict]]) -> list[str]:
                 e = s.get("ablation", {}).get(cond, {})
                 m = e.get("outputs", {}).get(out)
                 if m:
-                    from converters.validate import primary_metric
+                    from edgemm.converters.validate import primary_metric
 
                     key, val, _ = primary_metric(m)
                     row.append(f"{key} {_pct(val) if key != 'mse' else _num(val)}")

@@ -3,7 +3,7 @@
 Called by the convert orchestrator (converters/convert.py) after the graphs are prepared (FP16, INT8 Q/DQ,
 pruned); it returns engine bytes and the info to record in the manifest, and writes nothing itself:
 
-    from converters.tensorrt import EngineOptions, build_engines
+    from edgemm.converters.tensorrt import EngineOptions, build_engines
 
     builds = build_engines(bundle, EngineOptions(max_batch=1), models={"model": prepared_onnx})
     for graph, b in builds.items():

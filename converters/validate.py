@@ -283,7 +283,7 @@ def _check_labels(spec, name: str, y: np.ndarray, n_out: int, where: str) -> np.
 
 def _chunks(data, limit: int | None, batch: int, progress: bool = False) -> Iterator:
     """Samples of the folder in chunks of at most `batch`, at most `limit` samples in all."""
-    from converters.data import Sample
+    from edgemm.converters.data import Sample
 
     done = 0
     for s in data.samples(progress=progress):
@@ -343,7 +343,7 @@ def _conditions(bundle, ablation: bool) -> list[tuple[str, dict]]:
 
 
 def _data_folder(data, bundle, what: str):
-    from converters.data import DataFolder
+    from edgemm.converters.data import DataFolder
 
     return data if hasattr(data, "samples") else DataFolder(data, bundle, what)
 
@@ -371,8 +371,8 @@ def compare_bundles(original, converted, data, backend: str = "onnxruntime", thr
     Returns {"data", "samples", "original": {...}, "converted": {...}, "drop_points": {...},
     "closeness": {...}, "primary": {...}}.
     """
-    from converters.data import primary_output
-    from converters.graphs import dynamic_batch
+    from edgemm.converters.data import primary_output
+    from edgemm.converters.graphs import dynamic_batch
     from edgemm.bundle import load_bundle
     from edgemm.fusion import FusionModel
 
@@ -501,7 +501,7 @@ def _primary(report: dict, preferred: str | None = None) -> dict | None:
 
 def write_report(out_dir, report: dict) -> dict[str, Path]:
     """Write report.json, report.md and (where it fits) confusion.png into out_dir; returns their paths."""
-    from converters.report import write_report as _write
+    from edgemm.converters.report import write_report as _write
 
     return _write(out_dir, report)
 
@@ -530,7 +530,7 @@ def latency_section(original, converted, backend: str = "onnxruntime", threads: 
                     duration_s: float = 3.0, converted_backend: str | None = None) -> dict:
     """Median/p90 latency per graph of both bundles, measured interleaved in one run (converters.timing),
     with synthesised batch-1 inputs; "speedup" is before / after of the medians (sum over graphs in "total")."""
-    from converters.timing import time_models
+    from edgemm.converters.timing import time_models
     from edgemm.bundle import load_bundle
     from edgemm.runners import make_runner
 

@@ -7,7 +7,7 @@ A bundle is a folder:
       model.onnx          one graph per entry of manifest["graphs"] (several for intermediate/late fusion)
       model.plan          optional TensorRT engine built on the device (see converters/tensorrt.py)
 
-A plain ``.onnx`` file is accepted too: its manifest is inferred (``infer_manifest``) from input names
+A plain ``.onnx`` file is accepted too: its manifest is inferred (``edgemm.manifest_inference``) from input names
 and shapes, with documented defaults, and what could not be inferred is reported in ``Bundle.notes``.
 
 The manifest is validated on load; every error names the field (``graphs.model.inputs[0].dtype``) and
@@ -549,113 +549,6 @@ def _check_against_onnx(graph: GraphSpec, model, where: str) -> None:
                                           f"({spec.layout[axis]}) but {graph.file} expects {fixed} (input {shape})")
 
 
-# --------------------------------------------------------------------------------------------------
-# Inference of a manifest from a plain ONNX file
-# --------------------------------------------------------------------------------------------------
-
-_VIDEO_NAME = re.compile(r"video|image|img|frame|pixel|camera|rgb|visual|vision", re.I)
-_AUDIO_NAME = re.compile(r"audio|mel|spec|fbank|wave|wav|sound|mic|speech", re.I)
-_WAVE_NAME = re.compile(r"wave|wav|samples|pcm|raw", re.I)
-_PRESENCE_NAME = re.compile(r"(video|audio).*(present|mask|available|valid)|(present|mask|available|valid).*(video|audio)", re.I)
-_STATE_NAME = re.compile(r"state|hidden|^h0$|^c0$|cache|past", re.I)
-
-INFERENCE_DEFAULTS = """\
-Defaults used when a plain .onnx has no manifest:
-  video  inputs named like video/image/frames/pixel, or shaped [N,3,H,W] / [N,T,3,H,W]:
-         RGB, scale 1/255, mean 0, std 1, size from the shape (224x224 when dynamic)
-  audio  inputs named like audio/mel/spectrogram/fbank, or shaped [N,1,mels,frames]: log-mel at 16 kHz,
-         n_fft 400, hop 160, mels and window from the shape (64 mels, 1 s when dynamic);
-         named like waveform/wav/samples, or shaped [N,samples]: a 16 kHz waveform of that many samples
-  presence / state  inputs named like video_present / hidden_state: modality flags / recurrent state (zeros)
-  outputs [N,C]: classification with labels class_0..class_{C-1} (scores read as logits);
-          named like embedding/features: embedding; named like boxes/detections: detection; else regression
-"""
-
-
-def _dim(v, default):
-    return v if isinstance(v, int) and v > 0 else default
-
-
-def _infer_input(name: str, dtype: str, shape: list, notes: list[str]) -> InputSpec:
-    rank = len(shape)
-    floatish = dtype in ("float32", "float16", "float64", "uint8")
-    if _PRESENCE_NAME.search(name):
-        which = "video" if re.search("video", name, re.I) else "audio"
-        return InputSpec(name, "presence", dtype, shape, presence_of=which)
-    if _STATE_NAME.search(name):
-        return InputSpec(name, "state", dtype, shape)
-    looks_video = floatish and ((rank == 4 and shape[1] in (1, 3)) or (rank == 5 and shape[2] in (1, 3)))
-    looks_mel = floatish and rank == 4 and shape[1] == 1 and not _VIDEO_NAME.search(name)
-    by_name_video = bool(_VIDEO_NAME.search(name))
-    by_name_audio = bool(_AUDIO_NAME.search(name))
-    if by_name_audio or looks_mel and not by_name_video:
-        if rank == 2 or rank == 3 and shape[1] == 1 or _WAVE_NAME.search(name):
-            samples = _dim(shape[-1], 16000)
-            if not isinstance(shape[-1], int) or shape[-1] <= 0:
-                notes.append(f"input {name}: waveform length is dynamic; assumed 16000 samples (1 s at 16 kHz)")
-            pre = AudioPreprocess(feature="waveform", window_s=samples / 16000)
-            return InputSpec(name, "audio", dtype, shape, "NS" if rank == 2 else "NCS", pre)
-        if rank in (3, 4):
-            mels, frames = _dim(shape[-2], 64), _dim(shape[-1], 0)
-            pre = AudioPreprocess(n_mels=mels)
-            if frames:
-                pre.window_s = ((frames - 1) * pre.hop_length + pre.n_fft) / pre.sample_rate
-            else:
-                notes.append(f"input {name}: spectrogram frame count is dynamic; assumed a 1 s window")
-            notes.append(f"input {name}: audio assumed log-mel at 16 kHz, n_fft 400, hop 160 "
-                         "(write a manifest if the model was trained otherwise)")
-            return InputSpec(name, "audio", dtype, shape, "NCMT" if rank == 4 else "NMT", pre)
-    if by_name_video or looks_video:
-        if rank in (4, 5):
-            ch_axis = 1 if rank == 4 else 2
-            nhwc = rank == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3)
-            ch_axis = 3 if nhwc else ch_axis
-            h_axis, w_axis = (1, 2) if nhwc else (rank - 2, rank - 1)
-            h, w = _dim(shape[h_axis], 224), _dim(shape[w_axis], 224)
-            if not isinstance(shape[h_axis], int) or not isinstance(shape[w_axis], int):
-                notes.append(f"input {name}: image size is dynamic; assumed {h}x{w}")
-            gray = shape[ch_axis] == 1
-            pre = VideoPreprocess(size=(h, w), color="gray" if gray else "rgb",
-                                  mean=(0.0,) if gray else (0.0, 0.0, 0.0), std=(1.0,) if gray else (1.0, 1.0, 1.0),
-                                  frames=_dim(shape[1], 1) if rank == 5 else 1)
-            if dtype == "uint8":
-                pre.scale = 1.0
-            notes.append(f"input {name}: video assumed {pre.color.upper()}, scale 1/255, mean 0, std 1 "
-                         "(write a manifest if the model was trained with other normalisation)")
-            return InputSpec(name, "video", dtype, shape, "NHWC" if nhwc else ("NCHW" if rank == 4 else "NTCHW"), pre)
-    notes.append(f"input {name}: could not tell its modality from its name or shape {shape}; treated as \"other\" "
-                 "(synthetic values in bench; give it a manifest entry to stream it)")
-    return InputSpec(name, "other", dtype, shape)
-
-
-def _infer_output(name: str, dtype: str, shape: list, notes: list[str]) -> OutputSpec:
-    if re.search(r"emb|feat|latent|hidden", name, re.I):
-        return OutputSpec(name, "embedding", dtype, shape)
-    if re.search(r"box|det|bbox|anchor", name, re.I):
-        return OutputSpec(name, "detection", dtype, shape)
-    if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1 and dtype.startswith("float"):
-        scores = "probabilities" if re.search(r"prob|softmax", name, re.I) else "logits"
-        return OutputSpec(name, "classification", dtype, shape, [f"class_{i}" for i in range(shape[1])], scores)
-    if len(shape) == 2 and shape[1] in (1, None) or len(shape) <= 1:
-        return OutputSpec(name, "regression", dtype, shape)
-    notes.append(f"output {name}: task not inferred from shape {shape}; treated as \"other\"")
-    return OutputSpec(name, "other", dtype, shape)
-
-
-def infer_manifest(model, file_name: str, name: str | None = None) -> tuple[Manifest, list[str]]:
-    """Make a manifest for a plain ONNX model. Returns it with notes on what was assumed or not inferred."""
-    notes: list[str] = []
-    inputs, outputs = onnx_io(model)
-    graph = GraphSpec(
-        name="model", file=file_name,
-        inputs=[_infer_input(n, d, s, notes) for n, d, s in inputs],
-        outputs=[_infer_output(n, d, s, notes) for n, d, s in outputs],
-    )
-    manifest = Manifest(name=name or Path(file_name).stem, graphs={"model": graph}, inferred=True,
-                        provenance={"precision": detect_precision(model)})
-    return manifest, notes
-
-
 def detect_precision(model) -> str:
     """fp32, fp16 or int8 (Q/DQ), or mixed, from the ops and initializer types of a graph."""
     op_types = {n.op_type for n in model.graph.node}
@@ -711,6 +604,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         return _load_manifest_bundle(path / MANIFEST_NAME, source=path)
     if path.is_file() and path.suffix == ".json":
         return _load_manifest_bundle(path, source=path)
+    from edgemm.manifest_inference import infer_manifest  # it imports this module's types
+
     model = load_onnx(path, load_weights=False)
     manifest, notes = infer_manifest(model, path.name)
     return Bundle(root=path.parent, manifest=manifest, notes=notes, source=path)

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from edgemm.bundle import (AudioPreprocess, atomic_output_dir, infer_manifest, load_bundle, manifest_from_dict,
+from edgemm.bundle import (AudioPreprocess, atomic_output_dir, load_bundle, manifest_from_dict,
                            write_bundle)
 from edgemm.errors import EdgemmError
+from edgemm.manifest_inference import infer_manifest
 from tests import onnx_models
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from converters.calibration import CalibrationReader, GraphFeeds
+from edgemm.converters.calibration import CalibrationReader, GraphFeeds
 from edgemm.bundle import load_bundle
 from edgemm.errors import EdgemmError
 from tests.onnx_models import write_av_bundle, write_intermediate_bundle, write_late_bundle
@@ -158,7 +158,7 @@ def test_media_folder_goes_through_the_bundle_preprocessing(tmp_path):
 
 def test_float64_npz_is_cast_where_the_folder_is_read(tmp_path):
     """np.savez of plain numpy arrays gives float64: every reader of the folder gets the input's dtype."""
-    from converters.data import DataFolder
+    from edgemm.converters.data import DataFolder
 
     bundle = load_bundle(write_av_bundle(tmp_path / "b"))
     folder = tmp_path / "f64"
@@ -201,7 +201,7 @@ def test_video_reading_seeks_to_the_frames_it_needs(tmp_path):
 
 def test_media_folder_video_uses_the_middle_frames_and_short_label_rows(tmp_path):
     """A video in a media folder gives its middle frames; a labels.csv row without a value is no label."""
-    from converters.data import DataFolder
+    from edgemm.converters.data import DataFolder
     from edgemm.media import read_video_frames, write_wav
     from edgemm.preprocess import preprocess_video
 

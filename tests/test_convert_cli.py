@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from converters.convert import ConvertOptions, convert
+from edgemm.converters.convert import ConvertOptions, convert
 from edgemm.bundle import file_sha256, load_bundle
 from edgemm.cli import main
 from edgemm.errors import EdgemmError
@@ -73,7 +73,7 @@ def test_int8_bundle_report_and_provenance(cnn, tmp_path):
 
 
 def test_int8_flavour_chosen_by_timing_on_this_cpu(cnn, tmp_path, monkeypatch, capsys):
-    import converters.convert as C
+    import edgemm.converters.convert as C
 
     monkeypatch.setattr(C, "FLAVOUR_TIMING_S", 0.3)
     model, calib, _ = cnn
@@ -90,7 +90,7 @@ def test_int8_flavour_chosen_by_timing_on_this_cpu(cnn, tmp_path, monkeypatch, c
 
 def test_graph_stays_fp32_where_int8_is_not_faster(cnn, tmp_path, monkeypatch):
     """The decision rule (not the timing): a graph whose best INT8 flavour is below the speed-up floor stays FP32."""
-    import converters.convert as C
+    import edgemm.converters.convert as C
 
     monkeypatch.setattr(C, "FLAVOUR_TIMING_S", 0.2)
     monkeypatch.setattr(C, "MIN_INT8_SPEEDUP", 1e9)  # no flavour can be that fast
@@ -123,7 +123,7 @@ def test_guard_through_convert(cnn, tmp_path):
 
 def _engine_builder_here() -> bool:
     """Whether this machine can build TensorRT engines (a CUDA GPU and the full tensorrt package)."""
-    from converters.tensorrt import BuilderUnavailable, _require_builder
+    from edgemm.converters.tensorrt import BuilderUnavailable, _require_builder
 
     try:
         _require_builder("edgemm convert ...")
@@ -367,7 +367,7 @@ def test_graph_files_in_subfolders(tmp_path):
 
 def test_int8_report_describes_the_model_after_the_guard(tmp_path):
     """Q/DQ counts in the report are those of the delivered model, once the guard kept a layer in float."""
-    from converters.int8 import qdq_counts
+    from edgemm.converters.int8 import qdq_counts
     from tests.test_guard import outlier_model
 
     model = outlier_model()
@@ -404,7 +404,7 @@ def near_tie_model():
 
 
 def test_fp16_provenance_lists_the_layers_the_guard_kept(tmp_path):
-    from converters.fp16 import fp16_node_count
+    from edgemm.converters.fp16 import fp16_node_count
 
     model = near_tie_model()
     path = tmp_path / "tie.onnx"
@@ -451,7 +451,7 @@ def test_shape_names_are_checked_against_the_graphs_first(cnn, tmp_path, capsys)
 
 def test_shape_profiles_go_to_the_graph_that_has_the_input(tmp_path):
     """In a bundle of several graphs each --shape names one graph's input: the others do not see it."""
-    from converters.tensorrt import EngineOptions, _graph_options, check_shapes
+    from edgemm.converters.tensorrt import EngineOptions, _graph_options, check_shapes
 
     bundle = load_bundle(write_intermediate_bundle(tmp_path / "mid"))
     prof = ((1, 1, 64, 98),) * 3
@@ -467,7 +467,7 @@ def test_each_conversion_step_reads_the_data_once(tmp_path, monkeypatch):
     """One pass over the calibration folder per step feeds every graph (and runs the encoders once),
     instead of one pass per graph: here the check of the first sample, the INT8 calibration (which also
     keeps the feeds for timing) and the validation."""
-    from converters.data import DataFolder
+    from edgemm.converters.data import DataFolder
 
     root = write_intermediate_bundle(tmp_path / "mid")
     data = write_av_npz(tmp_path / "calib", files=2, per_file=4)

@@ -81,7 +81,7 @@ def test_unknown_binding_is_a_user_error():
 def test_importing_edgemm_gpu_modules_imports_no_gpu_library():
     r = _run_py("""
         import sys
-        import edgemm.runners.cuda, edgemm.runners.tensorrt, edgemm.power, edgemm.watchdog, converters.tensorrt
+        import edgemm.runners.cuda, edgemm.runners.tensorrt, edgemm.power, edgemm.watchdog, edgemm.converters.tensorrt
         import edgemm.runners
         from edgemm.cli import build_parser
         build_parser()

@@ -40,7 +40,7 @@ def test_demo_short_clip(tmp_path):
     assert 0 < lat["p50"] <= lat["p99"]
     assert "dropped" in summary["pipeline"]["ports"]["video"]
     try:
-        import converters.convert  # noqa: F401
+        import edgemm.converters.convert  # noqa: F401
 
         assert summary["precision"] == "int8"
         assert (out / "model-int8" / "manifest.json").is_file()

@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent("""
             del sys.modules[name]
 
     imported = []
-    for pkg_name in ("edgemm", "converters"):
+    for pkg_name in ("edgemm", "edgemm.converters"):
         pkg = importlib.import_module(pkg_name)
         imported.append(pkg_name)
         for info in pkgutil.walk_packages(pkg.__path__, pkg_name + "."):

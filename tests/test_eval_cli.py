@@ -80,6 +80,6 @@ def test_eval_help_needs_no_converters_import(cli):
     r = cli("eval", "--help")
     assert r.returncode == 0 and "--against" in r.stdout and "--report" in r.stdout
     code = ("import sys, argparse, edgemm.commands.eval as e; e.add_arguments(argparse.ArgumentParser()); "
-            "print(sorted(m for m in sys.modules if m.startswith('converters')))")
+            "print(sorted(m for m in sys.modules if m.startswith('edgemm.converters')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

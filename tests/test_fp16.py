@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converters import fp16
+from edgemm.converters import fp16
 from edgemm.bundle import detect_precision
 from tests.onnx_models import _init, _model, residual_cnn_model
 

@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from converters import int8
-from converters.data import Sample
-from converters.guard import BundleEvaluator, accuracy_guard
+from edgemm.converters import int8
+from edgemm.converters.data import Sample
+from edgemm.converters.guard import BundleEvaluator, accuracy_guard
 from edgemm.bundle import load_bundle
 from edgemm.errors import EdgemmError
 from tests.onnx_models import _init, _model
@@ -187,7 +187,7 @@ def test_evaluator_reuses_runners_and_encoder_outputs(tmp_path):
 
 
 def test_load_samples_caps_and_says_so():
-    from converters.guard import load_samples
+    from edgemm.converters.guard import load_samples
 
     samples = (Sample({"x": np.zeros((1, 8), np.float32)}, {}, f"s{i}") for i in range(10))
     kept, capped = load_samples(samples, limit=4)

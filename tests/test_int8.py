@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converters import int8
+from edgemm.converters import int8
 from edgemm.errors import EdgemmError
 from tests.onnx_models import _init, _model, residual_cnn_model
 

@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from converters import prune as P
-from converters.graphs import cpu_session
-from converters.prune_graph import ChannelGraph, prepare
+from edgemm.converters import prune as P
+from edgemm.converters.graphs import cpu_session
+from edgemm.converters.prune_graph import ChannelGraph, prepare
 from edgemm.errors import EdgemmError
 from edgemm.modelinfo import count_parameters, estimate_macs
 from tests.onnx_models import mobile_cnn_model, residual_cnn_model
@@ -326,7 +326,7 @@ def test_video_conv3d_model():
 def test_im2col_of_sampled_positions_equals_the_full_expansion(shape, attrs, kernel):
     """Reconstruction gathers only the sampled output positions (the full im2col of a large map is k*k
     times the input): the rows must be exactly those of the full expansion."""
-    from converters.prune_lsq import im2col
+    from edgemm.converters.prune_lsq import im2col
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -357,7 +357,7 @@ def test_reconstruction_in_target_groups_gives_the_same_model(resnet, monkeypatc
 def test_a_2_4_layer_whose_fit_breaks_the_graph_keeps_its_weights(resnet, held_out, monkeypatch):
     """Fault injection: the re-fit of one layer returns NaN; that layer keeps its dense weights (reported),
     every other layer is still 2:4, and the graph verifies."""
-    from converters import prune_lsq
+    from edgemm.converters import prune_lsq
 
     real = prune_lsq.solve_masked
     calls = []

@@ -199,7 +199,7 @@ def test_generator_small_set(small_set):
     # and the manifest's audio normalisation fits them (standardised log-mel)
     assert abs(float(train["audio"].mean())) < 1.0 and 0.5 < float(train["audio"].std()) < 2.0
     # eval folders in the converters' data-folder format
-    from converters.data import DataFolder
+    from edgemm.converters.data import DataFolder
 
     bundle = load_bundle(model_path("avdigits_intermediate"))
     for cond in ("clean", "both_degraded"):

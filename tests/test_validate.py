@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from converters import validate as V
-from converters.prune import prune
+from edgemm.converters import validate as V
+from edgemm.converters.prune import prune
 from edgemm.bundle import load_bundle, write_bundle
 from edgemm.errors import EdgemmError
 from edgemm.fusion import FusionModel
@@ -177,14 +177,14 @@ def test_evaluate_bad_data(tmp_path):
 
 
 def _cnn_bundle(folder: Path, model) -> Path:
-    from edgemm.bundle import infer_manifest
+    from edgemm.manifest_inference import infer_manifest
 
     manifest, _ = infer_manifest(model, "model.onnx", name="cnn")
     return write_bundle(manifest, {"model.onnx": model}, folder)
 
 
 def _cnn_data(folder: Path, model, n=64, seed=0) -> Path:
-    from converters.graphs import cpu_session as _session
+    from edgemm.converters.graphs import cpu_session as _session
 
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -235,12 +235,12 @@ def test_report_json_has_no_nan(tmp_path):
 
 def test_regression_outputs(tmp_path):
     model = onnx.load_from_string(residual_cnn_model(classes=1).SerializeToString())
-    from edgemm.bundle import infer_manifest
+    from edgemm.manifest_inference import infer_manifest
 
     manifest, _ = infer_manifest(model, "model.onnx")
     assert manifest.graphs["model"].outputs[0].task == "regression"
     folder = write_bundle(manifest, {"model.onnx": model}, tmp_path / "reg")
-    from converters.graphs import cpu_session as _session
+    from edgemm.converters.graphs import cpu_session as _session
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((20, 3, 16, 16)).astype(np.float32)
@@ -273,7 +273,7 @@ def two_output_model():
 def test_eval_and_run_lead_with_the_same_output(tmp_path):
     """The output `label` means, the guard measures and eval reports first is the one the live pipeline
     decides on (edgemm.decisions.primary_output): here the classification, not the regression listed first."""
-    from converters.data import primary_output
+    from edgemm.converters.data import primary_output
     from edgemm.decisions import primary_output as decisions_primary
 
     model = two_output_model()
@@ -292,7 +292,7 @@ def test_eval_and_run_lead_with_the_same_output(tmp_path):
 
 
 def test_dynamic_batch_needs_a_free_first_dim_on_every_input(tmp_path):
-    from converters.graphs import dynamic_batch
+    from edgemm.converters.graphs import dynamic_batch
     from edgemm.runners.onnxruntime import OnnxRuntimeRunner
     from onnx import TensorProto, helper
 
@@ -313,7 +313,7 @@ def test_dynamic_batch_needs_a_free_first_dim_on_every_input(tmp_path):
 def test_time_models_side_by_side(tmp_path):
     """One timing function for ModelProtos, paths and runners alike; results keyed by label, with the
     speed-up over the first (no timing assertions: only that every target was measured)."""
-    from converters.timing import time_models
+    from edgemm.converters.timing import time_models
     from edgemm.runners.onnxruntime import OnnxRuntimeRunner
 
     model = residual_cnn_model()

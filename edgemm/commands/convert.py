@@ -68,7 +68,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from converters.convert import ConvertOptions, convert
+    from edgemm.converters.convert import ConvertOptions, convert
 
     opts = ConvertOptions(precision=args.precision, calib=args.calib, calib_limit=args.calib_limit,
                           calib_method=args.calib_method, eval=args.eval, eval_limit=args.eval_limit,

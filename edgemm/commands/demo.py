@@ -91,7 +91,7 @@ def _convert(model: Path, precision: str, out: Path, threads, backend: str = "on
         return model, "fp32"
     try:
         from edgemm.commands import convert as convert_cmd
-        import converters.convert  # noqa: F401 - the converters ship with edgemm; say so plainly if not
+        import edgemm.converters.convert  # noqa: F401 - the converters ship with edgemm; say so plainly if not
     except ImportError as exc:
         print(f"  NOTE: the converters are not importable here ({exc}); running the FP32 model instead")
         return model, "fp32"

@@ -69,7 +69,7 @@ def _print_classes(m: dict, out) -> None:
 
 
 def run(args) -> int:
-    from converters.validate import compare_bundles, latency_section, size_section, write_report
+    from edgemm.converters.validate import compare_bundles, latency_section, size_section, write_report
     from edgemm.bundle import load_bundle
     from edgemm.errors import EdgemmError
     from edgemm.outputs import require_folder
