@@ -110,6 +110,9 @@ class FlowLimiter:
     drop_oldest (live): when full, the newest item replaces the oldest one still waiting; if every admitted
     item is already being processed the new one is dropped at the entry (MediaPipe's FlowLimiter).
     block (file): put() waits for room, so nothing is lost.
+
+    The port also times its consumer (from get() to done()), so a producer can ask, before doing costly work
+    on an item, whether the item will reach the consumer at all (``will_be_taken``).
     """
 
     def __init__(self, max_in_flight: int, drop_oldest: bool):
@@ -120,6 +123,8 @@ class FlowLimiter:
         self._q: collections.deque = collections.deque()
         self._in_flight = 0
         self._cond = threading.Condition()
+        self._taken_at: float | None = None  # now() when the consumer took the item it is working on
+        self.service_s: float | None = None  # EMA of the consumer's time per item (get() to done())
         self.admitted = 0
         self.dropped = 0
 
@@ -149,22 +154,45 @@ class FlowLimiter:
         self._cond.notify_all()
         return True
 
-    def entry(self) -> str:
-        """What put() would do with an item now: 'admit', 'replace' (the waiting one) or 'drop'."""
+    def will_be_taken(self, next_put_in_s: float | None) -> bool:
+        """Whether an item put now will reach the consumer, if the next put comes in ``next_put_in_s``.
+
+        Not when it would be dropped at the entry. Not when, once in, it is the oldest item waiting in a full
+        port and the consumer is predicted busy past the next put (which then replaces it): with the default
+        two in flight, a frame that arrives while the model runs is replaced by the following one whenever
+        the model needs more than the rest of a frame period. A guess from the consumer's recent times;
+        without one (start, a file's blocking port) the answer is yes.
+        """
         with self._cond:
-            if self._in_flight < self.max_in_flight or not self.drop_oldest:
-                return "admit"
-            return "replace" if self._q else "drop"
+            if not self.drop_oldest:
+                return True
+            full = self._in_flight >= self.max_in_flight
+            if full and not self._q:
+                return False  # dropped at the entry
+            oldest_waiting = len(self._q) == (1 if full else 0)
+            full_after = full or self._in_flight + 1 >= self.max_in_flight
+            if not (oldest_waiting and full_after):
+                return True
+            if self._taken_at is None or self.service_s is None or next_put_in_s is None:
+                return True
+            return self._taken_at + self.service_s <= now() + next_put_in_s
 
     def get(self, timeout: float | None = None):
         with self._cond:
             if not self._q:
                 self._cond.wait(timeout)
-            return self._q.popleft() if self._q else None
+            if not self._q:
+                return None
+            self._taken_at = now()
+            return self._q.popleft()
 
     def done(self) -> None:
         with self._cond:
             self._in_flight = max(0, self._in_flight - 1)
+            if self._taken_at is not None:
+                took = now() - self._taken_at
+                self.service_s = took if self.service_s is None else 0.8 * self.service_s + 0.2 * took
+                self._taken_at = None
             self._cond.notify_all()
 
     def __len__(self) -> int:
@@ -399,9 +427,8 @@ class Pipeline:
         self._last_sink_s = 0.0
         self._last_tick_t: float | None = None
         self._watchdog = None
-        self._busy_since: float | None = None  # now() when the worker took the tick it is running
-        self._work_s: float | None = None  # EMA of the worker's time per video tick
         self.prepared_frames = 0  # frames whose tensors the capture thread made
+        self.prepared_taken = 0  # ... of them, those the worker took (the rest: replaced or left at the end)
         self._blas = None
         self._switch_interval: float | None = None
         # statistics
@@ -545,7 +572,9 @@ class Pipeline:
     def _deliver(self, modality: str, item, cap: Capture) -> None:
         if modality == "video":
             t_in = now()
-            prepared = self.live.prepare(item) if self._worth_preparing(cap) else None
+            # Frames that will not reach the worker (dropped at the entry, or replaced by the next one before the
+            # worker is free) are not prepared. A wrong guess costs little: the worker prepares what is missing.
+            prepared = self.live.prepare(item) if self.video_port.will_be_taken(cap.period) else None
             if prepared is not None and prepared.video:
                 self.prepared_frames += 1
             self.video_port.put(_VideoItem(item, prepared, t_in), self._stop)
@@ -554,20 +583,6 @@ class Pipeline:
             if not cap.live:
                 self.ring.wait_for_room(block.t_end, self.live.max_window / self.ring.sample_rate, self._stop)
             self.ring.push(block)
-
-    def _worth_preparing(self, cap: Capture) -> bool:
-        """Whether to prepare a live frame in the capture thread: not when it is dropped at the entry, nor
-        when it replaces the waiting frame and the worker will still be busy when the next frame comes (it
-        would be replaced in turn). A wrong guess costs little: an unprepared frame is prepared by the
-        worker (VideoPrep builds whatever is missing)."""
-        entry = self.video_port.entry()
-        if entry == "drop":
-            return False
-        if entry == "replace":
-            busy, work = self._busy_since, self._work_s
-            if busy is not None and work is not None and cap.period and busy + work > now() + cap.period:
-                return False
-        return True
 
     # -- the worker --------------------------------------------------------------------------------------
     def _drain_events(self, extra: list[dict] = ()) -> None:
@@ -673,15 +688,11 @@ class Pipeline:
         if got is None:
             return None
         tick, item = got
-        busy = self._busy_since = now()
         try:
             return self._run_tick(tick, item)
         finally:
-            self._busy_since = None
             if item is not None:
                 self.video_port.done()
-                work = now() - busy
-                self._work_s = work if self._work_s is None else 0.8 * self._work_s + 0.2 * work
 
     def _run_tick(self, tick: Tick, item: _VideoItem | None) -> dict | None:
         t_pick = now()
@@ -696,6 +707,8 @@ class Pipeline:
         record["alerts"] = self.decisions.active_alerts()
         post_s = time.perf_counter() - p0 + res.attribution_s
         capture_prep_s = item.prepared.work_s if item is not None and item.prepared is not None else 0.0
+        if item is not None and item.prepared is not None and item.prepared.video:
+            self.prepared_taken += 1
         prep_s = res.preprocess_s + capture_prep_s
         t_result = now()
         # Glass time: the capture time; a file read faster than real time stamps frames with media times
@@ -773,6 +786,7 @@ class Pipeline:
             ports["video"] = {"captured": cap.items, "admitted": self.video_port.admitted,
                               "dropped": self.video_port.dropped, "source_dropped": st.dropped,
                               "prepared": self.prepared_frames,
+                              "prepared_dropped": self.prepared_frames - self.prepared_taken,
                               "policy": "drop_oldest" if self.video_port.drop_oldest else "block"}
         cap = self.captures.get("audio")
         if cap is not None and self.ring is not None:
