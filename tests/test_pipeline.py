@@ -17,16 +17,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from edgemm.bench import Reservoir
 from edgemm.bundle import load_bundle
+from edgemm.capture import CaptureFailed, FlowLimiter
 from edgemm.decisions import AlertRule
 from edgemm.errors import EdgemmError
-from edgemm.pipeline import (
-    CaptureFailed,
-    FlowLimiter,
-    Pipeline,
-    PipelineSettings,
-    Reservoir,
-)
+from edgemm.pipeline import Pipeline, PipelineSettings
 from edgemm.scheduler import RateGate
 from edgemm.sinks import Sink, VideoSink
 from edgemm.sources import open_source

@@ -226,8 +226,6 @@ def stream(pipeline) -> dict:
 
 
 def run(args) -> int:
-    from edgemm.pipeline import format_summary
-
     opts = merged_options(args)
     summary = stream(build(opts))
     if not opts.get("quiet"):
@@ -237,3 +235,39 @@ def run(args) -> int:
 
         write_json(opts["summary_json"], summary)
     return 0
+
+
+def _words(value) -> str:
+    """A summary value as a person reads it: no Python reprs (None, {}, quotes, underscores)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, dict):
+        return ", ".join(f"{_words(k)} {_words(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, str):
+        return value.replace("_", " ")
+    return str(value)
+
+
+def format_summary(s: dict) -> str:
+    """The end-of-run summary (Pipeline.summary()) as a few human lines."""
+    lines = [f"{s['results']} results in {s['duration_s']:.1f} s ({s['fps']:.1f}/s), "
+             f"model {s['model']} ({s['form']} fusion)"]
+    for port, p in s["ports"].items():
+        lines.append(f"  {port}: {_words(p)}")
+    for stage, st in s["latency_ms"].items():
+        lines.append(f"  {stage:<11} p50 {st['p50']:8.2f} ms  p90 {st['p90']:8.2f}  p99 {st['p99']:8.2f}  "
+                     f"max {st['max']:8.2f}")
+    if s.get("skew_ms"):
+        sk = s["skew_ms"]
+        lines.append(f"  A/V skew    p50 {sk['p50']:8.2f} ms  |p99| {sk.get('abs_p99', 0):.2f} ms  "
+                     f"(bound {sk.get('bound_ms')} ms)")
+    if s.get("overhead_ms"):
+        o, w = s["overhead_ms"], s["worker_overhead_ms"]
+        lines.append(f"  work beyond the model per result: p50 {o['p50']:.3f} ms, p99 {o['p99']:.3f} ms "
+                     f"(on the inference thread: p50 {w['p50']:.3f} ms, p99 {w['p99']:.3f} ms)")
+    if s.get("capture_crashes"):
+        lines.append(f"  capture crashes: {_words(s['capture_crashes'])} (tracebacks in the log)")
+    lines.append(f"  reconnects: {_words(s['reconnects'])}; overflows: {s['overflows']}; "
+                 f"degraded results: {_words(s['degraded_results'])}; events: {_words(s['events'])}")
+    return "\n".join(lines)
+
