@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
+import onnxruntime
 
 from edgemm.errors import EdgemmError
+from edgemm.lazy import import_pyplot
 from edgemm.outputs import save_figure
 from edgemm.feeds import feed_batch
 from edgemm.runners.base import BaseRunner, check_feed
@@ -91,12 +93,7 @@ def machine() -> dict:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
             "python": platform.python_version()}
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    info["onnxruntime"] = onnxruntime.__version__
     return info
 
 
@@ -222,14 +219,7 @@ def format_table(results: list[dict]) -> str:
 
 def plot_cdf(results: list[dict], samples: list[list[float]], path: str) -> None:
     """Latency CDF of each target, one line each, written as PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise EdgemmError("Plot | matplotlib is not installed; expected `pip install matplotlib` "
-                          "(or the edgemm[dev] extra).") from exc
+    plt = import_pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for r, s in zip(results, samples):
         ms = np.sort(np.asarray(s) * 1e3)

@@ -6,6 +6,7 @@ import struct
 import wave
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgemm.errors import EdgemmError
@@ -85,8 +86,6 @@ def read_video_frames(path: str | Path, max_frames: int | None = None, start: in
     the clip's length from the container's frame count; when the container does not give one, a first
     pass counts the frames with grab().
     """
-    import cv2
-
     path = Path(path)
     if not path.is_file():
         raise EdgemmError(f"Video file: {path} | File not found; expected an image or video file.")
@@ -113,8 +112,6 @@ def read_video_frames(path: str | Path, max_frames: int | None = None, start: in
 
 def _frame_count(path: Path, counted: bool) -> int:
     """The number of frames: the container's figure, or (counted, or when it has none) by grabbing them all."""
-    import cv2
-
     cap = cv2.VideoCapture(str(path))
     try:
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
@@ -129,8 +126,6 @@ def _frame_count(path: Path, counted: bool) -> int:
 
 
 def _read_frames(path: Path, start: int, max_frames: int | None) -> list[np.ndarray]:
-    import cv2
-
     cap = cv2.VideoCapture(str(path))
     try:
         if start > 0 and not (cap.set(cv2.CAP_PROP_POS_FRAMES, start)

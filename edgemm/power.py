@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgemm.errors import EdgemmError
+
 log = logging.getLogger(__name__)
 
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN", "VIN")
@@ -133,8 +135,6 @@ class PowerSampler:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> "PowerSampler":
-        from edgemm.errors import EdgemmError
-
         if self.source is None and self.command is None:
             raise EdgemmError("Power | No power source here; expected a Jetson with tegrastats (or jtop).")
         if self.command is not None or self.source == "tegrastats":

@@ -20,11 +20,20 @@ Examples:
 
 from __future__ import annotations
 
-from edgemm.runners import BACKEND_HELP
-
+import argparse
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+
+from edgemm.commands.run import build, stream
+from edgemm.errors import EdgemmError
+from edgemm.reference import model_path
+from edgemm.runners import BACKEND_HELP
+
+# --help imports every command: modules that load onnx, onnxruntime or cv2 (the reference clip, bundles, the
+# converters), or matplotlib, are imported inside functions.
 
 
 def add_arguments(p) -> None:
@@ -52,7 +61,6 @@ def _step(n: int, text: str) -> None:
 
 
 def _script(n: int | None):
-    from edgemm.errors import EdgemmError
     from edgemm.reference.clip import DEFAULT_CONDITIONS, DEFAULT_DIGITS
 
     if n is None:
@@ -67,7 +75,6 @@ def _script(n: int | None):
 
 def _check_clip_model(bundle) -> None:
     """The clip's ground truth is AV-digits commands: the model must answer in those labels."""
-    from edgemm.errors import EdgemmError
     from edgemm.reference.avdigits import LABELS
 
     outs = [o for g in bundle.manifest.graphs.values() for o in g.outputs if o.task == "classification"]
@@ -80,10 +87,6 @@ def _check_clip_model(bundle) -> None:
 
 def _convert(model: Path, precision: str, out: Path, threads, backend: str = "onnxruntime") -> tuple[Path, str]:
     """Run `edgemm convert` on the model; returns (bundle to run, precision it has)."""
-    import argparse
-
-    import numpy as np
-
     from edgemm.reference.clip import calibration_folder, calibration_samples
 
     if precision == "fp32":
@@ -216,8 +219,6 @@ def _alone(clip, rows: list[dict], late_model: Path) -> dict:
     """What the camera alone and the microphone alone would have decided on the same clip: the two
     single-modality reference models (the members of the shipped late-fusion bundle) run offline on the
     frame and audio window of every streamed result."""
-    import numpy as np
-
     from edgemm.bundle import load_bundle
     from edgemm.fusion import FusionModel
     from edgemm.media import read_video_frames, read_wav
@@ -336,8 +337,6 @@ def _plot(path: Path, clip, rows: list[dict], alone: dict | None, title: str, wh
     lat = [r["latency_ms"] for r in rows]
     axl.plot(t, lat, ".", ms=3, color="#555555")
     if lat:
-        import numpy as np
-
         for q, ls in ((50, "-"), (99, "--")):
             v = float(np.percentile(lat, q))
             axl.axhline(v, ls=ls, color="#d62728", lw=1, label=f"p{q} {v:.1f} ms")
@@ -351,10 +350,7 @@ def _plot(path: Path, clip, rows: list[dict], alone: dict | None, title: str, wh
 
 def run(args) -> int:
     from edgemm.bundle import load_bundle
-    from edgemm.commands.run import build, stream
     from edgemm.outputs import write_json
-    from edgemm.errors import EdgemmError
-    from edgemm.reference import model_path
 
     live = bool(args.video or args.audio)
     if args.duration is not None and args.duration <= 0:

@@ -14,9 +14,16 @@ flush the sinks and exit 0. Examples:
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
+
+from edgemm.errors import EdgemmError
+from edgemm.runners import BACKEND_HELP, parse_backend
+
+# --help imports every command: modules that load onnx, onnxruntime or cv2, or that only run() needs
+# (outputs, power), are imported inside functions.
 
 CONFIG_KEYS = {
     "model": str, "video": str, "audio": str, "sinks": list, "duration": (int, float), "threads": int,
@@ -36,8 +43,7 @@ def add_arguments(p) -> None:
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until the sources "
                                                                "end or Ctrl-C)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads of the model (default: the backend's)")
-    p.add_argument("--backend", metavar="B", help="onnxruntime (default), onnxruntime:cuda, onnxruntime:tensorrt, "
-                                                  "tensorrt")
+    p.add_argument("--backend", metavar="B", help=BACKEND_HELP)
     p.add_argument("--alert", action="append", dest="alerts", metavar="LABEL[:ON[:OFF[:MIN_S]]]",
                    help="raise alert events while LABEL's smoothed score is high (hysteresis ON/OFF, minimum "
                         "duration MIN_S); repeatable")
@@ -50,14 +56,12 @@ def add_arguments(p) -> None:
     p.add_argument("--tick-hz", type=float, metavar="HZ", help="inference rate while there is no video "
                                                                "(default: the camera's rate, else 10)")
     p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
-    p.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     p.add_argument("--config", metavar="JSON", help="a JSON file with any of the options above (long names, "
                                                     "'sinks' and 'alerts' as lists); command-line options win")
 
 
 def load_config(path: str) -> dict:
-    from edgemm.errors import EdgemmError
-
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -102,8 +106,6 @@ def _audio_options(uri: str, rate: int) -> dict:
 
 def check_inputs(bundle) -> None:
     """Every model input must be fed by a source, the pipeline or another graph: else one line, exit 1."""
-    from edgemm.errors import EdgemmError
-
     for graph, spec in bundle.manifest.all_inputs():
         if spec.modality == "other":
             raise EdgemmError(f"Model: {bundle.source or bundle.root} | Input {spec.name} ({graph.name}) cannot be "
@@ -118,9 +120,7 @@ def build(opts: dict):
     """Everything validated and constructed, nothing started: bad input fails here, before any thread runs."""
     from edgemm.bundle import load_bundle
     from edgemm.decisions import AlertRule
-    from edgemm.errors import EdgemmError
     from edgemm.pipeline import Pipeline, PipelineSettings
-    from edgemm.runners import parse_backend
     from edgemm.sinks import make_sink
     from edgemm.sources import open_source
 
@@ -182,8 +182,6 @@ def build(opts: dict):
 
 def _rates(rates: dict) -> dict[str, float]:
     """{"video": 15, "audio": 5}: a positive rate per modality (they override fusion.rates_hz)."""
-    from edgemm.errors import EdgemmError
-
     out = {}
     for mod, hz in rates.items():
         if mod not in ("video", "audio"):
@@ -196,9 +194,6 @@ def _rates(rates: dict) -> dict[str, float]:
 
 def _check_writable(path) -> None:
     """The summary is written after the run: refuse an unwritable path now, not an hour later."""
-    import os
-
-    from edgemm.errors import EdgemmError
     from edgemm.outputs import require_folder
 
     p = require_folder(path, "Summary JSON")
