@@ -147,8 +147,8 @@ class FlowLimiter:
 class CaptureFailed(EdgemmError):
     """A capture thread kept crashing (a bug in a source, or data the model's preprocessing refuses).
 
-    Kept in ``Capture.fatal``; ``Pipeline.step()`` raises it, so ``edgemm run`` exits 1 with one line and a service manager restarts
-    it; the traceback is in the log."""
+    Kept in ``Capture.fatal``; ``Pipeline.step()`` raises it, so ``edgemm run`` exits 1 with one line and a
+    service manager restarts it; the traceback is in the log."""
 
 
 class Capture(threading.Thread):
