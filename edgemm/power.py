@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgemm.errors import EdgemmError
+from edgemm.lazy import import_optional
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,9 @@ def available() -> str | None:
         return "tegrastats"
     if is_jetson():
         try:
-            import jtop  # noqa: F401 - jetson-stats, optional
-
+            import_optional("jtop")  # jetson-stats, optional
             return "jtop"
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - not installed, or its service is not running
             return None
     return None
 
@@ -195,7 +195,7 @@ class PowerSampler:
 
     def _read_jtop(self) -> None:
         try:
-            from jtop import jtop
+            jtop = import_optional("jtop", "pip install jetson-stats").jtop
         except Exception as exc:  # noqa: BLE001
             self.error = f"jtop is not usable ({exc})"
             return
