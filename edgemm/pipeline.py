@@ -271,6 +271,7 @@ class Capture(threading.Thread):
                 # once, and the wait is not a delivery period.
                 self.last_item = now()
                 self._skip_period = True
+                self.p.progress += 1  # alive again (failed attempts are not progress)
                 return True
             except (SourceError, EdgemmError, OSError) as exc:
                 self.failures += 1
@@ -324,6 +325,7 @@ class Capture(threading.Thread):
         self._skip_period = False
         self.last_item = t
         self.items += 1
+        self.p.progress += 1
         self._recovered()
         self.p._deliver(self.modality, item, self)
         self._crashes_in_a_row = 0
@@ -399,6 +401,10 @@ class Pipeline:
         self._last_sink_s = 0.0
         self._last_tick_t: float | None = None
         self._watchdog = None
+        # Progress the watchdog is pinged for: results, items delivered by a source, a lost source opened
+        # again. Counted by the worker and the capture threads; step() pings only when it moved.
+        self.progress = 0
+        self._pinged_progress: int | None = None
         self._busy_since: float | None = None  # now() when the worker took the tick it is running
         self._work_s: float | None = None  # EMA of the worker's time per video tick
         self.prepared_frames = 0  # frames whose tensors the capture thread made
@@ -663,8 +669,7 @@ class Pipeline:
         failure = self._failure()
         if failure is not None:
             raise failure
-        if self._watchdog is not None:
-            self._watchdog()
+        self._ping_watchdog()
         while self._recovered_mods:
             self.live.reset_modality(self._recovered_mods.popleft())
         t0 = time.perf_counter()
@@ -675,13 +680,25 @@ class Pipeline:
         tick, item = got
         busy = self._busy_since = now()
         try:
-            return self._run_tick(tick, item)
+            record = self._run_tick(tick, item)
+            if record is not None:
+                self.progress += 1
+            return record
         finally:
             self._busy_since = None
             if item is not None:
                 self.video_port.done()
                 work = now() - busy
                 self._work_s = work if self._work_s is None else 0.8 * self._work_s + 0.2 * work
+
+    def _ping_watchdog(self) -> None:
+        """systemd: READY=1 at the first step, then WATCHDOG=1 only when something progressed since the last
+        ping (a result, a source's item, a reopened source), never for a loop turn alone: a capture stuck in
+        a read that never returns, with no other source delivering, stops the pings and systemd restarts us."""
+        if self._watchdog is None or self.progress == self._pinged_progress:
+            return
+        self._pinged_progress = self.progress
+        self._watchdog()
 
     def _run_tick(self, tick: Tick, item: _VideoItem | None) -> dict | None:
         t_pick = now()
