@@ -258,9 +258,9 @@ def is_tegra() -> bool:
     return os.path.exists("/etc/nv_tegra_release")
 
 
-def binding_fix(devices=()) -> str:
+def binding_fix(devices=(), tegra: bool | None = None) -> str:
     """What to install when no Python CUDA binding works (the Jetson-specific advice on Jetson)."""
-    tegra = any(d.integrated for d in devices) or is_tegra()
+    tegra = (any(d.integrated for d in devices) or is_tegra()) if tegra is None else tegra
     return f"{INSTALL_HINT}; {TEGRA_HINT}" if tegra else INSTALL_HINT
 
 
