@@ -169,6 +169,14 @@ def tensorrt_checks(tmp: Path) -> dict:
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=180)
     res["bench_stdout"] = p.stdout
     res["bench_rc"] = p.returncode
+    # convert --target tensorrt with its defaults (FP16 engine) and the build options.
+    cmd = [sys.executable, "-m", "edgemm", "convert", str(src), "-o", str(tmp / "av-fp16.edgemm"), "--target", "tensorrt",
+           "--workspace", "512", "--builder-opt-level", "2", "--bench-seconds", "0.5", "-q"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    res["convert_fp16_rc"] = p.returncode
+    res["convert_fp16_out"] = (p.stdout + p.stderr)[-2000:]
+    if p.returncode == 0:
+        res["convert_fp16_engine"] = load_bundle(tmp / "av-fp16.edgemm").manifest.graphs["model"].engine
     if bench_json.exists():
         res["bench"] = json.loads(bench_json.read_text())["results"]
     return res
@@ -197,9 +205,9 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         res = tensorrt_checks(Path(tmp))
-    (out / "tensorrt.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: v for k, v in res.items() if k != "bench"}, indent=2))
-    return 0
+    (out / "tensorrt.json").write_text(json.dumps(res, indent=2, default=str))
+    print(json.dumps({k: v for k, v in res.items() if k != "bench"}, indent=2, default=str))
+    return 0 if res["bench_rc"] == 0 and res["convert_fp16_rc"] == 0 else 1
 
 
 if __name__ == "__main__":
