@@ -71,7 +71,7 @@ def test_shellcheck_passes(script):
 
 
 def test_install_plans_jetpack_6_with_system_opencv_kept(tmp_path):
-    r = _install(tmp_path, "--system-opencv", "yes", "--extras", "mqtt")
+    r = _install(tmp_path, "--system-opencv", "yes", "--extras", "mqtt", "--render-group", "no")
     assert r.returncode == 0, r.stderr
     assert "L4T R36.4: JetPack 6" in r.stderr and "CUDA 12.6: cuda-python>=12.6,<12.7" in r.stderr
     out = r.stdout
@@ -510,6 +510,10 @@ def test_service_user_gets_render_where_cuda_needs_it(tmp_path, render):
     assert user_line.endswith(f"--groups {groups.replace(',', chr(92) + ',')} edgemm"), user_line  # %q quoting
     unit = _written(r.stdout, "/etc/systemd/system/edgemm.service")
     assert f"SupplementaryGroups={groups.replace(',', ' ')}" in unit.splitlines()
+    # Default: render where the group exists on this machine (getent, as on the device).
+    here = subprocess.run(["getent", "group", "render"], capture_output=True).returncode == 0
+    auto = _written(_install(tmp_path, "--system-opencv", "yes").stdout, "/etc/systemd/system/edgemm.service")
+    assert ("SupplementaryGroups=video audio render" in auto.splitlines()) == here
     bad = _install(tmp_path, "--render-group", "maybe")
     assert bad.returncode == 1 and "--render-group must be yes or no" in bad.stderr
 
