@@ -219,8 +219,12 @@ class AudioFeatureStream:
         with self._lock:
             old, keep = self._shared_columns(x, first, epoch)
             n = pre.n_frames
-            new = _mel_columns(x, pre, keep, n - keep)
-            cols = new if keep == 0 else np.concatenate([self._cols[:, old:old + keep], new], axis=1)
+            if keep == 0:
+                cols = _mel_columns(x, pre, 0, n)
+            elif keep < n:
+                cols = np.concatenate([self._cols[:, old:old + keep], _mel_columns(x, pre, keep, n - keep)], axis=1)
+            else:  # the same window again (never modified in place: a new array replaces it)
+                cols = self._cols
             self._x, self._first, self._epoch, self._cols = x, first, epoch, cols
             self.computed += n - keep
             self.reused += keep
