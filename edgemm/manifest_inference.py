@@ -181,7 +181,8 @@ def _detection_format(outputs: list[OutputSpec], size: tuple[int, int] | None) -
     anchors = _anchors(*size) if size else None
     if isinstance(a, int) and 5 <= a and (b == anchors or anchors is None and isinstance(b, int) and b > 8 * a):
         return "yolov8", {}
-    if isinstance(b, int) and 6 <= b and (a == 3 * (anchors or 0) or anchors is None and isinstance(a, int) and a > 8 * b):
+    if isinstance(b, int) and 6 <= b and (anchors and a in (anchors, 3 * anchors)  # 3 anchor boxes per cell
+                                         or anchors is None and isinstance(a, int) and a > 8 * b):
         return "yolov5", {}
     return None
 

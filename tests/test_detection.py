@@ -1,0 +1,226 @@
+"""Detection end to end: every output format decoded from real ONNX heads, letterbox round trip, NMS against a
+plain reference, tracking through an occlusion, inference from Ultralytics metadata, `edgemm run` on a video."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgemm.bundle import VideoPreprocess, load_bundle
+from edgemm.decisions import Decisions
+from edgemm.detection import Boxes, iou_matrix, nms, to_source
+from edgemm.preprocess import geometry, letterbox, preprocess_video
+from edgemm.tracking import Tracker
+from tests import onnx_models
+from tests.conftest import run_cli
+from tests.rigs import require
+
+NAMES = "{0: 'red', 1: 'green', 2: 'blue'}"
+
+
+def _scene(hw=(96, 128), squares=(((48, 16), 16, 2),)) -> np.ndarray:
+    """A dark BGR frame with pure-colour squares: ((x, y), side, channel) with channel 2 = red in BGR."""
+    frame = np.zeros((*hw, 3), np.uint8)
+    for (x, y), side, ch in squares:
+        frame[y:y + side, x:x + side, ch] = 255
+    return frame
+
+
+def _infer(bundle, frame):
+    graph = bundle.manifest.graphs["model"]
+    spec = graph.inputs[0]
+    sess = ort.InferenceSession(str(bundle.graph_path()))
+    return dict(zip([o.name for o in graph.outputs], sess.run(None, {spec.name: preprocess_video(frame, spec)})))
+
+
+@pytest.mark.parametrize("fmt", ["yolov8", "yolov5"])
+def test_yolo_heads_find_the_square_in_source_pixels(tmp_path, fmt):
+    out = "output0"
+    manifest = onnx_models.detector_manifest({"format": fmt, "conf": 0.5, "iou": 0.3}, [{"name": out}])
+    bundle = load_bundle(onnx_models.write_detector_bundle(tmp_path / fmt, onnx_models.colour_detector(fmt=fmt),
+                                                           manifest))
+    pre = bundle.manifest.graphs["model"].inputs[0].preprocess
+    assert pre.resize == "letterbox"  # the default for a detector's image
+    frame = _scene()  # 96x128: letterboxed to 64x64 with 8 rows of padding above and below
+    decisions = Decisions(dict((o.name, o) for o in bundle.manifest.graphs["model"].outputs), image=pre)
+    rec = decisions.decode(_infer(bundle, frame), 0.0, frame.shape[:2])[out]
+    assert rec["counts"] == {"red": 1}, rec
+    (det,) = rec["detections"]
+    x1, y1, x2, y2 = det["box"]
+    # The square spans x 48..64, y 16..32: one stride-8 cell of the 64x64 input (scale 0.5, 8 rows of padding
+    # on top); the head's boxes are 24 input pixels (48 source pixels) wide, centred on that cell.
+    assert [(x1 + x2) / 2, (y1 + y2) / 2] == [56, 24], det
+    assert abs((x2 - x1) - 48) < 0.5 and det["label"] == "red" and det["class"] == 0 and det["track"] == 1
+
+
+def _decode_constant(tmp_path, outputs, detection, names, hw=(64, 64), frame_hw=(64, 64)):
+    model = onnx_models.constant_detector(outputs, hw)
+    manifest = onnx_models.detector_manifest(detection, [{"name": n, "dtype": str(outputs[n].dtype)} for n in names], hw)
+    bundle = load_bundle(onnx_models.write_detector_bundle(tmp_path / "b", model, manifest))
+    specs = {o.name: o for o in bundle.manifest.graphs["model"].outputs}
+    pre = bundle.manifest.graphs["model"].inputs[0].preprocess
+    frame = np.zeros((*frame_hw, 3), np.uint8)
+    return Decisions(specs, image=pre).decode(_infer(bundle, frame), 0.0, frame_hw)
+
+
+def test_end2end_normalised_boxes_are_scaled_and_thresholded(tmp_path):
+    rows = np.array([[[0.25, 0.25, 0.5, 0.5, 0.9, 2], [0.0, 0.0, 0.1, 0.1, 0.1, 1]]], np.float32)
+    got = _decode_constant(tmp_path, {"dets": rows}, {"format": "end2end", "normalized": True}, ["dets"],
+                           frame_hw=(128, 128))
+    assert got["dets"]["detections"] == [{"box": [32.0, 32.0, 64.0, 64.0], "label": "blue", "class": 2,
+                                          "score": 0.9, "track": 1}]
+
+
+def test_efficient_nms_uses_num_detections(tmp_path):
+    outputs = {"num_dets": np.array([[2]], np.int32),
+               "det_boxes": np.array([[[1, 2, 11, 12], [20, 20, 30, 40], [0, 0, 5, 5]]], np.float32),
+               "det_scores": np.array([[0.9, 0.8, 0.7]], np.float32),
+               "det_classes": np.array([[1, 0, 2]], np.int32)}
+    parts = {"num": "num_dets", "boxes": "det_boxes", "scores": "det_scores", "classes": "det_classes"}
+    got = _decode_constant(tmp_path, outputs, {"format": "efficient_nms", "parts": parts}, list(outputs))
+    assert list(got) == ["num_dets"]  # the parts are decoded with it, not on their own
+    assert [d["box"] for d in got["num_dets"]["detections"]] == [[1, 2, 11, 12], [20, 20, 30, 40]]
+    assert got["num_dets"]["counts"] == {"green": 1, "red": 1}
+
+
+def test_boxes_scores_labels_centre_encoding(tmp_path):
+    outputs = {"boxes": np.array([[10, 10, 4, 6]], np.float32), "scores": np.array([0.5], np.float32),
+               "labels": np.array([2], np.int64)}
+    det = {"format": "boxes_scores_labels", "box": "cxcywh",
+           "parts": {"boxes": "boxes", "scores": "scores", "labels": "labels"}}
+    got = _decode_constant(tmp_path, outputs, det, list(outputs))
+    assert got["boxes"]["detections"][0]["box"] == [8.0, 7.0, 12.0, 13.0]
+
+
+def test_letterbox_round_trip():
+    pre = VideoPreprocess(size=(64, 64), resize="letterbox")
+    for src in ((96, 128), (128, 96), (480, 640), (64, 64)):
+        g = geometry(src, pre.size, "letterbox")
+        pts = np.array([[0, 0, src[1], src[0]], [10.5, 20.25, 30, 40]], np.float32)
+        inp = pts.copy()
+        inp[:, [0, 2]] = pts[:, [0, 2]] * g.sx + g.left
+        inp[:, [1, 3]] = pts[:, [1, 3]] * g.sy + g.top
+        assert np.allclose(to_source(inp, src, pre), pts, atol=1e-3)
+    img = letterbox(_scene((96, 128), ()), (64, 64))
+    assert img.shape == (64, 64, 3) and (img[:8] == 114).all() and (img[-8:] == 114).all() and (img[8:56] == 0).all()
+    # boxes outside the picture are clipped to the frame
+    assert to_source(np.array([[-5, 0, 70, 64]], np.float32), (96, 128), pre).tolist() == [[0, 0, 128, 96]]
+
+
+def _reference_nms(xyxy, scores, classes, iou):
+    keep = []
+    for i in sorted(range(len(scores)), key=lambda k: -scores[k]):
+        if all(classes[i] != classes[j] or iou_matrix(xyxy[i:i + 1], xyxy[j:j + 1])[0, 0] <= iou for j in keep):
+            keep.append(i)
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nms_matches_a_plain_reference(seed):
+    rng = np.random.default_rng(seed)
+    n = 200
+    xy = rng.uniform(0, 100, (n, 2))
+    wh = rng.uniform(5, 40, (n, 2))
+    boxes = Boxes(np.hstack([xy, xy + wh]).astype(np.float32), rng.uniform(0, 1, n).astype(np.float32),
+                  rng.integers(0, 3, n))
+    for agnostic in (False, True):
+        classes = np.zeros(n, int) if agnostic else boxes.classes
+        ref = _reference_nms(boxes.xyxy, boxes.scores, classes, 0.45)
+        assert nms(boxes, 0.45, 1000, agnostic).tolist() == ref
+    assert len(nms(boxes, 0.45, 3)) == 3
+
+
+def test_tracks_survive_an_occlusion_and_stay_apart():
+    tracker = Tracker(max_age_s=1.0)
+    ids_a, ids_b, events = [], [], []
+    for f in range(30):
+        t = f / 10
+        a = [10 + 4 * f, 20, 30 + 4 * f, 60]  # moving right
+        b = [200 - 3 * f, 80, 220 - 3 * f, 120]  # moving left, hidden for frames 10..16 (0.7 s)
+        rows = [a] + ([] if 10 <= f <= 16 else [b])
+        boxes = Boxes(np.array(rows, np.float32), np.full(len(rows), 0.9, np.float32), np.zeros(len(rows), int))
+        ids, changes = tracker.update(boxes, t)
+        events += [(kind, tr.id) for kind, tr in changes]
+        ids_a.append(ids[0])
+        if len(ids) > 1:
+            ids_b.append(ids[1])
+    assert len(set(ids_a)) == 1 and len(set(ids_b)) == 1 and ids_a[0] != ids_b[0]
+    assert sorted(events) == [("entered", 1), ("entered", 2)]
+    # weak detections continue a track but never start one
+    weak = Boxes(np.array([[0, 0, 5, 5]], np.float32), np.array([0.3], np.float32), np.zeros(1, int))
+    assert tracker.update(weak, 3.1)[0] == [None]
+    # both leave once unseen longer than max_age_s
+    assert sorted(k for k, _ in tracker.update(Boxes.empty(), 5.0)[1]) == ["left", "left"]
+
+
+def test_ultralytics_metadata_is_read_and_info_lists_it(tmp_path):
+    path = tmp_path / "yolo.onnx"
+    onnx.save(onnx_models.colour_detector(metadata={"task": "detect", "imgsz": "[64, 64]", "names": NAMES,
+                                                    "stride": "32"}), str(path))
+    b = load_bundle(path)
+    out = b.manifest.graphs["model"].outputs[0]
+    assert out.detection.format == "yolov8" and out.labels == ["red", "green", "blue"]
+    assert b.manifest.graphs["model"].inputs[0].preprocess.resize == "letterbox"
+    proc = run_cli("info", path)
+    assert proc.returncode == 0, proc.stderr
+    assert "format yolov8, from the model metadata" in proc.stdout and "3 class names" in proc.stdout
+    # without metadata the output shape alone says yolov5 / yolov8
+    onnx.save(onnx_models.colour_detector(fmt="yolov5"), str(path))
+    assert load_bundle(path).manifest.graphs["model"].outputs[0].detection.format == "yolov5"
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"format": "end2end"}, "end2end expects [N, K, 6]"),
+    ({"format": "ssd"}, "expected one of yolov5"),
+    ({"format": "yolov8", "labels": ["red"]}, "has 1 labels but output0 [1, 7, 84] has 3 classes"),
+    ({"format": "yolov8", "conf": 2}, "detection.conf: expected a number in [0, 1]"),
+    ({"format": "efficient_nms"}, "needs the outputs of roles num, boxes, scores, classes"),
+])
+def test_bad_detection_manifests_are_one_line_errors(tmp_path, change, needle):
+    labels = change.pop("labels", ("red", "green", "blue"))
+    manifest = onnx_models.detector_manifest(change, [{"name": "output0"}], labels=labels)
+    folder = onnx_models.write_detector_bundle(tmp_path / "bad", onnx_models.colour_detector(), manifest)
+    proc = run_cli("info", folder)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
+
+
+def test_run_on_a_video_writes_boxes_tracks_alerts_and_an_annotated_video(tmp_path):
+    require("ffmpeg")
+    import cv2
+
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (128, 96))
+    for f in range(20):
+        writer.write(_scene(squares=(((8 + 4 * f, 16), 32, 2),)))
+    writer.release()
+    model = tmp_path / "yolov8n.onnx"
+    onnx.save(onnx_models.colour_detector(metadata={"task": "detect", "imgsz": "[64, 64]", "names": NAMES}),
+              str(model))
+    out, video = tmp_path / "out.jsonl", tmp_path / "boxes.mp4"
+    proc = run_cli("run", model, "--video", clip, "--sink", f"video:{video}", "--sink", f"jsonl:{out}",
+                   "--alert", "red:0.6:0.4:0.5", "--conf", "0.5", "--iou", "0.2", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    results = [x for x in lines if x["type"] == "result"]
+    assert len(results) == 20
+    dets = [r["outputs"]["output0"]["detections"] for r in results]
+    assert all(len(d) == 1 and d[0]["label"] == "red" for d in dets)
+    assert len({d[0]["track"] for d in dets}) == 1  # one object, one id all the way
+    centres = [(d[0]["box"][0] + d[0]["box"][2]) / 2 for d in dets]
+    assert centres[-1] - centres[0] > 50  # it moved right by 76 px, and the boxes followed
+    assert all("postprocess" in r["latency_ms"] for r in results)
+    events = [x["event"] for x in lines if x["type"] == "event"]
+    assert "alert_start" in events and "alert_end" in events
+    cap = cv2.VideoCapture(str(video))
+    ok, first = cap.read()
+    assert ok and first.shape == (96, 128, 3)
+    cap.release()
+    probe = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=nb_read_frames",
+                            "-of", "csv=p=0", str(video)], capture_output=True, text=True, timeout=30)
+    assert probe.stdout.strip() == "20"
