@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgemm.bundle import OutputSpec, VideoPreprocess
-from edgemm.detection import decode_boxes, label_of, part_names, to_record, to_source
+from edgemm.detection import Boxes, decode_boxes, label_of, part_names, to_record, to_source, visible
 from edgemm.errors import EdgemmError
 from edgemm.fusion import softmax
 
@@ -317,7 +317,7 @@ class Decisions:
             size = self.image.size if self.image is not None else (0, 0)
             boxes = decode_boxes(outputs, spec, size, self.conf, self.iou)
             if self.image is not None and frame_hw is not None and len(boxes):
-                boxes.xyxy = to_source(boxes.xyxy, frame_hw, self.image)
+                boxes = visible(Boxes(to_source(boxes.xyxy, frame_hw, self.image), boxes.scores, boxes.classes))
             tracks = None
             if name in self.trackers:
                 tracks, changes = self.trackers[name].update(boxes, t)

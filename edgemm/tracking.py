@@ -21,42 +21,58 @@ import numpy as np
 from edgemm.detection import Boxes, iou_matrix
 
 
-class Kalman:
-    """Constant-velocity Kalman filter on (cx, cy, w, h); noise scaled by the box height as in ByteTrack."""
+def _std(h: np.ndarray, pos: float, vel: float) -> np.ndarray:
+    """Per-track standard deviations (T, 8) scaled by the box height, as ByteTrack's filter does."""
+    s = np.maximum(h, 1.0)[:, None]
+    return np.hstack([np.repeat(s * pos, 4, axis=1), np.repeat(s * vel, 4, axis=1)])
 
-    def __init__(self, box: np.ndarray):
-        cx, cy, w, h = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]
-        self.x = np.array([cx, cy, w, h, 0, 0, 0, 0], np.float64)
-        s = max(h, 1.0)
-        self.p = np.diag(np.square([s / 10, s / 10, s / 10, s / 10, s / 2, s / 2, s / 2, s / 2]))
+
+def _measure(xyxy: np.ndarray) -> np.ndarray:
+    """Corners (T, 4) -> cx, cy, w, h."""
+    return np.hstack([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]]).astype(np.float64)
+
+
+class Kalman:
+    """Constant-velocity Kalman filters on (cx, cy, w, h) for all tracks at once: means (T, 8), covariances
+    (T, 8, 8); one batched matrix product per step instead of a Python loop over tracks."""
+
+    def __init__(self):
+        self.x = np.zeros((0, 8))
+        self.p = np.zeros((0, 8, 8))
+
+    def add(self, xyxy: np.ndarray) -> None:
+        z = _measure(xyxy)
+        x = np.hstack([z, np.zeros_like(z)])
+        p = np.einsum("ti,ij->tij", np.square(_std(z[:, 3], 0.1, 0.5)), np.eye(8))
+        self.x, self.p = np.vstack([self.x, x]), np.concatenate([self.p, p])
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.x, self.p = self.x[mask], self.p[mask]
 
     def predict(self, dt: float) -> None:
         f = np.eye(8)
         f[:4, 4:] = np.eye(4) * dt
-        s = max(self.x[3], 1.0)
-        q = np.diag(np.square([s / 20, s / 20, s / 20, s / 20, s / 160, s / 160, s / 160, s / 160])) * max(dt, 1e-3)
-        self.x = f @ self.x
+        q = np.einsum("ti,ij->tij", np.square(_std(self.x[:, 3], 0.05, 1 / 160)) * max(dt, 1e-3), np.eye(8))
+        self.x = self.x @ f.T
         self.p = f @ self.p @ f.T + q
 
-    def update(self, box: np.ndarray) -> None:
-        z = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0], box[3] - box[1]])
-        s = max(z[3], 1.0)
-        r = np.diag(np.square([s / 20, s / 20, s / 20, s / 20]))
-        h = np.eye(4, 8)
-        gain = self.p @ h.T @ np.linalg.inv(h @ self.p @ h.T + r)
-        self.x = self.x + gain @ (z - h @ self.x)
-        self.p = (np.eye(8) - gain @ h) @ self.p
+    def update(self, rows: np.ndarray, xyxy: np.ndarray) -> None:
+        z = _measure(xyxy)
+        x, p = self.x[rows], self.p[rows]
+        r = np.einsum("ti,ij->tij", np.square(_std(z[:, 3], 0.05, 0)[:, :4]), np.eye(4))
+        gain = p[:, :, :4] @ np.linalg.inv(p[:, :4, :4] + r)  # H = [I 0]: H P H^T + R, P H^T
+        self.x[rows] = x + (gain @ (z - x[:, :4])[:, :, None])[:, :, 0]
+        self.p[rows] = p - gain @ p[:, :4, :]
 
-    def box(self) -> np.ndarray:
-        cx, cy, w, h = self.x[:4]
-        return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float32)
+    def boxes(self) -> np.ndarray:
+        c, wh = self.x[:, :2], self.x[:, 2:4]
+        return np.hstack([c - wh / 2, c + wh / 2]).astype(np.float32)
 
 
 @dataclass
 class Track:
     id: int
     cls: int
-    kalman: Kalman
     last_seen: float
     hits: int = 1
     announced: bool = False
@@ -71,7 +87,8 @@ class Tracker:
     low_match_iou: float = 0.5  # stricter for weak detections
     max_age_s: float = 1.0  # a track unseen this long is dropped (occlusions shorter keep their id)
     min_hits: int = 2  # frames before a track counts as an object (object_entered)
-    tracks: list[Track] = field(default_factory=list)
+    tracks: list[Track] = field(default_factory=list)  # row i of kalman belongs to tracks[i]
+    kalman: Kalman = field(default_factory=Kalman)
     next_id: int = 1
     t: float | None = None
 
@@ -79,24 +96,28 @@ class Tracker:
         """Match this frame's boxes; returns (track id or None per box, [("entered"|"left", track)])."""
         dt = 0.0 if self.t is None else max(0.0, t - self.t)
         self.t = t
-        for tr in self.tracks:
-            tr.kalman.predict(dt)
+        self.kalman.predict(dt)
         ids: list[int | None] = [None] * len(boxes)
         free = list(range(len(self.tracks)))
         high = np.flatnonzero(boxes.scores >= self.high)
         low = np.flatnonzero(boxes.scores < self.high)
         for dets, least in ((high, self.match_iou), (low, self.low_match_iou)):
-            for d, k in self._match(boxes, dets, free, least):
+            pairs = self._match(boxes, dets, free, least)
+            if pairs:
+                d_idx, rows = (np.array(v) for v in zip(*pairs))
+                self.kalman.update(rows, boxes.xyxy[d_idx])
+            for d, k in pairs:
                 tr = self.tracks[k]
-                tr.kalman.update(boxes.xyxy[d])
                 tr.last_seen, tr.hits = t, tr.hits + 1
                 ids[d] = tr.id
                 free.remove(k)
-        for d in high:
-            if ids[d] is None:
-                self.tracks.append(Track(self.next_id, int(boxes.classes[d]), Kalman(boxes.xyxy[d]), t))
-                ids[d] = self.next_id
-                self.next_id += 1
+        born = [d for d in high if ids[d] is None]
+        if born:
+            self.kalman.add(boxes.xyxy[born])
+        for d in born:
+            self.tracks.append(Track(self.next_id, int(boxes.classes[d]), t))
+            ids[d] = self.next_id
+            self.next_id += 1
         events: list[tuple[str, Track]] = []
         for tr in self.tracks:
             if not tr.announced and tr.hits >= self.min_hits:
@@ -104,13 +125,15 @@ class Tracker:
                 events.append(("entered", tr))
         gone = [tr for tr in self.tracks if t - tr.last_seen > self.max_age_s]
         events += [("left", tr) for tr in gone if tr.announced]
-        self.tracks = [tr for tr in self.tracks if t - tr.last_seen <= self.max_age_s]
+        alive = np.array([t - tr.last_seen <= self.max_age_s for tr in self.tracks], bool)
+        self.kalman.keep(alive)
+        self.tracks = [tr for tr, keep in zip(self.tracks, alive) if keep]
         return ids, events
 
     def _match(self, boxes: Boxes, dets: np.ndarray, free: list[int], least: float) -> list[tuple[int, int]]:
         if not len(dets) or not free:
             return []
-        predicted = np.stack([self.tracks[k].kalman.box() for k in free])
+        predicted = self.kalman.boxes()[free]
         iou = iou_matrix(boxes.xyxy[dets], predicted)
         same = boxes.classes[dets][:, None] == np.array([self.tracks[k].cls for k in free])[None, :]
         iou = np.where(same, iou, 0.0)
@@ -131,4 +154,5 @@ class Tracker:
         """Every announced track leaves at shutdown, so each entered has a left in the log."""
         left = [("left", tr) for tr in self.tracks if tr.announced]
         self.tracks = []
+        self.kalman.keep(np.zeros(0, bool))
         return left
