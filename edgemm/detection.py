@@ -193,6 +193,28 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def greedy_match(score: np.ndarray, least: float) -> list[tuple[int, int]]:
+    """One-to-one (row, column) pairs of a score matrix, best pair first, none under least."""
+    pairs, rows, cols = [], set(), set()
+    for flat in np.argsort(-score, axis=None):
+        i, j = divmod(int(flat), score.shape[1])
+        if score[i, j] < least:
+            break
+        if i not in rows and j not in cols:
+            rows.add(i)
+            cols.add(j)
+            pairs.append((i, j))
+    return pairs
+
+
+def match_boxes(a: Boxes, b: Boxes, least: float) -> list[tuple[int, int]]:
+    """Boxes of a paired with boxes of b of the same class by IoU (greedy, best first, IoU >= least)."""
+    if not len(a) or not len(b):
+        return []
+    same = a.classes[:, None] == b.classes[None, :]
+    return greedy_match(np.where(same, iou_matrix(a.xyxy, b.xyxy), 0.0), least)
+
+
 def nms(boxes: Boxes, iou: float, max_det: int, agnostic: bool = False) -> np.ndarray:
     """Greedy NMS, per class unless agnostic; indices kept, best score first. OpenCV's NMSBoxesBatched where
     the OpenCV build has it (4.7+; it measured 2-5x faster than the numpy loop, benchmarks/RESULTS.md), else

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgemm.detection import Boxes, iou_matrix
+from edgemm.detection import Boxes, match_boxes
 
 
 def _std(h: np.ndarray, pos: float, vel: float) -> np.ndarray:
@@ -133,22 +133,9 @@ class Tracker:
     def _match(self, boxes: Boxes, dets: np.ndarray, free: list[int], least: float) -> list[tuple[int, int]]:
         if not len(dets) or not free:
             return []
-        predicted = self.kalman.boxes()[free]
-        iou = iou_matrix(boxes.xyxy[dets], predicted)
-        same = boxes.classes[dets][:, None] == np.array([self.tracks[k].cls for k in free])[None, :]
-        iou = np.where(same, iou, 0.0)
-        pairs = []
-        used_d, used_t = set(), set()
-        for flat in np.argsort(-iou, axis=None):
-            i, j = divmod(int(flat), iou.shape[1])
-            if iou[i, j] < least:
-                break
-            if i in used_d or j in used_t:
-                continue
-            used_d.add(i)
-            used_t.add(j)
-            pairs.append((int(dets[i]), free[j]))
-        return pairs
+        predicted = Boxes(self.kalman.boxes()[free], np.ones(len(free), np.float32),
+                          np.array([self.tracks[k].cls for k in free]))
+        return [(int(dets[i]), free[j]) for i, j in match_boxes(boxes.take(dets), predicted, least)]
 
     def close(self) -> list[tuple[str, Track]]:
         """Every announced track leaves at shutdown, so each entered has a left in the log."""

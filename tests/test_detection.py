@@ -225,3 +225,60 @@ def test_run_on_a_video_writes_boxes_tracks_alerts_and_an_annotated_video(tmp_pa
     probe = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=nb_read_frames",
                             "-of", "csv=p=0", str(video)], capture_output=True, text=True, timeout=30)
     assert probe.stdout.strip() == "20"
+
+
+def _labelled_folder(folder, coco: bool):
+    """Three 64x64 scenes, each with 8x8 colour squares on stride-8 cells, and their boxes as labels."""
+    import cv2
+
+    folder.mkdir()
+    scenes = [[((16, 24), 8, 2)], [((40, 8), 8, 1), ((8, 48), 8, 2)], [((32, 32), 8, 0)]]
+    ann, images = [], []
+    for i, squares in enumerate(scenes):
+        cv2.imwrite(str(folder / f"s{i}.png"), _scene((64, 64), squares))
+        rows = []
+        for (x, y), side, ch in squares:
+            cls = {2: 0, 1: 1, 0: 2}[ch]  # BGR channel -> red, green, blue
+            rows.append(f"{cls} {(x + side / 2) / 64} {(y + side / 2) / 64} {side / 64} {side / 64}")
+            ann.append({"id": len(ann) + 1, "image_id": i, "category_id": 10 + cls, "bbox": [x, y, side, side]})
+        images.append({"id": i, "file_name": f"s{i}.png"})
+        if not coco:
+            (folder / f"s{i}.txt").write_text("\n".join(rows) + "\n")
+    if coco:
+        cats = [{"id": 10 + k, "name": n} for k, n in enumerate(("red", "green", "blue"))]
+        (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": ann, "categories": cats}))
+    return folder
+
+
+@pytest.mark.parametrize("coco", [False, True])
+def test_eval_reports_coco_map_and_the_drop_against_another_model(tmp_path, coco):
+    pytest.importorskip("pycocotools")
+    data = _labelled_folder(tmp_path / "data", coco)
+    bundles = {}
+    for name, box in (("exact", 8.0), ("loose", 10.0)):
+        manifest = onnx_models.detector_manifest({"format": "yolov8", "conf": 0.5}, [{"name": "output0"}])
+        bundles[name] = onnx_models.write_detector_bundle(tmp_path / name, onnx_models.colour_detector(box=box),
+                                                          manifest)
+    proc = run_cli("eval", bundles["loose"], "--against", bundles["exact"], "--data", data, "--json",
+                   tmp_path / "eval.json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["images"] == 3 and report["objects"] == 4
+    exact, loose = report["original"], report["model"]
+    assert exact["map50"] == 1.0 and exact["map"] == 1.0 and exact["precision"] == exact["recall"] == 1.0
+    assert exact["per_class_ap"] == {"red": 1.0, "green": 1.0, "blue": 1.0}
+    # 10 px boxes on 8 px objects: IoU 0.64, right at 0.5, wrong at 0.65 and above
+    assert loose["map50"] == 1.0 and 0.2 < loose["map"] < 0.5
+    assert report["drop_points"]["map50"] == 0.0 and report["drop_points"]["map"] > 50
+    assert report["agreement"]["box_f1"] == 1.0
+    assert "mAP@0.5 1.0000" in proc.stdout and "Drop: mAP@0.5 +0.00 points" in proc.stdout
+
+
+def test_eval_on_a_folder_without_labels_is_one_line(tmp_path):
+    pytest.importorskip("pycocotools")
+    data = _labelled_folder(tmp_path / "data", False)
+    (data / "s1.txt").unlink()
+    manifest = onnx_models.detector_manifest({"format": "yolov8"}, [{"name": "output0"}])
+    model = onnx_models.write_detector_bundle(tmp_path / "m", onnx_models.colour_detector(), manifest)
+    proc = run_cli("eval", model, "--data", data)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "s1.txt" in proc.stderr
