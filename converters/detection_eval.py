@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemm.bundle import Bundle
-from edgemm.detection import Boxes, match_boxes
+from edgemm.bundle import Bundle, OutputSpec
+from edgemm.detection import Boxes, decode_boxes, match_boxes
 from edgemm.errors import EdgemmError
 from edgemm.media import IMAGE_SUFFIXES
 
@@ -170,6 +170,15 @@ def agreement(reference: list[Boxes], candidate: list[Boxes], conf: float) -> di
     p, r = pr["precision"], pr["recall"]
     return {"box_f1": round(2 * p * r / (p + r), 4) if p + r else (1.0 if not any(map(len, ref)) else 0.0),
             "precision": p, "recall": r}
+
+
+def output_agreement(reference: np.ndarray, candidate: np.ndarray, spec: OutputSpec) -> float:
+    """Box F1 between two batches of one raw detection output (batch along axis 0), decoded by the spec."""
+    size = (1, 1)  # boxes stay in the output's own units: both sides alike
+
+    def boxes(batch):
+        return [decode_boxes({spec.name: batch[i:i + 1]}, spec, size) for i in range(len(batch))]
+    return agreement(boxes(reference), boxes(candidate), spec.detection.conf)["box_f1"]
 
 
 def evaluate_detection(model: Bundle, data, original: Bundle | None = None, backend: str = "onnxruntime",

@@ -324,18 +324,25 @@ def mobile_cnn_model(hw=12, channels=16, classes=5, seed=0) -> onnx.ModelProto:
 STRIDES = (8, 16, 32)
 
 
-def colour_detector(hw=(64, 64), fmt="yolov8", box=24.0, metadata: dict | None = None) -> onnx.ModelProto:
+def colour_detector(hw=(64, 64), fmt="yolov8", box=24.0, metadata: dict | None = None,
+                    conv: bool = False) -> onnx.ModelProto:
     """A real detector of pure-colour blobs on a dark scene, in the layout of an Ultralytics export.
 
     Per stride, each grid cell's mean R, G, B (AveragePool) are the scores of classes red, green, blue, and
     its box is a fixed-size square on the cell centre (cx, cy, w, h in input pixels). yolov8: output0
     [1, 4 + 3, anchors]; yolov5: [1, anchors, 5 + 3] with objectness = the best class score and class scores
-    divided by it (so objectness x class = the colour mean).
+    divided by it (so objectness x class = the colour mean). conv: an identity 1x1 Conv first, with weights
+    for INT8 to quantize.
     """
     h, w = hw
     nodes, inits, scores, boxes = [], [], [], []
+    pixels = "images"
+    if conv:
+        nodes.append(helper.make_node("Conv", ["images", "mix_w", "mix_b"], ["mixed"]))
+        inits += [_init("mix_w", np.eye(3).reshape(3, 3, 1, 1)), _init("mix_b", np.zeros(3))]
+        pixels = "mixed"
     for s in STRIDES:
-        nodes += [helper.make_node("AveragePool", ["images"], [f"p{s}"], kernel_shape=[s, s], strides=[s, s]),
+        nodes += [helper.make_node("AveragePool", [pixels], [f"p{s}"], kernel_shape=[s, s], strides=[s, s]),
                   helper.make_node("Reshape", [f"p{s}", "shape3"], [f"s{s}"])]
         ys, xs = np.mgrid[0:h // s, 0:w // s]
         centres = np.stack([(xs.ravel() + 0.5) * s, (ys.ravel() + 0.5) * s,

@@ -282,3 +282,44 @@ def test_eval_on_a_folder_without_labels_is_one_line(tmp_path):
     model = onnx_models.write_detector_bundle(tmp_path / "m", onnx_models.colour_detector(), manifest)
     proc = run_cli("eval", model, "--data", data)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "s1.txt" in proc.stderr
+
+
+def test_guard_metric_of_a_detector_is_box_agreement():
+    from edgemm.converters.detection_eval import output_agreement
+
+    frames = [_scene((64, 64), [((16, 24), 8, 2), ((40, 40), 8, 1)]), _scene((64, 64), [((8, 8), 8, 0)])]
+    spec = onnx_models.detector_manifest({"format": "yolov8", "conf": 0.5}, [{"name": "output0"}])
+    from edgemm.bundle import manifest_from_dict
+
+    out_spec = manifest_from_dict(spec).graphs["model"].outputs[0]
+    x = np.concatenate([f[None, :, :, ::-1].transpose(0, 3, 1, 2) / 255.0 for f in frames]).astype(np.float32)
+
+    def run(box):
+        sess = ort.InferenceSession(onnx_models.colour_detector(box=box).SerializeToString())
+        return np.concatenate([sess.run(None, {"images": x[i:i + 1]})[0] for i in range(len(x))])
+
+    ref = run(8.0)
+    assert output_agreement(ref, ref, out_spec) == 1.0
+    assert output_agreement(ref, run(10.0), out_spec) == 1.0  # IoU 0.64: the same objects
+    assert output_agreement(ref, run(24.0), out_spec) == 0.0  # IoU 0.11: none found where float found them
+
+
+def test_int8_convert_of_a_detector_guards_box_agreement(tmp_path):
+    from edgemm.converters.convert import ConvertOptions, convert
+
+    manifest = onnx_models.detector_manifest({"format": "yolov8", "conf": 0.5}, [{"name": "output0"}])
+    model = onnx_models.write_detector_bundle(tmp_path / "det", onnx_models.colour_detector(conv=True, box=8.0),
+                                              manifest)
+    rng = np.random.default_rng(0)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    frames = [_scene((64, 64), [((int(rng.integers(0, 7)) * 8, int(rng.integers(0, 7)) * 8), 8, int(rng.integers(3)))])
+              for _ in range(16)]
+    x = np.concatenate([f[None, :, :, ::-1].transpose(0, 3, 1, 2) / 255.0 for f in frames]).astype(np.float32)
+    np.savez(calib / "c.npz", images=x)
+    report = convert(model, tmp_path / "int8", ConvertOptions(precision="int8", calib=calib, max_drop=0.0,
+                                                              threads=1, bench_seconds=0.1, flavour="u8s8",
+                                                              quiet=True))
+    g = report["conversion"]["accuracy_guard"]
+    assert g["metric"] == "box F1 x 100 vs float (IoU >= 0.5)" and g["metric_float"] == pytest.approx(100.0)
+    assert g["within_budget"]
