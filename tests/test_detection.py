@@ -323,3 +323,71 @@ def test_int8_convert_of_a_detector_guards_box_agreement(tmp_path):
     g = report["conversion"]["accuracy_guard"]
     assert g["metric"] == "box F1 x 100 vs float (IoU >= 0.5)" and g["metric_float"] == pytest.approx(100.0)
     assert g["within_budget"]
+
+
+@pytest.mark.parametrize("fmt", ["yolov8", "yolov5"])
+def test_nms_in_engine_graph_ends_in_efficient_nms(tmp_path, fmt):
+    from edgemm.converters.convert import ConvertOptions, convert
+
+    manifest = onnx_models.detector_manifest({"format": fmt, "conf": 0.4, "iou": 0.5, "max_det": 50},
+                                             [{"name": "output0"}])
+    model = onnx_models.write_detector_bundle(tmp_path / "det", onnx_models.colour_detector(fmt=fmt), manifest)
+    out = tmp_path / "trt"
+    report = convert(model, out, ConvertOptions(target="tensorrt", nms_in_engine=True, bench_seconds=0.1,
+                                                quiet=True))
+    assert report["conversion"]["nms_in_engine"]["plugin"] == "EfficientNMS_TRT"
+    bundle = load_bundle(out)  # the manifest matches the rewritten graph
+    graph = bundle.load_graph()
+    onnx.checker.check_model(graph)
+    (nms_node,) = [n for n in graph.graph.node if n.op_type == "EfficientNMS_TRT"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nms_node.attribute}
+    assert attrs["box_coding"] == 1 and attrs["max_output_boxes"] == 50 and attrs["background_class"] == -1
+    assert attrs["score_threshold"] == pytest.approx(0.4) and attrs["iou_threshold"] == pytest.approx(0.5)
+    spec = bundle.manifest.graphs["model"].outputs[0]
+    assert spec.detection.format == "efficient_nms" and spec.labels == ["red", "green", "blue"]
+    assert [o.name for o in graph.graph.output] == list(spec.detection.parts.values())
+    # Up to the plugin the graph runs anywhere: its inputs are the head's boxes and (objectness x) class scores
+    up_to = onnx.ModelProto()
+    up_to.CopyFrom(graph)
+    up_to.graph.node.remove(nms_node)
+    del up_to.graph.output[:]
+    up_to.graph.output.extend([onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                               for n in ("nms_boxes", "nms_scores")])
+    frame = _scene((64, 64), [((16, 24), 8, 2)])
+    x = frame[None, :, :, ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    boxes, scores = ort.InferenceSession(up_to.SerializeToString()).run(None, {"images": x})
+    assert boxes.shape == (1, 84, 4) and scores.shape == (1, 84, 3) and scores[0, :, 0].max() == pytest.approx(1.0)
+
+
+def test_nms_in_engine_needs_a_yolo_head(tmp_path):
+    rows = np.zeros((1, 5, 6), np.float32)
+    manifest = onnx_models.detector_manifest({"format": "end2end"}, [{"name": "dets"}])
+    model = onnx_models.write_detector_bundle(tmp_path / "e2e", onnx_models.constant_detector({"dets": rows}),
+                                              manifest)
+    proc = run_cli("convert", model, "-o", tmp_path / "out", "--target", "tensorrt", "--nms-in-engine")
+    assert proc.returncode == 1 and "no yolov8 or yolov5 detection output" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.tensorrt
+def test_engine_with_nms_returns_final_boxes(tmp_path):
+    from edgemm.converters.convert import ConvertOptions, convert
+    from edgemm.runners import make_runner
+    from tests.test_convert_cli import _engine_builder_here
+
+    if not _engine_builder_here():
+        pytest.skip("needs TensorRT and a CUDA GPU to build the engine")
+    manifest = onnx_models.detector_manifest({"format": "yolov8", "conf": 0.5, "iou": 0.3}, [{"name": "output0"}])
+    model = onnx_models.write_detector_bundle(tmp_path / "det", onnx_models.colour_detector(), manifest)
+    convert(model, tmp_path / "trt", ConvertOptions(target="tensorrt", nms_in_engine=True, bench_seconds=0.1,
+                                                    quiet=True))
+    bundle = load_bundle(tmp_path / "trt")
+    graph = bundle.manifest.graphs["model"]
+    frame = _scene()
+    with make_runner(bundle, "model", "tensorrt") as runner:
+        outs = runner.infer({"images": preprocess_video(frame, graph.inputs[0])})
+    specs = {o.name: o for o in graph.outputs}
+    rec = Decisions(specs, image=graph.inputs[0].preprocess).decode(outs, 0.0, frame.shape[:2])["num_detections"]
+    assert rec["counts"] == {"red": 1}
+    x1, y1, x2, y2 = rec["detections"][0]["box"]
+    assert [(x1 + x2) / 2, (y1 + y2) / 2] == [56, 24]
