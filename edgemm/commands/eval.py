@@ -148,14 +148,18 @@ def run(args) -> int:
     if args.report:
         paths = write_report(args.report, report)
         print("Report: " + ", ".join(str(p) for p in paths.values()), file=out)
-    if args.json:
-        from edgemm.outputs import to_json, write_json
-
-        if args.json == "-":
-            print(to_json(report, indent=2))
-        else:
-            write_json(args.json, report)
+    _write_json(args, report)
     return 0
+
+
+def _write_json(args, report: dict) -> None:
+    """--json PATH, or the report on stdout with --json - (the human summary went to stderr)."""
+    from edgemm.outputs import to_json, write_json
+
+    if args.json == "-":
+        print(to_json(report, indent=2))
+    elif args.json:
+        write_json(args.json, report)
 
 
 def _is_detector(bundle) -> bool:
@@ -170,7 +174,7 @@ def _run_detection(args, model, original) -> int:
     how well the boxes agree."""
     from edgemm.converters.detection_eval import evaluate_detection
     from edgemm.lazy import import_optional
-    from edgemm.outputs import to_json, write_json
+    from edgemm.outputs import write_json
 
     import_optional("pycocotools", "pip install pycocotools (or edgemm[convert])")
     report = evaluate_detection(model, args.data, original, args.backend, args.threads, args.limit)
@@ -189,9 +193,5 @@ def _run_detection(args, model, original) -> int:
     if args.report:
         path = write_json(Path(args.report) / "report.json", report)
         print(f"Report: {path}", file=out)
-    if args.json:
-        if args.json == "-":
-            print(to_json(report, indent=2))
-        else:
-            write_json(args.json, report)
+    _write_json(args, report)
     return 0
