@@ -434,8 +434,9 @@ class Pipeline:
         here is still a user error (EdgemmError) and everything opened so far is closed again."""
         # A camera's or a file's frame rate is known only once it is open (after the sinks): "video_fps"
         # asks for it when a sink needs it (the video sink, at its first frame).
+        # "pipeline": the metrics sink reads drops, reconnects, overflows and drift from it when scraped.
         context = {"fps": getattr(self.sources.get("video"), "fps", None), "video_fps": self.video_fps,
-                   "model": self.manifest.name}
+                   "model": self.manifest.name, "pipeline": self}
         for sink in self.sinks:
             sink.open(context)
             self._opened.append(sink)
