@@ -76,8 +76,6 @@ class MetricsSink(Sink):
     name = "metrics"
 
     def __init__(self, port: int, host: str = "0.0.0.0"):
-        if not 0 <= port <= 65535:
-            raise EdgemmError(f"Metrics: {host}:{port} | Bad port; expected 1..65535.")
         self.host, self.port = host, port
         self._server = None
         self._power = None
