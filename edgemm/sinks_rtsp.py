@@ -41,6 +41,7 @@ class RtspSink(Sink):
         self.python = os.environ.get("EDGEMM_GST_PYTHON", "/usr/bin/python3")
         self.tap = FrameTap("rtsp", fps, self._write)
         self.failed: str | None = None
+        self.ready = threading.Event()  # set once the server listens (at the first frame)
         self._proc: subprocess.Popen | None = None
         self._size: tuple[int, int] | None = None
 
@@ -78,6 +79,7 @@ class RtspSink(Sink):
         # Drain the helper's stderr (GStreamer warnings) so a full pipe never blocks it.
         threading.Thread(target=self._proc.stderr.read, daemon=True).start()
         self._size = (width, height)
+        self.ready.set()
         log.warning("RTSP stream at %s", self.url)
 
     def _write(self, image: np.ndarray) -> None:

@@ -190,10 +190,7 @@ def test_rtsp_stream_reads_back_over_loopback(av_bundle):
     port = free_port()
     sink = make_sink(f"rtsp://127.0.0.1:{port}/cabin?fps=15")
     with running(av_bundle, [sink]):
-        deadline = time.monotonic() + 20
-        while sink._proc is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert sink.failed is None
+        assert sink.ready.wait(30) and sink.failed is None
         cap = cv2.VideoCapture(f"rtsp://127.0.0.1:{port}/cabin", cv2.CAP_FFMPEG,
                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 15000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 15000])
         try:
@@ -272,5 +269,5 @@ def test_run_metrics_flag_serves_metrics_and_refuses_a_bad_port(tmp_path, av_onn
             proc.terminate()
             proc.wait(30)
     assert proc.returncode == 0
-    bad = subprocess.run(cmd[:-4] + ["--metrics", "x:y", "--duration", "1"], capture_output=True, text=True)
+    bad = subprocess.run(cmd[:-5] + ["--metrics", "x:y", "--duration", "1"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "x:y" in bad.stderr
