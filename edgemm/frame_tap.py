@@ -35,6 +35,7 @@ class FrameTap:
         self.wanted = wanted
         self.offered = 0  # frames the pipeline handed over
         self.delivered = 0  # frames annotated and handed on (the others were replaced or not wanted)
+        self.cpu_s = 0.0  # CPU time of the tap's thread spent drawing and delivering (what watching costs)
         self._slot: tuple[np.ndarray, dict] | None = None
         self._cond = threading.Condition()
         self._stop = False
@@ -62,12 +63,13 @@ class FrameTap:
                 self._slot = None
             if not self.wanted():
                 continue  # nobody watching: the frame is dropped without being drawn or encoded
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), time.thread_time()
             try:
                 self.deliver(annotate(frame, record))
                 self.delivered += 1
             except Exception:  # a viewer going away mid-frame must not end the tap
                 log.exception("%s: delivering a frame failed", self.name)
+            self.cpu_s += time.thread_time() - c0
             # The cap: sleep out the rest of the period (frames offered meanwhile replace each other).
             with self._cond:
                 self._cond.wait_for(lambda: self._stop, timeout=max(0.0, t0 + self.period_s - time.monotonic()))

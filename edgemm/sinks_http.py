@@ -2,7 +2,8 @@
 
   GET /               the page: the annotated video, the latest results, latency per stage, fps, recent events
   GET /stream.mjpg    the annotated frames as MJPEG (multipart/x-mixed-replace; every browser shows it in <img>)
-  GET /state.json     the latest result record, fps, latency per stage, recent events, frames sent, viewers
+  GET /state.json     the latest result record, fps, recent events, frames sent, viewers, CPU ms to draw and
+                      encode a frame
 
 Binds 127.0.0.1 unless told otherwise. Bound to any other address it requires ``?token=SECRET``; every
 request must then carry ``?token=SECRET`` (the page passes it on to its own requests). Frames are drawn and
@@ -150,6 +151,7 @@ class HttpSink(Sink):
                 "events": list(self._events),
                 "summary": self._summary,
                 "frames_sent": self.frames_sent,
+                "encode_ms": round(1e3 * self.tap.cpu_s / self.tap.delivered, 3) if self.tap.delivered else None,
                 "viewers": self.viewers,
             }
 
