@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from edgemm.bundle import load_bundle
+from edgemm.decisions import AlertRule
 from edgemm.errors import EdgemmError
 from edgemm.frame_tap import FrameTap
 from edgemm.pipeline import Pipeline
@@ -30,10 +31,10 @@ from tests.test_sinks import RECORD
 
 
 @contextlib.contextmanager
-def running(bundle, sinks, video="test://video?size=320x240&fps=30", audio="test://audio"):
+def running(bundle, sinks, video="test://video?size=320x240&fps=30", audio="test://audio", alerts=()):
     """A pipeline stepping on its own thread (as `edgemm run` does) until the block ends."""
     pipe = Pipeline(load_bundle(bundle), video=open_source(video, "video"), audio=open_source(audio, "audio"),
-                    sinks=sinks)
+                    sinks=sinks, alerts=alerts)
     errors = []
 
     def loop():
@@ -126,9 +127,11 @@ def test_frame_tap_skips_frames_nobody_watches():
 
 
 def test_web_view_in_headless_chromium(tmp_path, av_bundle):
-    """The page loads, the MJPEG image updates, the numbers change; screenshots are kept for a look."""
+    """The page loads, the MJPEG image updates, the numbers change, alerts and events show; screenshots are
+    kept for a look."""
     sink = HttpSink("127.0.0.1", 0, fps=15)
-    with running(av_bundle, [sink]) as pipe, Chromium() as browser:
+    always = [AlertRule.parse(f"{digit}:0:0") for digit in "0123456789"]  # every label's score is >= 0
+    with running(av_bundle, [sink], alerts=always) as pipe, Chromium() as browser:
         browser.open(sink.url)
         assert browser.wait_for("document.getElementById('video').naturalWidth") == 320
         assert browser.wait_for("document.querySelectorAll('#latency tr').length") >= 6  # capture ... total
@@ -141,11 +144,14 @@ def test_web_view_in_headless_chromium(tmp_path, av_bundle):
         shot2 = browser.screenshot()
         labels = browser.js("Array.from(document.querySelectorAll('#latency td:first-child')).map(e => e.textContent)")
         fps = float(browser.js("document.getElementById('fps').textContent"))
+        alerts = browser.js("document.getElementById('alerts').textContent")
+        events = browser.js("document.getElementById('events').textContent")
         assert sink.viewers == 1 and sink.frames_sent > 5
     (tmp_path / "shot1.png").write_bytes(shot1)
     print("screenshots in", tmp_path)
     (tmp_path / "shot2.png").write_bytes(shot2)
     assert {"capture", "preprocess", "infer", "total"} <= set(labels)
+    assert alerts.startswith("ALERT: ") and "alert_start" in events
     assert 5 < fps < 40 and pipe.results > first
     a, b = (cv2.imdecode(np.frombuffer(s, np.uint8), cv2.IMREAD_COLOR) for s in (shot1, shot2))
     assert a.shape[:2] == (800, 1280) and a.std() > 20  # not blank
