@@ -3,8 +3,9 @@
 The live sinks (the web view, RTSP) must never slow inference. Their ``result()`` runs on the pipeline's
 worker thread, so all it does here is keep a reference to the newest frame and its record (one slot: a
 newer frame replaces an older one not yet taken; nothing is queued). A thread of the tap wakes at most
-``fps`` times a second, and only when ``wanted()`` says someone is watching does it draw the annotation
-(the video file sink's drawing, one function for all sinks) and call ``deliver(image)`` with it.
+``fps`` times a second, and only when ``wanted()`` says someone is watching does it scale the frame down to
+``max_width`` (if wider), draw the annotation (the video file sink's drawing, one function for all sinks)
+and call ``deliver(image)`` with it.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def annotate(frame: np.ndarray, record: dict) -> np.ndarray:
 
 class FrameTap:
     def __init__(self, name: str, fps: float, deliver: Callable[[np.ndarray], None],
-                 wanted: Callable[[], bool] = lambda: True):
+                 wanted: Callable[[], bool] = lambda: True, max_width: int | None = None):
         self.name = name
+        self.max_width = max_width  # wider frames are scaled down first: drawing and encoding cost less
         self.period_s = 1.0 / fps
         self.deliver = deliver
         self.wanted = wanted
@@ -65,7 +67,7 @@ class FrameTap:
                 continue  # nobody watching: the frame is dropped without being drawn or encoded
             t0, c0 = time.monotonic(), time.thread_time()
             try:
-                self.deliver(annotate(frame, record))
+                self.deliver(annotate(self._scaled(frame), record))
                 self.delivered += 1
             except Exception:  # a viewer going away mid-frame must not end the tap
                 log.exception("%s: delivering a frame failed", self.name)
@@ -73,6 +75,15 @@ class FrameTap:
             # The cap: sleep out the rest of the period (frames offered meanwhile replace each other).
             with self._cond:
                 self._cond.wait_for(lambda: self._stop, timeout=max(0.0, t0 + self.period_s - time.monotonic()))
+
+    def _scaled(self, frame: np.ndarray) -> np.ndarray:
+        w = frame.shape[1]
+        if not self.max_width or w <= self.max_width:
+            return frame
+        import cv2
+
+        h = max(1, round(frame.shape[0] * self.max_width / w))
+        return cv2.resize(frame, (self.max_width, h), interpolation=cv2.INTER_AREA)
 
     def close(self) -> None:
         with self._cond:

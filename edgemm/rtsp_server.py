@@ -9,9 +9,10 @@ from edgemm and only the standard library at import time.
     python3 rtsp_server.py --host H --port P --path /PATH --width W --height H --fps F < frames
 
 Frames are W*H*3 bytes of BGR each. They are pushed into every client's pipeline (one shared media) and
-dropped when no client is connected or the encoder is behind (appsrc leaks the oldest, so a slow client
-never makes the stream lag). H.264 by nvv4l2h264enc on Jetson, else x264enc. Prints ``READY PORT`` once
-the server listens; exits at the end of stdin.
+dropped when the encoder is behind (appsrc leaks the oldest, so a slow client never makes the stream lag).
+H.264 by nvv4l2h264enc on Jetson, else x264enc. Prints ``READY PORT`` once the server listens and
+``WATCHED N`` when the number of streaming pipelines changes (0 or 1: all clients share one); exits at the
+end of stdin.
 """
 
 from __future__ import annotations
@@ -68,15 +69,21 @@ def main(argv=None) -> int:
     srcs: list = []
     lock = threading.Lock()
 
+    def watched(n: int) -> None:
+        # Told to the sink, which sends frames only while someone watches.
+        print(f"WATCHED {n}", flush=True)
+
     def on_configure(_factory, media):
         src = media.get_element().get_child_by_name("src")
         with lock:
             srcs.append(src)
+            watched(len(srcs))
 
         def on_unprepared(_media):
             with lock:
                 if src in srcs:
                     srcs.remove(src)
+                watched(len(srcs))
 
         media.connect("unprepared", on_unprepared)
 

@@ -5,6 +5,7 @@
   GET /state.json     the latest result record, fps, recent events, frames sent, viewers, CPU ms to draw and
                       encode a frame
 
+Frames wider than ``?width=640`` are scaled down to it (``width=0``: as captured), at ``?quality=80``.
 Binds 127.0.0.1 unless told otherwise. Bound to any other address it requires ``?token=SECRET``; every
 request must then carry ``?token=SECRET`` (the page passes it on to its own requests). Frames are drawn and
 JPEG-encoded on a thread of their own at most ``fps`` times a second (default 15), and only while a viewer
@@ -49,7 +50,7 @@ class HttpSink(Sink):
     name = "http"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, token: str = "", fps: float = 15.0,
-                 quality: int = 80):
+                 quality: int = 80, width: int = 640):
         if not is_loopback(host) and not token:
             raise EdgemmError(f"Sink: http://{host}:{port} | Bound to a non-loopback address without a token; "
                               "expected ?token=SECRET (the page then opens at "
@@ -63,7 +64,10 @@ class HttpSink(Sink):
             raise EdgemmError(f"Sink: http://{host}:{port} | quality={quality}; expected a JPEG quality 1..100.")
         self.host, self.port, self.token = host, port, token
         self.quality = int(quality)
-        self.tap = FrameTap("http", fps, self._encode, wanted=lambda: self.viewers > 0)
+        if width < 0:
+            raise EdgemmError(f"Sink: http://{host}:{port} | width={width}; expected a width in pixels (0: the "
+                              "camera's own).")
+        self.tap = FrameTap("http", fps, self._encode, wanted=lambda: self.viewers > 0, max_width=width or None)
         self.viewers = 0
         self.frames_sent = 0
         self._jpeg: bytes | None = None

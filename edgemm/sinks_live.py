@@ -1,8 +1,8 @@
 """Spec strings of the live sinks: the web view, RTSP out and Prometheus metrics (see their modules).
 
-  http://HOST:PORT[?token=T&fps=15&quality=80]   the web view (edgemm.sinks_http); 127.0.0.1 unless told
-  rtsp://HOST:PORT/PATH[?fps=15]                 the annotated stream as RTSP (edgemm.sinks_rtsp)
-  metrics:[HOST:]PORT                            Prometheus metrics at /metrics (edgemm.sinks_metrics)
+  http://HOST:PORT[?token=T&fps=15&quality=80&width=640]   the web view (edgemm.sinks_http)
+  rtsp://HOST:PORT/PATH[?fps=15&width=PX]                  the annotated stream as RTSP (edgemm.sinks_rtsp)
+  metrics:[HOST:]PORT                                      Prometheus metrics at /metrics (edgemm.sinks_metrics)
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ def make_live_sink(spec: str) -> Sink:
         host, port = _host_port(spec, u, 8080, "http://HOST:PORT")
         if u.path not in ("", "/"):
             raise EdgemmError(f"Sink: {spec} | Path {u.path}; expected http://HOST:PORT (the page is served at /).")
-        q = _query(spec, u.query, {"token": "SECRET", "fps": "N", "quality": "1..100"})
-        fps, quality = _number(spec, q, "fps"), _number(spec, q, "quality", int)
+        q = _query(spec, u.query, {"token": "SECRET", "fps": "N", "quality": "1..100", "width": "PX"})
+        fps, quality, width = _number(spec, q, "fps"), _number(spec, q, "quality", int), _number(spec, q, "width", int)
         return HttpSink(host, port, token=q.get("token", ""), fps=15.0 if fps is None else fps,
-                        quality=80 if quality is None else quality)
+                        quality=80 if quality is None else quality, width=640 if width is None else width)
     if spec.startswith("rtsp://"):
         from edgemm.sinks_rtsp import RtspSink
 
@@ -44,8 +44,9 @@ def make_live_sink(spec: str) -> Sink:
         host, port = _host_port(spec, u, 8554, "rtsp://HOST:PORT/PATH")
         if u.path in ("", "/"):
             raise EdgemmError(f"Sink: {spec} | No path; expected rtsp://HOST:PORT/PATH (e.g. /live).")
-        fps = _number(spec, _query(spec, u.query, {"fps": "N"}), "fps")
-        return RtspSink(host, port, u.path, fps=15.0 if fps is None else fps)
+        q = _query(spec, u.query, {"fps": "N", "width": "PX"})
+        fps, width = _number(spec, q, "fps"), _number(spec, q, "width", int)
+        return RtspSink(host, port, u.path, fps=15.0 if fps is None else fps, width=width or 0)
     from edgemm.sinks_metrics import MetricsSink
 
     host, port = metrics_address(spec[len("metrics:"):], spec)

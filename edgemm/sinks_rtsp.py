@@ -3,8 +3,9 @@
 GStreamer's Python bindings come from the distribution and cannot be imported in edgemm's virtual
 environment, so the server runs as a helper process under the system's Python (edgemm/rtsp_server.py;
 ``EDGEMM_GST_PYTHON`` names another interpreter). Frames go to it as raw BGR through a pipe, written by the
-frame tap's thread at most ``fps`` times a second, never by the inference thread. The helper starts at the
-first frame (its size fixes the stream's; later frames of another size are scaled to it). H.264 comes from
+frame tap's thread at most ``fps`` times a second and only while a client watches, never by the inference
+thread. The helper starts at the first frame (its size fixes the stream's; later frames of another size are
+scaled to it). H.264 comes from
 the hardware encoder on Jetson (nvv4l2h264enc), else x264. There is no authentication: bind 127.0.0.1
 (the default host) or a trusted network.
 """
@@ -34,12 +35,19 @@ INSTALL_HINT = ("expected GStreamer's RTSP server for the system Python (Debian/
 class RtspSink(Sink):
     name = "rtsp"
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8554, path: str = "/live", fps: float = 15.0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8554, path: str = "/live", fps: float = 15.0,
+                 width: int = 0):
         if not 0 < fps <= 60:
             raise EdgemmError(f"Sink: rtsp://{host}:{port}{path} | fps={fps}; expected 0 < fps <= 60.")
+        if width < 0:
+            raise EdgemmError(f"Sink: rtsp://{host}:{port}{path} | width={width}; expected a width in pixels "
+                              "(0: the camera's own).")
         self.host, self.port, self.path, self.fps = host, port, "/" + path.lstrip("/"), fps
         self.python = os.environ.get("EDGEMM_GST_PYTHON", "/usr/bin/python3")
-        self.tap = FrameTap("rtsp", fps, self._write)
+        # The first frame starts the server; after it frames are drawn and sent only while a client watches.
+        self.tap = FrameTap("rtsp", fps, self._write, wanted=lambda: self._proc is None or self.watched > 0,
+                            max_width=width or None)
+        self.watched = 0
         self.failed: str | None = None
         self.ready = threading.Event()  # set once the server listens (at the first frame)
         self._proc: subprocess.Popen | None = None
@@ -76,11 +84,18 @@ class RtspSink(Sink):
             self.failed = err.splitlines()[-1] if err else "the RTSP helper ended"
             log.error("rtsp %s: %s; no stream", self.url, self.failed)
             return
-        # Drain the helper's stderr (GStreamer warnings) so a full pipe never blocks it.
+        # Drain the helper's stderr (GStreamer warnings) so a full pipe never blocks it; follow its stdout.
         threading.Thread(target=self._proc.stderr.read, daemon=True).start()
+        threading.Thread(target=self._follow, args=(self._proc.stdout,), daemon=True).start()
         self._size = (width, height)
         self.ready.set()
         log.warning("RTSP stream at %s", self.url)
+
+    def _follow(self, stdout) -> None:
+        for line in stdout:
+            words = line.split()
+            if words[:1] == [b"WATCHED"]:
+                self.watched = int(words[1])
 
     def _write(self, image: np.ndarray) -> None:
         if self.failed:

@@ -66,7 +66,9 @@ def _get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
 def test_specs_are_parsed_and_bad_ones_refused():
     h = make_sink("http://127.0.0.1:8081?fps=10&quality=70")
     assert isinstance(h, HttpSink) and (h.host, h.port, h.tap.period_s, h.quality) == ("127.0.0.1", 8081, 0.1, 70)
-    assert make_sink("http://0.0.0.0:8080?token=s3cret").token == "s3cret"
+    assert make_sink("http://0.0.0.0:8080?token=s3cret").token == "s3cret" and h.tap.max_width == 640
+    assert make_sink("http://127.0.0.1:8081?width=0").tap.max_width is None
+    assert make_sink("rtsp://127.0.0.1:8555/c?width=800").tap.max_width == 800
     r = make_sink("rtsp://127.0.0.1:8555/cabin")
     assert isinstance(r, RtspSink) and r.url == "rtsp://127.0.0.1:8555/cabin"
     m = make_sink("metrics:9100")
@@ -75,7 +77,7 @@ def test_specs_are_parsed_and_bad_ones_refused():
     for bad, says in [("http://0.0.0.0:8080", "token"), ("http://192.168.1.5:8080?token=a b", "URL-safe"),
                       ("http://127.0.0.1:8080/live", "Path"), ("http://127.0.0.1:x", "port"),
                       ("http://127.0.0.1:8080?fps=0", "fps"), ("http://127.0.0.1:8080?quality=101", "quality"),
-                      ("http://127.0.0.1:8080?size=2", "Unknown option"), ("rtsp://127.0.0.1:8554", "No path"),
+                      ("http://127.0.0.1:8080?size=2", "Unknown option"), ("http://127.0.0.1:8080?width=-1", "width"), ("rtsp://127.0.0.1:8554", "No path"),
                       ("rtsp://127.0.0.1:8554/x?fps=many", "not a number"), ("metrics:port", "Bad port"),
                       ("metrics:70000", "Bad port")]:
         with pytest.raises(EdgemmError) as e:
@@ -124,6 +126,20 @@ def test_frame_tap_skips_frames_nobody_watches():
     finally:
         tap.close()
     assert got and got[0].shape == frame.shape and not np.array_equal(got[0], frame)  # annotated
+
+
+def test_frame_tap_scales_wide_frames_down_before_drawing():
+    got = []
+    tap = FrameTap("test", fps=1000, deliver=got.append, max_width=320)
+    tap.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            tap.offer(np.full((720, 1280, 3), 90, np.uint8), RECORD)
+            time.sleep(0.01)
+    finally:
+        tap.close()
+    assert got[0].shape == (180, 320, 3)
 
 
 def test_web_view_in_headless_chromium(tmp_path, av_bundle):
@@ -197,6 +213,9 @@ def test_rtsp_stream_reads_back_over_loopback(av_bundle):
     sink = make_sink(f"rtsp://127.0.0.1:{port}/cabin?fps=15")
     with running(av_bundle, [sink]):
         assert sink.ready.wait(30) and sink.failed is None
+        time.sleep(0.5)
+        idle = sink.tap.delivered
+        assert sink.watched == 0 and idle == 1  # the first frame started the server; none sent since
         cap = cv2.VideoCapture(f"rtsp://127.0.0.1:{port}/cabin", cv2.CAP_FFMPEG,
                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 15000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 15000])
         try:
@@ -206,8 +225,13 @@ def test_rtsp_stream_reads_back_over_loopback(av_bundle):
                 ok, img = cap.read()
                 assert ok
                 frames.append(img)
+            assert sink.watched == 1 and sink.tap.delivered > idle
         finally:
             cap.release()
+        deadline = time.monotonic() + 10
+        while sink.watched and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sink.watched == 0  # the client left: frames are no longer drawn nor sent
     assert frames[0].shape == (240, 320, 3)
     # The bars move: the stream is live, not one frame repeated; the annotation's dark panel is there.
     assert np.abs(frames[-1].astype(np.int16) - frames[0]).mean() > 2
