@@ -240,7 +240,8 @@ table{border-collapse:collapse}td{padding:2px 8px}h2{font-size:15px;margin:12px 
 <body>
 <div><img id="video" alt="annotated stream"></div>
 <div>
-<h2>Now</h2><div>fps <b id="fps">-</b> &middot; results <b id="results">0</b> &middot; degraded <b id="degraded">-</b></div>
+<h2>Now</h2>
+<div>fps <b id="fps">-</b> &middot; results <b id="results">0</b> &middot; degraded <b id="degraded">-</b></div>
 <div id="alerts" class="alert"></div>
 <h2>Results</h2><table id="outputs"></table>
 <h2>Latency (ms)</h2><table id="latency"></table>
@@ -250,13 +251,16 @@ table{border-collapse:collapse}td{padding:2px 8px}h2{font-size:15px;margin:12px 
 const token = __TOKEN__;
 const q = token ? "?token=" + encodeURIComponent(token) : "";
 document.getElementById("video").src = "stream.mjpg" + q;
-function el(tag, text, cls) { const e = document.createElement(tag); e.textContent = text; if (cls) e.className = cls; return e; }
+function el(tag, text, cls) {
+  const e = document.createElement(tag); e.textContent = text; if (cls) e.className = cls; return e;
+}
 function describe(out) {
   if ("label" in out) return out.label + "  " + Number(out.score).toFixed(2);
   if ("labels" in out) return out.labels.join(", ") || "-";
   if (Array.isArray(out.detections)) return out.detections.map(d =>
-      (d.track_id !== undefined ? "#" + d.track_id + " " : "") + (d.label ?? "") + " " + Number(d.score).toFixed(2) +
-      (d.box ? " [" + d.box.map(v => Math.round(v)).join(",") + "]" : "")).join("; ") || "-";
+      (d.track_id !== undefined ? "#" + d.track_id + " " : "") + (d.label ?? "") + " " +
+      Number(d.score).toFixed(2) + (d.box ? " [" + d.box.map(v => Math.round(v)).join(",") + "]" : "")
+    ).join("; ") || "-";
   if (Array.isArray(out.values)) return out.values.slice(0, 6).map(v => Number(v).toPrecision(3)).join(", ");
   return JSON.stringify(out).slice(0, 120);
 }
@@ -282,7 +286,8 @@ async function tick() {
     }
     const ev = document.getElementById("events"); ev.replaceChildren();
     for (const e of s.events.slice().reverse()) {
-      const rest = Object.entries(e).filter(([k]) => k !== "event" && k !== "t").map(([k, v]) => k + "=" + v).join(" ");
+      const rest = Object.entries(e).filter(([k]) => k !== "event" && k !== "t")
+        .map(([k, v]) => k + "=" + v).join(" ");
       ev.append(el("div", e.t.toFixed(2) + "  " + e.event + "  " + rest, e.event.startsWith("alert") ? "alert" : ""));
     }
   } catch (err) { document.getElementById("fps").textContent = "offline"; }

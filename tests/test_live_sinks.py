@@ -77,7 +77,8 @@ def test_specs_are_parsed_and_bad_ones_refused():
     for bad, says in [("http://0.0.0.0:8080", "token"), ("http://192.168.1.5:8080?token=a b", "URL-safe"),
                       ("http://127.0.0.1:8080/live", "Path"), ("http://127.0.0.1:x", "port"),
                       ("http://127.0.0.1:8080?fps=0", "fps"), ("http://127.0.0.1:8080?quality=101", "quality"),
-                      ("http://127.0.0.1:8080?size=2", "Unknown option"), ("http://127.0.0.1:8080?width=-1", "width"), ("rtsp://127.0.0.1:8554", "No path"),
+                      ("http://127.0.0.1:8080?size=2", "Unknown option"),
+                      ("http://127.0.0.1:8080?width=-1", "width"), ("rtsp://127.0.0.1:8554", "No path"),
                       ("rtsp://127.0.0.1:8554/x?fps=many", "not a number"), ("metrics:port", "Bad port"),
                       ("metrics:70000", "Bad port")]:
         with pytest.raises(EdgemmError) as e:
