@@ -75,8 +75,9 @@ class _PipelineCollector:
 class MetricsSink(Sink):
     name = "metrics"
 
-    def __init__(self, port: int, host: str = "0.0.0.0"):
+    def __init__(self, port: int, host: str = "0.0.0.0", power_command: list[str] | None = None):
         self.host, self.port = host, port
+        self.power_command = power_command  # a tegrastats command line (tests run one printing real lines)
         self._server = None
         self._power = None
 
@@ -96,9 +97,9 @@ class MetricsSink(Sink):
                                     buckets=SKEW_BUCKETS, registry=reg)
         self._alerts = prom.Gauge("edgemm_alerts_active", "Alerts raised now", registry=reg)
         self._stage = {}  # label children cached: .labels() parses its arguments on every call
-        if power.available():
+        if self.power_command or power.available():
             try:
-                self._power = power.PowerSampler(interval_ms=1000, idle_s=0).start()
+                self._power = power.PowerSampler(interval_ms=1000, idle_s=0, command=self.power_command).start()
             except EdgemmError as exc:
                 log.warning("metrics: no power readings (%s)", exc)
         reg.register(_PipelineCollector(prom, (context or {}).get("pipeline"), self._power))

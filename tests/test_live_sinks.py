@@ -281,6 +281,23 @@ def test_metrics_are_scraped_over_loopback(av_bundle):
     assert second["edgemm_audio_overflows_total"] == 0
 
 
+def test_metrics_give_the_board_power_from_tegrastats(tmp_path, av_bundle):
+    from tests.test_power import LINES, _replay
+
+    sink = MetricsSink(0, "127.0.0.1", power_command=_replay(tmp_path, [LINES[6][1]]))  # Orin Nano, 4824 mW
+    with running(av_bundle, [sink]):
+        deadline = time.monotonic() + 15
+        scraped = {}
+        while "edgemm_power_watts" not in scraped and time.monotonic() < deadline:
+            time.sleep(0.2)
+            scraped = _scrape(sink.port)
+        time.sleep(2.0)  # ~40 lines printed meanwhile
+        _scrape(sink.port)
+        kept = len(sink._power.samples)
+    assert scraped["edgemm_power_watts"] == pytest.approx(4.824)
+    assert kept <= 10  # a scrape keeps only the newest sample: months of running stay bounded
+
+
 def test_run_metrics_flag_serves_metrics_and_refuses_a_bad_port(tmp_path, av_onnx):
     require_module("prometheus_client", "pip install prometheus-client")
     port = free_port()
