@@ -67,7 +67,8 @@ def _sources(size: str):
     return video, audio
 
 
-def measure(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, threads: int, size: str) -> dict:
+def measure(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, threads: int, size: str,
+            viewers: int = 1) -> dict:
     bundle = load_bundle(bundle_path)
     va, aa = _sources(size)
     vb, ab = _sources(size)
@@ -79,13 +80,13 @@ def measure(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, threads
     sent_b, viewer_s = 0, 0.0
     cpu = {False: 0.0, True: 0.0}  # CPU seconds of this process (all its threads) while each side ran
     with plain, viewed:
-        viewer = subprocess.Popen([sys.executable, "-c", VIEWER, web.url + "stream.mjpg"], stdout=subprocess.PIPE,
-                                  text=True)
+        procs = [subprocess.Popen([sys.executable, "-c", VIEWER, web.url + "stream.mjpg"], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(viewers)]
         try:
             deadline = time.monotonic() + 10
-            while web.viewers < 1 and time.monotonic() < deadline:
+            while web.viewers < viewers and time.monotonic() < deadline:
                 viewed.step(timeout=1.0)
-            if web.viewers < 1:
+            if web.viewers < viewers:
                 raise SystemExit("the viewer did not connect")
             for seg in range(rounds + 1):  # the first round warms both up and is not counted
                 counts = {}
@@ -109,10 +110,11 @@ def measure(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, threads
                     n_a, t_a, n_b, t_b = n_a + na, t_a + ta, n_b + nb, t_b + tb
                     per_round.append(round((nb / tb) / (na / ta), 4))
         finally:
-            viewer.terminate()
-            viewer.wait(10)
+            for viewer in procs:
+                viewer.terminate()
+                viewer.wait(10)
     fps_a, fps_b = n_a / t_a, n_b / t_b
-    return {"frames": size, "threads": threads, "plain_per_s": round(fps_a, 2), "viewed_per_s": round(fps_b, 2),
+    return {"frames": size, "threads": threads, "viewers": viewers, "plain_per_s": round(fps_a, 2), "viewed_per_s": round(fps_b, 2),
             "ratio": round(fps_b / fps_a, 4), "ratio_median": round(float(np.median(per_round)), 4),
             "cpu_ms_per_result_plain": round(1e3 * cpu[False] / n_a, 3),
             "cpu_ms_per_result_viewed": round(1e3 * cpu[True] / n_b, 3),
@@ -132,15 +134,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--width", type=int, default=1, help="model width (1: ~0.16 GMAC, 2: ~0.6 GMAC)")
     p.add_argument("--sizes", default="1280x720,640x480", help="camera frame sizes to measure")
+    p.add_argument("--viewers", type=int, default=1, help="0: the web view is there but nobody watches")
     p.add_argument("--json", help="write the figures as JSON")
     a = p.parse_args(argv)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         bundle = write_bundle(Path(tmp) / "model.edgemm", a.width)
         for size in a.sizes.split(","):
-            r = measure(bundle, Path(tmp), a.rounds, a.segment, a.threads, size)
+            r = measure(bundle, Path(tmp), a.rounds, a.segment, a.threads, size, a.viewers)
             out.append(r)
-            print(f"web view, one viewer at 15 fps, {size} frames, model width {a.width}, {a.threads} thread(s): "
+            print(f"web view, {a.viewers} viewer(s) at 15 fps, {size} frames, model width {a.width}, {a.threads} thread(s): "
                   f"{r['plain_per_s']}/s without, {r['viewed_per_s']}/s with, ratio {r['ratio']} (median of rounds "
                   f"{r['ratio_median']}, per round {r['ratio_per_round']}); viewer received {r['viewer_fps']} fps; "
                   f"drawing + JPEG {r['encode_cpu_ms_per_frame']} ms CPU per frame; CPU per result "
