@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edgemm.sinks import VideoSink
+
 log = logging.getLogger("edgemm.sinks")
 
 
 def annotate(frame: np.ndarray, record: dict) -> np.ndarray:
     """The result drawn on a copy of the frame, exactly as the video file sink draws it."""
-    from edgemm.sinks import VideoSink
-
     return VideoSink.annotate(frame, record)
 
 

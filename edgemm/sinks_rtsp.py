@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -27,6 +29,7 @@ from edgemm.sinks import Sink
 log = logging.getLogger("edgemm.sinks")
 
 HELPER = Path(__file__).with_name("rtsp_server.py")
+READY_TIMEOUT_S = 30.0
 INSTALL_HINT = ("expected GStreamer's RTSP server for the system Python (Debian/Ubuntu: apt install python3-gi "
                 "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
                 "gstreamer1.0-plugins-ugly) or EDGEMM_GST_PYTHON naming a Python that has it")
@@ -66,6 +69,13 @@ class RtspSink(Sink):
         if check.returncode != 0:
             why = (check.stderr.strip().splitlines() or ["no output"])[-1]
             raise EdgemmError(f"Sink: {self.url} | {why}; {INSTALL_HINT}.")
+        # The server starts at the first frame: a port that is taken is told now, in one line, not then.
+        try:
+            with socket.create_server((self.host, self.port)):
+                pass
+        except OSError as exc:
+            raise EdgemmError(f"Sink: {self.url} | Cannot listen ({exc.strerror}); expected a free port on an "
+                              "address of this machine.") from None
         self.tap.start()
 
     def result(self, record, frame=None) -> None:
@@ -78,10 +88,14 @@ class RtspSink(Sink):
                "--width", str(width), "--height", str(height), "--fps", str(max(1, round(self.fps)))]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=False)
-        ready = self._proc.stdout.readline().decode(errors="replace").split()
+        listening = select.select([self._proc.stdout], [], [], READY_TIMEOUT_S)[0]
+        ready = self._proc.stdout.readline().decode(errors="replace").split() if listening else []
         if ready[:1] != ["READY"]:
-            err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.wait(5) is not None else ""
-            self.failed = err.splitlines()[-1] if err else "the RTSP helper ended"
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            err = self._proc.stderr.read().decode(errors="replace").strip()
+            self.failed = err.splitlines()[-1] if err else "the RTSP helper did not start listening"
             log.error("rtsp %s: %s; no stream", self.url, self.failed)
             return
         # Drain the helper's stderr (GStreamer warnings) so a full pipe never blocks it; follow its stdout.

@@ -4,6 +4,7 @@ over loopback, Prometheus metrics scraped over loopback."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import sys
 import threading
@@ -237,6 +238,17 @@ def test_rtsp_stream_reads_back_over_loopback(av_bundle):
     # The bars move: the stream is live, not one frame repeated; the annotation's dark panel is there.
     assert np.abs(frames[-1].astype(np.int16) - frames[0]).mean() > 2
     assert frames[-1][12:40, 12:100].mean() < frames[-1][200:, :].mean()
+
+
+def test_rtsp_on_a_busy_port_is_one_line():
+    _rtsp_available()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        sink = make_sink(f"rtsp://127.0.0.1:{busy.getsockname()[1]}/cabin")
+        with pytest.raises(EdgemmError) as e:
+            sink.open({})
+    assert "Cannot listen" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_rtsp_without_gstreamer_is_one_line(monkeypatch, av_bundle):
