@@ -102,7 +102,8 @@ class HttpSink(Sink):
                                               name="edgemm-http", daemon=True)
         self._serve_thread.start()
         self.tap.start()
-        log.warning("web view at %s", self.url)
+        # Not the token itself: logs travel further than the person who set it.
+        log.warning("web view at http://%s:%d/%s", self.host, self.port, "?token=..." if self.token else "")
 
     def result(self, record, frame=None) -> None:
         with self._lock:
