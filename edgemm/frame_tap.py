@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 
 from edgemm.sinks import VideoSink
@@ -80,8 +81,6 @@ class FrameTap:
         w = frame.shape[1]
         if not self.max_width or w <= self.max_width:
             return frame
-        import cv2
-
         h = max(1, round(frame.shape[0] * self.max_width / w))
         return cv2.resize(frame, (self.max_width, h), interpolation=cv2.INTER_AREA)
 

@@ -26,6 +26,8 @@ import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import cv2
+
 from edgemm.errors import EdgemmError
 from edgemm.frame_tap import FrameTap
 from edgemm.outputs import to_json
@@ -133,8 +135,6 @@ class HttpSink(Sink):
 
     # -- the encoder thread ----------------------------------------------------------------------------------
     def _encode(self, image) -> None:
-        import cv2
-
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise RuntimeError("JPEG encoding failed")

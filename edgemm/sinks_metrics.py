@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 
+from edgemm import power
 from edgemm.errors import EdgemmError
 from edgemm.lazy import import_optional
 from edgemm.sinks import Sink
@@ -82,8 +83,6 @@ class MetricsSink(Sink):
         self._power = None
 
     def open(self, context=None) -> None:
-        from edgemm import power
-
         prom = import_optional("prometheus_client", INSTALL_HINT)
         import_optional("prometheus_client.core", INSTALL_HINT)
         reg = self.registry = prom.CollectorRegistry()

@@ -20,6 +20,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgemm.errors import EdgemmError
@@ -119,8 +120,6 @@ class RtspSink(Sink):
             if self.failed:
                 return
         if (image.shape[1], image.shape[0]) != self._size:  # a camera reopened at another size
-            import cv2
-
             image = cv2.resize(image, self._size)
         try:
             self._proc.stdin.write(np.ascontiguousarray(image).data)
