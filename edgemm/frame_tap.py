@@ -3,9 +3,9 @@
 The live sinks (the web view, RTSP) must never slow inference. Their ``result()`` runs on the pipeline's
 worker thread, so all it does here is keep a reference to the newest frame and its record (one slot: a
 newer frame replaces an older one not yet taken; nothing is queued). A thread of the tap wakes at most
-``fps`` times a second, and only when ``wanted()`` says someone is watching does it scale the frame down to
-``max_width`` (if wider), draw the annotation (the video file sink's drawing, one function for all sinks)
-and call ``deliver(image)`` with it.
+``fps`` times a second, and only when ``wanted()`` says someone is watching does it draw the annotation
+(the video file sink's drawing: labels, boxes, track ids; one function for all sinks), scale the result
+down to ``max_width`` (if wider) and call ``deliver(image)`` with it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class FrameTap:
     def __init__(self, name: str, fps: float, deliver: Callable[[np.ndarray], None],
                  wanted: Callable[[], bool] = lambda: True, max_width: int | None = None):
         self.name = name
-        self.max_width = max_width  # wider frames are scaled down first: drawing and encoding cost less
+        self.max_width = max_width  # wider frames are scaled down after drawing: encoding costs less
         self.period_s = 1.0 / fps
         self.deliver = deliver
         self.wanted = wanted
@@ -68,7 +68,8 @@ class FrameTap:
                 continue  # nobody watching: the frame is dropped without being drawn or encoded
             t0, c0 = time.monotonic(), time.thread_time()
             try:
-                self.deliver(annotate(self._scaled(frame), record))
+                # Drawn at the camera's size (boxes are in its pixels), then scaled for the viewer.
+                self.deliver(self._scaled(annotate(frame, record)))
                 self.delivered += 1
             except Exception:  # a viewer going away mid-frame must not end the tap
                 log.exception("%s: delivering a frame failed", self.name)

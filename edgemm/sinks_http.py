@@ -259,7 +259,7 @@ function describe(out) {
   if ("label" in out) return out.label + "  " + Number(out.score).toFixed(2);
   if ("labels" in out) return out.labels.join(", ") || "-";
   if (Array.isArray(out.detections)) return out.detections.map(d =>
-      (d.track_id !== undefined ? "#" + d.track_id + " " : "") + (d.label ?? "") + " " +
+      (d.track !== undefined && d.track !== null ? "#" + d.track + " " : "") + (d.label ?? "") + " " +
       Number(d.score).toFixed(2) + (d.box ? " [" + d.box.map(v => Math.round(v)).join(",") + "]" : "")
     ).join("; ") || "-";
   if (Array.isArray(out.values)) return out.values.slice(0, 6).map(v => Number(v).toPrecision(3)).join(", ");

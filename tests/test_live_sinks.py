@@ -130,18 +130,25 @@ def test_frame_tap_skips_frames_nobody_watches():
     assert got and got[0].shape == frame.shape and not np.array_equal(got[0], frame)  # annotated
 
 
-def test_frame_tap_scales_wide_frames_down_before_drawing():
+def test_frame_tap_draws_at_the_cameras_size_then_scales_down():
+    """Boxes are in the camera's pixels: drawn before scaling, they land where the object is."""
+    det = {"box": [640.0, 360.0, 1270.0, 710.0], "score": 0.9, "label": "car", "class": 2, "track": 7}
+    record = {**RECORD, "outputs": {"boxes": {"detections": [det], "counts": {"car": 1}}}}
     got = []
     tap = FrameTap("test", fps=1000, deliver=got.append, max_width=320)
     tap.start()
     try:
         deadline = time.monotonic() + 10
         while not got and time.monotonic() < deadline:
-            tap.offer(np.full((720, 1280, 3), 90, np.uint8), RECORD)
+            tap.offer(np.full((720, 1280, 3), 90, np.uint8), record)
             time.sleep(0.01)
     finally:
         tap.close()
-    assert got[0].shape == (180, 320, 3)
+    img = got[0].astype(np.int16)
+    assert img.shape == (180, 320, 3)
+    # The box's left edge at x = 640 / 4 = 160 (rows below its caption); grey elsewhere at those rows.
+    assert np.abs(img[120:170, 159:162] - 90).max() > 60
+    assert np.abs(img[120:170, 100:150] - 90).max() < 5 and np.abs(img[120:170, 170:300] - 90).max() < 5
 
 
 def test_web_view_in_headless_chromium(tmp_path, av_bundle):
