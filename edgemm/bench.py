@@ -39,16 +39,23 @@ def latency_stats(samples_s) -> dict[str, float]:
 
 class Reservoir:
     """A fixed-size uniform sample of a stream (Vitter's algorithm R) plus exact count/min/max/sum: the
-    latency percentiles of a run of any length in bounded memory."""
+    latency percentiles of a run of any length in bounded memory. The percentiles come from the sample; min,
+    max and mean are exact (a rare spike is what a sample misses, and what the max is for)."""
 
     def __init__(self, size: int, seed: int = 0):
         self.size = size
         self.values: list[float] = []
         self.count = 0
+        self.min = float("inf")
+        self.max = float("-inf")
+        self.sum = 0.0
         self._rng = random.Random(seed)
 
     def add(self, x: float) -> None:
         self.count += 1
+        self.sum += x
+        self.min = min(self.min, x)
+        self.max = max(self.max, x)
         if len(self.values) < self.size:
             self.values.append(x)
         else:
@@ -57,11 +64,13 @@ class Reservoir:
                 self.values[j] = x
 
     def stats_ms(self, scale: float = 1.0) -> dict | None:
-        """latency_stats of the sample, in ms (values are seconds unless scale says otherwise)."""
+        """latency_stats of the sample, in ms (values are seconds unless scale says otherwise), with the exact
+        min, max and mean of everything added."""
         if not self.values:
             return None
         st = latency_stats(np.asarray(self.values) * scale)
-        st["count"] = self.count
+        ms = 1e3 * scale
+        st.update(min=self.min * ms, max=self.max * ms, mean=self.sum / self.count * ms, count=self.count)
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in st.items()}
 
 
