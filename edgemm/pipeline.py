@@ -53,7 +53,7 @@ from edgemm.decisions import attribution as attribution_of
 from edgemm.errors import EdgemmError
 from edgemm.fusion import FusionModel
 from edgemm.scheduler import LiveFusion, LiveSettings, Prepared, StepResult, Tick
-from edgemm.sinks import Sink
+from edgemm.sinks import Sink, SinkHealth
 from edgemm.sources.base import AudioBlock, Frame, Source, now
 from edgemm.sync import AudioRing
 from edgemm.threads import limit_blas_threads
@@ -120,6 +120,7 @@ class Pipeline:
             self.scheduler.audio_wait_s = FILE_AUDIO_WAIT_S
         self.decisions = Decisions(dict(self.model.output_specs), list(alerts))
         self.sinks = list(sinks)
+        self.sink_health = [SinkHealth(sink) for sink in self.sinks]  # failures logged once, counted per sink
         self.duration_s = duration_s
         video_src = self.sources.get("video")
         self.video_port = FlowLimiter(s.max_in_flight, drop_oldest=bool(getattr(video_src, "live", True)))
@@ -218,12 +219,9 @@ class Pipeline:
         self._drain_events(events)
         if self.started_at is not None:
             self.final_summary = summary = self.summary()
-            for sink in self.sinks:
-                if sink in self._opened:
-                    try:
-                        sink.summary(summary)
-                    except Exception:  # a failing sink must not keep the others from closing
-                        log.exception("sink %s failed writing the summary", sink.name)
+            for health in self.sink_health:
+                if health.sink in self._opened:  # a failing sink must not keep the others from closing
+                    health.call("summary", summary)
         captured = {id(c.source): c for c in self.captures.values()}
         for obj in reversed(self._opened):
             try:
@@ -302,11 +300,8 @@ class Pipeline:
         events += list(extra)
         for ev in events:
             self.event_counts[ev["event"]] += 1
-            for sink in self.sinks:
-                try:
-                    sink.event(ev)
-                except Exception:  # one sink failing must not stop the others or the run
-                    log.exception("sink %s failed on an event", sink.name)
+            for health in self.sink_health:  # one sink failing must not stop the others or the run
+                health.call("event", ev)
 
     def _present(self) -> dict[str, bool]:
         """Sources that are up. Audio from a file that has ended still counts: the ring holds it, and the
@@ -451,13 +446,8 @@ class Pipeline:
         record["latency_ms"] = {k: round(v * 1e3, 3) for k, v in lat.items()}
         s0 = time.perf_counter()
         frame = tick.frame.image if tick.frame is not None else None
-        for sink in self.sinks:
-            try:
-                sink.result(record, frame)
-            except EdgemmError:
-                raise
-            except Exception:  # a sink failing (disk full, broker gone) must not stop inference
-                log.exception("sink %s failed on a result", sink.name)
+        for health in self.sink_health:  # a sink failing (disk full, broker gone) must not stop inference
+            health.call("result", record, frame)
         self._drain_events(events)
         self._last_sink_s = time.perf_counter() - s0
         # statistics (bounded)
@@ -537,6 +527,7 @@ class Pipeline:
             "overflows": sum(c.source.stats.overflows for c in self.captures.values()),
             "degraded_results": dict(self.degraded_counts),
             "events": dict(self.event_counts),
+            "sinks": {h.sink.label: h.counts() for h in self.sink_health},
             "rss_mb": {"start": round(self.rss_start or 0.0, 1), "end": round(bench.rss_mb(), 1)},
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 
 from tests import onnx_models
 from tests.conftest import REPO, run_cli
-from tests.rigs import require
+from tests.rigs import require, small_disk
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -173,3 +174,23 @@ def test_bad_config_values_are_one_line_errors_before_anything_starts(tmp_path, 
         cfg.write_text(json.dumps({**base, **extra}))
         _one_line_error(run_cli("run", "--config", cfg), *needles)
         assert not out.exists(), extra  # nothing started, nothing written
+
+
+def test_a_full_disk_under_the_jsonl_sink_is_two_log_lines_and_counted_in_the_summary(tmp_path, av_onnx):
+    disk = tmp_path / "disk"
+    with small_disk(disk, "64k"):
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):  # fill it to the last byte
+            while os.write(fd, b"x" * 4096):
+                pass
+        os.close(fd)
+        out = disk / "out.jsonl"
+        proc = run_cli("run", av_onnx, "--video", "test://video?size=64x48", "--audio", "test://audio",
+                       "--sink", f"jsonl:{out}", "--duration", "1.5", "--summary-json", tmp_path / "summary.json")
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("failing") == 1, proc.stderr
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        counts = summary["sinks"][f"jsonl:{out}"]
+        assert counts["written"] == 0 and counts["lost"] == counts["failures"] >= summary["results"] > 0
+        assert f"sink jsonl:{out}: 0 written" in proc.stderr
+        assert out.read_bytes() == b""  # nothing half-written

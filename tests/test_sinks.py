@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import queue
 import time
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 
 from edgemm.errors import EdgemmError
-from edgemm.sinks import ConsoleSink, JsonlSink, MqttSink, VideoSink, make_sink
-from tests.rigs import Mosquitto, free_port, require_module
+from edgemm.sinks import ConsoleSink, JsonlSink, MqttSink, SinkHealth, VideoSink, make_sink
+from tests.rigs import Mosquitto, free_port, require_module, small_disk
 
 RECORD = {"t": 12.5, "outputs": {"logits": {"label": "dog", "index": 1, "score": 0.91, "top": [["dog", 0.91]]}},
           "degraded": ["audio"], "attribution": None, "skew_ms": 3.25, "alerts": ["dog"],
@@ -285,3 +286,60 @@ def test_mqtt_unreachable_broker_does_not_block_the_run(tmp_path):
     sink.event({"event": "alert_start", "t": 0.0})
     sink.close(timeout_s=0.5)
     assert time.monotonic() - t0 < 10
+
+
+# ------------------------------------------------------------------------------------ sinks that fail
+
+def test_jsonl_on_a_full_disk_writes_whole_lines_logs_twice_and_counts(tmp_path, caplog):
+    """A full disk: whole lines or nothing, one line in the log when it starts failing and one when it
+    recovers (not a traceback per result), and every record either written or counted as lost."""
+    disk = tmp_path / "disk"
+    with small_disk(disk, "64k"):
+        filler = disk / "filler"
+        filler.write_bytes(b"x" * 24_000)  # freed later: the disk recovers
+        path = disk / "out.jsonl"
+        sink = JsonlSink(str(path))
+        sink.open({})
+        health = SinkHealth(sink)
+        caplog.set_level(logging.WARNING, logger="edgemm.sinks")
+        big = {**RECORD, "pad": "p" * 700}  # ~1 KB a line: a page boundary falls inside lines
+        sent = 0
+        while health.failures < 40:
+            health.call("result", {**big, "t": float(sent)})
+            sent += 1
+            assert sent < 500, "the 64 KiB disk never filled"
+        text = path.read_bytes()
+        assert text.endswith(b"\n")  # never half a record
+        rows = [json.loads(line) for line in text.splitlines()]
+        assert len(rows) == health.written and health.written + health.failures == sent
+        failing = [r for r in caplog.records if "failing" in r.getMessage()]
+        assert len(failing) == 1 and "No space left" in failing[0].getMessage() and not failing[0].exc_info
+        filler.unlink()
+        health.call("event", {"event": "source_lost", "modality": "video", "t": 1.0})
+        health.call("summary", {"results": sent})
+        sink.close()
+        recovered = [r for r in caplog.records if "recovered" in r.getMessage()]
+        assert len(recovered) == 1 and "40 failed" in recovered[0].getMessage()
+        assert len(caplog.records) == 2
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [r["type"] for r in rows[-2:]] == ["event", "summary"]
+        assert health.counts() == {"written": len(rows), "failures": 40, "lost": 40}
+
+
+def test_jsonl_append_after_a_cut_line_sets_it_aside(tmp_path, caplog):
+    """Power lost mid-write: the next run must not glue its first record onto the cut one."""
+    path = tmp_path / "results.jsonl"
+    whole = json.dumps({"type": "result", "t": 0.0}) + "\n"
+    path.write_text(whole + '{"type": "summary", "results": 1, "dura')
+    caplog.set_level(logging.WARNING, logger="edgemm.sinks")
+    sink = make_sink(f"jsonl:{path}")
+    sink.open({})
+    sink.result({**RECORD, "t": 1.0})
+    sink.close()
+    assert [(r["type"], r.get("t")) for r in _rows(path)] == [("result", 0.0), ("result", 1.0)]
+    assert sink.repaired == 1 and "set aside" in caplog.text
+    assert (tmp_path / "results.jsonl.cut").read_text() == '{"type": "summary", "results": 1, "dura\n'
+    sink = make_sink(f"jsonl:{path}")  # a file that ends in a newline is left alone
+    sink.open({})
+    sink.close()
+    assert sink.repaired == 0 and len(_rows(path)) == 2

@@ -280,5 +280,9 @@ def format_summary(s: dict) -> str:
         lines.append(f"  capture crashes: {_words(s['capture_crashes'])} (tracebacks in the log)")
     lines.append(f"  reconnects: {_words(s['reconnects'])}; overflows: {s['overflows']}; "
                  f"degraded results: {_words(s['degraded_results'])}; events: {_words(s['events'])}")
+    for label, c in s.get("sinks", {}).items():
+        if c["failures"] or c["lost"]:
+            lines.append(f"  sink {label}: {c['written']} written, {c['failures']} failed writes, "
+                         f"{c['lost']} records lost")
     return "\n".join(lines)
 
