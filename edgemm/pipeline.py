@@ -164,16 +164,9 @@ class Pipeline:
         self.close()
 
     def start(self) -> None:
-        """Open the sinks and the model, then the sources (last, so a camera's first frame is fresh), and
-        start the capture threads. Sources from ``open_source`` were validated when made; a failure to open
-        here is still a user error (EdgemmError) and everything opened so far is closed again."""
-        # A camera's or a file's frame rate is known only once it is open (after the sinks): "video_fps"
-        # asks for it when a sink needs it (the video sink, at its first frame).
-        context = {"fps": getattr(self.sources.get("video"), "fps", None), "video_fps": self.video_fps,
-                   "model": self.manifest.name}
-        for sink in self.sinks:
-            sink.open(context)
-            self._opened.append(sink)
+        """Open the model, then the sources, then the sinks, and start the capture threads. Sources from
+        ``open_source`` were validated when made; a failure to open here is still a user error (EdgemmError)
+        and everything opened so far is closed again."""
         self.model.__enter__()
         self._opened.append(self.model)
         self._watchdog = watchdog.ping  # systemd READY=1, then WATCHDOG=1 from the worker loop
@@ -191,6 +184,14 @@ class Pipeline:
         for src in self.sources.values():
             src.open()
             self._opened.append(src)
+        # Sinks open only once the sources have: a camera that is not there must not leave an empty results
+        # file (or a broker session) behind. The capture threads start after them, so frames stay fresh.
+        # "video_fps" asks for the source's frame rate when a sink needs it (the video sink, at its first frame).
+        context = {"fps": getattr(self.sources.get("video"), "fps", None), "video_fps": self.video_fps,
+                   "model": self.manifest.name}
+        for sink in self.sinks:
+            sink.open(context)
+            self._opened.append(sink)
         self.rss_start = bench.rss_mb()
         self.started_at = now()
         for mod, src in self.sources.items():

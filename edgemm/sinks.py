@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgemm.errors import EdgemmError
+from edgemm.errors import EdgemmError, number_problem
 from edgemm.lazy import import_optional
 from edgemm.outputs import to_json
 
@@ -170,6 +170,11 @@ class JsonlSink(Sink):
             raise EdgemmError(f"Sink: jsonl:{path} | max_mb={max_mb}; expected a positive size in MB.")
         if keep < 1:
             raise EdgemmError(f"Sink: jsonl:{path} | keep={keep}; expected at least 1 rotated file.")
+        # mkdir would say only "File exists" when a folder on the way is a file: name that file, before any
+        # sink or source is opened.
+        blocker = next((p for p in self.path.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise EdgemmError(f"Sink: jsonl:{path} | {blocker} is a file, not a folder; expected a path in a folder.")
         self.mode = mode
         self.max_bytes = None if max_mb is None else int(max_mb * 1e6)
         self.keep = int(keep)
@@ -535,9 +540,13 @@ def _number(spec: str, q: dict, key: str, kind=float):
     if key not in q:
         return None
     try:
-        return kind(q[key])
+        value = kind(q[key])
     except ValueError:
         raise EdgemmError(f"Sink: {spec} | Option {key}={q[key]!r} is not a number.") from None
+    problem = number_problem(value)
+    if problem:
+        raise EdgemmError(f"Sink: {spec} | Option {key}={q[key]!r}: {problem}.")
+    return value
 
 
 def make_sink(spec: str) -> Sink:

@@ -55,10 +55,24 @@ def test_bad_input_is_one_line_and_exit_1_before_anything_starts(tmp_path, av_on
                     "cat", "labels")
     _one_line_error(run_cli("run", *base, "--video", "test://video", "--audio", "test://audio", "--backend", "x"),
                     "Backend")
+    # Numbers that pass a `<= 0` check: NaN ran forever (--duration) or was taken as the bound.
+    base_av = [*base, "--video", "test://video", "--audio", "test://audio"]
+    _one_line_error(run_cli("run", *base_av, "--duration", "nan"), "Duration: nan", "finite")
+    _one_line_error(run_cli("run", *base_av, "--max-skew-ms", "nan"), "skew", "finite")
+    _one_line_error(run_cli("run", *base_av, "--tick-hz", "inf"), "Tick rate: inf", "finite")
+    _one_line_error(run_cli("run", *base_av, "--sink", f"jsonl:{tmp_path / 'x.jsonl'}?max_mb=nan"), "max_mb", "finite")
+    _one_line_error(run_cli("run", *base_av, "--sink", "jsonl:/etc/passwd/x.jsonl"),
+                    "/etc/passwd is a file, not a folder")
+    # A source that fails to open leaves no results file behind: sinks open after the sources. (OpenCV's
+    # ffmpeg prints its own lines before ours, so only the last line is ours here.)
+    proc = run_cli("run", *base, "--video", "rtsp://127.0.0.1:1/stream?open_timeout=2", "--audio", "test://audio")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "rtsp://127.0.0.1:1/stream" in proc.stderr.strip().splitlines()[-1]
     # A model whose inputs no camera or microphone can feed.
     odd = tmp_path / "odd.onnx"
     onnx.save(onnx_models.odd_inputs_model(), str(odd))
     _one_line_error(run_cli("run", odd, "--video", "test://video"), "tokens", "cannot be fed")
+    assert not (tmp_path / "x.jsonl").exists()
     assert not out.exists()  # nothing started, nothing written
 
 

@@ -37,7 +37,8 @@ def test_make_sink_understands_the_specs_and_refuses_the_rest():
     assert make_sink("mqtt://h/t?reconnect_min=4&reconnect_max=8").reconnect_min_s == 4.0
     for bad in ("kafka://x", "jsonl:", "video:/tmp/x.gif", "mqtt:///topic", "mqtt://h:port/t", "mqtt://h/t?qos=2",
                 "jsonl:/tmp/x.jsonl?mode=x", "jsonl:/tmp/x.jsonl?max_mb=big", "jsonl:/tmp/x.jsonl?rotate=1",
-                "mqtt://h/t?reconnect_min=0", 42):
+                "mqtt://h/t?reconnect_min=0", "jsonl:/tmp/x.jsonl?max_mb=nan", "jsonl:/tmp/x.jsonl?max_mb=inf",
+                "mqtt://h/t?reconnect_max=inf", 42):
         with pytest.raises(EdgemmError) as e:
             make_sink(bad)
         assert "\n" not in str(e.value)
@@ -69,8 +70,8 @@ def test_jsonl_is_strict_json_line_by_line(tmp_path):
     assert rows[0]["skew_ms"] is None and rows[0]["np"] == 0.5 and rows[0]["arr"] == [0, 1, 2]
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(EdgemmError, match="Cannot be written"):
-        JsonlSink(str(blocker / "out.jsonl")).open({})  # its folder would have to be a file
+    with pytest.raises(EdgemmError, match=f"{blocker} is a file, not a folder"):  # not mkdir's "File exists"
+        JsonlSink(str(blocker / "sub" / "out.jsonl"))  # its folder would have to be a file
 
 
 def _rows(path):
