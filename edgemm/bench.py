@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import numpy as np
 import onnxruntime
 
-from edgemm.errors import EdgemmError
+from edgemm.errors import EdgemmError, number_problem
 from edgemm.lazy import import_pyplot
 from edgemm.outputs import save_figure
 from edgemm.feeds import feed_batch
@@ -139,8 +139,8 @@ def run(targets: list[Target], iterations: int | None = None, duration_s: float 
         raise EdgemmError("Benchmark length | Give exactly one of --iterations and --duration.")
     if iterations is not None and iterations < 1:
         raise EdgemmError(f"Iterations: {iterations} | Expected a positive number.")
-    if duration_s is not None and duration_s <= 0:
-        raise EdgemmError(f"Duration: {duration_s} | Expected a positive number of seconds.")
+    if duration_s is not None and number_problem(duration_s, positive=True):  # NaN would time forever
+        raise EdgemmError(f"Duration: {duration_s} | Expected a finite, positive number of seconds.")
     # Process-wide one-time costs (importing the backend, its thread pools) are paid before any memory
     # is measured, so that the first target is not charged for them.
     for runner_type in {type(t.runner) for t in targets}:
