@@ -54,6 +54,10 @@ class Sink:
         """Records the sink itself gave up on without raising (e.g. results while a broker is away)."""
         return 0
 
+    def counts(self) -> dict:
+        """What else this kind of sink counts, for the summary."""
+        return {}
+
     def open(self, context: dict | None = None) -> None:
         pass
 
@@ -107,7 +111,8 @@ class SinkHealth:
 
     def counts(self) -> dict:
         """For the summary: what was written, how many writes failed, how many records were lost in all."""
-        return {"written": self.written, "failures": self.failures, "lost": self.failures + self.sink.lost()}
+        return {"written": self.written, "failures": self.failures, "lost": self.failures + self.sink.lost(),
+                **self.sink.counts()}
 
 
 class ConsoleSink(Sink):
@@ -202,6 +207,9 @@ class JsonlSink(Sink):
                               "expected a writable file path.") from None
         if self.mode == "a":
             self._repair_cut_line()
+
+    def counts(self) -> dict:
+        return {"repaired": self.repaired, "rotations": self.rotations}
 
     def _open_file(self, extra_flags: int = 0) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | extra_flags, 0o644)
@@ -463,6 +471,9 @@ class MqttSink(Sink):
 
     def lost(self) -> int:
         return self.published["dropped"] + self.published["unsent_results"]
+
+    def counts(self) -> dict:
+        return dict(self.published)
 
     def open(self, context=None) -> None:
         mqtt = import_optional("paho.mqtt.client", "install it with `pip install paho-mqtt` (or edgemm[mqtt]).")

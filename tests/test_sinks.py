@@ -324,7 +324,7 @@ def test_jsonl_on_a_full_disk_writes_whole_lines_logs_twice_and_counts(tmp_path,
         assert len(caplog.records) == 2
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         assert [r["type"] for r in rows[-2:]] == ["event", "summary"]
-        assert health.counts() == {"written": len(rows), "failures": 40, "lost": 40}
+        assert health.counts() == {"written": len(rows), "failures": 40, "lost": 40, "repaired": 0, "rotations": 0}
 
 
 def test_jsonl_append_after_a_cut_line_sets_it_aside(tmp_path, caplog):
@@ -338,7 +338,7 @@ def test_jsonl_append_after_a_cut_line_sets_it_aside(tmp_path, caplog):
     sink.result({**RECORD, "t": 1.0})
     sink.close()
     assert [(r["type"], r.get("t")) for r in _rows(path)] == [("result", 0.0), ("result", 1.0)]
-    assert sink.repaired == 1 and "set aside" in caplog.text
+    assert SinkHealth(sink).counts()["repaired"] == 1 and "set aside" in caplog.text
     assert (tmp_path / "results.jsonl.cut").read_text() == '{"type": "summary", "results": 1, "dura\n'
     sink = make_sink(f"jsonl:{path}")  # a file that ends in a newline is left alone
     sink.open({})
