@@ -91,6 +91,13 @@ class HttpSink(Sink):
         return f"http://{self.host}:{self.port}/{query}"
 
     # -- the sink interface (pipeline worker thread) -------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def counts(self) -> dict:
+        return {"frames_encoded": self.tap.delivered, "frames_sent": self.frames_sent}
+
     def open(self, context=None) -> None:
         handler = type("Handler", (_Handler,), {"sink": self})
         try:

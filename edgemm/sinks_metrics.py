@@ -82,6 +82,10 @@ class MetricsSink(Sink):
         self._server = None
         self._power = None
 
+    @property
+    def label(self) -> str:
+        return f"metrics:{self.host}:{self.port}"
+
     def open(self, context=None) -> None:
         prom = import_optional("prometheus_client", INSTALL_HINT)
         import_optional("prometheus_client.core", INSTALL_HINT)

@@ -61,6 +61,13 @@ class RtspSink(Sink):
     def url(self) -> str:
         return f"rtsp://{self.host}:{self.port}{self.path}"
 
+    @property
+    def label(self) -> str:
+        return self.url
+
+    def counts(self) -> dict:
+        return {"frames_sent": self.tap.delivered}
+
     def open(self, context=None) -> None:
         try:
             check = subprocess.run([self.python, str(HELPER), "--check"], capture_output=True, text=True,
