@@ -68,6 +68,12 @@ def machine() -> dict:
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
+    import importlib.metadata
+
+    try:  # the distribution's version: importing openvino itself costs a second
+        info["openvino"] = importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        pass
     return info
 
 
