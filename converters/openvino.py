@@ -10,8 +10,8 @@ ONNX Runtime still runs it):
             as a post-op), no Q/DQ on op outputs, biases or graph outputs. Requantizing every op output (the
             ONNX Runtime flavours) makes OpenVINO dequantize around each activation it cannot fuse.
   ``nncf``  NNCF's post-training quantization (``nncf.quantize``, the tool OpenVINO's own documentation
-            uses) on the same calibration samples: its placement follows OpenVINO's CPU hardware config, and
-            it adds fast bias correction (the per-channel mean shift int8 weights cause).
+            uses) on the same calibration samples: its placement follows OpenVINO's CPU hardware config
+            (symmetric, unsigned where a range is non-negative, e.g. after a ReLU), and it adds fast bias correction (the per-channel mean shift int8 weights cause).
 
 Both are timed interleaved with the FP32 graph under OpenVINO on this CPU and checked for closeness to FP32
 on the calibration feeds; the fastest candidate that is as close as the closest one wins (as for the ONNX

@@ -139,3 +139,85 @@ def test_bench_cli_compares_openvino(cli, tmp_path):
                "--threads", "1", env={"EDGEMM_OPENVINO_CACHE": ""})
     assert proc.returncode == 0, proc.stderr
     assert "openvino cpu, 1 threads" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# convert --target openvino
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cnn_data(tmp_path_factory):
+    from tests.test_convert_cli import cnn_bundle
+
+    return cnn_bundle(tmp_path_factory.mktemp("cnn-ov"))
+
+
+def test_convert_for_openvino_times_both_candidates_under_openvino(cnn_data, tmp_path):
+    from edgemm.converters.convert import ConvertOptions, convert
+
+    model, calib, test = cnn_data
+    out = tmp_path / "ov-int8.edgemm"
+    report = convert(model, out, ConvertOptions(precision="int8", target="openvino", calib=calib, eval=test,
+                                                max_drop=5, threads=1, bench_seconds=0.3, quiet=True))
+    gi = report["conversion"]["int8"]["model"]
+    cands = gi["flavour"]["candidates"]
+    assert set(cands) == {"ov", "nncf"}
+    chosen = gi["flavour"]["chosen"]
+    assert chosen in ("ov", "nncf", "fp32")
+    if chosen != "fp32":  # the one kept is the fastest of those as close to FP32 as the closest
+        close = [c for c, v in cands.items() if v["cosine_mean"] >= max(x["cosine_mean"] for x in cands.values()) - 0.01]
+        assert chosen == min(close, key=lambda c: cands[c]["p50_ms"])
+    assert "openvino CPU" in report["latency_setup"]["method"]
+    prov = load_bundle(out).manifest.provenance
+    assert {"openvino", "nncf"} <= set(prov["tools"]) and prov["settings"]["target"] == "openvino"
+    assert report["conversion"]["accuracy_guard"]["drop_points"] <= 5
+    # The bundle runs on OpenVINO and on ONNX Runtime alike, with outputs close to FP32.
+    x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    with make_runner(load_bundle(model), backend="onnxruntime") as r:
+        ref = r.infer({"x": x})["logits"]
+    for backend in ("openvino", "onnxruntime"):
+        with make_runner(load_bundle(out), backend=backend) as r:
+            got = r.infer({"x": x})["logits"]
+        cos = float(ref.ravel() @ got.ravel() / np.linalg.norm(ref) / np.linalg.norm(got))
+        assert cos > 0.98, (backend, cos)
+
+
+@pytest.mark.parametrize("candidate", ["ov", "nncf"])
+def test_openvino_candidates_place_symmetric_qdq_on_layer_inputs(cnn_data, candidate):
+    """Both candidates: zero points 0 (symmetric; NNCF makes non-negative ranges unsigned), per-channel Conv weights, no Q/DQ on graph outputs;
+    the guard's exclusions keep a layer's inputs float."""
+    from edgemm.converters import int8, openvino
+    from edgemm.converters.calibration import GraphFeeds
+
+    model, calib, _ = cnn_data
+    bundle = load_bundle(model)
+    prepared = int8.prepare(bundle.load_graph("model"))
+    with GraphFeeds(bundle, calib, progress=False) as gf:
+        feeds = [f["model"] for f in gf.iter_feeds()]
+    cal = int8.calibrate(prepared, feeds, symmetric=True)
+    q = openvino.quantize(candidate, prepared, cal, feeds)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    zps = [inits[n.input[2]] for n in q.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zps and all(z.dtype in (np.int8, np.uint8) and not z.any() for z in zps)
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    prod = {o: n for n in q.graph.node for o in n.output}
+    weight_dq = prod[convs[0].input[1]]
+    assert weight_dq.op_type == "DequantizeLinear" and inits[weight_dq.input[1]].size == 16  # per channel
+    assert prod[convs[0].input[0]].op_type == "DequantizeLinear"  # activation quantized
+    assert all(prod[o.name].op_type != "DequantizeLinear" for o in q.graph.output)
+    kept = openvino.quantize(candidate, prepared, cal, feeds, exclude=[convs[1].name])
+    kprod = {o: n for n in kept.graph.node for o in n.output}
+    conv = next(n for n in kept.graph.node if n.name == convs[1].name)
+    assert kprod[conv.input[0]].op_type != "DequantizeLinear"
+
+
+def test_convert_openvino_refusals(cnn_data, tmp_path, capsys):
+    from edgemm.cli import main
+
+    model, calib, _ = cnn_data
+    out = tmp_path / "o.edgemm"
+    rc = main(["convert", str(model), "-o", str(out), "--precision", "int8", "--calib", str(calib),
+               "--target", "openvino", "--flavour", "u8s8"])
+    assert rc == 1 and not out.exists()
+    assert "INT8 flavour: u8s8 | Not one for --target openvino; expected one of ov, nncf" in capsys.readouterr().err
