@@ -221,3 +221,28 @@ def test_convert_openvino_refusals(cnn_data, tmp_path, capsys):
                "--target", "openvino", "--flavour", "u8s8"])
     assert rc == 1 and not out.exists()
     assert "INT8 flavour: u8s8 | Not one for --target openvino; expected one of ov, nncf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["openvino", "auto"])
+def test_eval_and_fusion_on_openvino_and_auto(cli, tmp_path, backend):
+    """The same metrics on every backend: a multi-graph bundle through FusionModel, and edgemm eval."""
+    from edgemm.fusion import FusionModel
+
+    bundle_dir = onnx_models.write_intermediate_bundle(tmp_path / "inter.edgemm")
+    bundle = load_bundle(bundle_dir)
+    rng = np.random.default_rng(0)
+    tensors = {"video": rng.standard_normal((4, 3, 32, 32)).astype(np.float32),
+               "audio": rng.standard_normal((4, 1, 64, 98)).astype(np.float32)}
+    with FusionModel(bundle) as ref_fm, FusionModel(bundle, backend, 1) as fm:
+        ref = ref_fm.infer(tensors).outputs["logits"]
+        got = fm.infer(tensors).outputs["logits"]
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4)
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez(data / "a.npz", **tensors, label=ref.argmax(1))
+    env = {"EDGEMM_OPENVINO_CACHE": str(tmp_path / "ov"), "EDGEMM_AUTO_CACHE": str(tmp_path / "auto.json")}
+    r = cli("eval", bundle_dir, "--data", data, "--backend", backend, "--threads", "1", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "logits: accuracy 100.00 %" in r.stdout
+    if backend == "auto":
+        assert "backend auto for av-intermediate-test/head: " in r.stderr

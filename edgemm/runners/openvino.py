@@ -44,10 +44,25 @@ def cache_dir() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgemm" / "openvino"
 
 
-def _meta(ports) -> dict[str, TensorMeta]:
+def _onnx_io_names(model: str | Path | bytes) -> set[str]:
+    """The graph's input and output names as the ONNX file spells them (the names feeds and fusion maps use)."""
+    import onnx
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model), load_external_data=False)
+    return {v.name for v in list(proto.graph.input) + list(proto.graph.output)}
+
+
+def _port_name(port, names: set[str]) -> str:
+    """OpenVINO gives a tensor every name it had on the way (an output named "emb" made by node "ef" is
+    {"ef", "emb"}): the ONNX graph's own name is the one to use."""
+    mine = sorted(port.get_names() & names)
+    return mine[0] if mine else port.get_any_name()
+
+
+def _meta(ports, names: set[str]) -> dict[str, TensorMeta]:
     out = {}
     for port in ports:
-        name = port.get_any_name()
+        name = _port_name(port, names)
         try:
             dtype = np.dtype(port.get_element_type().to_dtype())
         except Exception as exc:  # noqa: BLE001 - OpenVINO types numpy has no name for (e.g. string)
@@ -98,9 +113,11 @@ class OpenVINORunner(BaseRunner):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EdgemmError(f"Model: {self.name} | OpenVINO could not load it: {first}") from exc
         self.request = self.compiled.create_infer_request()
-        self._inputs = _meta(self.compiled.inputs)
-        self._outputs = _meta(self.compiled.outputs)
-        self._output_ports = [(port, port.get_any_name()) for port in self.compiled.outputs]
+        names = _onnx_io_names(self.model)
+        self._inputs = _meta(self.compiled.inputs, names)
+        self._outputs = _meta(self.compiled.outputs, names)
+        self._input_ports = {_port_name(port, names): port for port in self.compiled.inputs}
+        self._output_ports = [(port, _port_name(port, names)) for port in self.compiled.outputs]
 
     def deactivate_impl(self) -> None:
         self.request = None
@@ -113,7 +130,7 @@ class OpenVINORunner(BaseRunner):
         return self._outputs
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.request.infer(dict(feed))
+        self.request.infer({self._input_ports[k]: v for k, v in feed.items()})
         # The request's output tensors are reused by the next inference: hand out copies.
         return {name: np.array(self.request.get_tensor(port).data, copy=True) for port, name in self._output_ports}
 
