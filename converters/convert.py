@@ -428,7 +428,7 @@ def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
     for g in graphs:
         _say(f"INT8: graph {g}: preparing (shape inference, BatchNorm folding)", opts)
         prepared[g] = int8.prepare(current[g], work)
-    symmetric = fixed == "trt" or on_openvino
+    symmetric = fixed == "trt"
     _say(f"INT8: calibrating {len(graphs)} graph(s) ({opts.calib_method}) on {opts.calib}", opts)
     # One pass over the data calibrates every graph; it also keeps the feeds the flavour timing needs
     # (only when the flavour is chosen by timing); for OpenVINO, NNCF's calibration subset as well.

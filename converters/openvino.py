@@ -1,22 +1,27 @@
 """INT8 for ``--target openvino``: Q/DQ graphs that OpenVINO's low-precision transformations run as integer
 kernels, chosen by measurement under OpenVINO on this machine.
 
-Two candidates, both ONNX graphs with explicit Q/DQ (the bundle stays ONNX: OpenVINO reads it directly and
+Three candidates, all ONNX graphs with explicit Q/DQ (the bundle stays ONNX: OpenVINO reads it directly and
 ONNX Runtime still runs it):
 
   ``ov``    edgemm's own placement (converters.int8 flavour ``ov``) from the calibration ranges edgemm
             computed: symmetric per-channel int8 weights, int8 symmetric activations only on the inputs of
             Conv/ConvTranspose/Gemm/MatMul and of Add (OpenVINO fuses an Add into the convolution before it
-            as a post-op), no Q/DQ on op outputs, biases or graph outputs. Requantizing every op output (the
-            ONNX Runtime flavours) makes OpenVINO dequantize around each activation it cannot fuse.
+            as a post-op), no Q/DQ on op outputs, biases or graph outputs.
   ``nncf``  NNCF's post-training quantization (``nncf.quantize``, the tool OpenVINO's own documentation
             uses) on the same calibration samples: its placement follows OpenVINO's CPU hardware config
-            (symmetric, unsigned where a range is non-negative, e.g. after a ReLU), and it adds fast bias correction (the per-channel mean shift int8 weights cause).
+            (symmetric, unsigned where a range is non-negative, e.g. after a ReLU), and it adds fast bias
+            correction (the per-channel mean shift int8 weights cause).
+  ``u8s8``  the ONNX Runtime flavour (uint8 activations on every quantizable op): on this machine OpenVINO ran
+            it as fast as the two above on a YOLOv8n export (benchmarks/RESULTS.md), so it competes too.
 
-Both are timed interleaved with the FP32 graph under OpenVINO on this CPU and checked for closeness to FP32
+``ov`` and ``u8s8`` use edgemm's calibration ranges (asymmetric; the quantizer makes ``ov``'s symmetric from
+them); NNCF collects its own statistics from the same samples.
+
+All are timed interleaved with the FP32 graph under OpenVINO on this CPU and checked for closeness to FP32
 on the calibration feeds; the fastest candidate that is as close as the closest one wins (as for the ONNX
 Runtime flavours). The accuracy guard re-quantizes the chosen candidate with layers kept in float: NNCF's
-``ignored_scope`` for ``nncf``, nodes_to_exclude for ``ov``.
+``ignored_scope`` for ``nncf``, nodes_to_exclude for the others.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from edgemm.lazy import import_optional
 
 log = logging.getLogger(__name__)
 
-CANDIDATES = ("ov", "nncf")
+CANDIDATES = ("ov", "nncf", "u8s8")
 NNCF_SAMPLES = 300  # NNCF's default subset_size: the calibration samples kept in memory for it
 INSTALL_HINT = "--target openvino needs the openvino extra: pip install 'edgemm[openvino]'."
 
@@ -65,7 +70,7 @@ def quantize(candidate: str, prepared, calibration, feeds: list[dict], exclude: 
 
     if candidate == "nncf":
         return nncf_quantize(prepared, feeds, exclude)
-    return int8.quantize(prepared, calibration, "ov", exclude, workdir=workdir)
+    return int8.quantize(prepared, calibration, candidate, exclude, workdir=workdir)
 
 
 def choose(prepared, float_model, calibration, feeds: list[dict], threads: int | None = None,
@@ -115,7 +120,9 @@ def describe(candidate: str) -> str:
     if candidate == "nncf":
         return ("nncf: NNCF post-training quantization (performance preset: symmetric int8 weights per channel "
                 "and activations, OpenVINO CPU placement, fast bias correction)")
-    return int8.flavour_spec("ov").describe() + ", Q/DQ on the inputs of Conv/Gemm/MatMul/Add only"
+    if candidate == "ov":
+        return int8.flavour_spec("ov").describe() + ", Q/DQ on the inputs of Conv/Gemm/MatMul/Add only"
+    return int8.flavour_spec(candidate).describe()
 
 
 def versions() -> dict[str, str]:

@@ -162,9 +162,9 @@ def test_convert_for_openvino_times_both_candidates_under_openvino(cnn_data, tmp
                                                 max_drop=5, threads=1, bench_seconds=0.3, quiet=True))
     gi = report["conversion"]["int8"]["model"]
     cands = gi["flavour"]["candidates"]
-    assert set(cands) == {"ov", "nncf"}
+    assert set(cands) == {"ov", "nncf", "u8s8"}
     chosen = gi["flavour"]["chosen"]
-    assert chosen in ("ov", "nncf", "fp32")
+    assert chosen in ("ov", "nncf", "u8s8", "fp32")
     if chosen != "fp32":  # the one kept is the fastest of those as close to FP32 as the closest
         close = [c for c, v in cands.items() if v["cosine_mean"] >= max(x["cosine_mean"] for x in cands.values()) - 0.01]
         assert chosen == min(close, key=lambda c: cands[c]["p50_ms"])
@@ -195,7 +195,7 @@ def test_openvino_candidates_place_symmetric_qdq_on_layer_inputs(cnn_data, candi
     prepared = int8.prepare(bundle.load_graph("model"))
     with GraphFeeds(bundle, calib, progress=False) as gf:
         feeds = [f["model"] for f in gf.iter_feeds()]
-    cal = int8.calibrate(prepared, feeds, symmetric=True)
+    cal = int8.calibrate(prepared, feeds)
     q = openvino.quantize(candidate, prepared, cal, feeds)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
     zps = [inits[n.input[2]] for n in q.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
@@ -218,9 +218,9 @@ def test_convert_openvino_refusals(cnn_data, tmp_path, capsys):
     model, calib, _ = cnn_data
     out = tmp_path / "o.edgemm"
     rc = main(["convert", str(model), "-o", str(out), "--precision", "int8", "--calib", str(calib),
-               "--target", "openvino", "--flavour", "u8s8"])
+               "--target", "openvino", "--flavour", "trt"])
     assert rc == 1 and not out.exists()
-    assert "INT8 flavour: u8s8 | Not one for --target openvino; expected one of ov, nncf" in capsys.readouterr().err
+    assert "INT8 flavour: trt | Not one for --target openvino; expected one of ov, nncf, u8s8" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("backend", ["openvino", "auto"])

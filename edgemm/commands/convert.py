@@ -8,7 +8,7 @@ latency and size before/after measured interleaved on this machine).
 
 INT8 Q/DQ follows --target: onnxruntime (default) times uint8- and int8-activation variants against FP32 on
 THIS CPU and keeps the fastest that is as accurate; openvino does the same under OpenVINO with edgemm's
-OpenVINO placement and NNCF's post-training quantization as the candidates (latency before/after is then
+OpenVINO placement, NNCF's post-training quantization and u8s8 as the candidates (latency before/after is then
 measured under OpenVINO); tensorrt uses TensorRT's symmetric S8S8 placement and
 builds the engine when a GPU and TensorRT are here (otherwise it says to build on the device).
 --max-drop POINTS keeps the layers that cost the most accuracy in float until the drop is within budget.
@@ -55,7 +55,7 @@ def add_arguments(p) -> None:
     p.add_argument("--prune", metavar="SPEC", help="channels:RATIO (remove that fraction of channels) or 2:4")
     p.add_argument("--target", default="onnxruntime", metavar="T",
                    help="onnxruntime (default: the flavour fastest on this CPU), openvino (Q/DQ for OpenVINO's "
-                        "INT8 kernels, edgemm's placement or NNCF's, whichever is faster under OpenVINO here) "
+                        "INT8 kernels: edgemm's placement, NNCF's or u8s8, the fastest under OpenVINO here) "
                         "or tensorrt")
     p.add_argument("--max-batch", type=int, default=1, metavar="N",
                    help="TensorRT: largest batch of a dynamic batch axis in the engine's profile (default 1)")
@@ -63,7 +63,7 @@ def add_arguments(p) -> None:
                    help="TensorRT: profile of an input's dynamic axes, e.g. audio:1x1x64x50,1x1x64x98,1x1x64x200; "
                         "repeatable")
     p.add_argument("--timing-cache", metavar="PATH", help="TensorRT: timing cache file (default: a per-user cache)")
-    p.add_argument("--flavour", metavar="F", help="force the INT8 Q/DQ flavour: u8s8, s8s8, trt; ov or nncf with "
+    p.add_argument("--flavour", metavar="F", help="force the INT8 Q/DQ flavour: u8s8, s8s8, trt; ov, nncf or u8s8 with "
                    "--target openvino (default: by --target)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads for timing and evaluation")
     p.add_argument("--bench-seconds", type=float, default=3.0, metavar="S",
