@@ -16,13 +16,20 @@ import importlib.util
 import json
 import logging
 import os
+import platform
 import sys
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import onnxruntime as ort
 
+from edgemm import bench
+from edgemm.bundle import file_sha256
 from edgemm.errors import EdgemmError
+from edgemm.feeds import synthesize
+from edgemm.outputs import write_json
+from edgemm.runners import make_runner
 from edgemm.runners.base import BaseRunner
 
 log = logging.getLogger(__name__)
@@ -44,11 +51,7 @@ def cache_path() -> Path:
 
 def machine_key(threads: int | None) -> str:
     """What makes a timing valid elsewhere: CPU, cores, architecture, the runtimes' versions, threads."""
-    import platform
-
-    from edgemm.bench import machine
-
-    m = machine()
+    m = bench.machine()
     return "|".join(str(v) for v in (m["cpu"], m["cores"], platform.machine(), m.get("onnxruntime"),
                                      m.get("openvino"), f"threads={threads}"))
 
@@ -56,8 +59,6 @@ def machine_key(threads: int | None) -> str:
 def candidates(bundle, graph: str) -> list[str]:
     """Backend specs worth trying here, the reference first. Only what is installed; whether it really
     runs is found out by activating it."""
-    import onnxruntime as ort
-
     out = [REFERENCE]
     available = set(ort.get_available_providers())
     for option, provider in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
@@ -90,10 +91,6 @@ def agrees(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray
 
 def _trial(bundle, graph: str, threads: int | None, name: str) -> dict:
     """Run the trial: {"backend": spec, "p50_ms": {spec: ms}, "rejected": {spec: reason}}."""
-    from edgemm import bench
-    from edgemm.feeds import synthesize
-    from edgemm.runners import make_runner
-
     spec = bundle.manifest.graphs[graph]
     rejected: dict[str, str] = {}
     agreeing: list[tuple[str, BaseRunner]] = []
@@ -138,9 +135,6 @@ def _read_cache(path: Path) -> dict:
 
 def choose(bundle, graph: str, threads: int | None, name: str) -> tuple[dict, bool]:
     """The trial's result for this graph on this machine, from the cache or run now; (result, from_cache)."""
-    from edgemm.bundle import file_sha256
-    from edgemm.outputs import write_json
-
     path = cache_path()
     key = f"{file_sha256(bundle.graph_path(graph))}|{machine_key(threads)}"
     cache = _read_cache(path)
@@ -180,8 +174,6 @@ class AutoRunner(BaseRunner):
         self.inner: BaseRunner | None = None
 
     def activate_impl(self) -> None:
-        from edgemm.runners import make_runner
-
         result, cached = choose(self.bundle, self.graph, self.threads, self.name)
         print(summary(self.name, result, cached), file=sys.stderr, flush=True)
         self.chosen = result["backend"]

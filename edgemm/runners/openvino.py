@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import onnx
 
 from edgemm.errors import EdgemmError
 from edgemm.lazy import import_optional
@@ -46,8 +47,6 @@ def cache_dir() -> Path | None:
 
 def _onnx_io_names(model: str | Path | bytes) -> set[str]:
     """The graph's input and output names as the ONNX file spells them (the names feeds and fusion maps use)."""
-    import onnx
-
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model), load_external_data=False)
     return {v.name for v in list(proto.graph.input) + list(proto.graph.output)}
 
