@@ -31,7 +31,6 @@ import io
 import logging
 from typing import Iterable
 
-import numpy as np
 
 from edgemm.lazy import import_optional
 
@@ -81,35 +80,14 @@ def choose(prepared, float_model, calibration, feeds: list[dict], threads: int |
     Returns {"flavour", "models": {name: ModelProto}, "candidates": {name: {...}}, "fp32_p50_ms"}, the shape
     converters.int8.choose_flavour returns for the ONNX Runtime flavours.
     """
-    from edgemm.converters.int8 import cosine
-    from edgemm.converters.timing import time_models
+    from edgemm.converters.int8 import pick_fastest
     from edgemm.runners.openvino import OpenVINORunner
 
     models = {c: quantize(c, prepared, calibration, feeds, workdir=workdir) for c in candidates}
     runners = {label: OpenVINORunner(m.SerializeToString(), threads, name=label)
                for label, m in {"fp32": float_model, **models}.items()}
-    probe = feeds[:check_feeds]
-    info: dict[str, dict] = {}
-    try:
-        for r in runners.values():
-            r.activate()
-        refs = [runners["fp32"].infer(f) for f in probe]
-        for c in models:
-            outs = [runners[c].infer(f) for f in probe]
-            cos = [min(cosine(ref[k], out[k]) for k in ref) for ref, out in zip(refs, outs)]
-            info[c] = {"cosine_min": float(np.min(cos)), "cosine_mean": float(np.mean(cos)),
-                       "settings": describe(c)}
-        timing = time_models(runners, feed=feeds[0], threads=threads, duration_s=duration_s)
-    finally:
-        for r in runners.values():
-            r.deactivate()
-    fp32 = timing["fp32"]["latency_ms"]["p50"]
-    for c in models:
-        p50 = timing[c]["latency_ms"]["p50"]
-        info[c].update(p50_ms=p50, speedup_vs_fp32=fp32 / p50 if p50 > 0 else float("nan"))
-    best_cos = max(v["cosine_mean"] for v in info.values())
-    ok = [c for c in models if info[c]["cosine_mean"] >= best_cos - 0.01]
-    chosen = min(ok, key=lambda c: info[c]["p50_ms"])
+    chosen, info, fp32 = pick_fastest(runners, feeds[:check_feeds], {c: describe(c) for c in models}, threads,
+                                      duration_s)
     return {"flavour": chosen, "models": models, "candidates": info, "fp32_p50_ms": fp32,
             "threads": threads, "timing_s": duration_s, "timed_on": "openvino"}
 
