@@ -132,6 +132,8 @@ class Pipeline:
         self._last_sink_s = 0.0
         self._last_tick_t: float | None = None
         self._watchdog = None
+        # The watchdog is pinged for progress only (see _progress): the last value it was pinged at.
+        self._pinged_progress: int | None = None
         self.prepared_frames = 0  # frames whose tensors the capture thread made
         self.prepared_taken = 0  # ... of them, those the worker took (the rest: replaced or left at the end)
         self._blas = None
@@ -386,8 +388,7 @@ class Pipeline:
         failure = self._failure()
         if failure is not None:
             raise failure
-        if self._watchdog is not None:
-            self._watchdog()
+        self._ping_watchdog()
         while self._recovered_mods:
             self.scheduler.reset_modality(self._recovered_mods.popleft())
         t0 = time.perf_counter()
@@ -401,6 +402,21 @@ class Pipeline:
         finally:
             if item is not None:
                 self.video_port.done()
+
+    def _ping_watchdog(self) -> None:
+        """systemd: READY=1 at the first step, then WATCHDOG=1 only when something progressed since the last
+        ping (a result, a source's item, a reopened source), never for a loop turn alone: a capture stuck in
+        a read that never returns, with no other source delivering, stops the pings and systemd restarts us."""
+        progress = self._progress()
+        if self._watchdog is None or progress == self._pinged_progress:
+            return
+        self._pinged_progress = progress
+        self._watchdog()
+
+    def _progress(self) -> int:
+        """Results, items the sources delivered, and lost sources opened again (failed attempts are not
+        progress): counted where they happen, summed here."""
+        return self.results + sum(c.items + c.reopened for c in self.captures.values())
 
     def _run_tick(self, tick: Tick, item: _VideoItem | None) -> dict | None:
         t_pick = now()

@@ -653,3 +653,64 @@ def test_systemd_watchdog_is_pinged_from_the_worker(tmp_path, monkeypatch):
     sock.close()
     assert got[0].startswith("READY=1") and got[-1] == "STOPPING=1"
     assert got.count("WATCHDOG=1") >= 3
+
+
+class HungCamera(WrappedCamera):
+    """Delivers frames, then its read() never returns (a wedged driver) until the camera is closed."""
+
+    def __init__(self, frames=10):
+        super().__init__()
+        self.frames = frames
+        self.release = threading.Event()
+
+    def close(self):
+        self.release.set()
+        super().close()
+
+    def read(self, timeout=None):
+        if self.reads >= self.frames:
+            self.reads += 1
+            self.release.wait()
+            return None
+        return super().read(timeout)
+
+
+def test_watchdog_pings_stop_when_a_camera_read_hangs(tmp_path, monkeypatch):
+    """Pings follow progress, not loop turns: once the only source hangs in read(), step() keeps turning
+    but no WATCHDOG=1 goes out, so systemd's WatchdogSec restarts the service."""
+    import socket
+
+    from edgemm import watchdog
+
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # pings due every 25 ms while there is progress
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    monkeypatch.setattr(watchdog, "_process_watchdog", None)
+
+    def drain() -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return out
+
+    cam = HungCamera(frames=10)
+    with Pipeline(load_bundle(_video_model(tmp_path)), video=cam) as pipe:
+        _wait_until(pipe, lambda: cam.reads > cam.frames, 10.0)
+        settle = time.monotonic()
+        while time.monotonic() - settle < 0.2:  # the last frame's result and its ping
+            pipe.step(timeout=0.02)
+        before = drain()
+        hung_at = time.monotonic()
+        while time.monotonic() - hung_at < 1.0:  # 40 watchdog periods of loop turns without progress
+            pipe.step(timeout=0.02)
+        after = drain()
+        cam.release.set()  # let the capture thread end with the pipeline
+    sock.close()
+    assert before[0].startswith("READY=1") and "WATCHDOG=1" in before, before
+    assert "WATCHDOG=1" not in after, f"pinged while the camera was hung: {after}"

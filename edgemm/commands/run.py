@@ -104,6 +104,22 @@ def _audio_options(uri: str, rate: int) -> dict:
     return {} if "sample_rate" in parse_uri(uri).options else {"sample_rate": rate}
 
 
+def _video_options(uri: str, bundle) -> dict:
+    """A CSI camera scales to the model's image size in NVMM (nvvidconv), so a full-size frame never reaches
+    the CPU, unless the URI sets out_size itself (out_size=full keeps the sensor size, e.g. for a video sink).
+    Only when every video input wants the same size."""
+    from edgemm.sources.uri import parse_uri
+
+    parsed = parse_uri(uri)
+    if parsed.scheme != "csi" or "out_size" in parsed.options:
+        return {}
+    sizes = {tuple(s.preprocess.size) for _, s in bundle.manifest.all_inputs() if s.modality == "video"}
+    if len(sizes) != 1:
+        return {}
+    h, w = sizes.pop()
+    return {"out_size": (w, h)}
+
+
 def check_inputs(bundle) -> None:
     """Every model input must be fed by a source, the pipeline or another graph: else one line, exit 1."""
     for graph, spec in bundle.manifest.all_inputs():
@@ -146,7 +162,7 @@ def build(opts: dict):
                               f"expected --{mod} URI (e.g. {example}).")
     video = audio = None
     if opts.get("video") and "video" in mods:
-        video = open_source(opts["video"], "video")
+        video = open_source(opts["video"], "video", **_video_options(opts["video"], bundle))
     if opts.get("audio") and "audio" in mods:
         rate = next(s.preprocess.sample_rate for _, s in bundle.manifest.all_inputs() if s.modality == "audio")
         audio = open_source(opts["audio"], "audio", **_audio_options(opts["audio"], rate))
