@@ -71,7 +71,7 @@ def test_shellcheck_passes(script):
 
 
 def test_install_plans_jetpack_6_with_system_opencv_kept(tmp_path):
-    r = _install(tmp_path, "--system-opencv", "yes", "--extras", "mqtt", "--render-group", "no")
+    r = _install(tmp_path, "--system-opencv", "yes", "--extras", "mqtt,live", "--render-group", "no")
     assert r.returncode == 0, r.stderr
     assert "L4T R36.4: JetPack 6" in r.stderr and "CUDA 12.6: cuda-python>=12.6,<12.7" in r.stderr
     out = r.stdout
@@ -82,6 +82,7 @@ def test_install_plans_jetpack_6_with_system_opencv_kept(tmp_path):
         assert f"{wheel}<0" in cons.splitlines()
     pip_line = next(line for line in out.splitlines() if "requirements-jetson.txt" in line)
     assert "cuda-python\\>=12.6\\,\\<12.7" in pip_line and "paho-mqtt" in pip_line and "opencv" not in pip_line
+    assert "prometheus-client" in pip_line
     assert f"pip install --no-deps {REPO}" in out
     unit = _written(out, "/etc/systemd/system/edgemm.service")
     assert unit == UNIT.read_text().rstrip("\n")
@@ -271,7 +272,19 @@ def test_example_run_config_is_valid_for_edgemm_run():
 
     cfg = load_config(str(DEPLOY / "run.json"))
     assert cfg["backend"] == "tensorrt" and cfg["model"] == "/var/lib/edgemm/model.edgemm"
-    assert cfg["sinks"] == ["jsonl:/var/log/edgemm/results.jsonl"]
+    assert cfg["sinks"] == ["jsonl:/var/log/edgemm/results.jsonl?max_mb=50&keep=9"]
+
+
+def test_example_run_config_bounds_what_its_jsonl_sinks_keep_on_disk():
+    """A service runs for months: 541 B per result at 30 per second is 1.4 GB a day unless the file rotates."""
+    from edgemm.commands.run import load_config
+    from edgemm.sinks import JsonlSink, make_sink
+
+    sinks = [make_sink(s) for s in load_config(str(DEPLOY / "run.json"))["sinks"]]
+    jsonl = [s for s in sinks if isinstance(s, JsonlSink)]
+    assert jsonl
+    for s in jsonl:
+        assert s.max_bytes is not None and s.max_bytes * (s.keep + 1) <= 1e9, s.label
 
 
 # -- container recipe ---------------------------------------------------------------------------------
