@@ -367,7 +367,7 @@ def test_graph_files_in_subfolders(tmp_path):
 
 def test_int8_report_describes_the_model_after_the_guard(tmp_path):
     """Q/DQ counts in the report are those of the delivered model, once the guard kept a layer in float."""
-    from edgemm.converters.int8 import qdq_counts
+    from edgemm.converters.qdq import qdq_counts
     from tests.test_guard import outlier_model
 
     model = outlier_model()
