@@ -29,7 +29,7 @@ from edgemm.converters.data import DataFolder, Sample
 from edgemm.bundle import Bundle
 from edgemm.errors import EdgemmError
 from edgemm.feeds import onnx_input_metadata
-from edgemm.fusion import graph_feed
+from edgemm.fusion import FusionModel, graph_feed
 from edgemm.runners.base import TensorMeta, check_feed
 
 def graph_order(bundle: Bundle) -> list[str]:
@@ -103,8 +103,6 @@ class GraphFeeds:
             yield feeds[graph]
 
     def _embeddings(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from edgemm.fusion import FusionModel
-
         m = self.bundle.manifest
         if self._encoders is None:
             self._encoders = FusionModel(self.bundle, "onnxruntime", self.threads).__enter__()

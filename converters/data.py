@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from edgemm.bundle import Bundle, InputSpec
+from edgemm.decisions import primary_output as decisions_primary
 from edgemm.errors import EdgemmError
 from edgemm.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_video_frames, read_wav
 from edgemm.preprocess import preprocess_audio, preprocess_video, resample
@@ -48,8 +49,6 @@ def primary_output(bundle: Bundle) -> str:
     """The output `label` refers to, the accuracy guard measures and reports lead with: the same output the
     live pipeline decides and alerts on (edgemm.decisions.primary_output over the decision graph's outputs),
     so that `edgemm eval` and `edgemm run` never talk about different outputs."""
-    from edgemm.decisions import primary_output as decisions_primary
-
     return decisions_primary({o.name: o for o in bundle.manifest.graphs[decision_graph(bundle)].outputs})
 
 

@@ -200,7 +200,7 @@ def plot_cdf(results: list[dict], samples: list[list[float]], path: str) -> None
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise EdgemmError("Plot | matplotlib is not installed; expected `pip install matplotlib` "
-                          "(or the edgemm[dev] extra).") from exc
+                          "(or the edgemm[demo] extra).") from exc
     fig, ax = plt.subplots(figsize=(7, 4))
     for r, s in zip(results, samples):
         ms = np.sort(np.asarray(s) * 1e3)
