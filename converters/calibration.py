@@ -75,7 +75,7 @@ class GraphFeeds:
             yield sample
             n += 1
         if n == 0:
-            raise EdgemmError(f"{self.what}: {self.data.folder} | Holds no samples; expected at least one.")
+            raise EdgemmError(f"{self.what}: {self.data.source} | Holds no samples; expected at least one.")
 
     def feeds_for(self, sample: Sample, graphs: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
         """Feeds of the given graphs (default: all) for one sample, checked against each graph."""

@@ -130,6 +130,8 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
             raise EdgemmError(f"Shape: {twice[0]} | Given more than once; expected one --shape per input.")
     if opts.precision == "int8":
         int8.check_onnxruntime()  # before minutes of calibration, not after
+    if opts.precision == "fp16":
+        fp16.require_converter()  # an extra (edgemm[convert]): one line naming it, before any work
     if opts.prune:
         prune.parse_spec(opts.prune)
     if opts.precision == "int8" and opts.calib is None:

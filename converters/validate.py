@@ -413,7 +413,7 @@ def compare_bundles(original, converted, data, backend: str = "onnxruntime", thr
         for fm in entered:
             fm.__exit__(None, None, None)
     if n == 0:
-        raise EdgemmError(f"Evaluation data: {folder.folder} | Holds no samples; expected at least one.")
+        raise EdgemmError(f"Evaluation data: {folder.source} | Holds no samples; expected at least one.")
     summaries = []
     for mi, (b, fm) in enumerate(zip(bundles, models)):
         full = collectors[mi]["full"].metrics()
@@ -432,7 +432,7 @@ def compare_bundles(original, converted, data, backend: str = "onnxruntime", thr
                 abl[cname] = entry
             summary["ablation"] = abl
         summaries.append(summary)
-    report = {"data": str(folder.folder), "samples": n, "original": summaries[0]}
+    report = {"data": str(folder.source), "samples": n, "original": summaries[0]}
     if len(summaries) == 2:
         report["converted"] = summaries[1]
         report["drop_points"] = drop_points(summaries[0]["outputs"], summaries[1]["outputs"])

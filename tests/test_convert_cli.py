@@ -16,6 +16,7 @@ from edgemm.bundle import file_sha256, load_bundle
 from edgemm.cli import main
 from edgemm.errors import EdgemmError
 from tests.onnx_models import residual_cnn_model, write_av_bundle, write_intermediate_bundle
+from tests.conftest import run_cli_without
 from tests.test_calibration import write_av_npz
 
 
@@ -157,6 +158,17 @@ def test_tensorrt_target_writes_trt_ready_qdq_and_the_engine_where_it_can(cnn, t
     assert report["conversion"]["int8_flavours"] == {"model": "trt"}
 
 
+def test_tensorrt_target_without_eval_says_the_accuracy_is_on_the_calibration_data(cnn, tmp_path, capsys):
+    model, calib, test = cnn
+    base = ["convert", str(model), "--precision", "int8", "--calib", str(calib), "--target", "tensorrt",
+            "--bench-seconds", "0.1", "-q"]
+    assert main(base + ["-o", str(tmp_path / "a")]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if "%" in line or "closeness" in line]
+    assert printed and all("on the calibration data" in line for line in printed), printed
+    assert main(base + ["-o", str(tmp_path / "b"), "--eval", str(test)]) == 0
+    assert "calibration" not in capsys.readouterr().out
+
+
 def test_fp16_keeps_io_types(cnn, tmp_path, capsys):
     model, calib, test = cnn
     out = tmp_path / "fp16"
@@ -229,6 +241,32 @@ def test_bad_inputs_are_refused(cnn, tmp_path, capsys):
     _refused(capsys, ["convert", str(tmp_path / "nope.onnx"), "-o", str(out)], out, "File not found")
     _refused(capsys, base + ["--target", "tensorrt", "--shape", "x:1x3,2"], out, "Shape: x:1x3,2")
     _refused(capsys, base + ["--target", "tensorrt", "--max-batch", "0"], out, "Max batch: 0")
+
+
+def test_fp16_without_its_extra_is_refused_in_one_line_naming_it(cnn, tmp_path):
+    """After `pip install -e '.[demo]'` onnxconverter-common is absent: a line naming the extra, no traceback."""
+    model, calib, _ = cnn
+    out = tmp_path / "fp16"
+    proc = run_cli_without(["onnxconverter_common"], "convert", model, "-o", out, "--precision", "fp16",
+                           "--calib", calib)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "onnxconverter" in err and "edgemm[convert]" in err
+    assert not out.exists() and not leftovers(tmp_path, "fp16")
+
+
+def test_one_npz_file_serves_as_calibration_and_evaluation_data(cnn, tmp_path, capsys):
+    model, calib, test = cnn
+    out = tmp_path / "int8"
+    assert main(["convert", str(model), "-o", str(out), "--precision", "int8", "--calib", str(calib / "c.npz"),
+                 "--eval", str(test / "t.npz"), "--bench-seconds", "0.1", "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"] == str(test / "t.npz") and report["samples"] == 60
+    assert report["conversion"]["int8"]["model"]["calibration"]["samples"] == 24
+    (tmp_path / "notes.txt").write_text("x")
+    _refused(capsys, ["convert", str(model), "-o", str(tmp_path / "o"), "--precision", "int8", "--calib",
+                      str(tmp_path / "notes.txt")], tmp_path / "o", "Is a file; expected a folder")
 
 
 def test_existing_out_is_refused_unless_forced(cnn, tmp_path, capsys):
