@@ -1,14 +1,18 @@
-"""The wheel installs the converters under the edgemm namespace (edgemm/converters/...) and puts no generic
-top-level package named "converters" into site-packages (pyproject's package-dir maps the folder)."""
+"""What ships: the wheel installs the converters under the edgemm namespace (edgemm/converters/...) and puts
+no generic top-level package named "converters" into site-packages (pyproject's package-dir maps the folder);
+the repository's files stand alone (no references to notes outside it); the scripts the README shows say in
+one line which extra they need."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import BLOCK_IMPORTS, REPO
 
 
 def test_wheel_holds_edgemm_converters_and_no_top_level_converters(tmp_path):
@@ -29,3 +33,29 @@ def test_wheel_holds_edgemm_converters_and_no_top_level_converters(tmp_path):
     assert not [n for n in names if n.startswith("converters/")]
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"edgemm"}
+
+
+def test_repository_files_cite_nothing_outside_the_repository():
+    outside = ("shared/notes", "../shared", "/work/", "ARCHITECTURE.md")
+    found = []
+    for folder, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in (".git", ".venv", "__pycache__") and not d.endswith(".egg-info")]
+        for name in files:
+            path = Path(folder) / name
+            if path.suffix in (".onnx", ".npz", ".png", ".pyc", ".plan") or name == ".git" or path == Path(__file__):
+                continue
+            text = path.read_text(errors="replace")
+            found += [f"{path.relative_to(REPO)}: {o}" for o in outside if o in text]
+    assert not found, found
+
+
+def test_benchmark_data_without_scikit_learn_is_one_line_naming_the_extra(tmp_path):
+    """`train_resnet.py --data-only` after the README's `.[demo]` install (no scikit-learn)."""
+    script = REPO / "benchmarks" / "train_resnet.py"
+    code = BLOCK_IMPORTS + f"\nimport runpy\nsys.argv = [{str(script)!r}, '--data-only']\n" \
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    proc = subprocess.run([sys.executable, "-c", code, "sklearn"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "sklearn" in err and ".[convert]" in err, err
