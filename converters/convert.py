@@ -17,6 +17,7 @@ INT8 calibration); the few feeds the latency measurement needs are kept from tha
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import logging
 import sys
@@ -36,8 +37,8 @@ from edgemm.converters import fp16, guard, int8, prune, qdq
 from edgemm.converters.calibration import GraphFeeds, graph_order
 from edgemm.converters.data import DataFolder
 from edgemm.converters.graphs import copy_model, name_nodes, save_model
-from edgemm.converters.tensorrt import BuilderUnavailable, EngineOptions, build_engines, check_shapes, \
-    parse_shape_spec
+from edgemm.converters.tensorrt import BuilderUnavailable, EngineOptions, asymmetric_qdq, build_engines, \
+    check_build_options, check_shapes, for_fp16, parse_shape_spec
 from edgemm.converters.timing import time_models
 from edgemm.converters.validate import compare_bundles, size_section, write_report
 from edgemm.errors import EdgemmError
@@ -61,7 +62,7 @@ CALIBRATION_ACCURACY_NOTE = ("no --eval given: measured on the calibration data 
 
 @dataclass
 class ConvertOptions:
-    precision: str = "fp32"
+    precision: str | None = None  # None: fp16 with --target tensorrt (as trtexec --fp16), else fp32
     calib: str | Path | None = None
     calib_limit: int | None = DEFAULT_CALIB_LIMIT
     calib_method: str = "minmax"
@@ -80,6 +81,9 @@ class ConvertOptions:
     max_batch: int = 1
     shapes: list[str] = field(default_factory=list)  # NAME:MIN,OPT,MAX optimization profile overrides
     timing_cache: str | None = None
+    workspace_mb: int | None = None  # TensorRT workspace limit (default: all of the device's memory)
+    builder_opt_level: int | None = None  # TensorRT builder optimization level 0..5
+    dla: int | None = None  # DLA core, with GPU fallback (Orin NX / AGX Orin)
 
     def settings(self) -> dict:
         d = asdict(self)
@@ -101,8 +105,48 @@ def _say(msg: str, opts: ConvertOptions) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def resolve_precision(opts: ConvertOptions) -> str:
+    """The precision asked, else FP16 for a TensorRT engine (trtexec --fp16 is what users compare with; an
+    FP32 graph under strong typing builds an FP32/TF32 engine), else FP32."""
+    if opts.precision is not None:
+        return opts.precision
+    return "fp16" if opts.target == "tensorrt" else "fp32"
+
+
+def _engine_options(opts: ConvertOptions) -> EngineOptions:
+    return EngineOptions(max_batch=opts.max_batch, opt_batch=1, shapes=dict(parse_shape_spec(s) for s in opts.shapes),
+                         timing_cache=opts.timing_cache, workspace_mb=opts.workspace_mb,
+                         builder_optimization_level=opts.builder_opt_level, dla_core=opts.dla)
+
+
+def check_tensorrt_ready(bundle: Bundle, out: str | Path) -> None:
+    """An INT8 bundle quantized for ONNX Runtime (uint8, or non-zero zero points) cannot become a TensorRT
+    engine: its float graph is not in the bundle, so refuse with the command that quantizes for TensorRT."""
+    bad = {g: asymmetric_qdq(bundle.load_graph(g, load_weights=True)) for g in bundle.manifest.graphs}
+    bad = {g: nodes for g, nodes in bad.items() if nodes}
+    if not bad:
+        return
+    prov = bundle.manifest.provenance or {}
+    flavours = prov.get("int8_flavour")
+    settings = prov.get("settings") or {}
+    source = prov.get("source_model") or "FLOAT_MODEL.onnx"
+    calib = settings.get("calib") or "CALIB_DIR"
+    g, nodes = next(iter(bad.items()))
+    recorded = f" (recorded flavour {json_flavours(flavours)})" if flavours else ""
+    raise EdgemmError(f"Model: {bundle.source or bundle.root} | Quantized for ONNX Runtime{recorded}: graph {g} has "
+                      f"{len(nodes)} Q/DQ node(s) with uint8 or non-zero zero points ({nodes[0]}, ...), which "
+                      "TensorRT refuses; expected symmetric INT8. Quantize the float model for TensorRT: edgemm "
+                      f"convert {source} -o {out} --precision int8 --calib {calib} --target tensorrt")
+
+
+def json_flavours(flavours) -> str:
+    if isinstance(flavours, dict):
+        return ", ".join(f"{g}: {f}" for g, f in flavours.items())
+    return str(flavours)
+
+
 def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> None:
-    if opts.precision not in PRECISIONS:
+    if opts.precision is not None and opts.precision not in PRECISIONS:
         raise EdgemmError(f"Precision: {opts.precision} | Unknown; expected one of {', '.join(PRECISIONS)}.")
     if opts.calib_method not in int8.CALIB_METHODS:
         raise EdgemmError(f"Calibration method: {opts.calib_method} | Unknown; expected one of "
@@ -123,6 +167,15 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
         raise EdgemmError(f"Bench seconds: {opts.bench_seconds} | Expected a positive number of seconds.")
     if opts.max_batch is None or opts.max_batch < 1:
         raise EdgemmError(f"Max batch: {opts.max_batch} | Expected a positive batch size.")
+    trt_only = [f for f, v in (("--workspace", opts.workspace_mb), ("--builder-opt-level", opts.builder_opt_level),
+                               ("--dla", opts.dla)) if v is not None]
+    if trt_only and opts.target != "tensorrt":
+        raise EdgemmError(f"{trt_only[0]} | Is a TensorRT build option; expected --target tensorrt with it.")
+    if opts.dla is not None and resolve_precision(opts) == "fp32":
+        raise EdgemmError("DLA | Computes in FP16 or INT8 only; expected --precision fp16 or int8 (or none: FP16 is "
+                          "the default for --target tensorrt) with --dla.")
+    if opts.target == "tensorrt":
+        check_build_options(_engine_options(opts))
     if opts.shapes:
         names = [parse_shape_spec(spec)[0] for spec in opts.shapes]  # the format, now
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -130,7 +183,7 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
             raise EdgemmError(f"Shape: {twice[0]} | Given more than once; expected one --shape per input.")
     if opts.precision == "int8":
         int8.check_onnxruntime()  # before minutes of calibration, not after
-    if opts.precision == "fp16":
+    if resolve_precision(opts) == "fp16" or (opts.precision == "int8" and opts.target == "tensorrt"):
         fp16.require_converter()  # an extra (edgemm[convert]): one line naming it, before any work
     if opts.prune:
         prune.parse_spec(opts.prune)
@@ -259,7 +312,11 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
     opts = opts or ConvertOptions()
     check_options(model, out, opts)
     started = time.monotonic()
+    precision_defaulted = opts.precision is None
+    opts = dataclasses.replace(opts, precision=resolve_precision(opts))
     bundle = load_bundle(model)
+    if opts.target == "tensorrt":
+        check_tensorrt_ready(bundle, out)
     _check_against_model(bundle, opts)
     graphs = graph_order(bundle)
     originals = {g: bundle.load_graph(g) for g in graphs}
@@ -272,15 +329,22 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
         quantized = QUANTIZERS[opts.precision](pruned.bundle, pruned.models, graphs, opts, work)
         guarded = _guard(bundle, originals, quantized, opts) if opts.max_drop is not None else \
             Guarded(quantized.models, {})
+        # For TensorRT the layers INT8 does not cover run in FP16 in the engine (FP16 Q/DQ scales under strong
+        # typing), as trtexec --int8 --fp16 would; checked for overflow like any FP16 conversion.
+        mixed = _fp16(stage_bundle(bundle, guarded.models, work / "int8"), guarded.models, graphs, opts, work) \
+            if opts.precision == "int8" and opts.target == "tensorrt" else None
         conversion = ({"precision": opts.precision, "target": opts.target}
+                      | ({"precision_note": "fp16: the default for --target tensorrt (--precision fp32 keeps FP32)"}
+                         if precision_defaulted and opts.target == "tensorrt" else {})
                       | ({"prune": pruned.info} if opts.prune else {})
                       | _describe_final(guarded.models, guarded.excluded, quantized.record)
-                      | ({"accuracy_guard": guarded.record} if guarded.record else {}))
+                      | ({"accuracy_guard": guarded.record} if guarded.record else {})
+                      | (mixed.record if mixed else {}))
         # The latency measurement's feeds: those kept from the first full pass over the data, if any ran.
         first_feeds = next((f for f in (pruned.first_feeds, quantized.first_feeds) if all(f.get(g) for g in graphs)),
                            None)
-        report.update(_write(bundle, pruned.bundle, guarded.models, out, opts, conversion, first_feeds, report,
-                             started))
+        report.update(_write(bundle, pruned.bundle, mixed.models if mixed else guarded.models, out, opts, conversion,
+                             first_feeds, report, started))
     for w in report["warnings"]:
         _say(f"warning: {w}", opts)
     return report
@@ -375,6 +439,7 @@ def _fp16(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
     _say(f"FP16: range scan of {len(graphs)} graph(s) "
          f"{'on ' + str(opts.calib) if opts.calib else 'on synthetic inputs'}", opts)
     first_feeds: dict[str, list[dict]] = {}
+    models = {g: for_fp16(models[g]) for g in graphs}
     if opts.calib is not None:
         with GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads) as gf:
             results = fp16.convert_fp16_graphs(models, _recording(gf.iter_feeds(), first_feeds, 1))
@@ -539,11 +604,8 @@ QUANTIZERS: dict[str, Callable[..., Quantized]] = {"fp32": _fp32, "fp16": _fp16,
 
 def _tensorrt(converted: Bundle, models: dict, manifest, tmp: Path, opts: ConvertOptions) -> dict:
     """Engines into tmp (recorded in its manifest); the conversion's tensorrt record."""
-    options = EngineOptions(max_batch=opts.max_batch, opt_batch=1,
-                            shapes=dict(parse_shape_spec(s) for s in opts.shapes),
-                            timing_cache=opts.timing_cache)
     try:
-        builds = build_engines(converted, options, models=models)
+        builds = build_engines(converted, _engine_options(opts), models=models)
     except BuilderUnavailable as exc:
         # The TensorRT-ready Q/DQ graphs are still the product on a machine without a GPU: the engine is
         # built on the device (it is tied to its GPU and TensorRT version). Any other build failure (parser,

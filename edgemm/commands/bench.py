@@ -16,7 +16,12 @@ import os
 import sys
 from pathlib import Path
 
-from edgemm.runners import BACKEND_HELP
+from edgemm.errors import EdgemmError
+from edgemm.lazy import import_pyplot
+from edgemm.runners import BACKEND_HELP, make_runner, parse_backend
+
+# --help imports every command: modules that load onnx, onnxruntime or cv2, or that only run() needs
+# (outputs, power), are imported inside functions.
 
 
 def add_arguments(p) -> None:
@@ -39,12 +44,10 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from edgemm import bench
+    from edgemm import power as power_mod
     from edgemm.bundle import load_bundle
-    from edgemm.errors import EdgemmError
     from edgemm.feeds import load_npz, synthesize
-    from edgemm.lazy import import_optional
     from edgemm.outputs import require_folder, to_json, write_json
-    from edgemm.runners import make_runner, parse_backend
 
     backends = args.backend or ["onnxruntime"]
     for b in backends:
@@ -55,7 +58,7 @@ def run(args) -> int:
         if path:
             require_folder(path)  # fail now, not after the whole benchmark
     if args.plot:
-        import_optional("matplotlib", "--plot draws with matplotlib: pip install 'edgemm[demo]'")
+        import_pyplot()  # refused now, not after the whole measurement
     paths, names = split_names(args.models)
     bundles = [load_bundle(m) for m in paths]
     labels = model_labels(paths, [b.name for b in bundles], names)
@@ -88,8 +91,6 @@ def run(args) -> int:
                 targets.append(bench.Target(label=label, runner=runner, make_feed=make_feed, batch=args.batch))
 
     duration = args.duration if args.duration is not None or args.iterations is not None else 3.0
-    from edgemm import power as power_mod
-
     sampler = None
     if args.power == "on" or (args.power == "auto" and power_mod.available()):
         sampler = power_mod.PowerSampler().start()  # measures the idle baseline before any model loads
