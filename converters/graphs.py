@@ -11,10 +11,11 @@ Graph structure, for every pass that edits a graph (pruning, Q/DQ surgery, FP16,
 passes that record edits by index), ``attr`` (a node attribute as a Python value), ``name_nodes``,
 ``topological_sort`` and ``drop_unused_initializers``.
 
-onnx-graphsurgeon (what Polygraphy edits graphs with) was weighed: it is a pure-Python wheel (installs
-here and on aarch64), but every pass here works on the ModelProto that ONNX Runtime's quantizer and
-onnxconverter-common hand back and records edits by node position; a round trip through gs.Graph per
-pass would add an import/export step and reorder nothing we need, so these few helpers stay.
+onnx-graphsurgeon (what Polygraphy edits graphs with) was weighed: a pure-Python wheel (py2.py3-none-any,
+so it installs here and on aarch64). It would not make this code shorter: every pass here starts from and
+hands on the ModelProto that ONNX Runtime's quantizer and onnxconverter-common produce, and the pruner
+records its edits by node position; gs.import_onnx/export_onnx around each pass would add two conversions
+(and a toposort/cleanup contract) for what two dictionaries give, so these few helpers stay.
 """
 
 from __future__ import annotations
