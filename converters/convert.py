@@ -35,7 +35,8 @@ from edgemm.bench import machine
 from edgemm.bundle import MANIFEST_NAME, Bundle, atomic_output_dir, file_sha256, load_bundle
 from edgemm.converters import fp16, guard, int8, prune, qdq
 from edgemm.converters.calibration import GraphFeeds, graph_order
-from edgemm.converters.data import DataFolder
+from edgemm.converters.data import DataFolder, decision_graph
+from edgemm.converters.detection_nms import append_efficient_nms, detection_output
 from edgemm.converters.graphs import copy_model, name_nodes, save_model
 from edgemm.converters.tensorrt import BuilderUnavailable, EngineOptions, asymmetric_qdq, build_engines, \
     check_build_options, check_shapes, for_fp16, parse_shape_spec
@@ -84,6 +85,7 @@ class ConvertOptions:
     workspace_mb: int | None = None  # TensorRT workspace limit (default: all of the device's memory)
     builder_opt_level: int | None = None  # TensorRT builder optimization level 0..5
     dla: int | None = None  # DLA core, with GPU fallback (Orin NX / AGX Orin)
+    nms_in_engine: bool = False  # EfficientNMS appended to a YOLO detector's graph (converters/detection_nms.py)
 
     def settings(self) -> dict:
         d = asdict(self)
@@ -165,6 +167,8 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
         raise EdgemmError(f"Max drop: {opts.max_drop} | Expected a non-negative number of points.")
     if not opts.bench_seconds or opts.bench_seconds <= 0:
         raise EdgemmError(f"Bench seconds: {opts.bench_seconds} | Expected a positive number of seconds.")
+    if opts.nms_in_engine and opts.target != "tensorrt":
+        raise EdgemmError("--nms-in-engine | Puts NMS into a TensorRT engine; expected --target tensorrt.")
     if opts.max_batch is None or opts.max_batch < 1:
         raise EdgemmError(f"Max batch: {opts.max_batch} | Expected a positive batch size.")
     trt_only = [f for f, v in (("--workspace", opts.workspace_mb), ("--builder-opt-level", opts.builder_opt_level),
@@ -360,6 +364,11 @@ def _check_against_model(bundle: Bundle, opts: ConvertOptions) -> None:
                 next(gf.iter_feeds(), None)
     if opts.shapes:
         check_shapes(bundle, dict(parse_shape_spec(s) for s in opts.shapes))
+    if opts.nms_in_engine:
+        g = decision_graph(bundle)
+        if detection_output(bundle.manifest.graphs[g]) is None:
+            raise EdgemmError(f"--nms-in-engine | Graph {g} has no yolov8 or yolov5 detection output; expected "
+                              "a raw YOLO head (end2end and efficient_nms outputs are already after NMS).")
 
 
 def _prune(bundle: Bundle, originals: dict, graphs: list[str], opts: ConvertOptions, work: Path) -> Pruned:
@@ -414,6 +423,8 @@ def _write(bundle: Bundle, stage: Bundle, delivered: dict, out, opts: ConvertOpt
         else:
             sections["note"] = "no --eval or --calib data: accuracy and closeness not measured"
         if opts.target == "tensorrt":
+            if opts.nms_in_engine:
+                delivered, conversion["nms_in_engine"] = _nms_in_engine(converted, delivered, manifest, tmp)
             conversion["tensorrt"] = _tensorrt(converted, delivered, manifest, tmp, opts)
         conversion["seconds"] = round(time.monotonic() - started, 1)
         sections["conversion"] = conversion
@@ -619,6 +630,19 @@ def _tensorrt(converted: Bundle, models: dict, manifest, tmp: Path, opts: Conver
     write_json(tmp / MANIFEST_NAME, manifest.to_dict())
     load_bundle(tmp)
     return {g: {**b.info, "seconds": b.seconds, "warnings": b.warnings} for g, b in builds.items()}
+
+
+def _nms_in_engine(converted: Bundle, models: dict, manifest, tmp: Path) -> tuple[dict, dict]:
+    """Append EfficientNMS to the decision graph (after the guard, latency and validation ran on the plain
+    graph, which ONNX Runtime can run) and rewrite its file and the manifest before the engine build.
+    Returns the graphs with it, and its record."""
+    g = decision_graph(converted)
+    models = dict(models)
+    models[g], manifest.graphs[g].outputs = append_efficient_nms(models[g], manifest.graphs[g])
+    save_model(models[g], tmp / manifest.graphs[g].file)
+    write_json(tmp / MANIFEST_NAME, manifest.to_dict())
+    load_bundle(tmp)
+    return models, {"graph": g, "plugin": "EfficientNMS_TRT", "outputs": [o.name for o in manifest.graphs[g].outputs]}
 
 
 def _provenance(bundle: Bundle, opts: ConvertOptions, conversion: dict, parent: dict) -> dict:

@@ -50,6 +50,13 @@ VIDEO_LAYOUTS = ("NCHW", "NHWC", "NTCHW", "NCTHW")
 AUDIO_LAYOUTS = ("NCMT", "NMT", "NS", "NCS")  # mel: (batch, channel, mels, frames); waveform: (batch, samples)
 AUDIO_FEATURES = ("logmel", "mel", "waveform")
 COLORS = ("rgb", "bgr", "gray")
+RESIZE_MODES = ("stretch", "letterbox")
+# Detection output formats (edgemm/detection.py decodes each to boxes, scores and classes) and, for those
+# spread over several outputs, the roles their `parts` name.
+DETECTION_FORMATS = ("yolov5", "yolov8", "end2end", "efficient_nms", "boxes_scores_labels")
+DETECTION_PARTS = {"efficient_nms": ("num", "boxes", "scores", "classes"),
+                   "boxes_scores_labels": ("boxes", "scores", "labels")}
+BOX_ENCODINGS = ("cxcywh", "xyxy")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 
 # ONNX TensorProto element types we accept, by their numpy names.
@@ -72,6 +79,10 @@ class VideoPreprocess:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     frames: int = 1  # frames stacked per inference (NTCHW / NCTHW layouts)
     fps: float | None = None  # rate the frames were sampled at in training, if it matters
+    # stretch: resize to `size` as it is; letterbox: keep the aspect ratio and pad with `pad_value` (YOLO's 114).
+    # None in a manifest means the default: letterbox when the graph has a detection output, else stretch.
+    resize: str | None = None
+    pad_value: int = 114
 
 
 @dataclass
@@ -128,6 +139,27 @@ class InputSpec:
 
 
 @dataclass
+class DetectionSpec:
+    """How a detection output decodes (edgemm/detection.py); see the README's manifest reference."""
+
+    format: str
+    box: str | None = None  # cxcywh or xyxy; None: the format's usual one (cxcywh for yolov5/yolov8)
+    normalized: bool = False  # boxes in [0, 1] of the input size rather than input pixels
+    conf: float = 0.25  # score threshold
+    iou: float = 0.45  # NMS IoU threshold (formats decoded before NMS)
+    max_det: int = 300
+    top_k: int = 1000  # candidates kept (best scores) before NMS
+    agnostic: bool = False  # NMS across classes rather than per class
+    parts: dict[str, str] = field(default_factory=dict)  # role -> output name (efficient_nms, boxes_scores_labels)
+    track: bool = True  # track ids across frames (edgemm/tracking.py)
+    events: bool = False  # object_entered / object_left events per track
+
+    @property
+    def box_encoding(self) -> str:
+        return self.box or ("cxcywh" if self.format in ("yolov5", "yolov8") else "xyxy")
+
+
+@dataclass
 class OutputSpec:
     name: str
     task: str = "other"
@@ -135,6 +167,7 @@ class OutputSpec:
     shape: list[int | str | None] = field(default_factory=list)
     labels: list[str] | None = None
     scores: str = "logits"  # classification: "logits" or "probabilities"
+    detection: DetectionSpec | None = None  # task "detection": the format and its thresholds
 
 
 @dataclass
@@ -298,9 +331,13 @@ def _read_video_pre(r: _Reader) -> VideoPreprocess:
     frames = r.get("frames", int, default=1)
     if frames < 1:
         r.fail(f"expected >= 1, got {frames}", "frames")
+    pad_value = r.get("pad_value", int, default=d.pad_value)
+    if not 0 <= pad_value <= 255:
+        r.fail(f"expected a pixel value 0..255, got {pad_value}", "pad_value")
     return VideoPreprocess(
         size=(size[0], size[1]), color=color, scale=r.get("scale", float, default=d.scale),
         mean=mean, std=std, frames=frames, fps=r.get("fps", float, default=None),
+        resize=r.get("resize", str, default=None, choices=RESIZE_MODES), pad_value=pad_value,
     )
 
 
@@ -377,9 +414,48 @@ def _read_output(r: _Reader) -> OutputSpec:
     )
     if spec.labels is not None and not all(isinstance(x, str) for x in spec.labels):
         r.fail("expected a list of strings", "labels")
-    if spec.labels and spec.shape and isinstance(spec.shape[-1], int) and spec.shape[-1] != len(spec.labels):
+    det = r.get("detection", dict, default=None)
+    if det is not None:
+        if spec.task != "detection":
+            r.fail(f"only a detection output has a detection block; task is {spec.task}", "detection")
+        spec.detection = _read_detection(r.sub("detection", det))
+    elif spec.labels and spec.shape and isinstance(spec.shape[-1], int) and spec.shape[-1] != len(spec.labels) \
+            and spec.task in ("classification", "multilabel"):
         r.fail(f"has {len(spec.labels)} labels but the output has {spec.shape[-1]} classes", "labels")
     return spec
+
+
+def _read_detection(r: _Reader) -> DetectionSpec:
+    d = DetectionSpec(format=r.get("format", str, choices=DETECTION_FORMATS))
+    known = set(DetectionSpec.__dataclass_fields__)
+    unknown = sorted(set(r.data) - known)
+    if unknown:
+        r.fail(f"unknown field {unknown[0]}; expected {', '.join(sorted(known))}")
+    d.box = r.get("box", str, default=None, choices=BOX_ENCODINGS)
+    d.normalized = r.get("normalized", bool, default=False)
+    for key in ("conf", "iou"):
+        value = r.get(key, float, default=getattr(d, key))
+        if not 0.0 <= value <= 1.0:
+            r.fail(f"expected a number in [0, 1], got {value}", key)
+        setattr(d, key, value)
+    for key in ("max_det", "top_k"):
+        value = r.get(key, int, default=getattr(d, key))
+        if value < 1:
+            r.fail(f"expected a positive int, got {value}", key)
+        setattr(d, key, value)
+    d.agnostic = r.get("agnostic", bool, default=False)
+    d.track = r.get("track", bool, default=True)
+    d.events = r.get("events", bool, default=False)
+    roles = DETECTION_PARTS.get(d.format, ())
+    parts = r.get("parts", dict, default={})
+    if roles and sorted(parts) != sorted(roles):
+        r.fail(f"format {d.format} needs the outputs of roles {', '.join(roles)}; got {json.dumps(parts)}", "parts")
+    if not roles and parts:
+        r.fail(f"format {d.format} is one output; expected no parts", "parts")
+    if not all(isinstance(v, str) for v in parts.values()):
+        r.fail("expected output names (strings)", "parts")
+    d.parts = dict(parts)
+    return d
 
 
 def _read_fusion(r: _Reader, graphs: dict[str, GraphSpec]) -> FusionSpec:
@@ -425,6 +501,23 @@ def _read_fusion(r: _Reader, graphs: dict[str, GraphSpec]) -> FusionSpec:
     return f
 
 
+def _detection_defaults(g: GraphSpec, gr: _Reader) -> None:
+    """Letterbox is the default resize of a detector's images; a detection output's parts must be outputs."""
+    names = [o.name for o in g.outputs]
+    detector = False
+    for i, o in enumerate(g.outputs):
+        if o.detection is None:
+            continue
+        detector = True
+        for role, part in o.detection.parts.items():
+            if part not in names:
+                gr.fail(f"names output {json.dumps(part)} as {role}, which is not an output of this graph "
+                        f"({', '.join(names)})", f"outputs[{i}].detection.parts")
+    for spec in g.inputs:
+        if spec.modality == "video" and spec.preprocess.resize is None:
+            spec.preprocess.resize = "letterbox" if detector else "stretch"
+
+
 def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     """Validate a manifest dict and build the Manifest; errors name the field."""
     r = _Reader(data, "", where)
@@ -451,6 +544,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             outputs=[_read_output(gr.sub(f"outputs[{i}]", x)) for i, x in enumerate(outputs_raw)],
             engine=gr.get("engine", dict, default=None),
         )
+        _detection_defaults(g, gr)
         if g.engine is not None and not isinstance(g.engine.get("file"), str):
             gr.fail("expected an object with a \"file\" string", "engine")
         for kind, specs in (("inputs", g.inputs), ("outputs", g.outputs)):
@@ -550,6 +644,9 @@ def _check_against_onnx(graph: GraphSpec, model, where: str) -> None:
                     if isinstance(fixed, int) and fixed > 0 and fixed != size:
                         raise EdgemmError(f"{at}.preprocess.{field_name}: gives {size} along axis {axis} "
                                           f"({spec.layout[axis]}) but {graph.file} expects {fixed} (input {shape})")
+    from edgemm.detection import check_detection_outputs  # it imports this module's types
+
+    check_detection_outputs(graph, {n: s for n, _, s in outputs}, where)
 
 
 def detect_precision(model) -> str:

@@ -70,6 +70,8 @@ class PipelineSettings(LiveSettings, CaptureSettings):
     ring_s: float = 10.0  # audio kept, seconds
     tick_hz: float | None = None  # inference rate while there is no video (None: camera rate, else 10 Hz)
     reservoir: int = 20000  # latency samples kept per stage for the percentiles (uniform over the run)
+    conf: float | None = None  # detection score / NMS IoU thresholds overriding the manifest's (--conf, --iou)
+    iou: float | None = None
     # Python hands the GIL to a waiting thread after this long (default 5 ms). The worker spends its time
     # in the model with the GIL released; when the model returns while a capture thread runs Python code,
     # the worker waits up to this long for the GIL. 1 ms while streaming (restored on close); None: leave it.
@@ -118,7 +120,9 @@ class Pipeline:
         self.scheduler = LiveFusion(self.model, self.ring, s)
         if self.ring is not None and not getattr(self.sources.get("audio"), "live", True):
             self.scheduler.audio_wait_s = FILE_AUDIO_WAIT_S
-        self.decisions = Decisions(dict(self.model.output_specs), list(alerts))
+        image = next((sp.preprocess for g, sp in self.manifest.all_inputs()
+                      if sp.modality == "video" and g.name == self.model.decision_graph), None)
+        self.decisions = Decisions(dict(self.model.output_specs), list(alerts), image, s.conf, s.iou)
         self.sinks = list(sinks)
         self.duration_s = duration_s
         video_src = self.sources.get("video")
@@ -426,8 +430,8 @@ class Pipeline:
         if res is None:
             return None
         p0 = time.perf_counter()
-        record = self._record(res)
-        events = self.decisions.alerts(res.t, res.outputs)
+        record = self._record(res, tick.frame.image.shape[:2] if tick.frame is not None else None)
+        events = self.decisions.alerts(res.t, res.outputs, record["outputs"])
         record["alerts"] = self.decisions.active_alerts()
         post_s = time.perf_counter() - p0 + res.attribution_s
         capture_prep_s = item.prepared.work_s if item is not None and item.prepared is not None else 0.0
@@ -475,9 +479,9 @@ class Pipeline:
             self.degraded_counts[m] += 1
         return record
 
-    def _record(self, res: StepResult) -> dict:
+    def _record(self, res: StepResult, frame_hw: tuple[int, int] | None) -> dict:
         specs = self.decisions.specs
-        outputs = self.decisions.decode(res.outputs)
+        outputs = self.decisions.decode(res.outputs, res.t, frame_hw)
         attribution = None
         if res.without is not None:
             attribution = attribution_of(res.outputs, res.without, specs, self.decisions.primary)

@@ -83,6 +83,8 @@ class ConsoleSink(Sink):
                 parts.append(f"{name}={','.join(out['labels']) or '-'}")
             elif "values" in out:
                 parts.append(f"{name}=" + ",".join(f"{v:.3g}" for v in out["values"][:4]))
+            elif "counts" in out:
+                parts.append(f"{name}=" + (",".join(f"{k}:{n}" for k, n in out["counts"].items()) or "-"))
         lat = record.get("latency_ms", {})
         if "total" in lat:
             parts.append(f"latency={lat['total']:.1f}ms")
@@ -239,7 +241,11 @@ class VideoSink(Sink):
         thick = max(1, int(round(2 * scale)))
         lines = []
         for name, out in record.get("outputs", {}).items():
-            if "label" in out:
+            if "detections" in out:
+                VideoSink._draw_boxes(img, out["detections"], scale, thick)
+                lines.append(("  ".join(f"{k} {n}" for k, n in out["counts"].items()) or "no objects",
+                              (255, 255, 255)))
+            elif "label" in out:
                 lines.append((f"{out['label']}  {out['score']:.2f}", (255, 255, 255)))
             elif "values" in out:
                 lines.append((f"{name}: " + " ".join(f"{v:.3g}" for v in out["values"][:4]), (255, 255, 255)))
@@ -265,6 +271,23 @@ class VideoSink(Sink):
             cv2.putText(img, text, (x0 + pad, y - pad // 2), font, size, color, thick, cv2.LINE_AA)
             y += step
         return img
+
+    @staticmethod
+    def _draw_boxes(img: np.ndarray, detections: list[dict], scale: float, thick: int) -> None:
+        """A box per detection, in a colour per class, captioned with label, score and track id."""
+        import cv2
+
+        font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale
+        for d in detections:
+            x1, y1, x2, y2 = (int(round(v)) for v in d["box"])
+            hue = (d["class"] * 47) % 180  # classes far apart on the hue circle
+            color = tuple(int(c) for c in cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0])
+            cv2.rectangle(img, (x1, y1), (x2, y2), color, thick)
+            text = f"{d['label']} {d['score']:.2f}" + (f" #{d['track']}" if d.get("track") is not None else "")
+            (tw, th), base = cv2.getTextSize(text, font, size, max(1, thick - 1))
+            ty = max(th + base, y1)
+            cv2.rectangle(img, (x1, ty - th - base), (x1 + tw, ty), color, -1)
+            cv2.putText(img, text, (x1, ty - base), font, size, (0, 0, 0), max(1, thick - 1), cv2.LINE_AA)
 
     def result(self, record, frame=None) -> None:
         if frame is None:

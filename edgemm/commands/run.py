@@ -29,6 +29,7 @@ CONFIG_KEYS = {
     "model": str, "video": str, "audio": str, "sinks": list, "duration": (int, float), "threads": int,
     "backend": str, "alerts": list, "max_in_flight": int, "max_skew_ms": (int, float), "attribution": str,
     "tick_hz": (int, float), "rates_hz": dict, "max_age_s": (int, float), "summary_json": str, "quiet": bool,
+    "conf": (int, float), "iou": (int, float),
 }
 
 
@@ -53,6 +54,8 @@ def add_arguments(p) -> None:
     p.add_argument("--attribution", choices=("auto", "off", "ablation"),
                    help="per-modality attribution: auto (late/intermediate fusion), off, ablation (also early "
                         "fusion: reruns the model per modality)")
+    p.add_argument("--conf", type=float, metavar="P", help="detection score threshold (overrides the manifest's)")
+    p.add_argument("--iou", type=float, metavar="P", help="detection NMS IoU threshold (overrides the manifest's)")
     p.add_argument("--tick-hz", type=float, metavar="HZ", help="inference rate while there is no video "
                                                                "(default: the camera's rate, else 10)")
     p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
@@ -188,6 +191,11 @@ def build(opts: dict):
         settings.tick_hz = float(opts["tick_hz"])
     if opts.get("rates_hz"):
         settings.rates_hz = _rates(opts["rates_hz"])
+    for key in ("conf", "iou"):
+        if opts.get(key) is not None:
+            if not 0.0 <= opts[key] <= 1.0:
+                raise EdgemmError(f"--{key}: {opts[key]} | Expected a threshold in [0, 1].")
+            setattr(settings, key, float(opts[key]))
     if opts.get("max_age_s") is not None:
         if opts["max_age_s"] < 0:
             raise EdgemmError(f"Embedding age bound: {opts['max_age_s']} s | Expected >= 0 seconds.")
