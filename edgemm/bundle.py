@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 import onnx
 
-from edgemm.errors import EdgemmError
+from edgemm.errors import EdgemmError, number_problem
 from edgemm.outputs import umask_mode
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ LATE_RULES = ("weighted_mean", "max", "vote")
 VIDEO_LAYOUTS = ("NCHW", "NHWC", "NTCHW", "NCTHW")
 AUDIO_LAYOUTS = ("NCMT", "NMT", "NS", "NCS")  # mel: (batch, channel, mels, frames); waveform: (batch, samples)
 AUDIO_FEATURES = ("logmel", "mel", "waveform")
+# Beyond these a manifest is wrong, not ambitious: a window in hours or a rate in MHz only makes a run fail
+# later (out of memory, an int too large for a float), far from the field that caused it.
+MAX_SAMPLE_RATE = 1_000_000
+MAX_WINDOW_S = 3600.0
 COLORS = ("rgb", "bgr", "gray")
 RESIZE_MODES = ("stretch", "letterbox")
 # Detection output formats (edgemm/detection.py decodes each to boxes, scores and classes) and, for those
@@ -291,7 +295,15 @@ class _Reader:
             self.fail(f"expected {want}, got {json.dumps(value)}", key)
         if choices is not None and value not in choices:
             self.fail(f"expected one of {', '.join(choices)}; got {json.dumps(value)}", key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.number(key, value)
         return value
+
+    def number(self, key, value, **bounds) -> None:
+        """Fail unless value is finite and within bounds (edgemm.errors.number_problem)."""
+        problem = number_problem(value, **bounds)
+        if problem:
+            self.fail(f"{problem}, got {json.dumps(value)}", key)
 
     def sub(self, key, value) -> "_Reader":
         return _Reader(value, f"{self.path}.{key}", self.where)
@@ -311,6 +323,8 @@ def _read_floats(r: _Reader, key: str, default):
         return (float(value),)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         r.fail(f"expected a list of numbers, got {json.dumps(value)}", key)
+    for v in value:
+        r.number(key, v)
     return tuple(float(v) for v in value)
 
 
@@ -346,9 +360,11 @@ def _read_audio_pre(r: _Reader) -> AudioPreprocess:
     sr = r.get("sample_rate", int, default=d.sample_rate)
     if sr <= 0:
         r.fail(f"expected a positive sample rate in Hz, got {sr}", "sample_rate")
+    r.number("sample_rate", sr, maximum=MAX_SAMPLE_RATE)
     window_s = r.get("window_s", float, default=d.window_s)
     if window_s <= 0:
         r.fail(f"expected a positive window in seconds, got {window_s}", "window_s")
+    r.number("window_s", window_s, maximum=MAX_WINDOW_S)
     p = AudioPreprocess(
         sample_rate=sr, window_s=window_s,
         feature=r.get("feature", str, default=d.feature, choices=AUDIO_FEATURES),
@@ -484,7 +500,7 @@ def _read_fusion(r: _Reader, graphs: dict[str, GraphSpec]) -> FusionSpec:
             r.fail(f"names graph {json.dumps(f.head)}, which is not in graphs", "head")
         rates = r.get("rates_hz", dict, default={})
         for k, v in rates.items():
-            if k not in f.encoders or not isinstance(v, (int, float)) or v <= 0:
+            if k not in f.encoders or number_problem(v, positive=True):
                 r.fail(f"{k}: expected a positive rate for one of the encoders ({', '.join(f.encoders)})", "rates_hz")
         f.rates_hz = {k: float(v) for k, v in rates.items()}
         f.max_age_s = r.get("max_age_s", float, default=1.0)
@@ -495,7 +511,7 @@ def _read_fusion(r: _Reader, graphs: dict[str, GraphSpec]) -> FusionSpec:
         f.rule = r.get("rule", str, default="weighted_mean", choices=LATE_RULES)
         weights = r.get("weights", dict, default={})
         for k, v in weights.items():
-            if k not in f.members or not isinstance(v, (int, float)) or v < 0:
+            if k not in f.members or number_problem(v, minimum=0):
                 r.fail(f"{k}: expected a non-negative weight for one of the members ({', '.join(f.members)})", "weights")
         f.weights = {k: float(v) for k, v in weights.items()}
     return f
