@@ -47,9 +47,12 @@ def make_split(seeds: list[int], rng: np.random.Generator) -> dict[str, np.ndarr
     spec = dr.audio_spec()
     for seed in seeds:
         sc = dr.make_scene(seed)
-        for _ in range(FRAMES_PER_SCENE):
+        has_ev = any(th.cls == dr.EMERGENCY for th in sc.things)
+        for k in range(FRAMES_PER_SCENE):
             cond = dr.CONDITIONS[int(rng.integers(len(dr.CONDITIONS)))]
-            f, b, c = dr.render_frame(sc, float(rng.uniform(0, sc.duration)), cond)
+            # emergency vehicles come into view late: half of their scene's frames from its last 40 %
+            lo = 0.6 * sc.duration if has_ev and k % 2 else 0.0
+            f, b, c = dr.render_frame(sc, float(rng.uniform(lo, sc.duration)), cond)
             owner += [len(frames)] * len(b)
             frames.append(f)
             boxes.append(b)

@@ -345,7 +345,7 @@ def render_audio(sc: Scene, masked: bool = False, rain: bool = False) -> dict[st
     """The scene's microphone track, [0, duration]: ``mix`` and its parts ``noise``, ``siren``, ``horn``.
 
     Noise: engine harmonics at the ego speed's rpm, road rumble and wind growing with speed; ``masked``
-    adds 14 dB of broadband noise (a truck alongside, windows down) and ``rain`` rain hiss. Siren:
+    adds broadband noise (a truck alongside, windows down; the siren's SNR drops by 3-10 dB) and ``rain`` rain hiss. Siren:
     pattern, Doppler shift from the source's radial speed, level falling as 1/distance."""
     rng = np.random.default_rng(sc.seed + 77)
     n = int(sc.duration * SAMPLE_RATE)
