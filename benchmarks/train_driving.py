@@ -346,6 +346,8 @@ def main(argv=None) -> int:
         with torch.no_grad():
             diff = float(np.max(np.abs(got - model(x).numpy())))
         print(f"-> {path} (ONNX vs torch max diff {diff:.1e})")
+    if log_path.exists():  # another run (--only) may have trained the other model meanwhile
+        infos = json.loads(log_path.read_text())["models"] | {k: v for k, v in infos.items() if k in args.only}
     log_path.write_text(json.dumps({"seed": args.seed, "models": infos,
                                     "seconds_last_run": round(time.perf_counter() - t0, 1)}, indent=1) + "\n")
     return 0
