@@ -139,3 +139,17 @@ def test_read_before_open_is_a_source_error():
     for uri in ("test://video", "test://audio", "rtsp://127.0.0.1:1/x"):
         with pytest.raises(SourceError, match="before open"):
             open_source(uri).read(0)
+
+
+def test_query_options_work_on_plain_paths_as_on_file_uris(tmp_path):
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, np.zeros(2205, np.float32), 22050)
+    for uri in (f"{wav}?resample=false", f"file://{wav}?resample=false"):
+        assert modality_of(uri) == "audio"
+        # the option reached the source: resampling is off, so a 22.05 kHz file cannot feed a 16 kHz model
+        one_line_error(lambda: open_source(uri, sample_rate=16000), "resample=false", "16000")
+        one_line_error(lambda: open_source(uri.replace("resample", "resampel")), "Unknown option(s) resampel")
+    assert open_source(f"{wav}?name=cabin").name == "cabin"
+    odd = tmp_path / "take?2.wav"  # a file whose name has a "?" is still that file
+    write_wav(odd, np.zeros(1600, np.float32), 16000)
+    assert parse_uri(str(odd)).location == str(odd) and isinstance(open_source(str(odd)), WavSource)

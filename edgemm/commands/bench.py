@@ -9,7 +9,11 @@ Examples:
 
 from __future__ import annotations
 
-from edgemm.runners import BACKEND_HELP
+from edgemm.errors import EdgemmError
+from edgemm.runners import BACKEND_HELP, make_runner, parse_backend
+
+# --help imports every command: modules that load onnx, onnxruntime or cv2, or that only run() needs
+# (outputs, power), are imported inside functions.
 
 
 def add_arguments(p) -> None:
@@ -32,11 +36,10 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from edgemm import bench
+    from edgemm import power as power_mod
     from edgemm.bundle import load_bundle
-    from edgemm.errors import EdgemmError
     from edgemm.feeds import load_npz, synthesize
     from edgemm.outputs import require_folder, write_json
-    from edgemm.runners import make_runner, parse_backend
 
     backends = args.backend or ["onnxruntime"]
     for b in backends:
@@ -76,8 +79,6 @@ def run(args) -> int:
                 targets.append(bench.Target(label=label, runner=runner, make_feed=make_feed, batch=args.batch))
 
     duration = args.duration if args.duration is not None or args.iterations is not None else 3.0
-    from edgemm import power as power_mod
-
     sampler = None
     if args.power == "on" or (args.power == "auto" and power_mod.available()):
         sampler = power_mod.PowerSampler().start()  # measures the idle baseline before any model loads

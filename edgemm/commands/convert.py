@@ -20,6 +20,10 @@ Examples:
 
 from __future__ import annotations
 
+import json
+
+# Modules that load onnx, onnxruntime or cv2 are imported inside functions: --help imports every command.
+
 
 # The data folder formats, documented here once (converters/data.py implements them; the CLI shows this
 # text without importing converters).
@@ -123,6 +127,4 @@ def summary(report: dict, out) -> str:
 
 
 def json_compact(obj) -> str:
-    import json
-
     return json.dumps(obj, separators=(",", ":"))

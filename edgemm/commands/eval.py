@@ -13,9 +13,13 @@ Examples:
 
 from __future__ import annotations
 
-from edgemm.runners import BACKEND_HELP
-
 import sys
+
+from edgemm.errors import EdgemmError
+from edgemm.runners import BACKEND_HELP, parse_backend
+
+# --help imports every command: modules that load onnx, onnxruntime or cv2, or that only run() needs
+# (outputs, power), are imported inside functions.
 
 
 def add_arguments(p) -> None:
@@ -71,9 +75,7 @@ def _print_classes(m: dict, out) -> None:
 def run(args) -> int:
     from edgemm.converters.validate import compare_bundles, latency_section, size_section, write_report
     from edgemm.bundle import load_bundle
-    from edgemm.errors import EdgemmError
     from edgemm.outputs import require_folder
-    from edgemm.runners import parse_backend
 
     parse_backend(args.backend)
     if args.latency is not None and (not args.against or args.latency <= 0):

@@ -27,6 +27,8 @@ from typing import Mapping
 import numpy as np
 
 from edgemm.errors import EdgemmError
+from edgemm.lazy import import_optional
+from edgemm.runners import cuda
 from edgemm.runners.base import BaseRunner, TensorMeta
 
 log = logging.getLogger(__name__)
@@ -202,9 +204,6 @@ class TensorRTRunner(BaseRunner):
 
     # -- activation --------------------------------------------------------------------------------
     def activate_impl(self) -> None:
-        from edgemm.lazy import import_optional
-        from edgemm.runners import cuda
-
         try:
             self._activate(cuda, import_optional)
         except BaseException:

@@ -27,6 +27,8 @@ import os
 import re
 import threading
 
+import cv2
+
 from edgemm.errors import EdgemmError
 from edgemm.sources.base import EndOfStream, Frame, Source, SourceError, now
 
@@ -38,16 +40,12 @@ _EOF = object()
 
 def opencv_has(feature: str) -> bool:
     """True when this OpenCV build lists ``feature`` (e.g. 'GStreamer', 'FFMPEG', 'v4l/v4l2') as YES."""
-    import cv2
-
     info = cv2.getBuildInformation()
     m = re.search(rf"^\s*{re.escape(feature)}:\s*(\S+)", info, re.MULTILINE)
     return bool(m) and m.group(1).upper().startswith("YES")
 
 
 def require_gstreamer(uri: str) -> None:
-    import cv2
-
     if not opencv_has("GStreamer"):
         raise EdgemmError(
             f"Video source: {uri} | This OpenCV {cv2.__version__} ({os.path.dirname(cv2.__file__)}) was built "
@@ -133,14 +131,10 @@ class VideoCaptureSource(Source):
     # -------------------------------------------------------------------------------------------- open
 
     def _api_id(self):
-        import cv2
-
         return {"ffmpeg": cv2.CAP_FFMPEG, "v4l2": cv2.CAP_V4L2, "gstreamer": cv2.CAP_GSTREAMER,
                 "any": cv2.CAP_ANY}[self.api]
 
     def _open_capture(self):
-        import cv2
-
         params = []
         if self.api in ("ffmpeg", "gstreamer"):
             # Without these OpenCV waits 30 s to open and blocks grab() for 30 s on a dead stream.
@@ -216,8 +210,6 @@ class VideoCaptureSource(Source):
             self._cond.notify_all()
 
     def _run_live(self, cap, stop: threading.Event, _start: float) -> None:
-        import cv2
-
         driver_stamps = self.api == "v4l2"
         try:
             while not stop.is_set():
@@ -260,8 +252,6 @@ class VideoCaptureSource(Source):
             cap.release()
 
     def _run_file(self, cap, stop: threading.Event, start: float) -> None:
-        import cv2
-
         fps = self.fps or 30.0
         offset = 0.0  # media time added per loop pass
         last_media_t = -1.0
