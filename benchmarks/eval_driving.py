@@ -6,7 +6,7 @@ every camera condition (day, dusk, night, rain, fog) with its microphone track p
 (broadband noise that lowers the siren's SNR by 3-10 dB). The detector and the audio classifier run through
 edgemm.fusion.FusionModel with the runtime's own preprocessing.
 
-  detector   COCO mAP@0.5 and mAP@0.5:0.95 per camera condition (faster-coco-eval)
+  detector   COCO mAP@0.5 and mAP@0.5:0.95 per camera condition (pycocotools, the library `edgemm eval` uses)
   audio      siren precision / recall / F1 per audio condition, siren recall per SNR band
   event      "emergency vehicle approaching": audio alone (smoothed siren probability), camera alone (smoothed
              best emergency-vehicle box score), late fusion (logistic regression on both, fitted on the
@@ -73,7 +73,11 @@ def decode_yolov8(out: np.ndarray, conf: float = 0.25, iou: float = 0.6, max_det
 
 def coco_map(gts: list[tuple[np.ndarray, np.ndarray]], dets: list[tuple]) -> dict:
     """COCO mAP over images: gts[i] = (boxes, classes), dets[i] = (boxes, scores, classes)."""
-    from faster_coco_eval import COCO, COCOeval_faster
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
     images, anns, res = [], [], []
     for i, ((gb, gc), (db, ds, dc)) in enumerate(zip(gts, dets)):
@@ -85,14 +89,17 @@ def coco_map(gts: list[tuple[np.ndarray, np.ndarray]], dets: list[tuple]) -> dic
         for b, s, c in zip(db, ds, dc):
             res.append({"image_id": i, "category_id": int(c), "score": float(s),
                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
-    gt = COCO({"images": images, "annotations": anns, "categories": [{"id": i, "name": c}
-                                                                      for i, c in enumerate(dr.CLASSES)]})
     if not res:
         return {"map50": 0.0, "map": 0.0}
-    ev = COCOeval_faster(gt, gt.loadRes(res), "bbox")
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": anns,
+                      "categories": [{"id": i, "name": c} for i, c in enumerate(dr.CLASSES)]}
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(res), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
     return {"map50": round(float(ev.stats[1]), 4), "map": round(float(ev.stats[0]), 4)}
 
 
@@ -310,7 +317,7 @@ def markdown(res: dict, fusion: dict, variants: dict, meta: dict, seconds: float
          f"{res['scenes']} test scenes (no seed shared), each test scene rendered at 4 Hz in every condition "
          f"({res['frames_per_condition']} frames per condition). Trained by `benchmarks/train_driving.py`, scored "
          "by `benchmarks/eval_driving.py` on ONNX Runtime (CPU, this 2-core machine). Detector 192x192, YOLOv8 "
-         "output layout; mAP by faster-coco-eval.", "",
+         "output layout; mAP by pycocotools (as `edgemm eval`).", "",
          "| camera condition | mAP@0.5 | mAP@0.5:0.95 |", "|---|---:|---:|"]
     for c, m in res["map"].items():
         L.append(f"| {c} | {100 * m['map50']:.1f} | {100 * m['map']:.1f} |")

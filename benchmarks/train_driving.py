@@ -321,6 +321,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default="detector,audio")
+    p.add_argument("--max-images", type=int, default=None, help="train the detector on the first N frames only")
+    p.add_argument("--max-windows", type=int, default=None, help="train the audio model on N random windows only")
     args = p.parse_args(argv)
     import torch
 
@@ -329,6 +331,15 @@ def main(argv=None) -> int:
     meta = json.loads((data / "meta.json").read_text())
     train = dict(np.load(data / "train.npz"))
     val = dict(np.load(data / "val.npz"))
+    if args.max_images:
+        keep = train["box_image"] < args.max_images
+        train["frames"] = train["frames"][:args.max_images]
+        for k in ("box_xyxy", "box_class", "box_image"):
+            train[k] = train[k][keep]
+    if args.max_windows and args.max_windows < len(train["audio_label"]):
+        sel = np.sort(np.random.default_rng(args.seed).permutation(len(train["audio_label"]))[:args.max_windows])
+        for k in ("audio", "audio_label", "audio_snr_db", "audio_scene"):
+            train[k] = train[k][sel]
     log_path = out / "driving_training.json"
     infos = json.loads(log_path.read_text())["models"] if log_path.exists() else {}
     t0 = time.perf_counter()
