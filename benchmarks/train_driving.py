@@ -35,6 +35,7 @@ from edgemm.reference import driving as dr  # noqa: E402
 
 STRIDES = (8, 16)
 LEVEL_SPLIT_PX = 40
+OVERSAMPLE = 5
 OPSET = 17
 
 
@@ -174,14 +175,18 @@ def train_detector(data: dict, epochs: int, seed: int, log=print):
     t_cls, t_box = torch.from_numpy(t_cls), torch.from_numpy(t_box)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     bs = 32
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * ((n + bs - 1) // bs), pct_start=0.15)
+    # Emergency vehicles are rare (a few % of the boxes): their frames are seen OVERSAMPLE times per epoch.
+    ev_frames = np.unique(data["box_image"][data["box_class"] == dr.EMERGENCY])
+    pool = torch.from_numpy(np.concatenate([np.arange(n)] + [ev_frames] * (OVERSAMPLE - 1)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * ((len(pool) + bs - 1) // bs),
+                                                pct_start=0.15)
     t0 = time.perf_counter()
     history = []
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(n, generator=gen)
+        order = pool[torch.randperm(len(pool), generator=gen)]
         total = 0.0
-        for i in range(0, n, bs):
+        for i in range(0, len(order), bs):
             idx = order[i:i + bs]
             x = to_tensor_images(frames[idx.numpy()])
             tc, tb = t_cls[idx], t_box[idx]
@@ -219,8 +224,8 @@ def train_detector(data: dict, epochs: int, seed: int, log=print):
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
-        history.append({"epoch": epoch + 1, "loss": round(total / n, 4)})
-        log(f"  detector epoch {epoch + 1}/{epochs} loss {total / n:.4f} ({time.perf_counter() - t0:.0f} s)")
+        history.append({"epoch": epoch + 1, "loss": round(total / len(order), 4)})
+        log(f"  detector epoch {epoch + 1}/{epochs} loss {total / len(order):.4f} ({time.perf_counter() - t0:.0f} s)")
     model.eval()
     return model, {"epochs": epochs, "history": history, "train_seconds": round(time.perf_counter() - t0, 1)}
 
