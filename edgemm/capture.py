@@ -176,6 +176,7 @@ class Capture(threading.Thread):
         self.up = True  # the owner opened it before starting us
         self.ended = False
         self.reconnects = 0
+        self.reopened = 0  # reopenings that succeeded (progress for the watchdog; reconnects counts attempts)
         self.failures = 0
         self.crashes = 0
         self._crashes_in_a_row = 0
@@ -236,6 +237,7 @@ class Capture(threading.Thread):
             try:
                 self.source.open()
                 self._is_open = True
+                self.reopened += 1
                 if self._on_reopened is not None:
                     # A reopened source is a new timeline (a microphone counts samples from 0 again and
                     # anchors its clock afresh): what was kept of the old one is no longer comparable.

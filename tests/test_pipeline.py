@@ -125,6 +125,22 @@ def test_reservoir_keeps_memory_bounded_and_statistics_honest():
     assert st["p50"] == pytest.approx(np.median(values) * 1e3, rel=0.15)
 
 
+def test_reservoir_min_max_mean_are_exact_not_the_samples():
+    """A single spike among 20,000 values is almost never in a 100-value sample; the summary's max must
+    still be it (the soak's max was the sample's 41.7 ms while the JSONL held 105.7 ms)."""
+    r = Reservoir(100, seed=3)
+    values = np.full(20_000, 0.02)
+    values[12_345] = 0.1057
+    values[17_000] = 0.001
+    for v in values:
+        r.add(float(v))
+    assert 0.1057 not in r.values and 0.001 not in r.values  # the sample missed both
+    st = r.stats_ms()
+    assert st["max"] == pytest.approx(105.7) and st["min"] == pytest.approx(1.0)
+    assert st["mean"] == pytest.approx(values.mean() * 1e3, abs=1e-4) and st["count"] == 20_000
+    assert r.sum == pytest.approx(values.sum())
+
+
 # ------------------------------------------------------------------------------------ the three forms live
 
 @pytest.mark.parametrize("form", ["early", "intermediate", "late"])
@@ -653,3 +669,64 @@ def test_systemd_watchdog_is_pinged_from_the_worker(tmp_path, monkeypatch):
     sock.close()
     assert got[0].startswith("READY=1") and got[-1] == "STOPPING=1"
     assert got.count("WATCHDOG=1") >= 3
+
+
+class HungCamera(WrappedCamera):
+    """Delivers frames, then its read() never returns (a wedged driver) until the camera is closed."""
+
+    def __init__(self, frames=10):
+        super().__init__()
+        self.frames = frames
+        self.release = threading.Event()
+
+    def close(self):
+        self.release.set()
+        super().close()
+
+    def read(self, timeout=None):
+        if self.reads >= self.frames:
+            self.reads += 1
+            self.release.wait()
+            return None
+        return super().read(timeout)
+
+
+def test_watchdog_pings_stop_when_a_camera_read_hangs(tmp_path, monkeypatch):
+    """Pings follow progress, not loop turns: once the only source hangs in read(), step() keeps turning
+    but no WATCHDOG=1 goes out, so systemd's WatchdogSec restarts the service."""
+    import socket
+
+    from edgemm import watchdog
+
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # pings due every 25 ms while there is progress
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    monkeypatch.setattr(watchdog, "_process_watchdog", None)
+
+    def drain() -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return out
+
+    cam = HungCamera(frames=10)
+    with Pipeline(load_bundle(_video_model(tmp_path)), video=cam) as pipe:
+        _wait_until(pipe, lambda: cam.reads > cam.frames, 10.0)
+        settle = time.monotonic()
+        while time.monotonic() - settle < 0.2:  # the last frame's result and its ping
+            pipe.step(timeout=0.02)
+        before = drain()
+        hung_at = time.monotonic()
+        while time.monotonic() - hung_at < 1.0:  # 40 watchdog periods of loop turns without progress
+            pipe.step(timeout=0.02)
+        after = drain()
+        cam.release.set()  # let the capture thread end with the pipeline
+    sock.close()
+    assert before[0].startswith("READY=1") and "WATCHDOG=1" in before, before
+    assert "WATCHDOG=1" not in after, f"pinged while the camera was hung: {after}"

@@ -113,6 +113,10 @@ def test_csi_pipeline_text():
     p = csi_pipeline(1, (1920, 1080), 30, 2)
     assert p.startswith("nvarguscamerasrc sensor-id=1 !") and "width=1920,height=1080,framerate=30/1" in p
     assert "flip-method=2" in p and p.endswith("appsink drop=true max-buffers=1 sync=false")
+    assert "nvvidconv flip-method=2 ! video/x-raw,format=BGRx ! videoconvert" in p  # sensor size by default
+    # Scaled in NVMM by nvvidconv to the model's size: only the small frame is converted and copied on the CPU.
+    small = csi_pipeline(0, (1920, 1080), 30, 0, out_size=(224, 160))
+    assert "nvvidconv flip-method=0 ! video/x-raw,width=224,height=160,format=BGRx ! videoconvert" in small
     assert gst_pipeline("videotestsrc").endswith("appsink drop=true max-buffers=1 sync=false")
     assert gst_pipeline("videotestsrc ! appsink name=x") == "videotestsrc ! appsink name=x"
 
@@ -128,6 +132,8 @@ def test_unknown_and_malformed_options():
     one_line_error(lambda: open_source("test://video", colour="red"), "colour")
     one_line_error(lambda: open_source("test://video?size=big"), "size='big'", "WIDTHxHEIGHT")
     one_line_error(lambda: open_source("test://video?fps=fast"), "fps='fast'", "not a number")
+    one_line_error(lambda: open_source("test://video?fps=nan"), "fps='nan'", "finite")  # passes `< 1`
+    one_line_error(lambda: open_source("test://video?fps=inf"), "fps='inf'", "finite")
     one_line_error(lambda: open_source("test://audio?kind=speech"), "kind='speech'", "tone")
     one_line_error(lambda: open_source("test://smell"), "test://video or test://audio")
     one_line_error(lambda: open_source(""), "Empty URI")
@@ -153,3 +159,15 @@ def test_query_options_work_on_plain_paths_as_on_file_uris(tmp_path):
     odd = tmp_path / "take?2.wav"  # a file whose name has a "?" is still that file
     write_wav(odd, np.zeros(1600, np.float32), 16000)
     assert parse_uri(str(odd)).location == str(odd) and isinstance(open_source(str(odd)), WavSource)
+
+
+def test_run_scales_a_csi_camera_to_the_model_size(tmp_path):
+    """edgemm run asks a CSI camera for the model's image size (width x height), unless the URI says."""
+    from edgemm.bundle import load_bundle
+    from edgemm.commands.run import _video_options
+    from tests import onnx_models
+
+    bundle = load_bundle(onnx_models.write_av_bundle(tmp_path / "av", video_hw=(32, 48)))
+    assert _video_options("csi://0", bundle) == {"out_size": (48, 32)}
+    assert _video_options("csi://0?out_size=full", bundle) == {}
+    assert _video_options("v4l2:///dev/video0", bundle) == {}

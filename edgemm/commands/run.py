@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from edgemm.errors import EdgemmError
+from edgemm.errors import EdgemmError, number_problem
 from edgemm.runners import BACKEND_HELP, parse_backend
 
 # --help imports every command: modules that load onnx, onnxruntime or cv2, or that only run() needs
@@ -29,6 +29,7 @@ CONFIG_KEYS = {
     "model": str, "video": str, "audio": str, "sinks": list, "duration": (int, float), "threads": int,
     "backend": str, "alerts": list, "max_in_flight": int, "max_skew_ms": (int, float), "attribution": str,
     "tick_hz": (int, float), "rates_hz": dict, "max_age_s": (int, float), "summary_json": str, "quiet": bool,
+    "conf": (int, float), "iou": (int, float), "metrics": (int, str),
 }
 
 
@@ -39,7 +40,10 @@ def add_arguments(p) -> None:
     p.add_argument("--audio", metavar="URI", help="microphone or file: mic://default, mic://NAME, speech.wav, "
                                                   "test://audio")
     p.add_argument("--sink", action="append", dest="sinks", metavar="SPEC",
-                   help="console (default), jsonl:PATH, video:PATH.mp4, mqtt://HOST[:PORT]/TOPIC; repeatable")
+                   help="console (default), jsonl:PATH, video:PATH.mp4, mqtt://HOST[:PORT]/TOPIC, http://HOST:PORT "
+                        "(web view), rtsp://HOST:PORT/PATH; repeatable")
+    p.add_argument("--metrics", metavar="[HOST:]PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                                                              "(all interfaces unless HOST is given)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until the sources "
                                                                "end or Ctrl-C)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads of the model (default: the backend's)")
@@ -53,6 +57,8 @@ def add_arguments(p) -> None:
     p.add_argument("--attribution", choices=("auto", "off", "ablation"),
                    help="per-modality attribution: auto (late/intermediate fusion), off, ablation (also early "
                         "fusion: reruns the model per modality)")
+    p.add_argument("--conf", type=float, metavar="P", help="detection score threshold (overrides the manifest's)")
+    p.add_argument("--iou", type=float, metavar="P", help="detection NMS IoU threshold (overrides the manifest's)")
     p.add_argument("--tick-hz", type=float, metavar="HZ", help="inference rate while there is no video "
                                                                "(default: the camera's rate, else 10)")
     p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
@@ -104,6 +110,22 @@ def _audio_options(uri: str, rate: int) -> dict:
     return {} if "sample_rate" in parse_uri(uri).options else {"sample_rate": rate}
 
 
+def _video_options(uri: str, bundle) -> dict:
+    """A CSI camera scales to the model's image size in NVMM (nvvidconv), so a full-size frame never reaches
+    the CPU, unless the URI sets out_size itself (out_size=full keeps the sensor size, e.g. for a video sink).
+    Only when every video input wants the same size."""
+    from edgemm.sources.uri import parse_uri
+
+    parsed = parse_uri(uri)
+    if parsed.scheme != "csi" or "out_size" in parsed.options:
+        return {}
+    sizes = {tuple(s.preprocess.size) for _, s in bundle.manifest.all_inputs() if s.modality == "video"}
+    if len(sizes) != 1:
+        return {}
+    h, w = sizes.pop()
+    return {"out_size": (w, h)}
+
+
 def check_inputs(bundle) -> None:
     """Every model input must be fed by a source, the pipeline or another graph: else one line, exit 1."""
     for graph, spec in bundle.manifest.all_inputs():
@@ -130,8 +152,10 @@ def build(opts: dict):
     parse_backend(backend)
     if opts.get("threads") is not None and opts["threads"] < 1:
         raise EdgemmError(f"Threads: {opts['threads']} | Expected a positive number of threads.")
-    if opts.get("duration") is not None and opts["duration"] <= 0:
-        raise EdgemmError(f"Duration: {opts['duration']} | Expected a positive number of seconds.")
+    _check_number(opts, "duration", "Duration", "s", positive=True)
+    _check_number(opts, "max_skew_ms", "A/V skew bound", "ms", minimum=0)
+    _check_number(opts, "tick_hz", "Tick rate", "Hz", positive=True)
+    _check_number(opts, "max_age_s", "Embedding age bound", "s", minimum=0)
     if opts.get("summary_json"):
         _check_writable(opts["summary_json"])
     bundle = load_bundle(opts["model"])
@@ -146,7 +170,7 @@ def build(opts: dict):
                               f"expected --{mod} URI (e.g. {example}).")
     video = audio = None
     if opts.get("video") and "video" in mods:
-        video = open_source(opts["video"], "video")
+        video = open_source(opts["video"], "video", **_video_options(opts["video"], bundle))
     if opts.get("audio") and "audio" in mods:
         rate = next(s.preprocess.sample_rate for _, s in bundle.manifest.all_inputs() if s.modality == "audio")
         audio = open_source(opts["audio"], "audio", **_audio_options(opts["audio"], rate))
@@ -154,6 +178,8 @@ def build(opts: dict):
         if opts.get(mod) and mod not in mods:
             print(f"edgemm run: note: the model has no {mod} input; --{mod} is not used", file=sys.stderr)
     sinks = [make_sink(s) for s in (opts.get("sinks") or ["console"])]
+    if opts.get("metrics") is not None:
+        sinks.append(make_sink(f"metrics:{opts['metrics']}"))
     alerts = []
     for a in opts.get("alerts") or []:
         alerts.append(AlertRule.from_dict(a) if isinstance(a, dict) else AlertRule.parse(str(a)))
@@ -161,20 +187,19 @@ def build(opts: dict):
     if opts.get("max_in_flight") is not None:
         settings.max_in_flight = opts["max_in_flight"]
     if opts.get("max_skew_ms") is not None:
-        if opts["max_skew_ms"] < 0:
-            raise EdgemmError(f"A/V skew bound: {opts['max_skew_ms']} ms | Expected >= 0.")
         settings.max_skew_s = opts["max_skew_ms"] / 1e3
     if opts.get("attribution"):
         settings.attribution = opts["attribution"]
     if opts.get("tick_hz") is not None:
-        if opts["tick_hz"] <= 0:
-            raise EdgemmError(f"Tick rate: {opts['tick_hz']} Hz | Expected a positive rate.")
         settings.tick_hz = float(opts["tick_hz"])
     if opts.get("rates_hz"):
         settings.rates_hz = _rates(opts["rates_hz"])
+    for key in ("conf", "iou"):
+        if opts.get(key) is not None:
+            if not 0.0 <= opts[key] <= 1.0:
+                raise EdgemmError(f"--{key}: {opts[key]} | Expected a threshold in [0, 1].")
+            setattr(settings, key, float(opts[key]))
     if opts.get("max_age_s") is not None:
-        if opts["max_age_s"] < 0:
-            raise EdgemmError(f"Embedding age bound: {opts['max_age_s']} s | Expected >= 0 seconds.")
         settings.max_age_s = float(opts["max_age_s"])
     return Pipeline(bundle, video=video, audio=audio, sinks=sinks, settings=settings, alerts=alerts,
                     backend=backend, threads=opts.get("threads"), duration_s=opts.get("duration"))
@@ -186,10 +211,18 @@ def _rates(rates: dict) -> dict[str, float]:
     for mod, hz in rates.items():
         if mod not in ("video", "audio"):
             raise EdgemmError(f"Rates: {mod!r} | Unknown modality; expected \"video\" and/or \"audio\" in rates_hz.")
-        if isinstance(hz, bool) or not isinstance(hz, (int, float)) or hz <= 0:
+        if number_problem(hz, positive=True):
             raise EdgemmError(f"Rates: {mod}={json.dumps(hz)} | Expected a positive number of runs per second.")
         out[mod] = float(hz)
     return out
+
+
+def _check_number(opts: dict, key: str, what: str, unit: str, **bounds) -> None:
+    """A numeric option, finite and in range (a NaN duration once ran forever), else one line."""
+    value = opts.get(key)
+    problem = None if value is None else number_problem(value, **bounds)
+    if problem:
+        raise EdgemmError(f"{what}: {value} {unit} | {problem[0].upper()}{problem[1:]}.")
 
 
 def _check_writable(path) -> None:
@@ -264,5 +297,9 @@ def format_summary(s: dict) -> str:
         lines.append(f"  capture crashes: {_words(s['capture_crashes'])} (tracebacks in the log)")
     lines.append(f"  reconnects: {_words(s['reconnects'])}; overflows: {s['overflows']}; "
                  f"degraded results: {_words(s['degraded_results'])}; events: {_words(s['events'])}")
+    for label, c in s.get("sinks", {}).items():
+        if c["failures"] or c["lost"]:
+            lines.append(f"  sink {label}: {c['written']} written, {c['failures']} failed writes, "
+                         f"{c['lost']} records lost")
     return "\n".join(lines)
 

@@ -20,7 +20,8 @@ Options go in the query string (``test://video?fps=15``) or as keyword arguments
   every source:  name (label in Frame.source / AudioBlock.source)
   live video:    stall_timeout (3 s), open_timeout (10 s), transport=tcp|udp (rtsp), capture_delay (0 s:
                  known exposure-to-grab delay, subtracted from Frame.t), live=false (a recording at a URL)
-  v4l2 / csi:    size=WxH, fps, fourcc=MJPG (v4l2), flip=0..7 (csi)
+  v4l2 / csi:    size=WxH, fps, fourcc=MJPG (v4l2), flip=0..7 (csi), out_size=WxH|full (csi: nvvidconv scales
+                 in NVMM to this size; `edgemm run` gives the model's input size unless the URI says otherwise)
   files:         realtime (true: paced at their own rate), loop (false), start_time (now()-time of media 0)
   audio:         sample_rate (16000 for mic/test; a WAV is resampled to it), block (samples) or block_s
                  (0.02 s), buffer_s (2 s ring), stall_timeout (2 s, mic), resample (true, WAV), channels and
@@ -142,10 +143,11 @@ def _csi(parsed, opts: Options, loc: str) -> Source:
     size = opts.get_size("size", (1280, 720))
     fps = opts.get_float("fps", 30.0, minimum=1)
     flip = opts.get_int("flip", 0, minimum=0)
+    out_size = None if opts.get_str("out_size") in (None, "full") else opts.get_size("out_size")
     kw = _live_video_kwargs(opts)
     opts.check_all_used("CSI camera")
     require_gstreamer(parsed.uri)
-    return VideoCaptureSource(parsed.uri, csi_pipeline(int(sensor), size, fps, flip), api="gstreamer", **kw)
+    return VideoCaptureSource(parsed.uri, csi_pipeline(int(sensor), size, fps, flip, out_size), api="gstreamer", **kw)
 
 
 def _gst(parsed, opts: Options, loc: str) -> Source:

@@ -54,12 +54,19 @@ def require_gstreamer(uri: str) -> None:
             "opencv-python wheel: pip uninstall opencv-python opencv-python-headless.")
 
 
-def csi_pipeline(sensor_id: int, size=(1280, 720), fps: float = 30.0, flip: int = 0) -> str:
-    """The GStreamer pipeline a Jetson CSI camera is read through (Argus ISP -> NVMM -> BGR for OpenCV)."""
+def csi_pipeline(sensor_id: int, size=(1280, 720), fps: float = 30.0, flip: int = 0,
+                 out_size: tuple[int, int] | None = None) -> str:
+    """The GStreamer pipeline a Jetson CSI camera is read through (Argus ISP -> NVMM -> BGR for OpenCV).
+
+    out_size: nvvidconv (the VIC engine) scales to it while the frame is still in NVMM memory, so only the
+    small frame crosses to the CPU; the colour conversion to BGR then runs on the small frame too. With the
+    model's input size a 1080p frame never reaches the CPU at full size (preprocessing's resize is then a
+    no-op; it stretches to the model size, as this does, without cropping)."""
     w, h = size
+    scaled = f"video/x-raw,width={out_size[0]},height={out_size[1]},format=BGRx" if out_size else "video/x-raw,format=BGRx"
     return (f"nvarguscamerasrc sensor-id={sensor_id} ! "
             f"video/x-raw(memory:NVMM),width={w},height={h},framerate={int(round(fps))}/1,format=NV12 ! "
-            f"nvvidconv flip-method={flip} ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+            f"nvvidconv flip-method={flip} ! {scaled} ! videoconvert ! video/x-raw,format=BGR ! "
             "appsink drop=true max-buffers=1 sync=false")
 
 
