@@ -16,7 +16,8 @@ edgemm.fusion.FusionModel with the runtime's own preprocessing.
   variants   the detector converted to INT8 (edgemm convert, calibrated on validation frames) and pruned
              (channels:0.3): size, mAP and latency measured interleaved here
 
-Until the runtime decodes detection outputs (YOLOv8 format), decode_yolov8 below does it.
+The decoder below (decode_yolov8) predates the runtime's (edgemm.detection.decode_boxes, same format) and is
+still the one these figures were made with; mAP is the runtime's (converters.detection_eval.coco_map).
 Usage:  python benchmarks/eval_driving.py [--data build/driving] [--scenes 60] [--no-convert]
 """
 
@@ -72,35 +73,16 @@ def decode_yolov8(out: np.ndarray, conf: float = 0.25, iou: float = 0.6, max_det
 
 
 def coco_map(gts: list[tuple[np.ndarray, np.ndarray]], dets: list[tuple]) -> dict:
-    """COCO mAP over images: gts[i] = (boxes, classes), dets[i] = (boxes, scores, classes)."""
-    import contextlib
-    import io
+    """COCO mAP over images (converters.detection_eval, as `edgemm eval`): gts[i] = (boxes, classes),
+    dets[i] = (boxes, scores, classes)."""
+    from edgemm.converters.detection_eval import coco_map as runtime_map
+    from edgemm.detection import Boxes
 
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    images, anns, res = [], [], []
-    for i, ((gb, gc), (db, ds, dc)) in enumerate(zip(gts, dets)):
-        images.append({"id": i, "width": dr.SIZE, "height": dr.SIZE})
-        for b, c in zip(gb, gc):
-            w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(c), "iscrowd": 0, "area": w * h,
-                         "bbox": [float(b[0]), float(b[1]), w, h]})
-        for b, s, c in zip(db, ds, dc):
-            res.append({"image_id": i, "category_id": int(c), "score": float(s),
-                        "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
-    if not res:
-        return {"map50": 0.0, "map": 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns,
-                      "categories": [{"id": i, "name": c} for i, c in enumerate(dr.CLASSES)]}
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(res), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return {"map50": round(float(ev.stats[1]), 4), "map": round(float(ev.stats[0]), 4)}
+    truth = [Boxes(np.asarray(b, np.float32).reshape(-1, 4), np.ones(len(c), np.float32), np.asarray(c, np.int64))
+             for b, c in gts]
+    found = [Boxes(*d) for d in dets]
+    m = runtime_map(truth, found, dr.CLASSES)
+    return {"map50": m["map50"], "map": m["map"]}
 
 
 def steps(sc: dr.Scene) -> np.ndarray:

@@ -30,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgemm.bundle import FusionSpec, GraphSpec, Manifest, OutputSpec, load_bundle, write_bundle  # noqa: E402
+from edgemm.bundle import (  # noqa: E402
+    DetectionSpec, FusionSpec, GraphSpec, Manifest, OutputSpec, load_bundle, write_bundle)
 from edgemm.reference import driving as dr  # noqa: E402
 
 STRIDES = (8, 16)
@@ -289,7 +290,9 @@ def export_detector(model, out: Path, info: dict, meta: dict) -> Path:
     md = {"task": "detect", "imgsz": str([dr.SIZE, dr.SIZE]), "stride": str(max(STRIDES)),
           "names": str({i: c for i, c in enumerate(dr.CLASSES)}), "format": "yolov8"}
     graph = to_onnx(model, torch.zeros(1, 3, dr.SIZE, dr.SIZE), "images", "output0", md)
-    out_spec = OutputSpec("output0", "detection", "float32", ["N", 4 + len(dr.CLASSES), n_anchor])
+    # The runtime's detection block: edgemm.detection decodes it (YOLOv8 layout), NMS, tracking, boxes drawn.
+    out_spec = OutputSpec("output0", "detection", "float32", ["N", 4 + len(dr.CLASSES), n_anchor], list(dr.CLASSES),
+                          detection=DetectionSpec(format="yolov8", conf=0.25, iou=0.6))
     provenance = {"precision": "fp32", "trained_by": "benchmarks/train_driving.py", "format": "yolov8",
                   "labels": dr.CLASSES, "box": "cxcywh pixels of the input", "strides": list(STRIDES),
                   "data": {"name": "driving", "generator": "benchmarks/driving/generate.py", "seed": meta["seed"],

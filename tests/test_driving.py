@@ -169,6 +169,23 @@ def test_detector_boxes_are_in_input_pixels():
     assert inter / union > 0.5, (b, g)
 
 
+def test_runtime_decoder_serves_the_shipped_detector():
+    """The bundle's detection block lets edgemm.detection decode it; its boxes are the evaluation's."""
+    from edgemm.detection import decode_boxes
+
+    sc = dr.make_scene(200001)
+    frame, _, _ = dr.render_frame(sc, 5.0, "day")
+    with FusionModel(load_bundle(MODELS / "driving_detector")) as fm:
+        out_spec = fm.manifest.graphs["model"].outputs[0]
+        assert out_spec.detection.format == "yolov8" and out_spec.labels == dr.CLASSES
+        out = fm.infer({"images": preprocess_video(frame, fm.manifest.graphs["model"].inputs[0])}).outputs
+    runtime = decode_boxes(out, out_spec, (dr.SIZE, dr.SIZE), conf=0.2, iou=0.6)
+    ours = ev().decode_yolov8(out["output0"][0], conf=0.2, iou=0.6)
+    assert len(runtime) == len(ours[0]) > 0
+    order = np.argsort(-runtime.scores)
+    assert np.allclose(runtime.xyxy[order], ours[0], atol=1e-3) and np.array_equal(runtime.classes[order], ours[2])
+
+
 @pytest.fixture(scope="module")
 def subset_results():
     c = committed()
