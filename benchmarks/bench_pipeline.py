@@ -10,11 +10,16 @@
     window, both in the capture thread, in parallel with the previous inference), postprocessing and
     sinks. Reported in all, and the part on the inference thread (what costs throughput and latency).
     Goal: <= 2 ms p99.
+(c) The audio features alone, per tick of a 30 fps camera: the log-mel of the whole 1 s window against the
+    incremental one (``AudioFeatureStream``: only the STFT columns new since the previous tick, windows on the
+    10 ms hop grid as live audio has them), alternating tick by tick on the same windows.
 
 The model is an early-fusion CNN built here (video 3x224x224, log-mel 1x64x98), about 0.16 GMAC: the size
 of a small cabin-monitoring model, slow enough on a CPU thread for the ratio to mean something.
 
-  python benchmarks/bench_pipeline.py [--rounds 4] [--segment 3] [--threads 1] [--json out.json]
+  python benchmarks/bench_pipeline.py [--rounds 4] [--segment 3] [--threads 1] [--backend openvino] [--json out.json]
+
+--backend (default onnxruntime) runs both the raw runner and the pipeline's model on that backend.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from edgemm import bench
 from edgemm.bundle import load_bundle
 from edgemm.commands.run import format_summary
 from edgemm.pipeline import Pipeline, PipelineSettings
-from edgemm.preprocess import preprocess_audio, preprocess_video
+from edgemm.preprocess import AudioFeatureStream, preprocess_audio, preprocess_video
 from edgemm.runners import make_runner
 from edgemm.sinks import make_sink
 from edgemm.sources import open_source
@@ -103,7 +108,8 @@ def write_bundle(folder: Path, width: int = 1) -> Path:
     return folder
 
 
-def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, threads: int, size: str) -> dict:
+def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, threads: int, size: str,
+               backend: str = "onnxruntime") -> dict:
     bundle = load_bundle(bundle_path)
     spec = {s.name: s for s in bundle.manifest.graphs["model"].inputs}
     w, h = map(int, size.split("x"))
@@ -118,8 +124,8 @@ def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, thre
     audio = ArrayAudioSource(np.random.default_rng(2).uniform(-0.5, 0.5, 10 * 16000).astype(np.float32), 16000,
                              loop=True, realtime=False)
     sink = make_sink(f"jsonl:{tmp / 'throughput.jsonl'}")
-    with make_runner(bundle, threads=threads) as runner, \
-            Pipeline(bundle, video=video, audio=audio, sinks=[sink], threads=threads) as pipe:
+    with make_runner(bundle, backend=backend, threads=threads) as runner, \
+            Pipeline(bundle, video=video, audio=audio, sinks=[sink], backend=backend, threads=threads) as pipe:
         for seg in range(rounds + 1):  # the first round warms both up and is not counted
             t0 = time.perf_counter()
             n = 0
@@ -151,12 +157,13 @@ def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, thre
             "worker_overhead_ms": summary["worker_overhead_ms"], "frames": size}
 
 
-def overhead(bundle_path: Path, tmp: Path, seconds: float, threads: int, size: str) -> dict:
+def overhead(bundle_path: Path, tmp: Path, seconds: float, threads: int, size: str,
+             backend: str = "onnxruntime") -> dict:
     bundle = load_bundle(bundle_path)
     video = open_source(f"test://video?size={size}&fps=30", "video")
     audio = open_source("test://audio?kind=noise", "audio")
     sink = make_sink(f"jsonl:{tmp / 'overhead.jsonl'}")
-    with Pipeline(bundle, video=video, audio=audio, sinks=[sink], threads=threads, duration_s=seconds,
+    with Pipeline(bundle, video=video, audio=audio, sinks=[sink], backend=backend, threads=threads, duration_s=seconds,
                   settings=PipelineSettings()) as pipe:
         while pipe.is_streaming():
             pipe.step()
@@ -172,6 +179,31 @@ def overhead(bundle_path: Path, tmp: Path, seconds: float, threads: int, size: s
             "dropped": s["ports"]["video"]["dropped"], "summary_text": format_summary(s)}
 
 
+def audio_features(bundle_path: Path, seconds: float = 20.0, fps: float = 30.0) -> dict:
+    spec = next(s for s in load_bundle(bundle_path).manifest.graphs["model"].inputs if s.name == "audio")
+    pre = spec.preprocess
+    wave = np.random.default_rng(3).uniform(-0.5, 0.5, int(seconds * pre.sample_rate)).astype(np.float32)
+    stream = AudioFeatureStream(spec)
+    whole, incremental, worst = [], [], 0.0
+    n, hop = pre.window_samples, pre.hop_length
+    for k in range(int((seconds - pre.window_s) * fps)):
+        end = n + int(round(k * pre.sample_rate / fps / hop)) * hop  # the window end on the hop grid
+        x = wave[end - n:end]
+        t0 = time.perf_counter()
+        a = preprocess_audio(x, spec)
+        t1 = time.perf_counter()
+        b = stream(x, end - n, 0)
+        t2 = time.perf_counter()
+        whole.append(t1 - t0)
+        incremental.append(t2 - t1)
+        worst = max(worst, float(np.abs(a - b).max()))
+    w, i = np.array(whole[1:]) * 1e3, np.array(incremental[1:]) * 1e3  # the first: both compute everything
+    return {"ticks": len(w), "whole_ms": {"p50": round(float(np.median(w)), 4), "p99": round(float(np.percentile(w, 99)), 4)},
+            "incremental_ms": {"p50": round(float(np.median(i)), 4), "p99": round(float(np.percentile(i, 99)), 4)},
+            "ratio_p50": round(float(np.median(i) / np.median(w)), 4), "columns_computed": stream.computed,
+            "columns_reused": stream.reused, "max_abs_diff": worst}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=4, help="alternating segments of each side (after one warm-up)")
@@ -180,6 +212,7 @@ def main(argv=None) -> int:
     p.add_argument("--widths", default="1,2", help="model widths to measure (1: ~0.16 GMAC, 2: ~0.6 GMAC)")
     p.add_argument("--sizes", default="1280x720,224x224", help="frame sizes for (a); (b) uses the first")
     p.add_argument("--live-seconds", type=float, default=10.0)
+    p.add_argument("--backend", default="onnxruntime", help="runner backend of both sides (e.g. openvino)")
     p.add_argument("--json", help="write the figures as JSON")
     args = p.parse_args(argv)
     from edgemm.modelinfo import estimate_macs
@@ -187,6 +220,7 @@ def main(argv=None) -> int:
     widths = [int(w) for w in args.widths.split(",")]
     sizes = args.sizes.split(",")
     result = {"machine": bench.machine(), "loadavg_before": os.getloadavg(), "threads": args.threads,
+              "backend": args.backend,
               "throughput": [], "overhead": None}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -195,25 +229,30 @@ def main(argv=None) -> int:
             bundles[w] = write_bundle(tmp / f"av-cnn-w{w}.edgemm", w)
             macs = estimate_macs(onnx.load(str(bundles[w] / "model.onnx")))
             for size in sizes:
-                a = throughput(bundles[w], tmp, args.rounds, args.segment, args.threads, size)
+                a = throughput(bundles[w], tmp, args.rounds, args.segment, args.threads, size, args.backend)
                 a.update(width=w, gmac=round(macs / 1e9, 3) if macs else None)
                 result["throughput"].append(a)
                 o = a["worker_overhead_ms"]
-                print(f"(a) model {a['gmac']} GMAC, {args.threads} thread(s), {size} frames: raw runner "
+                print(f"(a) model {a['gmac']} GMAC, {args.backend}, {args.threads} thread(s), {size} frames: raw runner "
                       f"{a['raw_per_s']:.1f}/s, pipeline {a['pipeline_per_s']:.1f}/s, ratio {a['ratio']:.3f} "
                       f"(per round {a['ratio_per_round']})")
                 print(f"      model per inference: raw {a['raw_infer_mean_ms']:.2f} ms, in the pipeline "
                       f"{a['pipeline_infer_mean_ms']:.2f} ms; inference-thread work beyond it p50 {o['p50']:.3f} ms, "
                       f"mean {o['mean']:.3f} ms, p99 {o['p99']:.3f} ms; worker waiting for frames "
                       f"{100 * a['worker_idle_fraction']:.1f} %", flush=True)
-        b = overhead(bundles[widths[0]], tmp, args.live_seconds, args.threads, sizes[0])
+        b = overhead(bundles[widths[0]], tmp, args.live_seconds, args.threads, sizes[0], args.backend)
         result["overhead"] = b
+        c = result["audio_features"] = audio_features(bundles[widths[0]])
     result["loadavg_after"] = os.getloadavg()
     print(f"(b) live {sizes[0]} at 30 fps, 1 s audio window, {b['results']} results: work beyond the model per "
           f"result p50 {b['overhead_ms']['p50']:.3f} ms, p99 {b['overhead_ms']['p99']:.3f} ms (preprocess + "
           f"postprocess + sink p99 {b['preprocess_postprocess_sink_p99_ms']:.3f} ms); on the inference thread "
           f"p50 {b['worker_overhead_ms']['p50']:.3f} ms, p99 {b['worker_overhead_ms']['p99']:.3f} ms")
     print(b["summary_text"])
+    print(f"(c) log-mel of a 1 s window per 30 fps tick ({c['ticks']} ticks): whole p50 {c['whole_ms']['p50']:.3f} ms, "
+          f"p99 {c['whole_ms']['p99']:.3f} ms; incremental p50 {c['incremental_ms']['p50']:.3f} ms, p99 "
+          f"{c['incremental_ms']['p99']:.3f} ms (ratio {c['ratio_p50']:.3f}; columns computed {c['columns_computed']}, "
+          f"taken over {c['columns_reused']}; max abs difference {c['max_abs_diff']:.2e})")
     print(f"machine: {result['machine']}; load average before {result['loadavg_before'][0]:.2f}, "
           f"after {result['loadavg_after'][0]:.2f}")
     if args.json:

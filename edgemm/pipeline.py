@@ -120,6 +120,7 @@ class Pipeline:
         self.scheduler = LiveFusion(self.model, self.ring, s)
         if self.ring is not None and not getattr(self.sources.get("audio"), "live", True):
             self.scheduler.audio_wait_s = FILE_AUDIO_WAIT_S
+            self.scheduler.audio_grid = 1  # a file's windows end exactly at the frame (skew 0), features whole
         image = next((sp.preprocess for g, sp in self.manifest.all_inputs()
                       if sp.modality == "video" and g.name == self.model.decision_graph), None)
         self.decisions = Decisions(dict(self.model.output_specs), list(alerts), image, s.conf, s.iou)
