@@ -16,8 +16,8 @@ edgemm.fusion.FusionModel with the runtime's own preprocessing.
   variants   the detector converted to INT8 (edgemm convert, calibrated on validation frames) and pruned
              (channels:0.3): size, mAP and latency measured interleaved here
 
-The decoder below (decode_yolov8) predates the runtime's (edgemm.detection.decode_boxes, same format) and is
-still the one these figures were made with; mAP is the runtime's (converters.detection_eval.coco_map).
+Boxes are decoded by the runtime (edgemm.detection.decode_boxes, from the bundle's yolov8 detection block) and
+scored by the runtime's mAP (converters.detection_eval.coco_map, pycocotools), as `edgemm eval` does.
 Usage:  python benchmarks/eval_driving.py [--data build/driving] [--scenes 60] [--no-convert]
 """
 
@@ -53,25 +53,6 @@ SUBSET = {"siren_scenes": 2, "other_scenes": 2, "cameras": ["day", "night"],
 SNR_BANDS = [(-np.inf, -10), (-10, -5), (-5, 0), (0, np.inf)]
 
 
-def decode_yolov8(out: np.ndarray, conf: float = 0.25, iou: float = 0.6, max_det: int = 100):
-    """One image's [4 + C, A] YOLOv8 output -> (boxes x1y1x2y2 [K,4], scores [K], classes [K]); class-aware NMS."""
-    import cv2
-
-    scores_all = out[4:]
-    cls = scores_all.argmax(0)
-    score = scores_all[cls, np.arange(out.shape[1])]
-    keep = np.flatnonzero(score >= conf)
-    if keep.size == 0:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-    keep = keep[np.argsort(-score[keep])][:1000]
-    cx, cy, w, h = out[:4, keep]
-    xywh = np.stack([cx - w / 2, cy - h / 2, w, h], 1)
-    idx = np.asarray(cv2.dnn.NMSBoxesBatched(xywh.tolist(), score[keep].tolist(), cls[keep].tolist(), conf, iou),
-                     np.int64).reshape(-1)[:max_det]
-    boxes = np.stack([xywh[idx, 0], xywh[idx, 1], xywh[idx, 0] + xywh[idx, 2], xywh[idx, 1] + xywh[idx, 3]], 1)
-    return boxes.astype(np.float32), score[keep][idx].astype(np.float32), cls[keep][idx].astype(np.int64)
-
-
 def coco_map(gts: list[tuple[np.ndarray, np.ndarray]], dets: list[tuple]) -> dict:
     """COCO mAP over images (converters.detection_eval, as `edgemm eval`): gts[i] = (boxes, classes),
     dets[i] = (boxes, scores, classes)."""
@@ -92,13 +73,17 @@ def steps(sc: dr.Scene) -> np.ndarray:
 def detect_scene(fm: FusionModel, sc: dr.Scene, condition: str) -> dict:
     """Frames of a scene at every step: ground truth, detections (conf 0.001, for mAP) and the best
     emergency-vehicle score (conf 0.05) per step."""
+    from edgemm.detection import decode_boxes
+
     spec = fm.manifest.graphs["model"].inputs[0]
+    out_spec = fm.manifest.graphs["model"].outputs[0]
     gts, dets, ev = [], [], []
     for t in steps(sc):
         frame, boxes, classes = dr.render_frame(sc, float(t), condition)
-        out = fm.infer({spec.name: preprocess_video(frame, spec)}).outputs["output0"][0]
+        b = decode_boxes(fm.infer({spec.name: preprocess_video(frame, spec)}).outputs, out_spec, (dr.SIZE, dr.SIZE),
+                         conf=0.001)
         gts.append((boxes, classes))
-        d = decode_yolov8(out, conf=0.001)
+        d = (b.xyxy, b.scores, b.classes)
         dets.append(d)
         sel = (d[2] == dr.EMERGENCY) & (d[1] >= 0.05)
         ev.append(float(d[1][sel].max()) if sel.any() else 0.0)

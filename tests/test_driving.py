@@ -107,19 +107,6 @@ def test_window_truth_and_snr():
     assert dr.window_truth(masked, sc.duration)[1] < snr - 3
 
 
-def test_decoder_on_a_built_yolov8_output():
-    """Two overlapping candidates of one object and one of another class: NMS keeps one per object."""
-    n_cls = len(dr.CLASSES)
-    out = np.zeros((4 + n_cls, 5), np.float32)
-    out[:4, 0], out[4 + 0, 0] = [50, 50, 20, 10], 0.9
-    out[:4, 1], out[4 + 0, 1] = [51, 50, 20, 10], 0.8  # duplicate
-    out[:4, 2], out[4 + 5, 2] = [120, 80, 30, 30], 0.7
-    out[:4, 3], out[4 + 2, 3] = [10, 10, 4, 8], 0.1  # below the threshold
-    boxes, scores, classes = ev().decode_yolov8(out, conf=0.25)
-    assert list(classes) == [0, 5] and np.allclose(scores, [0.9, 0.7])
-    assert np.allclose(boxes[0], [40, 45, 60, 55])
-
-
 def test_map_of_perfect_and_of_shifted_boxes():
     gt = [(np.array([[10, 10, 50, 40]], np.float32), np.array([0]))]
     perfect = [(gt[0][0], np.array([0.9], np.float32), np.array([0]))]
@@ -155,35 +142,24 @@ def test_shipped_bundles_are_small_and_in_yolov8_layout():
 
 
 def test_detector_boxes_are_in_input_pixels():
+    """The bundle's detection block lets the runtime (edgemm.detection) decode it: a near car is found where it is."""
+    from edgemm.detection import decode_boxes
+
     sc = one_car_scene()
     sc.things[0].z0 = 12.0
     frame, boxes, _ = dr.render_frame(sc, 0.0, "day")
     with FusionModel(load_bundle(MODELS / "driving_detector")) as fm:
         spec = fm.manifest.graphs["model"].inputs[0]
-        out = fm.infer({"images": preprocess_video(frame, spec)}).outputs["output0"][0]
-    got, scores, classes = ev().decode_yolov8(out, conf=0.3)
+        out_spec = fm.manifest.graphs["model"].outputs[0]
+        assert out_spec.detection.format == "yolov8" and out_spec.labels == dr.CLASSES
+        d = decode_boxes(fm.infer({"images": preprocess_video(frame, spec)}).outputs, out_spec, (dr.SIZE, dr.SIZE),
+                         conf=0.3)
+    got, scores, classes = d.xyxy, d.scores, d.classes
     assert 0 in classes, (got, scores, classes)
     b, g = got[list(classes).index(0)], boxes[0]
     inter = max(0, min(b[2], g[2]) - max(b[0], g[0])) * max(0, min(b[3], g[3]) - max(b[1], g[1]))
     union = (b[2] - b[0]) * (b[3] - b[1]) + (g[2] - g[0]) * (g[3] - g[1]) - inter
     assert inter / union > 0.5, (b, g)
-
-
-def test_runtime_decoder_serves_the_shipped_detector():
-    """The bundle's detection block lets edgemm.detection decode it; its boxes are the evaluation's."""
-    from edgemm.detection import decode_boxes
-
-    sc = dr.make_scene(200001)
-    frame, _, _ = dr.render_frame(sc, 5.0, "day")
-    with FusionModel(load_bundle(MODELS / "driving_detector")) as fm:
-        out_spec = fm.manifest.graphs["model"].outputs[0]
-        assert out_spec.detection.format == "yolov8" and out_spec.labels == dr.CLASSES
-        out = fm.infer({"images": preprocess_video(frame, fm.manifest.graphs["model"].inputs[0])}).outputs
-    runtime = decode_boxes(out, out_spec, (dr.SIZE, dr.SIZE), conf=0.2, iou=0.6)
-    ours = ev().decode_yolov8(out["output0"][0], conf=0.2, iou=0.6)
-    assert len(runtime) == len(ours[0]) > 0
-    order = np.argsort(-runtime.scores)
-    assert np.allclose(runtime.xyxy[order], ours[0], atol=1e-3) and np.array_equal(runtime.classes[order], ours[2])
 
 
 @pytest.fixture(scope="module")
