@@ -52,6 +52,10 @@ def add_arguments(p) -> None:
     p.add_argument("--every", type=int, default=3, metavar="K", help="print every K-th result (default 3; 1: all)")
     p.add_argument("--no-plot", action="store_true", help="do not draw demo.png")
     p.add_argument("--seed", type=int, default=0, help="seed of the clip's rendering (default 0)")
+    p.add_argument("--scenario", default="cabin", choices=("cabin", "driving"),
+                   help="cabin: digit commands shown and said (default); driving: a rendered drive, the INT8 "
+                        "detector streamed with boxes and track ids, a siren, the fused emergency-vehicle event "
+                        "(edgemm/commands/_demo_driving.py; --duration is the drive's length, 4 to 20 s)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,6 +394,10 @@ def run(args) -> int:
     from edgemm.bundle import load_bundle
     from edgemm.outputs import write_json
 
+    if getattr(args, "scenario", "cabin") == "driving":
+        from edgemm.commands import _demo_driving as demo_driving
+
+        return demo_driving.run(args)
     live = bool(args.video or args.audio)
     if args.duration is not None and args.duration <= 0:
         raise EdgemmError(f"Duration: {args.duration} | Expected a positive number of seconds.")
