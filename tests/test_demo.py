@@ -137,3 +137,57 @@ def test_demo_files_line_is_one_style(tmp_path):
     line = _files_line(out, [out / "summary.json", out / "results.jsonl", out / "demo.png", out / "model-int8",
                              out / "calib", tmp_path / "elsewhere.onnx", out / "clip.mp4"])
     assert line == f"{out}/: summary.json, results.jsonl, demo.png, model-int8/, clip.mp4"
+
+
+@pytest.mark.slow
+def test_demo_driving_short_drive(tmp_path):
+    """The driving scenario end to end on a 6 s drive: render, INT8, stream with boxes, siren, fusion, figures."""
+    pytest.importorskip("pycocotools")
+    out = tmp_path / "drive"
+    p = demo("--scenario", "driving", "--duration", "6", "--out", str(out), "--every", "5")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    text = p.stdout
+    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+        assert step in text
+    for field in ("mAP", "event", "latency", "drops", "files"):
+        assert f"  {field}" in text, field
+    for f in ("drive.mp4", "drive.wav", "drive-boxes.mp4", "results.jsonl", "summary.json"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    summary = json.loads((out / "summary.json").read_text())
+    # ~10 fps for 6 s; every figure comes from this run's results
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    results = [x for x in lines if x["type"] == "result"]
+    assert len(results) == summary["map"]["frames"] == summary["pipeline"]["results"] >= 40
+    assert 0 < summary["map"]["map50"] <= 1 and summary["map"]["map"] <= summary["map"]["map50"]
+    assert f"@0.5 {100 * summary['map']['map50']:.1f}" in text
+    lat = summary["latency_ms"]["total"]
+    assert 0 < lat["p50"] <= lat["p99"]
+    # the siren probability is the classifier's on this drive: low before the siren, high once it sounds
+    tl, onset = summary["timeline"], summary["drive"]["siren_onset_s"]
+    before = [p for t, p in zip(tl["t"], tl["p_siren"]) if t < onset]
+    after = [p for t, p in zip(tl["t"], tl["p_siren"]) if t > onset + 1.5]
+    assert before and after and max(before) < 0.5 < min(after), tl
+    events = summary["events"]
+    assert set(events) == {"late fusion", "audio alone", "camera alone"}
+    late = events["late fusion"]
+    assert late["tp"] == 1 and 0 <= late["delay_s"] < 2.0, events
+    assert f"caught {late['delay_s']:.2f} s after" in text
+    import cv2
+
+    cap = cv2.VideoCapture(str(out / "drive-boxes.mp4"))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    assert n == len(results)
+    try:
+        import edgemm.converters.convert  # noqa: F401
+
+        assert summary["precision"] == "int8" and (out / "model-int8" / "manifest.json").is_file()
+    except ImportError:
+        assert summary["precision"] == "fp32"
+    pytest.importorskip("matplotlib")
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_driving_bad_duration(tmp_path):
+    p = demo("--scenario", "driving", "--duration", "60", "--out", str(tmp_path / "d"), timeout=60)
+    assert p.returncode == 1 and "Duration" in p.stderr and "Traceback" not in p.stderr
