@@ -10,7 +10,8 @@
   4. runs the siren classifier (driving_audio) on drive.wav, one 1 s window every 0.25 s. It runs offline, on
      the file, after the stream: the detector bundle is video-only, and one pipeline carries one model;
   5. fuses both with the shipped late-fusion rule (driving_fusion.json: smoothed siren probability and best
-     emergency-vehicle box score, logistic regression, thresholds) and ends with mAP against the renderer's
+     emergency-vehicle box score, logistic regression, thresholds), draws the event's banner into
+     drive-boxes.mp4 (a pass over the file, as the decision needs the audio), and ends with mAP against the renderer's
      boxes, the event's F1 and detection delay (fusion, audio alone, camera alone), latency percentiles and
      drops, and demo.png.
 """
@@ -226,6 +227,48 @@ def fuse(drive: dict, rows: list[dict], fusion: dict) -> dict:
             "events": {k: event_score(steps, f, drive["onset"]) for k, f in fired.items()}}
 
 
+def draw_banner(path: Path, rows: list[dict], fused: dict) -> int:
+    """Draw the fused event into drive-boxes.mp4 after the stream (the decision needs the whole audio pass):
+    a banner on each frame whose step has the late-fusion alarm on, and the emergency-vehicle boxes outlined
+    as where it is. The video sink wrote one frame per result, in order. Returns the frames with the banner."""
+    import os
+
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS) or FPS
+    tmp = path.with_name(f".{path.stem}.banner{path.suffix}")
+    writer = None
+    on = fused["fired"]["late fusion"]
+    shown = 0
+    try:
+        for r in rows:
+            ok, img = cap.read()
+            if not ok:
+                break
+            if writer is None:
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (img.shape[1], img.shape[0]))
+            k = int(np.searchsorted(fused["steps"], r["t"] + 1e-9)) - 1  # the last step at or before this frame
+            if k >= 0 and on[k]:
+                shown += 1
+                h, w = img.shape[:2]
+                cv2.rectangle(img, (0, h - 18), (w, h), (0, 0, 200), -1)
+                cv2.putText(img, "EMERGENCY VEHICLE APPROACHING", (4, h - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+                            (255, 255, 255), 1, cv2.LINE_AA)
+                for d in r["detections"]:
+                    if d["label"] == "emergency" and d["score"] >= 0.25:
+                        x1, y1, x2, y2 = (int(round(v)) for v in d["box"])
+                        cv2.rectangle(img, (x1 - 2, y1 - 2), (x2 + 2, y2 + 2), (0, 0, 255), 2)
+            writer.write(img)
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    if writer is not None:
+        os.replace(tmp, path)
+    return shown
+
+
 def detection_map(drive: dict, rows: list[dict]) -> dict:
     from edgemm.converters.detection_eval import coco_map
     from edgemm.detection import Boxes
@@ -327,6 +370,8 @@ def run(args) -> int:
 
     _step(4, "Siren classifier on the drive's audio (offline on drive.wav, 1 s windows every 0.25 s), late fusion")
     fused = fuse(drive, rows, fusion)
+    banner = draw_banner(out / "drive-boxes.mp4", rows, fused)
+    print(f"  the event banner is on {banner} of {len(rows)} frames of drive-boxes.mp4", flush=True)
 
     _step(5, "Summary")
     try:
@@ -371,7 +416,7 @@ def run(args) -> int:
     report = {"scenario": "driving", "model": bundle.name, "ran": str(run_model), "precision": precision,
               "backend": args.backend, "drive": {"duration_s": duration, "fps": FPS, "seeds": drive["seeds"],
                                                  "siren_onset_s": round(drive["onset"], 3), "pattern": drive["pattern"]},
-              "map": m, "events": fused["events"], "fusion": fusion,
+              "map": m, "events": fused["events"], "banner_frames": banner, "fusion": fusion,
               "timeline": {"t": fused["steps"].round(3).tolist(), "p_siren": fused["p_siren"].round(4).tolist(),
                            "camera": fused["camera"].round(4).tolist(), "late": fused["late"].round(4).tolist()},
               "latency_ms": {"total": lat, "infer": infer}, "pipeline": summary,
