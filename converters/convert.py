@@ -30,6 +30,7 @@ from typing import Any
 from edgemm.bundle import MANIFEST_NAME, Bundle, atomic_output_dir, file_sha256, load_bundle
 from edgemm.errors import EdgemmError
 from edgemm.outputs import write_atomic, write_json
+from edgemm.shapes import parse_shape_spec, shape_overrides
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,7 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
     if opts.max_batch is None or opts.max_batch < 1:
         raise EdgemmError(f"Max batch: {opts.max_batch} | Expected a positive batch size.")
     if opts.shapes:
-        from edgemm.converters.tensorrt import parse_shape_spec
-
-        names = [parse_shape_spec(spec)[0] for spec in opts.shapes]  # the format, now
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise EdgemmError(f"Shape: {twice[0]} | Given more than once; expected one --shape per input.")
+        shape_overrides(opts.shapes)  # the format, and one --shape per input, now
     if opts.precision == "int8":
         int8.check_onnxruntime()  # before minutes of calibration, not after
     if opts.prune:
@@ -226,7 +222,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
     from edgemm.converters.graphs import save_model
 
     started = time.monotonic()
-    bundle = load_bundle(model)
+    bundle = load_bundle(model, shapes=shape_overrides(opts.shapes))
     # Data folders (their first sample against every graph's inputs) and --shape names are checked
     # against the model before any work.
     for folder, what in ((opts.calib, "Calibration data"), (opts.eval, "Evaluation data")):
@@ -235,7 +231,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
                             threads=opts.threads) as gf:
                 next(gf.iter_feeds(), None)
     if opts.shapes:
-        from edgemm.converters.tensorrt import check_shapes, parse_shape_spec
+        from edgemm.converters.tensorrt import check_shapes
 
         check_shapes(bundle, dict(parse_shape_spec(s) for s in opts.shapes))
     graphs = graph_order(bundle)
@@ -536,7 +532,7 @@ def _describe_final(models: dict, excluded: dict[str, list[str]], conversion: di
 
 
 def _tensorrt(converted: Bundle, current: dict, manifest, tmp: Path, opts: ConvertOptions, conversion: dict) -> None:
-    from edgemm.converters.tensorrt import BuilderUnavailable, EngineOptions, build_engines, parse_shape_spec
+    from edgemm.converters.tensorrt import BuilderUnavailable, EngineOptions, build_engines
 
     options = EngineOptions(max_batch=opts.max_batch, opt_batch=1,
                             shapes=dict(parse_shape_spec(s) for s in opts.shapes),

@@ -9,6 +9,8 @@ Examples:
 
 from __future__ import annotations
 
+from edgemm.shapes import SHAPE_HELP
+
 from edgemm.runners import BACKEND_HELP
 
 
@@ -24,6 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--graph", metavar="NAME", help="only this graph of a multi-graph bundle (default: all)")
     p.add_argument("--inputs", metavar="F.npz", help="inputs keyed by input name instead of synthetic ones")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:DIMS", help=SHAPE_HELP)
     p.add_argument("--json", metavar="PATH", help="write results as JSON")
     p.add_argument("--plot", metavar="PNG", help="write a latency CDF plot")
     p.add_argument("--power", choices=("auto", "off", "on"), default="auto",
@@ -46,7 +49,10 @@ def run(args) -> int:
     for path in (args.json, args.plot):
         if path:
             require_folder(path)  # fail now, not after the whole benchmark
-    bundles = [load_bundle(m) for m in args.models]
+    from edgemm.shapes import shape_overrides
+
+    shapes = shape_overrides(args.shape)
+    bundles = [load_bundle(m, shapes=shapes) for m in args.models]
 
     targets = []
     for path, bundle in zip(args.models, bundles):
@@ -73,7 +79,8 @@ def run(args) -> int:
                                           f"expected a dynamic first dim for --batch {args.batch}.")
                     return synthesize(meta, spec, batch=args.batch, seed=args.seed)
 
-                targets.append(bench.Target(label=label, runner=runner, make_feed=make_feed, batch=args.batch))
+                targets.append(bench.Target(label=label, runner=runner, make_feed=make_feed, batch=args.batch,
+                                            synthesised=not args.inputs))
 
     duration = args.duration if args.duration is not None or args.iterations is not None else 3.0
     from edgemm import power as power_mod

@@ -13,6 +13,8 @@ Examples:
 
 from __future__ import annotations
 
+from edgemm.shapes import SHAPE_HELP
+
 from edgemm.runners import BACKEND_HELP
 
 import sys
@@ -28,6 +30,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-ablation", action="store_true", help="skip the per-modality ablation runs")
     p.add_argument("--latency", type=float, metavar="S",
                    help="with --against: also measure both models' latency, interleaved, for S seconds")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:DIMS", help=SHAPE_HELP)
     p.add_argument("--json", metavar="PATH", help="write the full results as JSON ('-' for stdout)")
     p.add_argument("--report", metavar="DIR", help="write report.json, report.md and confusion.png into DIR")
 
@@ -82,8 +85,11 @@ def run(args) -> int:
         raise EdgemmError(f"Threads: {args.threads} | Expected a positive number of threads.")
     if args.json and args.json != "-":
         require_folder(args.json)  # fail now, not after the whole evaluation
-    model = load_bundle(args.model)
-    original = load_bundle(args.against) if args.against else None
+    from edgemm.shapes import shape_overrides
+
+    shapes = shape_overrides(args.shape)
+    model = load_bundle(args.model, shapes=shapes)
+    original = load_bundle(args.against, shapes=shapes) if args.against else None
     if original is not None:
         report = compare_bundles(original, model, args.data, backend=args.backend, threads=args.threads,
                                  limit=args.limit, ablation=not args.no_ablation, progress=sys.stderr.isatty())

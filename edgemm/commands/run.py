@@ -105,10 +105,10 @@ def check_inputs(bundle) -> None:
     from edgemm.errors import EdgemmError
 
     for graph, spec in bundle.manifest.all_inputs():
-        if spec.modality == "other":
+        if spec.modality == "other" and spec.value is None:
             raise EdgemmError(f"Model: {bundle.source or bundle.root} | Input {spec.name} ({graph.name}) cannot be "
                               f"fed by a camera or a microphone (modality unknown, shape {spec.shape}); expected "
-                              "video/audio inputs, or a manifest that says what it is.")
+                              "video/audio inputs, or a manifest that says what it is (or a constant \"value\").")
         if spec.modality == "embedding" and not spec.source:
             raise EdgemmError(f"Model: {bundle.source or bundle.root} | Input {spec.name} ({graph.name}) is an "
                               "embedding with no source graph; expected \"source\": \"graph.output\" in the manifest.")
