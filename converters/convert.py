@@ -397,13 +397,18 @@ def _compute_groups(model, exclude: set[str]) -> list[list[str]]:
 
 def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict, work: Path,
           first_feeds: dict):
-    from edgemm.converters import int8
+    from edgemm.converters import int8, opsets
     from edgemm.converters.calibration import GraphFeeds
 
     fixed = int8.target_flavour(opts.target) or opts.flavour or int8.env_flavour()
     flavours, info = {}, {}
-    prepared = {}
+    prepared, per_channel, opset_notes = {}, {}, {}
     for g in graphs:
+        ready = opsets.ready_for_qdq(current[g])
+        current[g], per_channel[g] = ready.model, ready.per_channel
+        if ready.note:
+            opset_notes[g] = ready.note
+            _say(f"INT8: graph {g}: {ready.note}", opts)
         _say(f"INT8: graph {g}: preparing (shape inference, BatchNorm folding)", opts)
         prepared[g] = int8.prepare(current[g], work)
     symmetric = fixed == "trt"
@@ -417,17 +422,20 @@ def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
     for g in graphs:
         first_feeds.setdefault(g, sample_feeds[g][:1])
         gi: dict[str, Any] = {"calibration": {"method": opts.calib_method, "samples": calibs[g].samples,
-                                              "samples_per_chunk": calibs[g].chunk, "symmetric_ranges": symmetric}}
+                                              "samples_per_chunk": calibs[g].chunk, "symmetric_ranges": symmetric},
+                              "per_channel": per_channel[g]}
+        if g in opset_notes:
+            gi["opset"] = opset_notes[g]
         if fixed:
             flavours[g] = fixed
-            current[g] = int8.quantize(prepared[g], calibs[g], fixed, workdir=work)
+            current[g] = int8.quantize(prepared[g], calibs[g], fixed, per_channel=per_channel[g], workdir=work)
             why = {"trt": "target tensorrt: symmetric S8S8, zero point 0, TensorRT placement"}.get(
                 fixed, "forced (--flavour or EDGEMM_INT8_FLAVOUR)")
             gi["flavour"] = {"chosen": fixed, "why": why, "settings": int8.flavour_spec(fixed).describe()}
         else:
             _say(f"INT8: graph {g}: timing the Q/DQ flavours against FP32 on this CPU", opts)
             choice = int8.choose_flavour(prepared[g], current[g], calibs[g], sample_feeds[g], opts.threads,
-                                         duration_s=FLAVOUR_TIMING_S)
+                                         duration_s=FLAVOUR_TIMING_S, per_channel=per_channel[g])
             best = choice["candidates"][choice["flavour"]]
             others = ", ".join(f"{k} {v['speedup_vs_fp32']:.2f}x" for k, v in choice["candidates"].items())
             gi["flavour"] = {"fp32_p50_ms": choice["fp32_p50_ms"], "candidates": choice["candidates"],
@@ -454,7 +462,7 @@ def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
     def quantize_fn(g, exclude):
         if g in floats:
             return floats[g]
-        return int8.quantize(prepared[g], calibs[g], flavours[g], exclude, workdir=work)
+        return int8.quantize(prepared[g], calibs[g], flavours[g], exclude, per_channel=per_channel[g], workdir=work)
 
     groups = {g: [] if g in floats else int8.quantized_groups(prepared[g], current[g]) for g in graphs}
     return {"quantize_fn": quantize_fn, "groups": groups, "quantized": dict(current)}

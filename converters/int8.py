@@ -618,7 +618,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def choose_flavour(prepared, float_model, calibration: Calibration, feeds: list[dict], threads: int | None = None,
-                   candidates: Iterable[str] = ORT_CANDIDATES, duration_s: float = 2.0) -> dict:
+                   candidates: Iterable[str] = ORT_CANDIDATES, duration_s: float = 2.0,
+                   per_channel: bool = True) -> dict:
     """Quantize in each candidate flavour, check closeness to FP32 on a few feeds, time them interleaved
     with FP32 on this CPU, and pick the fastest that is as close as the best candidate.
 
@@ -628,7 +629,7 @@ def choose_flavour(prepared, float_model, calibration: Calibration, feeds: list[
     from edgemm.converters.timing import time_models
     from edgemm.runners.onnxruntime import OnnxRuntimeRunner
 
-    models = {c: quantize(prepared, calibration, c) for c in candidates}
+    models = {c: quantize(prepared, calibration, c, per_channel=per_channel) for c in candidates}
     runners = {label: OnnxRuntimeRunner(m.SerializeToString(), "cpu", threads, name=label)
                for label, m in {"fp32": float_model, **models}.items()}
     info: dict[str, dict] = {}

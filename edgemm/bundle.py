@@ -524,7 +524,8 @@ def onnx_io(model) -> tuple[list[tuple[str, str, list]], list[tuple[str, str, li
         shape: list = []
         if tt.HasField("shape"):
             for d in tt.shape.dim:
-                shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+                # (some exporters write -1 for a dynamic dim: it is one)
+                shape.append(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or None))
         return vi.name, dtype, shape
 
     inputs = [describe(v) for v in model.graph.input if v.name not in inits]
