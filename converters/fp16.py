@@ -128,6 +128,12 @@ def risky_nodes(model, stats: dict[str, TensorRange]) -> list[dict]:
     return list(kept.values())
 
 
+# onnxconverter_common converts inside If/Loop/Scan bodies but not the values the bodies take from the outer
+# graph, so ONNX Runtime rejects the result (an If branch typed float16 against a float32 output): such
+# control flow stays FP32, with everything it reads and returns.
+SUBGRAPH_OPS = ["If", "Loop", "Scan"]
+
+
 def _convert(model, block_nodes: list[str]):
     from onnxconverter_common import float16
 
@@ -140,7 +146,7 @@ def _convert(model, block_nodes: list[str]):
             warnings.simplefilter("ignore", UserWarning)
             out = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX,
                                                    min_positive_val=FP16_TINY, node_block_list=block_nodes,
-                                                   op_block_list=float16.DEFAULT_OP_BLOCK_LIST)
+                                                   op_block_list=float16.DEFAULT_OP_BLOCK_LIST + SUBGRAPH_OPS)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions on unsupported graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgemmError(f"FP16 conversion | onnxconverter_common failed: {first}") from exc

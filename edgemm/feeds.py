@@ -100,7 +100,9 @@ def refused_feed(model: str, feed: Mapping[str, np.ndarray], exc: Exception, syn
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     reason = reason.split("Status Message: ")[-1][:300]
     hint = ("; set the input shapes with --shape NAME:DIMS (e.g. --shape " + next(iter(feed), "x") + ":1x...)"
-            " or give real inputs with --inputs F.npz" if synthesised else "")
+            " or give real inputs with --inputs F.npz" if synthesised else
+            "; expected what the manifest says it takes: set the shapes (--shape, or the manifest's shape and "
+            "preprocess window/size)")
     return EdgemmError(f"Model: {model} | Fails on {'synthesised ' if synthesised else ''}inputs "
                        f"{describe_feed(feed)} ({reason}){hint}.")
 

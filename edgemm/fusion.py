@@ -22,7 +22,7 @@ import numpy as np
 
 from edgemm.bundle import Bundle, GraphSpec, OutputSpec
 from edgemm.errors import EdgemmError
-from edgemm.feeds import concrete_shape, constant_value
+from edgemm.feeds import concrete_shape, constant_value, refused_feed
 from edgemm.runners import make_runner
 from edgemm.runners.base import BaseRunner, TensorMeta
 
@@ -166,7 +166,13 @@ class FusionModel:
             states = self._states[graph] if advance else self._before[graph]
         feed = graph_feed(spec, runner.input_metadata(), tensors, present, self._encoder_modality,
                           where=f"Graph: {graph}", states=states)
-        outputs = runner.infer(feed)
+        try:
+            outputs = runner.infer(feed)
+        except EdgemmError:
+            raise
+        except Exception as exc:  # the model rejects what its manifest says it takes: one line, not a traceback
+            raise refused_feed(f"{self.bundle.source or self.bundle.root} (graph {graph})", feed, exc,
+                               synthesised=False) from exc
         if self.streaming and advance:
             self._before[graph] = self._states[graph]
             self._states[graph] = {s.name: outputs[s.state_of] for s in spec.inputs

@@ -131,6 +131,7 @@ def _pair_states(inputs: list[InputSpec], outputs: list[tuple[str, str, list]], 
             match = next((o for o in out_rank if o.lower() == cand.lower() and o != x), None)
             if match and (not spec.shape or out_rank[match] == len(spec.shape)):
                 spec.modality, spec.state_of = "state", match
+                notes[:] = [n for n in notes if not n.startswith(f"input {x}: could not tell")]
                 notes.append(f"input {x}: recurrent state carried from output {match} between calls while "
                              "streaming (manifest \"state_of\" to change it)")
                 break

@@ -18,10 +18,13 @@ import signal
 import sys
 from pathlib import Path
 
+from edgemm.shapes import SHAPE_HELP
+
 CONFIG_KEYS = {
     "model": str, "video": str, "audio": str, "sinks": list, "duration": (int, float), "threads": int,
     "backend": str, "alerts": list, "max_in_flight": int, "max_skew_ms": (int, float), "attribution": str,
     "tick_hz": (int, float), "rates_hz": dict, "max_age_s": (int, float), "summary_json": str, "quiet": bool,
+    "shape": list,
 }
 
 
@@ -47,6 +50,7 @@ def add_arguments(p) -> None:
     p.add_argument("--attribution", choices=("auto", "off", "ablation"),
                    help="per-modality attribution: auto (late/intermediate fusion), off, ablation (also early "
                         "fusion: reruns the model per modality)")
+    p.add_argument("--shape", action="append", metavar="NAME:DIMS", help=SHAPE_HELP)
     p.add_argument("--tick-hz", type=float, metavar="HZ", help="inference rate while there is no video "
                                                                "(default: the camera's rate, else 10)")
     p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
@@ -77,6 +81,9 @@ def load_config(path: str) -> dict:
         if k == "sinks" and not all(isinstance(v, str) for v in value):
             raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of sink specs "
                               "(strings such as \"jsonl:/var/log/edgemm/results.jsonl\").")
+        if k == "shape" and not all(isinstance(v, str) for v in value):
+            raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of "
+                              "\"NAME:DIMS\" strings such as \"input:1x512\".")
         if k == "alerts" and not all(isinstance(v, (str, dict)) for v in value):
             raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of "
                               "\"LABEL:ON:OFF:MIN_S\" strings or {\"label\": ..., \"on\": ...} objects.")
@@ -118,6 +125,7 @@ def build(opts: dict):
     """Everything validated and constructed, nothing started: bad input fails here, before any thread runs."""
     from edgemm.bundle import load_bundle
     from edgemm.decisions import AlertRule
+    from edgemm.shapes import shape_overrides
     from edgemm.errors import EdgemmError
     from edgemm.pipeline import Pipeline, PipelineSettings
     from edgemm.runners import parse_backend
@@ -134,7 +142,7 @@ def build(opts: dict):
         raise EdgemmError(f"Duration: {opts['duration']} | Expected a positive number of seconds.")
     if opts.get("summary_json"):
         _check_writable(opts["summary_json"])
-    bundle = load_bundle(opts["model"])
+    bundle = load_bundle(opts["model"], shapes=shape_overrides(opts.get("shape")))
     check_inputs(bundle)
     mods = bundle.manifest.modalities()
     for mod in mods:
