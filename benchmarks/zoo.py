@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / "benchmarks" / ".zoo"
+PRUNE_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ def make_calibration(name: str, models: dict, work: Path) -> Path:
 
 @dataclass
 class Outcome:
-    status: str  # ok, refused, FAILED (a traceback or a multi-line error: a bug of ours)
+    status: str  # ok, refused, FAILED (a traceback or a multi-line error: a bug of ours), too slow
     detail: str = ""
     seconds: float = 0.0
 
@@ -251,8 +252,11 @@ def edgemm(*args, timeout: int = 900) -> tuple[Outcome, subprocess.CompletedProc
     import time
 
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "edgemm", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgemm", *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return Outcome("too slow", f"stopped after {timeout} s", timeout), None
     took = time.monotonic() - t0
     err = proc.stderr.strip()
     if proc.returncode == 0:
@@ -323,7 +327,8 @@ def run_model(name: str, models: dict, work: Path, bench_iterations: int = 200) 
         row["parameters"], row["macs"] = i["parameters"], i["macs"]
         row["opset"] = next(iter(i["graphs"].values()))["opset"]
     cmds["bench"], _ = edgemm("bench", model, *shape_args, "--iterations", 50, "--json", out / "bench.json")
-    common = [*shape_args, "--calib", calib, "--calib-limit", 32, "--bench-seconds", 1, "--force", "-q"]
+    data = [*shape_args, "--calib", calib]
+    common = [*data, "--calib-limit", 32, "--bench-seconds", 1, "--force", "-q"]
     cmds["fp16"], _ = edgemm("convert", model, "-o", out / "fp16", "--precision", "fp16", *common)
     cmds["int8"], _ = edgemm("convert", model, "-o", out / "int8", "--precision", "int8", *common)
     if (out / "int8" / "report.json").exists():
@@ -333,7 +338,10 @@ def run_model(name: str, models: dict, work: Path, bench_iterations: int = 200) 
         g = next(iter(rep.get("conversion", {}).get("int8", {}).values()), {})
         row["int8_flavour"] = g.get("flavour", {}).get("chosen")
         row["int8_opset"] = g.get("opset")
-    cmds["prune"], _ = edgemm("convert", model, "-o", out / "pruned", "--prune", "channels:0.3", *common)
+    # Pruning re-fits every layer after a pruned one by least squares: 8 samples keep it to minutes here.
+    cmds["prune"], _ = edgemm("convert", model, "-o", out / "pruned", "--prune", "channels:0.3",
+                              *data, "--calib-limit", 8, "--bench-seconds", 1, "--force", "-q",
+                              timeout=PRUNE_TIMEOUT_S)
     if (out / "int8").exists():
         cmds["eval"], _ = edgemm("eval", out / "int8", "--against", model, "--data", calib, *shape_args,
                                  "--no-ablation", "--json", out / "eval.json")

@@ -153,3 +153,62 @@ def test_parameters_count_constant_nodes_and_subgraphs(tmp_path):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     assert count_parameters(m) == 32 + 32 + 32
     assert estimate_macs(m) == 8 * 4 + 4 * 8
+
+
+def _conv_model(opset: int, extra_op: str | None = None):
+    w = numpy_helper.from_array(np.ones((3, 2, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c" if extra_op else "y"])]
+    if extra_op:
+        nodes.append(helper.make_node(extra_op, ["c"], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_old_opset_upgraded_for_per_channel_qdq_else_per_tensor():
+    from edgemm.converters.opsets import ready_for_qdq
+
+    ready = ready_for_qdq(_conv_model(11))
+    assert ready.per_channel and "upgraded from opset 11 to 13" in ready.note
+    assert next(o.version for o in ready.model.opset_import if o.domain == "") == 13
+    assert ready_for_qdq(_conv_model(13)).note is None
+    # An op the version converter has no adapter for: the model stays, weights go per tensor, and why.
+    stuck = ready_for_qdq(_conv_model(11, "NotAnOnnxOp"))
+    assert not stuck.per_channel and "per tensor" in stuck.note and stuck.model.opset_import[0].version == 11
+
+
+def _io_model(inputs, outputs, metadata=None):
+    """A model with the given (name, type, shape) inputs and outputs: each output is an Identity of input 0."""
+    nodes = [helper.make_node("Identity", [inputs[0][0]], [o[0]]) for o in outputs]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(*i) for i in inputs],
+                          [helper.make_tensor_value_info(*o) for o in outputs])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    for k, v in (metadata or {}).items():
+        m.metadata_props.add(key=k, value=v)
+    return m
+
+
+def test_lstm_state_pairs_h_c_to_hn_cn_and_ultralytics_imgsz(tmp_path):
+    from edgemm.manifest_inference import infer_manifest
+
+    f = TensorProto.FLOAT
+    vad = _io_model([("input", f, ["seq", 576]), ("h", f, [1, 1, 128]), ("c", f, [1, 1, 128])],
+                    [("probs", f, ["seq"]), ("hn", f, [1, 1, 128]), ("cn", f, [1, 1, 128])])
+    manifest, notes = infer_manifest(vad, "vad.onnx")
+    specs = {s.name: s for s in manifest.graphs["model"].inputs}
+    assert (specs["h"].state_of, specs["c"].state_of) == ("hn", "cn")
+    assert specs["input"].modality == "audio" and specs["input"].preprocess.window_samples == 576
+    assert specs["input"].preprocess.hop == 576  # stateful: windows back to back
+    yolo = _io_model([("images", f, ["batch", 3, "height", "width"])], [("output0", f, ["batch", 22, "n"])],
+                     {"imgsz": "[320, 320]", "task": "detect"})
+    manifest, notes = infer_manifest(yolo, "yolo.onnx")
+    spec = manifest.graphs["model"].inputs[0]
+    assert spec.preprocess.size == (320, 320) and spec.shape[2:] == [320, 320]
+    assert any("imgsz" in n for n in notes)
+    # --shape wins over the metadata, and a fixed dim cannot be changed.
+    manifest, _ = infer_manifest(yolo, "yolo.onnx", shapes={"images": [1, 3, 640, 480]})
+    assert manifest.graphs["model"].inputs[0].preprocess.size == (640, 480)
+    from edgemm.errors import EdgemmError
+
+    with pytest.raises(EdgemmError, match="only dynamic dims"):
+        infer_manifest(yolo, "yolo.onnx", shapes={"images": [1, 1, 64, 64]})
