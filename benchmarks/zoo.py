@@ -131,13 +131,13 @@ def _photos() -> list:
     import cv2
     from sklearn.datasets import load_sample_images
 
-    crops = []
+    per_image = []
     for im in load_sample_images().images:
         h, w, _ = im.shape
-        for y in range(0, h - 240, 60):
-            for x in range(0, w - 320, 80):
-                crops.append(cv2.cvtColor(im[y:y + 240, x:x + 320], cv2.COLOR_RGB2BGR))
-    return crops[::2][:20]  # both photographs, 20 crops (a fixed batch of 10 gets two samples)
+        per_image.append([cv2.cvtColor(im[y:y + 240, x:x + 320], cv2.COLOR_RGB2BGR)
+                          for y in range(0, h - 240, 60) for x in range(0, w - 320, 80)])
+    crops = [c for pair in zip(*per_image) for c in pair]  # the two photographs alternate
+    return crops[:20]  # (a model with a fixed batch of 10 gets two samples)
 
 
 PHRASES = ("turn left at the next junction", "open the window please", "hey jarvis what is the weather",
