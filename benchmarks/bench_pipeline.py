@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgemm import bench
 from edgemm.bundle import load_bundle
-from edgemm.pipeline import Pipeline, PipelineSettings, format_summary
+from edgemm.commands.run import format_summary
+from edgemm.pipeline import Pipeline, PipelineSettings
 from edgemm.preprocess import preprocess_audio, preprocess_video
 from edgemm.runners import make_runner
 from edgemm.sinks import make_sink

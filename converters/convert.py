@@ -17,6 +17,7 @@ INT8 calibration); the few feeds the latency measurement needs are kept from tha
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import logging
 import sys
@@ -45,7 +46,7 @@ SAMPLE_FEEDS = 8  # feeds per graph for the INT8 flavour check and timing
 
 @dataclass
 class ConvertOptions:
-    precision: str = "fp32"
+    precision: str | None = None  # None: fp16 with --target tensorrt (as trtexec --fp16), else fp32
     calib: str | Path | None = None
     calib_limit: int | None = DEFAULT_CALIB_LIMIT
     calib_method: str = "minmax"
@@ -64,6 +65,9 @@ class ConvertOptions:
     max_batch: int = 1
     shapes: list[str] = field(default_factory=list)  # NAME:MIN,OPT,MAX optimization profile overrides
     timing_cache: str | None = None
+    workspace_mb: int | None = None  # TensorRT workspace limit (default: all of the device's memory)
+    builder_opt_level: int | None = None  # TensorRT builder optimization level 0..5
+    dla: int | None = None  # DLA core, with GPU fallback (Orin NX / AGX Orin)
 
     def settings(self) -> dict:
         d = asdict(self)
@@ -85,10 +89,54 @@ def _say(msg: str, opts: ConvertOptions) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def resolve_precision(opts: ConvertOptions) -> str:
+    """The precision asked, else FP16 for a TensorRT engine (trtexec --fp16 is what users compare with; an
+    FP32 graph under strong typing builds an FP32/TF32 engine), else FP32."""
+    if opts.precision is not None:
+        return opts.precision
+    return "fp16" if opts.target == "tensorrt" else "fp32"
+
+
+def _engine_options(opts: ConvertOptions):
+    from edgemm.converters.tensorrt import EngineOptions
+
+    return EngineOptions(max_batch=opts.max_batch, opt_batch=1, shapes=dict(parse_shape_spec(s) for s in opts.shapes),
+                         timing_cache=opts.timing_cache, workspace_mb=opts.workspace_mb,
+                         builder_optimization_level=opts.builder_opt_level, dla_core=opts.dla)
+
+
+def check_tensorrt_ready(bundle: Bundle, out: str | Path) -> None:
+    """An INT8 bundle quantized for ONNX Runtime (uint8, or non-zero zero points) cannot become a TensorRT
+    engine: its float graph is not in the bundle, so refuse with the command that quantizes for TensorRT."""
+    from edgemm.converters.tensorrt import asymmetric_qdq
+
+    bad = {g: asymmetric_qdq(bundle.load_graph(g, load_weights=True)) for g in bundle.manifest.graphs}
+    bad = {g: nodes for g, nodes in bad.items() if nodes}
+    if not bad:
+        return
+    prov = bundle.manifest.provenance or {}
+    flavours = prov.get("int8_flavour")
+    settings = prov.get("settings") or {}
+    source = prov.get("source_model") or "FLOAT_MODEL.onnx"
+    calib = settings.get("calib") or "CALIB_DIR"
+    g, nodes = next(iter(bad.items()))
+    recorded = f" (recorded flavour {json_flavours(flavours)})" if flavours else ""
+    raise EdgemmError(f"Model: {bundle.source or bundle.root} | Quantized for ONNX Runtime{recorded}: graph {g} has "
+                      f"{len(nodes)} Q/DQ node(s) with uint8 or non-zero zero points ({nodes[0]}, ...), which "
+                      "TensorRT refuses; expected symmetric INT8. Quantize the float model for TensorRT: edgemm "
+                      f"convert {source} -o {out} --precision int8 --calib {calib} --target tensorrt")
+
+
+def json_flavours(flavours) -> str:
+    if isinstance(flavours, dict):
+        return ", ".join(f"{g}: {f}" for g, f in flavours.items())
+    return str(flavours)
+
+
 def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> None:
     from edgemm.converters import int8
 
-    if opts.precision not in PRECISIONS:
+    if opts.precision is not None and opts.precision not in PRECISIONS:
         raise EdgemmError(f"Precision: {opts.precision} | Unknown; expected one of {', '.join(PRECISIONS)}.")
     if opts.calib_method not in int8.CALIB_METHODS:
         raise EdgemmError(f"Calibration method: {opts.calib_method} | Unknown; expected one of "
@@ -109,6 +157,17 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
         raise EdgemmError(f"Bench seconds: {opts.bench_seconds} | Expected a positive number of seconds.")
     if opts.max_batch is None or opts.max_batch < 1:
         raise EdgemmError(f"Max batch: {opts.max_batch} | Expected a positive batch size.")
+    trt_only = [f for f, v in (("--workspace", opts.workspace_mb), ("--builder-opt-level", opts.builder_opt_level),
+                               ("--dla", opts.dla)) if v is not None]
+    if trt_only and opts.target != "tensorrt":
+        raise EdgemmError(f"{trt_only[0]} | Is a TensorRT build option; expected --target tensorrt with it.")
+    if opts.dla is not None and resolve_precision(opts) == "fp32":
+        raise EdgemmError("DLA | Computes in FP16 or INT8 only; expected --precision fp16 or int8 (or none: FP16 is "
+                          "the default for --target tensorrt) with --dla.")
+    if opts.target == "tensorrt":
+        from edgemm.converters.tensorrt import check_build_options
+
+        check_build_options(_engine_options(opts))
     if opts.shapes:
         shape_overrides(opts.shapes)  # the format, and one --shape per input, now
     if opts.precision == "int8":
@@ -222,7 +281,11 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
     from edgemm.converters.graphs import save_model
 
     started = time.monotonic()
+    precision_defaulted = opts.precision is None
+    opts = dataclasses.replace(opts, precision=resolve_precision(opts))
     bundle = load_bundle(model, shapes=shape_overrides(opts.shapes))
+    if opts.target == "tensorrt":
+        check_tensorrt_ready(bundle, out)
     # Data folders (their first sample against every graph's inputs) and --shape names are checked
     # against the model before any work.
     for folder, what in ((opts.calib, "Calibration data"), (opts.eval, "Evaluation data")):
@@ -240,6 +303,8 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
                               + (f", pruned {opts.prune}" if opts.prune else "")
                               + (f", target {opts.target}" if opts.target != "onnxruntime" else "")}
     conversion: dict[str, Any] = {"precision": opts.precision, "target": opts.target}
+    if precision_defaulted and opts.target == "tensorrt":
+        conversion["precision_note"] = "fp16: the default for --target tensorrt (--precision fp32 keeps FP32)"
     provenance_extra: dict[str, Any] = {}
     # The first few feeds of each graph, kept from whichever pass over the calibration data runs first
     # (for the latency measurement): no extra pass over the data for them.
@@ -283,6 +348,10 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
         # 3. Accuracy guard --------------------------------------------------------------------------------
         if opts.max_drop is not None:
             current = _guard(bundle, originals, current, guard_setup, opts, conversion)
+        if opts.precision == "int8" and opts.target == "tensorrt":
+            # The layers INT8 does not cover run in FP16 in the engine (FP16 Q/DQ scales under strong typing),
+            # as trtexec --int8 --fp16 would; checked for overflow like any FP16 conversion.
+            _fp16(stage_bundle(bundle, current, work / "int8"), current, graphs, opts, conversion, first_feeds)
 
         # 4. Write, validate, measure, build -----------------------------------------------------------------
         manifest = copy.deepcopy(bundle.manifest)
@@ -347,7 +416,9 @@ def _fp16(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
 
     _say(f"FP16: range scan of {len(graphs)} graph(s) "
          f"{'on ' + str(opts.calib) if opts.calib else 'on synthetic inputs'}", opts)
-    models = {g: current[g] for g in graphs}
+    from edgemm.converters.tensorrt import for_fp16
+
+    models = {g: for_fp16(current[g]) for g in graphs}
     if opts.calib is not None:
         with GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads) as gf:
             results = fp16.convert_fp16_graphs(models, _recording(gf.iter_feeds(), first_feeds, 1))
@@ -359,7 +430,7 @@ def _fp16(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
     bases = {}
     for g in graphs:
         res = results[g]
-        bases[g] = current[g]
+        bases[g] = models[g]
         block[g] = [k["node"] for k in res.kept_fp32]
         current[g] = res.model
         fp16_info[g] = res.summary() | {"feeds": "calibration" if opts.calib else "synthetic (no --calib)"}
@@ -540,11 +611,9 @@ def _describe_final(models: dict, excluded: dict[str, list[str]], conversion: di
 
 
 def _tensorrt(converted: Bundle, current: dict, manifest, tmp: Path, opts: ConvertOptions, conversion: dict) -> None:
-    from edgemm.converters.tensorrt import BuilderUnavailable, EngineOptions, build_engines
+    from edgemm.converters.tensorrt import BuilderUnavailable, build_engines
 
-    options = EngineOptions(max_batch=opts.max_batch, opt_batch=1,
-                            shapes=dict(parse_shape_spec(s) for s in opts.shapes),
-                            timing_cache=opts.timing_cache)
+    options = _engine_options(opts)
     try:
         builds = build_engines(converted, options, models=current)
     except BuilderUnavailable as exc:

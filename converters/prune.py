@@ -40,6 +40,7 @@ from edgemm.converters.graphs import copy_model, cpu_session, first_line, with_o
 from edgemm.converters.prune_graph import ChannelGraph, Group, _attr, apply_edits, node_label, prepare
 from edgemm.errors import EdgemmError
 from edgemm.feeds import onnx_input_metadata, synthesize
+from edgemm.threads import limit_blas_threads
 
 log = logging.getLogger(__name__)
 
@@ -802,22 +803,8 @@ def prune(model, spec: str, calib_feeds=None, importance: str = "l1", reconstruc
     info: {"spec", "steps": [per-method info], "parameters"/"macs": {"before", "after"}, and for 2:4
     "sparsity": "2:4" (what the TensorRT build reads to enable sparse weights)}.
     """
-    with _blas_threads(threads):
+    with limit_blas_threads(threads):
         return _prune(model, spec, calib_feeds, importance, reconstruct, round_to, exclude, max_samples, threads)
-
-
-def _blas_threads(threads: int | None):
-    """Limit numpy's BLAS to the thread budget: on a busy machine spinning BLAS threads make the
-    reconstruction's solves many times slower (threadpoolctl, where installed)."""
-    import contextlib
-
-    if not threads:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def _prune(model, spec, calib_feeds, importance, reconstruct, round_to, exclude, max_samples, threads):

@@ -16,7 +16,8 @@ build_engines(bundle, options=None, graphs=None, models=None) -> dict[str, Engin
     options  EngineOptions: max_batch / opt_batch for a dynamic batch axis, shapes (per-input min/opt/max
              overrides, see edgemm.shapes.parse_shape_spec for the CLI form "name:1x3x224x224,1x3x224x224,4x3x224x224"),
              workspace_mb, timing_cache (path, None: default per-user cache, False: none), sparse (None: auto
-             from provenance or 2:4 weights), builder_optimization_level, verbose
+             from provenance or 2:4 weights), builder_optimization_level, dla_core (DLA with GPU fallback,
+             each fallen-back layer listed in the engine info), verbose
     graphs   graph names to build (default: every graph of the bundle)
     models   {graph: onnx.ModelProto | bytes | path} for prepared graphs not yet on disk (default: bundle files)
 Raises one EdgemmError when there is no CUDA GPU or no TensorRT here (build on the device: the message gives
@@ -60,6 +61,7 @@ class EngineOptions:
     timing_cache: Path | str | bool | None = None  # None: default_timing_cache(); False: no cache
     sparse: bool | None = None  # None: on when the bundle was 2:4 pruned (provenance or weights say so)
     builder_optimization_level: int | None = None  # 0..5, TensorRT's default 3
+    dla_core: int | None = None  # build for this DLA core, layers DLA cannot run fall back to the GPU
     verbose: bool = False
 
 
@@ -181,6 +183,94 @@ def provenance_says_2_4(provenance: Mapping | None) -> bool:
         return isinstance(obj, str) and obj.strip() == "2:4"
 
     return walk(provenance or {})
+
+
+def check_build_options(options: EngineOptions) -> None:
+    """--workspace, --builder-opt-level and --dla values, checked before any conversion work."""
+    if options.workspace_mb is not None and options.workspace_mb < 1:
+        raise EdgemmError(f"Workspace: {options.workspace_mb} MB | Expected a positive size in MB (e.g. 1024 on an "
+                          "8 GB Orin Nano, whose GPU shares the system memory).")
+    level = options.builder_optimization_level
+    if level is not None and not 0 <= level <= 5:
+        raise EdgemmError(f"Builder optimization level: {level} | Expected 0..5 (TensorRT's default is 3; higher "
+                          "builds slower and may find faster kernels).")
+    if options.dla_core is not None and options.dla_core < 0:
+        raise EdgemmError(f"DLA core: {options.dla_core} | Expected 0 or 1 (Orin NX and AGX Orin have two DLA cores).")
+
+
+def apply_build_options(trt, builder, network, config, options: EngineOptions) -> dict:
+    """Workspace limit, builder optimization level and DLA placement on the builder config (trtexec's
+    --memPoolSize=workspace:N, --builderOptimizationLevel, --useDLACore N --allowGPUFallback). Returns what
+    was set, for the build report: with DLA, every layer DLA cannot run and that therefore runs on the GPU."""
+    info: dict[str, Any] = {"workspace_mb": options.workspace_mb,
+                            "builder_optimization_level": options.builder_optimization_level}
+    if options.workspace_mb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
+    if options.builder_optimization_level is not None:
+        config.builder_optimization_level = int(options.builder_optimization_level)
+    if options.dla_core is None:
+        return info
+    cores = int(builder.num_DLA_cores)
+    if options.dla_core >= cores:
+        have = f"{cores} DLA core(s)" if cores else "no DLA (Orin Nano, Thor and discrete GPUs have none)"
+        raise EdgemmError(f"DLA core: {options.dla_core} | This device has {have}; expected a core below {cores} "
+                          "or no --dla.")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = int(options.dla_core)
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    fallback = [{"layer": layer.name, "type": str(layer.type).rsplit(".", 1)[-1]} for layer in layers
+                if not config.can_run_on_DLA(layer)]
+    info.update(dla_core=int(options.dla_core), dla_layers=len(layers) - len(fallback),
+                gpu_fallback_layers=fallback)
+    return info
+
+
+QDQ_FP16_OPSET = 19  # QuantizeLinear/DequantizeLinear take FP16 inputs and scales from opset 19
+
+
+def qdq_nodes(model) -> list:
+    return [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+def asymmetric_qdq(model) -> list[str]:
+    """Q/DQ nodes TensorRT's ONNX parser refuses: uint8 or a non-zero zero point (ONNX Runtime's u8s8 and
+    asymmetric s8s8 flavours). TensorRT's INT8 is symmetric: int8, zero point 0."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    consts = {n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
+              for n in model.graph.node if n.op_type == "Constant"}
+    bad = []
+    for n in qdq_nodes(model):
+        if len(n.input) < 3 or not n.input[2]:
+            continue  # no zero point: 0, uint8 by default only for QuantizeLinear without one (int8 here)
+        tensor = inits.get(n.input[2]) or consts.get(n.input[2])
+        if tensor is None:
+            continue
+        zp = numpy_helper.to_array(tensor)
+        if zp.dtype == np.uint8 or np.any(zp != 0):
+            bad.append(n.name or n.output[0])
+    return bad
+
+
+def for_fp16(model):
+    """A Q/DQ graph made ready for FP16 float parts: opset 19 or later, where Q/DQ take FP16 inputs and scales.
+    Under strong typing a DequantizeLinear's output has its scale's type, so FP32 scales would keep every
+    layer between Q/DQ pairs in FP32. Graphs without Q/DQ are returned as they are."""
+    if not qdq_nodes(model):
+        return model
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= QDQ_FP16_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, QDQ_FP16_OPSET)
+    except Exception as exc:  # noqa: BLE001 - the converter raises bare errors for ops it cannot adapt
+        raise EdgemmError(f"FP16 float parts | The INT8 graph (opset {opset}) could not be moved to opset "
+                          f"{QDQ_FP16_OPSET}, which FP16 Q/DQ scales need ({str(exc).splitlines()[0]}); expected a "
+                          "graph the ONNX version converter handles, or --precision fp32.") from exc
 
 
 def default_timing_cache(trt_version: str, device) -> Path:
@@ -314,10 +404,7 @@ def _build_one(trt, device, bundle: Bundle, graph: str, model, options: EngineOp
             profile.set_shape(name, lo, opt, hi)
         if config.add_optimization_profile(profile) < 0:
             raise EdgemmError(f"{where} | TensorRT rejected the optimization profile {profiles} ({logger.last_error()}).")
-    if options.workspace_mb:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
-    if options.builder_optimization_level is not None:
-        config.builder_optimization_level = int(options.builder_optimization_level)
+    build_info = apply_build_options(trt, builder, network, config, options)
 
     sparse, why = options.sparse, "asked for" if options.sparse else "off"
     if sparse is None:
@@ -365,6 +452,7 @@ def _build_one(trt, device, bundle: Bundle, graph: str, model, options: EngineOp
         "integrated": device.integrated,
         "cuda_driver": device.to_dict()["cuda_driver"],
         "strongly_typed": True,
+        **{k: v for k, v in build_info.items() if v is not None},
         "sparse_weights": bool(sparse),
         "sparse_reason": why,
         "profiles": {n: {"min": list(lo), "opt": list(o), "max": list(hi)} for n, (lo, o, hi) in profiles.items()},
@@ -373,5 +461,8 @@ def _build_one(trt, device, bundle: Bundle, graph: str, model, options: EngineOp
         "build_s": round(seconds, 2),
     }
     log.info("built %s for %s in %.1f s (%d bytes)", file, device.describe(), seconds, len(plan_bytes))
+    if build_info.get("gpu_fallback_layers"):
+        log.warning("%s: %d layer(s) run on the GPU, not DLA core %d: %s", graph, len(build_info["gpu_fallback_layers"]),
+                    build_info["dla_core"], ", ".join(x["layer"] for x in build_info["gpu_fallback_layers"][:10]))
     return EngineBuild(graph=graph, file=file, plan=plan_bytes, info=info, seconds=seconds,
                        warnings=list(logger.warnings))

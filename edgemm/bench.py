@@ -1,4 +1,4 @@
-"""Timing loops and statistics shared by `edgemm bench` and the scripts in benchmarks/.
+"""Timing loops and statistics shared by `edgemm bench`, the pipeline and the scripts in benchmarks/.
 
 Several targets (model x backend) are measured interleaved, one inference of each in turn, so that
 whatever else the machine is doing hits all of them alike: compare them as ratios within one run.
@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import resource
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
+import onnxruntime
 
 from edgemm.errors import EdgemmError
+from edgemm.lazy import import_pyplot
 from edgemm.outputs import save_figure
 from edgemm.feeds import feed_batch, refused_feed
 from edgemm.runners.base import BaseRunner, check_feed
@@ -32,6 +35,34 @@ def latency_stats(samples_s) -> dict[str, float]:
     stats.update({f"p{p}": float(np.percentile(ms, p)) for p in PERCENTILES})
     stats.update({"max": float(ms.max()), "std": float(ms.std())})
     return stats
+
+
+class Reservoir:
+    """A fixed-size uniform sample of a stream (Vitter's algorithm R) plus exact count/min/max/sum: the
+    latency percentiles of a run of any length in bounded memory."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size = size
+        self.values: list[float] = []
+        self.count = 0
+        self._rng = random.Random(seed)
+
+    def add(self, x: float) -> None:
+        self.count += 1
+        if len(self.values) < self.size:
+            self.values.append(x)
+        else:
+            j = self._rng.randrange(self.count)
+            if j < self.size:
+                self.values[j] = x
+
+    def stats_ms(self, scale: float = 1.0) -> dict | None:
+        """latency_stats of the sample, in ms (values are seconds unless scale says otherwise)."""
+        if not self.values:
+            return None
+        st = latency_stats(np.asarray(self.values) * scale)
+        st["count"] = self.count
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in st.items()}
 
 
 def rss_mb() -> float:
@@ -62,12 +93,7 @@ def machine() -> dict:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
             "python": platform.python_version()}
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    info["onnxruntime"] = onnxruntime.__version__
     return info
 
 
@@ -198,14 +224,7 @@ def format_table(results: list[dict]) -> str:
 
 def plot_cdf(results: list[dict], samples: list[list[float]], path: str) -> None:
     """Latency CDF of each target, one line each, written as PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise EdgemmError("Plot | matplotlib is not installed; expected `pip install matplotlib` "
-                          "(or the edgemm[dev] extra).") from exc
+    plt = import_pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for r, s in zip(results, samples):
         ms = np.sort(np.asarray(s) * 1e3)

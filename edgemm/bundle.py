@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import onnx
+
 from edgemm.errors import EdgemmError
 from edgemm.outputs import umask_mode
 
@@ -495,8 +497,6 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
 
 def load_onnx(path: Path, load_weights: bool = True):
     """Load an ONNX model or raise EdgemmError naming the file and what was expected."""
-    import onnx
-
     path = Path(path)
     if not path.exists():
         raise EdgemmError(f"Model: {path} | File not found; expected an ONNX model (.onnx) or a bundle folder.")
@@ -721,8 +721,6 @@ def write_bundle(manifest: Manifest, files: dict[str, Any], out: str | os.PathLi
 
     files maps a file name in the bundle to an onnx.ModelProto, bytes, or a Path to copy.
     """
-    import onnx
-
     manifest = copy.deepcopy(manifest)
     manifest.inferred = False
     with atomic_output_dir(out, force) as tmp:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
+import edgemm.commands as pkg
 from edgemm import __version__
 from edgemm.errors import EdgemmError
 
@@ -27,8 +29,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _command_modules():
-    import edgemm.commands as pkg
-
     found = {m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")}
     names = [n for n in ORDER if n in found] + sorted(found - set(ORDER))
     return [importlib.import_module(f"edgemm.commands.{n}") for n in names]
@@ -38,11 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgemm", description="Edge inference runtime for audio-visual fusion models.")
     parser.add_argument("--version", action="version", version=f"edgemm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more (debug messages)")
+    # -v after the subcommand too (`edgemm run ... -v`); SUPPRESS keeps a -v given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log more (debug messages)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for mod in _command_modules():
         name = mod.__name__.rsplit(".", 1)[1]
         doc = (mod.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
+        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc, parents=[common],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
@@ -72,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `edgemm info x | head`: the reader left; not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

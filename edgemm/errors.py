@@ -9,8 +9,3 @@ turns it into that line on stderr and exit code 1; everything else is a bug and 
 class EdgemmError(Exception):
     """A problem with the user's input or environment, reported as one clear line."""
 
-
-def expect(condition: bool, message: str) -> None:
-    """Raise EdgemmError(message) unless condition holds."""
-    if not condition:
-        raise EdgemmError(message)

@@ -150,9 +150,6 @@ class FusionModel:
             r.deactivate()
 
     # -- one graph ------------------------------------------------------------------------------------
-    def graph_modalities(self, graph: str) -> list[str]:
-        return [m for m in SENSORS if any(s.modality == m for s in self.manifest.graphs[graph].inputs)]
-
     def run_graph(self, graph: str, tensors: Mapping[str, np.ndarray],
                   present: Mapping[str, bool] | None = None, advance: bool = True) -> dict[str, np.ndarray]:
         """Build the graph's feed from tensors (input name or "graph.output" for embeddings) and run it.

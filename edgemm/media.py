@@ -6,30 +6,56 @@ import struct
 import wave
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgemm.errors import EdgemmError
 
 
+WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_EXTENSIBLE = 1, 3, 0xFFFE
+
+
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """A WAV file -> (mono float32 samples in [-1, 1], sample rate). PCM 8/16/24/32-bit and IEEE float."""
+    """A WAV file -> (mono float32 samples in [-1, 1], sample rate).
+
+    PCM 8/16/24/32-bit and IEEE float 32/64-bit, plain or WAVE_FORMAT_EXTENSIBLE (what sox and ffmpeg write
+    for 24-bit, float and multichannel audio: the real format is the first two bytes of its sub-format GUID).
+    One RIFF parser for all of them: Python's wave module reads only plain PCM before 3.12.
+    """
     path = Path(path)
     if not path.is_file():
         raise EdgemmError(f"Audio file: {path} | File not found; expected a WAV file.")
     try:
-        with wave.open(str(path), "rb") as w:
-            channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
-            raw = w.readframes(n)
-        data = _pcm_to_float(raw, width)
-    except wave.Error as exc:
-        if "unknown format: 3" not in str(exc):  # 3 = IEEE float, which the wave module does not read
-            raise EdgemmError(f"Audio file: {path} | Not a readable WAV ({exc}); expected PCM or float WAV.") from exc
-        data, rate, channels = _read_float_wav(path)
-    except (EOFError, OSError) as exc:
-        raise EdgemmError(f"Audio file: {path} | Not a readable WAV ({exc}); expected PCM or float WAV.") from exc
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EdgemmError(f"Audio file: {path} | Not readable ({exc.strerror or exc}); expected a WAV file.") from exc
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise EdgemmError(f"Audio file: {path} | Not a RIFF/WAVE file; expected a WAV file.")
+    pos, fmt, samples = 12, None, None
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        body = data[pos + 8:pos + 8 + size]  # a streamed WAV may claim more than there is: take what is there
+        if cid == b"fmt " and len(body) >= 16:
+            fmt = body
+        elif cid == b"data":
+            samples = body
+        pos += 8 + size + (size & 1)
+    if fmt is None or samples is None:
+        raise EdgemmError(f"Audio file: {path} | No {'fmt' if fmt is None else 'data'} chunk; expected a WAV file.")
+    tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if tag == WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
+        tag = struct.unpack("<H", fmt[24:26])[0]
+    width = block_align // channels if channels else 0  # the container: 24-bit samples padded to 32 keep 4
+    if tag == WAVE_FORMAT_PCM and width in (1, 2, 3, 4):
+        out = _pcm_to_float(samples[: len(samples) // width * width], width)
+    elif tag == WAVE_FORMAT_IEEE_FLOAT and width in (4, 8):
+        out = np.frombuffer(samples[: len(samples) // width * width], "<f4" if width == 4 else "<f8")
+    else:
+        raise EdgemmError(f"Audio file: {path} | Unsupported WAV encoding (format {tag:#06x}, {bits}-bit); expected "
+                          "PCM 8/16/24/32-bit or float 32/64-bit.")
     if channels > 1:
-        data = data[: len(data) // channels * channels].reshape(-1, channels).mean(axis=1)
-    return data.astype(np.float32), rate
+        out = out[: len(out) // channels * channels].reshape(-1, channels).mean(axis=1)
+    return out.astype(np.float32), rate
 
 
 def _pcm_to_float(raw: bytes, width: int) -> np.ndarray:
@@ -42,28 +68,7 @@ def _pcm_to_float(raw: bytes, width: int) -> np.ndarray:
         v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
         v = np.where(v >= 1 << 23, v - (1 << 24), v)
         return v.astype(np.float32) / float(1 << 23)
-    if width == 4:
-        return np.frombuffer(raw, "<i4").astype(np.float32) / float(1 << 31)
-    raise wave.Error(f"unsupported sample width {width}")
-
-
-def _read_float_wav(path: Path) -> tuple[np.ndarray, int, int]:
-    data = path.read_bytes()
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise EdgemmError(f"Audio file: {path} | Not a RIFF/WAVE file; expected a WAV file.")
-    pos, fmt, samples = 12, None, None
-    while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        body = data[pos + 8:pos + 8 + size]
-        if cid == b"fmt ":
-            fmt = struct.unpack("<HHIIHH", body[:16])
-        elif cid == b"data":
-            samples = body
-        pos += 8 + size + (size & 1)
-    if fmt is None or samples is None or fmt[0] != 3 or fmt[5] not in (32, 64):
-        raise EdgemmError(f"Audio file: {path} | Unsupported WAV encoding; expected PCM or 32/64-bit float.")
-    arr = np.frombuffer(samples[: len(samples) // (fmt[5] // 8) * (fmt[5] // 8)], "<f4" if fmt[5] == 32 else "<f8")
-    return arr.astype(np.float32), fmt[2], fmt[1]
+    return np.frombuffer(raw, "<i4").astype(np.float32) / float(1 << 31)
 
 
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
@@ -85,8 +90,6 @@ def read_video_frames(path: str | Path, max_frames: int | None = None, start: in
     the clip's length from the container's frame count; when the container does not give one, a first
     pass counts the frames with grab().
     """
-    import cv2
-
     path = Path(path)
     if not path.is_file():
         raise EdgemmError(f"Video file: {path} | File not found; expected an image or video file.")
@@ -113,8 +116,6 @@ def read_video_frames(path: str | Path, max_frames: int | None = None, start: in
 
 def _frame_count(path: Path, counted: bool) -> int:
     """The number of frames: the container's figure, or (counted, or when it has none) by grabbing them all."""
-    import cv2
-
     cap = cv2.VideoCapture(str(path))
     try:
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
@@ -129,8 +130,6 @@ def _frame_count(path: Path, counted: bool) -> int:
 
 
 def _read_frames(path: Path, start: int, max_frames: int | None) -> list[np.ndarray]:
-    import cv2
-
     cap = cv2.VideoCapture(str(path))
     try:
         if start > 0 and not (cap.set(cv2.CAP_PROP_POS_FRAMES, start)

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from edgemm.bundle import Bundle, detect_precision
+from edgemm.feeds import concrete_shape, onnx_input_metadata
 
 
 @dataclass
@@ -48,10 +50,6 @@ def count_parameters(model) -> int:
 
 def _static_model(model, batch: int = 1, graph_spec=None):
     """A copy with every dynamic input dim fixed (batch, then manifest sizes), shapes inferred."""
-    import onnx
-
-    from edgemm.feeds import concrete_shape, onnx_input_metadata
-
     m = onnx.ModelProto()
     m.CopyFrom(model)
     specs = {s.name: s for s in graph_spec.inputs} if graph_spec is not None else {}

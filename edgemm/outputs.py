@@ -15,7 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgemm.errors import EdgemmError
+from edgemm.lazy import import_pyplot
 
 
 def umask_mode(base: int = 0o666) -> int:
@@ -56,8 +59,6 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
 
 def jsonable(obj: Any) -> Any:
     """Strict-JSON values: numpy scalars and arrays to Python, NaN/inf to null, paths and the rest to str."""
-    import numpy as np
-
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -91,8 +92,7 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Save a matplotlib figure atomically (PNG by the path's suffix) and close it."""
-    import matplotlib.pyplot as plt
-
+    plt = import_pyplot()  # there is a figure: matplotlib is here
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:

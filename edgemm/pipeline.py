@@ -1,4 +1,4 @@
-"""The streaming pipeline: capture threads -> bounded ports -> one inference worker -> decisions -> sinks.
+"""The streaming pipeline: the loop that joins capture, sync, the model, decisions and sinks (start, step, stop).
 
     camera ──capture thread──► video port (flow limiter: at most N frames in flight) ─┐
                                                                                        ├─► worker ─► sinks
@@ -10,7 +10,8 @@
 - One worker (the thread calling ``step()``) runs the model; inference never runs concurrently with
   itself, which is what a GPU wants and what keeps the latency accounting honest.
 - A source that fails (SourceError) or goes silent is reopened with exponential backoff by its capture
-  thread; loss and recovery are events, and meanwhile the other modality is fused alone (``degraded``).
+  thread (edgemm/capture.py); loss and recovery are events, and meanwhile the other modality is fused
+  alone (``degraded``).
   A live source whose thread crashes (a bug: any other exception) is reopened the same way; one that
   keeps crashing, or a file that crashes, fails the run: ``step()`` raises ``CaptureFailed``.
   Microphone overflows are counted, never fatal.
@@ -19,20 +20,21 @@
   a video encoder running at its own rate. Audio-only ticks on a file step through all of it.
 - Everything is bounded (queues, ring, frame history, latency statistics by reservoir sampling), so
   memory stays flat however long it runs.
+- What runs at each tick is LiveFusion's (edgemm/scheduler.py, ``Pipeline.scheduler``); the summary is
+  data (``summary()``); the command turns it into lines (edgemm/commands/run.py).
 
 The main loop reads like jetson-utils' video-viewer::
 
     with Pipeline(bundle, video=cam, audio=mic, sinks=[make_sink("console")]) as pipe:
         while pipe.is_streaming():
             pipe.step()
-        print(pipe.summary())
+        print(format_summary(pipe.summary()))
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import random
 import sys
 import threading
 import time
@@ -43,15 +45,18 @@ from typing import Any
 import numpy as np
 
 from edgemm import bench, watchdog
+from edgemm.bench import Reservoir
 from edgemm.bundle import Bundle
+from edgemm.capture import Capture, CaptureFailed, CaptureSettings, FlowLimiter
 from edgemm.decisions import AlertRule, Decisions, decode_output
 from edgemm.decisions import attribution as attribution_of
 from edgemm.errors import EdgemmError
 from edgemm.fusion import FusionModel
 from edgemm.scheduler import LiveFusion, LiveSettings, Prepared, StepResult, Tick
 from edgemm.sinks import Sink
-from edgemm.sources.base import AudioBlock, EndOfStream, Frame, Source, SourceError, now
+from edgemm.sources.base import AudioBlock, Frame, Source, now
 from edgemm.sync import AudioRing
+from edgemm.threads import limit_blas_threads
 
 log = logging.getLogger("edgemm.pipeline")
 
@@ -60,116 +65,15 @@ FILE_AUDIO_WAIT_S = 5.0  # a frame from a file waits this long at most for its a
 
 
 @dataclass
-class PipelineSettings(LiveSettings):
+class PipelineSettings(LiveSettings, CaptureSettings):
     max_in_flight: int = 2  # frames admitted and not yet finished; 2 = one in the model, the newest waiting
-    stale_s: float = 0.5  # a source that delivered nothing this long counts as lost (at least 4 periods)
-    stall_reopen_s: float = 5.0  # ... and is closed and reopened after this long
-    reconnect_initial_s: float = 0.5  # backoff before the first reopen, doubled each failure
-    reconnect_max_s: float = 10.0
     ring_s: float = 10.0  # audio kept, seconds
     tick_hz: float | None = None  # inference rate while there is no video (None: camera rate, else 10 Hz)
-    read_timeout_s: float = 0.2
     reservoir: int = 20000  # latency samples kept per stage for the percentiles (uniform over the run)
-    max_capture_crashes: int = 3  # a live source crashing this often in a row fails the run (step() raises)
     # Python hands the GIL to a waiting thread after this long (default 5 ms). The worker spends its time
     # in the model with the GIL released; when the model returns while a capture thread runs Python code,
     # the worker waits up to this long for the GIL. 1 ms while streaming (restored on close); None: leave it.
     gil_switch_interval_s: float | None = 0.001
-
-
-class Reservoir:
-    """A fixed-size uniform sample of a stream (Vitter's algorithm R) plus exact count/min/max/sum."""
-
-    def __init__(self, size: int, seed: int = 0):
-        self.size = size
-        self.values: list[float] = []
-        self.count = 0
-        self._rng = random.Random(seed)
-
-    def add(self, x: float) -> None:
-        self.count += 1
-        if len(self.values) < self.size:
-            self.values.append(x)
-        else:
-            j = self._rng.randrange(self.count)
-            if j < self.size:
-                self.values[j] = x
-
-    def stats_ms(self, scale: float = 1.0) -> dict | None:
-        """latency_stats of the sample, in ms (values are seconds unless scale says otherwise)."""
-        if not self.values:
-            return None
-        st = bench.latency_stats(np.asarray(self.values) * scale)
-        st["count"] = self.count
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in st.items()}
-
-
-class FlowLimiter:
-    """The entry of a port: at most ``max_in_flight`` items admitted and not yet ``done()``.
-
-    drop_oldest (live): when full, the newest item replaces the oldest one still waiting; if every admitted
-    item is already being processed the new one is dropped at the entry (MediaPipe's FlowLimiter).
-    block (file): put() waits for room, so nothing is lost.
-    """
-
-    def __init__(self, max_in_flight: int, drop_oldest: bool):
-        if max_in_flight < 1:
-            raise EdgemmError(f"Flow limit: {max_in_flight} | Expected at least 1 frame in flight.")
-        self.max_in_flight = max_in_flight
-        self.drop_oldest = drop_oldest
-        self._q: collections.deque = collections.deque()
-        self._in_flight = 0
-        self._cond = threading.Condition()
-        self.admitted = 0
-        self.dropped = 0
-
-    def put(self, item, stop: threading.Event | None = None) -> bool:
-        with self._cond:
-            if self._in_flight < self.max_in_flight:
-                return self._admit(item)
-            if self.drop_oldest:
-                self.dropped += 1
-                if self._q:
-                    self._q.popleft()  # replaced by the newest: in-flight count unchanged
-                    self._q.append(item)
-                    self.admitted += 1
-                    self._cond.notify_all()
-                    return True
-                return False
-            while self._in_flight >= self.max_in_flight:
-                if stop is not None and stop.is_set():
-                    return False
-                self._cond.wait(0.1)
-            return self._admit(item)
-
-    def _admit(self, item) -> bool:
-        self._q.append(item)
-        self._in_flight += 1
-        self.admitted += 1
-        self._cond.notify_all()
-        return True
-
-    def entry(self) -> str:
-        """What put() would do with an item now: 'admit', 'replace' (the waiting one) or 'drop'."""
-        with self._cond:
-            if self._in_flight < self.max_in_flight or not self.drop_oldest:
-                return "admit"
-            return "replace" if self._q else "drop"
-
-    def get(self, timeout: float | None = None):
-        with self._cond:
-            if not self._q:
-                self._cond.wait(timeout)
-            return self._q.popleft() if self._q else None
-
-    def done(self) -> None:
-        with self._cond:
-            self._in_flight = max(0, self._in_flight - 1)
-            self._cond.notify_all()
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._q)
 
 
 @dataclass
@@ -177,177 +81,6 @@ class _VideoItem:
     frame: Frame
     prepared: Prepared | None  # None: not prepared in the capture thread (the worker builds the tensors)
     t_in: float  # now() when the capture thread got it (glass time for files read faster than real time)
-
-
-class CaptureFailed(EdgemmError):
-    """A capture thread kept crashing (a bug in a source, or data the model's preprocessing refuses).
-
-    Raised from ``Pipeline.step()``, so ``edgemm run`` exits 1 with one line and a service manager restarts
-    it; the traceback is in the log."""
-
-
-class Capture(threading.Thread):
-    """Reads one source until stopped; reopens it with exponential backoff when it fails or stalls.
-
-    An unexpected exception (not a SourceError) is a crash: a live source is then treated as lost and
-    reopened like after a SourceError (the traceback is logged once), unless it crashes
-    ``max_capture_crashes`` times in a row without delivering anything in between; a file is not reopened
-    (it would replay from the start). Then the failure is kept in ``fatal`` and ``Pipeline.step()`` raises it.
-    """
-
-    def __init__(self, pipeline: Pipeline, source: Source, modality: str):
-        super().__init__(name=f"edgemm-capture-{modality}", daemon=True)
-        self.p = pipeline
-        self.source = source
-        self.modality = modality
-        self.live = bool(getattr(source, "live", True))
-        self.up = True  # the pipeline opened it before starting us
-        self.ended = False
-        self.reconnects = 0
-        self.failures = 0
-        self.crashes = 0
-        self._crashes_in_a_row = 0
-        self.fatal: BaseException | None = None
-        self.items = 0
-        self.last_item: float | None = None  # now() of the last delivery (or of the last reopening)
-        self.period: float | None = None  # EMA of the delivery interval
-        self._skip_period = False  # the next interval spans a reopening: not a delivery period
-        self.lost_at: float | None = None
-        self.last_error = ""
-        self._is_open = True
-        self._close_lock = threading.Lock()
-
-    @property
-    def uri(self) -> str:
-        return getattr(self.source, "uri", self.modality)
-
-    def _stale_after(self) -> float:
-        return max(self.p.settings.stale_s, 4 * (self.period or 0.0))
-
-    def _lost(self, reason: str) -> None:
-        if self.up:
-            self.up = False
-            self.lost_at = now()
-            self.p._event({"event": "source_lost", "modality": self.modality, "source": self.uri, "reason": reason})
-            log.warning("%s source %s lost: %s", self.modality, self.uri, reason)
-
-    def _recovered(self) -> None:
-        if not self.up:
-            self.up = True
-            down = now() - (self.lost_at or now())
-            self.p._event({"event": "source_recovered", "modality": self.modality, "source": self.uri,
-                           "down_s": round(down, 3), "reconnects": self.reconnects})
-            log.warning("%s source %s recovered after %.1f s", self.modality, self.uri, down)
-            self.p._modality_recovered(self.modality)
-
-    def _close_source(self) -> None:
-        with self._close_lock:  # the thread and Pipeline.close() may both get here
-            if not self._is_open:
-                return
-            self._is_open = False
-            try:
-                self.source.close()
-            except Exception as exc:  # noqa: BLE001 - a broken device may fail to close; we reopen anyway
-                log.debug("closing %s: %s", self.uri, exc)
-
-    def _reopen(self) -> bool:
-        """Close and reopen with backoff until it opens or the pipeline stops. True when open again."""
-        s = self.p.settings
-        self._close_source()
-        delay = s.reconnect_initial_s
-        while not self.p._stop.is_set():
-            if self.p._stop.wait(delay):
-                return False
-            self.reconnects += 1
-            try:
-                self.source.open()
-                self._is_open = True
-                if self.modality == "audio" and self.p.ring is not None:
-                    # A reopened source is a new timeline (a microphone counts samples from 0 again and
-                    # anchors its clock afresh): the ring starts a new epoch (content, anchor, drift fit).
-                    self.p.ring.reset()
-                # Silence is measured from now: a source that needs a moment before its first item (a
-                # microphone anchoring its clock, a stream waiting for a keyframe) is not lost again at
-                # once, and the wait is not a delivery period.
-                self.last_item = now()
-                self._skip_period = True
-                return True
-            except (SourceError, EdgemmError, OSError) as exc:
-                self.failures += 1
-                self.last_error = str(exc)
-                log.info("reopening %s failed (%s); next try in %.1f s", self.uri, exc, min(delay * 2, s.reconnect_max_s))
-                delay = min(delay * 2, s.reconnect_max_s)
-        return False
-
-    def run(self) -> None:
-        try:
-            while not self.p._stop.is_set():
-                try:
-                    if not self._read_one():
-                        return
-                except Exception as exc:  # noqa: BLE001 - a bug in a source or in preparing its data
-                    if not self._crashed(exc):
-                        return
-        finally:
-            self._close_source()
-
-    def _read_one(self) -> bool:
-        """Read and deliver one item (or handle the source's end or failure). False: the thread is done."""
-        s = self.p.settings
-        try:
-            item = self.source.read(s.read_timeout_s)
-        except EndOfStream as exc:
-            if not self.live:
-                self.ended = True
-                if self.modality == "audio" and self.p.ring is not None:
-                    self.p.ring.mark_ended()
-                self.p._event({"event": "source_ended", "modality": self.modality, "source": self.uri})
-                return False
-            self.last_error = str(exc)
-            self._lost(f"stream ended ({exc})")
-            return self._reopen()
-        except SourceError as exc:
-            self.last_error = str(exc)
-            self._lost(str(exc))
-            return self._reopen()
-        t = now()
-        if item is None:
-            quiet = t - (self.last_item or self.p.started_at or t)
-            if self.up and quiet > self._stale_after():
-                self._lost(f"no data for {quiet:.1f} s")
-            if quiet > max(s.stall_reopen_s, self._stale_after()):
-                return self._reopen()
-            return True
-        if self.last_item is not None and not self._skip_period:
-            dt = t - self.last_item
-            self.period = dt if self.period is None else 0.9 * self.period + 0.1 * dt
-        self._skip_period = False
-        self.last_item = t
-        self.items += 1
-        self._recovered()
-        self.p._deliver(self.modality, item, self)
-        self._crashes_in_a_row = 0
-        return True
-
-    def _crashed(self, exc: BaseException) -> bool:
-        """An unexpected exception in this thread. True: carry on (reopened); False: the thread is done."""
-        self.crashes += 1
-        self._crashes_in_a_row += 1
-        self.last_error = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
-        if self.crashes == 1:
-            log.exception("capture thread for %s crashed", self.uri)
-        else:
-            log.warning("capture thread for %s crashed again (%d times): %s", self.uri, self.crashes, self.last_error)
-        limit = self.p.settings.max_capture_crashes
-        if self.live and self._crashes_in_a_row < limit:
-            self._lost(f"capture crashed: {self.last_error}")
-            return self._reopen()
-        self._lost(f"capture failed: {self.last_error}")
-        why = (f"crashed {self._crashes_in_a_row} times in a row" if self.live else "crashed reading a file")
-        self.fatal = CaptureFailed(f"Capture: {self.uri} | The {self.modality} capture {why} ({self.last_error}); "
-                                   "expected a source that delivers frames/blocks the model's preprocessing "
-                                   "accepts (traceback in the log).")
-        return False
 
 
 class Pipeline:
@@ -382,9 +115,9 @@ class Pipeline:
             # says nothing about drift, so its sample count is taken as the truth.
             self.ring = AudioRing(rate, capacity_s=max(s.ring_s, 2 * max(sp.preprocess.window_s for sp in audio_specs)),
                                   correct_drift=bool(getattr(self.sources.get("audio"), "live", True)))
-        self.live = LiveFusion(self.model, self.ring, s)
+        self.scheduler = LiveFusion(self.model, self.ring, s)
         if self.ring is not None and not getattr(self.sources.get("audio"), "live", True):
-            self.live.audio_wait_s = FILE_AUDIO_WAIT_S
+            self.scheduler.audio_wait_s = FILE_AUDIO_WAIT_S
         self.decisions = Decisions(dict(self.model.output_specs), list(alerts))
         self.sinks = list(sinks)
         self.duration_s = duration_s
@@ -399,9 +132,10 @@ class Pipeline:
         self._last_sink_s = 0.0
         self._last_tick_t: float | None = None
         self._watchdog = None
-        self._busy_since: float | None = None  # now() when the worker took the tick it is running
-        self._work_s: float | None = None  # EMA of the worker's time per video tick
+        # The watchdog is pinged for progress only (see _progress): the last value it was pinged at.
+        self._pinged_progress: int | None = None
         self.prepared_frames = 0  # frames whose tensors the capture thread made
+        self.prepared_taken = 0  # ... of them, those the worker took (the rest: replaced or left at the end)
         self._blas = None
         self._switch_interval: float | None = None
         # statistics
@@ -442,7 +176,8 @@ class Pipeline:
         self.model.__enter__()
         self._opened.append(self.model)
         self._watchdog = watchdog.ping  # systemd READY=1, then WATCHDOG=1 from the worker loop
-        self._blas = _limit_blas_threads()
+        # One BLAS thread while streaming (restored on close): see edgemm/threads.py for why.
+        self._blas = limit_blas_threads(1)
         if self.settings.gil_switch_interval_s:
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(self.settings.gil_switch_interval_s)
@@ -458,7 +193,9 @@ class Pipeline:
         self.rss_start = bench.rss_mb()
         self.started_at = now()
         for mod, src in self.sources.items():
-            cap = Capture(self, src, mod)
+            on_reopened = self.ring.reset if mod == "audio" and self.ring is not None else None
+            deliver = self._deliver_frame if mod == "video" else self._deliver_audio
+            cap = Capture(src, mod, self.settings, self._stop, deliver, self._on_capture_event, on_reopened)
             self.captures[mod] = cap
             cap.start()
 
@@ -495,7 +232,7 @@ class Pipeline:
                 elif isinstance(obj, Sink):
                     obj.close()
                 elif id(obj) in captured:
-                    captured[id(obj)]._close_source()  # idempotent; the thread closed it unless it hung
+                    captured[id(obj)].close_source()  # idempotent; the thread closed it unless it hung
                 else:
                     obj.close()  # opened, but start() failed before its capture thread began
             except Exception:  # close everything else regardless
@@ -536,38 +273,26 @@ class Pipeline:
         return audio is None or not audio.ended or self._audio_ticks_left()
 
     # -- from the capture threads ----------------------------------------------------------------------
-    def _event(self, event: dict) -> None:
-        self._events.append({**event, "t": round(now(), 6)})
+    def _on_capture_event(self, event: dict) -> None:
+        if event["event"] == "source_ended" and event["modality"] == "audio" and self.ring is not None:
+            self.ring.mark_ended()
+        self._events.append(event)
+        if event["event"] == "source_recovered":
+            self._recovered_mods.append(event["modality"])  # the worker resets its schedule for it
 
-    def _modality_recovered(self, mod: str) -> None:
-        self._recovered_mods.append(mod)
+    def _deliver_frame(self, frame: Frame, cap: Capture) -> None:
+        t_in = now()
+        # Frames that will not reach the worker (dropped at the entry, or replaced by the next one before the
+        # worker is free) are not prepared. A wrong guess costs little: the worker prepares what is missing.
+        prepared = self.scheduler.prepare(frame) if self.video_port.will_be_taken(cap.period) else None
+        if prepared is not None and prepared.video:
+            self.prepared_frames += 1
+        self.video_port.put(_VideoItem(frame, prepared, t_in), self._stop)
 
-    def _deliver(self, modality: str, item, cap: Capture) -> None:
-        if modality == "video":
-            t_in = now()
-            prepared = self.live.prepare(item) if self._worth_preparing(cap) else None
-            if prepared is not None and prepared.video:
-                self.prepared_frames += 1
-            self.video_port.put(_VideoItem(item, prepared, t_in), self._stop)
-        elif self.ring is not None:
-            block: AudioBlock = item
-            if not cap.live:
-                self.ring.wait_for_room(block.t_end, self.live.max_window / self.ring.sample_rate, self._stop)
-            self.ring.push(block)
-
-    def _worth_preparing(self, cap: Capture) -> bool:
-        """Whether to prepare a live frame in the capture thread: not when it is dropped at the entry, nor
-        when it replaces the waiting frame and the worker will still be busy when the next frame comes (it
-        would be replaced in turn). A wrong guess costs little: an unprepared frame is prepared by the
-        worker (VideoPrep builds whatever is missing)."""
-        entry = self.video_port.entry()
-        if entry == "drop":
-            return False
-        if entry == "replace":
-            busy, work = self._busy_since, self._work_s
-            if busy is not None and work is not None and cap.period and busy + work > now() + cap.period:
-                return False
-        return True
+    def _deliver_audio(self, block: AudioBlock, cap: Capture) -> None:
+        if not cap.live:
+            self.ring.wait_for_room(block.t_end, self.scheduler.max_window / self.ring.sample_rate, self._stop)
+        self.ring.push(block)
 
     # -- the worker --------------------------------------------------------------------------------------
     def _drain_events(self, extra: list[dict] = ()) -> None:
@@ -615,7 +340,7 @@ class Pipeline:
             if live:
                 return latest
             first = self.ring.first_t()
-            window_s = self.live.max_window / self.ring.sample_rate
+            window_s = self.scheduler.max_window / self.ring.sample_rate
             target = (first if first is not None else latest) + (window_s or period)
             return min(target, latest) if self.ring.ended else target  # a file shorter than one window
         target = self._last_tick_t + period
@@ -666,31 +391,41 @@ class Pipeline:
         failure = self._failure()
         if failure is not None:
             raise failure
-        if self._watchdog is not None:
-            self._watchdog()
+        self._ping_watchdog()
         while self._recovered_mods:
-            self.live.reset_modality(self._recovered_mods.popleft())
+            self.scheduler.reset_modality(self._recovered_mods.popleft())
         t0 = time.perf_counter()
         got = self._next_tick(timeout)
         self.worker_idle_s += time.perf_counter() - t0  # waiting for data: the sources, not the model, limit
         if got is None:
             return None
         tick, item = got
-        busy = self._busy_since = now()
         try:
             return self._run_tick(tick, item)
         finally:
-            self._busy_since = None
             if item is not None:
                 self.video_port.done()
-                work = now() - busy
-                self._work_s = work if self._work_s is None else 0.8 * self._work_s + 0.2 * work
+
+    def _ping_watchdog(self) -> None:
+        """systemd: READY=1 at the first step, then WATCHDOG=1 only when something progressed since the last
+        ping (a result, a source's item, a reopened source), never for a loop turn alone: a capture stuck in
+        a read that never returns, with no other source delivering, stops the pings and systemd restarts us."""
+        progress = self._progress()
+        if self._watchdog is None or progress == self._pinged_progress:
+            return
+        self._pinged_progress = progress
+        self._watchdog()
+
+    def _progress(self) -> int:
+        """Results, items the sources delivered, and lost sources opened again (failed attempts are not
+        progress): counted where they happen, summed here."""
+        return self.results + sum(c.items + c.reopened for c in self.captures.values())
 
     def _run_tick(self, tick: Tick, item: _VideoItem | None) -> dict | None:
         t_pick = now()
         if item is not None:
             self._last_tick_t = tick.t
-        res: StepResult | None = self.live.step(tick)
+        res: StepResult | None = self.scheduler.step(tick)
         if res is None:
             return None
         p0 = time.perf_counter()
@@ -699,6 +434,8 @@ class Pipeline:
         record["alerts"] = self.decisions.active_alerts()
         post_s = time.perf_counter() - p0 + res.attribution_s
         capture_prep_s = item.prepared.work_s if item is not None and item.prepared is not None else 0.0
+        if item is not None and item.prepared is not None and item.prepared.video:
+            self.prepared_taken += 1
         prep_s = res.preprocess_s + capture_prep_s
         t_result = now()
         # Glass time: the capture time; a file read faster than real time stamps frames with media times
@@ -748,7 +485,7 @@ class Pipeline:
         if res.without is not None:
             attribution = attribution_of(res.outputs, res.without, specs, self.decisions.primary)
             attribution["method"] = {"late": "leave_one_out_members", "intermediate": "leave_one_out_embeddings",
-                                     "early": "ablation"}[self.live.form]
+                                     "early": "ablation"}[self.scheduler.form]
         if res.per_modality:
             attribution = attribution or {}
             primary = self.decisions.primary
@@ -776,6 +513,7 @@ class Pipeline:
             ports["video"] = {"captured": cap.items, "admitted": self.video_port.admitted,
                               "dropped": self.video_port.dropped, "source_dropped": st.dropped,
                               "prepared": self.prepared_frames,
+                              "prepared_dropped": self.prepared_frames - self.prepared_taken,
                               "policy": "drop_oldest" if self.video_port.drop_oldest else "block"}
         cap = self.captures.get("audio")
         if cap is not None and self.ring is not None:
@@ -790,7 +528,7 @@ class Pipeline:
             skew["abs_p99"] = round(float(np.percentile(np.abs(self.skew.values), 99) * 1e3), 4)
             skew["bound_ms"] = round(self.settings.max_skew_s * 1e3, 3)
         return {
-            "model": self.manifest.name, "form": self.live.form,
+            "model": self.manifest.name, "form": self.scheduler.form,
             "duration_s": round(elapsed, 3), "results": self.results,
             "worker_idle_s": round(self.worker_idle_s, 3),
             "fps": round(self.results / elapsed, 3) if elapsed > 0 else 0.0,
@@ -812,44 +550,3 @@ class Pipeline:
         while self.is_streaming():
             self.step()
         return self.summary()
-
-
-def _limit_blas_threads():
-    """One BLAS thread while streaming; returns the limiter to restore on close (None without threadpoolctl).
-
-    The audio front end does a small matrix product per inference (the mel filterbank). OpenBLAS splits
-    it over all cores and its idle threads spin, fighting the model's own thread pool and the capture
-    threads: measured here on 2 cores, the log-mel took 40-80 ms instead of 0.3 ms inside the pipeline.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        log.info("threadpoolctl is not installed: BLAS keeps its default threads (set OPENBLAS_NUM_THREADS=1)")
-        return None
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def format_summary(s: dict) -> str:
-    """The end-of-run summary as a few human lines."""
-    lines = [f"{s['results']} results in {s['duration_s']:.1f} s ({s['fps']:.1f}/s), "
-             f"model {s['model']} ({s['form']} fusion)"]
-    for port, p in s["ports"].items():
-        lines.append(f"  {port}: " + ", ".join(f"{k} {v}" for k, v in p.items()))
-    for stage in STAGES:
-        st = s["latency_ms"].get(stage)
-        if st:
-            lines.append(f"  {stage:<11} p50 {st['p50']:8.2f} ms  p90 {st['p90']:8.2f}  p99 {st['p99']:8.2f}  "
-                         f"max {st['max']:8.2f}")
-    if s.get("skew_ms"):
-        sk = s["skew_ms"]
-        lines.append(f"  A/V skew    p50 {sk['p50']:8.2f} ms  |p99| {sk.get('abs_p99', 0):.2f} ms  "
-                     f"(bound {sk.get('bound_ms')} ms)")
-    if s.get("overhead_ms"):
-        o, w = s["overhead_ms"], s["worker_overhead_ms"]
-        lines.append(f"  work beyond the model per result: p50 {o['p50']:.3f} ms, p99 {o['p99']:.3f} ms "
-                     f"(on the inference thread: p50 {w['p50']:.3f} ms, p99 {w['p99']:.3f} ms)")
-    if s.get("capture_crashes"):
-        lines.append(f"  capture crashes {s['capture_crashes']} (tracebacks in the log)")
-    lines.append(f"  reconnects {s['reconnects']}, overflows {s['overflows']}, "
-                 f"degraded results {s['degraded_results']}, events {s['events']}")
-    return "\n".join(lines)

@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgemm.errors import EdgemmError
+from edgemm.lazy import import_optional
+
 log = logging.getLogger(__name__)
 
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN", "VIN")
@@ -101,10 +104,9 @@ def available() -> str | None:
         return "tegrastats"
     if is_jetson():
         try:
-            import jtop  # noqa: F401 - jetson-stats, optional
-
+            import_optional("jtop")  # jetson-stats, optional
             return "jtop"
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - not installed, or its service is not running
             return None
     return None
 
@@ -133,8 +135,6 @@ class PowerSampler:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> "PowerSampler":
-        from edgemm.errors import EdgemmError
-
         if self.source is None and self.command is None:
             raise EdgemmError("Power | No power source here; expected a Jetson with tegrastats (or jtop).")
         if self.command is not None or self.source == "tegrastats":
@@ -195,7 +195,7 @@ class PowerSampler:
 
     def _read_jtop(self) -> None:
         try:
-            from jtop import jtop
+            jtop = import_optional("jtop", "pip install jetson-stats").jtop
         except Exception as exc:  # noqa: BLE001
             self.error = f"jtop is not usable ({exc})"
             return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 
+import cv2
 import numpy as np
 
 from edgemm.bundle import AudioPreprocess, InputSpec, VideoPreprocess
@@ -35,8 +36,6 @@ def resize(frame: np.ndarray, h: int, w: int) -> np.ndarray:
     more than a small model. Halving with INTER_AREA while the frame is at least twice the target, then one
     area step, costs 1.4 ms and stays within 1.4/255 (mean) of the one-step result.
     """
-    import cv2
-
     while frame.shape[0] >= 2 * h and frame.shape[1] >= 2 * w:
         frame = cv2.resize(frame, (frame.shape[1] // 2, frame.shape[0] // 2), interpolation=cv2.INTER_AREA)
     shrink = frame.shape[0] > h or frame.shape[1] > w
@@ -46,8 +45,6 @@ def resize(frame: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def image_to_chw(frame: np.ndarray, pre: VideoPreprocess, normalise: bool = True) -> np.ndarray:
     """One BGR uint8 frame (H, W, 3) or gray (H, W) -> float32 (C, h, w) as the manifest describes."""
-    import cv2
-
     if frame.ndim == 2:
         frame = frame[:, :, None]
     if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):

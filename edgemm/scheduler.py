@@ -205,6 +205,9 @@ class LiveFusion:
         if attribution not in ("auto", "off", "ablation"):
             raise EdgemmError(f"Attribution: {attribution} | Unknown; expected auto, off or ablation.")
         self.attribute = attribution == "ablation" or (attribution == "auto" and self.form != "early")
+        # What runs at a tick, by fusion form (the manifest has checked the form is one of these).
+        self._run_form = {"early": self._step_early, "intermediate": self._step_intermediate,
+                          "late": self._step_late}[self.form]
 
     # -- data for one tick -----------------------------------------------------------------------------
     def prepare(self, frame: Frame) -> Prepared:
@@ -285,7 +288,7 @@ class LiveFusion:
         if not any(present.values()) and self.form == "early":
             return None
         prep = time.perf_counter() - t0 - waited
-        res = getattr(self, f"_step_{self.form}")(tick.t, tensors, present)
+        res = self._run_form(tick.t, tensors, present)
         if res is None:
             return None
         res.preprocess_s += prep

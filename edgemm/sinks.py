@@ -30,9 +30,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgemm.errors import EdgemmError
+from edgemm.lazy import import_optional
 from edgemm.outputs import to_json
 
 log = logging.getLogger("edgemm.sinks")
@@ -215,8 +217,6 @@ class VideoSink(Sink):
                               "expected a writable file path.") from None
 
     def _ensure_writer(self, frame: np.ndarray):
-        import cv2
-
         if self._writer is None:
             if not self.fps:
                 source_fps = self._context.get("video_fps")
@@ -233,8 +233,6 @@ class VideoSink(Sink):
 
     @staticmethod
     def annotate(frame: np.ndarray, record: dict) -> np.ndarray:
-        import cv2
-
         img = frame.copy() if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         h = img.shape[0]
         scale = max(0.4, h / 720.0)
@@ -271,8 +269,6 @@ class VideoSink(Sink):
     def result(self, record, frame=None) -> None:
         if frame is None:
             return
-        import cv2
-
         writer = self._ensure_writer(frame)
         img = self.annotate(frame, record)
         if (img.shape[1], img.shape[0]) != self._size:  # a reopened camera may come back at another size
@@ -330,8 +326,6 @@ class MqttSink(Sink):
         return f"mqtt://{self.host}:{self.port}/{self.topic}"
 
     def open(self, context=None) -> None:
-        from edgemm.lazy import import_optional
-
         mqtt = import_optional("paho.mqtt.client", "install it with `pip install paho-mqtt` (or edgemm[mqtt]).")
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
         client.max_queued_messages_set(self.max_queued)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgemm.preprocess import Resampler
 from edgemm.sources.base import AudioBlock, now
 
 __all__ = ["AudioRing", "AudioWindow", "DriftEstimator", "now"]
@@ -231,8 +232,6 @@ class AudioRing:
 
     def _resample(self, rate: int, first_in: int, samples: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """(first output index, samples) pieces for one block at another rate, on the ring's sample grid."""
-        from edgemm.preprocess import Resampler
-
         pieces = []
         rs = self._resampler
         if rs is not None and (rs.rate_in != rate or first_in != rs.n_in):

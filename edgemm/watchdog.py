@@ -1,7 +1,10 @@
 """systemd notifications (the sd_notify protocol, no dependency): READY, STATUS, STOPPING and the watchdog.
 
 deploy/jetson/edgemm.service runs `edgemm run` as Type=notify with WatchdogSec=. edgemm.pipeline calls
-``ping()`` once per step: its first call sends READY=1 (sources open, model loaded), later ones WATCHDOG=1.
+``ping()`` from its worker loop: the first call sends READY=1 (sources open, model loaded), later ones
+WATCHDOG=1, and only when the pipeline progressed since the last ping (a result, an item from a source, a
+lost source opened again): a loop that turns without progress (a camera read that never returns) stops
+pinging, and systemd restarts the service after WatchdogSec.
 Other long-running code can use the class directly:
 
     wd = Watchdog()                 # reads NOTIFY_SOCKET / WATCHDOG_USEC; every call is a no-op without them
@@ -99,7 +102,8 @@ _process_watchdog: Watchdog | None = None
 
 
 def ping() -> bool:
-    """The pipeline's hook (edgemm.pipeline calls it once per step, after its sources and model are up).
+    """The pipeline's hook (edgemm.pipeline calls it from step() when it progressed, after its sources and
+    model are up).
 
     The first call tells systemd the service is ready (READY=1); later calls ping the watchdog, rate-limited.
     """

@@ -116,3 +116,39 @@ def test_json_into_a_missing_folder_fails_before_the_run(cli, av_onnx, tmp_path)
     proc = cli("bench", av_onnx, "--iterations", "5", "--json", tmp_path / "nope" / "b.json")
     assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert "p50" not in proc.stdout  # nothing was measured
+
+
+def _subparsers():
+    from edgemm.cli import build_parser
+
+    parser = build_parser()
+    return parser, parser._subparsers._group_actions[0].choices
+
+
+def test_every_backend_option_lists_the_same_backends():
+    from edgemm.runners import BACKEND_HELP
+
+    _, commands = _subparsers()
+    helps = {name: next(a.help for a in p._actions if "--backend" in a.option_strings)
+             for name, p in commands.items() if any("--backend" in a.option_strings for a in p._actions)}
+    assert {"run", "bench", "eval", "demo"} <= set(helps)
+    for name, text in helps.items():
+        assert text.startswith(BACKEND_HELP), (name, text)
+
+
+def test_verbose_before_or_after_the_command_and_q_wherever_there_is_quiet():
+    parser, commands = _subparsers()
+    for name, sub in commands.items():
+        needed = []  # what the command requires, filled with a placeholder
+        for a in sub._actions:
+            if not a.option_strings and a.nargs not in ("?", "*"):
+                needed.append("x")
+            elif a.required:
+                needed += [a.option_strings[0], "x"]
+        assert parser.parse_args(["-v", name, *needed]).verbose, name
+        assert parser.parse_args([name, *needed, "-v"]).verbose, name
+        assert not parser.parse_args([name, *needed]).verbose, name
+    quiet = {name: next((a for a in p._actions if "--quiet" in a.option_strings), None) for name, p in commands.items()}
+    assert quiet["run"] is not None and quiet["convert"] is not None
+    for name, action in quiet.items():
+        assert action is None or "-q" in action.option_strings, name

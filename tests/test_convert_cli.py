@@ -155,6 +155,49 @@ def test_tensorrt_target_writes_trt_ready_qdq_and_the_engine_where_it_can(cnn, t
     assert zps and all(onnx.numpy_helper.to_array(z).dtype == np.int8 and not onnx.numpy_helper.to_array(z).any()
                        for z in zps)
     assert report["conversion"]["int8_flavours"] == {"model": "trt"}
+    # The layers INT8 does not cover run in FP16 in the engine: FP16 Q/DQ scales (a DequantizeLinear's output
+    # type is its scale's under strong typing), opset 19 for that, I/O types unchanged, outputs still close.
+    scales = {n.input[1] for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    inits = {i.name: i for i in q.graph.initializer}
+    assert scales and all(inits[s].data_type == onnx.TensorProto.FLOAT16 for s in scales if s in inits)
+    assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    assert q.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert "fp16" in report["conversion"] and report["closeness"]["logits"]["cosine"] > 0.99
+
+
+def test_tensorrt_target_defaults_to_fp16(cnn, tmp_path):
+    """trtexec --fp16 is what users compare with: --target tensorrt without --precision gives FP16 graphs
+    (I/O types kept); --precision fp32 keeps FP32."""
+    model, calib, _ = cnn
+    report = convert(model, tmp_path / "fp16", ConvertOptions(calib=calib, target="tensorrt", threads=1,
+                                                              bench_seconds=0.2, quiet=True))
+    assert report["conversion"]["precision"] == "fp16" and "default" in report["conversion"]["precision_note"]
+    g = load_bundle(tmp_path / "fp16").load_graph("model")
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in g.graph.initializer)
+    assert load_bundle(tmp_path / "fp16").manifest.provenance["precision"] == "fp16"
+    report = convert(model, tmp_path / "fp32", ConvertOptions(precision="fp32", target="tensorrt", threads=1,
+                                                              bench_seconds=0.2, quiet=True))
+    g = load_bundle(tmp_path / "fp32").load_graph("model")
+    assert not any(i.data_type == onnx.TensorProto.FLOAT16 for i in g.graph.initializer)
+    # The onnxruntime target keeps its FP32 default.
+    from edgemm.converters.convert import resolve_precision
+
+    assert resolve_precision(ConvertOptions()) == "fp32"
+
+
+def test_onnxruntime_int8_bundle_is_refused_for_tensorrt_with_the_command_that_works(cnn, tmp_path, capsys):
+    """u8s8 (non-zero zero points) cannot be parsed by TensorRT: building on the Jetson from a bundle quantized
+    for ONNX Runtime is refused before any work, with the command that quantizes the float model for TensorRT."""
+    model, calib, _ = cnn
+    ort_int8 = tmp_path / "ort-int8.edgemm"
+    convert(model, ort_int8, ConvertOptions(precision="int8", calib=calib, flavour="u8s8", threads=1,
+                                            bench_seconds=0.2, quiet=True))
+    out = tmp_path / "trt"
+    assert main(["convert", str(ort_int8), "-o", str(out), "--target", "tensorrt", "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Quantized for ONNX Runtime (recorded flavour model: u8s8)" in err
+    assert f"edgemm convert {model} -o {out} --precision int8 --calib {calib} --target tensorrt" in err
+    assert not out.exists()
 
 
 def test_fp16_keeps_io_types(cnn, tmp_path, capsys):
@@ -229,6 +272,11 @@ def test_bad_inputs_are_refused(cnn, tmp_path, capsys):
     _refused(capsys, ["convert", str(tmp_path / "nope.onnx"), "-o", str(out)], out, "File not found")
     _refused(capsys, base + ["--target", "tensorrt", "--shape", "x:1x3,2"], out, "Shape: x:1x3,2")
     _refused(capsys, base + ["--target", "tensorrt", "--max-batch", "0"], out, "Max batch: 0")
+    _refused(capsys, base + ["--workspace", "512"], out, "--workspace | Is a TensorRT build option")
+    _refused(capsys, base + ["--target", "tensorrt", "--workspace", "0"], out, "Workspace: 0 MB")
+    _refused(capsys, base + ["--target", "tensorrt", "--builder-opt-level", "6"], out, "Builder optimization level: 6")
+    _refused(capsys, base + ["--target", "tensorrt", "--dla", "-1"], out, "DLA core: -1")
+    _refused(capsys, base + ["--target", "tensorrt", "--dla", "0", "--precision", "fp32"], out, "DLA | Computes in FP16")
 
 
 def test_existing_out_is_refused_unless_forced(cnn, tmp_path, capsys):

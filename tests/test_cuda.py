@@ -201,3 +201,55 @@ def test_a_failed_capture_leaves_the_stream_usable():
         buf, dev = c.host_buffer(64), c.device_buffer(64)
         c.copy_htod_async(dev, buf, 64, s)
         c.synchronize(s)
+
+
+# -- binding fallback, spin-wait (logic here; the real bindings where they run) ------------------------
+
+
+def test_a_binding_that_fails_does_not_hide_the_next_one():
+    """cuda-python installed but failing (PyPI's SBSA aarch64 wheel on L4T) must not stop the search: pycuda,
+    when it finds the device, is used. The probes are the results each binding's probe returns."""
+    orin = cuda.DeviceInfo(0, "Orin", (8, 7), 16, 8 * 2**30, True, "pycuda", 12060)
+    probes = {"cuda-python": lambda: cuda.Probe(reason="cuda-python: cudaGetDeviceCount returned cudaErrorNotSupported"),
+              "pycuda": lambda: cuda.Probe(devices=(orin,), binding="pycuda")}
+    p = cuda.first_working(cuda.BINDINGS, probes, lambda: pytest.fail("the driver is asked only when no binding works"))
+    assert p.found and p.binding == "pycuda"
+    # Neither works but the driver sees the Orin: the fix names the Jetson-specific way out.
+    probes["pycuda"] = lambda: cuda.Probe(reason="pycuda is not installed (No module named 'pycuda')")
+    drv = cuda.Probe(devices=(orin,))
+    p = cuda.first_working(cuda.BINDINGS, probes, lambda: drv)
+    assert p.found and p.binding is None
+    assert "cudaErrorNotSupported" in p.reason and "pycuda is not installed" in p.reason
+    assert "SBSA" in p.reason and "pip install pycuda" in p.reason
+
+
+@no_gpu
+@pytest.mark.skipif(not HAS_CUDA_PYTHON, reason="cuda-python (cuda-bindings) is not installed")
+def test_every_binding_is_asked_even_when_cuda_python_says_no_driver():
+    p = cuda.probe(refresh=True)
+    assert "cuda-python" in p.reason and "pycuda" in p.reason  # pycuda was tried after cuda-python failed
+
+
+@no_gpu
+@pytest.mark.skipif(not HAS_CUDA_PYTHON, reason="cuda-python (cuda-bindings) is not installed")
+def test_spin_wait_flag_goes_through_the_real_bindings():
+    """The spin-wait call itself is made (and its failure reported in one line) by the installed cuda-bindings:
+    without a driver cudaSetDevice fails first, so the error is CudaError, never an AttributeError."""
+    with pytest.raises(cuda.CudaError, match=r"CUDA: cudaSetDevice\(0\) \| Failed with cudaErrorInsufficientDriver"):
+        cuda._CudaPythonApi(0, spin=True)
+    rt = cuda._import_cudart()
+    err, = rt.cudaSetDeviceFlags(rt.cudaDeviceScheduleSpin)  # the exact call the runner makes, no driver here
+    assert err == rt.cudaError_t.cudaErrorInsufficientDriver
+    assert int(rt.cudaDeviceScheduleMask) & int(rt.cudaDeviceScheduleSpin) == int(rt.cudaDeviceScheduleSpin)
+
+
+@gpu
+def test_spin_wait_sets_the_device_scheduling_flag():
+    r = _run_py("""
+        from edgemm.runners import cuda
+        rt = cuda._import_cudart()
+        with cuda.open_cuda(binding='cuda-python', spin=True) as c:
+            err, flags = rt.cudaGetDeviceFlags()
+            print(int(flags) & int(rt.cudaDeviceScheduleMask) == int(rt.cudaDeviceScheduleSpin))
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stdout + r.stderr

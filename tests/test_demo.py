@@ -48,9 +48,19 @@ def test_demo_short_clip(tmp_path):
         assert summary["precision"] == "fp32"
     for f in ("clip.mp4", "clip.wav", "truth.json", "results.jsonl"):
         assert (out / f).is_file(), f
+    # The files line: the folder once, then what is in it (the plot and the converted model too), all there.
+    files = next(line for line in text.splitlines() if line.startswith("  files"))
+    folder, names = files.split(None, 1)[1].split("  (")[0].split(": ", 1)
+    assert folder == f"{out}/"
+    names = names.split(", ")
+    assert all((out / n).exists() and "/" not in n.rstrip("/") for n in names), names
+    assert {"summary.json", "results.jsonl", "clip.mp4"} <= set(names)
+    if summary["precision"] == "int8":
+        assert "model-int8/" in names
     lines = (out / "results.jsonl").read_text().splitlines()
     assert sum(json.loads(x)["type"] == "result" for x in lines) == score["results"]
     pytest.importorskip("matplotlib")
+    assert "demo.png" in names
     png = (out / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -79,3 +89,51 @@ def test_demo_on_live_sources(tmp_path):
     assert summary["score"]["results"] >= 10
     assert summary["latency_ms"]["total"]["p50"] > 0
     assert not (out / "clip.mp4").exists()
+
+
+def test_demo_plot_explains_itself(tmp_path):
+    """The legend shows every condition's shade (the clean one is white: it needs an outline), and the latency
+    panel names its bands: the sets of graphs run for a result (an encoder at its own rate, the head between)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Patch
+
+    from edgemm.commands.demo import _figure
+    from edgemm.lazy import import_pyplot
+    from edgemm.reference.clip import CONDITIONS, Clip, Segment
+
+    segments = [Segment(i, 1.6 * i, 1.6 * (i + 1), d, c, 1.6 * i + 0.3, 1.6 * i + 0.8, "v", 0)
+                for i, (d, c) in enumerate(((4, "clean"), (7, "noisy")))]
+    clip = Clip(tmp_path / "c.mp4", tmp_path / "c.wav", tmp_path / "t.json", segments, 15.0, 3.2)
+    ran = (["video_encoder", "head"], ["head"], ["video_encoder", "audio_encoder", "head"])
+    rows = [{"t": k / 15, "label": "4", "truth": "4", "latency_ms": (1.0, 0.8, 8.0)[k % 3], "ran": ran[k % 3]}
+            for k in range(48)]
+    plt = import_pyplot()
+    fig = _figure(plt, clip, rows, None, "test")
+    try:
+        top, bottom = fig.axes
+        handles = dict(zip([t.get_text() for t in top.get_legend().get_texts()], top.get_legend().legend_handles))
+        clean = handles[CONDITIONS["clean"]]
+        assert isinstance(clean, Patch)
+        background = to_rgba(top.get_facecolor())
+        visible = [c for c in (to_rgba(clean.get_facecolor()), to_rgba(clean.get_edgecolor()))
+                   if c[3] > 0 and c[:3] != background[:3]]
+        assert visible and clean.get_linewidth() > 0, "the clean patch is white on white"
+        bands = [t.get_text() for t in bottom.get_legend().get_texts()]
+        assert {"head only (embeddings reused)", "video encoder + head",
+                "video encoder + audio encoder + head"} <= set(bands), bands
+    finally:
+        plt.close(fig)
+
+
+def test_demo_files_line_is_one_style(tmp_path):
+    """The folder once, then names in it; folders end in a slash; what is not there or not the demo's is left out."""
+    from edgemm.commands.demo import _files_line
+
+    out = tmp_path / "demo"
+    (out / "model-int8").mkdir(parents=True)
+    for name in ("summary.json", "results.jsonl", "demo.png", "clip.mp4"):
+        (out / name).write_bytes(b"x")
+    line = _files_line(out, [out / "summary.json", out / "results.jsonl", out / "demo.png", out / "model-int8",
+                             out / "calib", tmp_path / "elsewhere.onnx", out / "clip.mp4"])
+    assert line == f"{out}/: summary.json, results.jsonl, demo.png, model-int8/, clip.mp4"

@@ -71,7 +71,7 @@ def test_shellcheck_passes(script):
 
 
 def test_install_plans_jetpack_6_with_system_opencv_kept(tmp_path):
-    r = _install(tmp_path, "--system-opencv", "yes", "--extras", "mqtt")
+    r = _install(tmp_path, "--system-opencv", "yes", "--extras", "mqtt", "--render-group", "no")
     assert r.returncode == 0, r.stderr
     assert "L4T R36.4: JetPack 6" in r.stderr and "CUDA 12.6: cuda-python>=12.6,<12.7" in r.stderr
     out = r.stdout
@@ -480,3 +480,47 @@ def test_watchdog_is_inert_outside_systemd(monkeypatch, tmp_path):
     assert watchdog.watchdog_interval_s() is None
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
     assert not watchdog.notify("READY=1")  # no listener: False, never an exception
+
+
+# -- benchmarks/gpu_check.sh ------------------------------------------------------------------------
+
+
+def test_gpu_check_exit_status_says_the_checks_failed(tmp_path):
+    """Here there is no GPU: the measurements find no device, so the script must exit non-zero (it used to
+    end with an echo and exit 0 whatever happened)."""
+    import sys
+
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable,
+               GPU_CHECK_TESTS="tests/test_cuda.py::test_unknown_binding_is_a_user_error")
+    r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], capture_output=True, text=True, cwd=REPO, env=env,
+                       timeout=240)
+    assert r.returncode == 1, r.stdout[-2000:]
+    assert "pytest exit: 0" in r.stdout and "GPU CHECK FAILED (pytest 0, measurements 1)" in r.stdout
+    assert json.loads((tmp_path / "cuda.json").read_text())["probe"]["found"] is False
+
+
+@pytest.mark.parametrize("render", ["yes", "no"])
+def test_service_user_gets_render_where_cuda_needs_it(tmp_path, render):
+    """JetPack 6+: CUDA as a non-root user needs group render as well as video; the unit's
+    SupplementaryGroups follow (naming a group that does not exist would stop the unit from starting)."""
+    r = _install(tmp_path, "--system-opencv", "yes", "--render-group", render)
+    assert r.returncode == 0, r.stderr
+    groups = "video,audio,render" if render == "yes" else "video,audio"
+    user_line = next(line for line in r.stdout.splitlines() if "useradd" in line or "usermod" in line)
+    assert user_line.endswith(f"--groups {groups.replace(',', chr(92) + ',')} edgemm"), user_line  # %q quoting
+    unit = _written(r.stdout, "/etc/systemd/system/edgemm.service")
+    assert f"SupplementaryGroups={groups.replace(',', ' ')}" in unit.splitlines()
+    # Default: render where the group exists on this machine (getent, as on the device).
+    here = subprocess.run(["getent", "group", "render"], capture_output=True).returncode == 0
+    auto = _written(_install(tmp_path, "--system-opencv", "yes").stdout, "/etc/systemd/system/edgemm.service")
+    assert ("SupplementaryGroups=video audio render" in auto.splitlines()) == here
+    bad = _install(tmp_path, "--render-group", "maybe")
+    assert bad.returncode == 1 and "--render-group must be yes or no" in bad.stderr
+
+
+def test_install_checks_the_gpu_as_the_service_user():
+    script = INSTALL.read_text()
+    check = script[script.index("# --- Check what actually runs"):]
+    assert 'runuser -u "$SERVICE_USER" --' in check and '"${as_user[@]}" "$VENV/bin/python"' in check
+    # ... and only after the service block created the user.
+    assert script.index("# --- The service") < script.index("# --- Check what actually runs")

@@ -88,6 +88,44 @@ def test_float_wav_is_read(tmp_path):
     assert rate == 8000 and np.allclose(samples, data)
 
 
+@pytest.mark.parametrize("tool,args", [
+    ("sox", ["-b", "24", "-e", "signed-integer"]),
+    ("sox", ["-c", "2", "-b", "32", "-e", "signed-integer"]),
+    ("ffmpeg", ["-c:a", "pcm_s24le"]),
+    ("ffmpeg", ["-c:a", "pcm_f32le"]),
+    ("ffmpeg", ["-c:a", "pcm_f64le"]),
+], ids=["sox-s24", "sox-s32-stereo", "ffmpeg-s24", "ffmpeg-f32", "ffmpeg-f64"])
+def test_wave_format_extensible_wavs_just_work(tmp_path, tool, args):
+    """What sox and ffmpeg write for 24-bit, 32-bit, float and multichannel audio is WAVE_FORMAT_EXTENSIBLE
+    (format tag 0xFFFE, the real format in a sub-format GUID): read as the same sine a 16-bit file holds."""
+    import struct
+    import subprocess
+
+    from tests.rigs import require
+
+    require(tool)
+
+    def make(path, fmt_args):
+        if tool == "sox":
+            cmd = ["sox", "-n", "-r", "16000", *fmt_args, str(path), "synth", "0.5", "sine", "440", "vol", "0.5"]
+        else:
+            cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                   "sine=frequency=440:sample_rate=16000", "-t", "0.5", *fmt_args, str(path)]
+        subprocess.run(cmd, check=True, timeout=60)
+
+    path, reference = tmp_path / "x.wav", tmp_path / "ref16.wav"
+    make(path, args)
+    make(reference, ["-b", "16"] if tool == "sox" else ["-c:a", "pcm_s16le"])  # plain PCM: format tag 1
+    raw = path.read_bytes()
+    fmt = raw.index(b"fmt ")
+    assert struct.unpack("<H", raw[fmt + 8:fmt + 10])[0] == 0xFFFE  # the format this test is about
+    samples, rate = read_wav(path)
+    expected, _ = read_wav(reference)
+    assert rate == 16000 and samples.shape == (8000,) and samples.dtype == np.float32
+    assert 0.1 < np.abs(samples).max() < 0.6
+    np.testing.assert_allclose(samples, expected, atol=2e-4)
+
+
 def test_bad_wav(tmp_path):
     from edgemm.errors import EdgemmError
 

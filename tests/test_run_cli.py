@@ -92,6 +92,11 @@ def test_plain_onnx_on_a_clip_loses_nothing_and_summarises(tmp_path, av_onnx, cl
     assert s["results"] == 60 and s["ports"]["video"]["dropped"] == 0
     assert {"p50", "p99"} <= set(s["latency_ms"]["total"]) and s["skew_ms"]["abs_p99"] == 0.0
     assert "results in" in proc.stderr and "A/V skew" in proc.stderr  # the human summary
+    # ... in words, not Python reprs (a file's audio has no drift figure; nothing reconnected)
+    human = proc.stderr[proc.stderr.index("results in"):]
+    for repr_ in ("None", "{", "}", "'", "["):
+        assert repr_ not in human, human
+    assert "drift ppm n/a" in human and "reconnects: video 0, audio 0" in human, human
     import cv2
 
     cap = cv2.VideoCapture(str(video_out))

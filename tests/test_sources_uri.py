@@ -113,6 +113,10 @@ def test_csi_pipeline_text():
     p = csi_pipeline(1, (1920, 1080), 30, 2)
     assert p.startswith("nvarguscamerasrc sensor-id=1 !") and "width=1920,height=1080,framerate=30/1" in p
     assert "flip-method=2" in p and p.endswith("appsink drop=true max-buffers=1 sync=false")
+    assert "nvvidconv flip-method=2 ! video/x-raw,format=BGRx ! videoconvert" in p  # sensor size by default
+    # Scaled in NVMM by nvvidconv to the model's size: only the small frame is converted and copied on the CPU.
+    small = csi_pipeline(0, (1920, 1080), 30, 0, out_size=(224, 160))
+    assert "nvvidconv flip-method=0 ! video/x-raw,width=224,height=160,format=BGRx ! videoconvert" in small
     assert gst_pipeline("videotestsrc").endswith("appsink drop=true max-buffers=1 sync=false")
     assert gst_pipeline("videotestsrc ! appsink name=x") == "videotestsrc ! appsink name=x"
 
@@ -139,3 +143,29 @@ def test_read_before_open_is_a_source_error():
     for uri in ("test://video", "test://audio", "rtsp://127.0.0.1:1/x"):
         with pytest.raises(SourceError, match="before open"):
             open_source(uri).read(0)
+
+
+def test_query_options_work_on_plain_paths_as_on_file_uris(tmp_path):
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, np.zeros(2205, np.float32), 22050)
+    for uri in (f"{wav}?resample=false", f"file://{wav}?resample=false"):
+        assert modality_of(uri) == "audio"
+        # the option reached the source: resampling is off, so a 22.05 kHz file cannot feed a 16 kHz model
+        one_line_error(lambda: open_source(uri, sample_rate=16000), "resample=false", "16000")
+        one_line_error(lambda: open_source(uri.replace("resample", "resampel")), "Unknown option(s) resampel")
+    assert open_source(f"{wav}?name=cabin").name == "cabin"
+    odd = tmp_path / "take?2.wav"  # a file whose name has a "?" is still that file
+    write_wav(odd, np.zeros(1600, np.float32), 16000)
+    assert parse_uri(str(odd)).location == str(odd) and isinstance(open_source(str(odd)), WavSource)
+
+
+def test_run_scales_a_csi_camera_to_the_model_size(tmp_path):
+    """edgemm run asks a CSI camera for the model's image size (width x height), unless the URI says."""
+    from edgemm.bundle import load_bundle
+    from edgemm.commands.run import _video_options
+    from tests import onnx_models
+
+    bundle = load_bundle(onnx_models.write_av_bundle(tmp_path / "av", video_hw=(32, 48)))
+    assert _video_options("csi://0", bundle) == {"out_size": (48, 32)}
+    assert _video_options("csi://0?out_size=full", bundle) == {}
+    assert _video_options("v4l2:///dev/video0", bundle) == {}

@@ -415,3 +415,27 @@ def test_cli_bench_on_tensorrt_prints_the_trtexec_split(built_bundle, tmp_path):
     assert "h2d: median" in r.stdout and "compute: median" in r.stdout
     doc = json.loads(out.read_text())
     assert set(doc["results"][0]["breakdown_ms"]) == {"h2d", "compute", "d2h"}
+
+
+def test_io_mode_choice_keeps_the_faster_and_says_so():
+    """Jetson: zero-copy reads uncached pinned memory; where kernels re-read their input a copy wins. The
+    runner times both at the first inference and keeps the lower median (zero-copy on a tie)."""
+    from edgemm.runners.tensorrt import faster_io_mode
+
+    slow_reads = faster_io_mode([2.1, 2.0, 9.0, 2.2, 2.05], [1.4, 1.5, 1.45, 1.6, 8.0])
+    assert slow_reads == {"chosen": "copy", "zero_copy_ms": 2.1, "copy_ms": 1.5, "trials": 5}
+    assert faster_io_mode([0.5, 0.6, 0.55], [0.9, 0.8, 0.85])["chosen"] == "zero-copy"
+    assert faster_io_mode([1.0], [1.0])["chosen"] == "zero-copy"
+
+
+def test_describe_reports_the_measured_io_choice_and_dla(tmp_path):
+    from edgemm.runners.cuda import DeviceInfo
+    from edgemm.runners.tensorrt import TensorRTRunner, faster_io_mode
+
+    r = TensorRTRunner(b"plan", engine_info={"dla_core": 1}, spin_wait=True)
+    r.device = DeviceInfo(0, "Orin", (8, 7), 16, 8 * 2**30, True, "cuda-python", 12060)
+    r.trt_version = "10.3.0"
+    r.io_choice = faster_io_mode([2.0], [1.5])
+    text = r.describe()
+    assert "copy (measured: zero-copy 2.000 ms, copy 1.500 ms)" in text
+    assert "spin-wait" in text and "DLA core 1" in text

@@ -12,6 +12,9 @@
 #   * cuda-python is pinned to the CUDA minor version JetPack installed (12.6 on JetPack 6, 13.0 on 7.0/7.1,
 #     13.2 on 7.2): its bindings carry their own CUDA runtime, and a newer one than the driver's fails.
 #   * The systemd unit (deploy/jetson/edgemm.service) and /etc/edgemm/run.json are installed, not enabled.
+#   * The service user gets video and audio, and render where that group exists: on JetPack 6 (Ubuntu 22.04)
+#     CUDA as a non-root user needs /dev/dri/renderD* too. The GPU check at the end runs as that user, since
+#     root sees every device and would hide a missing group.
 #
 # Usage: sudo deploy/jetson/install.sh [options]      (--dry-run prints the plan; no root needed)
 set -euo pipefail
@@ -29,6 +32,7 @@ EXTRAS=""
 ORT_INDEX=""
 CUDA=auto
 SERVICE_USER=edgemm
+RENDER_GROUP=auto
 
 usage() {
     cat <<'EOF'
@@ -47,6 +51,8 @@ Options:
   --ort-index URL        extra pip index with a Jetson onnxruntime-gpu build (default: CPU onnxruntime from PyPI)
   --no-apt               do not install apt packages (they are already there)
   --no-service           do not install the systemd unit, user and /etc/edgemm
+  --render-group yes|no  add the service user to 'render' (default: when the group exists; JetPack 6+
+                         needs it for CUDA as a non-root user)
   --dry-run              print what would be done and change nothing
   -h, --help             this help
 EOF
@@ -89,6 +95,7 @@ while [[ $# -gt 0 ]]; do
         --ort-index) ORT_INDEX=${2:?--ort-index needs a URL}; shift 2 ;;
         --no-apt) APT=0; shift ;;
         --no-service) SERVICE=0; shift ;;
+        --render-group) RENDER_GROUP=${2:?--render-group needs yes or no}; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $1" ;;
@@ -189,40 +196,24 @@ run "$PIP" "${pip_args[@]}"
 # edgemm itself without its declared dependencies (they include opencv-python-headless).
 run "$PIP" install --no-deps "$SOURCE"
 
-# --- Check what actually runs --------------------------------------------------------------------
-if [[ $DRY_RUN -eq 0 ]]; then
-    if "$PIP" list --local --format=freeze 2>/dev/null | grep -iq '^opencv' && [[ $SYSTEM_OPENCV == yes ]]; then
-        die "a PyPI OpenCV wheel ended up in $VENV: it shadows JetPack's cv2; remove it with $PIP uninstall"
-    fi
-    "$VENV/bin/python" - <<'PY'
-import sys
-
-import cv2
-
-gst = next((l.split(":", 1)[1].strip() for l in cv2.getBuildInformation().splitlines()
-            if l.strip().startswith("GStreamer:")), "unknown")
-print(f"edgemm-install: OpenCV {cv2.__version__} from {cv2.__file__} (GStreamer: {gst})", file=sys.stderr)
-from edgemm.runners.cuda import probe
-
-p = probe()
-if p.found and p.binding:
-    print("edgemm-install: CUDA: " + ", ".join(d.describe() for d in p.devices) + f" via {p.binding}", file=sys.stderr)
-    try:  # only with a device: never touch TensorRT without one
-        import tensorrt
-        print(f"edgemm-install: TensorRT {tensorrt.__version__}", file=sys.stderr)
-    except ImportError as exc:
-        print(f"edgemm-install: warning: TensorRT is not importable ({exc})", file=sys.stderr)
-else:
-    print(f"edgemm-install: CUDA not usable here ({p.reason}); TensorRT not checked", file=sys.stderr)
-PY
-fi
-
 # --- The service ---------------------------------------------------------------------------------
 if [[ $SERVICE -eq 1 ]]; then
+    # video: /dev/nvhost-* (GPU) and cameras; audio: ALSA microphones; render: CUDA on JetPack 6+.
+    groups=(video audio)
+    if [[ $RENDER_GROUP == auto ]]; then
+        if getent group render >/dev/null; then RENDER_GROUP=yes; else RENDER_GROUP=no; fi
+    fi
+    case $RENDER_GROUP in
+        yes) groups+=(render) ;;
+        no) ;;
+        *) die "--render-group must be yes or no, not '$RENDER_GROUP'" ;;
+    esac
+    group_list=$(IFS=,; echo "${groups[*]}")
     if ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
-        # video: /dev/nvhost-* (GPU) and cameras; audio: ALSA microphones.
         run useradd --system --home-dir /var/lib/edgemm --no-create-home --shell /usr/sbin/nologin \
-            --groups video,audio "$SERVICE_USER"
+            --groups "$group_list" "$SERVICE_USER"
+    else
+        run usermod --append --groups "$group_list" "$SERVICE_USER"  # an older install may lack render
     fi
     run install -d -o "$SERVICE_USER" -g "$SERVICE_USER" /var/lib/edgemm /var/log/edgemm
     run install -d /etc/edgemm
@@ -231,9 +222,55 @@ if [[ $SERVICE -eq 1 ]]; then
     fi
     run install -d "$PREFIX/share"
     run install -m 0644 "$HERE/README.md" "$PREFIX/share/README.md"
-    # The unit names /opt/edgemm; follow --prefix.
-    sed "s#/opt/edgemm#$PREFIX#g" "$HERE/edgemm.service" | write_file /etc/systemd/system/edgemm.service
+    # The unit names /opt/edgemm and the groups video audio; follow --prefix and the groups found here (a
+    # SupplementaryGroups= entry that does not exist would stop the unit from starting).
+    sed -e "s#/opt/edgemm#$PREFIX#g" -e "s#^SupplementaryGroups=.*#SupplementaryGroups=${groups[*]}#" \
+        "$HERE/edgemm.service" | write_file /etc/systemd/system/edgemm.service
     run systemctl daemon-reload
     log "installed edgemm.service: edit /etc/edgemm/run.json, then: sudo systemctl enable --now edgemm"
 fi
+# --- Check what actually runs --------------------------------------------------------------------
+if [[ $DRY_RUN -eq 0 ]]; then
+    if "$PIP" list --local --format=freeze 2>/dev/null | grep -iq '^opencv' && [[ $SYSTEM_OPENCV == yes ]]; then
+        die "a PyPI OpenCV wheel ended up in $VENV: it shadows JetPack's cv2; remove it with $PIP uninstall"
+    fi
+    # As the service user when there is one: root reaches every device node and would hide a missing group.
+    as_user=()
+    if [[ $SERVICE -eq 1 ]] && id -u "$SERVICE_USER" >/dev/null 2>&1; then
+        as_user=(runuser -u "$SERVICE_USER" --)
+    fi
+    "${as_user[@]}" "$VENV/bin/python" - <<'PY'
+import sys
+
+import cv2
+
+gst = next((l.split(":", 1)[1].strip() for l in cv2.getBuildInformation().splitlines()
+            if l.strip().startswith("GStreamer:")), "unknown")
+print(f"edgemm-install: OpenCV {cv2.__version__} from {cv2.__file__} (GStreamer: {gst})", file=sys.stderr)
+import getpass
+import grp
+import os
+
+from edgemm.runners.cuda import probe
+
+user = getpass.getuser()
+mine = {grp.getgrgid(g).gr_name for g in os.getgroups()}
+missing = [g for g in ("video", "render") if g not in mine and g in {e.gr_name for e in grp.getgrall()}]
+if missing:
+    print(f"edgemm-install: warning: {user} is not in group(s) {', '.join(missing)}: CUDA will fail for it "
+          f"(sudo usermod -aG {','.join(missing)} {user})", file=sys.stderr)
+p = probe()
+if p.found and p.binding:
+    print(f"edgemm-install: CUDA as {user}: " + ", ".join(d.describe() for d in p.devices) + f" via {p.binding}",
+          file=sys.stderr)
+    try:  # only with a device: never touch TensorRT without one
+        import tensorrt
+        print(f"edgemm-install: TensorRT {tensorrt.__version__}", file=sys.stderr)
+    except ImportError as exc:
+        print(f"edgemm-install: warning: TensorRT is not importable ({exc})", file=sys.stderr)
+else:
+    print(f"edgemm-install: CUDA not usable as {user} ({p.reason}); TensorRT not checked", file=sys.stderr)
+PY
+fi
+
 log "done: $VENV/bin/edgemm (add $VENV/bin to PATH)"

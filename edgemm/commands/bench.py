@@ -9,9 +9,12 @@ Examples:
 
 from __future__ import annotations
 
-from edgemm.shapes import SHAPE_HELP
+from edgemm.errors import EdgemmError
+from edgemm.runners import BACKEND_HELP, make_runner, parse_backend
+from edgemm.shapes import SHAPE_HELP, shape_overrides
 
-from edgemm.runners import BACKEND_HELP
+# --help imports every command: modules that load onnx, onnxruntime or cv2, or that only run() needs
+# (outputs, power), are imported inside functions.
 
 
 def add_arguments(p) -> None:
@@ -35,11 +38,10 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from edgemm import bench
+    from edgemm import power as power_mod
     from edgemm.bundle import load_bundle
-    from edgemm.errors import EdgemmError
     from edgemm.feeds import load_npz, synthesize
     from edgemm.outputs import require_folder, write_json
-    from edgemm.runners import make_runner, parse_backend
 
     backends = args.backend or ["onnxruntime"]
     for b in backends:
@@ -49,8 +51,6 @@ def run(args) -> int:
     for path in (args.json, args.plot):
         if path:
             require_folder(path)  # fail now, not after the whole benchmark
-    from edgemm.shapes import shape_overrides
-
     shapes = shape_overrides(args.shape)
     bundles = [load_bundle(m, shapes=shapes) for m in args.models]
 
@@ -83,8 +83,6 @@ def run(args) -> int:
                                             synthesised=not args.inputs))
 
     duration = args.duration if args.duration is not None or args.iterations is not None else 3.0
-    from edgemm import power as power_mod
-
     sampler = None
     if args.power == "on" or (args.power == "auto" and power_mod.available()):
         sampler = power_mod.PowerSampler().start()  # measures the idle baseline before any model loads

@@ -20,6 +20,10 @@ Examples:
 
 from __future__ import annotations
 
+import json
+
+# Modules that load onnx, onnxruntime or cv2 are imported inside functions: --help imports every command.
+
 
 # The data folder formats, documented here once (converters/data.py implements them; the CLI shows this
 # text without importing converters).
@@ -41,7 +45,9 @@ def add_arguments(p) -> None:
     p.epilog = "Calibration / evaluation data folders (--calib, --eval):\n" + DATA_FORMAT
     p.add_argument("model", metavar="MODEL", help="bundle folder or .onnx file")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output bundle folder (must not exist)")
-    p.add_argument("--precision", default="fp32", metavar="P", help="fp32 (default), fp16 or int8")
+    p.add_argument("--precision", metavar="P",
+                   help="fp32, fp16 or int8 (default: fp32; fp16 with --target tensorrt, as trtexec --fp16; int8 "
+                        "for TensorRT runs the layers it does not cover in fp16)")
     p.add_argument("--calib", metavar="DIR", help="calibration data folder (needed for int8)")
     p.add_argument("--calib-limit", type=int, default=512, metavar="N",
                    help="use at most N calibration samples (default 512)")
@@ -59,6 +65,14 @@ def add_arguments(p) -> None:
                    help="TensorRT: profile of an input's dynamic axes, e.g. audio:1x1x64x50,1x1x64x98,1x1x64x200; "
                         "repeatable")
     p.add_argument("--timing-cache", metavar="PATH", help="TensorRT: timing cache file (default: a per-user cache)")
+    p.add_argument("--workspace", type=int, metavar="MB",
+                   help="TensorRT: workspace limit in MB (default: the device's memory, all of an Orin Nano's "
+                        "shared 8 GB); trtexec --memPoolSize=workspace:MB")
+    p.add_argument("--builder-opt-level", type=int, metavar="N",
+                   help="TensorRT: builder optimization level 0..5 (default 3; higher builds longer, may run faster)")
+    p.add_argument("--dla", type=int, metavar="CORE",
+                   help="TensorRT: run on DLA core CORE (Orin NX / AGX Orin), layers DLA cannot run fall back to "
+                        "the GPU and are listed in the report; trtexec --useDLACore CORE --allowGPUFallback")
     p.add_argument("--flavour", metavar="F", help="force the INT8 Q/DQ flavour: u8s8, s8s8 or trt (default: by --target)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads for timing and evaluation")
     p.add_argument("--bench-seconds", type=float, default=3.0, metavar="S",
@@ -75,7 +89,8 @@ def run(args) -> int:
                           max_drop=args.max_drop, prune=args.prune, target=args.target, force=args.force,
                           threads=args.threads, bench_seconds=args.bench_seconds, flavour=args.flavour,
                           quiet=args.quiet, max_batch=args.max_batch, shapes=args.shape,
-                          timing_cache=args.timing_cache)
+                          timing_cache=args.timing_cache, workspace_mb=args.workspace,
+                          builder_opt_level=args.builder_opt_level, dla=args.dla)
     report = convert(args.model, args.output, opts)
     print(summary(report, args.output))
     return 0
@@ -116,6 +131,13 @@ def summary(report: dict, out) -> str:
     trt = conv.get("tensorrt")
     if trt and trt.get("engine", True) is None:
         lines.append("  TensorRT engine: not built here (see report.md); build it on the device from this bundle")
+    elif trt:
+        for g, info in trt.items():
+            if info.get("dla_core") is not None:
+                fallback = info.get("gpu_fallback_layers") or []
+                names = ", ".join(x["layer"] for x in fallback[:8]) + (", ..." if len(fallback) > 8 else "")
+                lines.append(f"  TensorRT {g}: {info.get('dla_layers')} layer(s) on DLA core {info['dla_core']}, "
+                             f"{len(fallback)} on the GPU" + (f" ({names})" if fallback else ""))
     for w in report.get("warnings", []):
         lines.append(f"  warning: {w}")
     lines.append(f"  report: {out}/report.md")
@@ -123,6 +145,4 @@ def summary(report: dict, out) -> str:
 
 
 def json_compact(obj) -> str:
-    import json
-
     return json.dumps(obj, separators=(",", ":"))

@@ -20,11 +20,20 @@ Examples:
 
 from __future__ import annotations
 
-from edgemm.runners import BACKEND_HELP
-
+import argparse
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+
+from edgemm.commands.run import build, stream
+from edgemm.errors import EdgemmError
+from edgemm.reference import model_path
+from edgemm.runners import BACKEND_HELP
+
+# --help imports every command: modules that load onnx, onnxruntime or cv2 (the reference clip, bundles, the
+# converters), or matplotlib, are imported inside functions.
 
 
 def add_arguments(p) -> None:
@@ -52,7 +61,6 @@ def _step(n: int, text: str) -> None:
 
 
 def _script(n: int | None):
-    from edgemm.errors import EdgemmError
     from edgemm.reference.clip import DEFAULT_CONDITIONS, DEFAULT_DIGITS
 
     if n is None:
@@ -67,7 +75,6 @@ def _script(n: int | None):
 
 def _check_clip_model(bundle) -> None:
     """The clip's ground truth is AV-digits commands: the model must answer in those labels."""
-    from edgemm.errors import EdgemmError
     from edgemm.reference.avdigits import LABELS
 
     outs = [o for g in bundle.manifest.graphs.values() for o in g.outputs if o.task == "classification"]
@@ -80,10 +87,6 @@ def _check_clip_model(bundle) -> None:
 
 def _convert(model: Path, precision: str, out: Path, threads, backend: str = "onnxruntime") -> tuple[Path, str]:
     """Run `edgemm convert` on the model; returns (bundle to run, precision it has)."""
-    import argparse
-
-    import numpy as np
-
     from edgemm.reference.clip import calibration_folder, calibration_samples
 
     if precision == "fp32":
@@ -159,6 +162,7 @@ class _Collector:
         seg = self.clip.segment_at(media_t) if self.clip else None
         row = {"t": media_t, "label": out.get("label"), "score": out.get("score"), "top": out.get("top", []),
                "latency_ms": record["latency_ms"].get("total"), "infer_ms": record["latency_ms"].get("infer"),
+               "ran": list(record.get("ran") or []),
                "degraded": list(record.get("degraded") or []), "truth": None if seg is None else str(seg.digit),
                "segment": None if seg is None else seg.index, "condition": None if seg is None else seg.condition}
         self.rows.append(row)
@@ -198,6 +202,21 @@ def decide(rows: list[dict]) -> tuple[str | None, int]:
     return max(totals, key=totals.get), len(rows)
 
 
+def _files_line(out: Path, paths) -> str:
+    """What the demo made, in one style: the folder once, then names in it (folders with a slash).
+    Paths outside it (a model run as it is) are not the demo's and are left out."""
+    names = []
+    for p in paths:
+        if p is None or not Path(p).exists():
+            continue
+        try:
+            rel = Path(p).resolve().relative_to(out.resolve())
+        except ValueError:
+            continue
+        names.append(rel.as_posix() + ("/" if Path(p).is_dir() else ""))
+    return f"{out}/: " + ", ".join(dict.fromkeys(names))
+
+
 def _pc(k: int, n: int) -> str:
     return f"{100 * k / n:.0f} %" if n else "-"
 
@@ -216,8 +235,6 @@ def _alone(clip, rows: list[dict], late_model: Path) -> dict:
     """What the camera alone and the microphone alone would have decided on the same clip: the two
     single-modality reference models (the members of the shipped late-fusion bundle) run offline on the
     frame and audio window of every streamed result."""
-    import numpy as np
-
     from edgemm.bundle import load_bundle
     from edgemm.fusion import FusionModel
     from edgemm.media import read_video_frames, read_wav
@@ -295,14 +312,27 @@ def _score(clip, rows: list[dict], alone: dict | None) -> dict:
 
 def _plot(path: Path, clip, rows: list[dict], alone: dict | None, title: str, who: str = "fusion") -> str | None:
     """Timeline of predictions against the truth, and latency per result. Returns a note when skipped."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "plot skipped: matplotlib is not installed (pip install matplotlib)"
+    from edgemm.lazy import import_pyplot
     from edgemm.outputs import save_figure
+
+    try:
+        plt = import_pyplot()
+    except EdgemmError:
+        return "plot skipped: matplotlib is not installed (pip install matplotlib)"
+    save_figure(_figure(plt, clip, rows, alone, title, who), path)
+    return None
+
+
+def _ran_label(ran: tuple[str, ...]) -> str:
+    """The graphs run for a result, in words: the latency panel's bands are these sets."""
+    if ran == ("head",):
+        return "head only (embeddings reused)"
+    return " + ".join(g.replace("_", " ") for g in ran)
+
+
+def _figure(plt, clip, rows: list[dict], alone: dict | None, title: str, who: str = "fusion"):
+    from matplotlib.patches import Patch
+
     from edgemm.reference.clip import CONDITIONS
 
     fig, (ax, axl) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
@@ -331,30 +361,37 @@ def _plot(path: Path, clip, rows: list[dict], alone: dict | None, title: str, wh
     ax.set_yticks(range(10))
     ax.set_ylabel("digit command")
     ax.set_ylim(-0.7, 9.7)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    for handle in legend.legend_handles:  # condition shades get an outline: "clean" is white on white
+        if isinstance(handle, Patch):
+            handle.set_edgecolor("#888888")
+            handle.set_linewidth(0.6)
     ax.set_title(title, fontsize=10)
     lat = [r["latency_ms"] for r in rows]
-    axl.plot(t, lat, ".", ms=3, color="#555555")
+    # The latency comes in bands, one per set of graphs run for a result: an encoder runs at its own rate
+    # and the head reuses the other's embedding in between. Each band is coloured and named.
+    bands: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        bands.setdefault(tuple(r.get("ran") or ()), []).append(i)
+    colors = ("#555555", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b")
+    for k, (ran, idx) in enumerate(sorted(bands.items(), key=lambda b: len(b[0]))):
+        axl.plot([t[i] for i in idx], [lat[i] for i in idx], ".", ms=3, color=colors[k % len(colors)],
+                 label=_ran_label(ran) if ran else "result")
     if lat:
-        import numpy as np
-
         for q, ls in ((50, "-"), (99, "--")):
             v = float(np.percentile(lat, q))
             axl.axhline(v, ls=ls, color="#d62728", lw=1, label=f"p{q} {v:.1f} ms")
         axl.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     axl.set_ylabel("latency (ms)\ncapture to result")
-    axl.set_xlabel("clip time (s)")
+    axl.set_xlabel("clip time (s)    (colours: the graphs run for each result; each graph's first runs are "
+                   "slower, warming up)")
     fig.tight_layout()
-    save_figure(fig, path)
-    return None
+    return fig
 
 
 def run(args) -> int:
     from edgemm.bundle import load_bundle
-    from edgemm.commands.run import build, stream
     from edgemm.outputs import write_json
-    from edgemm.errors import EdgemmError
-    from edgemm.reference import model_path
 
     live = bool(args.video or args.audio)
     if args.duration is not None and args.duration <= 0:
@@ -464,10 +501,12 @@ def run(args) -> int:
               "pipeline": summary, "seconds": round(time.perf_counter() - t_start, 1)}
     write_json(out / "summary.json", report, indent=1)
     print(f"  {note}" if note else f"  plot         {plot}")
-    files = [f"{out}/summary.json", f"{out}/results.jsonl"]
+    made = [out / "summary.json", out / "results.jsonl", plot if note is None else None]
+    if precision != "fp32":  # the converted model and the data its conversion was calibrated and checked on
+        made += [run_model, out / "calib", out / "eval"]
     if clip is not None:
-        files += [clip.video.name, clip.audio.name, clip.truth.name]
-    print(f"  files        {', '.join(files)}  ({report['seconds']:.0f} s in all)")
+        made += [clip.video, clip.audio, clip.truth]
+    print(f"  files        {_files_line(out, made)}  ({report['seconds']:.0f} s in all)")
     if not live and not rows:
         print("edgemm demo: error: no result came out of the pipeline", file=sys.stderr)
         return 1

@@ -13,11 +13,14 @@ Examples:
 
 from __future__ import annotations
 
-from edgemm.shapes import SHAPE_HELP
-
-from edgemm.runners import BACKEND_HELP
-
 import sys
+
+from edgemm.errors import EdgemmError
+from edgemm.runners import BACKEND_HELP, parse_backend
+from edgemm.shapes import SHAPE_HELP, shape_overrides
+
+# --help imports every command: modules that load onnx, onnxruntime or cv2, or that only run() needs
+# (outputs, power), are imported inside functions.
 
 
 def add_arguments(p) -> None:
@@ -74,9 +77,7 @@ def _print_classes(m: dict, out) -> None:
 def run(args) -> int:
     from edgemm.converters.validate import compare_bundles, latency_section, size_section, write_report
     from edgemm.bundle import load_bundle
-    from edgemm.errors import EdgemmError
     from edgemm.outputs import require_folder
-    from edgemm.runners import parse_backend
 
     parse_backend(args.backend)
     if args.latency is not None and (not args.against or args.latency <= 0):
@@ -85,7 +86,6 @@ def run(args) -> int:
         raise EdgemmError(f"Threads: {args.threads} | Expected a positive number of threads.")
     if args.json and args.json != "-":
         require_folder(args.json)  # fail now, not after the whole evaluation
-    from edgemm.shapes import shape_overrides
 
     shapes = shape_overrides(args.shape)
     model = load_bundle(args.model, shapes=shapes)

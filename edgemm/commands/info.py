@@ -6,8 +6,7 @@ assumed). Example:  edgemm info model.onnx
 
 from __future__ import annotations
 
-from edgemm.shapes import SHAPE_HELP
-
+from edgemm.shapes import SHAPE_HELP, shape_overrides
 
 
 def add_arguments(p) -> None:
@@ -47,7 +46,6 @@ def run(args) -> int:
     from edgemm.bundle import load_bundle
     from edgemm.modelinfo import bundle_info
 
-    from edgemm.shapes import shape_overrides
 
     bundle = load_bundle(args.model, shapes=shape_overrides(args.shape))
     info = bundle_info(bundle)

@@ -14,11 +14,17 @@ flush the sinks and exit 0. Examples:
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 
-from edgemm.shapes import SHAPE_HELP
+from edgemm.errors import EdgemmError
+from edgemm.runners import BACKEND_HELP, parse_backend
+from edgemm.shapes import SHAPE_HELP, shape_overrides
+
+# --help imports every command: modules that load onnx, onnxruntime or cv2, or that only run() needs
+# (outputs, power), are imported inside functions.
 
 CONFIG_KEYS = {
     "model": str, "video": str, "audio": str, "sinks": list, "duration": (int, float), "threads": int,
@@ -39,8 +45,7 @@ def add_arguments(p) -> None:
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until the sources "
                                                                "end or Ctrl-C)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads of the model (default: the backend's)")
-    p.add_argument("--backend", metavar="B", help="onnxruntime (default), onnxruntime:cuda, onnxruntime:tensorrt, "
-                                                  "tensorrt")
+    p.add_argument("--backend", metavar="B", help=BACKEND_HELP)
     p.add_argument("--alert", action="append", dest="alerts", metavar="LABEL[:ON[:OFF[:MIN_S]]]",
                    help="raise alert events while LABEL's smoothed score is high (hysteresis ON/OFF, minimum "
                         "duration MIN_S); repeatable")
@@ -54,14 +59,12 @@ def add_arguments(p) -> None:
     p.add_argument("--tick-hz", type=float, metavar="HZ", help="inference rate while there is no video "
                                                                "(default: the camera's rate, else 10)")
     p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
-    p.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     p.add_argument("--config", metavar="JSON", help="a JSON file with any of the options above (long names, "
                                                     "'sinks' and 'alerts' as lists); command-line options win")
 
 
 def load_config(path: str) -> dict:
-    from edgemm.errors import EdgemmError
-
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -107,10 +110,24 @@ def _audio_options(uri: str, rate: int) -> dict:
     return {} if "sample_rate" in parse_uri(uri).options else {"sample_rate": rate}
 
 
+def _video_options(uri: str, bundle) -> dict:
+    """A CSI camera scales to the model's image size in NVMM (nvvidconv), so a full-size frame never reaches
+    the CPU, unless the URI sets out_size itself (out_size=full keeps the sensor size, e.g. for a video sink).
+    Only when every video input wants the same size."""
+    from edgemm.sources.uri import parse_uri
+
+    parsed = parse_uri(uri)
+    if parsed.scheme != "csi" or "out_size" in parsed.options:
+        return {}
+    sizes = {tuple(s.preprocess.size) for _, s in bundle.manifest.all_inputs() if s.modality == "video"}
+    if len(sizes) != 1:
+        return {}
+    h, w = sizes.pop()
+    return {"out_size": (w, h)}
+
+
 def check_inputs(bundle) -> None:
     """Every model input must be fed by a source, the pipeline or another graph: else one line, exit 1."""
-    from edgemm.errors import EdgemmError
-
     for graph, spec in bundle.manifest.all_inputs():
         if spec.modality == "other" and spec.value is None:
             raise EdgemmError(f"Model: {bundle.source or bundle.root} | Input {spec.name} ({graph.name}) cannot be "
@@ -125,10 +142,7 @@ def build(opts: dict):
     """Everything validated and constructed, nothing started: bad input fails here, before any thread runs."""
     from edgemm.bundle import load_bundle
     from edgemm.decisions import AlertRule
-    from edgemm.shapes import shape_overrides
-    from edgemm.errors import EdgemmError
     from edgemm.pipeline import Pipeline, PipelineSettings
-    from edgemm.runners import parse_backend
     from edgemm.sinks import make_sink
     from edgemm.sources import open_source
 
@@ -154,7 +168,7 @@ def build(opts: dict):
                               f"expected --{mod} URI (e.g. {example}).")
     video = audio = None
     if opts.get("video") and "video" in mods:
-        video = open_source(opts["video"], "video")
+        video = open_source(opts["video"], "video", **_video_options(opts["video"], bundle))
     if opts.get("audio") and "audio" in mods:
         rate = next(s.preprocess.sample_rate for _, s in bundle.manifest.all_inputs() if s.modality == "audio")
         audio = open_source(opts["audio"], "audio", **_audio_options(opts["audio"], rate))
@@ -190,8 +204,6 @@ def build(opts: dict):
 
 def _rates(rates: dict) -> dict[str, float]:
     """{"video": 15, "audio": 5}: a positive rate per modality (they override fusion.rates_hz)."""
-    from edgemm.errors import EdgemmError
-
     out = {}
     for mod, hz in rates.items():
         if mod not in ("video", "audio"):
@@ -204,9 +216,6 @@ def _rates(rates: dict) -> dict[str, float]:
 
 def _check_writable(path) -> None:
     """The summary is written after the run: refuse an unwritable path now, not an hour later."""
-    import os
-
-    from edgemm.errors import EdgemmError
     from edgemm.outputs import require_folder
 
     p = require_folder(path, "Summary JSON")
@@ -234,8 +243,6 @@ def stream(pipeline) -> dict:
 
 
 def run(args) -> int:
-    from edgemm.pipeline import format_summary
-
     opts = merged_options(args)
     summary = stream(build(opts))
     if not opts.get("quiet"):
@@ -245,3 +252,39 @@ def run(args) -> int:
 
         write_json(opts["summary_json"], summary)
     return 0
+
+
+def _words(value) -> str:
+    """A summary value as a person reads it: no Python reprs (None, {}, quotes, underscores)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, dict):
+        return ", ".join(f"{_words(k)} {_words(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, str):
+        return value.replace("_", " ")
+    return str(value)
+
+
+def format_summary(s: dict) -> str:
+    """The end-of-run summary (Pipeline.summary()) as a few human lines."""
+    lines = [f"{s['results']} results in {s['duration_s']:.1f} s ({s['fps']:.1f}/s), "
+             f"model {s['model']} ({s['form']} fusion)"]
+    for port, p in s["ports"].items():
+        lines.append(f"  {port}: {_words(p)}")
+    for stage, st in s["latency_ms"].items():
+        lines.append(f"  {stage:<11} p50 {st['p50']:8.2f} ms  p90 {st['p90']:8.2f}  p99 {st['p99']:8.2f}  "
+                     f"max {st['max']:8.2f}")
+    if s.get("skew_ms"):
+        sk = s["skew_ms"]
+        lines.append(f"  A/V skew    p50 {sk['p50']:8.2f} ms  |p99| {sk.get('abs_p99', 0):.2f} ms  "
+                     f"(bound {sk.get('bound_ms')} ms)")
+    if s.get("overhead_ms"):
+        o, w = s["overhead_ms"], s["worker_overhead_ms"]
+        lines.append(f"  work beyond the model per result: p50 {o['p50']:.3f} ms, p99 {o['p99']:.3f} ms "
+                     f"(on the inference thread: p50 {w['p50']:.3f} ms, p99 {w['p99']:.3f} ms)")
+    if s.get("capture_crashes"):
+        lines.append(f"  capture crashes: {_words(s['capture_crashes'])} (tracebacks in the log)")
+    lines.append(f"  reconnects: {_words(s['reconnects'])}; overflows: {s['overflows']}; "
+                 f"degraded results: {_words(s['degraded_results'])}; events: {_words(s['events'])}")
+    return "\n".join(lines)
+

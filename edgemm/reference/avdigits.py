@@ -14,6 +14,7 @@ and the runtime preprocesses with: what the models saw in training is what they 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from edgemm.bundle import AudioPreprocess, InputSpec, VideoPreprocess
@@ -54,8 +55,6 @@ def audio_spec(name: str = "audio") -> InputSpec:
 def cabin_background(rng: np.random.Generator, hw=FRAME_HW) -> np.ndarray:
     """A procedural cabin scene: a tinted gradient (window light), blurred texture (upholstery) and
     a few darker blocks (seat, pillar, headrest). BGR uint8."""
-    import cv2
-
     h, w = hw
     base = rng.uniform(40, 200, size=3)
     tint = rng.uniform(-40, 40, size=3)
@@ -75,8 +74,6 @@ def cabin_background(rng: np.random.Generator, hw=FRAME_HW) -> np.ndarray:
 
 def photo_background(photo: np.ndarray, rng: np.random.Generator, hw=FRAME_HW) -> np.ndarray:
     """A random crop of a photograph (BGR uint8), scaled to the frame: real texture for training."""
-    import cv2
-
     h, w = hw
     ph, pw = photo.shape[:2]
     size = int(rng.integers(min(ph, pw) // 4, min(ph, pw) // 2))
@@ -92,8 +89,6 @@ def render_frame(digit: np.ndarray, rng: np.random.Generator, background: np.nda
     The card is placed with a random shift, rotation and size on a background, then lit unevenly
     and given sensor noise. Returns BGR uint8 (H, W, 3).
     """
-    import cv2
-
     h, w = hw
     bg = cabin_background(rng, hw) if background is None else background.copy()
     card = int(rng.uniform(0.62, 0.85) * min(h, w))
@@ -131,8 +126,6 @@ def occlude(frame: np.ndarray, rng: np.random.Generator, coverage: float = 0.6) 
 
     coverage ~ the fraction of the card's width the hand spans (the card fills ~3/4 of the frame).
     """
-    import cv2
-
     h, w = frame.shape[:2]
     out = frame.astype(np.float32)
     mask = np.zeros((h, w), np.float32)

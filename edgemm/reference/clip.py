@@ -16,10 +16,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgemm.errors import EdgemmError
 from edgemm.media import write_wav
+from edgemm.preprocess import preprocess_audio, preprocess_video
 from edgemm.reference import DEMO_MATERIAL
 from edgemm.reference import avdigits as av
 
@@ -92,8 +94,6 @@ def _pick(m: dict, prefix: str, digit: int, k: int) -> tuple[int, int]:
 
 def _jitter(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A hand-held card moves a little and the sensor adds fresh noise every frame."""
-    import cv2
-
     h, w = base.shape[:2]
     M = np.float32([[1, 0, rng.normal(0, 0.6)], [0, 1, rng.normal(0, 0.6)]])
     moved = cv2.warpAffine(base, M, (w, h), borderMode=cv2.BORDER_REFLECT)
@@ -103,8 +103,6 @@ def _jitter(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def make_clip(out_dir: str | Path, digits: list[int] | None = None, conditions: list[str] | None = None,
               segment_s: float = 1.6, fps: float = 15.0, seed: int = 0, material: Path = DEMO_MATERIAL) -> Clip:
     """Render the clip into out_dir (clip.mp4, clip.wav, truth.json) and describe it."""
-    import cv2
-
     digits = list(DEFAULT_DIGITS if digits is None else digits)
     conditions = list(DEFAULT_CONDITIONS if conditions is None else conditions)
     if len(conditions) != len(digits):
@@ -191,8 +189,6 @@ def render_samples(n: int, seed: int, split: str = "test", video: str = "clean",
     random corruption at a random severity), as INT8 calibration wants. The same seed gives the same
     samples, and the three fixed conditions of one seed share everything but the corruption.
     """
-    from edgemm.preprocess import preprocess_audio, preprocess_video
-
     if video not in VIDEO_CONDITIONS or audio not in AUDIO_CONDITIONS:
         raise EdgemmError(f"Samples: video={video}, audio={audio} | Expected video in {', '.join(VIDEO_CONDITIONS)} "
                           f"and audio in {', '.join(AUDIO_CONDITIONS)}.")

@@ -37,7 +37,7 @@ def parse_backend(spec: str) -> tuple[str, str | None]:
     if backend not in BACKENDS:
         raise EdgemmError(f"Backend: {spec} | Unknown; {_EXPECTED}.")
     if backend == "onnxruntime":
-        from edgemm.runners.onnxruntime import PROVIDERS
+        from edgemm.runners.onnxruntime import PROVIDERS  # (imports onnxruntime: not on --help's path)
 
         if option and option not in PROVIDERS and option != "auto":
             raise EdgemmError(f"Backend: {spec} | Unknown onnxruntime provider {option}; "
@@ -72,7 +72,9 @@ def make_runner(bundle, graph: str | None = None, backend: str = "onnxruntime", 
 
         return OnnxRuntimeRunner(bundle.graph_path(graph), provider=option or "cpu", threads=threads,
                                  name=label, graph_spec=spec)
-    from edgemm.runners.tensorrt import TensorRTRunner  # lazy: tensorrt and CUDA are imported only here
+    # Lazy, as onnxruntime above: this package is on --help's path (BACKEND_HELP); tensorrt and the CUDA
+    # bindings themselves are imported through edgemm.lazy when a runner activates.
+    from edgemm.runners.tensorrt import TensorRTRunner
 
     return TensorRTRunner.from_bundle(bundle, graph, name=label, **tensorrt_options(option, backend))
 

@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import functools
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = ("install the CUDA Python bindings of the device's CUDA version, e.g. `pip install "
                 "'cuda-python>=12.6,<12.7'` on JetPack 6 (CUDA 12.6), 'cuda-python>=13.0,<13.1' on JetPack 7.0 "
                 "(deploy/jetson/install.sh picks it)")
+# PyPI's aarch64 cuda-python wheels are built for ARM servers (SBSA), not for L4T: on a Jetson they may import
+# and then fail at their first call. pycuda (built on the device) is the fallback.
+TEGRA_HINT = ("on a Jetson, PyPI's aarch64 cuda-python wheels are built for ARM servers (SBSA) and may fail on "
+              "L4T: build cuda-python from source against JetPack's CUDA (as jetson-containers does), or install "
+              "pycuda, which builds on the device: `PATH=/usr/local/cuda/bin:$PATH pip install pycuda`")
 BINDINGS = ("cuda-python", "pycuda")
 
 
@@ -247,23 +253,40 @@ def _probe_libcuda() -> Probe:
     return Probe(devices=tuple(devices))
 
 
+def is_tegra() -> bool:
+    """A Jetson (L4T): the release file JetPack installs is there."""
+    return os.path.exists("/etc/nv_tegra_release")
+
+
+def binding_fix(devices=(), tegra: bool | None = None) -> str:
+    """What to install when no Python CUDA binding works (the Jetson-specific advice on Jetson)."""
+    tegra = (any(d.integrated for d in devices) or is_tegra()) if tegra is None else tegra
+    return f"{INSTALL_HINT}; {TEGRA_HINT}" if tegra else INSTALL_HINT
+
+
+_PROBES = {"cuda-python": _probe_cuda_python, "pycuda": _probe_pycuda}
+
+
 @functools.lru_cache(maxsize=None)
 def _probe_cached(order: tuple[str, ...]) -> Probe:
+    return first_working(order, _PROBES, _probe_libcuda)
+
+
+def first_working(order, probes, driver_probe) -> Probe:
+    """The first binding in order that finds a device. Every binding is tried: one that imports but fails
+    its first call (cuda-python's SBSA wheel on L4T) does not hide a pycuda that works."""
     reasons = []
     for binding in order:
-        fn = {"cuda-python": _probe_cuda_python, "pycuda": _probe_pycuda}[binding]
-        p = fn()
+        p = probes[binding]()
         if p.found:
             return p
         reasons.append(p.reason)
-        if "is not installed" not in p.reason:
-            break  # the binding is there and says there is no usable device: the others would say the same
     # No binding works. Ask the driver directly, so that the message can tell "no GPU" from "GPU, wrong binding".
-    drv = _probe_libcuda()
+    drv = driver_probe()
     if drv.found:
         names = ", ".join(d.describe() for d in drv.devices)
         return Probe(devices=drv.devices, reason=f"CUDA device {names} found, but no usable Python CUDA binding: "
-                                                 f"{'; '.join(reasons)}. Fix: {INSTALL_HINT}")
+                                                 f"{'; '.join(reasons)}. Fix: {binding_fix(drv.devices)}")
     # The driver's own word adds something only when no binding could even ask it.
     if all("is not installed" in r for r in reasons):
         reasons.append(drv.reason)
@@ -348,10 +371,25 @@ class _CudaPythonApi:
     name = "cuda-python"
     supports_graphs = True
 
-    def __init__(self, device: int):
+    def __init__(self, device: int, spin: bool = False):
         self.rt = _import_cudart()
         self.device = device
         self.check(self.rt.cudaSetDevice(device), f"cudaSetDevice({device})")
+        if spin:
+            # trtexec --useSpinWait: the device's wait policy must be "spin". Left automatic, the driver may
+            # pick blocking sync on Tegra (low-power heuristic) and every wait sleeps. On a device already
+            # initialised the runtime overwrites the previous flags (cudaSetDeviceFlags' documented contract);
+            # read them back to be sure.
+            rt = self.rt
+            self.check(rt.cudaSetDeviceFlags(rt.cudaDeviceScheduleSpin), "cudaSetDeviceFlags(cudaDeviceScheduleSpin)")
+            flags = int(self.check(rt.cudaGetDeviceFlags(), "cudaGetDeviceFlags"))
+            if flags & int(rt.cudaDeviceScheduleMask) != int(rt.cudaDeviceScheduleSpin):
+                raise CudaError(f"CUDA: cudaSetDeviceFlags | The device kept scheduling flags {flags:#x}; "
+                                "expected cudaDeviceScheduleSpin for spin-wait.")
+
+    def smoke_test(self) -> None:
+        """One real allocation: a binding that imports but cannot work here (wrong platform) fails now."""
+        self.free(self.malloc(256))
 
     def check(self, result, what: str):
         err, rest = result[0], result[1:]
@@ -442,6 +480,21 @@ class _CudaPythonApi:
         pass
 
 
+_CU_CTX_SCHED_SPIN = 0x01  # CUctx_flags (cuda.h)
+
+
+def _primary_context_spin(device: int) -> None:
+    """Spin-wait scheduling for the device's primary context, through the driver (pycuda has no call for it):
+    cuDevicePrimaryCtxSetFlags_v2 before the context is retained, as cudaSetDeviceFlags does for the runtime."""
+    lib = ctypes.CDLL("libcuda.so.1")
+    dev = ctypes.c_int()
+    for fn, args in (("cuDeviceGet", (ctypes.byref(dev), device)),
+                     ("cuDevicePrimaryCtxSetFlags_v2", (dev, ctypes.c_uint(_CU_CTX_SCHED_SPIN)))):
+        r = getattr(lib, fn)(*args)
+        if r != 0:
+            raise CudaError(f"CUDA: {fn} | Failed with CUresult {r}; spin-wait cannot be set.")
+
+
 class _PyCudaApi:
     """The driver API through pycuda (built from source on Jetson), sharing the device's primary context with
     TensorRT. No CUDA graph capture here: use cuda-python for that."""
@@ -449,16 +502,21 @@ class _PyCudaApi:
     name = "pycuda"
     supports_graphs = False
 
-    def __init__(self, device: int):
+    def __init__(self, device: int, spin: bool = False):
         import pycuda.driver as drv
 
         self.drv = drv
         drv.init()
+        if spin:
+            _primary_context_spin(device)
         self.ctx = drv.Device(device).retain_primary_context()
         self.ctx.push()
         self._owner_thread = threading.get_ident()
         self._pushed = threading.local()
         self._pushed.value = True
+
+    def smoke_test(self) -> None:
+        self.free(self.malloc(256))
 
     def _guard(self, what: str, fn, *args):
         try:
@@ -539,10 +597,12 @@ class Cuda:
     Not thread-safe: one runner uses it from one thread at a time (it may change threads between calls).
     """
 
-    def __init__(self, device: DeviceInfo, binding: str):
+    def __init__(self, device: DeviceInfo, binding: str, spin: bool = False):
         self.device = device
         self.binding = binding
-        self._api = _CudaPythonApi(device.index) if binding == "cuda-python" else _PyCudaApi(device.index)
+        self.spin = spin  # the device's wait policy is spin (set before any work; process-wide for the device)
+        api = _CudaPythonApi if binding == "cuda-python" else _PyCudaApi
+        self._api = api(device.index, spin)
         self._thread = threading.get_ident()
         self._device_buffers: list[DeviceBuffer] = []
         self._host_buffers: list[HostBuffer] = []
@@ -661,11 +721,34 @@ class Cuda:
         self.close()
 
 
-def open_cuda(index: int = 0, binding: str | None = None, what: str = "This backend") -> Cuda:
+def open_cuda(index: int = 0, binding: str | None = None, what: str = "This backend", spin: bool = False) -> Cuda:
     """Open device ``index`` through cuda-python (or pycuda); one EdgemmError when that is impossible.
 
-    One probe: require_device only returns a device found through a usable binding, and that binding is
-    recorded on the device itself (``DeviceInfo.binding``).
+    The binding the probe found must also work: one real allocation. When it fails (cuda-python's PyPI
+    aarch64 wheels are built for ARM servers, not L4T), the next binding that finds the device is used; when
+    none works, the error says what to install. ``spin``: busy-wait scheduling for the device (trtexec's
+    --useSpinWait), set before any work is queued.
     """
     dev = require_device(index, what=what, binding=binding)
-    return Cuda(dev, dev.binding)
+    failures = []
+    for name in [dev.binding] + [b for b in BINDINGS if b != dev.binding and binding is None]:
+        if name != dev.binding:
+            other = probe(name).device(index)
+            if other is None:
+                continue
+            dev = other
+        c = None
+        try:
+            c = Cuda(dev, name, spin=spin)
+            c._api.smoke_test()
+            if failures:
+                log.warning("CUDA: %s failed here (%s); using %s", failures[0][0], failures[0][1], name)
+            return c
+        except Exception as exc:  # noqa: BLE001 - ImportError, CudaError, a binding's own error type
+            failures.append((name, _first_line(exc)))
+            if c is not None:
+                with contextlib.suppress(Exception):
+                    c.close()
+    tried = "; ".join(f"{n}: {why}" for n, why in failures)
+    raise EdgemmError(f"CUDA binding | {dev.describe()} was found but no binding works with it ({tried}). "
+                      f"Fix: {binding_fix([dev])}")

@@ -8,12 +8,16 @@ build of onnxruntime still lists CUDAExecutionProvider and then fails at the fir
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from edgemm.errors import EdgemmError
+from edgemm.feeds import synthesize
 from edgemm.runners.base import BaseRunner, TensorMeta
 
 log = logging.getLogger(__name__)
@@ -46,8 +50,6 @@ def _meta(nodes) -> dict[str, TensorMeta]:
 
 def ort_cache_dir() -> Path:
     """Where the TensorRT EP keeps its engines and timings (building them takes minutes on a Jetson)."""
-    import os
-
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgemm" / "ort-tensorrt"
 
 
@@ -91,8 +93,6 @@ class OnnxRuntimeRunner(BaseRunner):
         self.provider: str | None = None
 
     def _session(self, provider: str):
-        import onnxruntime as ort
-
         opts = ort.SessionOptions()
         # Fatal only: a failing kernel also raises, and edgemm reports that in one line; provider fallbacks
         # are reported by edgemm itself.
@@ -122,8 +122,6 @@ class OnnxRuntimeRunner(BaseRunner):
 
     def _probe(self, sess, provider: str) -> None:
         """A real inference: the only proof that a GPU provider works on this device."""
-        from edgemm.feeds import synthesize
-
         feed = synthesize(_meta(sess.get_inputs()), self.graph_spec)
         try:
             sess.run(None, feed)
@@ -138,8 +136,6 @@ class OnnxRuntimeRunner(BaseRunner):
                 self._probe(self.session, self.requested_provider)
             self.provider = self.requested_provider
         else:
-            import onnxruntime as ort
-
             available = set(ort.get_available_providers())
             for provider in AUTO_ORDER:
                 if PROVIDERS[provider] not in available:
@@ -175,9 +171,6 @@ class OnnxRuntimeRunner(BaseRunner):
     @classmethod
     def preload(cls) -> None:
         """Import onnxruntime and create its process-wide environment with one tiny session."""
-        import onnxruntime as ort
-        from onnx import TensorProto, helper
-
         if getattr(cls, "_preloaded", False):
             return
         vi = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])

@@ -7,9 +7,13 @@ then the engine's recorded TensorRT version and GPU are checked against this dev
 largest shapes; each inference is: copy into pinned memory, H2D, ``execute_async_v3``, D2H, all on one
 stream, timed by CUDA events so that ``last_breakdown`` gives trtexec's H2D / GPU compute / D2H split.
 
-On Jetson (integrated GPU, shared DRAM) the I/O tensors live in mapped pinned memory that the GPU reads and
-writes directly: zero-copy, no H2D/D2H at all. Optional CUDA graph capture removes the per-layer launch cost
-(recaptured after an input shape change, as TensorRT requires: one plain enqueue first, then capture).
+On Jetson (integrated GPU, shared DRAM) the I/O tensors can live in mapped pinned memory that the GPU reads
+and writes directly: zero-copy, no H2D/D2H at all. But pinned host memory is uncached for the Jetson GPU, so
+kernels that read their input more than once (convolutions) can lose more than the copy costs, and then the
+time hides in "GPU compute" rather than in H2D. So by default, on an integrated GPU, the first inference runs
+both ways (``IO_TRIALS`` each, interleaved) and the faster one is kept; ``io_choice`` and ``describe()`` say
+which and by how much. Discrete GPUs always copy. Optional CUDA graph capture removes the per-layer launch
+cost (recaptured after an input shape change, as TensorRT requires: one plain enqueue first, then capture).
 
 TensorRT 10.x and 11.x name-based API only (``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``,
 ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``), checked against NVIDIA's samples
@@ -27,6 +31,8 @@ from typing import Mapping
 import numpy as np
 
 from edgemm.errors import EdgemmError
+from edgemm.lazy import import_optional
+from edgemm.runners import cuda
 from edgemm.runners.base import BaseRunner, TensorMeta
 
 log = logging.getLogger(__name__)
@@ -128,6 +134,17 @@ def np_dtype(trt, trt_dtype, name: str) -> np.dtype:
                           "float32/float16/int8/int32/int64/uint8/bool I/O (keep graph I/O in those types).") from exc
 
 
+IO_TRIALS = 5  # inferences per I/O mode when choosing zero-copy or copy on an integrated GPU
+
+
+def faster_io_mode(zero_copy_ms: list[float], copy_ms: list[float]) -> dict:
+    """Which I/O mode to keep from the whole-inference times (H2D + compute + D2H) of each: the lower median;
+    on a tie zero-copy (it needs no device buffers)."""
+    zc, cp = float(np.median(zero_copy_ms)), float(np.median(copy_ms))
+    return {"chosen": "zero-copy" if zc <= cp else "copy", "zero_copy_ms": round(zc, 4), "copy_ms": round(cp, 4),
+            "trials": len(zero_copy_ms)}
+
+
 def _volume(shape) -> int:
     return int(np.prod([int(d) for d in shape], dtype=np.int64)) if len(shape) else 1
 
@@ -142,9 +159,11 @@ class TensorRTRunner(BaseRunner):
 
     engine:      the plan file (path) or its bytes
     engine_info: what was recorded when it was built ({"tensorrt_version", "gpu", "compute_capability", ...})
-    zero_copy:   map pinned host memory for the GPU instead of copying (None: on integrated GPUs, i.e. Jetson)
+    zero_copy:   map pinned host memory for the GPU instead of copying (None: on integrated GPUs, i.e. Jetson,
+                 whichever of the two measures faster at the first inference; discrete GPUs copy)
     cuda_graph:  capture the engine's enqueue into a CUDA graph and replay it (cuda-python only)
-    spin_wait:   busy-wait for the GPU instead of sleeping (lower latency, one CPU core busy; trtexec --useSpinWait)
+    spin_wait:   busy-wait for the GPU instead of sleeping (lower latency, one CPU core busy; trtexec --useSpinWait:
+                 the device's scheduling flag is set to spin before any work, process-wide for that device)
 
     On the command line: ``--backend tensorrt:graph:spin`` (cuda_graph, spin_wait), ``tensorrt:copy``
     (zero_copy=False); see edgemm.runners.
@@ -170,6 +189,7 @@ class TensorRTRunner(BaseRunner):
         self.device = None
         self.trt_version = None
         self.zero_copy = False
+        self.io_choice: dict | None = None  # the measured zero-copy/copy choice (integrated GPUs, automatic mode)
         self.cuda_graph = False
         self._reset()
 
@@ -199,12 +219,10 @@ class TensorRTRunner(BaseRunner):
         self._stream = None
         self._events = ()
         self._graph = None
+        self._measure_io = False  # the next inference chooses between zero-copy and copy
 
     # -- activation --------------------------------------------------------------------------------
     def activate_impl(self) -> None:
-        from edgemm.lazy import import_optional
-        from edgemm.runners import cuda
-
         try:
             self._activate(cuda, import_optional)
         except BaseException:
@@ -213,7 +231,7 @@ class TensorRTRunner(BaseRunner):
 
     def _activate(self, cuda, import_optional) -> None:
         # 1. A device and a working CUDA binding (one probe), before anything touches TensorRT.
-        self.cuda = cuda.open_cuda(self.device_index, self.binding, what="The tensorrt backend")
+        self.cuda = cuda.open_cuda(self.device_index, self.binding, what="The tensorrt backend", spin=self.spin_wait)
         self.device = self.cuda.device
         # 2. TensorRT itself, and the engine's version/GPU against this device.
         trt = self.trt = import_optional("tensorrt", TENSORRT_HINT)
@@ -230,6 +248,13 @@ class TensorRTRunner(BaseRunner):
                 raise EdgemmError(f"TensorRT engine: {self.engine_source} | Cannot be read ({exc.strerror}).") from exc
         self._logger = make_logger(trt)
         self._runtime = trt.Runtime(self._logger)
+        dla_core = self.engine_info.get("dla_core")
+        if dla_core is not None:
+            # An engine with DLA layers runs them on the DLA core the runtime names (set before deserializing).
+            if dla_core >= self._runtime.num_DLA_cores:
+                raise EdgemmError(f"TensorRT engine: {self.name} | Built for DLA core {dla_core}; this device has "
+                                  f"{self._runtime.num_DLA_cores} DLA core(s). Rebuild it here: {self.rebuild}")
+            self._runtime.DLA_core = int(dla_core)
         if hasattr(trt, "init_libnvinfer_plugins"):  # engines with TensorRT's standard plugins need them registered
             trt.init_libnvinfer_plugins(self._logger, "")
         self._engine = self._runtime.deserialize_cuda_engine(plan)
@@ -242,6 +267,8 @@ class TensorRTRunner(BaseRunner):
                               f"({self._logger.last_error()}); the GPU may be out of memory.")
         # 4. I/O, buffers at the largest shapes, stream, events.
         self.zero_copy = self.device.integrated if self.zero_copy_requested is None else bool(self.zero_copy_requested)
+        # Integrated GPU, nothing asked: measure zero-copy against copy at the first inference.
+        self._measure_io = self.device.integrated and self.zero_copy_requested is None
         self.cuda_graph = bool(self.cuda_graph_requested)
         if self.cuda_graph and not self.cuda.supports_graphs:
             log.warning("CUDA graphs need cuda-python (this device uses %s); running without", self.cuda.binding)
@@ -285,18 +312,22 @@ class TensorRTRunner(BaseRunner):
         for name, shape in max_shapes.items():
             meta = self._inputs.get(name) or self._outputs[name]
             nbytes = _volume(shape) * meta.dtype.itemsize
-            if self.zero_copy:
-                buf = self.cuda.host_buffer(nbytes, mapped=True)
-                address = buf.device_ptr
-            else:
-                buf = self.cuda.host_buffer(nbytes)
+            # Mapped host memory serves both modes: the GPU's buffer in zero-copy, the pinned staging buffer
+            # of the copies otherwise. Device buffers only where copies may run.
+            self._host[name] = self.cuda.host_buffer(nbytes, mapped=self.zero_copy or self._measure_io)
+            if not self.zero_copy or self._measure_io:
                 self._dev[name] = self.cuda.device_buffer(nbytes)
-                address = self._dev[name].ptr
-            self._host[name] = buf
-            # Addresses never change after this: set once (and CUDA graphs stay valid across calls).
-            if not ctx.set_tensor_address(name, int(address)):
-                raise EdgemmError(f"Tensor: {name} | TensorRT refused its address ({self._logger.last_error()}).")
+        self._bind(self.zero_copy)
         self._shapes = dict(max_shapes)
+
+    def _bind(self, zero_copy: bool) -> None:
+        """Point TensorRT at the mapped host buffers (zero-copy) or the device buffers. Addresses change only
+        here (at activation, and while the I/O mode is chosen), so CUDA graphs stay valid across calls."""
+        self.zero_copy = zero_copy
+        for name, host in self._host.items():
+            address = host.device_ptr if zero_copy else self._dev[name].ptr
+            if not self._context.set_tensor_address(name, int(address)):
+                raise EdgemmError(f"Tensor: {name} | TensorRT refused its address ({self._logger.last_error()}).")
 
     def _set_input_shape(self, name: str, shape: tuple) -> None:
         if not self._context.set_input_shape(name, tuple(int(d) for d in shape)):
@@ -330,7 +361,7 @@ class TensorRTRunner(BaseRunner):
 
     # -- inference ---------------------------------------------------------------------------------
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cuda, ctx, stream = self.cuda, self._context, self._stream
+        cuda, ctx = self.cuda, self._context
         cuda.make_current()
         shapes_changed = False
         for name, meta in self._inputs.items():
@@ -347,9 +378,35 @@ class TensorRTRunner(BaseRunner):
             for name in self._outputs:
                 self._shapes[name] = tuple(int(d) for d in ctx.get_tensor_shape(name))
             self._drop_graph()
+        if self._measure_io:
+            self._choose_io_mode()
         if self.cuda_graph and self._graph is None:
             self._capture()
+        self._enqueue_and_wait()
+        # Copies, not views: the pinned buffers are reused by the next call and freed by deactivate().
+        return {name: self._host[name].view(meta.dtype, self._shapes[name]).copy()
+                for name, meta in self._outputs.items()}
 
+    def _choose_io_mode(self) -> None:
+        """Run the current inputs IO_TRIALS times each way, interleaved, and keep the faster I/O mode."""
+        self._measure_io = False
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for mode in (True, False):  # one warm-up each (first-touch of the buffers, lazy kernel loading)
+            self._bind(mode)
+            self._enqueue_and_wait()
+        for _ in range(IO_TRIALS):
+            for mode in (True, False):
+                self._bind(mode)
+                self._enqueue_and_wait()
+                times[mode].append(sum(self.last_breakdown.values()))
+        self.io_choice = faster_io_mode(times[True], times[False])
+        self._bind(self.io_choice["chosen"] == "zero-copy")
+        log.info("%s: I/O %s (zero-copy %.3f ms, copy %.3f ms per inference, median of %d)", self.name,
+                 self.io_choice["chosen"], self.io_choice["zero_copy_ms"], self.io_choice["copy_ms"], IO_TRIALS)
+
+    def _enqueue_and_wait(self) -> None:
+        """H2D (unless zero-copy), the engine (or its CUDA graph), D2H, on one stream; last_breakdown is set."""
+        cuda, ctx, stream = self.cuda, self._context, self._stream
         ev_start, ev_h2d, ev_compute, ev_end = self._events
         cuda.record(ev_start, stream)
         if not self.zero_copy:
@@ -371,9 +428,6 @@ class TensorRTRunner(BaseRunner):
         self.last_breakdown = {"h2d": cuda.elapsed_ms(ev_start, ev_h2d),
                                "compute": cuda.elapsed_ms(ev_h2d, ev_compute),
                                "d2h": cuda.elapsed_ms(ev_compute, ev_end)}
-        # Copies, not views: the pinned buffers are reused by the next call and freed by deactivate().
-        return {name: self._host[name].view(meta.dtype, self._shapes[name]).copy()
-                for name, meta in self._outputs.items()}
 
     def _capture(self) -> None:
         """Capture one enqueue into a CUDA graph. TensorRT wants one plain enqueue after any shape change first."""
@@ -402,6 +456,11 @@ class TensorRTRunner(BaseRunner):
     def describe(self) -> str:
         if self.device is None:
             return "tensorrt"
-        extras = [x for x, on in (("zero-copy", self.zero_copy), ("CUDA graph", self.cuda_graph),
-                                  ("spin-wait", self.spin_wait)) if on]
+        io = "zero-copy" if self.zero_copy else None
+        if self.io_choice:
+            c = self.io_choice
+            io = f"{c['chosen']} (measured: zero-copy {c['zero_copy_ms']:.3f} ms, copy {c['copy_ms']:.3f} ms)"
+        extras = [x for x, on in ((io, io), ("CUDA graph", self.cuda_graph), ("spin-wait", self.spin_wait),
+                                  (f"DLA core {self.engine_info.get('dla_core')}",
+                                   self.engine_info.get("dla_core") is not None)) if on]
         return f"tensorrt {self.trt_version} {self.device.name} {self.device.sm}" + (f" {', '.join(extras)}" if extras else "")

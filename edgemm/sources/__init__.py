@@ -20,7 +20,8 @@ Options go in the query string (``test://video?fps=15``) or as keyword arguments
   every source:  name (label in Frame.source / AudioBlock.source)
   live video:    stall_timeout (3 s), open_timeout (10 s), transport=tcp|udp (rtsp), capture_delay (0 s:
                  known exposure-to-grab delay, subtracted from Frame.t), live=false (a recording at a URL)
-  v4l2 / csi:    size=WxH, fps, fourcc=MJPG (v4l2), flip=0..7 (csi)
+  v4l2 / csi:    size=WxH, fps, fourcc=MJPG (v4l2), flip=0..7 (csi), out_size=WxH|full (csi: nvvidconv scales
+                 in NVMM to this size; `edgemm run` gives the model's input size unless the URI says otherwise)
   files:         realtime (true: paced at their own rate), loop (false), start_time (now()-time of media 0)
   audio:         sample_rate (16000 for mic/test; a WAV is resampled to it), block (samples) or block_s
                  (0.02 s), buffer_s (2 s ring), stall_timeout (2 s, mic), resample (true, WAV), channels and
@@ -36,10 +37,22 @@ import glob
 import os
 from pathlib import Path
 
+import cv2
+
 from edgemm.errors import EdgemmError
 from edgemm.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
+from edgemm.sources.audio import MicSource, WavSource
 from edgemm.sources.base import AudioBlock, EndOfStream, Frame, Source, SourceError, SourceStats, now
+from edgemm.sources.patterns import (
+    AUDIO_KINDS,
+    ArrayVideoSource,
+    ColourBarsSource,
+    GeneratedAudioSource,
+    audio_pattern,
+    block_size,
+)
 from edgemm.sources.uri import NETWORK_SCHEMES, Options, parse_uri
+from edgemm.sources.video import VideoCaptureSource, csi_pipeline, gst_pipeline, require_gstreamer
 
 __all__ = ["open_source", "Source", "SourceError", "EndOfStream", "Frame", "AudioBlock", "SourceStats", "now",
            "modality_of"]
@@ -109,8 +122,6 @@ def _live_video_kwargs(opts: Options) -> dict:
 
 
 def _v4l2(parsed, opts: Options, loc: str) -> Source:
-    from edgemm.sources.video import VideoCaptureSource
-
     loc = loc or "/dev/video0"
     device = f"/dev/video{loc}" if loc.isdigit() else loc
     if not os.path.exists(device):
@@ -126,23 +137,20 @@ def _v4l2(parsed, opts: Options, loc: str) -> Source:
 
 
 def _csi(parsed, opts: Options, loc: str) -> Source:
-    from edgemm.sources.video import VideoCaptureSource, csi_pipeline, require_gstreamer
-
     sensor = loc.strip("/") or "0"
     if not sensor.isdigit():
         raise EdgemmError(f"Camera: {parsed.uri} | Sensor id '{sensor}'; expected csi://0, csi://1, ...")
     size = opts.get_size("size", (1280, 720))
     fps = opts.get_float("fps", 30.0, minimum=1)
     flip = opts.get_int("flip", 0, minimum=0)
+    out_size = None if opts.get_str("out_size") in (None, "full") else opts.get_size("out_size")
     kw = _live_video_kwargs(opts)
     opts.check_all_used("CSI camera")
     require_gstreamer(parsed.uri)
-    return VideoCaptureSource(parsed.uri, csi_pipeline(int(sensor), size, fps, flip), api="gstreamer", **kw)
+    return VideoCaptureSource(parsed.uri, csi_pipeline(int(sensor), size, fps, flip, out_size), api="gstreamer", **kw)
 
 
 def _gst(parsed, opts: Options, loc: str) -> Source:
-    from edgemm.sources.video import VideoCaptureSource, gst_pipeline, require_gstreamer
-
     if not loc.strip():
         raise EdgemmError(f"Video source: {parsed.uri} | Empty pipeline; expected gst://videotestsrc ! appsink.")
     kw = _live_video_kwargs(opts)
@@ -152,8 +160,6 @@ def _gst(parsed, opts: Options, loc: str) -> Source:
 
 
 def _network(parsed, opts: Options) -> Source:
-    from edgemm.sources.video import VideoCaptureSource
-
     ffmpeg_options = None
     if parsed.scheme in ("rtsp", "rtsps"):
         # TCP by default: over UDP one lost packet corrupts a frame; transport=udp for the lowest latency.
@@ -182,18 +188,12 @@ def _file(parsed, opts: Options, loc: str, modality: str | None) -> Source:
     common = dict(realtime=opts.get_bool("realtime", True), loop=opts.get_bool("loop", False),
                   start_time=opts.get_float("start_time"), name=opts.get_str("name"))
     if suffix in IMAGE_SUFFIXES:
-        import cv2
-
-        from edgemm.sources.patterns import ArrayVideoSource
-
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise EdgemmError(f"Image file: {path} | Not a readable image; expected PNG, JPEG or BMP.")
         fps = opts.get_float("fps", 30.0, minimum=0.01)
         opts.check_all_used("image")
         return ArrayVideoSource([img], fps=fps, uri=parsed.uri, **common)
-    from edgemm.sources.video import VideoCaptureSource
-
     opts.check_all_used("video file")
     _probe_video_file(parsed.uri, path)
     return VideoCaptureSource(parsed.uri, str(path), api="ffmpeg", live=False, **common)
@@ -201,8 +201,6 @@ def _file(parsed, opts: Options, loc: str, modality: str | None) -> Source:
 
 def _probe_video_file(uri: str, path: Path) -> None:
     """Open the file once now so a file OpenCV cannot decode fails before the run starts."""
-    import cv2
-
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     try:
         ok = cap.isOpened() and cap.grab()
@@ -214,8 +212,6 @@ def _probe_video_file(uri: str, path: Path) -> None:
 
 
 def _test_video(parsed, opts: Options) -> Source:
-    from edgemm.sources.patterns import ColourBarsSource
-
     src = ColourBarsSource(parsed.uri, size=opts.get_size("size", (640, 480)),
                            fps=opts.get_float("fps", 30.0, minimum=0.01),
                            pattern=opts.get_choice("pattern", ("bars", "noise"), "bars"),
@@ -230,15 +226,11 @@ def _test_video(parsed, opts: Options) -> Source:
 # ------------------------------------------------------------------------------------------------ audio
 
 def _block(opts: Options, sample_rate: int) -> int:
-    from edgemm.sources.patterns import block_size
-
     return block_size(sample_rate, opts.get_int("block", None, minimum=1),
                       opts.get_float("block_s", None, minimum=1e-4))
 
 
 def _mic(parsed, opts: Options, loc: str) -> Source:
-    from edgemm.sources.audio import MicSource
-
     rate = opts.get_int("sample_rate", 16000, minimum=1000)
     kw = dict(sample_rate=rate, block=_block(opts, rate), buffer_s=opts.get_float("buffer_s", 2.0, minimum=0.01),
               stall_timeout=opts.get_float("stall_timeout", 2.0, minimum=0.05),
@@ -255,8 +247,6 @@ def _mic(parsed, opts: Options, loc: str) -> Source:
 
 
 def _wav(parsed, opts: Options, path: Path) -> Source:
-    from edgemm.sources.audio import WavSource
-
     kw = dict(sample_rate=opts.get_int("sample_rate", None, minimum=1000), resample=opts.get_bool("resample", True),
               block=opts.get_int("block", None, minimum=1), block_s=opts.get_float("block_s", None, minimum=1e-4),
               realtime=opts.get_bool("realtime", True), loop=opts.get_bool("loop", False),
@@ -267,8 +257,6 @@ def _wav(parsed, opts: Options, path: Path) -> Source:
 
 
 def _test_audio(parsed, opts: Options) -> Source:
-    from edgemm.sources.patterns import AUDIO_KINDS, GeneratedAudioSource, audio_pattern
-
     rate = opts.get_int("sample_rate", 16000, minimum=1000)
     kind = opts.get_choice("kind", AUDIO_KINDS, "tone")
     gen = audio_pattern(kind, rate, freq=opts.get_float("freq", 440.0, minimum=0),

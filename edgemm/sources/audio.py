@@ -40,6 +40,7 @@ import numpy as np
 from edgemm.errors import EdgemmError
 from edgemm.lazy import import_optional
 from edgemm.media import read_wav
+from edgemm.preprocess import resample as resample_fn
 from edgemm.sources.base import AudioBlock, Source, SourceError, now
 from edgemm.sources.patterns import ArrayAudioSource, block_size, default_block
 
@@ -451,8 +452,6 @@ class WavSource(ArrayAudioSource):
             if not resample:
                 raise EdgemmError(f"Audio file: {path} | Sample rate {rate} Hz; expected {int(sample_rate)} Hz "
                                   "(resampling is off: resample=false).")
-            from edgemm.preprocess import resample as resample_fn
-
             log.info("Audio file: %s | Resampling %d Hz -> %d Hz.", path, rate, int(sample_rate))
             data = resample_fn(data, rate, int(sample_rate))
             self.resampled_from = rate

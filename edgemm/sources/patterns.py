@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import threading
 
+import cv2
 import numpy as np
 
 from edgemm.errors import EdgemmError
@@ -167,8 +168,6 @@ def _cell(w: int, h: int) -> int:
 def burn_frame_counter(img: np.ndarray, seq: int) -> np.ndarray:
     """Write seq into the frame: a strip of white/black cells (reference white, reference black, then 32 bits,
     most significant first) along the top, and as text for people. Returns the same array."""
-    import cv2
-
     h, w = img.shape[:2]
     c = _cell(w, h)
     bits = [1, 0] + [(int(seq) >> (COUNTER_BITS - 1 - i)) & 1 for i in range(COUNTER_BITS)]

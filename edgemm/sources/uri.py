@@ -2,12 +2,14 @@
 
 Parsed by hand, not with urllib: device names such as ``mic://hw:1,0`` or ``gst://videotestsrc ! appsink``
 are not URLs, and urlparse would cut them at the colon or the exclamation mark. Options come after a ``?``
-(``test://video?size=640x480&fps=15``) and can also be given as keyword arguments, which win.
+(``test://video?size=640x480&fps=15``, ``speech.wav?resample=false``) and can also be given as keyword
+arguments, which win.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qsl, unquote
 
 from edgemm.errors import EdgemmError
@@ -36,8 +38,14 @@ def parse_uri(uri, options: dict | None = None) -> ParsedUri:
                           "a file path or test://video.")
     scheme, sep, rest = text.partition("://")
     if not sep:
-        # A plain path, a camera index ("0"), or "name:" forms that are not ours.
-        return ParsedUri(text, "", text, dict(options or {}))
+        # A plain path, a camera index ("0"), or "name:" forms that are not ours. Options after a "?" as for
+        # file:// (speech.wav?resample=false), unless the whole text names a file that exists.
+        location, query_keys, opts = text, frozenset(), {}
+        if "?" in text and not Path(text).exists():
+            location, _, query = text.partition("?")
+            opts = dict(parse_qsl(query, keep_blank_values=True))
+            query_keys = frozenset(opts)
+        return ParsedUri(text, "", location, opts | dict(options or {}), query_keys)
     scheme = scheme.lower()
     if scheme not in ALL_SCHEMES:
         raise EdgemmError(f"Source: {text} | Unknown URI scheme '{scheme}://'; expected one of "
@@ -146,7 +154,7 @@ class Options:
 # Every option any source reads (see edgemm/sources/__init__.py for what each one means).
 KNOWN_OPTIONS = frozenset({
     "name", "realtime", "loop", "start_time", "stall_timeout", "open_timeout", "live",  # every source
-    "size", "fps", "fourcc", "flip", "transport", "frames", "pattern", "capture_delay",  # video
+    "size", "fps", "fourcc", "flip", "out_size", "transport", "frames", "pattern", "capture_delay",  # video
     "sample_rate", "block", "block_s", "buffer_s", "resample", "channels", "latency", "anchor_s",  # audio
     "kind", "freq", "freq_end", "period_s", "amplitude", "seed", "duration_s",  # audio test patterns
 })

@@ -27,6 +27,8 @@ import os
 import re
 import threading
 
+import cv2
+
 from edgemm.errors import EdgemmError
 from edgemm.sources.base import EndOfStream, Frame, Source, SourceError, now
 
@@ -38,16 +40,12 @@ _EOF = object()
 
 def opencv_has(feature: str) -> bool:
     """True when this OpenCV build lists ``feature`` (e.g. 'GStreamer', 'FFMPEG', 'v4l/v4l2') as YES."""
-    import cv2
-
     info = cv2.getBuildInformation()
     m = re.search(rf"^\s*{re.escape(feature)}:\s*(\S+)", info, re.MULTILINE)
     return bool(m) and m.group(1).upper().startswith("YES")
 
 
 def require_gstreamer(uri: str) -> None:
-    import cv2
-
     if not opencv_has("GStreamer"):
         raise EdgemmError(
             f"Video source: {uri} | This OpenCV {cv2.__version__} ({os.path.dirname(cv2.__file__)}) was built "
@@ -56,12 +54,19 @@ def require_gstreamer(uri: str) -> None:
             "opencv-python wheel: pip uninstall opencv-python opencv-python-headless.")
 
 
-def csi_pipeline(sensor_id: int, size=(1280, 720), fps: float = 30.0, flip: int = 0) -> str:
-    """The GStreamer pipeline a Jetson CSI camera is read through (Argus ISP -> NVMM -> BGR for OpenCV)."""
+def csi_pipeline(sensor_id: int, size=(1280, 720), fps: float = 30.0, flip: int = 0,
+                 out_size: tuple[int, int] | None = None) -> str:
+    """The GStreamer pipeline a Jetson CSI camera is read through (Argus ISP -> NVMM -> BGR for OpenCV).
+
+    out_size: nvvidconv (the VIC engine) scales to it while the frame is still in NVMM memory, so only the
+    small frame crosses to the CPU; the colour conversion to BGR then runs on the small frame too. With the
+    model's input size a 1080p frame never reaches the CPU at full size (preprocessing's resize is then a
+    no-op; it stretches to the model size, as this does, without cropping)."""
     w, h = size
+    scaled = f"video/x-raw,width={out_size[0]},height={out_size[1]},format=BGRx" if out_size else "video/x-raw,format=BGRx"
     return (f"nvarguscamerasrc sensor-id={sensor_id} ! "
             f"video/x-raw(memory:NVMM),width={w},height={h},framerate={int(round(fps))}/1,format=NV12 ! "
-            f"nvvidconv flip-method={flip} ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+            f"nvvidconv flip-method={flip} ! {scaled} ! videoconvert ! video/x-raw,format=BGR ! "
             "appsink drop=true max-buffers=1 sync=false")
 
 
@@ -133,14 +138,10 @@ class VideoCaptureSource(Source):
     # -------------------------------------------------------------------------------------------- open
 
     def _api_id(self):
-        import cv2
-
         return {"ffmpeg": cv2.CAP_FFMPEG, "v4l2": cv2.CAP_V4L2, "gstreamer": cv2.CAP_GSTREAMER,
                 "any": cv2.CAP_ANY}[self.api]
 
     def _open_capture(self):
-        import cv2
-
         params = []
         if self.api in ("ffmpeg", "gstreamer"):
             # Without these OpenCV waits 30 s to open and blocks grab() for 30 s on a dead stream.
@@ -216,8 +217,6 @@ class VideoCaptureSource(Source):
             self._cond.notify_all()
 
     def _run_live(self, cap, stop: threading.Event, _start: float) -> None:
-        import cv2
-
         driver_stamps = self.api == "v4l2"
         try:
             while not stop.is_set():
@@ -260,8 +259,6 @@ class VideoCaptureSource(Source):
             cap.release()
 
     def _run_file(self, cap, stop: threading.Event, start: float) -> None:
-        import cv2
-
         fps = self.fps or 30.0
         offset = 0.0  # media time added per loop pass
         last_media_t = -1.0
