@@ -335,6 +335,7 @@ def run_model(name: str, models: dict, work: Path, bench_iterations: int = 200) 
         rep = json.loads((out / "int8" / "report.json").read_text())
         close = [c for c in (rep.get("closeness") or {}).values() if isinstance(c, dict) and c.get("cosine") is not None]
         row["int8_cosine_min"] = min(c["cosine"] for c in close) if close else None
+        row["int8_max_abs"] = max(c["max_abs"] for c in close) if close else None  # (cosine means little near 0)
         g = next(iter(rep.get("conversion", {}).get("int8", {}).values()), {})
         row["int8_flavour"] = g.get("flavour", {}).get("chosen")
         row["int8_opset"] = g.get("opset")
@@ -398,14 +399,15 @@ def _run_on_file(model: Path, shape_args: list, work: Path, out: Path) -> Outcom
 
 def table(rows: list[dict]) -> str:
     cols = ("info", "bench", "fp16", "int8", "prune", "eval", "run")
-    out = ["| model (wheel, file) | " + " | ".join(cols) + " | INT8 vs FP32 | INT8 vs ORT defaults | INT8 cosine |",
+    out = ["| model (wheel, file) | " + " | ".join(cols) + " | INT8 vs FP32 | INT8 vs ORT defaults | INT8 closeness: cosine / max abs |",
            "|---" * (len(cols) + 4) + "|"]
     for r in rows:
         cells = [_short(r["commands"].get(c, {})) for c in cols]
         vs32 = f"{r['speedup_vs_fp32']:.2f}x ({r['fp32_ms']:.3f} -> {r['int8_ms']:.3f} ms)" if "speedup_vs_fp32" in r else "n/a"
         vsort = (f"{r['speedup_vs_ort']:.2f}x (ORT {r['ort_int8_ms']:.3f} ms)" if "speedup_vs_ort" in r
                  else r.get("ort_defaults", "n/a"))
-        cos = f"{r['int8_cosine_min']:.5f}" if r.get("int8_cosine_min") is not None else "n/a"
+        cos = (f"{r['int8_cosine_min']:.4f} / {r['int8_max_abs']:.3g}" if r.get("int8_cosine_min") is not None
+               else "n/a")
         out.append(f"| **{r['model']}**: {r['family']} ({r['wheel']}, `{Path(r['file']).name}`) | "
                    + " | ".join(cells) + f" | {vs32} | {vsort} | {cos} |")
     return "\n".join(out)
