@@ -416,8 +416,8 @@ def table(rows: list[dict]) -> str:
 def _short(c: dict) -> str:
     if not c:
         return "n/a"
-    detail = c.get("detail", "")
-    return c["status"] + (f": {detail}" if detail else "")
+    detail = c.get("detail", "").replace(str(ROOT) + "/", "").replace("|", "\\|")
+    return c["status"] + (f": {detail[:160]}" if detail else "")
 
 
 def main(argv=None) -> int:
