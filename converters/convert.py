@@ -68,6 +68,7 @@ class ConvertOptions:
     workspace_mb: int | None = None  # TensorRT workspace limit (default: all of the device's memory)
     builder_opt_level: int | None = None  # TensorRT builder optimization level 0..5
     dla: int | None = None  # DLA core, with GPU fallback (Orin NX / AGX Orin)
+    nms_in_engine: bool = False  # EfficientNMS appended to a YOLO detector's graph (converters/detection_nms.py)
 
     def settings(self) -> dict:
         d = asdict(self)
@@ -155,6 +156,8 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
         raise EdgemmError(f"Max drop: {opts.max_drop} | Expected a non-negative number of points.")
     if not opts.bench_seconds or opts.bench_seconds <= 0:
         raise EdgemmError(f"Bench seconds: {opts.bench_seconds} | Expected a positive number of seconds.")
+    if opts.nms_in_engine and opts.target != "tensorrt":
+        raise EdgemmError("--nms-in-engine | Puts NMS into a TensorRT engine; expected --target tensorrt.")
     if opts.max_batch is None or opts.max_batch < 1:
         raise EdgemmError(f"Max batch: {opts.max_batch} | Expected a positive batch size.")
     trt_only = [f for f, v in (("--workspace", opts.workspace_mb), ("--builder-opt-level", opts.builder_opt_level),
@@ -297,6 +300,14 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
         from edgemm.converters.tensorrt import check_shapes
 
         check_shapes(bundle, dict(parse_shape_spec(s) for s in opts.shapes))
+    if opts.nms_in_engine:
+        from edgemm.converters.data import decision_graph
+        from edgemm.converters.detection_nms import detection_output
+
+        g = decision_graph(bundle)
+        if detection_output(bundle.manifest.graphs[g]) is None:
+            raise EdgemmError(f"--nms-in-engine | Graph {g} has no yolov8 or yolov5 detection output; expected "
+                              "a raw YOLO head (end2end and efficient_nms outputs are already after NMS).")
     graphs = graph_order(bundle)
     originals = {g: bundle.load_graph(g) for g in graphs}
     report: dict[str, Any] = {"title": f"edgemm convert: {bundle.name} -> {opts.precision}"
@@ -613,6 +624,8 @@ def _describe_final(models: dict, excluded: dict[str, list[str]], conversion: di
 def _tensorrt(converted: Bundle, current: dict, manifest, tmp: Path, opts: ConvertOptions, conversion: dict) -> None:
     from edgemm.converters.tensorrt import BuilderUnavailable, build_engines
 
+    if opts.nms_in_engine:
+        _nms_in_engine(converted, current, manifest, tmp, conversion)
     options = _engine_options(opts)
     try:
         builds = build_engines(converted, options, models=current)
@@ -630,6 +643,22 @@ def _tensorrt(converted: Bundle, current: dict, manifest, tmp: Path, opts: Conve
     write_json(tmp / MANIFEST_NAME, manifest.to_dict())
     load_bundle(tmp)
     conversion["tensorrt"] = {g: {**b.info, "seconds": b.seconds, "warnings": b.warnings} for g, b in builds.items()}
+
+
+def _nms_in_engine(converted: Bundle, current: dict, manifest, tmp: Path, conversion: dict) -> None:
+    """Append EfficientNMS to the decision graph (after the guard, latency and validation ran on the plain
+    graph, which ONNX Runtime can run) and rewrite its file and the manifest before the engine build."""
+    from edgemm.converters.data import decision_graph
+    from edgemm.converters.detection_nms import append_efficient_nms
+    from edgemm.converters.graphs import save_model
+
+    g = decision_graph(converted)
+    current[g], manifest.graphs[g].outputs = append_efficient_nms(current[g], manifest.graphs[g])
+    save_model(current[g], tmp / manifest.graphs[g].file)
+    write_json(tmp / MANIFEST_NAME, manifest.to_dict())
+    load_bundle(tmp)
+    conversion["nms_in_engine"] = {"graph": g, "plugin": "EfficientNMS_TRT",
+                                   "outputs": [o.name for o in manifest.graphs[g].outputs]}
 
 
 def _provenance(bundle: Bundle, opts: ConvertOptions, conversion: dict, extra: dict, parent: dict) -> dict:

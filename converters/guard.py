@@ -14,7 +14,9 @@ flavour (ONNX Runtime's u8s8/s8s8 and TensorRT's symmetric s8s8, for which no to
 
 The metric, in points (higher is better): with labels, accuracy x 100 (classification), mean per-label
 accuracy x 100 (multilabel), R^2 x 100 (regression); without labels, agreement with the float model:
-top-1 agreement x 100 for classification outputs, mean cosine similarity x 100 otherwise.
+top-1 agreement x 100 for classification outputs, box agreement (F1 of boxes matched by class and IoU >= 0.5,
+x 100) for single-output detectors, whose raw tensors a cosine would judge by their coordinates, mean cosine
+similarity x 100 otherwise.
 Q/DQ models are run by ONNX Runtime on the CPU, which computes exactly what the Q/DQ graph specifies;
 a TensorRT engine built from it can differ from that by its own kernel rounding.
 """
@@ -116,7 +118,14 @@ class BundleEvaluator:
                             for g, spec in bundle.manifest.graphs.items()}
 
     @property
+    def _boxes(self) -> bool:
+        """A detector whose primary output alone holds its boxes: judged by box agreement with float."""
+        return self.spec.detection is not None and not self.spec.detection.parts
+
+    @property
     def metric_name(self) -> str:
+        if self._boxes:
+            return "box F1 x 100 vs float (IoU >= 0.5)"
         if self.labels is None:
             return "top-1 agreement with float (%)" if self.spec.task == "classification" else "cosine x 100 vs float"
         return {"classification": "accuracy (%)", "multilabel": "mean label accuracy (%)",
@@ -185,6 +194,10 @@ class BundleEvaluator:
         idx = np.arange(len(out)) if idx is None else idx
         task = self.spec.task
         probs_given = self.spec.scores == "probabilities"
+        if self._boxes:
+            from edgemm.converters.detection_eval import output_agreement
+
+            return 100.0 * output_agreement(self.reference[idx], out, self.spec)
         if self.labels is not None:
             y = self.labels[idx]
             if task == "classification":

@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import numpy as np
 import onnxruntime
 
-from edgemm.errors import EdgemmError
+from edgemm.errors import EdgemmError, number_problem
 from edgemm.lazy import import_pyplot
 from edgemm.outputs import save_figure
 from edgemm.feeds import feed_batch, refused_feed
@@ -39,16 +39,23 @@ def latency_stats(samples_s) -> dict[str, float]:
 
 class Reservoir:
     """A fixed-size uniform sample of a stream (Vitter's algorithm R) plus exact count/min/max/sum: the
-    latency percentiles of a run of any length in bounded memory."""
+    latency percentiles of a run of any length in bounded memory. The percentiles come from the sample; min,
+    max and mean are exact (a rare spike is what a sample misses, and what the max is for)."""
 
     def __init__(self, size: int, seed: int = 0):
         self.size = size
         self.values: list[float] = []
         self.count = 0
+        self.min = float("inf")
+        self.max = float("-inf")
+        self.sum = 0.0
         self._rng = random.Random(seed)
 
     def add(self, x: float) -> None:
         self.count += 1
+        self.sum += x
+        self.min = min(self.min, x)
+        self.max = max(self.max, x)
         if len(self.values) < self.size:
             self.values.append(x)
         else:
@@ -57,11 +64,13 @@ class Reservoir:
                 self.values[j] = x
 
     def stats_ms(self, scale: float = 1.0) -> dict | None:
-        """latency_stats of the sample, in ms (values are seconds unless scale says otherwise)."""
+        """latency_stats of the sample, in ms (values are seconds unless scale says otherwise), with the exact
+        min, max and mean of everything added."""
         if not self.values:
             return None
         st = latency_stats(np.asarray(self.values) * scale)
-        st["count"] = self.count
+        ms = 1e3 * scale
+        st.update(min=self.min * ms, max=self.max * ms, mean=self.sum / self.count * ms, count=self.count)
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in st.items()}
 
 
@@ -131,8 +140,8 @@ def run(targets: list[Target], iterations: int | None = None, duration_s: float 
         raise EdgemmError("Benchmark length | Give exactly one of --iterations and --duration.")
     if iterations is not None and iterations < 1:
         raise EdgemmError(f"Iterations: {iterations} | Expected a positive number.")
-    if duration_s is not None and duration_s <= 0:
-        raise EdgemmError(f"Duration: {duration_s} | Expected a positive number of seconds.")
+    if duration_s is not None and number_problem(duration_s, positive=True):  # NaN would time forever
+        raise EdgemmError(f"Duration: {duration_s} | Expected a finite, positive number of seconds.")
     # Process-wide one-time costs (importing the backend, its thread pools) are paid before any memory
     # is measured, so that the first target is not charged for them.
     for runner_type in {type(t.runner) for t in targets}:

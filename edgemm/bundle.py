@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 import onnx
 
-from edgemm.errors import EdgemmError
+from edgemm.errors import EdgemmError, number_problem
 from edgemm.outputs import umask_mode
 
 FORMAT = "edgemm-bundle"
@@ -46,7 +46,18 @@ LATE_RULES = ("weighted_mean", "max", "vote")
 VIDEO_LAYOUTS = ("NCHW", "NHWC", "NTCHW", "NCTHW")
 AUDIO_LAYOUTS = ("NCMT", "NMT", "NS", "NCS")  # mel: (batch, channel, mels, frames); waveform: (batch, samples)
 AUDIO_FEATURES = ("logmel", "mel", "waveform")
+# Beyond these a manifest is wrong, not ambitious: a window in hours or a rate in MHz only makes a run fail
+# later (out of memory, an int too large for a float), far from the field that caused it.
+MAX_SAMPLE_RATE = 1_000_000
+MAX_WINDOW_S = 3600.0
 COLORS = ("rgb", "bgr", "gray")
+RESIZE_MODES = ("stretch", "letterbox")
+# Detection output formats (edgemm/detection.py decodes each to boxes, scores and classes) and, for those
+# spread over several outputs, the roles their `parts` name.
+DETECTION_FORMATS = ("yolov5", "yolov8", "end2end", "efficient_nms", "boxes_scores_labels")
+DETECTION_PARTS = {"efficient_nms": ("num", "boxes", "scores", "classes"),
+                   "boxes_scores_labels": ("boxes", "scores", "labels")}
+BOX_ENCODINGS = ("cxcywh", "xyxy")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 
 # ONNX TensorProto element types we accept, by their numpy names.
@@ -69,6 +80,10 @@ class VideoPreprocess:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     frames: int = 1  # frames stacked per inference (NTCHW / NCTHW layouts)
     fps: float | None = None  # rate the frames were sampled at in training, if it matters
+    # stretch: resize to `size` as it is; letterbox: keep the aspect ratio and pad with `pad_value` (YOLO's 114).
+    # None in a manifest means the default: letterbox when the graph has a detection output, else stretch.
+    resize: str | None = None
+    pad_value: int = 114
 
 
 @dataclass
@@ -131,6 +146,27 @@ class InputSpec:
 
 
 @dataclass
+class DetectionSpec:
+    """How a detection output decodes (edgemm/detection.py); see the README's manifest reference."""
+
+    format: str
+    box: str | None = None  # cxcywh or xyxy; None: the format's usual one (cxcywh for yolov5/yolov8)
+    normalized: bool = False  # boxes in [0, 1] of the input size rather than input pixels
+    conf: float = 0.25  # score threshold
+    iou: float = 0.45  # NMS IoU threshold (formats decoded before NMS)
+    max_det: int = 300
+    top_k: int = 1000  # candidates kept (best scores) before NMS
+    agnostic: bool = False  # NMS across classes rather than per class
+    parts: dict[str, str] = field(default_factory=dict)  # role -> output name (efficient_nms, boxes_scores_labels)
+    track: bool = True  # track ids across frames (edgemm/tracking.py)
+    events: bool = False  # object_entered / object_left events per track
+
+    @property
+    def box_encoding(self) -> str:
+        return self.box or ("cxcywh" if self.format in ("yolov5", "yolov8") else "xyxy")
+
+
+@dataclass
 class OutputSpec:
     name: str
     task: str = "other"
@@ -138,6 +174,7 @@ class OutputSpec:
     shape: list[int | str | None] = field(default_factory=list)
     labels: list[str] | None = None
     scores: str = "logits"  # classification: "logits" or "probabilities"
+    detection: DetectionSpec | None = None  # task "detection": the format and its thresholds
 
 
 @dataclass
@@ -261,7 +298,15 @@ class _Reader:
             self.fail(f"expected {want}, got {json.dumps(value)}", key)
         if choices is not None and value not in choices:
             self.fail(f"expected one of {', '.join(choices)}; got {json.dumps(value)}", key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.number(key, value)
         return value
+
+    def number(self, key, value, **bounds) -> None:
+        """Fail unless value is finite and within bounds (edgemm.errors.number_problem)."""
+        problem = number_problem(value, **bounds)
+        if problem:
+            self.fail(f"{problem}, got {json.dumps(value)}", key)
 
     def sub(self, key, value) -> "_Reader":
         return _Reader(value, f"{self.path}.{key}", self.where)
@@ -281,6 +326,8 @@ def _read_floats(r: _Reader, key: str, default):
         return (float(value),)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         r.fail(f"expected a list of numbers, got {json.dumps(value)}", key)
+    for v in value:
+        r.number(key, v)
     return tuple(float(v) for v in value)
 
 
@@ -301,9 +348,13 @@ def _read_video_pre(r: _Reader) -> VideoPreprocess:
     frames = r.get("frames", int, default=1)
     if frames < 1:
         r.fail(f"expected >= 1, got {frames}", "frames")
+    pad_value = r.get("pad_value", int, default=d.pad_value)
+    if not 0 <= pad_value <= 255:
+        r.fail(f"expected a pixel value 0..255, got {pad_value}", "pad_value")
     return VideoPreprocess(
         size=(size[0], size[1]), color=color, scale=r.get("scale", float, default=d.scale),
         mean=mean, std=std, frames=frames, fps=r.get("fps", float, default=None),
+        resize=r.get("resize", str, default=None, choices=RESIZE_MODES), pad_value=pad_value,
     )
 
 
@@ -312,9 +363,11 @@ def _read_audio_pre(r: _Reader) -> AudioPreprocess:
     sr = r.get("sample_rate", int, default=d.sample_rate)
     if sr <= 0:
         r.fail(f"expected a positive sample rate in Hz, got {sr}", "sample_rate")
+    r.number("sample_rate", sr, maximum=MAX_SAMPLE_RATE)
     window_s = r.get("window_s", float, default=d.window_s)
     if window_s <= 0:
         r.fail(f"expected a positive window in seconds, got {window_s}", "window_s")
+    r.number("window_s", window_s, maximum=MAX_WINDOW_S)
     p = AudioPreprocess(
         sample_rate=sr, window_s=window_s,
         feature=r.get("feature", str, default=d.feature, choices=AUDIO_FEATURES),
@@ -388,9 +441,48 @@ def _read_output(r: _Reader) -> OutputSpec:
     )
     if spec.labels is not None and not all(isinstance(x, str) for x in spec.labels):
         r.fail("expected a list of strings", "labels")
-    if spec.labels and spec.shape and isinstance(spec.shape[-1], int) and spec.shape[-1] != len(spec.labels):
+    det = r.get("detection", dict, default=None)
+    if det is not None:
+        if spec.task != "detection":
+            r.fail(f"only a detection output has a detection block; task is {spec.task}", "detection")
+        spec.detection = _read_detection(r.sub("detection", det))
+    elif spec.labels and spec.shape and isinstance(spec.shape[-1], int) and spec.shape[-1] != len(spec.labels) \
+            and spec.task in ("classification", "multilabel"):
         r.fail(f"has {len(spec.labels)} labels but the output has {spec.shape[-1]} classes", "labels")
     return spec
+
+
+def _read_detection(r: _Reader) -> DetectionSpec:
+    d = DetectionSpec(format=r.get("format", str, choices=DETECTION_FORMATS))
+    known = set(DetectionSpec.__dataclass_fields__)
+    unknown = sorted(set(r.data) - known)
+    if unknown:
+        r.fail(f"unknown field {unknown[0]}; expected {', '.join(sorted(known))}")
+    d.box = r.get("box", str, default=None, choices=BOX_ENCODINGS)
+    d.normalized = r.get("normalized", bool, default=False)
+    for key in ("conf", "iou"):
+        value = r.get(key, float, default=getattr(d, key))
+        if not 0.0 <= value <= 1.0:
+            r.fail(f"expected a number in [0, 1], got {value}", key)
+        setattr(d, key, value)
+    for key in ("max_det", "top_k"):
+        value = r.get(key, int, default=getattr(d, key))
+        if value < 1:
+            r.fail(f"expected a positive int, got {value}", key)
+        setattr(d, key, value)
+    d.agnostic = r.get("agnostic", bool, default=False)
+    d.track = r.get("track", bool, default=True)
+    d.events = r.get("events", bool, default=False)
+    roles = DETECTION_PARTS.get(d.format, ())
+    parts = r.get("parts", dict, default={})
+    if roles and sorted(parts) != sorted(roles):
+        r.fail(f"format {d.format} needs the outputs of roles {', '.join(roles)}; got {json.dumps(parts)}", "parts")
+    if not roles and parts:
+        r.fail(f"format {d.format} is one output; expected no parts", "parts")
+    if not all(isinstance(v, str) for v in parts.values()):
+        r.fail("expected output names (strings)", "parts")
+    d.parts = dict(parts)
+    return d
 
 
 def _read_fusion(r: _Reader, graphs: dict[str, GraphSpec]) -> FusionSpec:
@@ -419,7 +511,7 @@ def _read_fusion(r: _Reader, graphs: dict[str, GraphSpec]) -> FusionSpec:
             r.fail(f"names graph {json.dumps(f.head)}, which is not in graphs", "head")
         rates = r.get("rates_hz", dict, default={})
         for k, v in rates.items():
-            if k not in f.encoders or not isinstance(v, (int, float)) or v <= 0:
+            if k not in f.encoders or number_problem(v, positive=True):
                 r.fail(f"{k}: expected a positive rate for one of the encoders ({', '.join(f.encoders)})", "rates_hz")
         f.rates_hz = {k: float(v) for k, v in rates.items()}
         f.max_age_s = r.get("max_age_s", float, default=1.0)
@@ -430,10 +522,27 @@ def _read_fusion(r: _Reader, graphs: dict[str, GraphSpec]) -> FusionSpec:
         f.rule = r.get("rule", str, default="weighted_mean", choices=LATE_RULES)
         weights = r.get("weights", dict, default={})
         for k, v in weights.items():
-            if k not in f.members or not isinstance(v, (int, float)) or v < 0:
+            if k not in f.members or number_problem(v, minimum=0):
                 r.fail(f"{k}: expected a non-negative weight for one of the members ({', '.join(f.members)})", "weights")
         f.weights = {k: float(v) for k, v in weights.items()}
     return f
+
+
+def _detection_defaults(g: GraphSpec, gr: _Reader) -> None:
+    """Letterbox is the default resize of a detector's images; a detection output's parts must be outputs."""
+    names = [o.name for o in g.outputs]
+    detector = False
+    for i, o in enumerate(g.outputs):
+        if o.detection is None:
+            continue
+        detector = True
+        for role, part in o.detection.parts.items():
+            if part not in names:
+                gr.fail(f"names output {json.dumps(part)} as {role}, which is not an output of this graph "
+                        f"({', '.join(names)})", f"outputs[{i}].detection.parts")
+    for spec in g.inputs:
+        if spec.modality == "video" and spec.preprocess.resize is None:
+            spec.preprocess.resize = "letterbox" if detector else "stretch"
 
 
 def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
@@ -462,6 +571,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             outputs=[_read_output(gr.sub(f"outputs[{i}]", x)) for i, x in enumerate(outputs_raw)],
             engine=gr.get("engine", dict, default=None),
         )
+        _detection_defaults(g, gr)
         if g.engine is not None and not isinstance(g.engine.get("file"), str):
             gr.fail("expected an object with a \"file\" string", "engine")
         out_names = [o.name for o in g.outputs]
@@ -567,6 +677,9 @@ def _check_against_onnx(graph: GraphSpec, model, where: str) -> None:
                     if isinstance(fixed, int) and fixed > 0 and fixed != size:
                         raise EdgemmError(f"{at}.preprocess.{field_name}: gives {size} along axis {axis} "
                                           f"({spec.layout[axis]}) but {graph.file} expects {fixed} (input {shape})")
+    from edgemm.detection import check_detection_outputs  # it imports this module's types
+
+    check_detection_outputs(graph, {n: s for n, _, s in outputs}, where)
 
 
 def detect_precision(model) -> str:

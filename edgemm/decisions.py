@@ -2,7 +2,9 @@
 
 ``decode``         turns each decision output into JSON-able values by its task (classification: softmax when
                    the scores are logits, top label and score; multilabel: sigmoid and the labels above 0.5;
-                   regression: the values; embeddings: only their size).
+                   regression: the values; embeddings: only their size). Detection outputs need the frame
+                   and the tracker's state, so ``Decisions.decode`` does them (edgemm/detection.py,
+                   edgemm/tracking.py): boxes in source-frame pixels, labels, track ids and counts per label.
 ``AlertMonitor``   watches one score over time: an exponential moving average with a time constant (results
                    do not arrive at a fixed rate), hysteresis (on above ``on``, off below ``off``) and a
                    minimum duration before an alert starts or ends, so one noisy frame never pages anyone.
@@ -22,7 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgemm.bundle import OutputSpec
+from edgemm.bundle import OutputSpec, VideoPreprocess
+from edgemm.detection import Boxes, decode_boxes, label_of, part_names, to_record, to_source, visible
 from edgemm.errors import EdgemmError
 from edgemm.fusion import softmax
 
@@ -72,16 +75,20 @@ def decode_output(value: np.ndarray, spec: OutputSpec, top_k: int = 3) -> dict:
 
 def primary_output(specs: Mapping[str, OutputSpec]) -> str:
     """The output decisions, alerts and `label` in data folders refer to: the first classification (or
-    multilabel) output, else the first regression output, else the first."""
-    for tasks in (("classification", "multilabel"), ("regression",)):
+    multilabel) output, else the first decoded detection output, else the first regression output, else the
+    first."""
+    for tasks in (("classification", "multilabel"), ("detection",), ("regression",)):
         for name, spec in specs.items():
-            if spec.task in tasks:
+            if spec.task in tasks and (spec.task != "detection" or spec.detection is not None):
                 return name
     return next(iter(specs))
 
 
 def decode(outputs: Mapping[str, np.ndarray], specs: Mapping[str, OutputSpec]) -> dict[str, dict]:
-    return {name: decode_output(outputs[name], spec) for name, spec in specs.items() if name in outputs}
+    """Outputs decoded on their own (detection outputs and their parts excluded: see Decisions.decode)."""
+    parts = part_names(specs)
+    return {name: decode_output(outputs[name], spec) for name, spec in specs.items()
+            if name in outputs and spec.detection is None and name not in parts}
 
 
 def target_score(value: np.ndarray, spec: OutputSpec, index: int) -> float:
@@ -258,12 +265,24 @@ class AlertMonitor:
 
 @dataclass
 class Decisions:
-    """Everything after the model: decoding, alert monitors. One per pipeline."""
+    """Everything after the model: decoding, tracking, alert monitors. One per pipeline.
+
+    image:      the preprocessing of the video input detection boxes refer to (size, letterbox or stretch),
+                to map boxes back to the source frame; without it boxes stay in input pixels.
+    conf, iou:  overrides of every detection output's thresholds (the CLI's --conf, --iou).
+    """
 
     specs: dict[str, OutputSpec]
     rules: list[AlertRule] = field(default_factory=list)
+    image: VideoPreprocess | None = None
+    conf: float | None = None
+    iou: float | None = None
 
     def __post_init__(self):
+        from edgemm.tracking import Tracker
+
+        self.trackers = {n: Tracker() for n, s in self.specs.items() if s.detection is not None and s.detection.track}
+        self._track_events: list[dict] = []
         self.primary = primary_output(self.specs)
         self.monitors: list[tuple[AlertMonitor, str, int]] = []
         for rule in self.rules:
@@ -288,13 +307,42 @@ class Decisions:
             raise EdgemmError(f"Alert: {rule.name} | Index {i} is out of range; expected 0..{(n or 1) - 1}.")
         return i
 
-    def decode(self, outputs: Mapping[str, np.ndarray]) -> dict[str, dict]:
-        return decode(outputs, self.specs)
+    def decode(self, outputs: Mapping[str, np.ndarray], t: float = 0.0,
+               frame_hw: tuple[int, int] | None = None) -> dict[str, dict]:
+        """Every decision output decoded; detections in the pixels of a frame of frame_hw (when given)."""
+        decoded = decode(outputs, self.specs)
+        for name, spec in self.specs.items():
+            if spec.detection is None or name not in outputs:
+                continue
+            size = self.image.size if self.image is not None else (0, 0)
+            boxes = decode_boxes(outputs, spec, size, self.conf, self.iou)
+            if self.image is not None and frame_hw is not None and len(boxes):
+                boxes = visible(Boxes(to_source(boxes.xyxy, frame_hw, self.image), boxes.scores, boxes.classes))
+            tracks = None
+            if name in self.trackers:
+                tracks, changes = self.trackers[name].update(boxes, t)
+                if spec.detection.events:
+                    self._track_events += [self._track_event(kind, tr, spec, name, t) for kind, tr in changes]
+            decoded[name] = to_record(boxes, spec, tracks)
+        return decoded
 
-    def alerts(self, t: float, outputs: Mapping[str, np.ndarray]) -> list[dict]:
-        events: list[dict] = []
+    @staticmethod
+    def _track_event(kind: str, track, spec: OutputSpec, output: str, t: float) -> dict:
+        return {"event": f"object_{kind}", "output": output, "track": track.id, "label": label_of(spec, track.cls),
+                "t": round(t if kind == "entered" else track.last_seen, 6)}
+
+    def alerts(self, t: float, outputs: Mapping[str, np.ndarray], decoded: Mapping[str, dict] | None = None) -> list[dict]:
+        """Alert (and tracking) events of this result. Detection rules watch the count of their label in
+        `decoded` (Decisions.decode's result for the same outputs): on 0.6 means "one in view"."""
+        events, self._track_events = self._track_events, []
         for monitor, out, index in self.monitors:
-            events += monitor.update(t, target_score(outputs[out], self.specs[out], index))
+            spec = self.specs[out]
+            if spec.detection is not None:
+                label = label_of(spec, index)
+                score = float((decoded or {}).get(out, {}).get("counts", {}).get(label, 0))
+            else:
+                score = target_score(outputs[out], spec, index)
+            events += monitor.update(t, score)
         return events
 
     def active_alerts(self) -> list[str]:
@@ -304,4 +352,7 @@ class Decisions:
         events: list[dict] = []
         for monitor, _, _ in self.monitors:
             events += monitor.close(t)
+        for name, tracker in self.trackers.items():
+            if self.specs[name].detection.events:
+                events += [self._track_event(kind, tr, self.specs[name], name, t) for kind, tr in tracker.close()]
         return events

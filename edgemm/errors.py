@@ -9,3 +9,23 @@ turns it into that line on stderr and exit code 1; everything else is a bug and 
 class EdgemmError(Exception):
     """A problem with the user's input or environment, reported as one clear line."""
 
+
+
+def number_problem(value, *, minimum: float | None = None, maximum: float | None = None,
+                   positive: bool = False) -> str | None:
+    """What is wrong with value as a finite number within range, in words ("expected a finite number",
+    "expected > 0", ...), or None when nothing is. NaN passes every comparison (`nan <= 0` is False), so a
+    range check alone lets it through: every number from a manifest, config, flag or URI comes here."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "expected a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "expected a finite number"
+    if positive and value <= 0:
+        return "expected > 0"
+    if minimum is not None and value < minimum:
+        return f"expected >= {minimum:g}"
+    if maximum is not None and value > maximum:
+        return f"expected <= {maximum:g}"
+    return None

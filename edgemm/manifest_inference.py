@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from edgemm.bundle import (AudioPreprocess, GraphSpec, InputSpec, Manifest, OutputSpec, VideoPreprocess,
-                           detect_precision, onnx_io)
+from edgemm.bundle import (AudioPreprocess, DetectionSpec, GraphSpec, InputSpec, Manifest, OutputSpec,
+                           VideoPreprocess, detect_precision, onnx_io)
 
 _VIDEO_NAME = re.compile(r"video|image|img|frame|pixel|camera|rgb|visual|vision", re.I)
 _AUDIO_NAME = re.compile(r"audio|mel|spec|fbank|wave|wav|sound|mic|speech", re.I)
@@ -34,6 +34,9 @@ Defaults used when a plain .onnx has no manifest:
   shapes dynamic dims come from --shape NAME:DIMS, else the model's metadata (Ultralytics imgsz)
   outputs [N,C]: classification with labels class_0..class_{C-1} (scores read as logits);
           named like embedding/features: embedding; named like boxes/detections: detection; else regression
+  detectors  Ultralytics metadata (task detect, imgsz, names) or output shapes matching a format
+          (yolov8 [N,4+C,anchors], yolov5 [N,anchors,5+C], end2end [N,K,6], EfficientNMS's four outputs,
+          boxes/scores/labels): decoded boxes, class names, letterboxed input (pad 114)
 """
 
 
@@ -197,8 +200,128 @@ def infer_manifest(model, file_name: str, name: str | None = None,
         inputs=specs,
         outputs=[_infer_output(n, d, s, notes) for n, d, s in outputs],
     )
+    infer_detection(model, graph, notes)
+    for spec in graph.inputs:
+        if spec.modality == "video" and spec.preprocess.resize is None:
+            spec.preprocess.resize = "stretch"
     manifest = Manifest(name=name or Path(file_name).stem, graphs={"model": graph}, inferred=True,
                         provenance={"precision": detect_precision(model)})
     return manifest, notes
 
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Detectors: the model's own metadata (Ultralytics exports), else output shapes that match a format
+# --------------------------------------------------------------------------------------------------
+
+_NMS_PART_NAMES = {"num": r"num", "boxes": r"box", "scores": r"score", "classes": r"class|label"}
+
+
+def ultralytics_metadata(model) -> dict:
+    """task, imgsz, names, stride from an Ultralytics export's metadata_props (names is a Python dict literal:
+    parsed with ast.literal_eval, never eval). Empty when the model carries none of them."""
+    import ast
+
+    props = {p.key: p.value for p in model.metadata_props}
+    out: dict = {}
+    for key in ("task", "imgsz", "names", "stride", "end2end"):
+        if key not in props:
+            continue
+        try:
+            out[key] = props[key] if key == "task" else ast.literal_eval(props[key])
+        except (ValueError, SyntaxError):
+            continue  # a malformed value is ignored, as if absent
+    names = out.get("names")
+    if isinstance(names, dict) and all(isinstance(k, int) for k in names):
+        out["names"] = [str(names.get(i, i)) for i in range(max(names) + 1)] if names else []
+    elif isinstance(names, list):
+        out["names"] = [str(n) for n in names]
+    else:
+        out.pop("names", None)
+    imgsz = out.get("imgsz")
+    if isinstance(imgsz, int):
+        out["imgsz"] = [imgsz, imgsz]
+    elif not (isinstance(imgsz, (list, tuple)) and len(imgsz) == 2 and all(isinstance(v, int) for v in imgsz)):
+        out.pop("imgsz", None)
+    return out
+
+
+def _anchors(h: int, w: int, strides=(8, 16, 32)) -> int:
+    return sum((h // s) * (w // s) for s in strides)
+
+
+def _detection_format(outputs: list[OutputSpec], size: tuple[int, int] | None) -> tuple[str, dict[str, str]] | None:
+    """(format, parts) when the output shapes match a detection format; None otherwise."""
+    by_role = {}
+    for role, pattern in _NMS_PART_NAMES.items():
+        by_role[role] = next((o.name for o in outputs if re.search(pattern, o.name, re.I)), None)
+    if len(outputs) == 4 and all(by_role.values()):
+        return "efficient_nms", by_role
+    if len(outputs) == 3 and by_role["boxes"] and by_role["scores"] and by_role["classes"]:
+        return "boxes_scores_labels", {"boxes": by_role["boxes"], "scores": by_role["scores"],
+                                       "labels": by_role["classes"]}
+    if len(outputs) != 1 or len(outputs[0].shape) != 3:
+        return None
+    _, a, b = outputs[0].shape
+    if b == 6 and not (isinstance(a, int) and a == 6):
+        return "end2end", {}
+    anchors = _anchors(*size) if size else None
+    if isinstance(a, int) and 5 <= a and (b == anchors or anchors is None and isinstance(b, int) and b > 8 * a):
+        return "yolov8", {}
+    if isinstance(b, int) and 6 <= b and (anchors and a in (anchors, 3 * anchors)  # 3 anchor boxes per cell
+                                         or anchors is None and isinstance(a, int) and a > 8 * b):
+        return "yolov5", {}
+    return None
+
+
+def infer_detection(model, graph: GraphSpec, notes: list[str]) -> None:
+    """Make graph a detector's when the metadata or the output shapes say it is one: the format on its
+    output, class names, the input size (for dynamic inputs, the metadata's) and letterbox resizing."""
+    meta = ultralytics_metadata(model)
+    videos = [s for s in graph.inputs if s.modality == "video"]
+    if meta.get("task") not in (None, "detect") or len(videos) != 1:
+        if meta.get("task"):
+            notes.append(f"model metadata: task {meta['task']} is not decoded (detect is); outputs left as they are")
+        return
+    image = videos[0]
+    if meta.get("imgsz"):
+        h, w = meta["imgsz"]
+        fixed = [image.shape[a] for a in (-2, -1)] if image.layout == "NCHW" else []
+        if all(isinstance(v, int) and v > 0 for v in fixed) and tuple(fixed) != (h, w):
+            notes.append(f"model metadata: imgsz {[h, w]} but input {image.name} is {image.shape}; used the input's size")
+        else:
+            image.preprocess.size = (h, w)
+            notes[:] = [n for n in notes if not n.startswith(f"input {image.name}: image size is dynamic")]
+            notes.append(f"input {image.name}: size {h}x{w} from the model metadata (imgsz)")
+    found = _detection_format(graph.outputs, tuple(image.preprocess.size))
+    if found is None:
+        if meta.get("task") == "detect":
+            notes.append("model metadata says task detect, but no output matches a detection format "
+                         "(yolov8, yolov5, end2end, efficient_nms, boxes_scores_labels); write a manifest")
+        return
+    fmt, parts = found
+    main = parts.get("num") or parts.get("boxes") if parts else graph.outputs[0].name
+    spec = next(o for o in graph.outputs if o.name == main)
+    spec.task, spec.detection = "detection", DetectionSpec(format=fmt, parts=parts)
+    for o in graph.outputs:
+        if o.name in parts.values() and o is not spec:
+            o.task = "detection"
+    named = {main, *parts.values()}
+    notes[:] = [n for n in notes if not any(n.startswith(f"output {o}: task not inferred") for o in named)]
+    classes = spec.shape[1] - 4 if fmt == "yolov8" else spec.shape[2] - 5 if fmt == "yolov5" else None
+    names = meta.get("names")
+    if names and (classes is None or len(names) == classes):
+        spec.labels = names
+        notes.append(f"output {main}: {len(names)} class names from the model metadata")
+    elif classes:
+        spec.labels = [f"class_{i}" for i in range(classes)]
+        if names:
+            notes.append(f"output {main}: metadata names {len(names)} classes but the output has {classes}; "
+                         "labels class_0.. used")
+    why = "the model metadata (task detect) and its output shape" if meta.get("task") else "its output shape"
+    notes.append(f"output {main}: detection, format {fmt}, from {why}; conf {spec.detection.conf}, "
+                 f"iou {spec.detection.iou}")
+    image.preprocess.resize = "letterbox"
+    notes.append(f"input {image.name}: letterboxed to {image.preprocess.size[0]}x{image.preprocess.size[1]} "
+                 f"(pad {image.preprocess.pad_value}), boxes mapped back to the frame")

@@ -53,7 +53,7 @@ from edgemm.decisions import attribution as attribution_of
 from edgemm.errors import EdgemmError
 from edgemm.fusion import FusionModel
 from edgemm.scheduler import LiveFusion, LiveSettings, Prepared, StepResult, Tick
-from edgemm.sinks import Sink
+from edgemm.sinks import Sink, SinkHealth
 from edgemm.sources.base import AudioBlock, Frame, Source, now
 from edgemm.sync import AudioRing
 from edgemm.threads import limit_blas_threads
@@ -70,6 +70,8 @@ class PipelineSettings(LiveSettings, CaptureSettings):
     ring_s: float = 10.0  # audio kept, seconds
     tick_hz: float | None = None  # inference rate while there is no video (None: camera rate, else 10 Hz)
     reservoir: int = 20000  # latency samples kept per stage for the percentiles (uniform over the run)
+    conf: float | None = None  # detection score / NMS IoU thresholds overriding the manifest's (--conf, --iou)
+    iou: float | None = None
     # Python hands the GIL to a waiting thread after this long (default 5 ms). The worker spends its time
     # in the model with the GIL released; when the model returns while a capture thread runs Python code,
     # the worker waits up to this long for the GIL. 1 ms while streaming (restored on close); None: leave it.
@@ -118,8 +120,11 @@ class Pipeline:
         self.scheduler = LiveFusion(self.model, self.ring, s)
         if self.ring is not None and not getattr(self.sources.get("audio"), "live", True):
             self.scheduler.audio_wait_s = FILE_AUDIO_WAIT_S
-        self.decisions = Decisions(dict(self.model.output_specs), list(alerts))
+        image = next((sp.preprocess for g, sp in self.manifest.all_inputs()
+                      if sp.modality == "video" and g.name == self.model.decision_graph), None)
+        self.decisions = Decisions(dict(self.model.output_specs), list(alerts), image, s.conf, s.iou)
         self.sinks = list(sinks)
+        self.sink_health = [SinkHealth(sink) for sink in self.sinks]  # failures logged once, counted per sink
         self.duration_s = duration_s
         video_src = self.sources.get("video")
         self.video_port = FlowLimiter(s.max_in_flight, drop_oldest=bool(getattr(video_src, "live", True)))
@@ -163,16 +168,9 @@ class Pipeline:
         self.close()
 
     def start(self) -> None:
-        """Open the sinks and the model, then the sources (last, so a camera's first frame is fresh), and
-        start the capture threads. Sources from ``open_source`` were validated when made; a failure to open
-        here is still a user error (EdgemmError) and everything opened so far is closed again."""
-        # A camera's or a file's frame rate is known only once it is open (after the sinks): "video_fps"
-        # asks for it when a sink needs it (the video sink, at its first frame).
-        context = {"fps": getattr(self.sources.get("video"), "fps", None), "video_fps": self.video_fps,
-                   "model": self.manifest.name}
-        for sink in self.sinks:
-            sink.open(context)
-            self._opened.append(sink)
+        """Open the model, then the sources, then the sinks, and start the capture threads. Sources from
+        ``open_source`` were validated when made; a failure to open here is still a user error (EdgemmError)
+        and everything opened so far is closed again."""
         self.model.__enter__()
         self._opened.append(self.model)
         self._watchdog = watchdog.ping  # systemd READY=1, then WATCHDOG=1 from the worker loop
@@ -190,6 +188,14 @@ class Pipeline:
         for src in self.sources.values():
             src.open()
             self._opened.append(src)
+        # Sinks open only once the sources have: a camera that is not there must not leave an empty results
+        # file (or a broker session) behind. The capture threads start after them, so frames stay fresh.
+        # "video_fps" asks for the source's frame rate when a sink needs it (the video sink, at its first frame).
+        context = {"fps": getattr(self.sources.get("video"), "fps", None), "video_fps": self.video_fps,
+                   "model": self.manifest.name}
+        for sink in self.sinks:
+            sink.open(context)
+            self._opened.append(sink)
         self.rss_start = bench.rss_mb()
         self.started_at = now()
         for mod, src in self.sources.items():
@@ -218,12 +224,9 @@ class Pipeline:
         self._drain_events(events)
         if self.started_at is not None:
             self.final_summary = summary = self.summary()
-            for sink in self.sinks:
-                if sink in self._opened:
-                    try:
-                        sink.summary(summary)
-                    except Exception:  # a failing sink must not keep the others from closing
-                        log.exception("sink %s failed writing the summary", sink.name)
+            for health in self.sink_health:
+                if health.sink in self._opened:  # a failing sink must not keep the others from closing
+                    health.call("summary", summary)
         captured = {id(c.source): c for c in self.captures.values()}
         for obj in reversed(self._opened):
             try:
@@ -302,11 +305,8 @@ class Pipeline:
         events += list(extra)
         for ev in events:
             self.event_counts[ev["event"]] += 1
-            for sink in self.sinks:
-                try:
-                    sink.event(ev)
-                except Exception:  # one sink failing must not stop the others or the run
-                    log.exception("sink %s failed on an event", sink.name)
+            for health in self.sink_health:  # one sink failing must not stop the others or the run
+                health.call("event", ev)
 
     def _present(self) -> dict[str, bool]:
         """Sources that are up. Audio from a file that has ended still counts: the ring holds it, and the
@@ -429,8 +429,8 @@ class Pipeline:
         if res is None:
             return None
         p0 = time.perf_counter()
-        record = self._record(res)
-        events = self.decisions.alerts(res.t, res.outputs)
+        record = self._record(res, tick.frame.image.shape[:2] if tick.frame is not None else None)
+        events = self.decisions.alerts(res.t, res.outputs, record["outputs"])
         record["alerts"] = self.decisions.active_alerts()
         post_s = time.perf_counter() - p0 + res.attribution_s
         capture_prep_s = item.prepared.work_s if item is not None and item.prepared is not None else 0.0
@@ -454,13 +454,8 @@ class Pipeline:
         record["latency_ms"] = {k: round(v * 1e3, 3) for k, v in lat.items()}
         s0 = time.perf_counter()
         frame = tick.frame.image if tick.frame is not None else None
-        for sink in self.sinks:
-            try:
-                sink.result(record, frame)
-            except EdgemmError:
-                raise
-            except Exception:  # a sink failing (disk full, broker gone) must not stop inference
-                log.exception("sink %s failed on a result", sink.name)
+        for health in self.sink_health:  # a sink failing (disk full, broker gone) must not stop inference
+            health.call("result", record, frame)
         self._drain_events(events)
         self._last_sink_s = time.perf_counter() - s0
         # statistics (bounded)
@@ -478,9 +473,9 @@ class Pipeline:
             self.degraded_counts[m] += 1
         return record
 
-    def _record(self, res: StepResult) -> dict:
+    def _record(self, res: StepResult, frame_hw: tuple[int, int] | None) -> dict:
         specs = self.decisions.specs
-        outputs = self.decisions.decode(res.outputs)
+        outputs = self.decisions.decode(res.outputs, res.t, frame_hw)
         attribution = None
         if res.without is not None:
             attribution = attribution_of(res.outputs, res.without, specs, self.decisions.primary)
@@ -540,6 +535,7 @@ class Pipeline:
             "overflows": sum(c.source.stats.overflows for c in self.captures.values()),
             "degraded_results": dict(self.degraded_counts),
             "events": dict(self.event_counts),
+            "sinks": {h.sink.label: h.counts() for h in self.sink_health},
             "rss_mb": {"start": round(self.rss_start or 0.0, 1), "end": round(bench.rss_mb(), 1)},
         }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -43,6 +44,37 @@ def resize(frame: np.ndarray, h: int, w: int) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """Source frame -> model input: x_in = x_src * sx + left, y_in = y_src * sy + top."""
+
+    sx: float
+    sy: float
+    left: int
+    top: int
+    new_w: int
+    new_h: int
+
+
+def geometry(src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str) -> Geometry:
+    h, w = src_hw
+    dh, dw = dst_hw
+    if mode == "stretch":
+        return Geometry(dw / w, dh / h, 0, 0, dw, dh)
+    r = min(dh / h, dw / w)
+    nw, nh = max(1, int(round(w * r))), max(1, int(round(h * r)))
+    return Geometry(nw / w, nh / h, (dw - nw) // 2, (dh - nh) // 2, nw, nh)
+
+
+def letterbox(frame: np.ndarray, dst_hw: tuple[int, int], pad_value: int = 114) -> np.ndarray:
+    """Resize keeping the aspect ratio, centred on a pad_value background of dst_hw (as YOLO trains)."""
+    g = geometry(frame.shape[:2], dst_hw, "letterbox")
+    img = resize(frame, g.new_h, g.new_w)
+    out = np.full((dst_hw[0], dst_hw[1], img.shape[2]), pad_value, np.uint8)
+    out[g.top:g.top + g.new_h, g.left:g.left + g.new_w] = img
+    return out
+
+
 def image_to_chw(frame: np.ndarray, pre: VideoPreprocess, normalise: bool = True) -> np.ndarray:
     """One BGR uint8 frame (H, W, 3) or gray (H, W) -> float32 (C, h, w) as the manifest describes."""
     if frame.ndim == 2:
@@ -50,7 +82,9 @@ def image_to_chw(frame: np.ndarray, pre: VideoPreprocess, normalise: bool = True
     if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
         raise EdgemmError(f"Video frame | Received shape {frame.shape}; expected (height, width, 3) BGR or (height, width) gray.")
     h, w = pre.size
-    if frame.shape[0] != h or frame.shape[1] != w:
+    if pre.resize == "letterbox" and frame.shape[:2] != (h, w):
+        frame = letterbox(frame, (h, w), pre.pad_value)
+    elif frame.shape[0] != h or frame.shape[1] != w:
         frame = resize(frame, h, w)
     channels = frame.shape[2]
     if pre.color == "gray":

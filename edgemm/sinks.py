@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgemm.errors import EdgemmError
+from edgemm.errors import EdgemmError, number_problem
 from edgemm.lazy import import_optional
 from edgemm.outputs import to_json
 
@@ -44,6 +44,19 @@ SPEC_HELP = "console, jsonl:PATH[?mode=w&max_mb=N&keep=K], video:PATH.mp4 or mqt
 
 class Sink:
     name = "sink"
+
+    @property
+    def label(self) -> str:
+        """The sink as the user named it (logs and the summary)."""
+        return self.name
+
+    def lost(self) -> int:
+        """Records the sink itself gave up on without raising (e.g. results while a broker is away)."""
+        return 0
+
+    def counts(self) -> dict:
+        """What else this kind of sink counts, for the summary."""
+        return {}
 
     def open(self, context: dict | None = None) -> None:
         pass
@@ -59,6 +72,47 @@ class Sink:
 
     def close(self) -> None:
         pass
+
+
+class SinkHealth:
+    """Calls one sink and keeps its failures to two log lines: one when it starts failing, one when it
+    recovers, with counts (a full disk under a JSON-lines sink once logged a traceback per result, about
+    1 GB a day). A record the sink raised on is lost, not retried: the run goes on without it.
+
+    An EdgemmError (a sink that cannot work as configured, e.g. no video writer) is not a passing failure
+    and propagates.
+    """
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self.written = 0
+        self.failures = 0  # calls that raised, over the run
+        self._streak = 0  # ... since the last success
+
+    def call(self, method: str, *args) -> bool:
+        try:
+            getattr(self.sink, method)(*args)
+        except EdgemmError:
+            raise
+        except Exception as exc:
+            self.failures += 1
+            self._streak += 1
+            if self._streak == 1:
+                # A traceback only for what is not an I/O failure (a bug deserves one, once).
+                log.warning("sink %s: failing (%s: %s); records are lost until it recovers", self.sink.label,
+                            type(exc).__name__, exc, exc_info=not isinstance(exc, OSError))
+            return False
+        if self._streak:
+            log.warning("sink %s: recovered after %d failed write(s) (%d lost in this run)", self.sink.label,
+                        self._streak, self.failures)
+            self._streak = 0
+        self.written += 1
+        return True
+
+    def counts(self) -> dict:
+        """For the summary: what was written, how many writes failed, how many records were lost in all."""
+        return {"written": self.written, "failures": self.failures, "lost": self.failures + self.sink.lost(),
+                **self.sink.counts()}
 
 
 class ConsoleSink(Sink):
@@ -83,6 +137,8 @@ class ConsoleSink(Sink):
                 parts.append(f"{name}={','.join(out['labels']) or '-'}")
             elif "values" in out:
                 parts.append(f"{name}=" + ",".join(f"{v:.3g}" for v in out["values"][:4]))
+            elif "counts" in out:
+                parts.append(f"{name}=" + (",".join(f"{k}:{n}" for k, n in out["counts"].items()) or "-"))
         lat = record.get("latency_ms", {})
         if "total" in lat:
             parts.append(f"latency={lat['total']:.1f}ms")
@@ -100,13 +156,15 @@ class ConsoleSink(Sink):
 
 
 class JsonlSink(Sink):
-    """JSON lines, line-buffered: each record reaches the OS as it is written, so a crash loses nothing
-    that was reported; close() flushes and fsyncs.
+    """JSON lines, each written to the OS as it comes (a crash loses nothing that was reported); close() fsyncs.
 
-    Appends by default: a service restarted after a failure keeps the results it wrote before (the restart
-    shows as a new "summary"-less stretch after the last line). ``mode="w"`` starts the file afresh. With
-    ``max_mb`` a file that reaches that size is renamed PATH.1 (an older PATH.1 to PATH.2, ...; ``keep``
-    of them are kept) and a new PATH is started, so a long-running service never fills the disk.
+    Whole lines or nothing: a line the disk has no room for is cut back off the file and the write fails
+    (the pipeline counts it as lost), so a full disk never leaves half a record. Appends by default: a
+    service restarted after a failure keeps the results it wrote before. A last line cut by an earlier run
+    (power loss) is set aside into PATH.cut before appending, so the new records start on a line of their
+    own; ``repaired`` counts those. ``mode="w"`` starts the file afresh. With ``max_mb`` a file that
+    reaches that size is renamed PATH.1 (an older PATH.1 to PATH.2, ...; ``keep`` of them are kept) and a
+    new PATH is started, so a long-running service never fills the disk.
     """
 
     name = "jsonl"
@@ -119,13 +177,22 @@ class JsonlSink(Sink):
             raise EdgemmError(f"Sink: jsonl:{path} | max_mb={max_mb}; expected a positive size in MB.")
         if keep < 1:
             raise EdgemmError(f"Sink: jsonl:{path} | keep={keep}; expected at least 1 rotated file.")
+        # mkdir would say only "File exists" when a folder on the way is a file: name that file, before any
+        # sink or source is opened.
+        blocker = next((p for p in self.path.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise EdgemmError(f"Sink: jsonl:{path} | {blocker} is a file, not a folder; expected a path in a folder.")
         self.mode = mode
         self.max_bytes = None if max_mb is None else int(max_mb * 1e6)
         self.keep = int(keep)
         self.rotations = 0
-        self._f = None
+        self.repaired = 0  # cut last lines set aside into PATH.cut
+        self._fd: int | None = None
+        self._size = 0
+        self._prefix = b""  # a newline owed to a cut line that could not be set aside
 
-    def _spec(self) -> str:
+    @property
+    def label(self) -> str:
         return f"jsonl:{self.path}"
 
     def open(self, context=None) -> None:
@@ -134,10 +201,49 @@ class JsonlSink(Sink):
             if self.mode == "a" and self.max_bytes and self.path.is_file() and \
                     self.path.stat().st_size >= self.max_bytes:
                 self._rotate_files()
-            self._f = open(self.path, self.mode, buffering=1, encoding="utf-8")
+            self._open_file(os.O_TRUNC if self.mode == "w" else 0)
         except OSError as exc:
-            raise EdgemmError(f"Sink: {self._spec()} | Cannot be written ({exc.strerror}); "
+            raise EdgemmError(f"Sink: {self.label} | Cannot be written ({exc.strerror}); "
                               "expected a writable file path.") from None
+        if self.mode == "a":
+            self._repair_cut_line()
+
+    def counts(self) -> dict:
+        return {"repaired": self.repaired, "rotations": self.rotations}
+
+    def _open_file(self, extra_flags: int = 0) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | extra_flags, 0o644)
+        self._size = os.fstat(self._fd).st_size
+
+    def _repair_cut_line(self) -> None:
+        """A file that does not end in a newline was cut mid-record: move the fragment to PATH.cut."""
+        if self._size == 0:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._size - 1)
+            if f.read(1) == b"\n":
+                return
+            # The fragment is at most one record: look back for the newline before it.
+            start = max(0, self._size - (1 << 20))
+            f.seek(start)
+            tail = f.read()
+        cut_at = start + tail.rfind(b"\n") + 1 if b"\n" in tail else start
+        fragment = tail[cut_at - start:]
+        aside = self.path.with_name(self.path.name + ".cut")
+        try:
+            with open(aside, "ab") as f:
+                f.write(fragment + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.ftruncate(self._fd, cut_at)
+            self._size = cut_at
+            self.repaired += 1
+            log.warning("sink %s: its last line was cut (%d bytes, an earlier run stopped mid-write); set aside "
+                        "into %s", self.label, len(fragment), aside)
+        except OSError as exc:  # no room to set it aside: keep it, and start the new records on a line of their own
+            self._prefix = b"\n"
+            log.warning("sink %s: its last line was cut (%d bytes) and could not be set aside (%s); it is left "
+                        "as one unreadable line", self.label, len(fragment), exc.strerror)
 
     def _rotate_files(self) -> None:
         """PATH.(keep-1) -> PATH.keep, ..., PATH -> PATH.1 (the oldest beyond keep is replaced)."""
@@ -150,13 +256,26 @@ class JsonlSink(Sink):
         self.rotations += 1
 
     def _line(self, kind: str, obj: dict) -> None:
-        if self._f is None:
+        if self._fd is None:
             return
-        self._f.write(to_json({"type": kind, **obj}) + "\n")
-        if self.max_bytes and self._f.tell() >= self.max_bytes:
+        data = self._prefix + (to_json({"type": kind, **obj}) + "\n").encode("utf-8")
+        view = memoryview(data)
+        try:
+            while view:  # a full disk may take part of a line and then refuse the rest
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            if len(view) < len(data):
+                try:
+                    os.ftruncate(self._fd, self._size)  # cut the partial line back off (O_APPEND: next write goes there)
+                except OSError:
+                    pass
+            raise
+        self._size += len(data)
+        self._prefix = b""
+        if self.max_bytes and self._size >= self.max_bytes:
             self._close_file()
             self._rotate_files()
-            self._f = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - open until close()
+            self._open_file()
 
     def result(self, record, frame=None) -> None:
         self._line("result", record)
@@ -168,16 +287,15 @@ class JsonlSink(Sink):
         self._line("summary", summary)
 
     def _close_file(self) -> None:
-        f, self._f = self._f, None
-        f.flush()
+        fd, self._fd = self._fd, None
         try:
-            os.fsync(f.fileno())
+            os.fsync(fd)
         except OSError:
             pass
-        f.close()
+        os.close(fd)
 
     def close(self) -> None:
-        if self._f is not None:
+        if self._fd is not None:
             self._close_file()
 
 
@@ -239,7 +357,11 @@ class VideoSink(Sink):
         thick = max(1, int(round(2 * scale)))
         lines = []
         for name, out in record.get("outputs", {}).items():
-            if "label" in out:
+            if "detections" in out:
+                VideoSink._draw_boxes(img, out["detections"], scale, thick)
+                lines.append(("  ".join(f"{k} {n}" for k, n in out["counts"].items()) or "no objects",
+                              (255, 255, 255)))
+            elif "label" in out:
                 lines.append((f"{out['label']}  {out['score']:.2f}", (255, 255, 255)))
             elif "values" in out:
                 lines.append((f"{name}: " + " ".join(f"{v:.3g}" for v in out["values"][:4]), (255, 255, 255)))
@@ -265,6 +387,23 @@ class VideoSink(Sink):
             cv2.putText(img, text, (x0 + pad, y - pad // 2), font, size, color, thick, cv2.LINE_AA)
             y += step
         return img
+
+    @staticmethod
+    def _draw_boxes(img: np.ndarray, detections: list[dict], scale: float, thick: int) -> None:
+        """A box per detection, in a colour per class, captioned with label, score and track id."""
+        import cv2
+
+        font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale
+        for d in detections:
+            x1, y1, x2, y2 = (int(round(v)) for v in d["box"])
+            hue = (d["class"] * 47) % 180  # classes far apart on the hue circle
+            color = tuple(int(c) for c in cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0])
+            cv2.rectangle(img, (x1, y1), (x2, y2), color, thick)
+            text = f"{d['label']} {d['score']:.2f}" + (f" #{d['track']}" if d.get("track") is not None else "")
+            (tw, th), base = cv2.getTextSize(text, font, size, max(1, thick - 1))
+            ty = max(th + base, y1)
+            cv2.rectangle(img, (x1, ty - th - base), (x1 + tw, ty), color, -1)
+            cv2.putText(img, text, (x1, ty - base), font, size, (0, 0, 0), max(1, thick - 1), cv2.LINE_AA)
 
     def result(self, record, frame=None) -> None:
         if frame is None:
@@ -319,11 +458,22 @@ class MqttSink(Sink):
         self._unacked: set[int] = set()
         self._early: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._acked = threading.Condition()
-        self.published = {"results": 0, "events": 0, "dropped": 0}
+        # unsent_results: results while the broker was away (QoS 0, not queued: a stale result is worth nothing)
+        self.published = {"results": 0, "events": 0, "dropped": 0, "unsent_results": 0}
 
     @property
     def uri(self) -> str:
         return f"mqtt://{self.host}:{self.port}/{self.topic}"
+
+    @property
+    def label(self) -> str:
+        return self.uri
+
+    def lost(self) -> int:
+        return self.published["dropped"] + self.published["unsent_results"]
+
+    def counts(self) -> dict:
+        return dict(self.published)
 
     def open(self, context=None) -> None:
         mqtt = import_optional("paho.mqtt.client", "install it with `pip install paho-mqtt` (or edgemm[mqtt]).")
@@ -334,6 +484,9 @@ class MqttSink(Sink):
         def on_connect(c, userdata, flags, reason_code, properties):
             if not reason_code.is_failure:
                 self._connected.set()
+                if self.published["unsent_results"]:
+                    log.warning("mqtt %s: connected again (%d result(s) not sent while it was away, in this run)",
+                                self.uri, self.published["unsent_results"])
             else:
                 log.warning("mqtt %s: connection refused (%s)", self.uri, reason_code)
 
@@ -378,9 +531,13 @@ class MqttSink(Sink):
                     self._unacked.add(info.mid)
 
     def result(self, record, frame=None) -> None:
-        if self.send_results and self._connected.is_set():
+        if not self.send_results:
+            return
+        if self._connected.is_set():
             self._publish("results", record, 0)
             self.published["results"] += 1
+        else:
+            self.published["unsent_results"] += 1
 
     def event(self, event) -> None:
         self._publish("events", event, 1)
@@ -417,9 +574,13 @@ def _number(spec: str, q: dict, key: str, kind=float):
     if key not in q:
         return None
     try:
-        return kind(q[key])
+        value = kind(q[key])
     except ValueError:
         raise EdgemmError(f"Sink: {spec} | Option {key}={q[key]!r} is not a number.") from None
+    problem = number_problem(value)
+    if problem:
+        raise EdgemmError(f"Sink: {spec} | Option {key}={q[key]!r}: {problem}.")
+    return value
 
 
 def make_sink(spec: str) -> Sink:

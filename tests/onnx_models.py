@@ -315,3 +315,98 @@ def mobile_cnn_model(hw=12, channels=16, classes=5, seed=0) -> onnx.ModelProto:
               helper.make_node("Add", ["mm", "cls.b"], ["logits"], name="cls/bias")]
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, hw, hw])],
                   [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits, "mobile_cnn")
+
+
+# --------------------------------------------------------------------------------------------------
+# Detector heads in every detection format (edgemm/detection.py)
+# --------------------------------------------------------------------------------------------------
+
+STRIDES = (8, 16, 32)
+
+
+def colour_detector(hw=(64, 64), fmt="yolov8", box=24.0, metadata: dict | None = None,
+                    conv: bool = False) -> onnx.ModelProto:
+    """A real detector of pure-colour blobs on a dark scene, in the layout of an Ultralytics export.
+
+    Per stride, each grid cell's mean R, G, B (AveragePool) are the scores of classes red, green, blue, and
+    its box is a fixed-size square on the cell centre (cx, cy, w, h in input pixels). yolov8: output0
+    [1, 4 + 3, anchors]; yolov5: [1, anchors, 5 + 3] with objectness = the best class score and class scores
+    divided by it (so objectness x class = the colour mean). conv: an identity 1x1 Conv first, with weights
+    for INT8 to quantize.
+    """
+    h, w = hw
+    nodes, inits, scores, boxes = [], [], [], []
+    pixels = "images"
+    if conv:
+        nodes.append(helper.make_node("Conv", ["images", "mix_w", "mix_b"], ["mixed"]))
+        inits += [_init("mix_w", np.eye(3).reshape(3, 3, 1, 1)), _init("mix_b", np.zeros(3))]
+        pixels = "mixed"
+    for s in STRIDES:
+        nodes += [helper.make_node("AveragePool", [pixels], [f"p{s}"], kernel_shape=[s, s], strides=[s, s]),
+                  helper.make_node("Reshape", [f"p{s}", "shape3"], [f"s{s}"])]
+        ys, xs = np.mgrid[0:h // s, 0:w // s]
+        centres = np.stack([(xs.ravel() + 0.5) * s, (ys.ravel() + 0.5) * s,
+                            np.full(xs.size, box), np.full(xs.size, box)])[None]
+        inits.append(_init(f"b{s}", centres))
+        scores.append(f"s{s}")
+        boxes.append(f"b{s}")
+    inits.append(_init("shape3", [1, 3, -1], np.int64))
+    nodes += [helper.make_node("Concat", scores, ["scores"], axis=2),
+              helper.make_node("Concat", boxes, ["boxes"], axis=2)]
+    anchors = sum((h // s) * (w // s) for s in STRIDES)
+    if fmt == "yolov8":
+        nodes.append(helper.make_node("Concat", ["boxes", "scores"], ["output0"], axis=1))
+        out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 7, anchors])
+    else:
+        nodes += [helper.make_node("ReduceMax", ["scores"], ["obj"], axes=[1], keepdims=1),
+                  helper.make_node("Max", ["obj", "eps"], ["obj_safe"]),
+                  helper.make_node("Div", ["scores", "obj_safe"], ["cls"]),
+                  helper.make_node("Concat", ["boxes", "obj", "cls"], ["rows"], axis=1),
+                  helper.make_node("Transpose", ["rows"], ["output0"], perm=[0, 2, 1])]
+        inits.append(_init("eps", [1e-6]))
+        out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, anchors, 8])
+    model = _model(nodes, [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, h, w])], [out], inits,
+                   f"colour_{fmt}")
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    return model
+
+
+def constant_detector(outputs: dict[str, np.ndarray], hw=(64, 64)) -> onnx.ModelProto:
+    """A head that emits fixed tensors (end2end, EfficientNMS, boxes/scores/labels layouts), each added to
+    zero times the image's mean so the graph really reads its input."""
+    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),
+             helper.make_node("Mul", ["m", "zero"], ["z"])]
+    inits = [_init("zero", 0.0)]
+    vis = []
+    types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32,
+             np.dtype(np.int64): TensorProto.INT64}
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        inits.append(_init(f"{name}_c", value, value.dtype))
+        if value.dtype == np.float32:
+            nodes.append(helper.make_node("Add", [f"{name}_c", "z"], [name]))
+        else:
+            nodes += [helper.make_node("Cast", ["z"], [f"{name}_z"], to=types[value.dtype]),
+                      helper.make_node("Add", [f"{name}_c", f"{name}_z"], [name])]
+        vis.append(helper.make_tensor_value_info(name, types[value.dtype], list(value.shape)))
+    return _model(nodes, [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, *hw])], vis, inits,
+                  "constant_detector")
+
+
+def detector_manifest(detection: dict, outputs: list[dict], hw=(64, 64), labels=("red", "green", "blue")) -> dict:
+    """A bundle manifest for the detectors above: detection block on the first output."""
+    first = {**outputs[0], "task": "detection", "detection": detection}
+    if labels is not None:
+        first["labels"] = list(labels)
+    return {"name": "detector", "graphs": {"model": {
+        "file": "model.onnx",
+        "inputs": [{"name": "images", "modality": "video", "layout": "NCHW", "preprocess": {"size": list(hw)}}],
+        "outputs": [first] + [{**o, "task": "detection"} for o in outputs[1:]]}}}
+
+
+def write_detector_bundle(folder: Path, model: onnx.ModelProto, manifest: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "model.onnx"))
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder

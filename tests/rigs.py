@@ -372,6 +372,21 @@ class Mosquitto(_Rig):
         self.proc = None
 
 
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "64k"):
+    """A real, tiny filesystem at path (a tmpfs of `size`) to fill up: a full disk without filling the
+    machine's. Needs the right to mount (root in CI's container); skipped, with the reason, where it is refused."""
+    path.mkdir(parents=True, exist_ok=True)
+    mount = shutil.which("mount") or "/bin/mount"
+    proc = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                          text=True, timeout=10)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs for a full disk: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run([shutil.which("umount") or "/bin/umount", "-l", str(path)], capture_output=True, timeout=10)
+
 
 def _sounddevice_if_loaded():
     import sys

@@ -43,6 +43,9 @@ def test_run_needs_exactly_one_length(tmp_path):
         bench.run([], iterations=3, duration_s=1.0)
     with pytest.raises(EdgemmError, match="Iterations: 0"):
         bench.run([], iterations=0)
+    for bad in (float("nan"), float("inf"), -1.0):  # NaN passed `<= 0` and timed forever
+        with pytest.raises(EdgemmError, match="Duration"):
+            bench.run([], duration_s=bad)
 
 
 def test_duration_mode(tmp_path):

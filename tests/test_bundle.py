@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgemm.bundle import (AudioPreprocess, atomic_output_dir, load_bundle, manifest_from_dict,
                            write_bundle)
@@ -217,3 +220,51 @@ def test_bundle_is_readable_by_others_under_the_umask(tmp_path, av_bundle):
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("where, key, value", [
+    (0, "scale", float("nan")), (0, "mean", [float("nan"), 0.5, 0.5]), (0, "std", float("inf")),
+    (1, "window_s", float("nan")), (1, "mean", float("nan")), (1, "std", float("nan")),
+    (1, "window_s", 1e300), (1, "sample_rate", 10**30),
+])
+def test_manifest_numbers_must_be_finite_and_in_range(where, key, value):
+    """NaN passes every `<= 0` check: window_s NaN was a traceback, scale/mean/std NaN made every score null."""
+    m = onnx_models.av_manifest()
+    m["graphs"]["model"]["inputs"][where]["preprocess"][key] = value
+    # Through JSON as a user's file would come (Python's json reads NaN and Infinity).
+    with pytest.raises(EdgemmError) as err:
+        manifest_from_dict(json.loads(json.dumps(m)), "manifest.json")
+    msg = str(err.value)
+    assert f"inputs[{where}].preprocess.{key}:" in msg and "\n" not in msg
+
+
+_ODD_NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-10**40, max_value=10**40),
+    st.sampled_from([0, -1, 1, 2**63, 1e308, -0.0, 5e-324]), st.booleans(), st.none(), st.text(max_size=4),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4),
+)
+_NUMERIC_FIELDS = {0: ("size", "scale", "mean", "std", "frames", "fps"),
+                   1: ("sample_rate", "window_s", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "log_offset",
+                       "mean", "std")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_manifest_numbers_property_one_line_error_or_valid(data):
+    """Any mix of NaN, infinities, negatives, huge values and wrong types in the numeric preprocessing
+    fields: a one-line EdgemmError naming the field, or a manifest whose derived sizes can be computed."""
+    m = onnx_models.av_manifest()
+    for where, keys in _NUMERIC_FIELDS.items():
+        for key in data.draw(st.lists(st.sampled_from(keys), max_size=3, unique=True)):
+            m["graphs"]["model"]["inputs"][where]["preprocess"][key] = data.draw(_ODD_NUMBERS)
+    try:
+        man = manifest_from_dict(json.loads(json.dumps(m)), "manifest.json")
+    except EdgemmError as err:
+        assert "\n" not in str(err) and str(err).startswith("manifest.json: ")
+        return
+    for _, spec in man.all_inputs():
+        spec.axis_sizes()
+        pre = spec.preprocess
+        numbers = [getattr(pre, f) for f in _NUMERIC_FIELDS[0 if spec.modality == "video" else 1]]
+        flat = [x for v in numbers if v is not None for x in (v if isinstance(v, tuple) else (v,))]
+        assert all(math.isfinite(x) for x in flat), pre

@@ -271,7 +271,19 @@ def test_example_run_config_is_valid_for_edgemm_run():
 
     cfg = load_config(str(DEPLOY / "run.json"))
     assert cfg["backend"] == "tensorrt" and cfg["model"] == "/var/lib/edgemm/model.edgemm"
-    assert cfg["sinks"] == ["jsonl:/var/log/edgemm/results.jsonl"]
+    assert cfg["sinks"] == ["jsonl:/var/log/edgemm/results.jsonl?max_mb=50&keep=9"]
+
+
+def test_example_run_config_bounds_what_its_jsonl_sinks_keep_on_disk():
+    """A service runs for months: 541 B per result at 30 per second is 1.4 GB a day unless the file rotates."""
+    from edgemm.commands.run import load_config
+    from edgemm.sinks import JsonlSink, make_sink
+
+    sinks = [make_sink(s) for s in load_config(str(DEPLOY / "run.json"))["sinks"]]
+    jsonl = [s for s in sinks if isinstance(s, JsonlSink)]
+    assert jsonl
+    for s in jsonl:
+        assert s.max_bytes is not None and s.max_bytes * (s.keep + 1) <= 1e9, s.label
 
 
 # -- container recipe ---------------------------------------------------------------------------------

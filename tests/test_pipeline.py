@@ -125,6 +125,22 @@ def test_reservoir_keeps_memory_bounded_and_statistics_honest():
     assert st["p50"] == pytest.approx(np.median(values) * 1e3, rel=0.15)
 
 
+def test_reservoir_min_max_mean_are_exact_not_the_samples():
+    """A single spike among 20,000 values is almost never in a 100-value sample; the summary's max must
+    still be it (the soak's max was the sample's 41.7 ms while the JSONL held 105.7 ms)."""
+    r = Reservoir(100, seed=3)
+    values = np.full(20_000, 0.02)
+    values[12_345] = 0.1057
+    values[17_000] = 0.001
+    for v in values:
+        r.add(float(v))
+    assert 0.1057 not in r.values and 0.001 not in r.values  # the sample missed both
+    st = r.stats_ms()
+    assert st["max"] == pytest.approx(105.7) and st["min"] == pytest.approx(1.0)
+    assert st["mean"] == pytest.approx(values.mean() * 1e3, abs=1e-4) and st["count"] == 20_000
+    assert r.sum == pytest.approx(values.sum())
+
+
 # ------------------------------------------------------------------------------------ the three forms live
 
 @pytest.mark.parametrize("form", ["early", "intermediate", "late"])

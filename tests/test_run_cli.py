@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 
 from tests import onnx_models
 from tests.conftest import REPO, run_cli
-from tests.rigs import require
+from tests.rigs import require, small_disk
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -54,10 +55,24 @@ def test_bad_input_is_one_line_and_exit_1_before_anything_starts(tmp_path, av_on
                     "cat", "labels")
     _one_line_error(run_cli("run", *base, "--video", "test://video", "--audio", "test://audio", "--backend", "x"),
                     "Backend")
+    # Numbers that pass a `<= 0` check: NaN ran forever (--duration) or was taken as the bound.
+    base_av = [*base, "--video", "test://video", "--audio", "test://audio"]
+    _one_line_error(run_cli("run", *base_av, "--duration", "nan"), "Duration: nan", "finite")
+    _one_line_error(run_cli("run", *base_av, "--max-skew-ms", "nan"), "skew", "finite")
+    _one_line_error(run_cli("run", *base_av, "--tick-hz", "inf"), "Tick rate: inf", "finite")
+    _one_line_error(run_cli("run", *base_av, "--sink", f"jsonl:{tmp_path / 'x.jsonl'}?max_mb=nan"), "max_mb", "finite")
+    _one_line_error(run_cli("run", *base_av, "--sink", "jsonl:/etc/passwd/x.jsonl"),
+                    "/etc/passwd is a file, not a folder")
+    # A source that fails to open leaves no results file behind: sinks open after the sources. (OpenCV's
+    # ffmpeg prints its own lines before ours, so only the last line is ours here.)
+    proc = run_cli("run", *base, "--video", "rtsp://127.0.0.1:1/stream?open_timeout=2", "--audio", "test://audio")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "rtsp://127.0.0.1:1/stream" in proc.stderr.strip().splitlines()[-1]
     # A model whose inputs no camera or microphone can feed.
     odd = tmp_path / "odd.onnx"
     onnx.save(onnx_models.odd_inputs_model(), str(odd))
     _one_line_error(run_cli("run", odd, "--video", "test://video"), "tokens", "cannot be fed")
+    assert not (tmp_path / "x.jsonl").exists()
     assert not out.exists()  # nothing started, nothing written
 
 
@@ -173,3 +188,23 @@ def test_bad_config_values_are_one_line_errors_before_anything_starts(tmp_path, 
         cfg.write_text(json.dumps({**base, **extra}))
         _one_line_error(run_cli("run", "--config", cfg), *needles)
         assert not out.exists(), extra  # nothing started, nothing written
+
+
+def test_a_full_disk_under_the_jsonl_sink_is_two_log_lines_and_counted_in_the_summary(tmp_path, av_onnx):
+    disk = tmp_path / "disk"
+    with small_disk(disk, "64k"):
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):  # fill it to the last byte
+            while os.write(fd, b"x" * 4096):
+                pass
+        os.close(fd)
+        out = disk / "out.jsonl"
+        proc = run_cli("run", av_onnx, "--video", "test://video?size=64x48", "--audio", "test://audio",
+                       "--sink", f"jsonl:{out}", "--duration", "1.5", "--summary-json", tmp_path / "summary.json")
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("failing") == 1, proc.stderr
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        counts = summary["sinks"][f"jsonl:{out}"]
+        assert counts["written"] == 0 and counts["lost"] == counts["failures"] >= summary["results"] > 0
+        assert f"sink jsonl:{out}: 0 written" in proc.stderr
+        assert out.read_bytes() == b""  # nothing half-written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import queue
 import time
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 
 from edgemm.errors import EdgemmError
-from edgemm.sinks import ConsoleSink, JsonlSink, MqttSink, VideoSink, make_sink
-from tests.rigs import Mosquitto, free_port, require_module
+from edgemm.sinks import ConsoleSink, JsonlSink, MqttSink, SinkHealth, VideoSink, make_sink
+from tests.rigs import Mosquitto, free_port, require_module, small_disk
 
 RECORD = {"t": 12.5, "outputs": {"logits": {"label": "dog", "index": 1, "score": 0.91, "top": [["dog", 0.91]]}},
           "degraded": ["audio"], "attribution": None, "skew_ms": 3.25, "alerts": ["dog"],
@@ -36,7 +37,8 @@ def test_make_sink_understands_the_specs_and_refuses_the_rest():
     assert make_sink("mqtt://h/t?reconnect_min=4&reconnect_max=8").reconnect_min_s == 4.0
     for bad in ("kafka://x", "jsonl:", "video:/tmp/x.gif", "mqtt:///topic", "mqtt://h:port/t", "mqtt://h/t?qos=2",
                 "jsonl:/tmp/x.jsonl?mode=x", "jsonl:/tmp/x.jsonl?max_mb=big", "jsonl:/tmp/x.jsonl?rotate=1",
-                "mqtt://h/t?reconnect_min=0", 42):
+                "mqtt://h/t?reconnect_min=0", "jsonl:/tmp/x.jsonl?max_mb=nan", "jsonl:/tmp/x.jsonl?max_mb=inf",
+                "mqtt://h/t?reconnect_max=inf", 42):
         with pytest.raises(EdgemmError) as e:
             make_sink(bad)
         assert "\n" not in str(e.value)
@@ -68,8 +70,8 @@ def test_jsonl_is_strict_json_line_by_line(tmp_path):
     assert rows[0]["skew_ms"] is None and rows[0]["np"] == 0.5 and rows[0]["arr"] == [0, 1, 2]
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(EdgemmError, match="Cannot be written"):
-        JsonlSink(str(blocker / "out.jsonl")).open({})  # its folder would have to be a file
+    with pytest.raises(EdgemmError, match=f"{blocker} is a file, not a folder"):  # not mkdir's "File exists"
+        JsonlSink(str(blocker / "sub" / "out.jsonl"))  # its folder would have to be a file
 
 
 def _rows(path):
@@ -285,3 +287,60 @@ def test_mqtt_unreachable_broker_does_not_block_the_run(tmp_path):
     sink.event({"event": "alert_start", "t": 0.0})
     sink.close(timeout_s=0.5)
     assert time.monotonic() - t0 < 10
+
+
+# ------------------------------------------------------------------------------------ sinks that fail
+
+def test_jsonl_on_a_full_disk_writes_whole_lines_logs_twice_and_counts(tmp_path, caplog):
+    """A full disk: whole lines or nothing, one line in the log when it starts failing and one when it
+    recovers (not a traceback per result), and every record either written or counted as lost."""
+    disk = tmp_path / "disk"
+    with small_disk(disk, "64k"):
+        filler = disk / "filler"
+        filler.write_bytes(b"x" * 24_000)  # freed later: the disk recovers
+        path = disk / "out.jsonl"
+        sink = JsonlSink(str(path))
+        sink.open({})
+        health = SinkHealth(sink)
+        caplog.set_level(logging.WARNING, logger="edgemm.sinks")
+        big = {**RECORD, "pad": "p" * 700}  # ~1 KB a line: a page boundary falls inside lines
+        sent = 0
+        while health.failures < 40:
+            health.call("result", {**big, "t": float(sent)})
+            sent += 1
+            assert sent < 500, "the 64 KiB disk never filled"
+        text = path.read_bytes()
+        assert text.endswith(b"\n")  # never half a record
+        rows = [json.loads(line) for line in text.splitlines()]
+        assert len(rows) == health.written and health.written + health.failures == sent
+        failing = [r for r in caplog.records if "failing" in r.getMessage()]
+        assert len(failing) == 1 and "No space left" in failing[0].getMessage() and not failing[0].exc_info
+        filler.unlink()
+        health.call("event", {"event": "source_lost", "modality": "video", "t": 1.0})
+        health.call("summary", {"results": sent})
+        sink.close()
+        recovered = [r for r in caplog.records if "recovered" in r.getMessage()]
+        assert len(recovered) == 1 and "40 failed" in recovered[0].getMessage()
+        assert len(caplog.records) == 2
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [r["type"] for r in rows[-2:]] == ["event", "summary"]
+        assert health.counts() == {"written": len(rows), "failures": 40, "lost": 40, "repaired": 0, "rotations": 0}
+
+
+def test_jsonl_append_after_a_cut_line_sets_it_aside(tmp_path, caplog):
+    """Power lost mid-write: the next run must not glue its first record onto the cut one."""
+    path = tmp_path / "results.jsonl"
+    whole = json.dumps({"type": "result", "t": 0.0}) + "\n"
+    path.write_text(whole + '{"type": "summary", "results": 1, "dura')
+    caplog.set_level(logging.WARNING, logger="edgemm.sinks")
+    sink = make_sink(f"jsonl:{path}")
+    sink.open({})
+    sink.result({**RECORD, "t": 1.0})
+    sink.close()
+    assert [(r["type"], r.get("t")) for r in _rows(path)] == [("result", 0.0), ("result", 1.0)]
+    assert SinkHealth(sink).counts()["repaired"] == 1 and "set aside" in caplog.text
+    assert (tmp_path / "results.jsonl.cut").read_text() == '{"type": "summary", "results": 1, "dura\n'
+    sink = make_sink(f"jsonl:{path}")  # a file that ends in a newline is left alone
+    sink.open({})
+    sink.close()
+    assert sink.repaired == 0 and len(_rows(path)) == 2

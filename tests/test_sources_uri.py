@@ -132,6 +132,8 @@ def test_unknown_and_malformed_options():
     one_line_error(lambda: open_source("test://video", colour="red"), "colour")
     one_line_error(lambda: open_source("test://video?size=big"), "size='big'", "WIDTHxHEIGHT")
     one_line_error(lambda: open_source("test://video?fps=fast"), "fps='fast'", "not a number")
+    one_line_error(lambda: open_source("test://video?fps=nan"), "fps='nan'", "finite")  # passes `< 1`
+    one_line_error(lambda: open_source("test://video?fps=inf"), "fps='inf'", "finite")
     one_line_error(lambda: open_source("test://audio?kind=speech"), "kind='speech'", "tone")
     one_line_error(lambda: open_source("test://smell"), "test://video or test://audio")
     one_line_error(lambda: open_source(""), "Empty URI")

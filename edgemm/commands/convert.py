@@ -64,6 +64,9 @@ def add_arguments(p) -> None:
     p.add_argument("--shape", action="append", default=[], metavar="NAME:MIN,OPT,MAX",
                    help="TensorRT: profile of an input's dynamic axes, e.g. audio:1x1x64x50,1x1x64x98,1x1x64x200; "
                         "repeatable")
+    p.add_argument("--nms-in-engine", action="store_true",
+                   help="TensorRT: append EfficientNMS to a yolov8/yolov5 detector so the engine returns final boxes "
+                        "(the bundle then runs on TensorRT only)")
     p.add_argument("--timing-cache", metavar="PATH", help="TensorRT: timing cache file (default: a per-user cache)")
     p.add_argument("--workspace", type=int, metavar="MB",
                    help="TensorRT: workspace limit in MB (default: the device's memory, all of an Orin Nano's "
@@ -90,7 +93,8 @@ def run(args) -> int:
                           threads=args.threads, bench_seconds=args.bench_seconds, flavour=args.flavour,
                           quiet=args.quiet, max_batch=args.max_batch, shapes=args.shape,
                           timing_cache=args.timing_cache, workspace_mb=args.workspace,
-                          builder_opt_level=args.builder_opt_level, dla=args.dla)
+                          builder_opt_level=args.builder_opt_level, dla=args.dla,
+                          nms_in_engine=args.nms_in_engine)
     report = convert(args.model, args.output, opts)
     print(summary(report, args.output))
     return 0

@@ -5,7 +5,9 @@ the confusion matrix for classification outputs, MSE/MAE/R^2 for regression outp
 multimodal bundles the same with each modality missing (as the fusion form handles it at run time).
 With --against ORIGINAL both models run on the same samples and the drop in points and the output
 closeness are reported too. Data format: see `edgemm convert --help` (npz keyed by input name with a
-`label` key, or media files with labels.csv).
+`label` key, or media files with labels.csv). Detectors report COCO mAP@0.5 and mAP@0.5:0.95 (pycocotools),
+AP per class and precision/recall at the model's threshold on images with YOLO txt labels or a COCO JSON;
+with --against, the mAP drop and how well the boxes agree with the original's.
 Examples:
   edgemm eval model.edgemm --data data/test
   edgemm eval pruned.edgemm --against model.edgemm --data data/test --report report/ --json eval.json
@@ -14,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from edgemm.errors import EdgemmError
 from edgemm.runners import BACKEND_HELP, parse_backend
@@ -86,10 +89,11 @@ def run(args) -> int:
         raise EdgemmError(f"Threads: {args.threads} | Expected a positive number of threads.")
     if args.json and args.json != "-":
         require_folder(args.json)  # fail now, not after the whole evaluation
-
     shapes = shape_overrides(args.shape)
     model = load_bundle(args.model, shapes=shapes)
     original = load_bundle(args.against, shapes=shapes) if args.against else None
+    if _is_detector(model):
+        return _run_detection(args, model, original)
     if original is not None:
         report = compare_bundles(original, model, args.data, backend=args.backend, threads=args.threads,
                                  limit=args.limit, ablation=not args.no_ablation, progress=sys.stderr.isatty())
@@ -149,11 +153,50 @@ def run(args) -> int:
     if args.report:
         paths = write_report(args.report, report)
         print("Report: " + ", ".join(str(p) for p in paths.values()), file=out)
-    if args.json:
-        from edgemm.outputs import to_json, write_json
+    _write_json(args, report)
+    return 0
 
-        if args.json == "-":
-            print(to_json(report, indent=2))
-        else:
-            write_json(args.json, report)
+
+def _write_json(args, report: dict) -> None:
+    """--json PATH, or the report on stdout with --json - (the human summary went to stderr)."""
+    from edgemm.outputs import to_json, write_json
+
+    if args.json == "-":
+        print(to_json(report, indent=2))
+    elif args.json:
+        write_json(args.json, report)
+
+
+def _is_detector(bundle) -> bool:
+    from edgemm.converters.data import primary_output
+
+    graph = bundle.manifest.graphs[bundle.single_graph] if len(bundle.manifest.graphs) == 1 else None
+    return graph is not None and graph.output(primary_output(bundle)).detection is not None
+
+
+def _run_detection(args, model, original) -> int:
+    """COCO mAP (pycocotools), per-class AP and P/R at the model's threshold; with --against, the drop and
+    how well the boxes agree."""
+    from edgemm.converters.detection_eval import evaluate_detection
+    from edgemm.lazy import import_optional
+    from edgemm.outputs import write_json
+
+    import_optional("pycocotools", "pip install pycocotools (or edgemm[convert])")
+    report = evaluate_detection(model, args.data, original, args.backend, args.threads, args.limit)
+    out = sys.stderr if args.json == "-" else sys.stdout
+    print(f"Data: {report['data']} ({report['images']} images, {report['objects']} objects)", file=out)
+    for key in ("original", "model") if original is not None else ("model",):
+        r = report[key]
+        print(f"{key}: mAP@0.5 {r['map50']:.4f}, mAP@0.5:0.95 {r['map']:.4f}; at conf {r['conf']}: precision "
+              f"{r['precision']:.4f}, recall {r['recall']:.4f}", file=out)
+        print("  AP@0.5:0.95 per class: " + ", ".join(f"{k} {v:.4f}" for k, v in r["per_class_ap"].items()),
+              file=out)
+    if original is not None:
+        d, a = report["drop_points"], report["agreement"]
+        print(f"Drop: mAP@0.5 {d['map50']:+.2f} points, mAP@0.5:0.95 {d['map']:+.2f} points; boxes agree with the "
+              f"original: F1 {a['box_f1']:.4f} (IoU >= 0.5, same class)", file=out)
+    if args.report:
+        path = write_json(Path(args.report) / "report.json", report)
+        print(f"Report: {path}", file=out)
+    _write_json(args, report)
     return 0

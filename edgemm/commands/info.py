@@ -74,6 +74,10 @@ def run(args) -> int:
         print("  outputs:")
         for s in spec.outputs:
             extra = f"{len(s.labels)} classes ({s.scores})" if s.labels else ""
+            if s.detection is not None:
+                d = s.detection
+                extra = (f"{d.format}, {len(s.labels) if s.labels else '?'} classes, conf {d.conf}, iou {d.iou}"
+                         + (f", parts {', '.join(d.parts.values())}" if d.parts else ""))
             print(f"    {s.name:<18} {s.task:<14} {s.dtype:<8} {_shape(s.shape):<20} {extra}")
     if info["provenance"] and info["manifest"] != "inferred":
         print("\nProvenance: " + ", ".join(f"{k}={v}" for k, v in info["provenance"].items() if not isinstance(v, dict)))

@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from edgemm.errors import EdgemmError
+from edgemm.errors import EdgemmError, number_problem
 from edgemm.runners import BACKEND_HELP, parse_backend
 from edgemm.shapes import SHAPE_HELP, shape_overrides
 
@@ -30,7 +30,7 @@ CONFIG_KEYS = {
     "model": str, "video": str, "audio": str, "sinks": list, "duration": (int, float), "threads": int,
     "backend": str, "alerts": list, "max_in_flight": int, "max_skew_ms": (int, float), "attribution": str,
     "tick_hz": (int, float), "rates_hz": dict, "max_age_s": (int, float), "summary_json": str, "quiet": bool,
-    "shape": list,
+    "shape": list, "conf": (int, float), "iou": (int, float),
 }
 
 
@@ -56,6 +56,8 @@ def add_arguments(p) -> None:
                    help="per-modality attribution: auto (late/intermediate fusion), off, ablation (also early "
                         "fusion: reruns the model per modality)")
     p.add_argument("--shape", action="append", metavar="NAME:DIMS", help=SHAPE_HELP)
+    p.add_argument("--conf", type=float, metavar="P", help="detection score threshold (overrides the manifest's)")
+    p.add_argument("--iou", type=float, metavar="P", help="detection NMS IoU threshold (overrides the manifest's)")
     p.add_argument("--tick-hz", type=float, metavar="HZ", help="inference rate while there is no video "
                                                                "(default: the camera's rate, else 10)")
     p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
@@ -152,8 +154,10 @@ def build(opts: dict):
     parse_backend(backend)
     if opts.get("threads") is not None and opts["threads"] < 1:
         raise EdgemmError(f"Threads: {opts['threads']} | Expected a positive number of threads.")
-    if opts.get("duration") is not None and opts["duration"] <= 0:
-        raise EdgemmError(f"Duration: {opts['duration']} | Expected a positive number of seconds.")
+    _check_number(opts, "duration", "Duration", "s", positive=True)
+    _check_number(opts, "max_skew_ms", "A/V skew bound", "ms", minimum=0)
+    _check_number(opts, "tick_hz", "Tick rate", "Hz", positive=True)
+    _check_number(opts, "max_age_s", "Embedding age bound", "s", minimum=0)
     if opts.get("summary_json"):
         _check_writable(opts["summary_json"])
     bundle = load_bundle(opts["model"], shapes=shape_overrides(opts.get("shape")))
@@ -183,20 +187,19 @@ def build(opts: dict):
     if opts.get("max_in_flight") is not None:
         settings.max_in_flight = opts["max_in_flight"]
     if opts.get("max_skew_ms") is not None:
-        if opts["max_skew_ms"] < 0:
-            raise EdgemmError(f"A/V skew bound: {opts['max_skew_ms']} ms | Expected >= 0.")
         settings.max_skew_s = opts["max_skew_ms"] / 1e3
     if opts.get("attribution"):
         settings.attribution = opts["attribution"]
     if opts.get("tick_hz") is not None:
-        if opts["tick_hz"] <= 0:
-            raise EdgemmError(f"Tick rate: {opts['tick_hz']} Hz | Expected a positive rate.")
         settings.tick_hz = float(opts["tick_hz"])
     if opts.get("rates_hz"):
         settings.rates_hz = _rates(opts["rates_hz"])
+    for key in ("conf", "iou"):
+        if opts.get(key) is not None:
+            if not 0.0 <= opts[key] <= 1.0:
+                raise EdgemmError(f"--{key}: {opts[key]} | Expected a threshold in [0, 1].")
+            setattr(settings, key, float(opts[key]))
     if opts.get("max_age_s") is not None:
-        if opts["max_age_s"] < 0:
-            raise EdgemmError(f"Embedding age bound: {opts['max_age_s']} s | Expected >= 0 seconds.")
         settings.max_age_s = float(opts["max_age_s"])
     return Pipeline(bundle, video=video, audio=audio, sinks=sinks, settings=settings, alerts=alerts,
                     backend=backend, threads=opts.get("threads"), duration_s=opts.get("duration"))
@@ -208,10 +211,18 @@ def _rates(rates: dict) -> dict[str, float]:
     for mod, hz in rates.items():
         if mod not in ("video", "audio"):
             raise EdgemmError(f"Rates: {mod!r} | Unknown modality; expected \"video\" and/or \"audio\" in rates_hz.")
-        if isinstance(hz, bool) or not isinstance(hz, (int, float)) or hz <= 0:
+        if number_problem(hz, positive=True):
             raise EdgemmError(f"Rates: {mod}={json.dumps(hz)} | Expected a positive number of runs per second.")
         out[mod] = float(hz)
     return out
+
+
+def _check_number(opts: dict, key: str, what: str, unit: str, **bounds) -> None:
+    """A numeric option, finite and in range (a NaN duration once ran forever), else one line."""
+    value = opts.get(key)
+    problem = None if value is None else number_problem(value, **bounds)
+    if problem:
+        raise EdgemmError(f"{what}: {value} {unit} | {problem[0].upper()}{problem[1:]}.")
 
 
 def _check_writable(path) -> None:
@@ -286,5 +297,9 @@ def format_summary(s: dict) -> str:
         lines.append(f"  capture crashes: {_words(s['capture_crashes'])} (tracebacks in the log)")
     lines.append(f"  reconnects: {_words(s['reconnects'])}; overflows: {s['overflows']}; "
                  f"degraded results: {_words(s['degraded_results'])}; events: {_words(s['events'])}")
+    for label, c in s.get("sinks", {}).items():
+        if c["failures"] or c["lost"]:
+            lines.append(f"  sink {label}: {c['written']} written, {c['failures']} failed writes, "
+                         f"{c['lost']} records lost")
     return "\n".join(lines)
 

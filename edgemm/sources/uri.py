@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote
 
-from edgemm.errors import EdgemmError
+from edgemm.errors import EdgemmError, number_problem
 
 # Schemes whose location is a URL handed to FFmpeg as a whole, query string included.
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -94,8 +94,9 @@ class Options:
         except (TypeError, ValueError):
             raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is not {what}; expected e.g. "
                               f"{name}={default if default is not None else example}.") from None
-        if minimum is not None and out < minimum:
-            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is too small; expected >= {minimum}.")
+        problem = number_problem(out, minimum=minimum)
+        if problem:
+            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r}: {problem}.")
         return out
 
     def get_bool(self, name: str, default: bool | None = None) -> bool | None:
