@@ -108,7 +108,7 @@ class FusionModel:
     def reset_state(self, modality: str | None = None) -> None:
         """Forget carried state (of the graphs that take this modality, or of all): a stream restarts."""
         for g in self._states:
-            if modality is None or modality in self.graph_modalities(g):
+            if modality is None or any(s.modality == modality for s in self.manifest.graphs[g].inputs):
                 self._states[g], self._before[g] = {}, {}
 
     def _check_members(self) -> None:
