@@ -14,7 +14,9 @@
 The model is an early-fusion CNN built here (video 3x224x224, log-mel 1x64x98), about 0.16 GMAC: the size
 of a small cabin-monitoring model, slow enough on a CPU thread for the ratio to mean something.
 
-  python benchmarks/bench_pipeline.py [--rounds 4] [--segment 3] [--threads 1] [--json out.json]
+  python benchmarks/bench_pipeline.py [--rounds 4] [--segment 3] [--threads 1] [--backend openvino] [--json out.json]
+
+--backend (default onnxruntime) runs both the raw runner and the pipeline's model on that backend.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ def write_bundle(folder: Path, width: int = 1) -> Path:
     return folder
 
 
-def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, threads: int, size: str) -> dict:
+def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, threads: int, size: str,
+               backend: str = "onnxruntime") -> dict:
     bundle = load_bundle(bundle_path)
     spec = {s.name: s for s in bundle.manifest.graphs["model"].inputs}
     w, h = map(int, size.split("x"))
@@ -118,8 +121,8 @@ def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, thre
     audio = ArrayAudioSource(np.random.default_rng(2).uniform(-0.5, 0.5, 10 * 16000).astype(np.float32), 16000,
                              loop=True, realtime=False)
     sink = make_sink(f"jsonl:{tmp / 'throughput.jsonl'}")
-    with make_runner(bundle, threads=threads) as runner, \
-            Pipeline(bundle, video=video, audio=audio, sinks=[sink], threads=threads) as pipe:
+    with make_runner(bundle, backend=backend, threads=threads) as runner, \
+            Pipeline(bundle, video=video, audio=audio, sinks=[sink], backend=backend, threads=threads) as pipe:
         for seg in range(rounds + 1):  # the first round warms both up and is not counted
             t0 = time.perf_counter()
             n = 0
@@ -151,12 +154,13 @@ def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, thre
             "worker_overhead_ms": summary["worker_overhead_ms"], "frames": size}
 
 
-def overhead(bundle_path: Path, tmp: Path, seconds: float, threads: int, size: str) -> dict:
+def overhead(bundle_path: Path, tmp: Path, seconds: float, threads: int, size: str,
+             backend: str = "onnxruntime") -> dict:
     bundle = load_bundle(bundle_path)
     video = open_source(f"test://video?size={size}&fps=30", "video")
     audio = open_source("test://audio?kind=noise", "audio")
     sink = make_sink(f"jsonl:{tmp / 'overhead.jsonl'}")
-    with Pipeline(bundle, video=video, audio=audio, sinks=[sink], threads=threads, duration_s=seconds,
+    with Pipeline(bundle, video=video, audio=audio, sinks=[sink], backend=backend, threads=threads, duration_s=seconds,
                   settings=PipelineSettings()) as pipe:
         while pipe.is_streaming():
             pipe.step()
@@ -180,6 +184,7 @@ def main(argv=None) -> int:
     p.add_argument("--widths", default="1,2", help="model widths to measure (1: ~0.16 GMAC, 2: ~0.6 GMAC)")
     p.add_argument("--sizes", default="1280x720,224x224", help="frame sizes for (a); (b) uses the first")
     p.add_argument("--live-seconds", type=float, default=10.0)
+    p.add_argument("--backend", default="onnxruntime", help="runner backend of both sides (e.g. openvino)")
     p.add_argument("--json", help="write the figures as JSON")
     args = p.parse_args(argv)
     from edgemm.modelinfo import estimate_macs
@@ -187,6 +192,7 @@ def main(argv=None) -> int:
     widths = [int(w) for w in args.widths.split(",")]
     sizes = args.sizes.split(",")
     result = {"machine": bench.machine(), "loadavg_before": os.getloadavg(), "threads": args.threads,
+              "backend": args.backend,
               "throughput": [], "overhead": None}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -195,18 +201,18 @@ def main(argv=None) -> int:
             bundles[w] = write_bundle(tmp / f"av-cnn-w{w}.edgemm", w)
             macs = estimate_macs(onnx.load(str(bundles[w] / "model.onnx")))
             for size in sizes:
-                a = throughput(bundles[w], tmp, args.rounds, args.segment, args.threads, size)
+                a = throughput(bundles[w], tmp, args.rounds, args.segment, args.threads, size, args.backend)
                 a.update(width=w, gmac=round(macs / 1e9, 3) if macs else None)
                 result["throughput"].append(a)
                 o = a["worker_overhead_ms"]
-                print(f"(a) model {a['gmac']} GMAC, {args.threads} thread(s), {size} frames: raw runner "
+                print(f"(a) model {a['gmac']} GMAC, {args.backend}, {args.threads} thread(s), {size} frames: raw runner "
                       f"{a['raw_per_s']:.1f}/s, pipeline {a['pipeline_per_s']:.1f}/s, ratio {a['ratio']:.3f} "
                       f"(per round {a['ratio_per_round']})")
                 print(f"      model per inference: raw {a['raw_infer_mean_ms']:.2f} ms, in the pipeline "
                       f"{a['pipeline_infer_mean_ms']:.2f} ms; inference-thread work beyond it p50 {o['p50']:.3f} ms, "
                       f"mean {o['mean']:.3f} ms, p99 {o['p99']:.3f} ms; worker waiting for frames "
                       f"{100 * a['worker_idle_fraction']:.1f} %", flush=True)
-        b = overhead(bundles[widths[0]], tmp, args.live_seconds, args.threads, sizes[0])
+        b = overhead(bundles[widths[0]], tmp, args.live_seconds, args.threads, sizes[0], args.backend)
         result["overhead"] = b
     result["loadavg_after"] = os.getloadavg()
     print(f"(b) live {sizes[0]} at 30 fps, 1 s audio window, {b['results']} results: work beyond the model per "

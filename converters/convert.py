@@ -143,7 +143,14 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
         raise EdgemmError(f"Calibration method: {opts.calib_method} | Unknown; expected one of "
                           f"{', '.join(int8.CALIB_METHODS)}.")
     int8.target_flavour(opts.target)
-    if opts.flavour is not None and opts.flavour not in int8.FLAVOURS:
+    if opts.target == "openvino":
+        from edgemm.converters import openvino
+
+        openvino.check_installed()  # the runtime measures the conversion: needed before any work
+        if opts.flavour is not None and opts.flavour not in openvino.CANDIDATES:
+            raise EdgemmError(f"INT8 flavour: {opts.flavour} | Not one for --target openvino; expected one of "
+                              f"{', '.join(openvino.CANDIDATES)} (or no flavour: chosen by timing under OpenVINO).")
+    elif opts.flavour is not None and opts.flavour not in int8.FLAVOURS:
         raise EdgemmError(f"INT8 flavour: {opts.flavour} | Unknown; expected one of {', '.join(int8.FLAVOURS)}.")
     if opts.target == "tensorrt" and opts.flavour not in (None, "trt"):
         raise EdgemmError(f"INT8 flavour: {opts.flavour} | TensorRT needs symmetric S8S8 Q/DQ; expected trt "
@@ -240,15 +247,22 @@ def _sample_feeds(bundle: Bundle, calib, limit: int, threads) -> dict[str, list[
                 for i in range(limit)] for g in graphs}
 
 
-def measure(original: Bundle, converted: Bundle, feeds: dict[str, list[dict]], threads, seconds: float) -> dict:
-    """Latency (interleaved, per graph), size, parameters and MACs before and after."""
+def measure(original: Bundle, converted: Bundle, feeds: dict[str, list[dict]], threads, seconds: float,
+            target: str = "onnxruntime") -> dict:
+    """Latency (interleaved, per graph), size, parameters and MACs before and after; on OpenVINO for
+    --target openvino (the runtime the graphs are made for), else on ONNX Runtime's CPU provider."""
     from edgemm.converters.timing import time_models
     from edgemm.converters.validate import size_section
 
     models, graph_feeds = {}, {}
     for g in original.manifest.graphs:
         for label, b in (("before", original), ("after", converted)):
-            models[f"{g}:{label}"] = b.graph_path(g)
+            if target == "openvino":
+                from edgemm.runners.openvino import OpenVINORunner
+
+                models[f"{g}:{label}"] = OpenVINORunner(b.graph_path(g), threads, name=f"{g}:{label}")
+            else:
+                models[f"{g}:{label}"] = b.graph_path(g)
             graph_feeds[f"{g}:{label}"] = feeds[g][0]
     results = time_models(models, feeds=graph_feeds, threads=threads, duration_s=seconds)
     sizes = size_section(original, converted)["graphs"]
@@ -265,7 +279,8 @@ def measure(original: Bundle, converted: Bundle, feeds: dict[str, list[dict]], t
             "size_bytes": {g: v["size_bytes"] for g, v in sizes.items()},
             "parameters": {g: v["parameters"] for g, v in sizes.items()},
             "macs": {g: v["macs"] for g, v in sizes.items()},
-            "latency_setup": {"method": "converters.timing (edgemm.bench.run), interleaved, batch 1, onnxruntime CPU",
+            "latency_setup": {"method": "converters.timing (edgemm.bench.run), interleaved, batch 1, "
+                                        + ("openvino CPU" if target == "openvino" else "onnxruntime CPU"),
                               "threads": threads, "seconds": seconds,
                               "iterations": results[next(iter(results))]["iterations"]}}
 
@@ -378,7 +393,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
             feeds = first_feeds if all(first_feeds.get(g) for g in graphs) else \
                 _sample_feeds(stage, opts.calib, 1, opts.threads)
             _say(f"measuring latency before/after ({opts.bench_seconds:g} s, interleaved)", opts)
-            perf = measure(bundle, converted, feeds, opts.threads, opts.bench_seconds)
+            perf = measure(bundle, converted, feeds, opts.threads, opts.bench_seconds, opts.target)
             report.update(perf)
             data = opts.eval if opts.eval is not None else opts.calib
             if data is not None:
@@ -482,7 +497,10 @@ def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
     from edgemm.converters import int8, opsets
     from edgemm.converters.calibration import GraphFeeds
 
-    fixed = int8.target_flavour(opts.target) or opts.flavour or int8.env_flavour()
+    on_openvino = opts.target == "openvino"
+    if on_openvino:
+        from edgemm.converters import openvino as ov_int8
+    fixed = int8.target_flavour(opts.target) or opts.flavour or (None if on_openvino else int8.env_flavour())
     flavours, info = {}, {}
     prepared, per_channel, opset_notes = {}, {}, {}
     for g in graphs:
@@ -496,10 +514,11 @@ def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
     symmetric = fixed == "trt"
     _say(f"INT8: calibrating {len(graphs)} graph(s) ({opts.calib_method}) on {opts.calib}", opts)
     # One pass over the data calibrates every graph; it also keeps the feeds the flavour timing needs
-    # (only when the flavour is chosen by timing).
+    # (only when the flavour is chosen by timing); for OpenVINO, NNCF's calibration subset as well.
     sample_feeds: dict[str, list[dict]] = {}
+    keep = ov_int8.NNCF_SAMPLES if on_openvino else 1 if fixed else SAMPLE_FEEDS
     with GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads) as gf:
-        samples = _recording(gf.iter_feeds(), sample_feeds, 1 if fixed else SAMPLE_FEEDS)
+        samples = _recording(gf.iter_feeds(), sample_feeds, keep)
         calibs = int8.calibrate_graphs(prepared, samples, opts.calib_method, symmetric, workdir=work)
     for g in graphs:
         first_feeds.setdefault(g, sample_feeds[g][:1])
@@ -510,14 +529,23 @@ def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
             gi["opset"] = opset_notes[g]
         if fixed:
             flavours[g] = fixed
-            current[g] = int8.quantize(prepared[g], calibs[g], fixed, per_channel=per_channel[g], workdir=work)
+            if on_openvino:
+                current[g] = ov_int8.quantize(fixed, prepared[g], calibs[g], sample_feeds[g], workdir=work)
+            else:
+                current[g] = int8.quantize(prepared[g], calibs[g], fixed, per_channel=per_channel[g], workdir=work)
             why = {"trt": "target tensorrt: symmetric S8S8, zero point 0, TensorRT placement"}.get(
                 fixed, "forced (--flavour or EDGEMM_INT8_FLAVOUR)")
-            gi["flavour"] = {"chosen": fixed, "why": why, "settings": int8.flavour_spec(fixed).describe()}
+            settings = ov_int8.describe(fixed) if on_openvino else int8.flavour_spec(fixed).describe()
+            gi["flavour"] = {"chosen": fixed, "why": why, "settings": settings}
         else:
-            _say(f"INT8: graph {g}: timing the Q/DQ flavours against FP32 on this CPU", opts)
-            choice = int8.choose_flavour(prepared[g], current[g], calibs[g], sample_feeds[g], opts.threads,
-                                         duration_s=FLAVOUR_TIMING_S, per_channel=per_channel[g])
+            runtime = "OpenVINO" if on_openvino else "ONNX Runtime"
+            _say(f"INT8: graph {g}: timing the Q/DQ flavours against FP32 under {runtime} on this CPU", opts)
+            if on_openvino:
+                choice = ov_int8.choose(prepared[g], current[g], calibs[g], sample_feeds[g], opts.threads,
+                                        duration_s=FLAVOUR_TIMING_S, workdir=work)
+            else:
+                choice = int8.choose_flavour(prepared[g], current[g], calibs[g], sample_feeds[g], opts.threads,
+                                             duration_s=FLAVOUR_TIMING_S, per_channel=per_channel[g])
             best = choice["candidates"][choice["flavour"]]
             others = ", ".join(f"{k} {v['speedup_vs_fp32']:.2f}x" for k, v in choice["candidates"].items())
             gi["flavour"] = {"fp32_p50_ms": choice["fp32_p50_ms"], "candidates": choice["candidates"],
@@ -544,7 +572,10 @@ def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
     def quantize_fn(g, exclude):
         if g in floats:
             return floats[g]
-        return int8.quantize(prepared[g], calibs[g], flavours[g], exclude, per_channel=per_channel[g], workdir=work)
+        if on_openvino:
+            return ov_int8.quantize(flavours[g], prepared[g], calibs[g], sample_feeds[g], exclude, workdir=work)
+        return int8.quantize(prepared[g], calibs[g], flavours[g], exclude, per_channel=per_channel[g],
+                             workdir=work)
 
     groups = {g: [] if g in floats else int8.quantized_groups(prepared[g], current[g]) for g in graphs}
     return {"quantize_fn": quantize_fn, "groups": groups, "quantized": dict(current)}
@@ -680,6 +711,10 @@ def _provenance(bundle: Bundle, opts: ConvertOptions, conversion: dict, extra: d
         "settings": opts.settings(),
         "tools": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     }
+    if opts.target == "openvino":
+        from edgemm.converters.openvino import versions
+
+        prov["tools"].update(versions())
     if "int8" in conversion:
         prov["int8_flavour"] = conversion["int8_flavours"]
         kinds = set(conversion["int8_flavours"].values())
@@ -706,9 +741,9 @@ def _warnings(report: dict, opts: ConvertOptions) -> list[str]:
     lat = report.get("latency_ms_p50", {})
     for g, v in lat.items():
         sp = v.get("speedup")
-        if opts.precision in ("int8", "fp16") and opts.target == "onnxruntime" and sp is not None and sp < 1.0:
+        if opts.precision in ("int8", "fp16") and opts.target != "tensorrt" and sp is not None and sp < 1.0:
             out.append(f"graph {g}: the {opts.precision} model is SLOWER than the original on this CPU "
-                       f"({sp:.2f}x); onnxruntime's kernels do not fuse it here. On a GPU build with TensorRT.")
+                       f"({sp:.2f}x); {opts.target}'s kernels do not fuse it here. On a GPU build with TensorRT.")
     if opts.precision == "fp16" and opts.target == "onnxruntime":
         out.append("FP16 on the CPU: onnxruntime runs most FP16 ops through casts; FP16 pays off on GPUs "
                    "(TensorRT, CUDA EP), not here")

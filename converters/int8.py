@@ -17,6 +17,8 @@ Steps (each a function, so the accuracy guard can re-run the cheap ones):
              per-channel weights, Q/DQ only on the inputs of Conv/ConvTranspose/Gemm/MatMul and the
              residual input of Add (the Conv side of a residual Add stays float so TensorRT fuses
              Conv+Add), no Q/DQ on op outputs, biases or graph outputs, Softmax and the rest in float.
+   ``ov``    OpenVINO (converters/openvino.py): as ``trt`` but both inputs of an Add keep their Q/DQ
+             (OpenVINO fuses a quantized Add into the convolution before it as a post-op).
 
    In every flavour graph outputs stay float (no 8-bit rounding of the logits a decision reads).
 4. ``choose_flavour`` (target onnxruntime): the candidates are timed interleaved on the actual model on
@@ -42,8 +44,8 @@ from edgemm.errors import EdgemmError
 log = logging.getLogger(__name__)
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-FLAVOURS = ("u8s8", "s8s8", "trt")
-TARGETS = ("onnxruntime", "tensorrt")
+FLAVOURS = ("u8s8", "s8s8", "trt", "ov")
+TARGETS = ("onnxruntime", "tensorrt", "openvino")
 ORT_CANDIDATES = ("u8s8", "s8s8")
 
 # Ops whose inputs TensorRT wants quantized (its INT8 kernels); everything else stays float there.
@@ -124,6 +126,9 @@ def flavour_spec(name: str) -> FlavourSpec:
         return FlavourSpec("s8s8", "int8")
     if name == "trt":
         return FlavourSpec("trt", "int8", symmetric_activations=True, op_types=TRT_OPS,
+                           outputs_float=TRT_OPS, quantize_bias=False)
+    if name == "ov":
+        return FlavourSpec("ov", "int8", symmetric_activations=True, op_types=TRT_OPS,
                            outputs_float=TRT_OPS, quantize_bias=False)
     raise EdgemmError(f"INT8 flavour: {name} | Unknown; expected one of {', '.join(FLAVOURS)}.")
 
@@ -611,7 +616,7 @@ def qdq_counts(model) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     den = np.linalg.norm(a) * np.linalg.norm(b)
     return float(a @ b / den) if den > 0 else float(np.allclose(a, b))
@@ -626,40 +631,51 @@ def choose_flavour(prepared, float_model, calibration: Calibration, feeds: list[
     One runner per model serves both the closeness check and the timing (sessions are built once).
     Returns {"flavour", "models": {name: ModelProto}, "candidates": {name: {...}}, "fp32_p50_ms"}.
     """
-    from edgemm.converters.timing import time_models
     from edgemm.runners.onnxruntime import OnnxRuntimeRunner
 
     models = {c: quantize(prepared, calibration, c, per_channel=per_channel) for c in candidates}
     runners = {label: OnnxRuntimeRunner(m.SerializeToString(), "cpu", threads, name=label)
                for label, m in {"fp32": float_model, **models}.items()}
+    chosen, info, fp32 = pick_fastest(runners, feeds, {c: flavour_spec(c).describe() for c in models}, threads,
+                                      duration_s)
+    return {"flavour": chosen, "models": models, "candidates": info, "fp32_p50_ms": fp32,
+            "threads": threads, "timing_s": duration_s}
+
+
+def pick_fastest(runners: dict, feeds: list[dict], settings: dict[str, str], threads: int | None,
+                 duration_s: float) -> tuple[str, dict[str, dict], float]:
+    """Check each candidate runner's closeness to runners["fp32"] on the feeds, time all interleaved on the
+    first feed, and pick the fastest that is as close as the closest. Returns (chosen, info, fp32 p50 ms);
+    the runners are deactivated at the end. Shared by the ONNX Runtime flavours and the OpenVINO candidates."""
+    from edgemm.converters.timing import time_models
+
     info: dict[str, dict] = {}
+    names = [c for c in runners if c != "fp32"]
     try:
         for r in runners.values():
             r.activate()
         refs = [runners["fp32"].infer(f) for f in feeds]
-        for c in models:
+        for c in names:
             outs = [runners[c].infer(f) for f in feeds]
-            cos = [min(_cosine(ref[k], out[k]) for k in ref) for ref, out in zip(refs, outs)]
-            info[c] = {"cosine_min": float(np.min(cos)), "cosine_mean": float(np.mean(cos)),
-                       "settings": flavour_spec(c).describe()}
+            cos = [min(cosine(ref[k], out[k]) for k in ref) for ref, out in zip(refs, outs)]
+            info[c] = {"cosine_min": float(np.min(cos)), "cosine_mean": float(np.mean(cos)), "settings": settings[c]}
         timing = time_models(runners, feed=feeds[0], threads=threads, duration_s=duration_s)
     finally:
         for r in runners.values():
             r.deactivate()
     fp32 = timing["fp32"]["latency_ms"]["p50"]
-    for c in models:
+    for c in names:
         p50 = timing[c]["latency_ms"]["p50"]
         info[c].update(p50_ms=p50, speedup_vs_fp32=fp32 / p50 if p50 > 0 else float("nan"))
     best_cos = max(v["cosine_mean"] for v in info.values())
     # "Correct": within a hair of the closest candidate (int8 flavours differ in rounding, not in kind).
-    ok = [c for c in models if info[c]["cosine_mean"] >= best_cos - 0.01]
-    chosen = min(ok, key=lambda c: info[c]["p50_ms"])
-    return {"flavour": chosen, "models": models, "candidates": info, "fp32_p50_ms": fp32,
-            "threads": threads, "timing_s": duration_s}
+    ok = [c for c in names if info[c]["cosine_mean"] >= best_cos - 0.01]
+    return min(ok, key=lambda c: info[c]["p50_ms"]), info, fp32
 
 
 def target_flavour(target: str) -> str | None:
-    """The flavour a target fixes (tensorrt), or None where it is chosen by measurement (onnxruntime)."""
+    """The flavour a target fixes (tensorrt), or None where it is chosen by measurement (onnxruntime, and
+    openvino among converters.openvino.CANDIDATES)."""
     if target not in TARGETS:
         raise EdgemmError(f"Target: {target} | Unknown; expected one of {', '.join(TARGETS)}.")
     return "trt" if target == "tensorrt" else None

@@ -103,6 +103,12 @@ def machine() -> dict:
     info = {"cpu": cpu, "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
             "python": platform.python_version()}
     info["onnxruntime"] = onnxruntime.__version__
+    import importlib.metadata
+
+    try:  # the distribution's version: importing openvino itself costs a second
+        info["openvino"] = importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        pass
     return info
 
 

@@ -1,6 +1,6 @@
 """Importing optional, heavy or hardware-bound modules when they are used, never at import time.
 
-tensorrt, the CUDA bindings, sounddevice, paho-mqtt, matplotlib and torch may be missing (a CPU-only or a
+tensorrt, the CUDA bindings, sounddevice, paho-mqtt, matplotlib, torch, openvino and nncf may be missing (a CPU-only or a
 device install), or present but unusable (tensorrt-lean without a GPU driver segfaults on first use;
 sounddevice raises OSError without the PortAudio library). Code that needs one imports it inside the
 function that uses it, through ``import_optional`` (or ``import_pyplot``), so that a failure is one

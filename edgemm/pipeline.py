@@ -191,8 +191,9 @@ class Pipeline:
         # Sinks open only once the sources have: a camera that is not there must not leave an empty results
         # file (or a broker session) behind. The capture threads start after them, so frames stay fresh.
         # "video_fps" asks for the source's frame rate when a sink needs it (the video sink, at its first frame).
+        # "pipeline": the metrics sink reads drops, reconnects, overflows and drift from it when scraped.
         context = {"fps": getattr(self.sources.get("video"), "fps", None), "video_fps": self.video_fps,
-                   "model": self.manifest.name}
+                   "model": self.manifest.name, "pipeline": self}
         for sink in self.sinks:
             sink.open(context)
             self._opened.append(sink)

@@ -39,7 +39,8 @@ from edgemm.outputs import to_json
 
 log = logging.getLogger("edgemm.sinks")
 
-SPEC_HELP = "console, jsonl:PATH[?mode=w&max_mb=N&keep=K], video:PATH.mp4 or mqtt://HOST[:PORT]/TOPIC"
+SPEC_HELP = ("console, jsonl:PATH[?mode=w&max_mb=N&keep=K], video:PATH.mp4, mqtt://HOST[:PORT]/TOPIC, "
+             "http://HOST:PORT[?token=T], rtsp://HOST:PORT/PATH or metrics:[HOST:]PORT")
 
 
 class Sink:
@@ -617,4 +618,9 @@ def make_sink(spec: str) -> Sink:
                                     ("reconnect_max_s", _number(spec, q, "reconnect_max"))) if v is not None}
         return MqttSink(u.hostname, port, u.path.lstrip("/") or "edgemm", client_id=q.get("client_id", ""),
                         results=q.get("results", "on").lower() not in ("off", "0", "false", "no"), **delays)
+    if spec.startswith(("http://", "rtsp://", "metrics:")):
+        # The live sinks (web view, RTSP out, Prometheus metrics) live in modules of their own.
+        from edgemm.sinks_live import make_live_sink
+
+        return make_live_sink(spec)
     raise EdgemmError(f"Sink: {spec} | Unknown; expected {SPEC_HELP}.")

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian/Ubuntu machine, then runs them.
 #   system packages: the real stand-ins for hardware (ffmpeg camera, JACK microphone, mosquitto broker),
-#                    espeak-ng/sox for speech data, shellcheck for deploy/ scripts
+#                    espeak-ng/sox for speech data, shellcheck for deploy/ scripts, headless chromium for the
+#                    web view, GStreamer's RTSP server (system Python) for RTSP out
 #   Python:          a virtual environment in .venv with edgemm and its [dev] extra
 # Extra arguments go to pytest, e.g. tests/run.sh -k bench -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv ffmpeg jackd2 libportaudio2 espeak-ng sox mosquitto shellcheck systemd)
+APT_PACKAGES=(python3-venv ffmpeg jackd2 libportaudio2 espeak-ng sox mosquitto shellcheck systemd
+              chromium python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+              gstreamer1.0-plugins-ugly)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

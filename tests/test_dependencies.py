@@ -1,5 +1,6 @@
 """Every edgemm and converters module imports, and every command's --help works, without the optional
-libraries: no tensorrt, no CUDA binding, no sounddevice/PortAudio, no paho-mqtt, torch or matplotlib.
+libraries: no tensorrt, no CUDA binding, no sounddevice/PortAudio, no paho-mqtt, torch, matplotlib,
+prometheus_client, openvino or nncf.
 
 The subprocess installs an import hook that makes those modules fail to import exactly as they do on a
 machine without them (ImportError; sounddevice raises OSError there when PortAudio is missing), so the test
@@ -16,7 +17,7 @@ from tests.conftest import REPO
 
 OPTIONAL = ["tensorrt", "tensorrt_lean", "tensorrt_dispatch", "cuda", "pycuda", "sounddevice", "_sounddevice",
             "paho", "torch", "torchaudio", "torchvision", "matplotlib", "onnxconverter_common", "sklearn",
-            "scipy", "jtop"]
+            "scipy", "jtop", "prometheus_client", "gi", "openvino", "nncf"]
 
 SCRIPT = textwrap.dedent("""
     import importlib, importlib.abc, pkgutil, sys, io, contextlib

@@ -71,7 +71,7 @@ def test_shellcheck_passes(script):
 
 
 def test_install_plans_jetpack_6_with_system_opencv_kept(tmp_path):
-    r = _install(tmp_path, "--system-opencv", "yes", "--extras", "mqtt", "--render-group", "no")
+    r = _install(tmp_path, "--system-opencv", "yes", "--extras", "mqtt,live", "--render-group", "no")
     assert r.returncode == 0, r.stderr
     assert "L4T R36.4: JetPack 6" in r.stderr and "CUDA 12.6: cuda-python>=12.6,<12.7" in r.stderr
     out = r.stdout
@@ -82,6 +82,7 @@ def test_install_plans_jetpack_6_with_system_opencv_kept(tmp_path):
         assert f"{wheel}<0" in cons.splitlines()
     pip_line = next(line for line in out.splitlines() if "requirements-jetson.txt" in line)
     assert "cuda-python\\>=12.6\\,\\<12.7" in pip_line and "paho-mqtt" in pip_line and "opencv" not in pip_line
+    assert "prometheus-client" in pip_line
     assert f"pip install --no-deps {REPO}" in out
     unit = _written(out, "/etc/systemd/system/edgemm.service")
     assert unit == UNIT.read_text().rstrip("\n")

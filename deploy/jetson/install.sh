@@ -47,7 +47,7 @@ Options:
   --cuda X.Y             CUDA version for cuda-python (default: /usr/local/cuda/version.json, else by JetPack)
   --tegra-release FILE   read the L4T release from FILE instead of /etc/nv_tegra_release
   --system-opencv yes|no keep JetPack's GStreamer-enabled OpenCV (default: yes when python3 can import cv2)
-  --extras LIST          optional extras, comma separated: mqtt
+  --extras LIST          optional extras, comma separated: mqtt, live (metrics, RTSP out)
   --ort-index URL        extra pip index with a Jetson onnxruntime-gpu build (default: CPU onnxruntime from PyPI)
   --no-apt               do not install apt packages (they are already there)
   --no-service           do not install the systemd unit, user and /etc/edgemm
@@ -149,7 +149,10 @@ fi
 # python3-libnvinfer: TensorRT's Python bindings for the system Python; libportaudio2: microphones.
 if [[ $APT -eq 1 ]]; then
     run apt-get update
-    run apt-get install -y --no-install-recommends python3-venv python3-pip python3-libnvinfer libportaudio2
+    apt_packages=(python3-venv python3-pip python3-libnvinfer libportaudio2)
+    # live: GStreamer's RTSP server for the system Python (--sink rtsp://; JetPack has nvv4l2h264enc).
+    if [[ ,$EXTRAS, == *,live,* ]]; then apt_packages+=(python3-gi gir1.2-gst-rtsp-server-1.0); fi
+    run apt-get install -y --no-install-recommends "${apt_packages[@]}"
 fi
 
 # --- Keep JetPack's OpenCV? -----------------------------------------------------------------------
@@ -188,8 +191,9 @@ IFS=',' read -r -a extras <<<"$EXTRAS"
 for extra in "${extras[@]}"; do
     case $extra in
         mqtt) pip_args+=("paho-mqtt>=2.0") ;;
+        live) pip_args+=("prometheus-client>=0.20") ;;
         "") ;;
-        *) die "unknown extra '$extra' (known: mqtt)" ;;
+        *) die "unknown extra '$extra' (known: mqtt, live)" ;;
     esac
 done
 run "$PIP" "${pip_args[@]}"

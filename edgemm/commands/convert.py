@@ -7,7 +7,9 @@ validation report: report.json, report.md and confusion.png (accuracy before/aft
 latency and size before/after measured interleaved on this machine).
 
 INT8 Q/DQ follows --target: onnxruntime (default) times uint8- and int8-activation variants against FP32 on
-THIS CPU and keeps the fastest that is as accurate; tensorrt uses TensorRT's symmetric S8S8 placement and
+THIS CPU and keeps the fastest that is as accurate; openvino does the same under OpenVINO with edgemm's
+OpenVINO placement, NNCF's post-training quantization and u8s8 as the candidates (latency before/after is then
+measured under OpenVINO); tensorrt uses TensorRT's symmetric S8S8 placement and
 builds the engine when a GPU and TensorRT are here (otherwise it says to build on the device).
 --max-drop POINTS keeps the layers that cost the most accuracy in float until the drop is within budget.
 
@@ -58,7 +60,9 @@ def add_arguments(p) -> None:
                    help="accuracy budget in points: keep the most harmful layers in float until within it")
     p.add_argument("--prune", metavar="SPEC", help="channels:RATIO (remove that fraction of channels) or 2:4")
     p.add_argument("--target", default="onnxruntime", metavar="T",
-                   help="onnxruntime (default: the flavour fastest on this CPU) or tensorrt")
+                   help="onnxruntime (default: the flavour fastest on this CPU), openvino (Q/DQ for OpenVINO's "
+                        "INT8 kernels: edgemm's placement, NNCF's or u8s8, the fastest under OpenVINO here) "
+                        "or tensorrt")
     p.add_argument("--max-batch", type=int, default=1, metavar="N",
                    help="TensorRT: largest batch of a dynamic batch axis in the engine's profile (default 1)")
     p.add_argument("--shape", action="append", default=[], metavar="NAME:MIN,OPT,MAX",
@@ -76,7 +80,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dla", type=int, metavar="CORE",
                    help="TensorRT: run on DLA core CORE (Orin NX / AGX Orin), layers DLA cannot run fall back to "
                         "the GPU and are listed in the report; trtexec --useDLACore CORE --allowGPUFallback")
-    p.add_argument("--flavour", metavar="F", help="force the INT8 Q/DQ flavour: u8s8, s8s8 or trt (default: by --target)")
+    p.add_argument("--flavour", metavar="F", help="force the INT8 Q/DQ flavour: u8s8, s8s8, trt; ov, nncf or u8s8 with "
+                   "--target openvino (default: by --target)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads for timing and evaluation")
     p.add_argument("--bench-seconds", type=float, default=3.0, metavar="S",
                    help="seconds of interleaved latency measurement before/after (default 3)")

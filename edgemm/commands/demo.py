@@ -113,6 +113,8 @@ def _convert(model: Path, precision: str, out: Path, threads, backend: str = "on
         argv += ["--threads", str(threads)]
     if backend.startswith("tensorrt") or backend.endswith(":tensorrt"):
         argv += ["--target", "tensorrt"]  # TensorRT's symmetric Q/DQ placement, and the engine where it can build
+    elif backend in ("openvino", "ov"):
+        argv += ["--target", "openvino"]  # Q/DQ that OpenVINO's INT8 kernels run, timed under OpenVINO
     args = parser.parse_args(argv)
     print(f"  edgemm convert {' '.join(argv)}", flush=True)
     t0 = time.perf_counter()

@@ -30,7 +30,7 @@ CONFIG_KEYS = {
     "model": str, "video": str, "audio": str, "sinks": list, "duration": (int, float), "threads": int,
     "backend": str, "alerts": list, "max_in_flight": int, "max_skew_ms": (int, float), "attribution": str,
     "tick_hz": (int, float), "rates_hz": dict, "max_age_s": (int, float), "summary_json": str, "quiet": bool,
-    "shape": list, "conf": (int, float), "iou": (int, float),
+    "shape": list, "conf": (int, float), "iou": (int, float), "metrics": (int, str),
 }
 
 
@@ -41,7 +41,10 @@ def add_arguments(p) -> None:
     p.add_argument("--audio", metavar="URI", help="microphone or file: mic://default, mic://NAME, speech.wav, "
                                                   "test://audio")
     p.add_argument("--sink", action="append", dest="sinks", metavar="SPEC",
-                   help="console (default), jsonl:PATH, video:PATH.mp4, mqtt://HOST[:PORT]/TOPIC; repeatable")
+                   help="console (default), jsonl:PATH, video:PATH.mp4, mqtt://HOST[:PORT]/TOPIC, http://HOST:PORT "
+                        "(web view), rtsp://HOST:PORT/PATH; repeatable")
+    p.add_argument("--metrics", metavar="[HOST:]PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                                                              "(all interfaces unless HOST is given)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until the sources "
                                                                "end or Ctrl-C)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads of the model (default: the backend's)")
@@ -180,6 +183,8 @@ def build(opts: dict):
         if opts.get(mod) and mod not in mods:
             print(f"edgemm run: note: the model has no {mod} input; --{mod} is not used", file=sys.stderr)
     sinks = [make_sink(s) for s in (opts.get("sinks") or ["console"])]
+    if opts.get("metrics") is not None:
+        sinks.append(make_sink(f"metrics:{opts['metrics']}"))
     alerts = []
     for a in opts.get("alerts") or []:
         alerts.append(AlertRule.from_dict(a) if isinstance(a, dict) else AlertRule.parse(str(a)))

@@ -7,8 +7,12 @@ Backends are named on the command line as ``BACKEND[:OPTION...]``:
   tensorrt:graph        ... replaying the engine as a CUDA graph (less launch cost per layer; needs cuda-python)
   tensorrt:spin         ... busy-waiting for the GPU instead of sleeping (lower latency, one CPU core busy)
   tensorrt:copy         ... with H2D/D2H copies through device buffers, even on Jetson (default there: zero-copy)
+  openvino              the OpenVINO runtime on the CPU, reading the ONNX graph directly (edgemm/runners/openvino.py;
+                        the ``openvino`` extra; alias ``ov``)
+  auto                  the fastest of the backends present here whose outputs agree with ONNX Runtime's, by a
+                        short timed trial cached per model and machine (edgemm/runners/auto.py)
 TensorRT options combine: ``tensorrt:graph:spin`` (trtexec's ``--useCudaGraph --useSpinWait``).
-Modules for GPU backends are imported only when such a runner is made.
+Modules for GPU backends and OpenVINO are imported only when such a runner is made.
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ from __future__ import annotations
 from edgemm.errors import EdgemmError
 from edgemm.runners.base import BaseRunner, TensorMeta, check_feed
 
-BACKENDS = ("onnxruntime", "tensorrt")
-_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
+BACKENDS = ("onnxruntime", "tensorrt", "openvino", "auto")
+_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "ov": "openvino"}
 # tensorrt:OPTION -> TensorRTRunner keyword argument. Without "copy" the runner decides zero-copy itself
 # (on integrated GPUs, i.e. Jetson).
 TENSORRT_OPTIONS = {"graph": ("cuda_graph", True), "spin": ("spin_wait", True), "copy": ("zero_copy", False)}
-_EXPECTED = "expected one of onnxruntime[:cpu|cuda|tensorrt|auto], tensorrt[:graph][:spin][:copy]"
+_EXPECTED = "expected one of onnxruntime[:cpu|cuda|tensorrt|auto], tensorrt[:graph][:spin][:copy], openvino, auto"
 # The --backend help of every command.
 BACKEND_HELP = ("onnxruntime (default, CPU), onnxruntime:cuda, onnxruntime:tensorrt, onnxruntime:auto, or a bundle's "
-                "engine: tensorrt[:graph][:spin][:copy]")
+                "engine: tensorrt[:graph][:spin][:copy]; openvino (CPU, the openvino extra); auto (the fastest "
+                "present backend that agrees with onnxruntime, by a short trial cached per model and machine)")
 
 
 def parse_backend(spec: str) -> tuple[str, str | None]:
@@ -42,6 +47,10 @@ def parse_backend(spec: str) -> tuple[str, str | None]:
         if option and option not in PROVIDERS and option != "auto":
             raise EdgemmError(f"Backend: {spec} | Unknown onnxruntime provider {option}; "
                               f"expected one of auto, {', '.join(PROVIDERS)}.")
+    elif backend in ("openvino", "auto"):
+        if option:
+            raise EdgemmError(f"Backend: {spec} | {backend} takes no options; expected plain {backend} "
+                              "(threads come from --threads).")
     elif option:
         tensorrt_options(option, spec)
     return backend, option or None
@@ -72,6 +81,14 @@ def make_runner(bundle, graph: str | None = None, backend: str = "onnxruntime", 
 
         return OnnxRuntimeRunner(bundle.graph_path(graph), provider=option or "cpu", threads=threads,
                                  name=label, graph_spec=spec)
+    if kind == "openvino":
+        from edgemm.runners.openvino import OpenVINORunner  # lazy: openvino is an optional extra
+
+        return OpenVINORunner(bundle.graph_path(graph), threads=threads, name=label)
+    if kind == "auto":
+        from edgemm.runners.auto import AutoRunner
+
+        return AutoRunner(bundle, graph, threads=threads, name=label)
     # Lazy, as onnxruntime above: this package is on --help's path (BACKEND_HELP); tensorrt and the CUDA
     # bindings themselves are imported through edgemm.lazy when a runner activates.
     from edgemm.runners.tensorrt import TensorRTRunner
