@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgemm.bundle import manifest_from_dict  # noqa: E402
+from edgemm.errors import EdgemmError  # noqa: E402
+from edgemm.lazy import import_optional  # noqa: E402
 from edgemm.preprocess import preprocess_video  # noqa: E402
 
 MODEL_DIR = ROOT / "benchmarks" / "models" / "resnet_digits"
@@ -96,9 +98,9 @@ def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    # scikit-learn ships the digits (no download) but is not in the README's `.[demo]` install: said in one line.
+    datasets = import_optional("sklearn.datasets", "the digits come from scikit-learn: pip install -e '.[convert]'")
+    digits = datasets.load_digits()
     rng = np.random.default_rng(SEED)
     order = rng.permutation(len(digits.target))
     n_cal, n_test = SPLIT["calib"], SPLIT["test"]
@@ -281,7 +283,11 @@ def main(argv=None) -> int:
 
     manifest = manifest_from_dict(manifest_dict())
     spec = manifest.graphs["model"].inputs[0]
-    counts = write_data(spec)
+    try:
+        counts = write_data(spec)
+    except EdgemmError as exc:
+        print(f"train_resnet: error: {exc}", file=sys.stderr)
+        return 1
     print(f"data: {counts} samples -> {DATA_DIR}")
     if args.data_only:
         return 0

@@ -29,7 +29,7 @@ from edgemm.converters.data import DataFolder, Sample
 from edgemm.bundle import Bundle
 from edgemm.errors import EdgemmError
 from edgemm.feeds import onnx_input_metadata
-from edgemm.fusion import graph_feed
+from edgemm.fusion import FusionModel, graph_feed
 from edgemm.runners.base import TensorMeta, check_feed
 
 def graph_order(bundle: Bundle) -> list[str]:
@@ -75,7 +75,7 @@ class GraphFeeds:
             yield sample
             n += 1
         if n == 0:
-            raise EdgemmError(f"{self.what}: {self.data.folder} | Holds no samples; expected at least one.")
+            raise EdgemmError(f"{self.what}: {self.data.source} | Holds no samples; expected at least one.")
 
     def feeds_for(self, sample: Sample, graphs: list[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
         """Feeds of the given graphs (default: all) for one sample, checked against each graph."""
@@ -103,8 +103,6 @@ class GraphFeeds:
             yield feeds[graph]
 
     def _embeddings(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from edgemm.fusion import FusionModel
-
         m = self.bundle.manifest
         if self._encoders is None:
             self._encoders = FusionModel(self.bundle, "onnxruntime", self.threads).__enter__()

@@ -25,12 +25,27 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import onnx
+import onnxruntime
 
+from edgemm import __version__
+from edgemm.bench import machine
 from edgemm.bundle import MANIFEST_NAME, Bundle, atomic_output_dir, file_sha256, load_bundle
+from edgemm.converters import fp16, guard, int8, openvino, opsets, prune, qdq
+from edgemm.converters.calibration import GraphFeeds, graph_order
+from edgemm.converters.data import DataFolder, decision_graph
+from edgemm.converters.detection_nms import append_efficient_nms, detection_output
+from edgemm.converters.graphs import copy_model, name_nodes, save_model
+from edgemm.converters.tensorrt import BuilderUnavailable, EngineOptions, asymmetric_qdq, build_engines, \
+    check_build_options, check_shapes, for_fp16
+from edgemm.converters.timing import time_models
+from edgemm.converters.validate import compare_bundles, size_section, write_report
 from edgemm.errors import EdgemmError
+from edgemm.feeds import onnx_input_metadata, synthesize
 from edgemm.outputs import write_atomic, write_json
+from edgemm.runners.openvino import OpenVINORunner
 from edgemm.shapes import parse_shape_spec, shape_overrides
 
 log = logging.getLogger(__name__)
@@ -42,6 +57,10 @@ MIN_INT8_SPEEDUP = 0.95  # below this (beyond timing noise) a graph's INT8 is sl
 BENCH_S = 3.0
 PRUNE_SAMPLES = 256  # calibration samples pruning holds in memory (importance, re-fit, final check)
 SAMPLE_FEEDS = 8  # feeds per graph for the INT8 flavour check and timing
+# Said wherever an accuracy measured on --calib (no --eval given) is shown: it is the data the model was
+# calibrated on, so the figure is optimistic.
+CALIBRATION_ACCURACY_NOTE = ("no --eval given: measured on the calibration data (optimistic; give a held-out "
+                             "--eval folder for a fair figure)")
 
 
 @dataclass
@@ -98,9 +117,7 @@ def resolve_precision(opts: ConvertOptions) -> str:
     return "fp16" if opts.target == "tensorrt" else "fp32"
 
 
-def _engine_options(opts: ConvertOptions):
-    from edgemm.converters.tensorrt import EngineOptions
-
+def _engine_options(opts: ConvertOptions) -> EngineOptions:
     return EngineOptions(max_batch=opts.max_batch, opt_batch=1, shapes=dict(parse_shape_spec(s) for s in opts.shapes),
                          timing_cache=opts.timing_cache, workspace_mb=opts.workspace_mb,
                          builder_optimization_level=opts.builder_opt_level, dla_core=opts.dla)
@@ -109,8 +126,6 @@ def _engine_options(opts: ConvertOptions):
 def check_tensorrt_ready(bundle: Bundle, out: str | Path) -> None:
     """An INT8 bundle quantized for ONNX Runtime (uint8, or non-zero zero points) cannot become a TensorRT
     engine: its float graph is not in the bundle, so refuse with the command that quantizes for TensorRT."""
-    from edgemm.converters.tensorrt import asymmetric_qdq
-
     bad = {g: asymmetric_qdq(bundle.load_graph(g, load_weights=True)) for g in bundle.manifest.graphs}
     bad = {g: nodes for g, nodes in bad.items() if nodes}
     if not bad:
@@ -135,8 +150,6 @@ def json_flavours(flavours) -> str:
 
 
 def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> None:
-    from edgemm.converters import int8
-
     if opts.precision is not None and opts.precision not in PRECISIONS:
         raise EdgemmError(f"Precision: {opts.precision} | Unknown; expected one of {', '.join(PRECISIONS)}.")
     if opts.calib_method not in int8.CALIB_METHODS:
@@ -144,8 +157,6 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
                           f"{', '.join(int8.CALIB_METHODS)}.")
     int8.target_flavour(opts.target)
     if opts.target == "openvino":
-        from edgemm.converters import openvino
-
         openvino.check_installed()  # the runtime measures the conversion: needed before any work
         if opts.flavour is not None and opts.flavour not in openvino.CANDIDATES:
             raise EdgemmError(f"INT8 flavour: {opts.flavour} | Not one for --target openvino; expected one of "
@@ -175,17 +186,15 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
         raise EdgemmError("DLA | Computes in FP16 or INT8 only; expected --precision fp16 or int8 (or none: FP16 is "
                           "the default for --target tensorrt) with --dla.")
     if opts.target == "tensorrt":
-        from edgemm.converters.tensorrt import check_build_options
-
         check_build_options(_engine_options(opts))
     if opts.shapes:
         shape_overrides(opts.shapes)  # the format, and one --shape per input, now
     if opts.precision == "int8":
         int8.check_onnxruntime()  # before minutes of calibration, not after
+    if resolve_precision(opts) == "fp16" or (opts.precision == "int8" and opts.target == "tensorrt"):
+        fp16.require_converter()  # an extra (edgemm[convert]): one line naming it, before any work
     if opts.prune:
-        from edgemm.converters.prune import parse_spec
-
-        parse_spec(opts.prune)
+        prune.parse_spec(opts.prune)
     if opts.precision == "int8" and opts.calib is None:
         raise EdgemmError("Calibration data | --precision int8 needs --calib DIR (a folder of .npz files or media "
                           "files); expected representative inputs to measure activation ranges on.")
@@ -207,8 +216,6 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
 
 def stage_bundle(bundle: Bundle, models: dict[str, Any], folder: Path) -> Bundle:
     """The bundle with some graphs replaced, written to folder (later stages read graphs by path)."""
-    from edgemm.converters.graphs import save_model
-
     folder.mkdir(parents=True, exist_ok=True)
     manifest = copy.deepcopy(bundle.manifest)
     manifest.inferred = False
@@ -231,8 +238,6 @@ def _recording(samples, store: dict[str, list], n: int):
 
 def _sample_feeds(bundle: Bundle, calib, limit: int, threads) -> dict[str, list[dict]]:
     """A few per-graph feeds (for timing and checks): from the calibration data, else synthesised."""
-    from edgemm.converters.calibration import GraphFeeds, graph_order
-
     graphs = graph_order(bundle)
     if calib is not None:
         out: dict[str, list[dict]] = {g: [] for g in graphs}
@@ -241,8 +246,6 @@ def _sample_feeds(bundle: Bundle, calib, limit: int, threads) -> dict[str, list[
                 for g, f in gf.feeds_for(s).items():
                     out[g].append(f)
         return out
-    from edgemm.feeds import onnx_input_metadata, synthesize
-
     return {g: [synthesize(onnx_input_metadata(bundle.load_graph(g, load_weights=False)), bundle.manifest.graphs[g], 1, i)
                 for i in range(limit)] for g in graphs}
 
@@ -251,15 +254,10 @@ def measure(original: Bundle, converted: Bundle, feeds: dict[str, list[dict]], t
             target: str = "onnxruntime") -> dict:
     """Latency (interleaved, per graph), size, parameters and MACs before and after; on OpenVINO for
     --target openvino (the runtime the graphs are made for), else on ONNX Runtime's CPU provider."""
-    from edgemm.converters.timing import time_models
-    from edgemm.converters.validate import size_section
-
     models, graph_feeds = {}, {}
     for g in original.manifest.graphs:
         for label, b in (("before", original), ("after", converted)):
             if target == "openvino":
-                from edgemm.runners.openvino import OpenVINORunner
-
                 models[f"{g}:{label}"] = OpenVINORunner(b.graph_path(g), threads, name=f"{g}:{label}")
             else:
                 models[f"{g}:{label}"] = b.graph_path(g)
@@ -290,195 +288,201 @@ def measure(original: Bundle, converted: Bundle, feeds: dict[str, list[dict]], t
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Pruned:
+    """What pruning hands on: the pruned graphs, their bundle (later stages read graphs by path), each
+    graph's pruning record, and the first feed of each graph kept from its pass over the data."""
+
+    models: dict[str, Any]
+    bundle: Bundle
+    info: dict[str, dict]
+    first_feeds: dict[str, list[dict]]
+
+
+@dataclass
+class Quantized:
+    """What FP16 or INT8 hands on: the all-quantized graphs, the conversion record (``{"fp16": ...}`` or
+    ``{"int8": ..., "int8_flavours": ...}``), and what the accuracy guard needs to redo it with layers kept
+    in float: ``quantize_fn(graph, excluded_nodes) -> model`` and each graph's layer groups."""
+
+    models: dict[str, Any]
+    record: dict[str, Any]
+    quantize_fn: Callable[[str, list[str]], Any] | None  # None: nothing quantized (fp32)
+    groups: dict[str, list[list[str]]]
+    first_feeds: dict[str, list[dict]]
+
+
+@dataclass
+class Guarded:
+    """What the accuracy guard hands on: the delivered graphs, its record, and the nodes it kept in float."""
+
+    models: dict[str, Any]
+    record: dict[str, Any]
+    excluded: dict[str, list[str]] = field(default_factory=dict)
+
+
 def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> dict:
     """Convert a bundle (or .onnx) into OUT. Returns the report dict (also written as OUT/report.json)."""
     opts = opts or ConvertOptions()
     check_options(model, out, opts)
-    from edgemm.converters.calibration import GraphFeeds, graph_order
-    from edgemm.converters.data import DataFolder
-    from edgemm.converters.graphs import save_model
-
     started = time.monotonic()
     precision_defaulted = opts.precision is None
     opts = dataclasses.replace(opts, precision=resolve_precision(opts))
     bundle = load_bundle(model, shapes=shape_overrides(opts.shapes))
     if opts.target == "tensorrt":
         check_tensorrt_ready(bundle, out)
-    # Data folders (their first sample against every graph's inputs) and --shape names are checked
-    # against the model before any work.
+    _check_against_model(bundle, opts)
+    graphs = graph_order(bundle)
+    originals = {g: bundle.load_graph(g) for g in graphs}
+    report: dict[str, Any] = {"title": f"edgemm convert: {bundle.name} -> {opts.precision}"
+                              + (f", pruned {opts.prune}" if opts.prune else "")
+                              + (f", target {opts.target}" if opts.target != "onnxruntime" else "")}
+    with tempfile.TemporaryDirectory(prefix="edgemm-convert-") as work:
+        work = Path(work)
+        pruned = _prune(bundle, originals, graphs, opts, work) if opts.prune else Pruned(originals, bundle, {}, {})
+        quantized = QUANTIZERS[opts.precision](pruned.bundle, pruned.models, graphs, opts, work)
+        guarded = _guard(bundle, originals, quantized, opts) if opts.max_drop is not None else \
+            Guarded(quantized.models, {})
+        # For TensorRT the layers INT8 does not cover run in FP16 in the engine (FP16 Q/DQ scales under strong
+        # typing), as trtexec --int8 --fp16 would; checked for overflow like any FP16 conversion.
+        mixed = _fp16(stage_bundle(bundle, guarded.models, work / "int8"), guarded.models, graphs, opts, work) \
+            if opts.precision == "int8" and opts.target == "tensorrt" else None
+        conversion = ({"precision": opts.precision, "target": opts.target}
+                      | ({"precision_note": "fp16: the default for --target tensorrt (--precision fp32 keeps FP32)"}
+                         if precision_defaulted and opts.target == "tensorrt" else {})
+                      | ({"prune": pruned.info} if opts.prune else {})
+                      | _describe_final(guarded.models, guarded.excluded, quantized.record)
+                      | ({"accuracy_guard": guarded.record} if guarded.record else {})
+                      | (mixed.record if mixed else {}))
+        # The latency measurement's feeds: those kept from the first full pass over the data, if any ran.
+        first_feeds = next((f for f in (pruned.first_feeds, quantized.first_feeds) if all(f.get(g) for g in graphs)),
+                           None)
+        report.update(_write(bundle, pruned.bundle, mixed.models if mixed else guarded.models, out, opts, conversion,
+                             first_feeds, report, started))
+    for w in report["warnings"]:
+        _say(f"warning: {w}", opts)
+    return report
+
+
+def _check_against_model(bundle: Bundle, opts: ConvertOptions) -> None:
+    """Data folders (their first sample against every graph's inputs) and --shape names, checked against
+    the model before any work."""
     for folder, what in ((opts.calib, "Calibration data"), (opts.eval, "Evaluation data")):
         if folder is not None:
             with GraphFeeds(bundle, DataFolder(folder, bundle, what), limit=1, what=what, progress=False,
                             threads=opts.threads) as gf:
                 next(gf.iter_feeds(), None)
     if opts.shapes:
-        from edgemm.converters.tensorrt import check_shapes
-
         check_shapes(bundle, dict(parse_shape_spec(s) for s in opts.shapes))
     if opts.nms_in_engine:
-        from edgemm.converters.data import decision_graph
-        from edgemm.converters.detection_nms import detection_output
-
         g = decision_graph(bundle)
         if detection_output(bundle.manifest.graphs[g]) is None:
             raise EdgemmError(f"--nms-in-engine | Graph {g} has no yolov8 or yolov5 detection output; expected "
                               "a raw YOLO head (end2end and efficient_nms outputs are already after NMS).")
-    graphs = graph_order(bundle)
-    originals = {g: bundle.load_graph(g) for g in graphs}
-    report: dict[str, Any] = {"title": f"edgemm convert: {bundle.name} -> {opts.precision}"
-                              + (f", pruned {opts.prune}" if opts.prune else "")
-                              + (f", target {opts.target}" if opts.target != "onnxruntime" else "")}
-    conversion: dict[str, Any] = {"precision": opts.precision, "target": opts.target}
-    if precision_defaulted and opts.target == "tensorrt":
-        conversion["precision_note"] = "fp16: the default for --target tensorrt (--precision fp32 keeps FP32)"
-    provenance_extra: dict[str, Any] = {}
-    # The first few feeds of each graph, kept from whichever pass over the calibration data runs first
-    # (for the latency measurement): no extra pass over the data for them.
+
+
+def _prune(bundle: Bundle, originals: dict, graphs: list[str], opts: ConvertOptions, work: Path) -> Pruned:
+    feeds: dict[str, list[dict]] = {g: [] for g in graphs}
     first_feeds: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory(prefix="edgemm-convert-") as work:
-        work = Path(work)
-        current = dict(originals)
-        stage = bundle
+    if opts.calib is not None:
+        # One pass over the data for every graph (and one run of the encoders for a head's feeds).
+        limit = min(opts.calib_limit or PRUNE_SAMPLES, PRUNE_SAMPLES)
+        _say(f"pruning: reading {limit} calibration samples from {opts.calib}", opts)
+        with GraphFeeds(bundle, opts.calib, limit=limit, threads=opts.threads) as gf:
+            for sample in _recording(gf.iter_feeds(), first_feeds, 1):
+                for g, f in sample.items():
+                    feeds[g].append(f)
+    models, info = {}, {}
+    for g in graphs:
+        _say(f"pruning graph {g} ({opts.prune})", opts)
+        models[g], info[g] = prune.prune(originals[g], opts.prune, feeds[g] or None,
+                                         importance="activation" if feeds[g] else "l1",
+                                         threads=opts.threads, max_samples=PRUNE_SAMPLES)
+        feeds[g] = []  # release this graph's samples before the next one
+    return Pruned(models, stage_bundle(bundle, models, work / "pruned"), info, first_feeds)
 
-        # 1. Prune -------------------------------------------------------------------------------------
-        if opts.prune:
-            from edgemm.converters.prune import prune
 
-            feeds: dict[str, list[dict]] = {g: [] for g in graphs}
-            if opts.calib is not None:
-                # One pass over the data for every graph (and one run of the encoders for a head's feeds).
-                limit = min(opts.calib_limit or PRUNE_SAMPLES, PRUNE_SAMPLES)
-                _say(f"pruning: reading {limit} calibration samples from {opts.calib}", opts)
-                with GraphFeeds(stage, opts.calib, limit=limit, threads=opts.threads) as gf:
-                    for sample in _recording(gf.iter_feeds(), first_feeds, 1):
-                        for g, f in sample.items():
-                            feeds[g].append(f)
-            prune_info = {}
-            for g in graphs:
-                _say(f"pruning graph {g} ({opts.prune})", opts)
-                current[g], prune_info[g] = prune(current[g], opts.prune, feeds[g] or None,
-                                                  importance="activation" if feeds[g] else "l1",
-                                                  threads=opts.threads, max_samples=PRUNE_SAMPLES)
-                feeds[g] = []  # release this graph's samples before the next one
-            stage = stage_bundle(bundle, current, work / "pruned")
-            conversion["prune"] = prune_info
-            provenance_extra["prune"] = opts.prune
-
-        # 2. Quantize ------------------------------------------------------------------------------------
-        guard_setup = None
-        if opts.precision == "fp16":
-            guard_setup = _fp16(stage, current, graphs, opts, conversion, first_feeds)
-        elif opts.precision == "int8":
-            guard_setup = _int8(stage, current, graphs, opts, conversion, work, first_feeds)
-
-        # 3. Accuracy guard --------------------------------------------------------------------------------
-        if opts.max_drop is not None:
-            current = _guard(bundle, originals, current, guard_setup, opts, conversion)
-        if opts.precision == "int8" and opts.target == "tensorrt":
-            # The layers INT8 does not cover run in FP16 in the engine (FP16 Q/DQ scales under strong typing),
-            # as trtexec --int8 --fp16 would; checked for overflow like any FP16 conversion.
-            _fp16(stage_bundle(bundle, current, work / "int8"), current, graphs, opts, conversion, first_feeds)
-
-        # 4. Write, validate, measure, build -----------------------------------------------------------------
-        manifest = copy.deepcopy(bundle.manifest)
-        manifest.inferred = False
-        parent = dict(bundle.manifest.provenance)
-        manifest.provenance = _provenance(bundle, opts, conversion, provenance_extra, parent)
-        with atomic_output_dir(out, opts.force) as tmp:
-            for g, spec in manifest.graphs.items():
-                spec.engine = None
-                save_model(current[g], tmp / spec.file)
-            write_json(tmp / MANIFEST_NAME, manifest.to_dict())
-            converted = load_bundle(tmp)  # a bundle that does not load must not replace anything
-            feeds = first_feeds if all(first_feeds.get(g) for g in graphs) else \
-                _sample_feeds(stage, opts.calib, 1, opts.threads)
-            _say(f"measuring latency before/after ({opts.bench_seconds:g} s, interleaved)", opts)
-            perf = measure(bundle, converted, feeds, opts.threads, opts.bench_seconds, opts.target)
-            report.update(perf)
-            data = opts.eval if opts.eval is not None else opts.calib
-            if data is not None:
-                from edgemm.converters.validate import compare_bundles
-
-                _say(f"validating on {data}", opts)
-                limit = opts.eval_limit if opts.eval is not None else opts.calib_limit
-                comparison = compare_bundles(bundle, converted, data, threads=opts.threads, limit=limit)
-                if opts.eval is None:
-                    comparison["note"] = ("no --eval given: measured on the calibration data (optimistic; "
-                                          "give a held-out --eval folder for a fair figure)")
-                if "converted" in comparison:  # it ran from the temporary folder that becomes OUT
-                    comparison["converted"]["model"] = str(out)
-                report.update(comparison)
-            else:
-                report["note"] = "no --eval or --calib data: accuracy and closeness not measured"
-            if opts.target == "tensorrt":
-                _tensorrt(converted, current, manifest, tmp, opts, conversion)
-            conversion["seconds"] = round(time.monotonic() - started, 1)
-            report["conversion"] = conversion
-            report["provenance"] = manifest.provenance
-            report["machine"] = _machine()
-            report["warnings"] = _warnings(report, opts)
-            from edgemm.converters.validate import write_report
-
-            write_report(tmp, report)
-    for w in report["warnings"]:
-        _say(f"warning: {w}", opts)
-    return report
+def _write(bundle: Bundle, stage: Bundle, delivered: dict, out, opts: ConvertOptions, conversion: dict,
+           first_feeds: dict | None, report: dict, started: float) -> dict:
+    """Write OUT atomically (graphs, manifest with provenance, engines, report): validate and measure the
+    converted bundle from the temporary folder that becomes OUT. Returns the report's further sections."""
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest.inferred = False
+    manifest.provenance = _provenance(bundle, opts, conversion, dict(bundle.manifest.provenance))
+    sections: dict[str, Any] = {}
+    conversion = dict(conversion)
+    with atomic_output_dir(out, opts.force) as tmp:
+        for g, spec in manifest.graphs.items():
+            spec.engine = None
+            save_model(delivered[g], tmp / spec.file)
+        write_json(tmp / MANIFEST_NAME, manifest.to_dict())
+        converted = load_bundle(tmp)  # a bundle that does not load must not replace anything
+        feeds = first_feeds or _sample_feeds(stage, opts.calib, 1, opts.threads)
+        _say(f"measuring latency before/after ({opts.bench_seconds:g} s, interleaved)", opts)
+        sections.update(measure(bundle, converted, feeds, opts.threads, opts.bench_seconds, opts.target))
+        data = opts.eval if opts.eval is not None else opts.calib
+        if data is not None:
+            _say(f"validating on {data}", opts)
+            limit = opts.eval_limit if opts.eval is not None else opts.calib_limit
+            comparison = compare_bundles(bundle, converted, data, threads=opts.threads, limit=limit)
+            if opts.eval is None:
+                comparison["note"] = CALIBRATION_ACCURACY_NOTE
+            if "converted" in comparison:  # it ran from the temporary folder that becomes OUT
+                comparison["converted"]["model"] = str(out)
+            sections.update(comparison)
+        else:
+            sections["note"] = "no --eval or --calib data: accuracy and closeness not measured"
+        if opts.target == "tensorrt":
+            if opts.nms_in_engine:
+                delivered, conversion["nms_in_engine"] = _nms_in_engine(converted, delivered, manifest, tmp)
+            conversion["tensorrt"] = _tensorrt(converted, delivered, manifest, tmp, opts)
+        conversion["seconds"] = round(time.monotonic() - started, 1)
+        sections["conversion"] = conversion
+        sections["provenance"] = manifest.provenance
+        sections["machine"] = _machine()
+        sections["warnings"] = _warnings(sections, opts)
+        write_report(tmp, report | sections)
+    return sections
 
 
 def _machine() -> dict:
-    from edgemm.bench import machine
-
-    from edgemm.converters.int8 import has_vnni
-
     m = machine()
-    m["int8_dot_product"] = "VNNI/dotprod" if has_vnni() else "none (no VNNI)"
+    m["int8_dot_product"] = "VNNI/dotprod" if int8.has_vnni() else "none (no VNNI)"
     return m
 
 
-def _fp16(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict,
-          first_feeds: dict):
-    from edgemm.converters import fp16
-    from edgemm.converters.calibration import GraphFeeds
+def _fp32(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, work: Path) -> Quantized:
+    """No quantization: the (pruned) graphs go on as they are; the guard only checks them."""
+    return Quantized(models, {}, None, {}, {})
 
+
+def _fp16(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, work: Path) -> Quantized:
     _say(f"FP16: range scan of {len(graphs)} graph(s) "
          f"{'on ' + str(opts.calib) if opts.calib else 'on synthetic inputs'}", opts)
-    from edgemm.converters.tensorrt import for_fp16
-
-    models = {g: for_fp16(current[g]) for g in graphs}
+    first_feeds: dict[str, list[dict]] = {}
+    models = {g: for_fp16(models[g]) for g in graphs}
     if opts.calib is not None:
         with GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads) as gf:
             results = fp16.convert_fp16_graphs(models, _recording(gf.iter_feeds(), first_feeds, 1))
     else:
         synthetic = _sample_feeds(stage, None, 8, opts.threads)
         results = fp16.convert_fp16_graphs(models, ({g: synthetic[g][i] for g in graphs} for i in range(8)))
-    fp16_info = {}
-    block: dict[str, list[str]] = {}
-    bases = {}
+    info = {}
     for g in graphs:
-        res = results[g]
-        bases[g] = models[g]
-        block[g] = [k["node"] for k in res.kept_fp32]
-        current[g] = res.model
-        fp16_info[g] = res.summary() | {"feeds": "calibration" if opts.calib else "synthetic (no --calib)"}
+        info[g] = results[g].summary() | {"feeds": "calibration" if opts.calib else "synthetic (no --calib)"}
         if opts.calib is None:
-            fp16_info[g]["note"] = "range scan on synthetic inputs: give --calib for a real overflow check"
-    conversion["fp16"] = fp16_info
+            info[g]["note"] = "range scan on synthetic inputs: give --calib for a real overflow check"
+    block = {g: [k["node"] for k in results[g].kept_fp32] for g in graphs}
+    named = {g: _named(models[g]) for g in graphs}
 
     def quantize_fn(g, exclude):
-        from edgemm.converters.fp16 import _convert
+        return fp16.to_fp16(copy_model(named[g]), block[g] + list(exclude))
 
-        return _convert(_named(bases[g]), block[g] + list(exclude))
-
-    def groups_for(g):
-        return _compute_groups(_named(bases[g]), exclude=set(block[g]))
-
-    return {"quantize_fn": quantize_fn, "groups": {g: groups_for(g) for g in graphs}, "quantized": dict(current)}
+    groups = {g: _compute_groups(named[g], exclude=set(block[g])) for g in graphs}
+    return Quantized({g: results[g].model for g in graphs}, {"fp16": info}, quantize_fn, groups, first_feeds)
 
 
 def _named(model):
-    from edgemm.converters.graphs import copy_model
-    from edgemm.converters.int8 import name_nodes
-
     m = copy_model(model)
     name_nodes(m)
     return m
@@ -486,42 +490,35 @@ def _named(model):
 
 def _compute_groups(model, exclude: set[str]) -> list[list[str]]:
     """Layer groups of a float model (a computing node and the activations fused with it)."""
-    from edgemm.converters.int8 import MOVEMENT_OPS, TRAILING_ACTIVATIONS, layer_groups
+    skip = set(int8.MOVEMENT_OPS) | set(int8.TRAILING_ACTIVATIONS) | {"Constant", "Shape", "Cast"}
+    return int8.layer_groups(model, {n.name for n in model.graph.node
+                                     if n.name not in exclude and n.op_type not in skip})
 
-    skip = set(MOVEMENT_OPS) | set(TRAILING_ACTIVATIONS) | {"Constant", "Shape", "Cast"}
-    return layer_groups(model, {n.name for n in model.graph.node if n.name not in exclude and n.op_type not in skip})
 
-
-def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions, conversion: dict, work: Path,
-          first_feeds: dict):
-    from edgemm.converters import int8, opsets
-    from edgemm.converters.calibration import GraphFeeds
-
+def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, work: Path) -> Quantized:
     on_openvino = opts.target == "openvino"
-    if on_openvino:
-        from edgemm.converters import openvino as ov_int8
     fixed = int8.target_flavour(opts.target) or opts.flavour or (None if on_openvino else int8.env_flavour())
     flavours, info = {}, {}
     prepared, per_channel, opset_notes = {}, {}, {}
     for g in graphs:
-        ready = opsets.ready_for_qdq(current[g])
-        current[g], per_channel[g] = ready.model, ready.per_channel
+        ready = opsets.ready_for_qdq(models[g])
+        models[g], per_channel[g] = ready.model, ready.per_channel
         if ready.note:
             opset_notes[g] = ready.note
             _say(f"INT8: graph {g}: {ready.note}", opts)
         _say(f"INT8: graph {g}: preparing (shape inference, BatchNorm folding)", opts)
-        prepared[g] = int8.prepare(current[g], work)
+        prepared[g] = int8.prepare(models[g], work)
     symmetric = fixed == "trt"
     _say(f"INT8: calibrating {len(graphs)} graph(s) ({opts.calib_method}) on {opts.calib}", opts)
     # One pass over the data calibrates every graph; it also keeps the feeds the flavour timing needs
     # (only when the flavour is chosen by timing); for OpenVINO, NNCF's calibration subset as well.
     sample_feeds: dict[str, list[dict]] = {}
-    keep = ov_int8.NNCF_SAMPLES if on_openvino else 1 if fixed else SAMPLE_FEEDS
+    keep = openvino.NNCF_SAMPLES if on_openvino else 1 if fixed else SAMPLE_FEEDS
     with GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads) as gf:
         samples = _recording(gf.iter_feeds(), sample_feeds, keep)
         calibs = int8.calibrate_graphs(prepared, samples, opts.calib_method, symmetric, workdir=work)
+    quantized = dict(models)
     for g in graphs:
-        first_feeds.setdefault(g, sample_feeds[g][:1])
         gi: dict[str, Any] = {"calibration": {"method": opts.calib_method, "samples": calibs[g].samples,
                                               "samples_per_chunk": calibs[g].chunk, "symmetric_ranges": symmetric},
                               "per_channel": per_channel[g]}
@@ -530,21 +527,21 @@ def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
         if fixed:
             flavours[g] = fixed
             if on_openvino:
-                current[g] = ov_int8.quantize(fixed, prepared[g], calibs[g], sample_feeds[g], workdir=work)
+                quantized[g] = openvino.quantize(fixed, prepared[g], calibs[g], sample_feeds[g], workdir=work)
             else:
-                current[g] = int8.quantize(prepared[g], calibs[g], fixed, per_channel=per_channel[g], workdir=work)
+                quantized[g] = int8.quantize(prepared[g], calibs[g], fixed, per_channel=per_channel[g], workdir=work)
             why = {"trt": "target tensorrt: symmetric S8S8, zero point 0, TensorRT placement"}.get(
                 fixed, "forced (--flavour or EDGEMM_INT8_FLAVOUR)")
-            settings = ov_int8.describe(fixed) if on_openvino else int8.flavour_spec(fixed).describe()
+            settings = openvino.describe(fixed) if on_openvino else int8.flavour_spec(fixed).describe()
             gi["flavour"] = {"chosen": fixed, "why": why, "settings": settings}
         else:
             runtime = "OpenVINO" if on_openvino else "ONNX Runtime"
             _say(f"INT8: graph {g}: timing the Q/DQ flavours against FP32 under {runtime} on this CPU", opts)
             if on_openvino:
-                choice = ov_int8.choose(prepared[g], current[g], calibs[g], sample_feeds[g], opts.threads,
+                choice = openvino.choose(prepared[g], models[g], calibs[g], sample_feeds[g], opts.threads,
                                         duration_s=FLAVOUR_TIMING_S, workdir=work)
             else:
-                choice = int8.choose_flavour(prepared[g], current[g], calibs[g], sample_feeds[g], opts.threads,
+                choice = int8.choose_flavour(prepared[g], models[g], calibs[g], sample_feeds[g], opts.threads,
                                              duration_s=FLAVOUR_TIMING_S, per_channel=per_channel[g])
             best = choice["candidates"][choice["flavour"]]
             others = ", ".join(f"{k} {v['speedup_vs_fp32']:.2f}x" for k, v in choice["candidates"].items())
@@ -559,33 +556,28 @@ def _int8(stage: Bundle, current: dict, graphs: list[str], opts: ConvertOptions,
                 _say(f"INT8: graph {g}: kept FP32, INT8 is slower here ({others})", opts)
             else:
                 flavours[g] = choice["flavour"]
-                current[g] = choice["models"][choice["flavour"]]
+                quantized[g] = choice["models"][choice["flavour"]]
                 gi["flavour"].update(chosen=choice["flavour"], why="fastest on this CPU (interleaved timing) "
                                                                    "among flavours as close to FP32")
                 _say(f"INT8: graph {g}: {choice['flavour']} chosen ({others} vs FP32)", opts)
-        gi["qdq"] = int8.qdq_counts(current[g])
+        gi["qdq"] = qdq.qdq_counts(quantized[g])
         info[g] = gi
-    conversion["int8"] = info
-    conversion["int8_flavours"] = flavours
-    floats = {g: current[g] for g in graphs if flavours[g] == "fp32"}
+    floats = {g: models[g] for g in graphs if flavours[g] == "fp32"}
 
     def quantize_fn(g, exclude):
         if g in floats:
             return floats[g]
         if on_openvino:
-            return ov_int8.quantize(flavours[g], prepared[g], calibs[g], sample_feeds[g], exclude, workdir=work)
+            return openvino.quantize(flavours[g], prepared[g], calibs[g], sample_feeds[g], exclude, workdir=work)
         return int8.quantize(prepared[g], calibs[g], flavours[g], exclude, per_channel=per_channel[g],
                              workdir=work)
 
-    groups = {g: [] if g in floats else int8.quantized_groups(prepared[g], current[g]) for g in graphs}
-    return {"quantize_fn": quantize_fn, "groups": groups, "quantized": dict(current)}
+    groups = {g: [] if g in floats else int8.quantized_groups(prepared[g], quantized[g]) for g in graphs}
+    first_feeds = {g: sample_feeds[g][:1] for g in graphs}
+    return Quantized(quantized, {"int8": info, "int8_flavours": flavours}, quantize_fn, groups, first_feeds)
 
 
-def _guard(bundle: Bundle, originals: dict, current: dict, setup: dict | None, opts: ConvertOptions,
-           conversion: dict) -> dict:
-    from edgemm.converters import guard
-    from edgemm.converters.data import DataFolder
-
+def _guard(bundle: Bundle, originals: dict, quantized: Quantized, opts: ConvertOptions) -> Guarded:
     on_eval = opts.eval is not None
     data = opts.eval if on_eval else opts.calib
     folder = DataFolder(data, bundle, "Evaluation data" if on_eval else "Calibration data")
@@ -601,28 +593,27 @@ def _guard(bundle: Bundle, originals: dict, current: dict, setup: dict | None, o
         _say(f"accuracy guard: {cap_note}", opts)
     with guard.BundleEvaluator(bundle, samples, opts.threads) as evaluator:
         evaluator.set_reference(originals)
-        if setup is None:  # fp32 (pruning only): nothing to keep in float, only a check
-            out = evaluator.outputs(current)
+        if quantized.quantize_fn is None:  # fp32 (pruning only): nothing to keep in float, only a check
+            out = evaluator.outputs(quantized.models)
             m_float, m = evaluator.metric(evaluator.reference), evaluator.metric(out)
-            conversion["accuracy_guard"] = {"metric": evaluator.metric_name, "metric_float": m_float,
-                                            "metric_final": m, "drop_points": m_float - m,
-                                            "max_drop_points": opts.max_drop, "samples": len(samples),
-                                            "note": "fp32: no quantized layers to keep in float; checked only"}
+            record = {"metric": evaluator.metric_name, "metric_float": m_float, "metric_final": m,
+                      "drop_points": m_float - m, "max_drop_points": opts.max_drop, "samples": len(samples),
+                      "note": "fp32: no quantized layers to keep in float; checked only"}
             if cap_note:
-                conversion["accuracy_guard"]["sample_cap"] = cap_note
+                record["sample_cap"] = cap_note
             if m_float - m > opts.max_drop:
                 raise EdgemmError(f"Accuracy guard | Drop of {m_float - m:.2f} points ({evaluator.metric_name}) "
                                   f"exceeds --max-drop {opts.max_drop:g}; expected a milder --prune ratio or a "
                                   "larger budget.")
-            return current
+            return Guarded(quantized.models, record)
         kwargs = {"max_iterations": opts.guard_iterations} if opts.guard_iterations else {}
-        result = guard.accuracy_guard(evaluator, originals, setup["quantize_fn"], setup["groups"], opts.max_drop,
-                                      quantized=setup["quantized"], quiet=opts.quiet, **kwargs)
-    conversion["accuracy_guard"] = result.to_dict() | {"data": str(data), "samples": len(samples)}
+        result = guard.accuracy_guard(evaluator, originals, quantized.quantize_fn, quantized.groups, opts.max_drop,
+                                      quantized=quantized.models, quiet=opts.quiet, **kwargs)
+    record = result.to_dict() | {"data": str(data), "samples": len(samples)}
     if cap_note:
-        conversion["accuracy_guard"]["sample_cap"] = cap_note
+        record["sample_cap"] = cap_note
     if not on_eval:
-        conversion["accuracy_guard"]["note"] = "measured on the calibration data (no --eval given)"
+        record["note"] = "measured on the calibration data (no --eval given)"
     if not result.within_budget:
         raise EdgemmError(f"Accuracy guard | Best drop {result.drop:.2f} points ({result.metric_name}) exceeds "
                           f"--max-drop {opts.max_drop:g} ({result.stop_reason}); expected a larger budget, another "
@@ -630,74 +621,63 @@ def _guard(bundle: Bundle, originals: dict, current: dict, setup: dict | None, o
     kept = sum(1 for s in result.steps if s.kept_float)
     _say(f"accuracy guard: drop {result.drop:.2f} points within {opts.max_drop:g}; {kept} layer group(s) kept "
          "in float", opts)
-    _describe_final(result.models, result.excluded, conversion)
-    return result.models
+    return Guarded(result.models, record, result.excluded)
 
 
-def _describe_final(models: dict, excluded: dict[str, list[str]], conversion: dict) -> None:
-    """The per-graph details recorded during quantization describe the all-quantized models; after the
-    guard kept layers in float they must describe the models delivered: Q/DQ counts, the nodes kept in
-    FP32 (each with its reason), the nodes that compute in FP16."""
-    from edgemm.converters.fp16 import fp16_node_count
-    from edgemm.converters.int8 import qdq_counts
-
-    for g, gi in conversion.get("int8", {}).items():
-        gi["qdq"] = qdq_counts(models[g])
-    for g, gi in conversion.get("fp16", {}).items():
+def _describe_final(models: dict, excluded: dict[str, list[str]], record: dict) -> dict:
+    """The quantization record describes the all-quantized models; after the guard kept layers in float
+    it must describe the models delivered: Q/DQ counts, the nodes kept in FP32 (each with its reason),
+    the nodes that compute in FP16. Returns the record updated (a copy)."""
+    record = copy.deepcopy(record)
+    for g, gi in record.get("int8", {}).items():
+        gi["qdq"] = qdq.qdq_counts(models[g])
+    for g, gi in record.get("fp16", {}).items():
         ops = {n.name: n.op_type for n in models[g].graph.node}
         have = {k["node"] for k in gi["kept_fp32"]}
         gi["kept_fp32"] = gi["kept_fp32"] + [
             {"node": n, "op": ops.get(n, "?"), "reason": "accuracy guard: kept in float to stay within --max-drop"}
             for n in excluded.get(g, []) if n not in have]
-        gi["fp16_nodes"] = fp16_node_count(models[g])
+        gi["fp16_nodes"] = fp16.fp16_node_count(models[g])
+    return record
 
 
-def _tensorrt(converted: Bundle, current: dict, manifest, tmp: Path, opts: ConvertOptions, conversion: dict) -> None:
-    from edgemm.converters.tensorrt import BuilderUnavailable, build_engines
+# --precision -> the stage that quantizes the (pruned) graphs
+QUANTIZERS: dict[str, Callable[..., Quantized]] = {"fp32": _fp32, "fp16": _fp16, "int8": _int8}
 
-    if opts.nms_in_engine:
-        _nms_in_engine(converted, current, manifest, tmp, conversion)
-    options = _engine_options(opts)
+
+def _tensorrt(converted: Bundle, models: dict, manifest, tmp: Path, opts: ConvertOptions) -> dict:
+    """Engines into tmp (recorded in its manifest); the conversion's tensorrt record."""
     try:
-        builds = build_engines(converted, options, models=current)
+        builds = build_engines(converted, _engine_options(opts), models=models)
     except BuilderUnavailable as exc:
         # The TensorRT-ready Q/DQ graphs are still the product on a machine without a GPU: the engine is
         # built on the device (it is tied to its GPU and TensorRT version). Any other build failure (parser,
         # profile, builder) is the user's to see: it propagates and nothing is written.
-        conversion["tensorrt"] = {"engine": None, "reason": str(exc)}
         _say(f"no TensorRT engine built: {exc}", opts)
-        return
+        return {"engine": None, "reason": str(exc)}
     for g, b in builds.items():
         (tmp / b.file).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(tmp / b.file, b.plan)
         manifest.graphs[g].engine = b.info
     write_json(tmp / MANIFEST_NAME, manifest.to_dict())
     load_bundle(tmp)
-    conversion["tensorrt"] = {g: {**b.info, "seconds": b.seconds, "warnings": b.warnings} for g, b in builds.items()}
+    return {g: {**b.info, "seconds": b.seconds, "warnings": b.warnings} for g, b in builds.items()}
 
 
-def _nms_in_engine(converted: Bundle, current: dict, manifest, tmp: Path, conversion: dict) -> None:
+def _nms_in_engine(converted: Bundle, models: dict, manifest, tmp: Path) -> tuple[dict, dict]:
     """Append EfficientNMS to the decision graph (after the guard, latency and validation ran on the plain
-    graph, which ONNX Runtime can run) and rewrite its file and the manifest before the engine build."""
-    from edgemm.converters.data import decision_graph
-    from edgemm.converters.detection_nms import append_efficient_nms
-    from edgemm.converters.graphs import save_model
-
+    graph, which ONNX Runtime can run) and rewrite its file and the manifest before the engine build.
+    Returns the graphs with it, and its record."""
     g = decision_graph(converted)
-    current[g], manifest.graphs[g].outputs = append_efficient_nms(current[g], manifest.graphs[g])
-    save_model(current[g], tmp / manifest.graphs[g].file)
+    models = dict(models)
+    models[g], manifest.graphs[g].outputs = append_efficient_nms(models[g], manifest.graphs[g])
+    save_model(models[g], tmp / manifest.graphs[g].file)
     write_json(tmp / MANIFEST_NAME, manifest.to_dict())
     load_bundle(tmp)
-    conversion["nms_in_engine"] = {"graph": g, "plugin": "EfficientNMS_TRT",
-                                   "outputs": [o.name for o in manifest.graphs[g].outputs]}
+    return models, {"graph": g, "plugin": "EfficientNMS_TRT", "outputs": [o.name for o in manifest.graphs[g].outputs]}
 
 
-def _provenance(bundle: Bundle, opts: ConvertOptions, conversion: dict, extra: dict, parent: dict) -> dict:
-    import onnx
-    import onnxruntime
-
-    from edgemm import __version__
-
+def _provenance(bundle: Bundle, opts: ConvertOptions, conversion: dict, parent: dict) -> dict:
     sources = {}
     for g in bundle.manifest.graphs:
         p = bundle.graph_path(g)
@@ -712,9 +692,7 @@ def _provenance(bundle: Bundle, opts: ConvertOptions, conversion: dict, extra: d
         "tools": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     }
     if opts.target == "openvino":
-        from edgemm.converters.openvino import versions
-
-        prov["tools"].update(versions())
+        prov["tools"].update(openvino.versions())
     if "int8" in conversion:
         prov["int8_flavour"] = conversion["int8_flavours"]
         kinds = set(conversion["int8_flavours"].values())
@@ -729,7 +707,8 @@ def _provenance(bundle: Bundle, opts: ConvertOptions, conversion: dict, extra: d
         prov["accuracy_guard"] = {"max_drop_points": opts.max_drop, "metric": guard.get("metric"),
                                   "drop_points": guard.get("drop_points"),
                                   "layers_kept_float": guard.get("layers_kept_float", {})}
-    prov.update(extra)
+    if opts.prune:
+        prov["prune"] = opts.prune
     if parent:
         prov["parent_provenance"] = {k: v for k, v in parent.items() if k != "precision"} | {
             "precision": parent.get("precision", "fp32")}
@@ -748,11 +727,3 @@ def _warnings(report: dict, opts: ConvertOptions) -> list[str]:
         out.append("FP16 on the CPU: onnxruntime runs most FP16 ops through casts; FP16 pays off on GPUs "
                    "(TensorRT, CUDA EP), not here")
     return out
-
-
-def guard_budget_line(report: dict) -> str | None:
-    g = report.get("conversion", {}).get("accuracy_guard")
-    if not g:
-        return None
-    return (f"accuracy guard: {g['metric']}: float {g['metric_float']:.2f}, final {g['metric_final']:.2f} "
-            f"(drop {g['drop_points']:.2f}, budget {g['max_drop_points']:g})")

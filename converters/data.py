@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from edgemm.bundle import Bundle, InputSpec
+from edgemm.decisions import primary_output as decisions_primary
 from edgemm.errors import EdgemmError
 from edgemm.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_video_frames, read_wav
 from edgemm.preprocess import preprocess_audio, preprocess_video, resample
@@ -48,8 +49,6 @@ def primary_output(bundle: Bundle) -> str:
     """The output `label` refers to, the accuracy guard measures and reports lead with: the same output the
     live pipeline decides and alerts on (edgemm.decisions.primary_output over the decision graph's outputs),
     so that `edgemm eval` and `edgemm run` never talk about different outputs."""
-    from edgemm.decisions import primary_output as decisions_primary
-
     return decisions_primary({o.name: o for o in bundle.manifest.graphs[decision_graph(bundle)].outputs})
 
 
@@ -63,14 +62,23 @@ def sensor_inputs(bundle: Bundle) -> dict[str, InputSpec]:
 
 
 class DataFolder:
-    """Iterates the samples of a data folder, one file (or one stem group) in memory at a time."""
+    """Iterates the samples of a data folder, one file (or one stem group) in memory at a time. A single
+    .npz file stands for a folder holding only it."""
 
     def __init__(self, folder: str | Path, bundle: Bundle, what: str = "Data folder"):
-        self.folder, self.bundle, self.what = Path(folder), bundle, what
-        if not self.folder.is_dir():
-            raise EdgemmError(f"{what}: {self.folder} | Not found; expected a folder of .npz files or media files.")
+        self.source, self.bundle, self.what = Path(folder), bundle, what  # source: what the user named
+        if self.source.is_file() and self.source.suffix.lower() != ".npz":
+            raise EdgemmError(f"{what}: {self.source} | Is a file; expected a folder of .npz files or media files "
+                              "(or one .npz file).")
+        if not self.source.exists():
+            raise EdgemmError(f"{what}: {self.source} | Not found; expected a folder of .npz files or media files "
+                              "(or one .npz file).")
+        self.folder = self.source.parent if self.source.is_file() else self.source
         self.inputs = sensor_inputs(bundle)
         self.primary = primary_output(bundle)
+        if self.source.is_file():
+            self.npz, self.media, self.labels, self._ignored = [self.source], {}, {}, set()
+            return
         self.npz = sorted(self.folder.glob("*.npz"))
         media = IMAGE_SUFFIXES | VIDEO_SUFFIXES | AUDIO_SUFFIXES
         groups: dict[str, dict[str, Path]] = {}

@@ -14,16 +14,23 @@ take well under a second either way. It is imported only here (the `convert` and
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgemm.bundle import Bundle, OutputSpec
+from edgemm.decisions import Decisions, primary_output
 from edgemm.detection import Boxes, decode_boxes, match_boxes
 from edgemm.errors import EdgemmError
+from edgemm.lazy import import_optional
 from edgemm.media import IMAGE_SUFFIXES
+from edgemm.preprocess import preprocess_video
+from edgemm.runners import make_runner
 
 MAP_CONF = 0.001  # mAP ranks every candidate, as COCO evaluation does; P/R use the manifest's threshold
 
@@ -50,8 +57,6 @@ def _yolo_txt(txt: Path, hw: tuple[int, int]) -> Boxes:
 
 
 def read_folder(folder: str | Path) -> list[LabelledImage]:
-    import cv2
-
     folder = Path(folder)
     if not folder.is_dir():
         raise EdgemmError(f"Data: {folder} | Not a folder; expected images with YOLO txt labels or a COCO JSON.")
@@ -90,12 +95,6 @@ def read_folder(folder: str | Path) -> list[LabelledImage]:
 def detect(bundle: Bundle, images: list[LabelledImage], conf: float, backend: str = "onnxruntime",
            threads: int | None = None) -> list[Boxes]:
     """Run a single-graph detector over the images as the runtime does; boxes in source pixels."""
-    import cv2
-
-    from edgemm.decisions import Decisions, primary_output
-    from edgemm.preprocess import preprocess_video
-    from edgemm.runners import make_runner
-
     graph = bundle.manifest.graphs[bundle.single_graph]
     specs = {o.name: o for o in graph.outputs}
     name = primary_output(specs)
@@ -118,11 +117,9 @@ def detect(bundle: Bundle, images: list[LabelledImage], conf: float, backend: st
 
 def coco_map(truth: list[Boxes], dets: list[Boxes], labels: list[str]) -> dict:
     """mAP@0.5, mAP@0.5:0.95 and AP@0.5:0.95 per class, by pycocotools."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    # pycocotools is in the convert extra, not the README's `.[demo]` install: one line naming it when absent.
+    COCO = import_optional("pycocotools.coco", "COCO mAP needs pycocotools: pip install 'edgemm[convert]'").COCO
+    COCOeval = import_optional("pycocotools.cocoeval").COCOeval
 
     def xywh(b):
         return [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
@@ -183,8 +180,6 @@ def output_agreement(reference: np.ndarray, candidate: np.ndarray, spec: OutputS
 
 def evaluate_detection(model: Bundle, data, original: Bundle | None = None, backend: str = "onnxruntime",
                        threads: int | None = None, limit: int | None = None) -> dict:
-    from edgemm.decisions import primary_output
-
     images = read_folder(data)[:limit]
     graph = model.manifest.graphs[model.single_graph]
     spec = {o.name: o for o in graph.outputs}[primary_output({o.name: o for o in graph.outputs})]

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
 from edgemm.bundle import DetectionSpec, GraphSpec, OutputSpec
 
 PLUGIN_DOMAIN = "TRT"  # as Ultralytics' TensorRT exports write it; the parser finds the plugin by op name
@@ -28,9 +31,6 @@ def detection_output(graph: GraphSpec) -> OutputSpec | None:
 
 def append_efficient_nms(model, graph: GraphSpec):
     """A copy of model ending in EfficientNMS_TRT over its YOLO output, and the graph's new output specs."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
     spec = detection_output(graph)  # convert checked that there is one before any work
     det = spec.detection
     m = copy.deepcopy(model)

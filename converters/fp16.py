@@ -20,13 +20,20 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
+from onnx import TensorProto, helper
 
-from edgemm.converters.graphs import copy_model, cpu_session, with_outputs
+from edgemm.converters.graphs import consumers, copy_model, cpu_session, first_line, name_nodes, producers, \
+    tensor_types, with_outputs
 from edgemm.errors import EdgemmError
+from edgemm.lazy import import_optional
+
+# onnxconverter-common is an extra (edgemm[convert]): imported where FP16 conversion starts, never at import.
+FP16_EXTRA = "FP16 conversion needs onnxconverter-common: pip install 'edgemm[convert]'"
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +141,14 @@ def risky_nodes(model, stats: dict[str, TensorRange]) -> list[dict]:
 SUBGRAPH_OPS = ["If", "Loop", "Scan"]
 
 
-def _convert(model, block_nodes: list[str]):
-    from onnxconverter_common import float16
+def require_converter():
+    """onnxconverter_common's float16 module, or one EdgemmError naming the extra to install."""
+    return import_optional("onnxconverter_common.float16", FP16_EXTRA)
 
-    import warnings
 
+def to_fp16(model, block_nodes: list[str]):
+    """The FP16 conversion itself (I/O types kept, the named nodes in FP32), its known flaws repaired."""
+    float16 = require_converter()
     try:
         with warnings.catch_warnings():
             # It warns for every constant it clamps into FP16's range; the range scan and the NaN/Inf check
@@ -148,8 +158,7 @@ def _convert(model, block_nodes: list[str]):
                                                    min_positive_val=FP16_TINY, node_block_list=block_nodes,
                                                    op_block_list=float16.DEFAULT_OP_BLOCK_LIST + SUBGRAPH_OPS)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions on unsupported graphs
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgemmError(f"FP16 conversion | onnxconverter_common failed: {first}") from exc
+        raise EdgemmError(f"FP16 conversion | onnxconverter_common failed: {first_line(exc)}") from exc
     _fix_cast_targets(out)
     _collapse_cast_pairs(out)
     _restore_output_types(model, out)
@@ -161,8 +170,6 @@ def _fix_cast_targets(model) -> int:
     FLOAT16: onnxconverter_common 1.15/1.16 retypes the output but leaves ``to`` (its issue #320), and ONNX
     Runtime refuses the graph (e.g. Shape -> Cast(float) -> Div -> Resize scales, in exported upsampling).
     Its readers were converted to FP16 and expect that type. Returns the number of Casts changed."""
-    from onnx import TensorProto
-
     declared = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
     fixed = 0
     for node in model.graph.node:
@@ -186,22 +193,17 @@ def _collapse_cast_pairs(model) -> int:
     onnxconverter_common 1.16 routes even an edge between two blocked nodes through FP16, which brings
     back exactly the overflow the block list was for. Returns the number of Casts bypassed.
     """
-    from onnx import TensorProto
-
     outputs = {o.name for o in model.graph.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    readers = consumers(model)
     bypassed = 0
     for c1 in list(model.graph.node):
         if _cast_to(c1) != TensorProto.FLOAT16:
             continue
         src = c1.input[0]
-        for c2 in consumers.get(c1.output[0], []):
+        for c2 in readers.get(c1.output[0], []):
             if _cast_to(c2) != TensorProto.FLOAT or c2.output[0] in outputs:
                 continue
-            for reader in consumers.get(c2.output[0], []):
+            for reader in readers.get(c2.output[0], []):
                 for k, name in enumerate(reader.input):
                     if name == c2.output[0]:
                         reader.input[k] = src
@@ -217,10 +219,8 @@ def _restore_output_types(original, converted) -> None:
     """keep_io_types is not kept when a graph output comes from a node in node_block_list:
     onnxconverter_common 1.16 then casts the FP32 result to FP16 and declares the output FP16. The
     manifest promises the original dtype, so such an output gets a Cast back to it."""
-    from onnx import helper
-
     want = {o.name: o.type.tensor_type.elem_type for o in original.graph.output}
-    producer = {o: n for n in converted.graph.node for o in n.output}
+    producer = producers(converted)
     for out in converted.graph.output:
         t = want.get(out.name)
         if t is None or out.type.tensor_type.elem_type == t:
@@ -260,10 +260,6 @@ def fp16_node_count(converted) -> int:
     """Nodes of a converted graph that compute in FP16: those (other than Casts) with an FP16 output.
     Counted on the model itself, so ops onnxconverter_common keeps in FP32 anyway (Resize, TopK, ...) and
     integer shape arithmetic do not count."""
-    from onnx import TensorProto
-
-    from edgemm.converters.graphs import tensor_types
-
     types = tensor_types(converted)
     return sum(1 for n in converted.graph.node
                if n.op_type != "Cast" and any(types.get(o) == TensorProto.FLOAT16 for o in n.output))
@@ -282,8 +278,6 @@ def convert_fp16_graphs(models: Mapping[str, object], feeds: Iterable[Mapping[st
                         check_limit: int = 32) -> dict[str, Fp16Result]:
     """convert_fp16 for several graphs from one pass over the data: feeds yields, per sample, graph -> feed
     (converters.calibration.GraphFeeds.iter_feeds). Returns graph -> Fp16Result."""
-    from edgemm.converters.int8 import name_nodes
-
     named = {}
     scans = {}
     for g, model in models.items():
@@ -302,10 +296,10 @@ def convert_fp16_graphs(models: Mapping[str, object], feeds: Iterable[Mapping[st
 def _convert_scanned(m, scan: RangeScan) -> Fp16Result:
     kept = risky_nodes(m, scan.stats)
     block = [k["node"] for k in kept]
-    producer = {o: n for n in m.graph.node for o in n.output}
+    producer = producers(m)
     rounds = 1
     while True:
-        out = _convert(m, block)
+        out = to_fp16(m, block)
         bad = _first_nonfinite(out, scan.kept_feeds)
         if bad is None:
             break

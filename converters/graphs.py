@@ -5,6 +5,17 @@
 ``cpu_session``    an ONNX Runtime CPU session for a ModelProto; a model ORT cannot load is an EdgemmError.
 ``with_outputs``   a copy that also returns intermediate tensors, each declared with its own element type.
 ``dynamic_batch``  whether every input of a set of runners takes any batch (first dim not fixed).
+
+Graph structure, for every pass that edits a graph (pruning, Q/DQ surgery, FP16, layer groups):
+``producers`` / ``consumers`` (tensor -> node(s)), ``node_indices`` (the same by node position, for
+passes that record edits by index), ``attr`` (a node attribute as a Python value), ``name_nodes``,
+``topological_sort`` and ``drop_unused_initializers``.
+
+onnx-graphsurgeon (what Polygraphy edits graphs with) was weighed: a pure-Python wheel (py2.py3-none-any,
+so it installs here and on aarch64). It would not make this code shorter: every pass here starts from and
+hands on the ModelProto that ONNX Runtime's quantizer and onnxconverter-common produce, and the pruner
+records its edits by node position; gs.import_onnx/export_onnx around each pass would add two conversions
+(and a toposort/cleanup contract) for what two dictionaries give, so these few helpers stay.
 """
 
 from __future__ import annotations
@@ -12,13 +23,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
 from edgemm.errors import EdgemmError
 
 
 def save_model(model, path: str | Path) -> Path:
     """onnx.save into path, creating its folder (graph files may live in subfolders of a bundle)."""
-    import onnx
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
@@ -26,8 +39,6 @@ def save_model(model, path: str | Path) -> Path:
 
 
 def copy_model(model):
-    import onnx
-
     m = onnx.ModelProto()
     m.CopyFrom(model)
     return m
@@ -44,8 +55,6 @@ def cpu_session(model, threads: int | None = None, optimize: bool = True, what: 
     optimize=False disables graph fusions, for when the tensors measured must be the graph's own (the FP16
     range scan). A model ORT refuses raises EdgemmError naming ``what``.
     """
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
@@ -66,7 +75,6 @@ FLOAT_TYPES = (1, 10)  # onnx.TensorProto.FLOAT, FLOAT16
 def tensor_types(model) -> dict[str, int]:
     """Element type of every tensor the graph declares (inputs, outputs, value_info), shape inference where
     the graph does not say."""
-    import onnx
 
     def declared(m) -> dict[str, int]:
         return {vi.name: vi.type.tensor_type.elem_type for vi in
@@ -89,8 +97,6 @@ def with_outputs(model, names: Iterable[str] | None = None, float_only: bool = T
     names: the tensors to expose; None: every tensor a node produces (only FLOAT/FLOAT16 ones with
     float_only). A named tensor whose type nothing declares is taken as FLOAT (what a float model makes).
     """
-    from onnx import TensorProto, helper
-
     m = copy_model(model)
     types = tensor_types(m)
     have = {o.name for o in m.graph.output}
@@ -116,3 +122,92 @@ def dynamic_batch(runners: Iterable) -> bool:
             if not meta.shape or isinstance(meta.shape[0], int):
                 return False
     return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph structure
+# --------------------------------------------------------------------------------------------------
+
+
+def node_indices(graph) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """(producer, consumers) by node position: tensor -> index of the node that makes it, tensor -> indices
+    of the nodes that read it (in graph order, a node once per input slot that reads it)."""
+    producer: dict[str, int] = {}
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(graph.node):
+        for t in n.input:
+            if t:
+                readers.setdefault(t, []).append(i)
+        for t in n.output:
+            if t:
+                producer[t] = i
+    return producer, readers
+
+
+def producers(model) -> dict[str, onnx.NodeProto]:
+    """Tensor name -> the node that makes it."""
+    nodes = model.graph.node
+    return {t: nodes[i] for t, i in node_indices(model.graph)[0].items()}
+
+
+def consumers(model) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    nodes = model.graph.node
+    return {t: [nodes[i] for i in idx] for t, idx in node_indices(model.graph)[1].items()}
+
+
+def attr(node, name: str, default=None):
+    """A node attribute as a Python value (int, float, str, or a list of ints/floats); default when absent."""
+    for a in node.attribute:
+        if a.name == name:
+            if a.type == a.INT:
+                return a.i
+            if a.type == a.INTS:
+                return list(a.ints)
+            if a.type == a.FLOAT:
+                return a.f
+            if a.type == a.STRING:
+                return a.s.decode()
+            if a.type == a.FLOATS:
+                return list(a.floats)
+    return default
+
+
+def name_nodes(model) -> None:
+    """Give every node a unique name (quantizer exclusions and reports refer to nodes by name)."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+
+
+def topological_sort(model) -> None:
+    """Nodes in an order where every input is made before it is read (after a pass appended nodes)."""
+    made = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    pending = list(model.graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in made for i in n.input):
+                ordered.append(n)
+                made.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle or a missing input: leave the order as it was
+            return
+        pending = rest
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def drop_unused_initializers(model) -> None:
+    """Initializers no node or output reads any more (ORT would warn about each one at load)."""
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [init for init in model.graph.initializer if init.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)

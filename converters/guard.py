@@ -32,8 +32,12 @@ from typing import Callable, Iterable
 import numpy as np
 
 from edgemm.converters.data import Sample, primary_output
+from edgemm.converters.detection_eval import output_agreement
+from edgemm.converters.graphs import dynamic_batch
 from edgemm.bundle import Bundle
 from edgemm.errors import EdgemmError
+from edgemm.fusion import FusionModel
+from edgemm.runners.onnxruntime import OnnxRuntimeRunner
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +101,6 @@ class BundleEvaluator:
     """
 
     def __init__(self, bundle: Bundle, samples: list[Sample], threads: int | None = None, batch: int = EVAL_BATCH):
-        from edgemm.fusion import FusionModel
-
         if not samples:
             raise EdgemmError("Evaluation data | Holds no samples; expected at least one.")
         self.bundle, self.samples, self.threads, self.batch = bundle, samples, threads, batch
@@ -136,8 +138,6 @@ class BundleEvaluator:
         self._pinned = {g: id(m) for g, m in models.items()}
 
     def _runner(self, graph: str, model):
-        from edgemm.runners.onnxruntime import OnnxRuntimeRunner
-
         entries = self._runners[graph]
         for i, (m, r) in enumerate(entries):
             if m is model:
@@ -170,8 +170,6 @@ class BundleEvaluator:
 
     def outputs(self, models: dict[str, object], idx: np.ndarray | None = None) -> np.ndarray:
         """The primary output for the samples (all, or the indices idx), stacked along the batch."""
-        from edgemm.converters.graphs import dynamic_batch
-
         idx = np.arange(len(self.samples)) if idx is None else np.asarray(idx)
         runners = {g: self._runner(g, models[g]) for g in self.bundle.manifest.graphs}
         self._fm.use_runners(runners)
@@ -195,8 +193,6 @@ class BundleEvaluator:
         task = self.spec.task
         probs_given = self.spec.scores == "probabilities"
         if self._boxes:
-            from edgemm.converters.detection_eval import output_agreement
-
             return 100.0 * output_agreement(self.reference[idx], out, self.spec)
         if self.labels is not None:
             y = self.labels[idx]

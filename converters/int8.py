@@ -29,17 +29,29 @@ Steps (each a function, so the accuracy guard can re-run the cheap ones):
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import inspect
 import io
 import logging
 import os
+import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
+import onnx
+import onnxruntime
+import onnxruntime.quantization as q
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+from edgemm.converters import qdq
+from edgemm.converters.graphs import consumers, drop_unused_initializers, name_nodes, producers, topological_sort
+from edgemm.converters.timing import time_models
 from edgemm.errors import EdgemmError
+from edgemm.runners.onnxruntime import OnnxRuntimeRunner
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +62,6 @@ ORT_CANDIDATES = ("u8s8", "s8s8")
 
 # Ops whose inputs TensorRT wants quantized (its INT8 kernels); everything else stays float there.
 TRT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Activations that follow a layer and are quantized (or removed) together with it.
 TRAILING_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Gelu")
 # Ops that only move or select values: ORT quantizes them when their input already is; never a group.
@@ -60,12 +71,6 @@ MOVEMENT_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxP
 # Bounded calibration memory: samples per collect_data call come from this budget.
 CALIB_MEMORY_MB = 512
 ENTROPY_BINS = 2048  # histogram bins searched for the KL-optimal threshold of 128 levels (TensorRT's setting)
-
-
-def _q():
-    import onnxruntime.quantization as q
-
-    return q
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,8 +96,6 @@ def has_vnni() -> bool:
 
 
 def is_x86() -> bool:
-    import platform
-
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
@@ -138,22 +141,8 @@ def flavour_spec(name: str) -> FlavourSpec:
 # --------------------------------------------------------------------------------------------------
 
 
-def name_nodes(model) -> None:
-    """Give every node a unique name (quantizer exclusions and reports refer to nodes by name)."""
-    seen: set[str] = set()
-    for i, node in enumerate(model.graph.node):
-        name = node.name or f"{node.op_type}_{i}"
-        while name in seen:
-            name = f"{name}_{i}"
-        node.name = name
-        seen.add(name)
-
-
 def prepare(model, workdir: str | Path | None = None):
     """quant_pre_process (shape inference, BatchNorm folding, simplifications) and unique node names."""
-    import onnx
-
-    q = _q()
     with tempfile.TemporaryDirectory(prefix="edgemm-int8-", dir=workdir) as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "prepared.onnx"
         m = onnx.ModelProto()
@@ -177,8 +166,6 @@ def prepare(model, workdir: str | Path | None = None):
 
 
 def _has_sympy() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("sympy") is not None
 
 
@@ -232,8 +219,6 @@ class Calibration:
 
     def cache_file(self, folder: Path) -> Path:
         """The ranges in ORT's calibration cache format (what quantize_static reads back)."""
-        from onnxruntime.quantization.calibrate import save_tensors_data
-
         path = Path(folder) / f"calibration-{self.method}.json"
         if not path.exists():
             save_tensors_data(self.ranges, path)
@@ -258,16 +243,10 @@ def calibrate_graphs(prepared: Mapping[str, object], feeds: Iterable[Mapping[str
     activation of one ``collect_data`` call; MinMax merges its ranges between calls, so chunking does not
     change MinMax ranges at all).
     """
-    import onnx
-
-    q = _q()
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
     if method not in methods:
         raise EdgemmError(f"Calibration method: {method} | Unknown; expected one of {', '.join(CALIB_METHODS)}.")
-    from onnxruntime.quantization.calibrate import create_calibrator
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
     it = iter(feeds)
     graphs = list(prepared)
@@ -328,9 +307,6 @@ def calibrate_graphs(prepared: Mapping[str, object], feeds: Iterable[Mapping[str
 def quantize(prepared, calibration: Calibration, flavour: str | FlavourSpec, nodes_to_exclude: Iterable[str] = (),
              per_channel: bool = True, workdir: str | Path | None = None):
     """A Q/DQ model from the prepared model and cached ranges. Excluded nodes stay float."""
-    import onnx
-
-    q = _q()
     spec = flavour if isinstance(flavour, FlavourSpec) else flavour_spec(flavour)
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     extra = {
@@ -355,213 +331,23 @@ def quantize(prepared, calibration: Calibration, flavour: str | FlavourSpec, nod
             q.quantize_static(str(src), str(dst), None, calibrate_method=methods[calibration.method],
                               calibration_cache_path=str(calibration.cache_file(Path(tmp))), **kwargs)
         model = onnx.load(str(dst))
-    removed = keep_outputs_float(model, prepared)
+    removed = qdq.keep_outputs_float(model, prepared)
     if spec.name == "trt":
-        removed += trt_residual_placement(model, prepared)
+        removed += qdq.trt_residual_placement(model, prepared)
     excluded = set(nodes_to_exclude)
     if excluded:
-        removed += float_inputs(model, excluded, prepared)
+        removed += qdq.float_inputs(model, excluded, prepared)
     if removed:
-        _topological_sort(model)  # re-created activations were appended at the end
+        topological_sort(model)  # re-created activations were appended at the end
         drop_unused_initializers(model)
     return model
 
 
 def check_onnxruntime() -> None:
     """The installed onnxruntime can quantize from cached calibration ranges (checked before any work)."""
-    import inspect
-
-    if "calibration_cache_path" not in inspect.signature(_q().quantize_static).parameters:
-        raise EdgemmError(f"Module: onnxruntime {_ort_version()} | Too old for cached calibration ranges; "
+    if "calibration_cache_path" not in inspect.signature(q.quantize_static).parameters:
+        raise EdgemmError(f"Module: onnxruntime {onnxruntime.__version__} | Too old for cached calibration ranges; "
                           "expected onnxruntime >= 1.24 (pip install -U onnxruntime).")
-
-
-def drop_unused_initializers(model) -> None:
-    """Scales and zero points of removed Q/DQ pairs (ORT would warn about each one at load)."""
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    keep = [init for init in model.graph.initializer if init.name in used]
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-
-
-def _ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
-
-
-def _producers(model) -> dict[str, object]:
-    return {o: n for n in model.graph.node for o in n.output}
-
-
-def _consumers(model) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
-
-
-FOLDABLE_ACTIVATIONS = ("Relu", "Clip")
-
-
-def _float_source(model, qn, prepared) -> tuple[str, object | None]:
-    """The tensor holding the float value a Q/DQ pair stands for, and a node to add when it must be recomputed.
-
-    ORT's QDQ quantizer removes a Relu/Clip whose output it quantizes (the Q's range clips the same way),
-    so the Q's input is the value BEFORE the activation. Whoever reads past the Q/DQ in float needs the
-    activation back: it is re-created from the prepared (float) graph.
-    """
-    import onnx
-
-    src = qn.input[0]
-    if prepared is None or not qn.input[1].endswith("_scale"):
-        return src, None
-    orig = qn.input[1][: -len("_scale")]  # ORT names a tensor's scale "<tensor>_scale"
-    pprod = _producers(prepared)
-    act = pprod.get(orig)
-    if act is None or act.op_type not in FOLDABLE_ACTIVATIONS or any(n.name == act.name for n in model.graph.node):
-        return src, None
-    before = pprod.get(act.input[0])
-    here = _producers(model).get(src)
-    if before is None or here is None or before.name != here.name:
-        return src, None
-    node = onnx.NodeProto()
-    node.CopyFrom(act)
-    node.name = f"{act.name}_float"
-    node.input[0] = src
-    del node.output[:]
-    node.output.append(f"{orig}_float")
-    have = {i.name for i in model.graph.initializer}
-    for extra in list(act.input)[1:]:  # Clip's min / max
-        if extra and extra not in have:
-            init = next((i for i in prepared.graph.initializer if i.name == extra), None)
-            if init is not None:
-                model.graph.initializer.append(init)
-    return node.output[0], node
-
-
-def _bypass_qdq(model, dq_node, prepared=None, readers=None) -> bool:
-    """Remove a Q->DQ pair (DQ given) on an activation: its readers (all, or those given) read the float
-    value again (with a Relu/Clip the quantizer folded into the Q re-created). The Q/DQ stays while other
-    readers use it."""
-    prod = _producers(model)
-    qn = prod.get(dq_node.input[0])
-    if qn is None or qn.op_type != "QuantizeLinear":
-        return False
-    dst = dq_node.output[0]
-    src, act = _float_source(model, qn, prepared)
-    graph_outputs = {o.name for o in model.graph.output}
-    cons = _consumers(model)
-    if dst in graph_outputs:
-        if act is not None:
-            act.output[0] = dst  # the activation computes the output itself
-            model.graph.node.remove(dq_node)
-            model.graph.node.append(act)
-        else:
-            # The float tensor must keep the output's name: rename the producer's output instead.
-            p = prod.get(src)
-            if p is None or len(cons.get(src, [])) != 1:
-                return False
-            p.output[list(p.output).index(src)] = dst
-            model.graph.node.remove(dq_node)
-    else:
-        if act is not None:
-            model.graph.node.append(act)
-        for c in (readers if readers is not None else cons.get(dst, [])):
-            for k, name in enumerate(c.input):
-                if name == dst:
-                    c.input[k] = src
-    _drop_dead_qdq(model)
-    return True
-
-
-def _topological_sort(model) -> None:
-    """Nodes in an order where every input is made before it is read (re-created activations are appended)."""
-    made = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
-    pending = list(model.graph.node)
-    ordered = []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in made for i in n.input):
-                ordered.append(n)
-                made.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):  # a cycle or a missing input: leave the order as it was
-            return
-        pending = rest
-    del model.graph.node[:]
-    model.graph.node.extend(ordered)
-
-
-def float_inputs(model, nodes: set[str], prepared=None) -> int:
-    """Excluded nodes read their activations in float.
-
-    ORT's nodes_to_exclude only stops a node from asking for quantized inputs; a producer that is itself
-    quantized still puts Q/DQ on its output and every reader, the excluded node included, gets the
-    rounded value. Keeping a layer in float has to mean it computes on float inputs, so its inputs are
-    rewired past the DQ to the float tensor (the Q/DQ stays for readers that are quantized).
-    """
-    inits = {i.name for i in model.graph.initializer}
-    rewired = 0
-    for name in [n.name for n in model.graph.node if n.name in nodes]:
-        node = next(n for n in model.graph.node if n.name == name)
-        prod = _producers(model)
-        for inp in list(node.input):
-            dq = prod.get(inp)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            qn = prod.get(dq.input[0])
-            if qn is None or qn.op_type != "QuantizeLinear" or qn.input[0] in inits:
-                continue  # a weight stored as int8 + DQ: not an activation
-            rewired += _bypass_qdq(model, dq, prepared, readers=[node])
-            prod = _producers(model)
-    return rewired
-
-
-def _drop_dead_qdq(model) -> None:
-    """Remove Q/DQ nodes nothing reads any more (repeat: a dead DQ can leave its Q dead)."""
-    outputs = {o.name for o in model.graph.output}
-    while True:
-        used = {i for n in model.graph.node for i in n.input} | outputs
-        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in used for o in n.output)]
-        if not dead:
-            return
-        for n in dead:
-            model.graph.node.remove(n)
-
-
-def keep_outputs_float(model, prepared=None) -> int:
-    """Drop Q/DQ pairs that end in a graph output: decisions read the layer's float result."""
-    outs = {o.name for o in model.graph.output}
-    removed = 0
-    for n in list(model.graph.node):
-        if n.op_type == "DequantizeLinear" and n.output[0] in outs and n in model.graph.node:
-            removed += _bypass_qdq(model, n, prepared)
-    return removed
-
-
-def trt_residual_placement(model, prepared=None) -> int:
-    """For TensorRT: an Add fed by a Conv/Gemm/MatMul keeps that input float, so TensorRT can fuse the
-    Add into the layer as its residual (the other input stays quantized). Returns pairs removed."""
-    prod = _producers(model)
-    removed = 0
-    for add in [n for n in model.graph.node if n.op_type == "Add"]:
-        dqs = [prod.get(i) for i in add.input]
-        sources = []
-        for dq in dqs:
-            qn = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            sources.append(prod.get(qn.input[0]) if qn is not None and qn.op_type == "QuantizeLinear" else None)
-        for dq, src in zip(dqs, sources):
-            if src is not None and src.op_type in WEIGHTED_OPS:
-                removed += _bypass_qdq(model, dq, prepared, readers=[add])
-                prod = _producers(model)
-                break  # one side only: the residual (other) input keeps its Q/DQ
-    return removed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -576,7 +362,7 @@ def quantized_groups(prepared, quantized) -> list[list[str]]:
     its own). Only layers that compute (not reshape/pool-max ops, which follow their neighbours) form groups.
     """
     qnames = set()
-    prod_q = _producers(quantized)
+    prod_q = producers(quantized)
     for n in quantized.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
@@ -589,7 +375,7 @@ def quantized_groups(prepared, quantized) -> list[list[str]]:
 
 def layer_groups(model, layers: set[str]) -> list[list[str]]:
     """Each node named in layers, with the activations that alone consume its output, as one group."""
-    cons = _consumers(model)
+    cons = consumers(model)
     groups = []
     for n in model.graph.node:
         if n.name not in layers:
@@ -604,11 +390,6 @@ def layer_groups(model, layers: set[str]) -> list[list[str]]:
                 break
         groups.append(group)
     return groups
-
-
-def qdq_counts(model) -> dict[str, int]:
-    ops = [n.op_type for n in model.graph.node]
-    return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -631,8 +412,6 @@ def choose_flavour(prepared, float_model, calibration: Calibration, feeds: list[
     One runner per model serves both the closeness check and the timing (sessions are built once).
     Returns {"flavour", "models": {name: ModelProto}, "candidates": {name: {...}}, "fp32_p50_ms"}.
     """
-    from edgemm.runners.onnxruntime import OnnxRuntimeRunner
-
     models = {c: quantize(prepared, calibration, c, per_channel=per_channel) for c in candidates}
     runners = {label: OnnxRuntimeRunner(m.SerializeToString(), "cpu", threads, name=label)
                for label, m in {"fp32": float_model, **models}.items()}
@@ -647,8 +426,6 @@ def pick_fastest(runners: dict, feeds: list[dict], settings: dict[str, str], thr
     """Check each candidate runner's closeness to runners["fp32"] on the feeds, time all interleaved on the
     first feed, and pick the fastest that is as close as the closest. Returns (chosen, info, fp32 p50 ms);
     the runners are deactivated at the end. Shared by the ONNX Runtime flavours and the OpenVINO candidates."""
-    from edgemm.converters.timing import time_models
-
     info: dict[str, dict] = {}
     names = [c for c in runners if c != "fp32"]
     try:

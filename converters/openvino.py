@@ -27,12 +27,16 @@ Runtime flavours). The accuracy guard re-quantizes the chosen candidate with lay
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import io
 import logging
 from typing import Iterable
 
 
+from edgemm.converters import int8
+from edgemm.converters.int8 import pick_fastest
 from edgemm.lazy import import_optional
+from edgemm.runners.openvino import OpenVINORunner
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +69,6 @@ def nncf_quantize(prepared, feeds: list[dict], ignored: Iterable[str] = ()):
 
 def quantize(candidate: str, prepared, calibration, feeds: list[dict], exclude: Iterable[str] = (), workdir=None):
     """One candidate's Q/DQ model (see the module docstring)."""
-    from edgemm.converters import int8
-
     if candidate == "nncf":
         return nncf_quantize(prepared, feeds, exclude)
     return int8.quantize(prepared, calibration, candidate, exclude, workdir=workdir)
@@ -80,9 +82,6 @@ def choose(prepared, float_model, calibration, feeds: list[dict], threads: int |
     Returns {"flavour", "models": {name: ModelProto}, "candidates": {name: {...}}, "fp32_p50_ms"}, the shape
     converters.int8.choose_flavour returns for the ONNX Runtime flavours.
     """
-    from edgemm.converters.int8 import pick_fastest
-    from edgemm.runners.openvino import OpenVINORunner
-
     models = {c: quantize(c, prepared, calibration, feeds, workdir=workdir) for c in candidates}
     runners = {label: OpenVINORunner(m.SerializeToString(), threads, name=label)
                for label, m in {"fp32": float_model, **models}.items()}
@@ -93,8 +92,6 @@ def choose(prepared, float_model, calibration, feeds: list[dict], threads: int |
 
 
 def describe(candidate: str) -> str:
-    from edgemm.converters import int8
-
     if candidate == "nncf":
         return ("nncf: NNCF post-training quantization (performance preset: symmetric int8 weights per channel "
                 "and activations, OpenVINO CPU placement, fast bias correction)")
@@ -104,8 +101,6 @@ def describe(candidate: str) -> str:
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata
-
     out = {}
     for dist in ("openvino", "nncf"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):

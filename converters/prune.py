@@ -34,12 +34,15 @@ import re
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from edgemm.converters import prune_lsq
-from edgemm.converters.graphs import copy_model, cpu_session, first_line, with_outputs
-from edgemm.converters.prune_graph import ChannelGraph, Group, _attr, apply_edits, node_label, prepare
+from edgemm.converters.graphs import attr, copy_model, cpu_session, first_line, with_outputs
+from edgemm.converters.prune_graph import ChannelGraph, Group, apply_edits, node_label, prepare
 from edgemm.errors import EdgemmError
 from edgemm.feeds import onnx_input_metadata, synthesize
+from edgemm.modelinfo import count_parameters, estimate_macs
 from edgemm.threads import limit_blas_threads
 
 log = logging.getLogger(__name__)
@@ -157,8 +160,6 @@ class Verifier:
 
     def check(self, model) -> None:
         """Raise _VerifyError (with the reason) unless model passes."""
-        import onnx
-
         try:
             onnx.checker.check_model(model)
             onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
@@ -191,8 +192,6 @@ def verify(model, reference, feed: Mapping[str, np.ndarray] | None = None, threa
 
 
 def _arrays(model) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
@@ -204,7 +203,7 @@ def _out_channel_rows(node, arrays) -> np.ndarray:
     if node.op_type == "ConvTranspose":
         return np.moveaxis(w, 1, 0).reshape(w.shape[1], -1)
     if node.op_type == "Gemm":
-        return w if _attr(node, "transB", 0) else w.T
+        return w if attr(node, "transB", 0) else w.T
     return w.T  # MatMul [K, M]
 
 
@@ -216,7 +215,7 @@ def _in_channel_cols(node, arrays) -> np.ndarray:
     if node.op_type == "ConvTranspose":
         return w.reshape(w.shape[0], -1)
     if node.op_type == "Gemm":
-        return w.T if _attr(node, "transB", 0) else w
+        return w.T if attr(node, "transB", 0) else w
     return w  # MatMul [K, M]
 
 
@@ -229,7 +228,7 @@ def _bn_scale(cg: ChannelGraph, node_idx: int, arrays) -> np.ndarray | None:
     bn = cg.graph.node[users[0]]
     if bn.op_type != "BatchNormalization":
         return None
-    eps = _attr(bn, "epsilon", 1e-5)
+    eps = attr(bn, "epsilon", 1e-5)
     return np.abs(arrays[bn.input[1]]) / np.sqrt(arrays[bn.input[4]] + eps)
 
 
@@ -347,7 +346,7 @@ def _input_rows(node, x: np.ndarray, w_shape, out_spatial, picks: np.ndarray | N
     """A layer's input as rows [n, P, K] matching _output_rows (im2col for a Conv), only the picked
     positions ([n, R]) when given."""
     if node.op_type == "Conv":
-        attrs = {a: _attr(node, a) for a in ("strides", "dilations", "pads", "auto_pad")}
+        attrs = {a: attr(node, a) for a in ("strides", "dilations", "pads", "auto_pad")}
         attrs = {k: v for k, v in attrs.items() if v is not None}
         return prune_lsq.im2col(x, attrs, list(w_shape[2:]), list(out_spatial), picks)
     return _take_rows(x.reshape(x.shape[0], -1, x.shape[-1]), picks)
@@ -366,8 +365,8 @@ def _layer_matrix(node, arrays) -> tuple[np.ndarray, bool]:
         b = arrays[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0])
         return np.vstack([W, b[None]]), True
     if op == "Gemm":
-        alpha, beta = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
-        W = (w.T if _attr(node, "transB", 0) else w) * alpha
+        alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
+        W = (w.T if attr(node, "transB", 0) else w) * alpha
         m = W.shape[1]
         c = np.zeros(m)
         if len(node.input) > 2 and node.input[2]:
@@ -378,8 +377,6 @@ def _layer_matrix(node, arrays) -> tuple[np.ndarray, bool]:
 
 def _write_layer(model, node_idx: int, W: np.ndarray, bias: bool) -> None:
     """Write a fitted [K(+1), M] matrix back into the layer's initializers (a bias is added if missing)."""
-    from onnx import numpy_helper
-
     g = model.graph
     node = g.node[node_idx]
     inits = {i.name: k for k, i in enumerate(g.initializer)}
@@ -389,15 +386,15 @@ def _write_layer(model, node_idx: int, W: np.ndarray, bias: bool) -> None:
     if op == "Conv":
         new_w = Wm.T.reshape(old.shape)
     elif op == "Gemm":
-        alpha = _attr(node, "alpha", 1.0)
-        new_w = (Wm.T if _attr(node, "transB", 0) else Wm) / alpha
+        alpha = attr(node, "alpha", 1.0)
+        new_w = (Wm.T if attr(node, "transB", 0) else Wm) / alpha
     else:
         new_w = Wm
     g.initializer[inits[node.input[1]]].CopyFrom(numpy_helper.from_array(new_w.astype(old.dtype), node.input[1]))
     if b is None:
         return
     if op == "Gemm":
-        b = b / _attr(node, "beta", 1.0)
+        b = b / attr(node, "beta", 1.0)
     if len(node.input) > 2 and node.input[2]:
         name = node.input[2]
         g.initializer[inits[name]].CopyFrom(numpy_helper.from_array(b.astype(old.dtype), name))
@@ -527,9 +524,9 @@ def _refittable(node, arrays) -> bool:
     if w is None:
         return False
     if node.op_type == "Conv":
-        return _attr(node, "group", 1) == 1 and w.ndim in (3, 4)
+        return attr(node, "group", 1) == 1 and w.ndim in (3, 4)
     if node.op_type == "Gemm":
-        return not _attr(node, "transA", 0)
+        return not attr(node, "transA", 0)
     return node.op_type == "MatMul" and w.ndim == 2
 
 
@@ -543,8 +540,6 @@ def _shared_weights(model) -> set[int]:
 
 
 def _count(model) -> dict[str, Any]:
-    from edgemm.modelinfo import count_parameters, estimate_macs
-
     return {"parameters": count_parameters(model), "macs": estimate_macs(model)}
 
 
@@ -661,7 +656,7 @@ def sparse_layers(model, exclude: Iterable[str] = ()) -> tuple[list[int], list[d
         if n.name in exclude:
             skipped.append({"layer": label, "reason": "excluded by option"})
             continue
-        if n.op_type == "Conv" and _attr(n, "group", 1) != 1:
+        if n.op_type == "Conv" and attr(n, "group", 1) != 1:
             skipped.append({"layer": label, "reason": "grouped/depthwise convolution"})
             continue
         if n.op_type == "MatMul" and w.ndim != 2:

@@ -26,6 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgemm.converters.graphs import attr, copy_model, node_indices
 
 # Ops that act on each element alone (shape kept): channels pass straight through.
 UNARY = {
@@ -108,22 +112,6 @@ class Group:
         return bool(self.sources) and not self.blocks
 
 
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            if a.type == a.INT:
-                return a.i
-            if a.type == a.INTS:
-                return list(a.ints)
-            if a.type == a.FLOAT:
-                return a.f
-            if a.type == a.STRING:
-                return a.s.decode()
-            if a.type == a.FLOATS:
-                return list(a.floats)
-    return default
-
-
 def node_label(node, index: int) -> str:
     return node.name or f"{node.op_type}#{index}"
 
@@ -132,22 +120,12 @@ class ChannelGraph:
     """The channel analysis of one model (after ``prepare``: Constant nodes folded to initializers)."""
 
     def __init__(self, model):
-        from onnx import numpy_helper
-
         self.model = model
         self.graph = g = model.graph
         self.inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         self.shapes = _inferred_shapes(model)
         self.outputs = {o.name for o in g.output}
-        self.consumers: dict[str, list[int]] = {}
-        self.producer: dict[str, int] = {}
-        for i, n in enumerate(g.node):
-            for t in n.input:
-                if t:
-                    self.consumers.setdefault(t, []).append(i)
-            for t in n.output:
-                if t:
-                    self.producer[t] = i
+        self.consumers: dict[str, list[int]] = node_indices(g)[1]  # tensor -> indices of the nodes reading it
         self.spaces: list[Space] = []
         self.parent: list[int] = []
         self.info: dict[str, ChanInfo] = {}
@@ -228,116 +206,113 @@ class ChannelGraph:
                 self.block(self.info[name], f"reaches graph output {name!r} (output channels are never pruned)")
 
     def _visit(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
-        op = node.op_type
-        if op in LAYERS:
+        if node.op_type in LAYERS:
             self._layer(idx, node, traced)
             return
         if not traced:
             return
         if node.domain not in ("", "ai.onnx"):
             raise _Unsupported(f"(domain {node.domain}) is not an op the pruner knows")
-        x = node.input[0]
-        xi = traced.get(x)
-        if op in UNARY:
-            if any(t in traced for t in node.input[1:]):
-                raise _Unsupported("takes a traced tensor as a parameter")
-            for out in node.output:
-                if out:
-                    self.info[out] = xi
+        handler = HANDLERS.get(node.op_type)
+        if handler is None:
+            raise _Unsupported("is not an op the pruner can follow through")
+        handler(self, idx, node, traced)
+
+    # -- one handler per op kind (HANDLERS maps op types to them): how channels pass through ----------
+    def _unary(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        if any(t in traced for t in node.input[1:]):
+            raise _Unsupported("takes a traced tensor as a parameter")
+        for out in node.output:
+            if out:
+                self.info[out] = traced.get(node.input[0])
+
+    def _pool(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi = traced.get(node.input[0])
+        if xi is None or xi.axis != 1 or not self._single_seg_repeat1(xi):
+            raise _Unsupported("pools over the channel axis")
+        if len(node.output) > 1 and node.output[1] and self.consumers.get(node.output[1]):
+            raise _Unsupported("has its indices output used (they encode channel positions)")
+        self.info[node.output[0]] = xi
+
+    def _normalization(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi = traced.get(node.input[0])
+        if xi is None or xi.axis != 1 or any(t in traced for t in node.input[1:]):
+            raise _Unsupported("normalises a traced tensor on an axis other than channels")
+        for slot in range(1, len(node.input)):
+            self.edit(xi, "init", idx, node.input[slot], 0)
+            if node.input[slot] not in self.inits:
+                raise _Unsupported("has non-constant parameters")
+        self.info[node.output[0]] = xi
+
+    def _flatten(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi = traced.get(node.input[0])
+        axis = attr(node, "axis", 1)
+        shape = self.shape(node.input[0])
+        if axis < 0 and shape:
+            axis += len(shape)
+        if xi.axis == 1 and axis == 1 and shape and all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            rep = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+            self.info[node.output[0]] = ChanInfo(1, 2, [Seg(s.space, s.size, s.repeat * rep) for s in xi.segs])
             return
-        if op in POOL:
-            if xi is None or xi.axis != 1 or not self._single_seg_repeat1(xi):
-                raise _Unsupported("pools over the channel axis")
-            if len(node.output) > 1 and node.output[1] and self.consumers.get(node.output[1]):
-                raise _Unsupported("has its indices output used (they encode channel positions)")
-            self.info[node.output[0]] = xi
-            return
-        if op in ("BatchNormalization", "InstanceNormalization"):
-            if xi is None or xi.axis != 1 or any(t in traced for t in node.input[1:]):
-                raise _Unsupported("normalises a traced tensor on an axis other than channels")
-            for slot in range(1, len(node.input)):
-                self.edit(xi, "init", idx, node.input[slot], 0)
-                if node.input[slot] not in self.inits:
-                    raise _Unsupported("has non-constant parameters")
-            self.info[node.output[0]] = xi
-            return
-        if op in ELEMENTWISE:
-            self._elementwise(idx, node, traced)
-            return
-        if op == "Concat":
-            self._concat(idx, node, traced)
-            return
-        if op == "Flatten":
-            axis = _attr(node, "axis", 1)
-            shape = self.shape(x)
-            if axis < 0 and shape:
-                axis += len(shape)
-            if xi.axis == 1 and axis == 1 and shape and all(isinstance(d, int) and d > 0 for d in shape[2:]):
-                rep = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-                self.info[node.output[0]] = ChanInfo(1, 2, [Seg(s.space, s.size, s.repeat * rep) for s in xi.segs])
-                return
-            raise _Unsupported("flattens the channel axis in a way the pruner cannot follow")
-        if op == "Reshape":
-            self._reshape(idx, node, xi)
-            return
-        if op in ("Squeeze", "Unsqueeze"):
-            self._squeeze(node, xi, op)
-            return
-        if op == "Transpose":
-            perm = _attr(node, "perm")
-            if perm is None or not self._single_seg_repeat1(xi):
-                raise _Unsupported("transposes without a perm the pruner can follow")
-            self.info[node.output[0]] = ChanInfo(perm.index(xi.axis), xi.rank, xi.segs)
-            return
-        if op in REDUCE:
-            self._reduce(node, xi)
-            return
-        if op in ("Softmax", "LogSoftmax", "Hardmax"):
-            axis = _attr(node, "axis", -1)
-            axis = axis + xi.rank if axis < 0 else axis
-            if axis == xi.axis:
-                raise _Unsupported("normalises across channels")
-            self.info[node.output[0]] = xi
-            return
-        if op == "Pad":
-            pads = self.const(node.input[1]) if len(node.input) > 1 and node.input[1] else _attr(node, "pads")
-            axes = self.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-            if pads is None or any(t in traced for t in node.input[1:]):
-                raise _Unsupported("pads with a computed amount")
-            pads = np.asarray(pads).ravel()
-            axes = list(range(xi.rank)) if axes is None else [int(a) % xi.rank for a in np.asarray(axes).ravel()]
-            n = len(axes)
-            if xi.axis in axes and (pads[axes.index(xi.axis)] != 0 or pads[n + axes.index(xi.axis)] != 0):
-                raise _Unsupported("pads the channel axis")
-            self.info[node.output[0]] = xi
-            return
-        if op in ("Resize", "Upsample"):
-            scales_name = node.input[2] if op == "Resize" and len(node.input) > 2 else (
-                node.input[1] if op == "Upsample" and len(node.input) > 1 else "")
-            scales = self.const(scales_name) if scales_name else None
-            if scales is None or scales.size != xi.rank or scales[xi.axis] != 1 or any(
-                    t in traced for t in node.input[1:]):
-                raise _Unsupported("resizes with sizes or scales the pruner cannot check")
-            self.info[node.output[0]] = xi
-            return
-        if op == "Slice":
-            axes_name = node.input[3] if len(node.input) > 3 else ""
-            axes = self.const(axes_name) if axes_name else None
-            if axes is None or any(t in traced for t in node.input[1:]):
-                raise _Unsupported("slices without constant axes")
-            if xi.axis in [int(a) % xi.rank for a in np.asarray(axes).ravel()]:
-                raise _Unsupported("slices the channel axis")
-            self.info[node.output[0]] = xi
-            return
-        if op == "Shape":
-            start = _attr(node, "start", 0)
-            for c in self.consumers.get(node.output[0], []):
-                cn = self.graph.node[c]
-                ind = self.const(cn.input[1]) if cn.op_type == "Gather" and len(cn.input) > 1 else None
-                if ind is None or xi.axis - start in np.asarray(ind).ravel() % xi.rank:
-                    raise _Unsupported("reads the shape of a traced tensor and may use its channel count")
-            return
-        raise _Unsupported("is not an op the pruner can follow through")
+        raise _Unsupported("flattens the channel axis in a way the pruner cannot follow")
+
+    def _transpose(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi = traced.get(node.input[0])
+        perm = attr(node, "perm")
+        if perm is None or not self._single_seg_repeat1(xi):
+            raise _Unsupported("transposes without a perm the pruner can follow")
+        self.info[node.output[0]] = ChanInfo(perm.index(xi.axis), xi.rank, xi.segs)
+
+    def _softmax(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi = traced.get(node.input[0])
+        axis = attr(node, "axis", -1)
+        axis = axis + xi.rank if axis < 0 else axis
+        if axis == xi.axis:
+            raise _Unsupported("normalises across channels")
+        self.info[node.output[0]] = xi
+
+    def _pad(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi = traced.get(node.input[0])
+        pads = self.const(node.input[1]) if len(node.input) > 1 and node.input[1] else attr(node, "pads")
+        axes = self.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        if pads is None or any(t in traced for t in node.input[1:]):
+            raise _Unsupported("pads with a computed amount")
+        pads = np.asarray(pads).ravel()
+        axes = list(range(xi.rank)) if axes is None else [int(a) % xi.rank for a in np.asarray(axes).ravel()]
+        n = len(axes)
+        if xi.axis in axes and (pads[axes.index(xi.axis)] != 0 or pads[n + axes.index(xi.axis)] != 0):
+            raise _Unsupported("pads the channel axis")
+        self.info[node.output[0]] = xi
+
+    def _resize(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi = traced.get(node.input[0])
+        op = node.op_type
+        scales_name = node.input[2] if op == "Resize" and len(node.input) > 2 else (
+            node.input[1] if op == "Upsample" and len(node.input) > 1 else "")
+        scales = self.const(scales_name) if scales_name else None
+        if scales is None or scales.size != xi.rank or scales[xi.axis] != 1 or any(
+                t in traced for t in node.input[1:]):
+            raise _Unsupported("resizes with sizes or scales the pruner cannot check")
+        self.info[node.output[0]] = xi
+
+    def _slice(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi = traced.get(node.input[0])
+        axes_name = node.input[3] if len(node.input) > 3 else ""
+        axes = self.const(axes_name) if axes_name else None
+        if axes is None or any(t in traced for t in node.input[1:]):
+            raise _Unsupported("slices without constant axes")
+        if xi.axis in [int(a) % xi.rank for a in np.asarray(axes).ravel()]:
+            raise _Unsupported("slices the channel axis")
+        self.info[node.output[0]] = xi
+
+    def _shape_of(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi = traced.get(node.input[0])
+        start = attr(node, "start", 0)
+        for c in self.consumers.get(node.output[0], []):
+            cn = self.graph.node[c]
+            ind = self.const(cn.input[1]) if cn.op_type == "Gather" and len(cn.input) > 1 else None
+            if ind is None or xi.axis - start in np.asarray(ind).ravel() % xi.rank:
+                raise _Unsupported("reads the shape of a traced tensor and may use its channel count")
 
     def _layer(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
         op = node.op_type
@@ -352,7 +327,7 @@ class ChannelGraph:
                 raise _Unsupported("has non-constant weights")
             return
         if op == "Conv":
-            group = _attr(node, "group", 1)
+            group = attr(node, "group", 1)
             if group == 1:
                 if xi is not None:
                     if xi.axis != 1 or not self._single_seg_repeat1(xi):
@@ -378,7 +353,7 @@ class ChannelGraph:
                 return
             raise _Unsupported(f"is a grouped convolution (group {group}) that is not depthwise")
         if op == "ConvTranspose":
-            if _attr(node, "group", 1) != 1:
+            if attr(node, "group", 1) != 1:
                 if xi is not None:
                     raise _Unsupported("is a grouped transposed convolution")
                 return
@@ -394,7 +369,7 @@ class ChannelGraph:
             self.info[out] = ChanInfo(1, w.ndim, [Seg(sid, w.shape[1])])
             return
         if op == "Gemm":
-            trans_a, trans_b = _attr(node, "transA", 0), _attr(node, "transB", 0)
+            trans_a, trans_b = attr(node, "transA", 0), attr(node, "transB", 0)
             if xi is not None:
                 if trans_a or xi.axis != 1 or xi.rank != 2:
                     raise _Unsupported("reads its input transposed")
@@ -462,7 +437,7 @@ class ChannelGraph:
 
     def _concat(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
         any_info = next(iter(traced.values()))
-        axis = _attr(node, "axis", 1)
+        axis = attr(node, "axis", 1)
         axis = axis + any_info.rank if axis < 0 else axis
         if axis != any_info.axis or any(i.axis != axis for i in traced.values()):
             # Concatenated along another axis: every part keeps the same channels, so they are coupled.
@@ -487,7 +462,8 @@ class ChannelGraph:
                 segs.append(Seg(self.new_space(shape[axis], fixed=True), shape[axis]))
         self.info[node.output[0]] = ChanInfo(axis, any_info.rank, segs)
 
-    def _reshape(self, idx: int, node, xi: ChanInfo) -> None:
+    def _reshape(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi = traced.get(node.input[0])
         target = self.const(node.input[1])
         in_shape, out_shape = self.shape(node.input[0]), self.shape(node.output[0])
         if target is None:
@@ -505,8 +481,9 @@ class ChannelGraph:
             self.edit(info, "reshape", idx, node.input[1], 1)
         self.info[node.output[0]] = info
 
-    def _squeeze(self, node, xi: ChanInfo, op: str) -> None:
-        axes = _attr(node, "axes")
+    def _squeeze(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi, op = traced.get(node.input[0]), node.op_type
+        axes = attr(node, "axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             c = self.const(node.input[1])
             axes = None if c is None else [int(a) for a in np.asarray(c).ravel()]
@@ -523,8 +500,9 @@ class ChannelGraph:
             kept = [i for i in range(rank) if i not in axes]
             self.info[node.output[0]] = ChanInfo(kept[xi.axis], rank, xi.segs)
 
-    def _reduce(self, node, xi: ChanInfo) -> None:
-        axes = _attr(node, "axes")
+    def _reduce(self, idx: int, node, traced: dict[str, ChanInfo]) -> None:
+        xi = traced.get(node.input[0])
+        axes = attr(node, "axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             c = self.const(node.input[1])
             if c is None:
@@ -535,7 +513,7 @@ class ChannelGraph:
         axes = sorted(a % xi.rank for a in axes)
         if xi.axis in axes or not self._single_seg_repeat1(xi):
             raise _Unsupported("reduces over the channel axis")
-        if _attr(node, "keepdims", 1):
+        if attr(node, "keepdims", 1):
             self.info[node.output[0]] = xi
         else:
             self.info[node.output[0]] = ChanInfo(xi.axis - sum(a < xi.axis for a in axes), xi.rank - len(axes), xi.segs)
@@ -560,10 +538,32 @@ class _Unsupported(Exception):
     pass
 
 
+# Op type -> how its output's channels follow its input's (ChannelGraph._visit dispatches on it). An op
+# missing here blocks the channels that reach it.
+HANDLERS = {
+    **dict.fromkeys(UNARY, ChannelGraph._unary),
+    **dict.fromkeys(POOL, ChannelGraph._pool),
+    "BatchNormalization": ChannelGraph._normalization,
+    "InstanceNormalization": ChannelGraph._normalization,
+    **dict.fromkeys(ELEMENTWISE, ChannelGraph._elementwise),
+    "Concat": ChannelGraph._concat,
+    "Flatten": ChannelGraph._flatten,
+    "Reshape": ChannelGraph._reshape,
+    "Squeeze": ChannelGraph._squeeze,
+    "Unsqueeze": ChannelGraph._squeeze,
+    "Transpose": ChannelGraph._transpose,
+    **dict.fromkeys(REDUCE, ChannelGraph._reduce),
+    **dict.fromkeys(("Softmax", "LogSoftmax", "Hardmax"), ChannelGraph._softmax),
+    "Pad": ChannelGraph._pad,
+    "Resize": ChannelGraph._resize,
+    "Upsample": ChannelGraph._resize,
+    "Slice": ChannelGraph._slice,
+    "Shape": ChannelGraph._shape_of,
+}
+
+
 def _inferred_shapes(model) -> dict[str, list]:
     """Tensor name -> shape (ints; dynamic dims as strings/None) from ONNX shape inference."""
-    import onnx
-
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:
@@ -578,11 +578,7 @@ def _inferred_shapes(model) -> dict[str, list]:
 
 def prepare(model):
     """A copy of the model with Constant nodes folded into initializers (so weights look alike)."""
-    import onnx
-    from onnx import numpy_helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = copy_model(model)
     g = m.graph
     outputs = {o.name for o in g.output}
     keep = []
@@ -625,11 +621,7 @@ def apply_edits(model, cg: ChannelGraph, keep: dict[int, np.ndarray]):
 
     Initializers shared by several nodes are copied first, so one node's slice never changes another's.
     """
-    import onnx
-    from onnx import numpy_helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = copy_model(model)
     g = m.graph
     edits = {}
     for root in keep:

@@ -14,11 +14,23 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from edgemm.outputs import jsonable, save_figure, write_atomic, write_json
 
 KNOWN = {"data", "samples", "original", "converted", "drop_points", "closeness", "primary", "outputs", "ablation",
          "model", "name", "backend", "fusion", "modalities", "labelled", "title"}
 MAX_CONFUSION_CLASSES = 40  # beyond this a confusion-matrix picture is unreadable
+
+
+def primary_metric(metrics: Mapping) -> tuple[str, float | None, bool]:
+    """(name, value, higher_is_better) of the headline metric of one output's metrics."""
+    task = metrics.get("task")
+    if task == "classification":
+        return "accuracy", metrics.get("accuracy"), True
+    if task == "multilabel":
+        return "f1_macro", metrics.get("f1_macro"), True
+    return "mse", metrics.get("mse"), False
 
 
 def write_report(out_dir, report: dict) -> dict[str, Path]:
@@ -124,8 +136,6 @@ def _ablation(summaries: list[tuple[str, dict]]) -> list[str]:
                 e = s.get("ablation", {}).get(cond, {})
                 m = e.get("outputs", {}).get(out)
                 if m:
-                    from edgemm.converters.validate import primary_metric
-
                     key, val, _ = primary_metric(m)
                     row.append(f"{key} {_pct(val) if key != 'mse' else _num(val)}")
                 else:
@@ -285,8 +295,6 @@ def plot_confusion(report: dict, path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-
     panels = [(t, s["outputs"][name]) for t, s in panels if name in s.get("outputs", {})]
     k = len(labels)
     size = max(3.5, 0.35 * k + 2)

@@ -32,8 +32,10 @@ the same device fast. SPARSE_WEIGHTS is set after 2:4 pruning (TensorRT uses spa
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
+import importlib
 import logging
 import os
 import time
@@ -42,10 +44,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import onnx
+from onnx import numpy_helper, version_converter
 
-from edgemm.bundle import Bundle, GraphSpec, load_bundle
+from edgemm.bundle import Bundle, GraphSpec, load_bundle, onnx_io
 from edgemm.errors import EdgemmError
 from edgemm.outputs import write_atomic
+from edgemm.runners import cuda
+from edgemm.runners.tensorrt import make_logger, rebuild_command
 from edgemm.shapes import Shape, check_profile
 
 log = logging.getLogger(__name__)
@@ -147,8 +153,6 @@ def is_2_4_sparse(weight: np.ndarray, axis: int) -> bool:
 
 def sparse_weight_stats(model) -> tuple[int, int]:
     """(2:4-sparse weights, eligible weights) of the Conv/Gemm/MatMul layers of an ONNX model (Q/DQ included)."""
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in model.graph.initializer}
     produced_by_dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     sparse = eligible = 0
@@ -236,8 +240,6 @@ def qdq_nodes(model) -> list:
 def asymmetric_qdq(model) -> list[str]:
     """Q/DQ nodes TensorRT's ONNX parser refuses: uint8 or a non-zero zero point (ONNX Runtime's u8s8 and
     asymmetric s8s8 flavours). TensorRT's INT8 is symmetric: int8, zero point 0."""
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in model.graph.initializer}
     consts = {n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
               for n in model.graph.node if n.op_type == "Constant"}
@@ -263,8 +265,6 @@ def for_fp16(model):
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset >= QDQ_FP16_OPSET:
         return model
-    from onnx import version_converter
-
     try:
         return version_converter.convert_version(model, QDQ_FP16_OPSET)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare errors for ops it cannot adapt
@@ -291,14 +291,10 @@ class BuilderUnavailable(EdgemmError):
 def _require_builder(command: str):
     """(device, tensorrt) or one EdgemmError that says to build on the device. Device first: never touch
     TensorRT without one (tensorrt-lean segfaults without a driver)."""
-    from edgemm.runners import cuda
-
     p = cuda.probe()
     if not p.found:
         raise BuilderUnavailable(f"TensorRT engine build | No CUDA GPU here ({p.reason}). An engine is tied to the GPU "
                                  f"and TensorRT version that built it: run this on the device (the Jetson): {command}")
-    import importlib
-
     try:
         trt = importlib.import_module("tensorrt")
     except (ImportError, OSError) as exc:
@@ -314,8 +310,6 @@ def _require_builder(command: str):
 def build_engines(bundle: Bundle | str | Path, options: EngineOptions | None = None, graphs: list[str] | None = None,
                   models: Mapping[str, Any] | None = None) -> dict[str, EngineBuild]:
     """Build one engine per graph (see the module docstring). Nothing is written except the timing cache."""
-    from edgemm.runners.tensorrt import rebuild_command
-
     options = options or EngineOptions()
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
@@ -333,8 +327,6 @@ def build_engines(bundle: Bundle | str | Path, options: EngineOptions | None = N
 def _graph_options(bundle: Bundle, graph: str, options: EngineOptions) -> EngineOptions:
     """The options for one graph: only the --shape profiles of its own inputs (in a bundle of several
     graphs each --shape names the input of one of them)."""
-    import dataclasses
-
     own = {s.name for s in bundle.manifest.graphs[graph].inputs}
     return dataclasses.replace(options, shapes={n: p for n, p in options.shapes.items() if n in own})
 
@@ -342,8 +334,6 @@ def _graph_options(bundle: Bundle, graph: str, options: EngineOptions) -> Engine
 def check_shapes(bundle: Bundle, shapes: Mapping[str, tuple[Shape, Shape, Shape]]) -> None:
     """Each --shape profile names an input of some graph of the bundle and fits it (rank, fixed axes):
     checked from the ONNX graphs alone, before any conversion work, TensorRT or not."""
-    from edgemm.bundle import onnx_io
-
     if not shapes:
         return
     found: dict[str, list[tuple[str, Shape]]] = {}
@@ -359,8 +349,6 @@ def check_shapes(bundle: Bundle, shapes: Mapping[str, tuple[Shape, Shape, Shape]
 
 def _onnx_source(bundle: Bundle, graph: str, model) -> tuple[Path | None, bytes | None, Any]:
     """(path to parse from, or bytes to parse) plus the ModelProto for inspection."""
-    import onnx
-
     if model is None:
         path = bundle.graph_path(graph)
         return path, None, onnx.load(str(path))
@@ -372,8 +360,6 @@ def _onnx_source(bundle: Bundle, graph: str, model) -> tuple[Path | None, bytes 
 
 
 def _build_one(trt, device, bundle: Bundle, graph: str, model, options: EngineOptions) -> EngineBuild:
-    from edgemm.runners.tensorrt import make_logger
-
     spec = bundle.manifest.graphs[graph]
     path, data, proto = _onnx_source(bundle, graph, model)
     where = f"TensorRT engine build: {graph}"

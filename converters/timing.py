@@ -14,13 +14,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from edgemm import bench
+from edgemm.feeds import synthesize
+from edgemm.runners.base import BaseRunner
+from edgemm.runners.onnxruntime import OnnxRuntimeRunner
+
 WARMUP_S = 0.3
 
 
 def _runner(label: str, model: Any, threads: int | None, graph_spec=None):
-    from edgemm.runners.base import BaseRunner
-    from edgemm.runners.onnxruntime import OnnxRuntimeRunner
-
     if isinstance(model, BaseRunner):
         return model
     if isinstance(model, (str, Path, bytes)):
@@ -39,9 +41,6 @@ def time_models(models: Mapping[str, Any], feed: Mapping[str, np.ndarray] | None
     feed / feeds: one feed for all, or one per label; a label with neither gets inputs synthesised from
             its runner's metadata and ``graph_specs[label]`` (plausible ranges, dynamic dims filled).
     """
-    from edgemm import bench
-    from edgemm.feeds import synthesize
-
     feeds = feeds or {}
     graph_specs = graph_specs or {}
     targets = []

@@ -32,6 +32,16 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from edgemm.bundle import load_bundle
+from edgemm.converters.data import DataFolder, Sample, primary_output
+from edgemm.converters.graphs import dynamic_batch
+from edgemm.converters.report import primary_metric
+from edgemm.converters.report import write_report as _write
+from edgemm.converters.timing import time_models
+from edgemm.fusion import FusionModel
+from edgemm.modelinfo import bundle_info
+from edgemm.runners import make_runner
+
 from edgemm.errors import EdgemmError
 
 log = logging.getLogger(__name__)
@@ -159,16 +169,6 @@ def regression_metrics(y_true, y_pred) -> dict:
     }
 
 
-def primary_metric(metrics: Mapping) -> tuple[str, float | None, bool]:
-    """(name, value, higher_is_better) of the headline metric of one output's metrics."""
-    task = metrics.get("task")
-    if task == "classification":
-        return "accuracy", metrics.get("accuracy"), True
-    if task == "multilabel":
-        return "f1_macro", metrics.get("f1_macro"), True
-    return "mse", metrics.get("mse"), False
-
-
 # --------------------------------------------------------------------------------------------------
 # Closeness of outputs
 # --------------------------------------------------------------------------------------------------
@@ -283,8 +283,6 @@ def _check_labels(spec, name: str, y: np.ndarray, n_out: int, where: str) -> np.
 
 def _chunks(data, limit: int | None, batch: int, progress: bool = False) -> Iterator:
     """Samples of the folder in chunks of at most `batch`, at most `limit` samples in all."""
-    from edgemm.converters.data import Sample
-
     done = 0
     for s in data.samples(progress=progress):
         for i in range(0, s.batch, batch):
@@ -343,8 +341,6 @@ def _conditions(bundle, ablation: bool) -> list[tuple[str, dict]]:
 
 
 def _data_folder(data, bundle, what: str):
-    from edgemm.converters.data import DataFolder
-
     return data if hasattr(data, "samples") else DataFolder(data, bundle, what)
 
 
@@ -371,11 +367,6 @@ def compare_bundles(original, converted, data, backend: str = "onnxruntime", thr
     Returns {"data", "samples", "original": {...}, "converted": {...}, "drop_points": {...},
     "closeness": {...}, "primary": {...}}.
     """
-    from edgemm.converters.data import primary_output
-    from edgemm.converters.graphs import dynamic_batch
-    from edgemm.bundle import load_bundle
-    from edgemm.fusion import FusionModel
-
     if limit is not None and limit < 1:
         raise EdgemmError(f"Limit: {limit} | Expected a positive number of samples.")
     bundles = [b if hasattr(b, "manifest") else load_bundle(b) for b in (original, converted) if b is not None]
@@ -422,7 +413,7 @@ def compare_bundles(original, converted, data, backend: str = "onnxruntime", thr
         for fm in entered:
             fm.__exit__(None, None, None)
     if n == 0:
-        raise EdgemmError(f"Evaluation data: {folder.folder} | Holds no samples; expected at least one.")
+        raise EdgemmError(f"Evaluation data: {folder.source} | Holds no samples; expected at least one.")
     summaries = []
     for mi, (b, fm) in enumerate(zip(bundles, models)):
         full = collectors[mi]["full"].metrics()
@@ -441,7 +432,7 @@ def compare_bundles(original, converted, data, backend: str = "onnxruntime", thr
                 abl[cname] = entry
             summary["ablation"] = abl
         summaries.append(summary)
-    report = {"data": str(folder.folder), "samples": n, "original": summaries[0]}
+    report = {"data": str(folder.source), "samples": n, "original": summaries[0]}
     if len(summaries) == 2:
         report["converted"] = summaries[1]
         report["drop_points"] = drop_points(summaries[0]["outputs"], summaries[1]["outputs"])
@@ -501,8 +492,6 @@ def _primary(report: dict, preferred: str | None = None) -> dict | None:
 
 def write_report(out_dir, report: dict) -> dict[str, Path]:
     """Write report.json, report.md and (where it fits) confusion.png into out_dir; returns their paths."""
-    from edgemm.converters.report import write_report as _write
-
     return _write(out_dir, report)
 
 
@@ -514,9 +503,6 @@ def write_report(out_dir, report: dict) -> dict[str, Path]:
 def size_section(original, converted) -> dict:
     """{"parameters"|"macs"|"size_bytes"|"precision": {"before", "after"}} over all graphs of two bundles,
     and the same per graph under "graphs" (graph -> {"parameters"|"macs"|"size_bytes": {"before", "after"}})."""
-    from edgemm.bundle import load_bundle
-    from edgemm.modelinfo import bundle_info
-
     a, b = (bundle_info(x if hasattr(x, "manifest") else load_bundle(x)) for x in (original, converted))
     keys = ("parameters", "macs", "size_bytes")
     out: dict = {k: {"before": a[k], "after": b[k]} for k in keys}
@@ -530,10 +516,6 @@ def latency_section(original, converted, backend: str = "onnxruntime", threads: 
                     duration_s: float = 3.0, converted_backend: str | None = None) -> dict:
     """Median/p90 latency per graph of both bundles, measured interleaved in one run (converters.timing),
     with synthesised batch-1 inputs; "speedup" is before / after of the medians (sum over graphs in "total")."""
-    from edgemm.converters.timing import time_models
-    from edgemm.bundle import load_bundle
-    from edgemm.runners import make_runner
-
     bundles = [x if hasattr(x, "manifest") else load_bundle(x) for x in (original, converted)]
     runners, specs = {}, {}
     for tag, b, be in (("before", bundles[0], backend), ("after", bundles[1], converted_backend or backend)):

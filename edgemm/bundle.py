@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,8 @@ import onnx
 
 from edgemm.errors import EdgemmError, number_problem
 from edgemm.outputs import umask_mode
+
+log = logging.getLogger(__name__)
 
 FORMAT = "edgemm-bundle"
 VERSION = 1
@@ -733,11 +736,21 @@ class Bundle:
 def load_bundle(path: str | os.PathLike, shapes: dict[str, list[int]] | None = None) -> Bundle:
     """Load a bundle folder, a manifest.json, or a plain .onnx file (manifest inferred).
 
+    A .onnx with a manifest.json beside it that describes it as its one graph is that bundle's graph: the
+    manifest is used (its preprocessing, labels and decisions are what the model needs). A manifest beside
+    it that does not (another graph's, several graphs', unreadable) is said in a warning, then ignored.
     shapes (input name -> dims, from --shape) fill the inputs' dynamic dims, before inference for a plain
     .onnx (so preprocessing sizes follow them) and over the manifest's shapes for a bundle."""
     path = Path(path)
-    if path.is_dir() and (path / MANIFEST_NAME).exists() or path.is_file() and path.suffix == ".json":
-        bundle = _load_manifest_bundle(path / MANIFEST_NAME if path.is_dir() else path, source=path)
+    manifest_path = None
+    if path.is_dir() and (path / MANIFEST_NAME).exists():
+        manifest_path = path / MANIFEST_NAME
+    elif path.is_file() and path.suffix == ".json":
+        manifest_path = path
+    elif path.is_file() and (path.parent / MANIFEST_NAME).is_file() and _describes_only(path.parent / MANIFEST_NAME, path):
+        manifest_path = path.parent / MANIFEST_NAME
+    if manifest_path is not None:
+        bundle = _load_manifest_bundle(manifest_path, source=path)
         _apply_shapes(bundle, shapes or {})
         return bundle
     from edgemm.manifest_inference import infer_manifest  # it imports this module's types
@@ -761,6 +774,25 @@ def _apply_shapes(bundle: Bundle, shapes: dict[str, list[int]]) -> None:
                 if spec.shape[axis] != size:
                     raise EdgemmError(f"Shape: {spec.name} | Axis {axis} is {spec.shape[axis]} but the manifest's "
                                       f"preprocess.{field_name} gives {size}; change the manifest or the shape.")
+
+
+def _describes_only(manifest_path: Path, model: Path) -> bool:
+    """Whether the manifest beside a model file describes it as its only graph; warns when it is there but
+    does not (the manifest is then not used, and the user should know)."""
+    try:
+        graphs = json.loads(manifest_path.read_text()).get("graphs", {})
+        files = [Path(g["file"]) for g in graphs.values()]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        log.warning("%s: not a readable manifest; %s runs with an inferred manifest", manifest_path, model.name)
+        return False
+    if files == [Path(model.name)]:
+        return True
+    if Path(model.name) in files:
+        log.warning("%s is one of %d graphs of the bundle %s; it runs alone with an inferred manifest "
+                    "(give the folder to use the bundle)", model.name, len(files), manifest_path.parent)
+    else:
+        log.warning("%s does not describe %s; it runs with an inferred manifest", manifest_path, model.name)
+    return False
 
 
 def _load_manifest_bundle(manifest_path: Path, source: Path) -> Bundle:

@@ -120,11 +120,12 @@ class Pipeline:
         self.scheduler = LiveFusion(self.model, self.ring, s)
         if self.ring is not None and not getattr(self.sources.get("audio"), "live", True):
             self.scheduler.audio_wait_s = FILE_AUDIO_WAIT_S
+            self.scheduler.audio_grid = 1  # a file's windows end exactly at the frame (skew 0), features whole
         image = next((sp.preprocess for g, sp in self.manifest.all_inputs()
                       if sp.modality == "video" and g.name == self.model.decision_graph), None)
         self.decisions = Decisions(dict(self.model.output_specs), list(alerts), image, s.conf, s.iou)
-        self.sinks = list(sinks)
-        self.sink_health = [SinkHealth(sink) for sink in self.sinks]  # failures logged once, counted per sink
+        self.sinks: list[Sink] = []
+        self.sink_health: list[SinkHealth] = []  # one per sink: failures logged once, counted per sink
         self.duration_s = duration_s
         video_src = self.sources.get("video")
         self.video_port = FlowLimiter(s.max_in_flight, drop_oldest=bool(getattr(video_src, "live", True)))
@@ -133,6 +134,8 @@ class Pipeline:
         self._events: collections.deque = collections.deque(maxlen=10000)
         self._recovered_mods: collections.deque = collections.deque(maxlen=16)
         self.started_at: float | None = None
+        for sink in sinks:
+            self.add_sink(sink)
         self._opened: list[Any] = []
         self._last_sink_s = 0.0
         self._last_tick_t: float | None = None
@@ -166,6 +169,14 @@ class Pipeline:
 
     def __exit__(self, *exc):
         self.close()
+
+    def add_sink(self, sink: Sink, first: bool = False) -> None:
+        """Add a sink before start() (first: it sees each result before the others)."""
+        if self.started_at is not None:
+            raise RuntimeError("add_sink() after start()")
+        where = 0 if first else len(self.sinks)
+        self.sinks.insert(where, sink)
+        self.sink_health.insert(where, SinkHealth(sink))
 
     def start(self) -> None:
         """Open the model, then the sources, then the sinks, and start the capture threads. Sources from

@@ -34,7 +34,7 @@ import numpy as np
 from edgemm.bundle import InputSpec
 from edgemm.errors import EdgemmError
 from edgemm.fusion import SENSORS, FusionModel
-from edgemm.preprocess import preprocess_audio, preprocess_video
+from edgemm.preprocess import AudioFeatureStream, preprocess_video
 from edgemm.sources.base import Frame
 from edgemm.sync import AudioRing, AudioWindow
 
@@ -190,6 +190,12 @@ class LiveFusion:
         self.video = VideoPrep(model)
         self.audio_inputs = [(g, s) for g, gs in m.graphs.items() for s in gs.inputs if s.modality == "audio"]
         self.max_window = max([s.preprocess.window_samples for _, s in self.audio_inputs] or [0])
+        # Successive windows share all but a few STFT columns: each input keeps its columns and computes only
+        # the new ones, for which windows end on a grid of whole hops (of every spectrogram input). The
+        # pipeline sets the grid to 1 for audio from a file, whose windows end exactly at the frame.
+        self.audio_streams = {(g, s.name): AudioFeatureStream(s) for g, s in self.audio_inputs}
+        hops = [s.preprocess.hop_length for _, s in self.audio_inputs if s.preprocess.feature != "waveform"]
+        self.audio_grid = math.lcm(*hops) if hops else 1
         self._frames: deque[Frame] = deque(maxlen=self.video.history)
         # Audio needed at every tick (early fusion, or an audio encoder/member without a rate) is cut and
         # featurised in the capture thread with the frame; rate-limited encoders get theirs when due.
@@ -239,14 +245,15 @@ class LiveFusion:
         if not self.audio_inputs or self.ring is None:
             return {}, None
         if video_tick:
-            w = self.ring.align(t, self.max_window, self.s.max_skew_s, self.audio_wait_s)
+            w = self.ring.align(t, self.max_window, self.s.max_skew_s, self.audio_wait_s, self.audio_grid)
         else:
-            w = self.ring.window(t, self.max_window)
+            w = self.ring.window(t, self.max_window, self.audio_grid)
             self.ring.note_consumed(t)
         out = {}
         for g, s in self.audio_inputs:
-            n = s.preprocess.window_samples
-            out[(g, s.name)] = preprocess_audio(w.samples[len(w.samples) - n:], s)
+            cut = len(w.samples) - s.preprocess.window_samples
+            first = None if w.first is None else w.first + cut
+            out[(g, s.name)] = self.audio_streams[(g, s.name)](w.samples[cut:], first, w.epoch)
         return out, w
 
     @staticmethod

@@ -36,43 +36,12 @@ import numpy as np
 from edgemm.errors import EdgemmError, number_problem
 from edgemm.lazy import import_optional
 from edgemm.outputs import to_json
+from edgemm.sink_base import Sink
 
 log = logging.getLogger("edgemm.sinks")
 
 SPEC_HELP = ("console, jsonl:PATH[?mode=w&max_mb=N&keep=K], video:PATH.mp4, mqtt://HOST[:PORT]/TOPIC, "
              "http://HOST:PORT[?token=T], rtsp://HOST:PORT/PATH or metrics:[HOST:]PORT")
-
-
-class Sink:
-    name = "sink"
-
-    @property
-    def label(self) -> str:
-        """The sink as the user named it (logs and the summary)."""
-        return self.name
-
-    def lost(self) -> int:
-        """Records the sink itself gave up on without raising (e.g. results while a broker is away)."""
-        return 0
-
-    def counts(self) -> dict:
-        """What else this kind of sink counts, for the summary."""
-        return {}
-
-    def open(self, context: dict | None = None) -> None:
-        pass
-
-    def result(self, record: dict, frame: np.ndarray | None = None) -> None:
-        pass
-
-    def event(self, event: dict) -> None:
-        pass
-
-    def summary(self, summary: dict) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class SinkHealth:

@@ -130,6 +130,8 @@ class AudioWindow:
     missing: int  # samples that were not available (zero-padded)
     skew_s: float | None = None  # frame time minus t_end, when cut for a frame
     waited_s: float = 0.0  # how long align() waited for the audio to arrive
+    first: int | None = None  # ring index of the first sample (None: the ring was empty)
+    epoch: tuple[int, int] = (0, 0)  # (resets, gap count) of the ring: changes when the timeline does
 
     @property
     def missing_fraction(self) -> float:
@@ -161,6 +163,7 @@ class AudioRing:
         self._cond = threading.Condition()
         self.resets = 0
         self.gap_samples = 0  # samples skipped by the source (index jumps: overflows)
+        self.gaps = 0  # ... how many times
         self.pushed_samples = 0
         self.ended = False  # the source said it has nothing more (a file at its end)
         self._consumer_t: float | None = None  # newest instant a consumer asked for (file back-pressure)
@@ -258,6 +261,7 @@ class AudioRing:
         if first > self._end:  # a gap: samples the source lost (overflow): mark them missing
             gap = first - self._end
             self.gap_samples += gap
+            self.gaps += 1
             self._set_valid(self._end, min(gap, self.capacity), False)
         if n > self.capacity:
             samples, first, n = samples[-self.capacity:], first + n - self.capacity, self.capacity
@@ -352,16 +356,23 @@ class AudioRing:
             return None if self._end is None else self._time_of(self._end)
 
     # -- reading ---------------------------------------------------------------------------------------
-    def window(self, t_end: float, n_samples: int) -> AudioWindow:
-        """The n_samples ending at host time t_end; zeros (counted in ``missing``) where there is no data."""
-        with self._cond:
-            return self._window(t_end, n_samples)
+    def window(self, t_end: float, n_samples: int, grid: int = 1) -> AudioWindow:
+        """The n_samples ending at host time t_end; zeros (counted in ``missing``) where there is no data.
 
-    def _window(self, t_end: float, n_samples: int) -> AudioWindow:
+        ``grid`` > 1 moves the end to a multiple of grid samples (the nearest one that has arrived, if t_end's
+        has), so that successive windows differ by whole STFT hops and their features can be computed
+        incrementally (``edgemm.preprocess.AudioFeatureStream``); the window then ends up to a hop from t_end.
+        """
+        with self._cond:
+            return self._window(t_end, n_samples, grid)
+
+    def _window(self, t_end: float, n_samples: int, grid: int = 1, min_end: int | None = None) -> AudioWindow:
         out = np.zeros(n_samples, np.float32)
         if self._end is None:
             return AudioWindow(out, t_end - n_samples / self.sample_rate, t_end, n_samples)
         end = int(round(self._index_at(t_end)))
+        if grid > 1:
+            end = self._snap(end, grid, min_end)
         start = end - n_samples
         lo = max(start, self._begin, self._end - self.capacity)
         hi = min(end, self._end)
@@ -376,14 +387,29 @@ class AudioRing:
             valid = np.concatenate([self._valid[pos:pos + first], self._valid[:k - first]])
             dst[~valid] = 0.0
             have = int(valid.sum())
-        return AudioWindow(out, self._time_of(start), self._time_of(end), n_samples - have)
+        return AudioWindow(out, self._time_of(start), self._time_of(end), n_samples - have, first=start,
+                           epoch=(self.resets, self.gaps))
 
-    def align(self, t_frame: float, n_samples: int, max_skew_s: float, wait_s: float = 0.0) -> AudioWindow:
+    def _snap(self, end: int, grid: int, min_end: int | None) -> int:
+        """The grid point nearest to index end; the one below rather than one not yet arrived (when end has),
+        and the one above when the one below is before min_end (the skew bound)."""
+        lo = end - end % grid
+        hi = lo + grid
+        pick = lo if end - lo <= hi - end else hi
+        if pick == hi and hi > self._end >= end:
+            pick = lo
+        if min_end is not None and pick < min_end:
+            pick = hi
+        return pick
+
+    def align(self, t_frame: float, n_samples: int, max_skew_s: float, wait_s: float = 0.0,
+              grid: int = 1) -> AudioWindow:
         """The audio window to fuse with a frame captured at t_frame.
 
         Ends at t_frame when the audio has arrived that far (waiting up to wait_s for it); else at the
         newest audio, as long as that is within max_skew_s of the frame; else at t_frame - max_skew_s
-        with the not-yet-arrived tail zero-padded (``missing``). |skew| never exceeds max_skew_s.
+        with the not-yet-arrived tail zero-padded (``missing``). ``grid``: as in ``window``, the end moved
+        to a grid point within the bound. |skew| never exceeds max_skew_s (given a grid step below it).
         """
         with self._cond:
             if self._consumer_t is None or t_frame > self._consumer_t:
@@ -401,8 +427,11 @@ class AudioRing:
                     end = t_frame if latest is None else max(latest, t_frame - max_skew_s)
                     break
                 self._cond.wait(left)
-            w = self._window(end, n_samples)
-            w.skew_s = t_frame - end
+            min_end = None
+            if grid > 1:
+                min_end = int(np.ceil(self._index_at(t_frame - max_skew_s) - 1e-6)) if self._end is not None else None
+            w = self._window(end, n_samples, grid, min_end)
+            w.skew_s = t_frame - (end if grid == 1 else w.t_end)  # (grid 1: the instant asked, not rounded)
             w.waited_s = now() - start
             return w
 

@@ -38,3 +38,29 @@ def run_cli(*args, cwd=None, timeout=300, env=None) -> subprocess.CompletedProce
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# Python code that makes the modules named in sys.argv[1] (comma-separated) fail to import exactly as on a
+# machine without them (ImportError), whatever this machine has installed.
+BLOCK_IMPORTS = """
+import importlib.abc, sys
+BLOCKED = set(sys.argv[1].split(","))
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+sys.meta_path.insert(0, Block())
+for name in list(sys.modules):
+    if name.split(".")[0] in BLOCKED:
+        del sys.modules[name]
+"""
+
+
+def run_cli_without(blocked: list[str], *args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """run_cli with the named modules made unimportable: what a user without that extra sees."""
+    code = BLOCK_IMPORTS + "\nfrom edgemm.cli import main\nsys.exit(main(sys.argv[2:]))\n"
+    return subprocess.run([sys.executable, "-c", code, ",".join(blocked), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or REPO, timeout=timeout)

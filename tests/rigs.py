@@ -1,4 +1,5 @@
-"""Real stand-ins for a camera and a microphone on a machine that has neither (see shared/notes/test-rigs.md).
+"""Real stand-ins for a camera and a microphone on a machine that has neither: the processes a camera or a
+microphone would be to edgemm (a network stream, an audio server), started and stopped by the tests.
 
 - ``FfmpegStream``: ffmpeg serving a live test-pattern stream over HTTP on loopback (MJPEG or MPEG-TS/H.264),
   one client per start (``-listen 1``). ``kill()`` is a real camera loss, ``start()`` again on the same port

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -220,6 +221,29 @@ def test_bundle_is_readable_by_others_under_the_umask(tmp_path, av_bundle):
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
+
+
+def test_a_plain_onnx_with_its_manifest_beside_it_uses_the_manifest(tmp_path, cli):
+    """eval on PNGs lost normalisation and labels when the .onnx of a bundle was named instead of the folder."""
+    folder = onnx_models.write_av_bundle(tmp_path / "av")
+    by_file, by_folder = load_bundle(folder / "model.onnx"), load_bundle(folder)
+    assert not by_file.manifest.inferred
+    assert by_file.manifest.to_dict() == by_folder.manifest.to_dict()
+    proc = cli("info", folder / "model.onnx")
+    assert proc.returncode == 0 and "manifest inferred" not in proc.stdout and "WARNING" not in proc.stderr
+
+
+def test_a_manifest_beside_that_does_not_describe_the_file_is_warned_about(tmp_path, cli):
+    inter = onnx_models.write_intermediate_bundle(tmp_path / "inter")
+    proc = cli("info", inter / "head.onnx")
+    assert proc.returncode == 0, proc.stderr
+    assert "head.onnx is one of 3 graphs" in proc.stderr and "manifest inferred" in proc.stdout
+    folder = onnx_models.write_av_bundle(tmp_path / "av")
+    onnx.save(onnx_models.mlp_model(), str(folder / "other.onnx"))
+    proc = cli("bench", folder / "other.onnx", "--iterations", 2, "--warmup", 0)
+    assert proc.returncode == 0 and "does not describe other.onnx" in proc.stderr
+    (folder / "manifest.json").write_text("{not json")
+    assert load_bundle(folder / "model.onnx").manifest.inferred
 
 
 @pytest.mark.parametrize("where, key, value", [

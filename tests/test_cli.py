@@ -8,7 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
+from edgemm import bench
+from edgemm.commands.bench import model_labels
 from tests import onnx_models
+from tests.conftest import run_cli_without
 
 
 def test_info_plain_onnx(cli, av_onnx):
@@ -53,6 +56,49 @@ def test_bench_side_by_side_with_plot(cli, av_onnx, tmp_path):
     assert [r["model"] for r in doc["results"]] == ["av", "mlp"]
     assert (tmp_path / "cdf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "relative to the first row" in proc.stdout
+
+
+def test_bench_labels_tell_models_of_the_same_name_apart(cli, tmp_path, monkeypatch):
+    """a/model.onnx and b/model.onnx were both "model": rows, JSON and the CDF legend name them apart."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        onnx.save(onnx_models.mlp_model(), str(tmp_path / d / "model.onnx"))
+    proc = cli("bench", "a/model.onnx", "b/model.onnx", "--iterations", 5, "--warmup", 0, "--json", "-",
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)  # `--json -`: stdout is the JSON alone
+    assert [r["model"] for r in doc["results"]] == ["a/model", "b/model"]
+    assert "b/model onnxruntime" in proc.stderr and "a/model " in proc.stderr  # the table and the ratio line
+    assert not (tmp_path / "-").exists()
+    proc = cli("bench", "fp32=a/model.onnx", "small=b/model.onnx", "--iterations", 5, "--warmup", 0, "--json",
+               tmp_path / "named.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["model"] for r in json.loads((tmp_path / "named.json").read_text())["results"]] == ["fp32", "small"]
+    # The legend is the same label.
+    plt = pytest.importorskip("matplotlib.pyplot")
+    legends = []
+    monkeypatch.setattr(bench, "save_figure", lambda fig, path, dpi: legends.append(
+        [t.get_text() for t in fig.axes[0].get_legend().get_texts()]) or plt.close(fig))
+    results = json.loads((tmp_path / "named.json").read_text())["results"]
+    bench.plot_cdf(results, [[0.001, 0.002]] * 2, str(tmp_path / "cdf.png"))
+    assert [t.split(" (")[0] for t in legends[0]] == ["fp32", "small"]
+
+
+def test_model_labels_are_the_shortest_distinct_path_ends():
+    stems = ["model", "model", "other"]
+    assert model_labels(["x/a/model.onnx", "y/a/model.onnx", "z/other.onnx"], stems, [None] * 3) == \
+        ["x/a/model", "y/a/model", "other"]
+    assert model_labels(["m.onnx", "m.onnx"], ["m", "m"], [None, None]) == ["m", "m#2"]
+    assert model_labels(["a/m.onnx", "b/m.onnx"], ["m", "m"], ["fast", None]) == ["fast", "m"]
+
+
+def test_bench_plot_without_matplotlib_is_refused_before_measuring(av_onnx, tmp_path):
+    # Were it refused only after measuring, the 10-minute run would outlast the timeout.
+    proc = run_cli_without(["matplotlib"], "bench", av_onnx, "--duration", 600, "--plot", tmp_path / "cdf.png",
+                           timeout=120)
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1 and "matplotlib" in proc.stderr, proc.stderr
+    assert "edgemm[demo]" in proc.stderr and "p50" not in proc.stdout
 
 
 def test_bench_inputs_npz(cli, tmp_path):

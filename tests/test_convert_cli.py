@@ -16,6 +16,7 @@ from edgemm.bundle import file_sha256, load_bundle
 from edgemm.cli import main
 from edgemm.errors import EdgemmError
 from tests.onnx_models import residual_cnn_model, write_av_bundle, write_intermediate_bundle
+from tests.conftest import run_cli_without
 from tests.test_calibration import write_av_npz
 
 
@@ -200,6 +201,17 @@ def test_onnxruntime_int8_bundle_is_refused_for_tensorrt_with_the_command_that_w
     assert not out.exists()
 
 
+def test_tensorrt_target_without_eval_says_the_accuracy_is_on_the_calibration_data(cnn, tmp_path, capsys):
+    model, calib, test = cnn
+    base = ["convert", str(model), "--precision", "int8", "--calib", str(calib), "--target", "tensorrt",
+            "--bench-seconds", "0.1", "-q"]
+    assert main(base + ["-o", str(tmp_path / "a")]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if "%" in line or "closeness" in line]
+    assert printed and all("on the calibration data" in line for line in printed), printed
+    assert main(base + ["-o", str(tmp_path / "b"), "--eval", str(test)]) == 0
+    assert "calibration" not in capsys.readouterr().out
+
+
 def test_fp16_keeps_io_types(cnn, tmp_path, capsys):
     model, calib, test = cnn
     out = tmp_path / "fp16"
@@ -277,6 +289,32 @@ def test_bad_inputs_are_refused(cnn, tmp_path, capsys):
     _refused(capsys, base + ["--target", "tensorrt", "--builder-opt-level", "6"], out, "Builder optimization level: 6")
     _refused(capsys, base + ["--target", "tensorrt", "--dla", "-1"], out, "DLA core: -1")
     _refused(capsys, base + ["--target", "tensorrt", "--dla", "0", "--precision", "fp32"], out, "DLA | Computes in FP16")
+
+
+def test_fp16_without_its_extra_is_refused_in_one_line_naming_it(cnn, tmp_path):
+    """After `pip install -e '.[demo]'` onnxconverter-common is absent: a line naming the extra, no traceback."""
+    model, calib, _ = cnn
+    out = tmp_path / "fp16"
+    proc = run_cli_without(["onnxconverter_common"], "convert", model, "-o", out, "--precision", "fp16",
+                           "--calib", calib)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "onnxconverter" in err and "edgemm[convert]" in err
+    assert not out.exists() and not leftovers(tmp_path, "fp16")
+
+
+def test_one_npz_file_serves_as_calibration_and_evaluation_data(cnn, tmp_path, capsys):
+    model, calib, test = cnn
+    out = tmp_path / "int8"
+    assert main(["convert", str(model), "-o", str(out), "--precision", "int8", "--calib", str(calib / "c.npz"),
+                 "--eval", str(test / "t.npz"), "--bench-seconds", "0.1", "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"] == str(test / "t.npz") and report["samples"] == 60
+    assert report["conversion"]["int8"]["model"]["calibration"]["samples"] == 24
+    (tmp_path / "notes.txt").write_text("x")
+    _refused(capsys, ["convert", str(model), "-o", str(tmp_path / "o"), "--precision", "int8", "--calib",
+                      str(tmp_path / "notes.txt")], tmp_path / "o", "Is a file; expected a folder")
 
 
 def test_existing_out_is_refused_unless_forced(cnn, tmp_path, capsys):
@@ -415,7 +453,7 @@ def test_graph_files_in_subfolders(tmp_path):
 
 def test_int8_report_describes_the_model_after_the_guard(tmp_path):
     """Q/DQ counts in the report are those of the delivered model, once the guard kept a layer in float."""
-    from edgemm.converters.int8 import qdq_counts
+    from edgemm.converters.qdq import qdq_counts
     from tests.test_guard import outlier_model
 
     model = outlier_model()

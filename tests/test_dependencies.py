@@ -13,26 +13,14 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import REPO
+from tests.conftest import BLOCK_IMPORTS, REPO
 
 OPTIONAL = ["tensorrt", "tensorrt_lean", "tensorrt_dispatch", "cuda", "pycuda", "sounddevice", "_sounddevice",
             "paho", "torch", "torchaudio", "torchvision", "matplotlib", "onnxconverter_common", "sklearn",
             "scipy", "jtop", "prometheus_client", "gi", "openvino", "nncf"]
 
-SCRIPT = textwrap.dedent("""
-    import importlib, importlib.abc, pkgutil, sys, io, contextlib
-    BLOCKED = set(sys.argv[1].split(","))
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"No module named {name!r} (blocked by the test)")
-            return None
-
-    sys.meta_path.insert(0, Block())
-    for name in list(sys.modules):
-        if name.split(".")[0] in BLOCKED:
-            del sys.modules[name]
+SCRIPT = BLOCK_IMPORTS + textwrap.dedent("""
+    import importlib, pkgutil, io, contextlib
 
     imported = []
     for pkg_name in ("edgemm", "edgemm.converters"):

@@ -45,7 +45,7 @@ def feeds(n, shape=(1, 4), name="x", seed=0):
 def test_naive_fp16_breaks_this_model():
     """The premise of the next test: without the range scan, FP16 gives Inf and zeros here."""
     model = risky_model()
-    naive = fp16._convert(model, [])
+    naive = fp16.to_fp16(model, [])
     f = feeds(1)[0]
     (y_ref, z_ref), (y, z) = run(model, f), run(naive, f)
     broken = [not np.allclose(got, ref, rtol=0.05, atol=0.05) for ref, got in ((y_ref, y), (z_ref, z))]

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from edgemm.converters import int8
+from edgemm.converters import graphs, int8
 from edgemm.converters.data import Sample
 from edgemm.converters.guard import BundleEvaluator, accuracy_guard
 from edgemm.bundle import load_bundle
@@ -84,7 +84,7 @@ def test_guard_keeps_the_bad_layer_in_float(setup, flavour):
     assert res.ranking[0]["layers"][0] == "fc2"  # ranked the worst
     # the delivered model really has fc2 computing on float inputs, the other layers still quantized
     q = res.models["model"]
-    producer = {o: n for n in q.graph.node for o in n.output}
+    producer = graphs.producers(q)
     fc2 = next(n for n in q.graph.node if n.name == "fc2")
     assert producer[fc2.input[0]].op_type == "Gemm"
     for name in ("fc1", "fc3"):

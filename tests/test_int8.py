@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgemm.converters import int8
+from edgemm.converters import graphs, int8, qdq
 from edgemm.errors import EdgemmError
 from tests.onnx_models import _init, _model, residual_cnn_model
 
@@ -47,7 +47,7 @@ def _activation_q_nodes(model):
 def test_flavours_are_close_to_float(cnn, flavour, zp_dtype):
     model, prepared, cal = cnn
     q = int8.quantize(prepared, cal, flavour)
-    assert int8.qdq_counts(q)["QuantizeLinear"] > 0
+    assert qdq.qdq_counts(q)["QuantizeLinear"] > 0
     test = feeds(16, seed=5)
     ref, out = run(model, test), run(q, test)
     assert cosine(ref, out) > 0.99
@@ -58,7 +58,7 @@ def test_flavours_are_close_to_float(cnn, flavour, zp_dtype):
         assert all(np.all(z == 0) for _, z in zps)  # symmetric: zero point 0
     # weights are per-channel: each Conv's weight DQ has one scale per output channel
     inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
-    producer = {o: n for n in q.graph.node for o in n.output}
+    producer = graphs.producers(q)
     convs = [n for n in q.graph.node if n.op_type == "Conv"]
     for conv in convs:
         dq = producer[conv.input[1]]
@@ -70,7 +70,7 @@ def test_graph_outputs_stay_float(cnn):
     _, prepared, cal = cnn
     for flavour in int8.FLAVOURS:
         q = int8.quantize(prepared, cal, flavour)
-        producer = {o: n for n in q.graph.node for o in n.output}
+        producer = graphs.producers(q)
         assert producer["logits"].op_type == "Gemm", flavour
         used = {i for n in q.graph.node for i in n.input}
         assert all(i.name in used for i in q.graph.initializer), "no orphaned scales/zero points"
@@ -102,11 +102,7 @@ def test_tensorrt_placement():
     prepared = int8.prepare(model)
     cal = int8.calibrate(prepared, feeds(16), "minmax", symmetric=True)
     q = int8.quantize(prepared, cal, "trt")
-    producer = {o: n for n in q.graph.node for o in n.output}
-    consumers = {}
-    for n in q.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, readers = graphs.producers(q), graphs.consumers(q)
 
     def from_dq(t):
         return t in producer and producer[t].op_type == "DequantizeLinear"
@@ -114,7 +110,7 @@ def test_tensorrt_placement():
     # Q/DQ only on the inputs of Conv/Gemm/MatMul/Add: every activation DQ feeds one of those.
     for n in q.graph.node:
         if n.op_type == "DequantizeLinear":
-            assert all(c.op_type in int8.TRT_OPS for c in consumers[n.output[0]]), n.name
+            assert all(c.op_type in int8.TRT_OPS for c in readers[n.output[0]]), n.name
     # Softmax and the graph output stay float; no Q/DQ after Conv/Gemm outputs into Relu.
     softmax = next(n for n in q.graph.node if n.op_type == "Softmax")
     assert producer[softmax.input[0]].op_type == "Gemm"
@@ -202,7 +198,7 @@ def test_groups_and_exclusion_keep_a_layer_float(cnn):
     assert any(ops[g[0]] == "Conv" and len(g) > 1 and ops[g[1]] == "Relu" for g in groups)  # layer + its Relu
     target = next(g for g in groups if ops[g[0]] == "Conv")
     q2 = int8.quantize(prepared, cal, "u8s8", nodes_to_exclude=target)
-    producer = {o: n for n in q2.graph.node for o in n.output}
+    producer = graphs.producers(q2)
     conv = next(n for n in q2.graph.node if n.name == target[0])
     assert not any(i in producer and producer[i].op_type == "DequantizeLinear" for i in conv.input)
     assert len(int8.quantized_groups(prepared, q2)) == len(groups) - 1
@@ -259,7 +255,7 @@ def test_folded_activations_come_back_when_qdq_is_removed(flavour, exclude):
     out = run(q, [{"x": x}])
     assert out.min() >= 0.0
     assert cosine(ref, out) > 0.99
-    producer = {o: n for n in q.graph.node for o in n.output}
+    producer = graphs.producers(q)
     assert producer["emb"].op_type == "Relu"
     if exclude:  # fc1 reads relu0's float output (a re-created Relu when relu0 was folded)
         fc1 = next(n for n in q.graph.node if n.name == "fc1")

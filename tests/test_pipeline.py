@@ -80,6 +80,41 @@ def live_av(size="320x240"):
             open_source("test://audio?kind=noise", "audio"))
 
 
+def test_live_audio_features_are_incremental_and_equal_to_the_whole_window(tmp_path):
+    """Live audio: windows end on the hop grid and each tick computes only the new log-mel columns; every
+    tensor the model got equals the whole computation on its window. A file keeps exact alignment."""
+    from edgemm.preprocess import preprocess_audio
+
+    bundle = load_bundle(onnx_models.write_av_bundle(tmp_path / "av"))
+    video, audio = live_av()
+    seen = []
+
+    class Recording:  # the real stream, with what it was given and what it returned kept for the check
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __call__(self, waveform, first=None, epoch=None):
+            out = self.stream(waveform, first, epoch)
+            seen.append((waveform.copy(), first, out))
+            return out
+
+    with Pipeline(bundle, video=video, audio=audio, sinks=[Collect()], duration_s=2.0, threads=1) as p:
+        (key, stream), = p.scheduler.audio_streams.items()
+        p.scheduler.audio_streams[key] = Recording(stream)
+        spec = stream.spec
+        while p.is_streaming():
+            p.step()
+    hop = spec.preprocess.hop_length
+    assert p.scheduler.audio_grid == hop and len(seen) >= 20
+    assert all((first + spec.preprocess.window_samples) % hop == 0 for _, first, _ in seen)
+    assert stream.reused > 5 * stream.computed, (stream.reused, stream.computed)
+    worst = max(float(np.abs(out - preprocess_audio(w, spec)).max()) for w, _, out in seen)
+    assert worst <= 1e-5
+    with Pipeline(bundle, video=open_source("test://video?size=64x48&fps=30&frames=3&live=0&realtime=0", "video"),
+                  audio=ArrayAudioSource(np.zeros(SR, np.float32), SR, live=False, realtime=False)) as f:
+        assert f.scheduler.audio_grid == 1
+
+
 # ------------------------------------------------------------------------------------------- small parts
 
 def test_flow_limiter_drops_oldest_when_live_and_blocks_for_files():

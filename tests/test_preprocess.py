@@ -200,3 +200,93 @@ def test_resampling_lengths_and_timing():
             x[k] = 1
             assert int(np.argmax(resample(x, rin, 16000))) == round(k * 16000 / rin), (rin, k)
     assert np.array_equal(resample(np.arange(5, dtype=np.float32), 16000, 16000), np.arange(5))
+
+
+# --------------------------------------------------------------------------------------------------
+# Incremental features: the columns a window shares with the previous one are kept, the rest computed
+# --------------------------------------------------------------------------------------------------
+
+
+def _speech(tmp_path) -> np.ndarray:
+    """Real speech: espeak-ng reading a sentence, at 16 kHz, with quiet stretches (skipped without it)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    wav = tmp_path / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "seven, three. the cabin is quiet; nine"], check=True, timeout=60)
+    x, rate = read_wav(wav)
+    return resample(x, rate, 16000)
+
+
+def _signal(kind: str, tmp_path) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    if kind == "noise":
+        return (0.3 * rng.standard_normal(5 * 16000)).astype(np.float32)
+    if kind == "silence_and_clicks":  # exact zeros (the log's floor) next to impulses
+        x = np.zeros(4 * 16000, np.float32)
+        x[rng.integers(0, x.size, 40)] = 0.9
+        return x
+    speech = _speech(tmp_path)
+    return np.concatenate([speech, 0.01 * rng.standard_normal(16000).astype(np.float32), speech])
+
+
+@pytest.mark.parametrize("kind", ["noise", "silence_and_clicks", "speech"])
+@pytest.mark.parametrize("window_s,n_fft,hop,feature,layout", [
+    (1.0, 400, 160, "logmel", "NCMT"),
+    (0.5, 512, 128, "logmel", "NMT"),
+    (2.0, 1024, 320, "mel", "NCMT"),
+    (0.3, 400, 100, "logmel", "NCMT"),
+])
+def test_feature_stream_matches_the_whole_computation(tmp_path, kind, window_s, n_fft, hop, feature, layout):
+    from edgemm.preprocess import AudioFeatureStream
+
+    pre = AudioPreprocess(window_s=window_s, n_fft=n_fft, hop_length=hop, feature=feature, n_mels=40,
+                          mean=-3.0, std=4.0)
+    spec = InputSpec("audio", "audio", "float32", [], layout, pre)
+    x = _signal(kind, tmp_path)
+    stream = AudioFeatureStream(spec)
+    rng = np.random.default_rng(1)
+    n = pre.window_samples
+    end, worst = n // 3, 0.0  # starts with a zero-padded window (before the first sample)
+    while end < x.size:
+        first = end - n
+        got = stream(x[max(0, first):end], first, epoch=0)
+        want = preprocess_audio(x[max(0, first):end], spec)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        worst = max(worst, float(np.abs(got - want).max()))
+        # Mostly whole hops (as live windows move), sometimes the same window, a shift off the grid or back.
+        end += int(rng.choice([hop, 2 * hop, 3 * hop, 7 * hop, 0, hop + 37, -2 * hop], p=[.3, .2, .2, .1, .05, .1, .05]))
+    assert worst <= 1e-5
+    # Incremental indeed: most columns were taken over, not computed.
+    assert stream.reused > stream.computed, (stream.reused, stream.computed)
+
+
+def test_feature_stream_recomputes_after_a_new_epoch_and_once_a_padded_tail_arrives():
+    from edgemm.preprocess import AudioFeatureStream
+
+    pre = AudioPreprocess()
+    spec = InputSpec("audio", "audio", "float32", [], "NCMT", pre)
+    n, hop, cols = pre.window_samples, pre.hop_length, pre.n_frames
+    x = (0.2 * np.random.default_rng(3).standard_normal(3 * n)).astype(np.float32)
+    stream = AudioFeatureStream(spec)
+    stream(x[:n], 0, epoch=(0, 0))
+    assert stream.computed == cols
+    stream(x[3 * hop:n + 3 * hop], 3 * hop, epoch=(0, 0))
+    assert stream.computed == cols + 3  # three hops on: three new columns
+    # A reopened microphone (or a gap) is a new epoch: everything again, even where the index lines up.
+    other = x[n:2 * n]
+    got = stream(other[3 * hop:], 6 * hop, epoch=(1, 0))
+    assert stream.computed == 2 * cols + 3
+    np.testing.assert_allclose(got, preprocess_audio(other[3 * hop:], spec), atol=1e-5, rtol=0)
+    # The tail of the last window was not there yet (zeros); once it has arrived, the columns over it are
+    # computed again, the rest taken over.
+    partial = x[:n].copy()
+    partial[-700:] = 0.0
+    stream(partial, 0, epoch=(2, 0))
+    before = stream.computed
+    got = stream(x[hop:n + hop], hop, epoch=(2, 0))
+    new = stream.computed - before
+    assert 1 + 700 // hop <= new <= 1 + (700 + pre.n_fft) // hop + 1
+    np.testing.assert_allclose(got, preprocess_audio(x[hop:n + hop], spec), atol=1e-5, rtol=0)

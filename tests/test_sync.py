@@ -161,6 +161,36 @@ def test_align_bounds_the_skew_and_reports_it():
     assert w.missing == pytest.approx(0.06 * SR, abs=2)
 
 
+def test_windows_on_a_hop_grid_stay_within_the_skew_bound_and_name_their_timeline():
+    """grid > 1 (live audio with spectrogram inputs): windows end on whole hops, so successive windows share
+    STFT columns; the end moves at most half a hop from an instant whose audio is there, never past the
+    newest sample when the instant's audio has arrived, and never beyond the skew bound. ``first`` and
+    ``epoch`` tell a feature stream where the window is and when the timeline changed."""
+    hop = 160
+    ring, t0, n = _ramp_ring(seconds=2.0)
+    end = t0 + n / SR
+    for k in range(40):  # frame instants at 30 fps, off the 10 ms grid, all with their audio there
+        t = t0 + 0.5 + k / 30
+        w = ring.align(t, 1600, max_skew_s=0.04, grid=hop)
+        last = int(w.samples[-1]) + 1  # the ramp: sample n holds n
+        assert last % hop == 0 and w.first == last - 1600 and abs(w.skew_s) <= hop / 2 / SR + 1e-9
+        assert w.skew_s == pytest.approx(t - (t0 + last / SR))
+    # Audio behind the frame: the grid point below the newest sample ...
+    w = ring.align(end + 0.015, 1600, max_skew_s=0.04, grid=hop)
+    assert w.missing == 0 and (w.first + 1600) % hop == 0 and w.first + 1600 <= n
+    # ... unless that is beyond the bound: then the one above (its tail zero-padded, as without a grid).
+    w = ring.align(end + 0.04 + 0.004, 1600, max_skew_s=0.04, grid=hop)
+    assert (w.first + 1600) % hop == 0 and abs(w.skew_s) <= 0.04 and w.missing > 0
+    epoch = w.epoch
+    # A gap (samples the source lost) and a reopened source each start a new epoch.
+    ring.push(AudioBlock(np.zeros(320, np.float32), t0 + (n + 800) / SR, SR, n + 800))
+    assert ring.window(end, 1600, grid=hop).epoch != epoch
+    epoch = ring.window(end, 1600, grid=hop).epoch
+    ring.reset()
+    ring.push(AudioBlock(np.zeros(3200, np.float32), end + 1.0, SR, 0))
+    assert ring.window(end + 1.1, 1600, grid=hop).epoch != epoch
+
+
 def test_align_waits_for_audio_that_is_about_to_arrive():
     ring = AudioRing(SR, correct_drift=False)
     t0 = now()

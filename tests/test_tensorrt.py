@@ -12,6 +12,8 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -98,6 +100,16 @@ def test_rebuild_command_names_the_bundle_and_a_new_output():
         "edgemm convert /data/cabin.edgemm -o /data/cabin-trt.edgemm --target tensorrt"
     assert rebuild_command("my models/av.onnx") == "edgemm convert 'my models/av.onnx' -o 'my models/av-trt.edgemm' --target tensorrt"
     assert rebuild_command("bundle") == "edgemm convert bundle -o bundle-trt --target tensorrt"
+
+
+def test_rebuild_command_for_a_shipped_model_writes_where_the_user_works():
+    """The reference models live inside the installed package: the new bundle goes to the current folder,
+    not next to them."""
+    import edgemm.reference
+
+    shipped = Path(edgemm.reference.__file__).parent / "models" / "avdigits_intermediate"
+    assert shipped.is_dir()
+    assert rebuild_command(shipped) == f"edgemm convert {shipped} -o avdigits_intermediate-trt --target tensorrt"
 
 
 # -- the runner without a GPU ---------------------------------------------------------------------

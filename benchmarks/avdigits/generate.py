@@ -283,7 +283,12 @@ def main(argv=None) -> int:
     if shutil.which("espeak-ng") is None:
         print("generate: espeak-ng is not installed (apt-get install espeak-ng)", file=sys.stderr)
         return 1
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        print("generate: scikit-learn is not installed (the digits come from it): pip install -e '.[convert]'",
+              file=sys.stderr)
+        return 1
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(args.seed)

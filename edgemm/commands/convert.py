@@ -39,7 +39,8 @@ DATA_FORMAT = """\
      s001.wav make one sample, turned into tensors by the bundle's own preprocessing; WAVs at another
      sample rate are resampled. Optional labels.csv with a header name,label (or name,label:<output>,...);
      values are class indices, class names or numbers.
-  Files are read one at a time: memory stays bounded however large the folder is.
+  Files are read one at a time: memory stays bounded however large the folder is. One .npz file may be
+  given instead of a folder.
 """
 
 
@@ -50,11 +51,11 @@ def add_arguments(p) -> None:
     p.add_argument("--precision", metavar="P",
                    help="fp32, fp16 or int8 (default: fp32; fp16 with --target tensorrt, as trtexec --fp16; int8 "
                         "for TensorRT runs the layers it does not cover in fp16)")
-    p.add_argument("--calib", metavar="DIR", help="calibration data folder (needed for int8)")
+    p.add_argument("--calib", metavar="DIR", help="calibration data folder or one .npz file (needed for int8)")
     p.add_argument("--calib-limit", type=int, default=512, metavar="N",
                    help="use at most N calibration samples (default 512)")
     p.add_argument("--calib-method", default="minmax", metavar="M", help="minmax (default), entropy or percentile")
-    p.add_argument("--eval", metavar="DIR", help="labelled evaluation folder: accuracy before/after, the guard's metric")
+    p.add_argument("--eval", metavar="DIR", help="labelled evaluation folder (or one .npz file): accuracy before/after, the guard's metric")
     p.add_argument("--eval-limit", type=int, metavar="N", help="evaluate at most N samples")
     p.add_argument("--max-drop", type=float, metavar="POINTS",
                    help="accuracy budget in points: keep the most harmful layers in float until within it")
@@ -106,7 +107,12 @@ def run(args) -> int:
 
 
 def summary(report: dict, out) -> str:
+    from edgemm.converters.convert import CALIBRATION_ACCURACY_NOTE
+
     conv = report.get("conversion", {})
+    # Without --eval the figures are measured on the calibration data: said where they are printed.
+    on_calib = " - on the calibration data (no --eval: optimistic)" if report.get("note") == \
+        CALIBRATION_ACCURACY_NOTE else ""
     lines = [f"{report.get('title', 'converted')} -> {out}"]
     for g, v in report.get("latency_ms_p50", {}).items():
         sp = v.get("speedup")
@@ -125,13 +131,13 @@ def summary(report: dict, out) -> str:
         drop = prim.get("drop_points")
         lines.append(f"  {prim['output']} {prim['metric']}: {100 * prim['original']:.2f} % -> "
                      f"{100 * prim['converted']:.2f} % (drop {drop:.2f} points) on {report.get('samples')} samples"
-                     if prim.get("converted") is not None and drop is not None else
-                     f"  {prim['output']} {prim['metric']}: {prim['original']}")
+                     f"{on_calib}" if prim.get("converted") is not None and drop is not None else
+                     f"  {prim['output']} {prim['metric']}: {prim['original']}{on_calib}")
     close = report.get("closeness") or {}
     for name, c in list(close.items())[:4]:
         if isinstance(c, dict) and c.get("cosine") is not None:
             agree = f", top-1 agreement {100 * c['top1_agreement']:.2f} %" if "top1_agreement" in c else ""
-            lines.append(f"  closeness {name}: cosine {c['cosine']:.5f}, max abs {c['max_abs']:.4g}{agree}")
+            lines.append(f"  closeness {name}: cosine {c['cosine']:.5f}, max abs {c['max_abs']:.4g}{agree}{on_calib}")
     g = conv.get("accuracy_guard")
     if g and "layers_kept_float" in g:
         kept = {k: v for k, v in g["layers_kept_float"].items() if v}

@@ -31,6 +31,7 @@ from edgemm.commands.run import build, stream
 from edgemm.errors import EdgemmError
 from edgemm.reference import model_path
 from edgemm.runners import BACKEND_HELP
+from edgemm.sink_base import Sink
 
 # --help imports every command: modules that load onnx, onnxruntime or cv2 (the reference clip, bundles, the
 # converters), or matplotlib, are imported inside functions.
@@ -123,8 +124,8 @@ def _convert(model: Path, precision: str, out: Path, threads, backend: str = "on
     return dest, precision
 
 
-class _Collector:
-    """A pipeline sink (the edgemm.sinks.Sink protocol) that keeps every result, prints some as they come
+class _Collector(Sink):
+    """A pipeline sink that keeps every result, prints some as they come
     and closes each command with its decision."""
 
     name = "demo"
@@ -140,15 +141,9 @@ class _Collector:
         self._seg_rows: list[dict] = []
 
     # Sink protocol -----------------------------------------------------------------------------------
-    def open(self, context=None):
-        pass
-
     def event(self, event):
         rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "t"))
         print(f"  EVENT {event['event']} {rest}", flush=True)
-
-    def summary(self, summary):
-        pass
 
     def close(self):
         self._close_segment()
@@ -437,7 +432,7 @@ def run(args) -> int:
     ref_source = pipeline.sources.get("video") or pipeline.sources.get("audio")
     collector = _Collector(clip, args.every, lambda: getattr(ref_source, "start_time", None),
                            primary=pipeline.decisions.primary)
-    pipeline.sinks.insert(0, collector)
+    pipeline.add_sink(collector, first=True)
     summary = stream(pipeline)
     rows = collector.rows
 

@@ -28,7 +28,7 @@ from edgemm.shapes import SHAPE_HELP, shape_overrides
 
 def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL", help="bundle folder or .onnx file")
-    p.add_argument("--data", required=True, metavar="DIR", help="evaluation folder (.npz with labels, or media + labels.csv)")
+    p.add_argument("--data", required=True, metavar="DIR", help="evaluation folder (.npz with labels, or media + labels.csv) or one .npz file")
     p.add_argument("--against", metavar="ORIGINAL", help="also run this (original) model and compare: drop and closeness")
     p.add_argument("--backend", default="onnxruntime", metavar="B", help=BACKEND_HELP)
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: the backend's own)")

@@ -26,7 +26,8 @@ WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 GENDERS = ["female", "male"]
 
 # The model inputs. Every reference bundle uses these names and this preprocessing.
-VIDEO_PRE = VideoPreprocess(size=(32, 32), color="gray", scale=1.0 / 255.0, mean=(0.45,), std=(0.25,))
+VIDEO_PRE = VideoPreprocess(size=(32, 32), color="gray", scale=1.0 / 255.0, mean=(0.45,), std=(0.25,),
+                            resize="stretch")
 # Log-mel over the last second of audio; mean/std standardise the log energies seen in training
 # (measured on the training split of the generated set, seed 0: -4.61 and 3.96).
 AUDIO_PRE = AudioPreprocess(sample_rate=SAMPLE_RATE, window_s=1.0, feature="logmel", n_fft=400, hop_length=160,

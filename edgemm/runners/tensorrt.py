@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 from pathlib import Path
 from typing import Mapping
@@ -60,10 +61,17 @@ def version_tuple(version: str | None) -> tuple[int, ...]:
 
 
 def rebuild_command(source: str | Path | None) -> str:
-    """The command that builds a fresh engine for this device from the bundle's ONNX graphs."""
+    """The command that builds a fresh engine for this device from the bundle's ONNX graphs.
+
+    The new bundle goes next to the source, unless that is inside the installed edgemm package (the
+    reference models) or a folder the user cannot write: then into the current folder."""
     src = Path(source) if source else Path("MODEL.edgemm")
     stem, suffix = (src.stem, src.suffix) if src.suffix in (".edgemm", ".onnx") else (src.name, "")
-    out = src.with_name(f"{stem}-trt{'.edgemm' if suffix else ''}")
+    name = f"{stem}-trt{'.edgemm' if suffix else ''}"
+    package = Path(__file__).resolve().parents[1]
+    folder = src.resolve().parent
+    theirs = package in folder.parents or folder == package or (folder.is_dir() and not os.access(folder, os.W_OK))
+    out = Path(name) if theirs else src.with_name(name)
     return f"edgemm convert {shlex.quote(str(src))} -o {shlex.quote(str(out))} --target tensorrt"
 
 
