@@ -33,19 +33,20 @@ import onnxruntime
 from edgemm import __version__
 from edgemm.bench import machine
 from edgemm.bundle import MANIFEST_NAME, Bundle, atomic_output_dir, file_sha256, load_bundle
-from edgemm.converters import fp16, guard, int8, openvino, prune, qdq
+from edgemm.converters import fp16, guard, int8, openvino, opsets, prune, qdq
 from edgemm.converters.calibration import GraphFeeds, graph_order
 from edgemm.converters.data import DataFolder, decision_graph
 from edgemm.converters.detection_nms import append_efficient_nms, detection_output
 from edgemm.converters.graphs import copy_model, name_nodes, save_model
 from edgemm.converters.tensorrt import BuilderUnavailable, EngineOptions, asymmetric_qdq, build_engines, \
-    check_build_options, check_shapes, for_fp16, parse_shape_spec
+    check_build_options, check_shapes, for_fp16
 from edgemm.converters.timing import time_models
 from edgemm.converters.validate import compare_bundles, size_section, write_report
 from edgemm.errors import EdgemmError
 from edgemm.feeds import onnx_input_metadata, synthesize
 from edgemm.outputs import write_atomic, write_json
 from edgemm.runners.openvino import OpenVINORunner
+from edgemm.shapes import parse_shape_spec, shape_overrides
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +188,7 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
     if opts.target == "tensorrt":
         check_build_options(_engine_options(opts))
     if opts.shapes:
-        names = [parse_shape_spec(spec)[0] for spec in opts.shapes]  # the format, now
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise EdgemmError(f"Shape: {twice[0]} | Given more than once; expected one --shape per input.")
+        shape_overrides(opts.shapes)  # the format, and one --shape per input, now
     if opts.precision == "int8":
         int8.check_onnxruntime()  # before minutes of calibration, not after
     if resolve_precision(opts) == "fp16" or (opts.precision == "int8" and opts.target == "tensorrt"):
@@ -330,7 +328,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
     started = time.monotonic()
     precision_defaulted = opts.precision is None
     opts = dataclasses.replace(opts, precision=resolve_precision(opts))
-    bundle = load_bundle(model)
+    bundle = load_bundle(model, shapes=shape_overrides(opts.shapes))
     if opts.target == "tensorrt":
         check_tensorrt_ready(bundle, out)
     _check_against_model(bundle, opts)
@@ -501,8 +499,13 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
     on_openvino = opts.target == "openvino"
     fixed = int8.target_flavour(opts.target) or opts.flavour or (None if on_openvino else int8.env_flavour())
     flavours, info = {}, {}
-    prepared = {}
+    prepared, per_channel, opset_notes = {}, {}, {}
     for g in graphs:
+        ready = opsets.ready_for_qdq(models[g])
+        models[g], per_channel[g] = ready.model, ready.per_channel
+        if ready.note:
+            opset_notes[g] = ready.note
+            _say(f"INT8: graph {g}: {ready.note}", opts)
         _say(f"INT8: graph {g}: preparing (shape inference, BatchNorm folding)", opts)
         prepared[g] = int8.prepare(models[g], work)
     symmetric = fixed == "trt"
@@ -517,13 +520,16 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
     quantized = dict(models)
     for g in graphs:
         gi: dict[str, Any] = {"calibration": {"method": opts.calib_method, "samples": calibs[g].samples,
-                                              "samples_per_chunk": calibs[g].chunk, "symmetric_ranges": symmetric}}
+                                              "samples_per_chunk": calibs[g].chunk, "symmetric_ranges": symmetric},
+                              "per_channel": per_channel[g]}
+        if g in opset_notes:
+            gi["opset"] = opset_notes[g]
         if fixed:
             flavours[g] = fixed
             if on_openvino:
                 quantized[g] = openvino.quantize(fixed, prepared[g], calibs[g], sample_feeds[g], workdir=work)
             else:
-                quantized[g] = int8.quantize(prepared[g], calibs[g], fixed, workdir=work)
+                quantized[g] = int8.quantize(prepared[g], calibs[g], fixed, per_channel=per_channel[g], workdir=work)
             why = {"trt": "target tensorrt: symmetric S8S8, zero point 0, TensorRT placement"}.get(
                 fixed, "forced (--flavour or EDGEMM_INT8_FLAVOUR)")
             settings = openvino.describe(fixed) if on_openvino else int8.flavour_spec(fixed).describe()
@@ -536,7 +542,7 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
                                         duration_s=FLAVOUR_TIMING_S, workdir=work)
             else:
                 choice = int8.choose_flavour(prepared[g], models[g], calibs[g], sample_feeds[g], opts.threads,
-                                             duration_s=FLAVOUR_TIMING_S)
+                                             duration_s=FLAVOUR_TIMING_S, per_channel=per_channel[g])
             best = choice["candidates"][choice["flavour"]]
             others = ", ".join(f"{k} {v['speedup_vs_fp32']:.2f}x" for k, v in choice["candidates"].items())
             gi["flavour"] = {"fp32_p50_ms": choice["fp32_p50_ms"], "candidates": choice["candidates"],
@@ -563,7 +569,8 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
             return floats[g]
         if on_openvino:
             return openvino.quantize(flavours[g], prepared[g], calibs[g], sample_feeds[g], exclude, workdir=work)
-        return int8.quantize(prepared[g], calibs[g], flavours[g], exclude, workdir=work)
+        return int8.quantize(prepared[g], calibs[g], flavours[g], exclude, per_channel=per_channel[g],
+                             workdir=work)
 
     groups = {g: [] if g in floats else int8.quantized_groups(prepared[g], quantized[g]) for g in graphs}
     first_feeds = {g: sample_feeds[g][:1] for g in graphs}

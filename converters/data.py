@@ -56,7 +56,7 @@ def sensor_inputs(bundle: Bundle) -> dict[str, InputSpec]:
     """Input name -> spec for every input fed from data (everything but embeddings/presence/state)."""
     out: dict[str, InputSpec] = {}
     for _, spec in bundle.manifest.all_inputs():
-        if spec.modality in ("video", "audio", "other"):
+        if spec.modality in ("video", "audio", "other") and spec.value is None:  # constants are not data
             out.setdefault(spec.name, spec)
     return out
 

@@ -135,6 +135,12 @@ def risky_nodes(model, stats: dict[str, TensorRange]) -> list[dict]:
     return list(kept.values())
 
 
+# onnxconverter_common converts inside If/Loop/Scan bodies but not the values the bodies take from the outer
+# graph, so ONNX Runtime rejects the result (an If branch typed float16 against a float32 output): such
+# control flow stays FP32, with everything it reads and returns.
+SUBGRAPH_OPS = ["If", "Loop", "Scan"]
+
+
 def require_converter():
     """onnxconverter_common's float16 module, or one EdgemmError naming the extra to install."""
     return import_optional("onnxconverter_common.float16", FP16_EXTRA)
@@ -150,7 +156,7 @@ def to_fp16(model, block_nodes: list[str]):
             warnings.simplefilter("ignore", UserWarning)
             out = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX,
                                                    min_positive_val=FP16_TINY, node_block_list=block_nodes,
-                                                   op_block_list=float16.DEFAULT_OP_BLOCK_LIST)
+                                                   op_block_list=float16.DEFAULT_OP_BLOCK_LIST + SUBGRAPH_OPS)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions on unsupported graphs
         raise EdgemmError(f"FP16 conversion | onnxconverter_common failed: {first_line(exc)}") from exc
     _fix_cast_targets(out)

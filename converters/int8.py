@@ -404,14 +404,15 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def choose_flavour(prepared, float_model, calibration: Calibration, feeds: list[dict], threads: int | None = None,
-                   candidates: Iterable[str] = ORT_CANDIDATES, duration_s: float = 2.0) -> dict:
+                   candidates: Iterable[str] = ORT_CANDIDATES, duration_s: float = 2.0,
+                   per_channel: bool = True) -> dict:
     """Quantize in each candidate flavour, check closeness to FP32 on a few feeds, time them interleaved
     with FP32 on this CPU, and pick the fastest that is as close as the best candidate.
 
     One runner per model serves both the closeness check and the timing (sessions are built once).
     Returns {"flavour", "models": {name: ModelProto}, "candidates": {name: {...}}, "fp32_p50_ms"}.
     """
-    models = {c: quantize(prepared, calibration, c) for c in candidates}
+    models = {c: quantize(prepared, calibration, c, per_channel=per_channel) for c in candidates}
     runners = {label: OnnxRuntimeRunner(m.SerializeToString(), "cpu", threads, name=label)
                for label, m in {"fp32": float_model, **models}.items()}
     chosen, info, fp32 = pick_fastest(runners, feeds, {c: flavour_spec(c).describe() for c in models}, threads,

@@ -245,8 +245,10 @@ def weight_importance(cg: ChannelGraph, group: Group, arrays, p: int) -> np.ndar
     return score
 
 
-def activation_importance(cg: ChannelGraph, groups: list[Group], arrays, feeds, threads) -> dict[int, np.ndarray]:
-    """Per group: sum over its consumer layers of E[x_c^2] * ||W_next[:, c]||^2, each consumer normalised."""
+def activation_importance(cg: ChannelGraph, groups: list[Group], arrays, feeds, threads) -> dict[int, np.ndarray | str]:
+    """Per group: sum over its consumer layers of E[x_c^2] * ||W_next[:, c]||^2, each consumer normalised.
+    A group whose consumer reads another number of channels than the traced tensor holds (a reshape the
+    channel trace did not see through) gets the reason it cannot be followed instead of a score."""
     tensors = sorted({t for g in groups for _, t in g.consumers})
     sums: dict[str, np.ndarray] = {}
     count: dict[str, int] = {}
@@ -266,6 +268,10 @@ def activation_importance(cg: ChannelGraph, groups: list[Group], arrays, feeds, 
             node = cg.graph.node[node_idx]
             energy = sums[t] / max(count[t], 1)
             col = (_in_channel_cols(node, arrays).astype(np.float64) ** 2).sum(axis=1)
+            if energy.shape != col.shape:
+                out[g.root] = (f"{node.name or node.op_type} reads {col.size} channels where {t} holds "
+                               f"{energy.size}: not followed")
+                break
             contrib = energy * col
             offset = 0
             part = np.zeros(g.size)
@@ -275,7 +281,8 @@ def activation_importance(cg: ChannelGraph, groups: list[Group], arrays, feeds, 
                     part += contrib[offset:offset + width].reshape(seg.size, seg.repeat).sum(axis=1)
                 offset += width
             score += part / (part.mean() or 1.0)
-        out[g.root] = np.sqrt(score)
+        else:
+            out[g.root] = np.sqrt(score)
     return out
 
 
@@ -573,6 +580,9 @@ def prune_channels(model, ratio: float, feeds: list, importance: str = "l1", rec
         scores = {g.root: weight_importance(cg, g, arrays, 1 if importance == "l1" else 2) for g in candidates}
     keep: dict[int, np.ndarray] = {}
     for g in candidates:
+        if isinstance(scores[g.root], str):
+            skipped.append(_group_record(cg, g, reason=scores[g.root]))
+            continue
         n = _n_keep(g.size, ratio, round_to)
         if n >= g.size:
             skipped.append(_group_record(cg, g, reason=f"{ratio:g} of {g.size} channels rounds to none"))

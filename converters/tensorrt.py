@@ -14,7 +14,7 @@ pruned); it returns engine bytes and the info to record in the manifest, and wri
 build_engines(bundle, options=None, graphs=None, models=None) -> dict[str, EngineBuild]
     bundle   edgemm.bundle.Bundle, or anything load_bundle accepts (bundle folder, manifest.json, plain .onnx)
     options  EngineOptions: max_batch / opt_batch for a dynamic batch axis, shapes (per-input min/opt/max
-             overrides, see parse_shape_spec for the CLI form "name:1x3x224x224,1x3x224x224,4x3x224x224"),
+             overrides, see edgemm.shapes.parse_shape_spec for the CLI form "name:1x3x224x224,1x3x224x224,4x3x224x224"),
              workspace_mb, timing_cache (path, None: default per-user cache, False: none), sparse (None: auto
              from provenance or 2:4 weights), builder_optimization_level, dla_core (DLA with GPU fallback,
              each fallen-back layer listed in the engine info), verbose
@@ -52,10 +52,10 @@ from edgemm.errors import EdgemmError
 from edgemm.outputs import write_atomic
 from edgemm.runners import cuda
 from edgemm.runners.tensorrt import make_logger, rebuild_command
+from edgemm.shapes import Shape, check_profile
 
 log = logging.getLogger(__name__)
 
-Shape = tuple[int, ...]
 
 
 @dataclass
@@ -86,33 +86,6 @@ class EngineBuild:
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_shape_spec(text: str) -> tuple[str, tuple[Shape, Shape, Shape]]:
-    """'video:1x3x224x224,2x3x224x224,4x3x224x224' -> ('video', (min, opt, max)); one shape means fixed."""
-    name, sep, shapes = text.rpartition(":")
-    if not sep or not name or not shapes:
-        raise EdgemmError(f"Shape: {text} | Expected NAME:MIN,OPT,MAX with shapes like 1x3x224x224 "
-                          "(or NAME:SHAPE for a fixed shape).")
-    try:
-        dims = [tuple(int(d) for d in part.lower().split("x")) for part in shapes.split(",")]
-    except ValueError:
-        raise EdgemmError(f"Shape: {text} | Expected shapes of positive ints joined by 'x', e.g. 1x3x224x224.") from None
-    if len(dims) == 1:
-        dims = dims * 3
-    if len(dims) != 3:
-        raise EdgemmError(f"Shape: {text} | Expected one shape or three (MIN,OPT,MAX); got {len(dims)}.")
-    _check_profile(name, tuple(dims))
-    return name, (dims[0], dims[1], dims[2])
-
-
-def _check_profile(name: str, prof: tuple[Shape, Shape, Shape], rank: int | None = None) -> None:
-    lo, opt, hi = prof
-    if len({len(lo), len(opt), len(hi)}) != 1 or (rank is not None and len(lo) != rank):
-        raise EdgemmError(f"Shape: {name} | min/opt/max have ranks {len(lo)}/{len(opt)}/{len(hi)}"
-                          + (f"; the input has rank {rank}." if rank is not None else "; expected equal ranks."))
-    if any(d < 1 for d in lo + opt + hi) or not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
-        raise EdgemmError(f"Shape: {name} | Expected positive dims with min <= opt <= max; got {lo}, {opt}, {hi}.")
-
-
 def profile_shapes(inputs: list[tuple[str, Shape]], graph: GraphSpec | None, options: EngineOptions) -> dict[str, tuple[Shape, Shape, Shape]]:
     """min/opt/max for every input with a dynamic axis (-1), from the manifest, the batch options and overrides."""
     if options.max_batch < 1 or not 1 <= options.opt_batch <= options.max_batch:
@@ -127,7 +100,7 @@ def profile_shapes(inputs: list[tuple[str, Shape]], graph: GraphSpec | None, opt
         shape = tuple(int(d) for d in shape)
         if name in options.shapes:
             prof = tuple(tuple(int(d) for d in s) for s in options.shapes[name])
-            _check_profile(name, prof, rank=len(shape))
+            check_profile(name, prof, rank=len(shape))
             for axis, d in enumerate(shape):
                 if d >= 0 and any(s[axis] != d for s in prof):
                     raise EdgemmError(f"Shape: {name} | Axis {axis} is fixed at {d} in the graph; the profile gives "

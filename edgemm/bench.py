@@ -20,7 +20,7 @@ import onnxruntime
 from edgemm.errors import EdgemmError, number_problem
 from edgemm.lazy import import_pyplot
 from edgemm.outputs import save_figure
-from edgemm.feeds import feed_batch
+from edgemm.feeds import feed_batch, refused_feed
 from edgemm.runners.base import BaseRunner, check_feed
 
 PERCENTILES = (50, 90, 95, 99)
@@ -121,6 +121,7 @@ class Target:
     feed: Mapping[str, np.ndarray] | None = None  # None: synthesised once the runner is active
     make_feed: Callable[[BaseRunner], Mapping[str, np.ndarray]] | None = None
     batch: int = 1
+    synthesised: bool = True  # the feed is made up (a refusal then suggests --shape), not the user's
     samples: list[float] = field(default_factory=list)
     breakdowns: list[dict[str, float]] = field(default_factory=list)
     memory: dict[str, float] = field(default_factory=dict)
@@ -162,6 +163,10 @@ def run(targets: list[Target], iterations: int | None = None, duration_s: float 
                 t.feed = t.make_feed(t.runner)
             check_feed(t.feed, t.runner.input_metadata())  # once, outside the timed loop
             t.batch = feed_batch(t.feed, t.runner.input_metadata(), t.batch)
+            try:
+                t.runner.infer(t.feed, check_inputs=False)
+            except Exception as exc:  # the model itself refuses these inputs: say which, in one line
+                raise refused_feed(t.label, t.feed, exc, t.synthesised) from exc
             # Warm-up: at least warmup_iterations, and at least warmup_s of wall time (trtexec: 200 ms).
             end = time.perf_counter() + warmup_s
             n = 0

@@ -104,10 +104,14 @@ class AudioPreprocess:
     log_offset: float = 1e-6
     mean: float = 0.0  # feature normalisation after the log
     std: float = 1.0
+    # Streaming models that take a fixed number of samples per call (e.g. a VAD: 512 at 16 kHz) ask for
+    # their window, and the step between calls, in samples: window overrides window_s; hop sets the tick.
+    window: int | None = None
+    hop: int | None = None
 
     @property
     def window_samples(self) -> int:
-        return int(round(self.window_s * self.sample_rate))
+        return self.window if self.window else int(round(self.window_s * self.sample_rate))
 
     @property
     def n_frames(self) -> int:
@@ -125,6 +129,8 @@ class InputSpec:
     preprocess: VideoPreprocess | AudioPreprocess | None = None
     presence_of: str | None = None  # modality whose presence this input flags (modality "presence")
     source: str | None = None  # "graph.output" feeding this input (modality "embedding", fusion heads)
+    state_of: str | None = None  # modality "state": the output whose value this input gets on the next tick
+    value: Any = None  # a constant fed on every call (a number or nested list), e.g. a sample rate
 
     def axis_sizes(self) -> dict[int, tuple[int, str]]:
         """Sizes the preprocessing fixes for this input's axes, by its layout: axis -> (size, field)."""
@@ -372,7 +378,11 @@ def _read_audio_pre(r: _Reader) -> AudioPreprocess:
         n_mels=r.get("n_mels", int, default=d.n_mels), fmin=r.get("fmin", float, default=d.fmin),
         fmax=r.get("fmax", float, default=None), log_offset=r.get("log_offset", float, default=d.log_offset),
         mean=r.get("mean", float, default=d.mean), std=r.get("std", float, default=d.std),
+        window=r.get("window", int, default=None), hop=r.get("hop", int, default=None),
     )
+    for key in ("window", "hop"):
+        if getattr(p, key) is not None and getattr(p, key) <= 0:
+            r.fail(f"expected a positive number of samples, got {getattr(p, key)}", key)
     for key in ("n_fft", "hop_length", "n_mels"):
         if getattr(p, key) <= 0:
             r.fail(f"expected a positive int, got {getattr(p, key)}", key)
@@ -393,7 +403,11 @@ def _read_input(r: _Reader) -> InputSpec:
         layout=r.get("layout", str, default=None),
         presence_of=r.get("presence_of", str, default=None),
         source=r.get("source", str, default=None),
+        state_of=r.get("state_of", str, default=None),
+        value=r.get("value", (int, float, list), default=None),
     )
+    if spec.state_of is not None and modality != "state":
+        r.fail(f"is for modality \"state\" inputs; this one is {modality}", "state_of")
     pre = r.get("preprocess", dict, default=None)
     if modality == "video":
         spec.layout = spec.layout or "NCHW"
@@ -563,6 +577,11 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         _detection_defaults(g, gr)
         if g.engine is not None and not isinstance(g.engine.get("file"), str):
             gr.fail("expected an object with a \"file\" string", "engine")
+        out_names = [o.name for o in g.outputs]
+        for i, spec in enumerate(g.inputs):
+            if spec.state_of is not None and spec.state_of not in out_names:
+                gr.fail(f"{spec.state_of} is not an output of this graph ({', '.join(out_names)})",
+                        f"inputs[{i}].state_of")
         for kind, specs in (("inputs", g.inputs), ("outputs", g.outputs)):
             names = [s.name for s in specs]
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -618,7 +637,8 @@ def onnx_io(model) -> tuple[list[tuple[str, str, list]], list[tuple[str, str, li
         shape: list = []
         if tt.HasField("shape"):
             for d in tt.shape.dim:
-                shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+                # (some exporters write -1 for a dynamic dim: it is one)
+                shape.append(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or None))
         return vi.name, dtype, shape
 
     inputs = [describe(v) for v in model.graph.input if v.name not in inits]
@@ -713,25 +733,47 @@ class Bundle:
         return next(iter(self.manifest.graphs))
 
 
-def load_bundle(path: str | os.PathLike) -> Bundle:
+def load_bundle(path: str | os.PathLike, shapes: dict[str, list[int]] | None = None) -> Bundle:
     """Load a bundle folder, a manifest.json, or a plain .onnx file (manifest inferred).
 
     A .onnx with a manifest.json beside it that describes it as its one graph is that bundle's graph: the
     manifest is used (its preprocessing, labels and decisions are what the model needs). A manifest beside
-    it that does not (another graph's, several graphs', unreadable) is said in a warning, then ignored."""
+    it that does not (another graph's, several graphs', unreadable) is said in a warning, then ignored.
+    shapes (input name -> dims, from --shape) fill the inputs' dynamic dims, before inference for a plain
+    .onnx (so preprocessing sizes follow them) and over the manifest's shapes for a bundle."""
     path = Path(path)
+    manifest_path = None
     if path.is_dir() and (path / MANIFEST_NAME).exists():
-        return _load_manifest_bundle(path / MANIFEST_NAME, source=path)
-    if path.is_file() and path.suffix == ".json":
-        return _load_manifest_bundle(path, source=path)
-    if path.is_file() and (path.parent / MANIFEST_NAME).is_file():
-        if _describes_only(path.parent / MANIFEST_NAME, path):
-            return _load_manifest_bundle(path.parent / MANIFEST_NAME, source=path)
+        manifest_path = path / MANIFEST_NAME
+    elif path.is_file() and path.suffix == ".json":
+        manifest_path = path
+    elif path.is_file() and (path.parent / MANIFEST_NAME).is_file() and _describes_only(path.parent / MANIFEST_NAME, path):
+        manifest_path = path.parent / MANIFEST_NAME
+    if manifest_path is not None:
+        bundle = _load_manifest_bundle(manifest_path, source=path)
+        _apply_shapes(bundle, shapes or {})
+        return bundle
     from edgemm.manifest_inference import infer_manifest  # it imports this module's types
 
     model = load_onnx(path, load_weights=False)
-    manifest, notes = infer_manifest(model, path.name)
+    manifest, notes = infer_manifest(model, path.name, shapes=shapes)
     return Bundle(root=path.parent, manifest=manifest, notes=notes, source=path)
+
+
+def _apply_shapes(bundle: Bundle, shapes: dict[str, list[int]]) -> None:
+    from edgemm.shapes import apply_shape
+
+    known = {spec.name for _, spec in bundle.manifest.all_inputs()}
+    for name in shapes:
+        if name not in known:
+            raise EdgemmError(f"Shape: {name} | Not an input of {bundle.source}; expected one of {', '.join(sorted(known))}.")
+    for g, spec in bundle.manifest.all_inputs():
+        if spec.name in shapes:
+            spec.shape = apply_shape(spec.name, spec.shape, shapes[spec.name], g.file)
+            for axis, (size, field_name) in spec.axis_sizes().items():
+                if spec.shape[axis] != size:
+                    raise EdgemmError(f"Shape: {spec.name} | Axis {axis} is {spec.shape[axis]} but the manifest's "
+                                      f"preprocess.{field_name} gives {size}; change the manifest or the shape.")
 
 
 def _describes_only(manifest_path: Path, model: Path) -> bool:

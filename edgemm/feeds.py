@@ -18,12 +18,16 @@ from edgemm.runners.base import TensorMeta, check_feed
 
 
 def concrete_shape(meta: TensorMeta, spec: InputSpec | None, batch: int) -> tuple[int, ...]:
-    """Fill dynamic dims: the first is the batch; the rest come from the manifest's preprocessing."""
+    """Fill dynamic dims: the manifest's shape (or --shape) where it fixes them, else the first is the batch and
+    the rest come from the manifest's preprocessing."""
     sizes = spec.axis_sizes() if spec is not None and len(spec.layout or "") == len(meta.shape) else {}
+    declared = spec.shape if spec is not None and len(spec.shape) == len(meta.shape) else [None] * len(meta.shape)
     shape = []
-    for axis, d in enumerate(meta.shape):
+    for axis, (d, given) in enumerate(zip(meta.shape, declared)):
         if isinstance(d, int) and d > 0:
             shape.append(d)
+        elif isinstance(given, int) and given > 0 and (axis > 0 or batch == 1):
+            shape.append(given)
         elif axis == 0:
             shape.append(batch)
         else:
@@ -53,7 +57,9 @@ def synthesize(metadata: Mapping[str, TensorMeta], graph: GraphSpec | None = Non
         shape = concrete_shape(meta, spec, batch)
         modality = spec.modality if spec else "other"
         dt = meta.dtype
-        if modality == "presence":
+        if spec is not None and spec.value is not None:
+            x = constant_value(spec, shape)
+        elif modality == "presence":
             x = np.ones(shape)
         elif modality == "state":
             x = np.zeros(shape)
@@ -77,6 +83,28 @@ def synthesize(metadata: Mapping[str, TensorMeta], graph: GraphSpec | None = Non
             x = rng.standard_normal(shape)
         feed[name] = np.array(x, dtype=dt, order="C")  # (not ascontiguousarray: it turns scalars into 1-d)
     return feed
+
+
+def constant_value(spec: InputSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """A manifest input's constant "value" (a sample rate, a threshold), broadcast to its shape."""
+    return np.array(np.broadcast_to(np.asarray(spec.value), shape), dtype=spec.dtype)
+
+
+def describe_feed(feed: Mapping[str, np.ndarray]) -> str:
+    """'input:1x16000, state:2x1x128, sr:scalar': the shapes a model was given, as --shape writes them."""
+    return ", ".join(f"{k}:{'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feed.items())
+
+
+def refused_feed(model: str, feed: Mapping[str, np.ndarray], exc: Exception, synthesised: bool) -> EdgemmError:
+    """One line for a model that fails on the inputs it was given: the shapes tried and what to set."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = reason.split("Status Message: ")[-1][:300]
+    hint = ("; set the input shapes with --shape NAME:DIMS (e.g. --shape " + next(iter(feed), "x") + ":1x...)"
+            " or give real inputs with --inputs F.npz" if synthesised else
+            "; expected what the manifest says it takes: set the shapes (--shape, or the manifest's shape and "
+            "preprocess window/size)")
+    return EdgemmError(f"Model: {model} | Fails on {'synthesised ' if synthesised else ''}inputs "
+                       f"{describe_feed(feed)} ({reason}){hint}.")
 
 
 def load_npz(path: str | Path, metadata: Mapping[str, TensorMeta]) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgemm.bundle import Bundle, GraphSpec, OutputSpec
 from edgemm.errors import EdgemmError
-from edgemm.feeds import concrete_shape
+from edgemm.feeds import concrete_shape, constant_value, refused_feed
 from edgemm.runners import make_runner
 from edgemm.runners.base import BaseRunner, TensorMeta
 
@@ -37,10 +37,11 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def graph_feed(spec: GraphSpec, meta: Mapping[str, TensorMeta], tensors: Mapping[str, np.ndarray],
                present: Mapping[str, bool] | None = None, encoder_modality: Mapping[str, str] | None = None,
-               where: str = "Feed") -> dict[str, np.ndarray]:
+               where: str = "Feed", states: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The feed of one graph from a sample's tensors, keyed by input name or "graph.output" (embeddings).
 
-    Presence inputs get 1 or 0 from ``present`` (default: every modality present) and recurrent states
+    Presence inputs get 1 or 0 from ``present`` (default: every modality present), constant inputs their
+    manifest ``value``, and recurrent states the value carried in ``states`` (input name -> array), else
     zeros, as at start-up. An input of a missing modality, a sensor input or the embedding of that
     modality's encoder (``encoder_modality``: encoder graph -> modality), is zeros.
     """
@@ -50,11 +51,14 @@ def graph_feed(spec: GraphSpec, meta: Mapping[str, TensorMeta], tensors: Mapping
     feed = {}
     for s in spec.inputs:
         m = meta[s.name]
-        if s.modality == "presence":
+        if s.value is not None:
+            feed[s.name] = constant_value(s, concrete_shape(m, s, batch))
+        elif s.modality == "presence":
             feed[s.name] = np.full(concrete_shape(m, s, batch), 1.0 if present.get(s.presence_of, True) else 0.0,
                                    dtype=m.dtype)
         elif s.modality == "state":
-            feed[s.name] = np.zeros(concrete_shape(m, s, batch), dtype=m.dtype)
+            carried = (states or {}).get(s.name)
+            feed[s.name] = carried if carried is not None else np.zeros(concrete_shape(m, s, batch), dtype=m.dtype)
         else:
             key = s.source if s.modality == "embedding" and s.source else s.name
             modality = s.modality if s.modality in SENSORS else encoder_modality.get(key.split(".", 1)[0])
@@ -95,6 +99,17 @@ class FusionModel:
             self.decision_graph = next(iter(m.fusion.members.values()))
             self._check_members()
         self.output_specs = self._output_specs()
+        # Recurrent state carried from call to call (graph -> state input -> value), only while streaming:
+        # offline evaluation and calibration run unrelated samples, which start from zeros.
+        self.streaming = False
+        self._states: dict[str, dict[str, np.ndarray]] = {g: {} for g in m.graphs}
+        self._before: dict[str, dict[str, np.ndarray]] = {g: {} for g in m.graphs}  # states of the last call
+
+    def reset_state(self, modality: str | None = None) -> None:
+        """Forget carried state (of the graphs that take this modality, or of all): a stream restarts."""
+        for g in self._states:
+            if modality is None or any(s.modality == modality for s in self.manifest.graphs[g].inputs):
+                self._states[g], self._before[g] = {}, {}
 
     def _check_members(self) -> None:
         outs = {mod: [o.name for o in self.manifest.graphs[g].outputs] for mod, g in self.manifest.fusion.members.items()}
@@ -136,12 +151,30 @@ class FusionModel:
 
     # -- one graph ------------------------------------------------------------------------------------
     def run_graph(self, graph: str, tensors: Mapping[str, np.ndarray],
-                  present: Mapping[str, bool] | None = None) -> dict[str, np.ndarray]:
-        """Build the graph's feed from tensors (input name or "graph.output" for embeddings) and run it."""
+                  present: Mapping[str, bool] | None = None, advance: bool = True) -> dict[str, np.ndarray]:
+        """Build the graph's feed from tensors (input name or "graph.output" for embeddings) and run it.
+
+        While streaming, state inputs get what their ``state_of`` outputs gave on the previous call; a rerun
+        of the same tick (``advance=False``, attribution) starts from the same state and carries nothing on."""
         runner = self.runners[graph]
-        feed = graph_feed(self.manifest.graphs[graph], runner.input_metadata(), tensors, present,
-                          self._encoder_modality, where=f"Graph: {graph}")
-        return runner.infer(feed)
+        spec = self.manifest.graphs[graph]
+        states = None
+        if self.streaming:
+            states = self._states[graph] if advance else self._before[graph]
+        feed = graph_feed(spec, runner.input_metadata(), tensors, present, self._encoder_modality,
+                          where=f"Graph: {graph}", states=states)
+        try:
+            outputs = runner.infer(feed)
+        except EdgemmError:
+            raise
+        except Exception as exc:  # the model rejects what its manifest says it takes: one line, not a traceback
+            raise refused_feed(f"{self.bundle.source or self.bundle.root} (graph {graph})", feed, exc,
+                               synthesised=False) from exc
+        if self.streaming and advance:
+            self._before[graph] = self._states[graph]
+            self._states[graph] = {s.name: outputs[s.state_of] for s in spec.inputs
+                                   if s.state_of and s.state_of in outputs}
+        return outputs
 
     # -- intermediate -----------------------------------------------------------------------------------
     def encoder_graph(self, modality: str) -> str:

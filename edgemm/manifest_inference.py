@@ -16,6 +16,10 @@ _AUDIO_NAME = re.compile(r"audio|mel|spec|fbank|wave|wav|sound|mic|speech", re.I
 _WAVE_NAME = re.compile(r"wave|wav|samples|pcm|raw", re.I)
 _PRESENCE_NAME = re.compile(r"(video|audio).*(present|mask|available|valid)|(present|mask|available|valid).*(video|audio)", re.I)
 _STATE_NAME = re.compile(r"state|hidden|^h0$|^c0$|cache|past", re.I)
+_RATE_NAME = re.compile(r"^(sr|sample_?rate|sampling_?rate|fs)$", re.I)
+# State output names for a state input X, in the order tried: stateN, hn (for h / h0), X_out, next_X, ...
+_STATE_OUTPUTS = ("{x}N", "{x}n", "{stem}n", "{x}_out", "{x}_new", "next_{x}", "new_{x}", "out_{x}", "{x}_next",
+                  "{stem}_out", "present{rest}")
 
 INFERENCE_DEFAULTS = """\
 Defaults used when a plain .onnx has no manifest:
@@ -24,7 +28,10 @@ Defaults used when a plain .onnx has no manifest:
   audio  inputs named like audio/mel/spectrogram/fbank, or shaped [N,1,mels,frames]: log-mel at 16 kHz,
          n_fft 400, hop 160, mels and window from the shape (64 mels, 1 s when dynamic);
          named like waveform/wav/samples, or shaped [N,samples]: a 16 kHz waveform of that many samples
-  presence / state  inputs named like video_present / hidden_state: modality flags / recurrent state (zeros)
+  presence / state  inputs named like video_present / hidden_state: modality flags / recurrent state
+         (zeros at start; carried from its output while streaming: state -> stateN, h/h0 -> hn, X -> X_out)
+  rate   an integer scalar named sr / sample_rate: the constant 16000
+  shapes dynamic dims come from --shape NAME:DIMS, else the model's metadata (Ultralytics imgsz)
   outputs [N,C]: classification with labels class_0..class_{C-1} (scores read as logits);
           named like embedding/features: embedding; named like boxes/detections: detection; else regression
   detectors  Ultralytics metadata (task detect, imgsz, names) or output shapes matching a format
@@ -51,11 +58,7 @@ def _infer_input(name: str, dtype: str, shape: list, notes: list[str]) -> InputS
     by_name_audio = bool(_AUDIO_NAME.search(name))
     if by_name_audio or looks_mel and not by_name_video:
         if rank == 2 or rank == 3 and shape[1] == 1 or _WAVE_NAME.search(name):
-            samples = _dim(shape[-1], 16000)
-            if not isinstance(shape[-1], int) or shape[-1] <= 0:
-                notes.append(f"input {name}: waveform length is dynamic; assumed 16000 samples (1 s at 16 kHz)")
-            pre = AudioPreprocess(feature="waveform", window_s=samples / 16000)
-            return InputSpec(name, "audio", dtype, shape, "NS" if rank == 2 else "NCS", pre)
+            return _waveform_input(name, dtype, shape, notes)
         if rank in (3, 4):
             mels, frames = _dim(shape[-2], 64), _dim(shape[-1], 0)
             pre = AudioPreprocess(n_mels=mels)
@@ -66,6 +69,8 @@ def _infer_input(name: str, dtype: str, shape: list, notes: list[str]) -> InputS
             notes.append(f"input {name}: audio assumed log-mel at 16 kHz, n_fft 400, hop 160 "
                          "(write a manifest if the model was trained otherwise)")
             return InputSpec(name, "audio", dtype, shape, "NCMT" if rank == 4 else "NMT", pre)
+    if _looks_waveform(name, dtype, shape) and not by_name_video:
+        return _waveform_input(name, dtype, shape, notes)
     if by_name_video or looks_video:
         if rank in (4, 5):
             ch_axis = 1 if rank == 4 else 2
@@ -89,6 +94,80 @@ def _infer_input(name: str, dtype: str, shape: list, notes: list[str]) -> InputS
     return InputSpec(name, "other", dtype, shape)
 
 
+def _looks_waveform(name: str, dtype: str, shape: list) -> bool:
+    """[N, samples] float with a long or dynamic last axis (a VAD's [?, ?], a front end's [batch, samples])."""
+    last = shape[-1] if shape else None
+    return (len(shape) == 2 and dtype.startswith("float") and not _VIDEO_NAME.search(name)
+            and (not isinstance(last, int) or last <= 0 or last >= 256))
+
+
+def _waveform_input(name: str, dtype: str, shape: list, notes: list[str]) -> InputSpec:
+    samples = _dim(shape[-1], 16000)
+    if not isinstance(shape[-1], int) or shape[-1] <= 0:
+        notes.append(f"input {name}: waveform length is dynamic; assumed 16000 samples (1 s at 16 kHz; "
+                     f"set it with --shape {name}:1x512 or a manifest preprocess.window)")
+    pre = AudioPreprocess(feature="waveform", window_s=samples / 16000)
+    if isinstance(shape[-1], int) and shape[-1] > 0:
+        pre.window = samples
+    return InputSpec(name, "audio", dtype, shape, "NS" if len(shape) == 2 else "NCS", pre)
+
+
+def _constant_input(name: str, dtype: str, shape: list, notes: list[str]) -> InputSpec | None:
+    """An integer scalar sample rate (Silero's sr) is a constant, not data."""
+    if _RATE_NAME.match(name) and dtype in ("int64", "int32") and len(shape) <= 1:
+        notes.append(f"input {name}: a sample rate; fed the constant 16000 (manifest \"value\" to change it)")
+        return InputSpec(name, "other", dtype, shape, value=16000)
+    return None
+
+
+def _pair_states(inputs: list[InputSpec], outputs: list[tuple[str, str, list]], notes: list[str]) -> None:
+    """Pair each recurrent state input with the output that carries it to the next call, by name and rank."""
+    out_rank = {n: len(s) for n, _, s in outputs}
+    for spec in inputs:
+        if spec.modality not in ("state", "other") or spec.value is not None:
+            continue
+        x = spec.name
+        stem = x[:-1] if x[-1:] == "0" else x
+        rest = x[len("past"):] if x.lower().startswith("past") else x
+        for pattern in _STATE_OUTPUTS:
+            cand = pattern.format(x=x, stem=stem, rest=rest)
+            match = next((o for o in out_rank if o.lower() == cand.lower() and o != x), None)
+            if match and (not spec.shape or out_rank[match] == len(spec.shape)):
+                spec.modality, spec.state_of = "state", match
+                notes[:] = [n for n in notes if not n.startswith(f"input {x}: could not tell")]
+                notes.append(f"input {x}: recurrent state carried from output {match} between calls while "
+                             "streaming (manifest \"state_of\" to change it)")
+                break
+
+
+def _metadata_shapes(model, inputs: list[tuple[str, str, list]], notes: list[str]) -> dict[str, list]:
+    """Dynamic image dims from the model's own metadata: Ultralytics exports record imgsz (and batch)."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "imgsz" not in meta:
+        return {}
+    try:
+        h, w = (int(v) for v in meta["imgsz"].strip("[]() ").split(","))
+    except ValueError:
+        return {}
+    out = {}
+    for name, _, shape in inputs:
+        if len(shape) == 4 and shape[1] == 3 and not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            out[name] = [shape[0], 3, h, w]
+            notes.append(f"input {name}: image size {h}x{w} from the model's metadata (imgsz)")
+    return out
+
+
+def _with_shapes(inputs: list[tuple[str, str, list]], shapes: dict[str, list[int]], where: str):
+    from edgemm.errors import EdgemmError
+    from edgemm.shapes import apply_shape
+
+    names = {n for n, _, _ in inputs}
+    for name in shapes:
+        if name not in names:
+            raise EdgemmError(f"Shape: {name} | Not an input of {where}; expected one of {', '.join(sorted(names))}.")
+    return [(n, d, apply_shape(n, s, shapes[n], where) if n in shapes else s) for n, d, s in inputs]
+
+
 def _infer_output(name: str, dtype: str, shape: list, notes: list[str]) -> OutputSpec:
     if re.search(r"emb|feat|latent|hidden", name, re.I):
         return OutputSpec(name, "embedding", dtype, shape)
@@ -103,13 +182,22 @@ def _infer_output(name: str, dtype: str, shape: list, notes: list[str]) -> Outpu
     return OutputSpec(name, "other", dtype, shape)
 
 
-def infer_manifest(model, file_name: str, name: str | None = None) -> tuple[Manifest, list[str]]:
-    """Make a manifest for a plain ONNX model. Returns it with notes on what was assumed or not inferred."""
+def infer_manifest(model, file_name: str, name: str | None = None,
+                   shapes: dict[str, list[int]] | None = None) -> tuple[Manifest, list[str]]:
+    """Make a manifest for a plain ONNX model. Returns it with notes on what was assumed or not inferred.
+    shapes (from --shape) fill dynamic input dims first; else the model's metadata may."""
     notes: list[str] = []
     inputs, outputs = onnx_io(model)
+    inputs = _with_shapes(inputs, {**_metadata_shapes(model, inputs, notes), **(shapes or {})}, file_name)
+    specs = [_constant_input(n, d, s, notes) or _infer_input(n, d, s, notes) for n, d, s in inputs]
+    _pair_states(specs, outputs, notes)
+    if any(sp.state_of for sp in specs):  # a stateful model streams its windows back to back
+        for sp in specs:
+            if sp.modality == "audio" and sp.preprocess.window and not sp.preprocess.hop:
+                sp.preprocess.hop = sp.preprocess.window
     graph = GraphSpec(
         name="model", file=file_name,
-        inputs=[_infer_input(n, d, s, notes) for n, d, s in inputs],
+        inputs=specs,
         outputs=[_infer_output(n, d, s, notes) for n, d, s in outputs],
     )
     infer_detection(model, graph, notes)

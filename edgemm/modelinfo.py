@@ -22,13 +22,29 @@ class GraphInfo:
     ops: dict[str, int]
 
 
+def all_graphs(graph):
+    """A graph and every subgraph of its If / Loop / Scan nodes, depth first."""
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            for g in ([a.g] if a.type == a.GRAPH else list(a.graphs)):
+                yield from all_graphs(g)
+
+
+def _weight_elements(tensor) -> int:
+    n = int(np.prod(tensor.dims)) if tensor.dims else 1
+    return n if n > 1 and tensor.data_type != 7 else 0  # int64 tensors are shapes/axes, not weights
+
+
 def count_parameters(model) -> int:
-    """Elements in the float/int initializers that are weights (scalars and shape tensors excluded)."""
+    """Elements of the weights: initializers and Constant nodes, in the main graph and in subgraphs
+    (scalars and int64 shape tensors excluded)."""
     total = 0
-    for init in model.graph.initializer:
-        n = int(np.prod(init.dims)) if init.dims else 1
-        if n > 1 and init.data_type != 7:  # int64 initializers are shapes/axes, not weights
-            total += n
+    for g in all_graphs(model.graph):
+        total += sum(_weight_elements(i) for i in g.initializer)
+        for node in g.node:
+            if node.op_type == "Constant":
+                total += sum(_weight_elements(a.t) for a in node.attribute if a.name == "value")
     return total
 
 
@@ -52,12 +68,19 @@ def estimate_macs(model, graph_spec=None) -> int | None:
     except Exception:  # shape inference can fail on custom ops: then we do not guess
         return None
     shapes: dict[str, list[int]] = {}
-    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in tt.shape.dim]
-    for init in m.graph.initializer:
-        shapes[init.name] = list(init.dims)
+    graphs = list(all_graphs(m.graph))
+    for g in graphs:
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            tt = vi.type.tensor_type
+            if tt.HasField("shape"):  # (unknown or symbolic dims are 0: such a layer is not counted)
+                shapes[vi.name] = [max(d.dim_value, 0) if d.HasField("dim_value") else 0 for d in tt.shape.dim]
+        for init in g.initializer:
+            shapes[init.name] = list(init.dims)
+        for node in g.node:
+            if node.op_type == "Constant":
+                for a in node.attribute:
+                    if a.name == "value":
+                        shapes[node.output[0]] = list(a.t.dims)
 
     def attr(node, name, default):
         for a in node.attribute:
@@ -66,7 +89,7 @@ def estimate_macs(model, graph_spec=None) -> int | None:
         return default
 
     total, known = 0, False
-    for node in m.graph.node:
+    for node in (n for g in graphs for n in g.node):
         op = node.op_type
         out = shapes.get(node.output[0]) if node.output else None
         if op in ("Conv", "ConvInteger", "QLinearConv"):

@@ -332,6 +332,9 @@ class Pipeline:
         vp = self.captures.get("video")
         if vp is not None and vp.period:
             return vp.period
+        hops = [s.preprocess.hop / s.preprocess.sample_rate for _, s in self.scheduler.audio_inputs if s.preprocess.hop]
+        if hops:  # a streaming audio model asks for its step in samples (a VAD: 512 at 16 kHz)
+            return min(hops)
         rates = [r for r in (self.manifest.fusion.rates_hz or {}).values()] + list(self.settings.rates_hz.values())
         return 1.0 / max(rates) if rates else 0.1
 

@@ -175,6 +175,7 @@ class LiveFusion:
 
     def __init__(self, model: FusionModel, ring: AudioRing | None, settings: LiveSettings | None = None):
         self.model = model
+        model.streaming = True  # recurrent state is carried from tick to tick (FusionModel.run_graph)
         self.manifest = m = model.manifest
         self.form = model.form
         self.ring = ring
@@ -286,6 +287,11 @@ class LiveFusion:
                 present["audio"] = False
             else:
                 tensors.update(audio)
+            if window is not None and window.missing_fraction > 0:
+                self.model.reset_state("audio")  # a gap: what the state remembers no longer leads here
+        for mod in self.modalities:
+            if not present[mod]:
+                self.model.reset_state(mod)  # lost or stale: the stream starts afresh when it is back
         if not any(present.values()) and self.form == "early":
             return None
         prep = time.perf_counter() - t0 - waited
@@ -314,7 +320,7 @@ class LiveFusion:
         if self.attribute and self.s.attribution == "ablation":
             t1 = time.perf_counter()
             alive = [m for m in self.modalities if present[m]]
-            res.without = {m: (self.model.run_graph(graph, feed, {**present, m: False})
+            res.without = {m: (self.model.run_graph(graph, feed, {**present, m: False}, advance=False)
                                if len(alive) > 1 else None) for m in alive}
             res.attribution_s = time.perf_counter() - t1
         return res
@@ -381,8 +387,10 @@ class LiveFusion:
         return res
 
     def reset_modality(self, mod: str) -> None:
-        """A source came back: its next data is due at once (not a period after its last run)."""
+        """A source came back: its next data is due at once (not a period after its last run), and recurrent
+        state starts from zeros."""
         self.gates[mod].reset()
+        self.model.reset_state(mod)
         if mod == "video":
             self._frames.clear()
             self._prepared_t = None

@@ -20,7 +20,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgemm.converters import tensorrt as trt_build
-from edgemm.converters.tensorrt import EngineOptions, parse_shape_spec, profile_shapes
+from edgemm.converters.tensorrt import EngineOptions, profile_shapes
+from edgemm.shapes import parse_shape_spec
 from edgemm.bundle import load_bundle, manifest_from_dict, write_bundle
 from edgemm.errors import EdgemmError
 from edgemm.runners import cuda, make_runner, parse_backend

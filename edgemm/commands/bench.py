@@ -19,6 +19,7 @@ from pathlib import Path
 from edgemm.errors import EdgemmError
 from edgemm.lazy import import_pyplot
 from edgemm.runners import BACKEND_HELP, make_runner, parse_backend
+from edgemm.shapes import SHAPE_HELP, shape_overrides
 
 # --help imports every command: modules that load onnx, onnxruntime or cv2, or that only run() needs
 # (outputs, power), are imported inside functions.
@@ -36,6 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--graph", metavar="NAME", help="only this graph of a multi-graph bundle (default: all)")
     p.add_argument("--inputs", metavar="F.npz", help="inputs keyed by input name instead of synthetic ones")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:DIMS", help=SHAPE_HELP)
     p.add_argument("--json", metavar="PATH", help="write results as JSON ('-': to stdout, the table to stderr)")
     p.add_argument("--plot", metavar="PNG", help="write a latency CDF plot")
     p.add_argument("--power", choices=("auto", "off", "on"), default="auto",
@@ -60,7 +62,8 @@ def run(args) -> int:
     if args.plot:
         import_pyplot()  # refused now, not after the whole measurement
     paths, names = split_names(args.models)
-    bundles = [load_bundle(m) for m in paths]
+    shapes = shape_overrides(args.shape)
+    bundles = [load_bundle(m, shapes=shapes) for m in paths]
     labels = model_labels(paths, [b.name for b in bundles], names)
 
     targets = []
@@ -88,7 +91,8 @@ def run(args) -> int:
                                           f"expected a dynamic first dim for --batch {args.batch}.")
                     return synthesize(meta, spec, batch=args.batch, seed=args.seed)
 
-                targets.append(bench.Target(label=label, runner=runner, make_feed=make_feed, batch=args.batch))
+                targets.append(bench.Target(label=label, runner=runner, make_feed=make_feed, batch=args.batch,
+                                            synthesised=not args.inputs))
 
     duration = args.duration if args.duration is not None or args.iterations is not None else 3.0
     sampler = None

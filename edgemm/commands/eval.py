@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edgemm.errors import EdgemmError
 from edgemm.runners import BACKEND_HELP, parse_backend
+from edgemm.shapes import SHAPE_HELP, shape_overrides
 
 # --help imports every command: modules that load onnx, onnxruntime or cv2, or that only run() needs
 # (outputs, power), are imported inside functions.
@@ -35,6 +36,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-ablation", action="store_true", help="skip the per-modality ablation runs")
     p.add_argument("--latency", type=float, metavar="S",
                    help="with --against: also measure both models' latency, interleaved, for S seconds")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:DIMS", help=SHAPE_HELP)
     p.add_argument("--json", metavar="PATH", help="write the full results as JSON ('-' for stdout)")
     p.add_argument("--report", metavar="DIR", help="write report.json, report.md and confusion.png into DIR")
 
@@ -87,8 +89,9 @@ def run(args) -> int:
         raise EdgemmError(f"Threads: {args.threads} | Expected a positive number of threads.")
     if args.json and args.json != "-":
         require_folder(args.json)  # fail now, not after the whole evaluation
-    model = load_bundle(args.model)
-    original = load_bundle(args.against) if args.against else None
+    shapes = shape_overrides(args.shape)
+    model = load_bundle(args.model, shapes=shapes)
+    original = load_bundle(args.against, shapes=shapes) if args.against else None
     if _is_detector(model):
         return _run_detection(args, model, original)
     if original is not None:

@@ -6,10 +6,12 @@ assumed). Example:  edgemm info model.onnx
 
 from __future__ import annotations
 
+from edgemm.shapes import SHAPE_HELP, shape_overrides
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL", help="bundle folder or .onnx file")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:DIMS", help=SHAPE_HELP)
     p.add_argument("--json", metavar="PATH", help="also write the information as JSON ('-' for stdout only)")
 
 
@@ -44,7 +46,8 @@ def run(args) -> int:
     from edgemm.bundle import load_bundle
     from edgemm.modelinfo import bundle_info
 
-    bundle = load_bundle(args.model)
+
+    bundle = load_bundle(args.model, shapes=shape_overrides(args.shape))
     info = bundle_info(bundle)
     if args.json:
         from edgemm.outputs import to_json, write_json

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edgemm.errors import EdgemmError, number_problem
 from edgemm.runners import BACKEND_HELP, parse_backend
+from edgemm.shapes import SHAPE_HELP, shape_overrides
 
 # --help imports every command: modules that load onnx, onnxruntime or cv2, or that only run() needs
 # (outputs, power), are imported inside functions.
@@ -29,7 +30,7 @@ CONFIG_KEYS = {
     "model": str, "video": str, "audio": str, "sinks": list, "duration": (int, float), "threads": int,
     "backend": str, "alerts": list, "max_in_flight": int, "max_skew_ms": (int, float), "attribution": str,
     "tick_hz": (int, float), "rates_hz": dict, "max_age_s": (int, float), "summary_json": str, "quiet": bool,
-    "conf": (int, float), "iou": (int, float), "metrics": (int, str),
+    "shape": list, "conf": (int, float), "iou": (int, float), "metrics": (int, str),
 }
 
 
@@ -57,6 +58,7 @@ def add_arguments(p) -> None:
     p.add_argument("--attribution", choices=("auto", "off", "ablation"),
                    help="per-modality attribution: auto (late/intermediate fusion), off, ablation (also early "
                         "fusion: reruns the model per modality)")
+    p.add_argument("--shape", action="append", metavar="NAME:DIMS", help=SHAPE_HELP)
     p.add_argument("--conf", type=float, metavar="P", help="detection score threshold (overrides the manifest's)")
     p.add_argument("--iou", type=float, metavar="P", help="detection NMS IoU threshold (overrides the manifest's)")
     p.add_argument("--tick-hz", type=float, metavar="HZ", help="inference rate while there is no video "
@@ -87,6 +89,9 @@ def load_config(path: str) -> dict:
         if k == "sinks" and not all(isinstance(v, str) for v in value):
             raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of sink specs "
                               "(strings such as \"jsonl:/var/log/edgemm/results.jsonl\").")
+        if k == "shape" and not all(isinstance(v, str) for v in value):
+            raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of "
+                              "\"NAME:DIMS\" strings such as \"input:1x512\".")
         if k == "alerts" and not all(isinstance(v, (str, dict)) for v in value):
             raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of "
                               "\"LABEL:ON:OFF:MIN_S\" strings or {\"label\": ..., \"on\": ...} objects.")
@@ -129,10 +134,10 @@ def _video_options(uri: str, bundle) -> dict:
 def check_inputs(bundle) -> None:
     """Every model input must be fed by a source, the pipeline or another graph: else one line, exit 1."""
     for graph, spec in bundle.manifest.all_inputs():
-        if spec.modality == "other":
+        if spec.modality == "other" and spec.value is None:
             raise EdgemmError(f"Model: {bundle.source or bundle.root} | Input {spec.name} ({graph.name}) cannot be "
                               f"fed by a camera or a microphone (modality unknown, shape {spec.shape}); expected "
-                              "video/audio inputs, or a manifest that says what it is.")
+                              "video/audio inputs, or a manifest that says what it is (or a constant \"value\").")
         if spec.modality == "embedding" and not spec.source:
             raise EdgemmError(f"Model: {bundle.source or bundle.root} | Input {spec.name} ({graph.name}) is an "
                               "embedding with no source graph; expected \"source\": \"graph.output\" in the manifest.")
@@ -158,7 +163,7 @@ def build(opts: dict):
     _check_number(opts, "max_age_s", "Embedding age bound", "s", minimum=0)
     if opts.get("summary_json"):
         _check_writable(opts["summary_json"])
-    bundle = load_bundle(opts["model"])
+    bundle = load_bundle(opts["model"], shapes=shape_overrides(opts.get("shape")))
     check_inputs(bundle)
     mods = bundle.manifest.modalities()
     for mod in mods:

@@ -94,7 +94,9 @@ class OnnxRuntimeRunner(BaseRunner):
 
     def _session(self, provider: str):
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # errors only: provider fallbacks are reported by edgemm itself
+        # Fatal only: a failing kernel also raises, and edgemm reports that in one line; provider fallbacks
+        # are reported by edgemm itself.
+        opts.log_severity_level = 4
         if self.threads:
             opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
