@@ -136,6 +136,9 @@ class MicSource(Source):
     modality = "audio"
     live = True
 
+    # Callbacks this far apart mean the stream stalled (a driver buffer holds well under this): see _callback.
+    STALL_S = 0.5
+
     def __init__(self, uri: str, device=None, sample_rate: int = 16000, block: int | None = None,
                  buffer_s: float = 2.0, stall_timeout: float = 2.0, channels: int = 1, latency=0.05,
                  anchor_s: float = 0.25, name: str | None = None):
@@ -306,7 +309,13 @@ class MicSource(Source):
                         self._anchor()
                     self._cond.notify_all()
                     return
-                if status.input_overflow and prev is not None:
+                # A stall far longer than any driver buffer (an audio server frozen, a device wedged and back)
+                # lost what was played meanwhile even when no overflow is flagged (measured as for an overflow:
+                # the driver's capture times where it has them, else the host clock). Without this the sample
+                # count would lag the host clock by the stall for ever, and every window after it would be
+                # "not yet arrived": audio stayed degraded after a frozen JACK server came back.
+                stalled = prev is not None and t_arrival - prev[1] > self.STALL_S
+                if prev is not None and (status.input_overflow or stalled):
                     # The driver dropped samples: fill them with zeros, so that "sample n was captured at
                     # t0 + n / sr" stays true after the gap.
                     lost = self._lost_samples(prev, adc, t_arrival, frames)
