@@ -237,3 +237,13 @@ def test_training_smoke(small_set, tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     for name in ("driving_detector", "driving_audio"):
         assert load_bundle(tmp_path / name).manifest.provenance["trained_by"] == "benchmarks/train_driving.py"
+
+
+def test_packaged_driving_models_are_the_trained_ones():
+    """`edgemm demo --scenario driving` runs the copies inside the package: they must be the bundles that
+    benchmarks/train_driving.py wrote and the committed figures were measured on (recopy after retraining)."""
+    repo = Path(__file__).resolve().parent.parent
+    for name in ("driving_detector/model.onnx", "driving_detector/manifest.json", "driving_audio/model.onnx",
+                 "driving_audio/manifest.json", "driving_fusion.json"):
+        trained, packaged = repo / "benchmarks/models" / name, repo / "edgemm/reference/models" / name
+        assert packaged.read_bytes() == trained.read_bytes(), name
