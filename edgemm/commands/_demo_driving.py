@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -117,14 +116,11 @@ def make_drive(out: Path, duration: float, seed: int) -> dict:
 
 def convert_detector(model: Path, out: Path, threads) -> tuple[Path, str]:
     """`edgemm convert` to INT8, calibrated on frames of validation-split scenes (never the drive's)."""
+    from edgemm.commands.demo import converters_importable, run_convert
     from edgemm.preprocess import preprocess_video
     from edgemm.reference import driving as dr
 
-    try:
-        from edgemm.commands import convert as convert_cmd
-        import edgemm.converters.convert  # noqa: F401 - the converters ship with edgemm; say so plainly if not
-    except ImportError as exc:
-        print(f"  NOTE: the converters are not importable here ({exc}); running the FP32 model instead")
+    if not converters_importable():
         return model, "fp32"
     calib = out / "calib"
     calib.mkdir(parents=True, exist_ok=True)
@@ -133,14 +129,9 @@ def convert_detector(model: Path, out: Path, threads) -> tuple[Path, str]:
               for s in range(16) for t, c in zip((1.0, 3.5, 6.0, 8.5), dr.CONDITIONS)]
     np.savez(calib / "frames.npz", images=np.concatenate([preprocess_video(f, spec) for f in frames]))
     dest = out / "model-int8"
-    parser = argparse.ArgumentParser(add_help=False)
-    convert_cmd.add_arguments(parser)
     argv = [str(model), "-o", str(dest), "--precision", "int8", "--calib", str(calib), "--bench-seconds", "1",
             "--force", "--quiet"] + (["--threads", str(threads)] if threads else [])
-    print(f"  edgemm convert {' '.join(argv)}", flush=True)
-    t0 = time.perf_counter()
-    convert_cmd.run(parser.parse_args(argv))
-    print(f"  converted in {time.perf_counter() - t0:.1f} s", flush=True)
+    run_convert(argv)
     return dest, "int8"
 
 

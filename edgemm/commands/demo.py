@@ -97,11 +97,7 @@ def _convert(model: Path, precision: str, out: Path, threads, backend: str = "on
     if precision == "fp32":
         print(f"  running the FP32 model as it is: {model}")
         return model, "fp32"
-    try:
-        from edgemm.commands import convert as convert_cmd
-        import edgemm.converters.convert  # noqa: F401 - the converters ship with edgemm; say so plainly if not
-    except ImportError as exc:
-        print(f"  NOTE: the converters are not importable here ({exc}); running the FP32 model instead")
+    if not converters_importable():
         return model, "fp32"
     # Calibration and the accuracy guard's evaluation both come from validation-split material (other
     # images and speakers than the clip's), rendered with different seeds.
@@ -110,8 +106,6 @@ def _convert(model: Path, precision: str, out: Path, threads, backend: str = "on
     evald.mkdir(parents=True, exist_ok=True)
     np.savez(evald / "eval.npz", **calibration_samples(n=100, seed=2))
     dest = out / f"model-{precision}"
-    parser = argparse.ArgumentParser(add_help=False)
-    convert_cmd.add_arguments(parser)
     argv = [str(model), "-o", str(dest), "--precision", precision, "--calib", str(calib), "--eval", str(evald),
             "--max-drop", "1.0", "--bench-seconds", "1", "--force", "--quiet"]
     if threads:
@@ -120,12 +114,32 @@ def _convert(model: Path, precision: str, out: Path, threads, backend: str = "on
         argv += ["--target", "tensorrt"]  # TensorRT's symmetric Q/DQ placement, and the engine where it can build
     elif backend in ("openvino", "ov"):
         argv += ["--target", "openvino"]  # Q/DQ that OpenVINO's INT8 kernels run, timed under OpenVINO
+    run_convert(argv)
+    return dest, precision
+
+
+def converters_importable() -> bool:
+    """The converters ship with edgemm, but a dependency of theirs may be missing here: then the demo runs
+    the FP32 model and says so plainly."""
+    try:
+        import edgemm.converters.convert  # noqa: F401
+    except ImportError as exc:
+        print(f"  NOTE: the converters are not importable here ({exc}); running the FP32 model instead")
+        return False
+    return True
+
+
+def run_convert(argv: list[str]) -> None:
+    """`edgemm convert ARGV`, shown as the user would type it and timed."""
+    from edgemm.commands import convert as convert_cmd
+
+    parser = argparse.ArgumentParser(add_help=False)
+    convert_cmd.add_arguments(parser)
     args = parser.parse_args(argv)
     print(f"  edgemm convert {' '.join(argv)}", flush=True)
     t0 = time.perf_counter()
     convert_cmd.run(args)
     print(f"  converted in {time.perf_counter() - t0:.1f} s", flush=True)
-    return dest, precision
 
 
 class _Collector(Sink):
