@@ -171,3 +171,8 @@ def test_run_scales_a_csi_camera_to_the_model_size(tmp_path):
     assert _video_options("csi://0", bundle) == {"out_size": (48, 32)}
     assert _video_options("csi://0?out_size=full", bundle) == {}
     assert _video_options("v4l2:///dev/video0", bundle) == {}
+    # nvvidconv stretches: a letterboxed detector input gets the sensor's frames and letterboxes them itself
+    manifest = onnx_models.detector_manifest({"format": "yolov8"}, [{"name": "output0"}])
+    detector = load_bundle(onnx_models.write_detector_bundle(tmp_path / "det", onnx_models.colour_detector(),
+                                                             manifest))
+    assert _video_options("csi://0", detector) == {}

@@ -118,14 +118,16 @@ def _audio_options(uri: str, rate: int) -> dict:
 def _video_options(uri: str, bundle) -> dict:
     """A CSI camera scales to the model's image size in NVMM (nvvidconv), so a full-size frame never reaches
     the CPU, unless the URI sets out_size itself (out_size=full keeps the sensor size, e.g. for a video sink).
-    Only when every video input wants the same size."""
+    Only when every video input wants the same size, stretched: nvvidconv does not keep the aspect ratio, so a
+    letterboxed input (a detector) gets the sensor's frames and letterboxes them itself."""
     from edgemm.sources.uri import parse_uri
 
     parsed = parse_uri(uri)
     if parsed.scheme != "csi" or "out_size" in parsed.options:
         return {}
-    sizes = {tuple(s.preprocess.size) for _, s in bundle.manifest.all_inputs() if s.modality == "video"}
-    if len(sizes) != 1:
+    video = [s for _, s in bundle.manifest.all_inputs() if s.modality == "video"]
+    sizes = {tuple(s.preprocess.size) for s in video}
+    if len(sizes) != 1 or any(s.preprocess.resize == "letterbox" for s in video):
         return {}
     h, w = sizes.pop()
     return {"out_size": (w, h)}
