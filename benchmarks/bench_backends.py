@@ -238,7 +238,7 @@ def convert_all(case: Case, work: Path, threads: int) -> tuple[dict, dict]:
     paths, reports = {}, {}
     for key, extra in jobs.items():
         ov = reports.get("ov_int8", {})
-        if key == "nncf" and ov.get("flavours") == {"nncf"} and not ov.get("kept_float"):
+        if key == "nncf" and ov.get("flavours") == ["nncf"] and not ov.get("kept_float"):
             paths[key], reports[key] = paths["ov_int8"], {"same_as": "ov_int8"}  # NNCF's graph, nothing kept float
             continue
         out = work / f"{case.name}-{key}"
@@ -251,7 +251,7 @@ def convert_all(case: Case, work: Path, threads: int) -> tuple[dict, dict]:
         int8 = rep["conversion"].get("int8", {})
         paths[key] = out
         reports[key] = {"seconds": round(time.monotonic() - t0, 1),
-                        "flavours": {g["flavour"]["chosen"] for g in int8.values()},
+                        "flavours": sorted({g["flavour"]["chosen"] for g in int8.values()}),
                         "candidates": {g: {k: round(v["speedup_vs_fp32"], 2) for k, v in
                                            i["flavour"].get("candidates", {}).items()} for g, i in int8.items()},
                         "kept_float": {g: len(v) for g, v in (rep["conversion"].get("accuracy_guard") or {})
@@ -370,6 +370,10 @@ def goal_cells(r: dict) -> tuple[str, str]:
     return best_cell, f"{p['OV FP32'] / p[fast]:.2f}x ({fast}){ok}"
 
 
+def flavours(value) -> str:
+    return value if isinstance(value, str) else "/".join(value)  # (a str in JSON files of older runs)
+
+
 def markdown(results: list[dict], skipped: list[Skip], command: str, machine: dict, threads: int,
              load: tuple[float, float]) -> str:
     lines = [f"Command: `{command}`  ",
@@ -398,7 +402,7 @@ def markdown(results: list[dict], skipped: list[Skip], command: str, machine: di
         lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {autos} | {best} | {int8} |")
     lines.append("")
     for r in results:
-        conv = {k: (v.get("error") or f"{'/'.join(sorted(v.get('flavours', [])))} "
+        conv = {k: (v.get("error") or f"{flavours(v.get('flavours', []))} "
                     f"{v.get('candidates', '')}{' kept float: ' + str(v['kept_float']) if v.get('kept_float') else ''}")
                 for k, v in r["conversions"].items() if "same_as" not in v}
         metric = next(iter(r["quality"].values()), {}).get("metric", "-")
@@ -418,9 +422,22 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=12.0, help="interleaved timing per model graph (all variants)")
     ap.add_argument("--out", help="also write the markdown here")
     ap.add_argument("--json", help="also write every figure here")
+    ap.add_argument("--from-json", nargs="+", metavar="FILE",
+                    help="only print the table of earlier --json files (merged; a later file's model wins)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        merged: dict[str, dict] = {}
+        skipped = []
+        for f in args.from_json:
+            data = json.loads(Path(f).read_text())
+            merged.update({r["name"]: r for r in data["results"]})
+            skipped += [Skip(**s) for s in data["skipped"]]
+        print(markdown(list(merged.values()), skipped, data.get("command", "?"), data.get("machine", bench.machine()),
+                       args.threads, tuple(data.get("load", (float("nan"), float("nan"))))))
+        return 0
     os.environ.setdefault("EDGEMM_OPENVINO_CACHE", "")  # compile every time: no state from earlier runs
     load0 = os.getloadavg()[0]
+    command = "python benchmarks/bench_backends.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     results, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as work:
         work = Path(work)
@@ -440,9 +457,9 @@ def main(argv=None) -> int:
                     skipped.append(Skip(case.name, f"refused: {exc}"))
                 print(f"  {case.name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
                 if args.json:
-                    Path(args.json).write_text(json.dumps({"results": results, "skipped": [s.__dict__ for s in skipped]},
-                                                          indent=1, default=str))
-    command = "python benchmarks/bench_backends.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+                    Path(args.json).write_text(json.dumps(
+                        {"command": command, "machine": bench.machine(), "load": (load0, os.getloadavg()[0]),
+                         "results": results, "skipped": [s.__dict__ for s in skipped]}, indent=1, default=str))
     text = markdown(results, skipped, command.strip(), bench.machine(), args.threads, (load0, os.getloadavg()[0]))
     print(text)
     if args.out:
