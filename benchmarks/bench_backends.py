@@ -63,6 +63,7 @@ from edgemm.converters.convert import ConvertOptions, convert  # noqa: E402
 from edgemm.converters.data import decision_graph, primary_output  # noqa: E402
 from edgemm.errors import EdgemmError  # noqa: E402
 from edgemm.runners import make_runner  # noqa: E402
+from edgemm.runners.openvino import compile_crash  # noqa: E402
 from edgemm.shapes import shape_overrides  # noqa: E402
 
 VARIANTS = ("ORT FP32", "ORT INT8", "OV FP32", "OV on ORT INT8", "OV INT8", "NNCF")
@@ -252,7 +253,8 @@ def convert_all(case: Case, work: Path, threads: int) -> tuple[dict, dict]:
         paths[key] = out
         reports[key] = {"seconds": round(time.monotonic() - t0, 1),
                         "flavours": sorted({g["flavour"]["chosen"] for g in int8.values()}),
-                        "candidates": {g: {k: round(v["speedup_vs_fp32"], 2) for k, v in
+                        "candidates": {g: {k: round(v["speedup_vs_fp32"], 2) if "speedup_vs_fp32" in v else v["rejected"]
+                                           for k, v in
                                            i["flavour"].get("candidates", {}).items()} for g, i in int8.items()},
                         "kept_float": {g: len(v) for g, v in (rep["conversion"].get("accuracy_guard") or {})
                                        .get("layers_kept_float", {}).items() if v}}
@@ -281,6 +283,14 @@ def bench_case(case: Case, threads: int, seconds: float, work: Path) -> dict:
     with GraphFeeds(fp32, case.calib, limit=CLOSENESS_FEEDS, progress=False) as gf:
         feeds = list(gf.iter_feeds())
     targets, errors = [], {}
+    for v in [v for v in variants if RUNS[v][1] == "openvino" and RUNS[v][0] != "fp32"]:
+        # An INT8 graph that crashes OpenVINO's compiler (SIGFPE) would take this whole run with it.
+        b = bundles[RUNS[v][0]]
+        why = next((w for g in graphs if (w := compile_crash(b.graph_path(g).read_bytes(),
+                                                             {k: x.shape for k, x in feeds[0][g].items()}))), None)
+        if why:
+            errors[v] = why
+            variants.remove(v)
     for v in variants:
         key, backend = RUNS[v]
         for g in graphs:
@@ -393,7 +403,7 @@ def markdown(results: list[dict], skipped: list[Skip], command: str, machine: di
         cells = []
         for v in VARIANTS:
             if v not in p:
-                why = r["conversions"].get(RUNS[v][0], {}).get("error", "not made")
+                why = r["errors"].get(v) or r["conversions"].get(RUNS[v][0], {}).get("error", "not made")
                 cells.append(f"failed: {why[:80]}")
             else:
                 cells.append(f"{ref / p[v]:.2f}x ({p[v]:.3f} / {r['wall_p50_ms'][v]:.3f} ms)<br>{quality_cell(r, v)}")

@@ -76,6 +76,51 @@ def _meta(ports, names: set[str]) -> dict[str, TensorMeta]:
     return out
 
 
+def static_onnx(model: str | Path | bytes, shapes: Mapping[str, tuple]) -> bytes:
+    """The serialized ONNX graph with these inputs' dimensions fixed."""
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    for value in proto.graph.input:
+        if value.name in shapes:
+            for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = int(size)
+    return proto.SerializeToString()
+
+
+_PROBE = """
+import sys, openvino as ov
+core = ov.Core()
+core.compile_model(core.read_model(sys.argv[1]), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+"""
+
+
+def compile_crash(model: bytes, shapes: Mapping[str, tuple], timeout_s: float = 600) -> str | None:
+    """Why OpenVINO cannot compile this graph, found out in a child process (None: it compiles).
+
+    OpenVINO 2026.4's CPU plugin killed the whole process with SIGFPE compiling some Q/DQ graphs (the Q/DQ
+    box decode of the driving detector, a Q/DQ candidate of PP-OCRv4's recogniser): a converter that tries
+    candidate graphs asks here first, so a crash costs one candidate, not the conversion."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgemm-ov-probe-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(static_onnx(model, shapes))
+        try:
+            proc = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return f"OpenVINO did not compile it within {timeout_s:g} s"
+    if proc.returncode == 0:
+        return None
+    if proc.returncode < 0:
+        return f"OpenVINO crashed compiling it ({signal.Signals(-proc.returncode).name})"
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    return f"OpenVINO could not compile it: {lines[-1] if lines else f'exit {proc.returncode}'}"
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -141,14 +186,7 @@ class OpenVINORunner(BaseRunner):
         if entry is None:
             # The ONNX graph with its inputs' dimensions fixed, read anew: ov.Model.reshape() re-infers
             # shapes through OpenVINO's own ops and crashed the process (SIGFPE) on Q/DQ graphs here.
-            proto = onnx.load_from_string(self.model) if isinstance(self.model, bytes) else onnx.load(str(self.model))
-            for value in proto.graph.input:
-                if value.name in feed:
-                    dims = value.type.tensor_type.shape.dim
-                    for dim, size in zip(dims, feed[value.name].shape):
-                        dim.Clear()
-                        dim.dim_value = int(size)
-            model = self._core.read_model(io.BytesIO(proto.SerializeToString()))
+            model = self._core.read_model(io.BytesIO(static_onnx(self.model, {k: v.shape for k, v in feed.items()})))
             try:
                 compiled = self._core.compile_model(model, self.device, self.properties())
             except Exception as exc:  # noqa: BLE001 - a shape the graph cannot take: say so in one line
