@@ -3,6 +3,8 @@ calibration, layer groups for the guard, and the measured flavour choice (no tim
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -289,8 +291,7 @@ def test_ov_flavour_unsigned_after_relu_signed_elsewhere(cnn):
     assert cosine(run(model, test), run(q, test)) > 0.99
 
 
-def test_tail_after_the_last_compute_op_stays_float():
-    """A detector-style decode after the last Conv (scale, offset, concat) gets no Q/DQ in any flavour."""
+def _tail_model():
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
@@ -302,11 +303,21 @@ def test_tail_after_the_last_compute_op_stays_float():
              _init("stride", np.full((1, 1, 1, 1), 8.0)), _init("anchor", rng.uniform(0, 64, (1, 4, 16, 16)))]
     model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
-    prepared = int8.prepare(model)
+    return int8.prepare(model)
+
+
+def test_tail_after_the_last_compute_op_stays_float():
+    """A detector-style decode after the last Conv (scale, offset, concat) gets no Q/DQ in any flavour
+    (NNCF's included, where it is installed)."""
+    from edgemm.converters import openvino
+
+    prepared = _tail_model()
     assert int8.tail_nodes(prepared) == {"decode_mul", "decode_add", "decode_concat"}
-    cal = int8.calibrate(prepared, feeds(8), "minmax")
-    for flavour in ("u8s8", "s8s8", "ov"):
-        q = int8.quantize(prepared, cal, flavour)
+    fs = feeds(8)
+    cal = int8.calibrate(prepared, fs, "minmax")
+    nncf = importlib.util.find_spec("nncf") is not None
+    for flavour in ("u8s8", "s8s8", "ov") + (("nncf",) if nncf else ()):
+        q = openvino.quantize(flavour, prepared, cal, fs)
         prod = {o: n for n in q.graph.node for o in n.output}
         tail = [n for n in q.graph.node if n.name.startswith("decode_")]
         assert len(tail) == 3
