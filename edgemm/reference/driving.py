@@ -28,6 +28,8 @@ CONDITIONS = ("day", "dusk", "night", "rain", "fog")
 SIRENS = ("wail", "yelp", "hilo")
 SCENE_S = 10.0
 FOG_VISIBILITY_M = 45.0
+FOG_HIDES = 0.85  # fog fraction beyond which an object is no longer ground truth ...
+FOG_HIDES_LIT = 0.97  # ... unless its flashing light bar still shines through (it glows far beyond its body)
 MIN_VISIBLE = 0.35  # fraction of a box not hidden by nearer objects, for it to count as ground truth
 MIN_HEIGHT_PX = 6
 
@@ -233,7 +235,7 @@ def render_frame(sc: Scene, t: float, condition: str = "day") -> tuple[np.ndarra
             continue
         a, b, c, d = int(bx[0]), int(bx[1]), int(np.ceil(bx[2])), int(np.ceil(bx[3]))
         visible = np.count_nonzero(ids[b:d, a:c] == i) / max(1, (c - a) * (d - b))
-        if visible < MIN_VISIBLE or _fog_alpha(z, condition) > 0.85:
+        if visible < MIN_VISIBLE or _fog_alpha(z, condition) > (FOG_HIDES_LIT if th.lights else FOG_HIDES):
             continue  # hidden behind nearer objects, or in fog no camera sees through
         boxes.append(bx)
         classes.append(th.cls)
