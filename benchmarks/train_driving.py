@@ -54,7 +54,7 @@ def anchors() -> tuple[np.ndarray, np.ndarray]:
 
 # Channel widths: stem (two stride-2 convs), P3 (stride 8), P4 (stride 16), head. Wide enough that each conv
 # does real work: a narrower net ran at 0.65 ms where ONNX Runtime's per-op overhead ate the INT8 speed-up.
-WIDTHS = (24, 48, 96, 128, 96)
+WIDTHS = (24, 48, 80, 112, 80)
 
 
 def build_detector(n_classes: int, widths: tuple = WIDTHS):

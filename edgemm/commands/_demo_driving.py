@@ -30,6 +30,7 @@ import numpy as np
 from edgemm.commands.run import build, stream
 from edgemm.errors import EdgemmError
 from edgemm.reference import model_path
+from edgemm.reference.driving import late_fusion
 from edgemm.sink_base import Sink
 
 FPS = 10.0
@@ -177,7 +178,7 @@ class LiveEvent:
         for k, v in self.fresh.items():
             self.smooth[k] = self.ema * self.smooth[k] + (1 - self.ema) * v
         a, v, m = self.smooth["p_siren"], self.smooth["camera"], self.smooth["p_event"]
-        late = 1 / (1 + np.exp(-(np.dot([a, v, a * v], self.f["weights"]) + self.f["bias"])))
+        late = float(late_fusion(self.f, a, v))
         fired = {"late fusion": late >= self.f["late_threshold"],
                  "intermediate fusion": m >= self.f["intermediate_threshold"],
                  "audio alone": a >= self.f["audio_threshold"], "camera alone": v >= self.f["camera_threshold"]}
@@ -390,8 +391,8 @@ def run(args) -> int:
              "the siren classifier on the microphone path, the event decided live")
     opts = {"model": str(run_model), "video": f"file://{drive['video'].resolve()}",
             "audio": f"file://{drive['audio'].resolve()}",
-            # the late-fusion rule was fitted on emergency-vehicle boxes from score 0.05 up
-            "conf": fusion["camera_threshold"],
+            # the late-fusion rule was fitted on emergency-vehicle boxes from this score up
+            "conf": fusion["camera_min_score"],
             "sinks": [f"jsonl:{out / 'results.jsonl'}?mode=w", f"video:{out / 'drive-boxes.mp4'}"],
             "backend": args.backend, "threads": args.threads, "duration": None}
     pipeline = build(opts)

@@ -391,6 +391,18 @@ def render_audio(sc: Scene, masked: bool = False, rain: bool = False) -> dict[st
                                                           ("horn", horn))}
 
 
+def late_fusion(fusion: dict, a, v):
+    """The late-fusion score of "emergency vehicle approaching" (driving_fusion.json, fitted by
+    benchmarks/eval_driving.py): the smoothed siren probability ``a`` and the smoothed best emergency-vehicle
+    box score ``v``, each calibrated to P(event) by its own logistic, combined as a noisy OR, so either
+    modality alone can raise the alarm (a siren behind a truck, a light bar in masking noise) and both
+    agreeing raise it sooner. The demo and the evaluation both decide with this one function."""
+    (wa, ba), (wv, bv) = fusion["calibration"]["audio"], fusion["calibration"]["camera"]
+    pa = 1 / (1 + np.exp(-(wa * np.asarray(a, float) + ba)))
+    pv = 1 / (1 + np.exp(-(wv * np.asarray(v, float) + bv)))
+    return 1 - (1 - pa) * (1 - pv)
+
+
 def window_truth(parts: dict[str, np.ndarray], t_end: float, window_s: float = 1.0) -> tuple[int, float]:
     """The audio label of the window ending at t_end (siren > horn > none) and the siren's SNR in it (dB;
     -inf without a siren). A siren counts from 0.3 s in the window, a horn from 0.2 s."""
