@@ -20,7 +20,7 @@ edgemm.fusion.FusionModel with the runtime's own preprocessing.
 
 Boxes are decoded by the runtime (edgemm.detection.decode_boxes, from the bundle's yolov8 detection block) and
 scored by the runtime's mAP (converters.detection_eval.coco_map, pycocotools), as `edgemm eval` does.
-Usage:  python benchmarks/eval_driving.py [--data build/driving] [--scenes 60] [--no-convert]
+Usage:  python benchmarks/eval_driving.py [--data build/driving] [--scenes 30] [--no-convert]
 """
 
 from __future__ import annotations
@@ -403,9 +403,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT / "build" / "driving"))
     p.add_argument("--models", default=str(MODELS))
-    p.add_argument("--scenes", type=int, default=40, help="test scenes (default 40)")
-    p.add_argument("--variant-scenes", type=int, default=20, help="test scenes the converted detectors are scored on")
-    p.add_argument("--val-scenes", type=int, default=60, help="validation scenes to fit the fusion on")
+    p.add_argument("--scenes", type=int, default=30, help="test scenes (default 30)")
+    p.add_argument("--variant-scenes", type=int, default=10, help="test scenes the converted detectors are scored on")
+    p.add_argument("--val-scenes", type=int, default=40, help="validation scenes to fit the fusion on (twice each)")
     p.add_argument("--work", default=str(ROOT / "build" / "driving_converted"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "driving" / "results.md"))
     p.add_argument("--no-convert", action="store_true")

@@ -12,7 +12,7 @@ Training: each GT box goes to the level its size fits (longest side <= 40 px: st
 the anchors of that level within 1.5 strides of its centre and inside it; loss = BCE on all class scores
 (targets: the IoU of the positives' predicted boxes, so scores rank boxes by quality) + GIoU on the
 positives. Needs PyTorch (CPU): pip install torch==2.13.0. Fixed seeds.
-Usage:  python benchmarks/train_driving.py [--data build/driving] [--out benchmarks/models] [--epochs 12]
+Usage:  python benchmarks/train_driving.py [--data build/driving] [--out benchmarks/models] [--epochs 16]
 """
 
 from __future__ import annotations
@@ -342,14 +342,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT / "build" / "driving"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "models"))
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--audio-epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--audio-epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default="detector,audio")
     p.add_argument("--max-images", type=int, default=None, help="train the detector on the first N frames only")
     p.add_argument("--max-windows", type=int, default=None, help="train the audio model on N random windows only")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="export the detector every K epochs as well")
+    p.add_argument("--checkpoint-every", type=int, default=4, help="export the detector every K epochs as well (0: never)")
     args = p.parse_args(argv)
     import torch
 
