@@ -290,6 +290,26 @@ def test_two_float_readers_of_one_folded_activation_share_it():
     assert cosine(run(model, [{"x": x}]), run(q, [{"x": x}])) > 0.99
 
 
+def test_decode_tail_is_what_follows_the_last_weighted_layer():
+    """A detector's box decoding (here: Sigmoid and a scale after the last Gemm) is the tail the converter
+    keeps in float; the layers before it, and a model without weights, give nothing."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w0", "b0"], ["h0"], transB=1, name="fc0"),
+             helper.make_node("Relu", ["h0"], ["r0"], name="relu0"),
+             helper.make_node("Gemm", ["r0", "w1", "b1"], ["h1"], transB=1, name="fc1"),
+             helper.make_node("Sigmoid", ["h1"], ["s"], name="sig"),
+             helper.make_node("Mul", ["s", "k"], ["y"], name="scale")]
+    inits = [_init("w0", rng.standard_normal((16, 8))), _init("b0", np.zeros(16)),
+             _init("w1", rng.standard_normal((6, 16))), _init("b1", np.zeros(6)), _init("k", np.full(6, 192.0))]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits, "tail")
+    assert sorted(int8.decode_tail(int8.prepare(model))) == ["scale", "sig"]
+    no_weights = _model([helper.make_node("Sigmoid", ["x"], ["y"], name="sig")],
+                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [], "plain")
+    assert int8.decode_tail(no_weights) == []
+
+
 def test_entropy_searches_a_clipping_threshold(cnn, monkeypatch):
     """With ORT's own entropy defaults (128 bins for 128 levels) there is no threshold to search and the
     result equals min/max; edgemm's histogram (ENTROPY_BINS) makes KL calibration clip outliers."""
