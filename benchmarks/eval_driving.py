@@ -9,12 +9,13 @@ edgemm.fusion.FusionModel with the runtime's own preprocessing.
   detector   COCO mAP@0.5 and mAP@0.5:0.95 per camera condition (pycocotools, the library `edgemm eval` uses)
   audio      siren precision / recall / F1 per audio condition, siren recall per SNR band
   event      "emergency vehicle approaching": audio alone (smoothed siren probability), camera alone (smoothed
-             best emergency-vehicle box score), late fusion (logistic regression on both, fitted on the
-             validation scenes and written to benchmarks/models/driving_fusion.json), intermediate fusion (the
-             driving_intermediate bundle: both models as encoders, a small head fitted on the validation scenes'
-             embeddings, benchmarks/driving_intermediate.py): event-level precision /
-             recall / F1 per scene (an alarm more than 0.5 s before the siren's onset, or in a scene without an
-             approaching emergency vehicle, is a false alarm) and the delay from the siren's onset
+             best emergency-vehicle box score), late fusion (each calibrated to P(event) by a logistic, then
+             a noisy OR: edgemm.reference.driving.late_fusion; written to benchmarks/models/driving_fusion.json),
+             intermediate fusion (the driving_intermediate bundle: both models as encoders, a small head fitted
+             on the validation scenes' embeddings, benchmarks/driving_intermediate.py); every threshold chosen
+             on the validation runs for event-level F1. Scored: event-level precision / recall / F1 per scene
+             (an alarm more than 0.5 s before the siren's onset, or in a scene without an approaching
+             emergency vehicle, is a false alarm) and the delay from the siren's onset
   variants   the detector converted to INT8 (edgemm convert, calibrated on validation frames) and pruned
              (channels:0.3): size, mAP and latency measured interleaved here
 
