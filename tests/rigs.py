@@ -285,29 +285,25 @@ class JackServer(_Rig):
         _kill(self.proc)
 
     def use_in_process(self) -> None:
-        """Point this process's PortAudio at this server and rescan devices."""
-        from edgemm.sources.audio import refresh_devices
-
+        """Point this process's microphones at this server: edgemm captures in a child process
+        (edgemm/sources/mic_worker.py), which inherits these variables and initialises PortAudio afresh."""
         self._saved_env = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER",
                                                          "JACK_NO_AUDIO_RESERVATION")}
         os.environ.update({k: self.env[k] for k in self._saved_env})
-        if not refresh_devices():
-            raise RuntimeError("a PortAudio stream is still open; cannot rescan devices")
 
-    def stop(self) -> None:
-        """Clients, then the server, by pid; PortAudio lets go of the server first (closing a JACK client
-        after its server died aborts or hangs the process), and rescans afterwards."""
+    def restart_server(self, timeout: float = 10.0) -> None:
+        """Start the server again under the same name (after kill_server()); its clients are gone with it."""
         for client in list(self.clients):
             self.remove_client(client)
-        sd = _sounddevice_if_loaded()
-        released = False
-        if sd is not None and self._saved_env is not None:
-            from edgemm.sources import audio
+        _kill(self.proc)
+        self.proc = self._spawn()
+        self._wait_for(lambda: "system:capture_1" in self.ports(), timeout, "jackd to restart")
 
-            with audio._lock:
-                if audio._open_streams == 0 and sd._initialized:
-                    sd._terminate()
-                    released = True
+    def stop(self) -> None:
+        """Clients, then the server, by pid (this process never holds a PortAudio stream: edgemm's capture
+        processes do, and die with their pipeline)."""
+        for client in list(self.clients):
+            self.remove_client(client)
         if self.proc is not None:
             _kill(self.proc, term_first=True)
             if self.proc.returncode == -signal.SIGKILL and self.name:
@@ -330,9 +326,6 @@ class JackServer(_Rig):
                 else:
                     os.environ[k] = v
             self._saved_env = None
-        if released:
-            sd._initialize()
-
 
 
 class Mosquitto(_Rig):
@@ -387,9 +380,3 @@ def small_disk(path: Path, size: str = "64k"):
         yield path
     finally:
         subprocess.run([shutil.which("umount") or "/bin/umount", "-l", str(path)], capture_output=True, timeout=10)
-
-
-def _sounddevice_if_loaded():
-    import sys
-
-    return sys.modules.get("sounddevice")
