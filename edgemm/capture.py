@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edgemm import watchdog
 from edgemm.errors import EdgemmError
 from edgemm.sources.base import EndOfStream, Source, SourceError, now
 
@@ -43,9 +44,17 @@ class CaptureSettings:
     stale_s: float = 0.5  # a source that delivered nothing this long counts as lost (at least 4 periods)
     stall_reopen_s: float = 5.0  # ... and is closed and reopened after this long
     reconnect_initial_s: float = 0.5  # backoff before the first reopen, doubled each failure
-    reconnect_max_s: float = 10.0
+    # At most this long between tries: a source that comes back is found within it (the goal is recovery
+    # within 5 s of a device's or server's return, opening included). A try is cheap: a connect or a process.
+    reconnect_max_s: float = 2.0
     read_timeout_s: float = 0.2
     max_capture_crashes: int = 3  # a live source crashing this often in a row fails the run (step() raises)
+    # A source lost this long fails the run (step() raises SourceLostTooLong: one line, exit 1), so that a
+    # supervisor restarts the whole process; None: never (edgemm run --max-source-loss).
+    max_source_loss_s: float | None = None
+    # A source that cannot be opened at start is tried again for this long, with events, before the run
+    # fails; 0: it fails at once (edgemm run --wait-for-sources).
+    wait_for_sources_s: float = 0.0
 
 
 class FlowLimiter:
@@ -142,6 +151,68 @@ class FlowLimiter:
     def __len__(self) -> int:
         with self._cond:
             return len(self._q)
+
+
+class SourceLostTooLong(EdgemmError):
+    """A source stayed lost past ``max_source_loss_s``: ``edgemm run`` exits 1 so its supervisor restarts it
+    (what a process restart can fix -- a driver, a library's state -- in-process reopening could not)."""
+
+
+def open_waiting(source: Source, modality: str, settings: CaptureSettings, stop: threading.Event,
+                 on_event: Callable[[dict], None]) -> bool:
+    """Open a source at start, trying again with backoff for ``settings.wait_for_sources_s`` while it fails
+    with a SourceError (not there yet: a camera stream not started, a microphone not plugged in), with a
+    ``source_waiting`` event at the first failure and ``source_opened`` when it opens after that.
+
+    Each try runs in a helper thread, so that a stop (SIGTERM) is obeyed within a fraction of a second even
+    while a try blocks (an unreachable stream's connect); a try left running then is abandoned. Returns True
+    when open, False when stopped; raises the last error, waiting noted in one line, when time ran out."""
+    uri = getattr(source, "uri", modality)
+    started = now()
+    deadline = started + max(0.0, settings.wait_for_sources_s)
+    delay = settings.reconnect_initial_s
+    waiting = False
+    while True:
+        outcome: list = []
+        attempt = threading.Thread(target=_try_open, args=(source, outcome), name=f"edgemm-open-{modality}",
+                                   daemon=True)
+        attempt.start()
+        while attempt.is_alive():
+            if stop.wait(0.05):
+                return False
+        if outcome and outcome[0] is None:
+            if waiting:
+                waited = now() - started
+                log.warning("%s source %s opened after waiting %.1f s", modality, uri, waited)
+                on_event({"event": "source_opened", "modality": modality, "source": uri, "waited_s": round(waited, 3),
+                          "t": round(now(), 6)})
+            return True
+        exc = outcome[0] if outcome else SourceError(f"{uri} | Opening crashed.")
+        if not isinstance(exc, SourceError) or now() + delay > deadline:
+            if waiting:
+                raise EdgemmError(f"{' '.join(str(exc).split())} (waited {now() - started:.0f} s for it: "
+                                  "--wait-for-sources)") from None
+            raise exc
+        if not waiting:
+            waiting = True
+            reason = " ".join(str(exc).split())
+            log.warning("%s source %s is not available yet; waiting up to %.0f s: %s", modality, uri,
+                        settings.wait_for_sources_s, reason)
+            on_event({"event": "source_waiting", "modality": modality, "source": uri, "reason": reason,
+                      "wait_s": settings.wait_for_sources_s, "t": round(now(), 6)})
+        # systemd (Type=notify): we are still starting, on purpose; push TimeoutStartSec past the next try.
+        watchdog.notify(f"EXTEND_TIMEOUT_USEC={int((delay + 30) * 1e6)}\nSTATUS=waiting for the {modality} source")
+        if stop.wait(delay):
+            return False
+        delay = min(delay * 2, settings.reconnect_max_s)
+
+
+def _try_open(source: Source, outcome: list) -> None:
+    try:
+        source.open()
+        outcome.append(None)
+    except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which decides
+        outcome.append(exc)
 
 
 class CaptureFailed(EdgemmError):

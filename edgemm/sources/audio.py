@@ -205,6 +205,7 @@ class MicSource(Source):
         self._t0: float | None = None  # now()-time of sample 0
         self._anchored = False  # this opening's place on the timeline is fixed (after anchor_s)
         self._pending: list = []  # callbacks of the anchoring window: (samples, frames, t_arrival, t_first)
+        self._anchoring_since: float | None = None  # arrival of this opening's first callback
         self._cond = threading.Condition()
         self._worker: _Worker | None = None
         self._error: SourceError | None = None
@@ -234,6 +235,7 @@ class MicSource(Source):
             self._arrivals.clear()
             self._anchored = False
             self._pending = []
+            self._anchoring_since = None
             self._rate_ref = None
             self._prev_cb = None
             self._error = None
@@ -309,18 +311,28 @@ class MicSource(Source):
                     t_first = t_first_bound
                     if adc is not None:
                         t_first = min(t_first_bound, adc + (t_arrival - cur))
+                    if self._anchoring_since is None:
+                        self._anchoring_since = t_arrival
                     if status.input_overflow and self._pending:
-                        # Samples were lost inside the window: the callbacks before the loss no longer line up
-                        # with those after it. Start the window again (a start-up glitch; counted as dropped).
-                        lost = sum(p[1] for p in self._pending)
-                        self.stats.extra["dropped_samples"] += lost
-                        self.stats.dropped += -(-lost // self.block)
-                        self._pending = []
-                    self._pending.append((np.array(x, np.float32), frames, t_arrival, t_first))
-                    if t_arrival - self._pending[0][2] >= self.anchor_s:
-                        self._anchor()
-                    self._cond.notify_all()
-                    return
+                        if t_arrival - self._anchoring_since < max(1.0, 4 * self.anchor_s):
+                            # Samples were lost inside the window: the callbacks before the loss no longer line
+                            # up with those after it. Start the window again (a start-up glitch; counted as
+                            # dropped).
+                            lost = sum(p[1] for p in self._pending)
+                            self.stats.extra["dropped_samples"] += lost
+                            self.stats.dropped += -(-lost // self.block)
+                            self._pending = []
+                        else:
+                            # Losses keep coming (a loaded machine, an audio server running late): restarting
+                            # for ever delivered nothing at all. Anchor on what lined up; this callback then
+                            # goes on as any later one, its loss measured and filled.
+                            self._anchor()
+                    if not self._anchored:
+                        self._pending.append((np.array(x, np.float32), frames, t_arrival, t_first))
+                        if t_arrival - self._pending[0][2] >= self.anchor_s:
+                            self._anchor()
+                        self._cond.notify_all()
+                        return
                 # A stall far longer than any driver buffer (an audio server frozen, a device wedged and back)
                 # lost what was played meanwhile even when no overflow is flagged (measured as for an overflow:
                 # the driver's capture times where it has them, else the host clock). Without this the sample
