@@ -188,7 +188,7 @@ def open_waiting(source: Source, modality: str, settings: CaptureSettings, stop:
                           "t": round(now(), 6)})
             return True
         exc = outcome[0] if outcome else SourceError(f"{uri} | Opening crashed.")
-        if not isinstance(exc, SourceError) or now() + delay > deadline:
+        if not isinstance(exc, SourceError) or now() >= deadline:
             if waiting:
                 raise EdgemmError(f"{' '.join(str(exc).split())} (waited {now() - started:.0f} s for it: "
                                   "--wait-for-sources)") from None
@@ -201,8 +201,9 @@ def open_waiting(source: Source, modality: str, settings: CaptureSettings, stop:
             on_event({"event": "source_waiting", "modality": modality, "source": uri, "reason": reason,
                       "wait_s": settings.wait_for_sources_s, "t": round(now(), 6)})
         # systemd (Type=notify): we are still starting, on purpose; push TimeoutStartSec past the next try.
-        watchdog.notify(f"EXTEND_TIMEOUT_USEC={int((delay + 30) * 1e6)}\nSTATUS=waiting for the {modality} source")
-        if stop.wait(delay):
+        pause = min(delay, max(0.0, deadline - now()))  # the last try at the deadline itself
+        watchdog.notify(f"EXTEND_TIMEOUT_USEC={int((pause + 30) * 1e6)}\nSTATUS=waiting for the {modality} source")
+        if stop.wait(pause):
             return False
         delay = min(delay * 2, settings.reconnect_max_s)
 

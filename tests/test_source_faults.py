@@ -52,6 +52,7 @@ class EdgemmRun:
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True)
         self.stderr = ""
+        self.early_stderr = ""
 
     def records(self) -> list[dict]:
         if not self.out.exists():
@@ -100,6 +101,17 @@ class EdgemmRun:
     def kill(self) -> None:
         rigs._kill(self.proc)
         self.proc.communicate()
+
+
+def wait_for_line(run: EdgemmRun, text: str, timeout: float = 60.0) -> None:
+    """Read edgemm's stderr until a line has text (kept in run.early_stderr)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        line = run.proc.stderr.readline()
+        run.early_stderr += line
+        if text in line:
+            return
+        assert line and time.monotonic() < deadline, f"edgemm never said {text!r}: {run.early_stderr[-2000:]}"
 
 
 def clean_audio(run: EdgemmRun, after: int = 0) -> int:
@@ -211,9 +223,9 @@ def test_a_camera_that_appears_late_is_waited_for(tmp_path, bundle):
                     "--wait-for-sources", "60")
     cam = rigs.FfmpegStream("mjpeg", size=(160, 120), fps=15, port=port, ready_states=(rigs.LISTEN, rigs.ESTABLISHED))
     try:
-        # edgemm is up and trying: its stderr says it waits (the sinks, and so the events, open after the sources)
-        time.sleep(3.0)
-        assert run.proc.poll() is None and not run.out.exists()
+        wait_for_line(run, "is not available yet; waiting up to 60 s")  # it is up, and tried in vain
+        time.sleep(2.0)
+        assert run.proc.poll() is None and not run.out.exists()  # sinks (and so the events) open after sources
         cam.start()
         run.wait_for(lambda: sum("video" not in r["degraded"] for r in run.results()) >= 10, 60,
                      "10 results with video")
@@ -225,7 +237,6 @@ def test_a_camera_that_appears_late_is_waited_for(tmp_path, bundle):
     assert len(waiting) == 1 and len(opened) == 1, (waiting, opened)
     assert "Could not be opened" in waiting[0]["reason"] and opened[0]["waited_s"] >= 2.5
     assert code == 0 and exit_s < EXIT_S
-    assert "is not available yet; waiting up to 60 s" in run.stderr
 
 
 def test_a_camera_that_never_appears_fails_after_the_wait_with_one_line(tmp_path, bundle):
@@ -254,9 +265,7 @@ def test_stopping_while_waiting_for_a_source_is_quick_and_clean(tmp_path, bundle
     run = EdgemmRun(tmp_path, bundle, "--video", f"http://127.0.0.1:{port}/", "--audio", "test://audio",
                     "--wait-for-sources", "600")
     try:
-        deadline = time.monotonic() + 60
-        while "waiting up to 600 s" not in (line := run.proc.stderr.readline()):
-            assert line and time.monotonic() < deadline, "edgemm never said it waits"
+        wait_for_line(run, "waiting up to 600 s")
         code, exit_s = run.stop()
     finally:
         run.kill()

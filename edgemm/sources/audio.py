@@ -178,7 +178,7 @@ class MicSource(Source):
 
     def __init__(self, uri: str, device=None, sample_rate: int = 16000, block: int | None = None,
                  buffer_s: float = 2.0, stall_timeout: float = 2.0, channels: int = 1, latency=0.05,
-                 anchor_s: float = 0.25, silence_s: float = 3.0, open_timeout: float = 10.0,
+                 anchor_s: float = 0.25, silence_s: float = 3.0, open_timeout: float = 5.0,
                  name: str | None = None):
         super().__init__(uri)
         self.sample_rate = int(sample_rate)
@@ -190,11 +190,14 @@ class MicSource(Source):
         # Exact digital zeros this long are no microphone's (every real one has a noise floor): a JACK client
         # that went away, a disconnected port, a muted stream. 0: never.
         self.silence_s = max(0.0, float(silence_s))
+        # A capture process that has not opened the device within this is killed and the opening fails (tried
+        # again with backoff): starting one takes ~0.3 s, ~1.5 s on a loaded machine; an audio server that is
+        # just starting may leave it hanging in its connect.
         self.open_timeout = float(open_timeout)
         self.name = name or uri
         self.device_spec = device
         # Checked now, so a missing device or an unsupported rate stops the run before anything starts.
-        info = probe_input_device(uri, device, self.sample_rate, self.channels, self.open_timeout)
+        info = probe_input_device(uri, device, self.sample_rate, self.channels, max(15.0, 3 * self.open_timeout))
         self.device_index, self.device_name = int(info["index"]), info["name"]
         blocks = max(2, math.ceil(buffer_s * self.sample_rate / self.block))
         self.capacity = blocks * self.block
