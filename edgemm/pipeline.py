@@ -11,7 +11,9 @@
   itself, which is what a GPU wants and what keeps the latency accounting honest.
 - A source that fails (SourceError) or goes silent is reopened with exponential backoff by its capture
   thread (edgemm/capture.py); loss and recovery are events, and meanwhile the other modality is fused
-  alone (``degraded``).
+  alone (``degraded``). One lost for longer than ``max_source_loss_s`` fails the run (``step()`` raises
+  SourceLostTooLong), so that a supervisor starts a fresh process. A source that cannot be opened at
+  start is tried again for ``wait_for_sources_s`` (events ``source_waiting`` / ``source_opened``).
   A live source whose thread crashes (a bug: any other exception) is reopened the same way; one that
   keeps crashing, or a file that crashes, fails the run: ``step()`` raises ``CaptureFailed``.
   Microphone overflows are counted, never fatal.

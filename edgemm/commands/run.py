@@ -2,8 +2,9 @@
 
 Each inference fuses the newest frame with the audio window ending at the frame's capture time; results go
 to the sinks (console by default), a summary (fps, drops, latency percentiles, A/V skew) to stderr at the end.
-A lost camera or microphone is reopened with backoff while the other modality runs alone. Ctrl-C / SIGTERM
-flush the sinks and exit 0. Examples:
+A lost camera or microphone is reopened with backoff while the other modality runs alone (--max-source-loss:
+exit 1 when one stays lost, for a service manager to restart); --wait-for-sources waits for one missing at
+start. Ctrl-C / SIGTERM flush the sinks and exit 0 (within 5 s, whatever state the sources are in). Examples:
   edgemm run model.edgemm --video v4l2:///dev/video0 --audio mic://default
   edgemm run model.onnx --video clip.mp4 --audio clip.wav --sink jsonl:out.jsonl --sink video:out.mp4
   edgemm run model.edgemm --video rtsp://cam/stream --audio mic://2 --sink mqtt://broker:1883/cabin \\
