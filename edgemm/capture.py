@@ -42,6 +42,9 @@ log = logging.getLogger("edgemm.capture")
 @dataclass
 class CaptureSettings:
     stale_s: float = 0.5  # a source that delivered nothing this long counts as lost (at least 4 periods)
+    # ... but an opening's first item may take longer (a microphone's capture process starting and anchoring
+    # its clock, a stream waiting for a keyframe; seconds on a loaded machine): not a loss before this.
+    first_item_s: float = 2.0
     stall_reopen_s: float = 5.0  # ... and is closed and reopened after this long
     reconnect_initial_s: float = 0.5  # backoff before the first reopen, doubled each failure
     # At most this long between tries: a source that comes back is found within it (the goal is recovery
@@ -257,6 +260,7 @@ class Capture(threading.Thread):
         self.last_item: float | None = None  # now() of the last delivery (or of the last reopening)
         self.period: float | None = None  # EMA of the delivery interval
         self._skip_period = False  # the next interval spans a reopening: not a delivery period
+        self._first_pending = True  # this opening has delivered nothing yet
         self.lost_at: float | None = None
         self.last_error = ""
         self._is_open = True
@@ -267,7 +271,8 @@ class Capture(threading.Thread):
         return getattr(self.source, "uri", self.modality)
 
     def _stale_after(self) -> float:
-        return max(self.settings.stale_s, 4 * (self.period or 0.0))
+        bound = max(self.settings.stale_s, 4 * (self.period or 0.0))
+        return max(bound, self.settings.first_item_s) if self._first_pending else bound
 
     def _lost(self, reason: str) -> None:
         if self.up:
@@ -319,6 +324,7 @@ class Capture(threading.Thread):
                 # once, and the wait is not a delivery period.
                 self.last_item = now()
                 self._skip_period = True
+                self._first_pending = True
                 return True
             except (SourceError, EdgemmError, OSError) as exc:
                 self.failures += 1
@@ -368,6 +374,7 @@ class Capture(threading.Thread):
             dt = t - self.last_item
             self.period = dt if self.period is None else 0.9 * self.period + 0.1 * dt
         self._skip_period = False
+        self._first_pending = False
         self.last_item = t
         self.items += 1
         self._recovered()

@@ -271,3 +271,21 @@ def test_stopping_while_waiting_for_a_source_is_quick_and_clean(tmp_path, bundle
         run.kill()
     assert code == 0 and exit_s < EXIT_S, (code, exit_s, run.stderr)
     assert not run.out.exists()
+
+
+def test_a_microphone_that_appears_late_is_made_when_it_is_there(tmp_path, bundle, jack):
+    """--wait-for-sources with a microphone PortAudio does not list yet (its JACK client starts later): the
+    device check that would fail at once is made at every try instead (LateSource), then audio runs."""
+    jack.remove_client("tone")
+    run = EdgemmRun(tmp_path, bundle, "--video", "test://video?size=160x120&fps=15", "--audio", "mic://late",
+                    "--wait-for-sources", "60", env=jack.env)
+    try:
+        wait_for_line(run, "audio source mic://late is not available yet; waiting up to 60 s")
+        jack.add_tone("late", freq=440.0)
+        run.wait_for(lambda: clean_audio(run) >= 5, 60, "results with audio")
+        code, exit_s = run.stop()
+    finally:
+        run.kill()
+    waiting, opened = run.events("source_waiting", "audio"), run.events("source_opened", "audio")
+    assert len(waiting) == 1 and "No input device 'late'" in waiting[0]["reason"] and len(opened) == 1
+    assert code == 0 and exit_s < EXIT_S
