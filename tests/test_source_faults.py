@@ -180,6 +180,7 @@ def test_a_source_lost_too_long_exits_1_for_the_supervisor(tmp_path, bundle, jac
     finally:
         run.kill()
     lines = run.stderr.strip().splitlines()
+    print(f"max-source-loss 3 s: exit {t_exit - t_lost:.2f} s after source_lost")
     assert code == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert lines[-1].startswith("edgemm run: error: Audio source: mic://tone | Lost for") and "--max-source-loss 3" in lines[-1]
     assert 3.0 <= t_exit - t_lost < 3.0 + EXIT_S, t_exit - t_lost
@@ -210,6 +211,8 @@ def test_a_vanished_microphone_client_is_lost_until_its_signal_returns(tmp_path,
         code, exit_s = run.stop()
     finally:
         run.kill()
+    print(f"vanished client: lost {lost[0]['t'] - t_gone:.2f} s after it went (silence_s 1), recovered "
+          f"{back[0]['t'] - t_back:.2f} s after it was back; SIGTERM exit {exit_s:.2f} s")
     assert "Digital silence" in lost[0]["reason"] and "exact zeros" in lost[0]["reason"]
     assert back[0]["t"] - t_back < RECOVER_S, back[0]["t"] - t_back
     assert code == 0 and exit_s < EXIT_S
@@ -227,6 +230,7 @@ def test_a_camera_that_appears_late_is_waited_for(tmp_path, bundle):
         time.sleep(2.0)
         assert run.proc.poll() is None and not run.out.exists()  # sinks (and so the events) open after sources
         cam.start()
+        t_cam = time.monotonic()
         run.wait_for(lambda: sum("video" not in r["degraded"] for r in run.results()) >= 10, 60,
                      "10 results with video")
         code, exit_s = run.stop()
@@ -234,6 +238,8 @@ def test_a_camera_that_appears_late_is_waited_for(tmp_path, bundle):
         run.kill()
         cam.stop()
     waiting, opened = run.events("source_waiting", "video"), run.events("source_opened", "video")
+    print(f"late camera: opened {opened[0]['t'] - t_cam:.2f} s after its stream started; SIGTERM exit {exit_s:.2f} s"
+          if opened else "late camera: never opened")
     assert len(waiting) == 1 and len(opened) == 1, (waiting, opened)
     assert "Could not be opened" in waiting[0]["reason"] and opened[0]["waited_s"] >= 2.5
     assert code == 0 and exit_s < EXIT_S
@@ -253,6 +259,7 @@ def test_a_camera_that_never_appears_fails_after_the_wait_with_one_line(tmp_path
     finally:
         run.kill()
     errors = [ln for ln in run.stderr.splitlines() if ln.startswith("edgemm run: error:")]
+    print(f"camera never there, --wait-for-sources 3: exit 1 after {took:.2f} s (from the command's start)")
     assert code == 1 and "Traceback" not in run.stderr and len(errors) == 1, run.stderr[-2000:]
     assert f"http://127.0.0.1:{port}/" in errors[0] and "waited 3 s for it: --wait-for-sources" in errors[0]
     assert took >= 3.0
@@ -269,6 +276,7 @@ def test_stopping_while_waiting_for_a_source_is_quick_and_clean(tmp_path, bundle
         code, exit_s = run.stop()
     finally:
         run.kill()
+    print(f"SIGTERM while waiting for a source: exit {exit_s:.2f} s")
     assert code == 0 and exit_s < EXIT_S, (code, exit_s, run.stderr)
     assert not run.out.exists()
 
@@ -282,10 +290,12 @@ def test_a_microphone_that_appears_late_is_made_when_it_is_there(tmp_path, bundl
     try:
         wait_for_line(run, "audio source mic://late is not available yet; waiting up to 60 s")
         jack.add_tone("late", freq=440.0)
+        t_mic = time.monotonic()
         run.wait_for(lambda: clean_audio(run) >= 5, 60, "results with audio")
         code, exit_s = run.stop()
     finally:
         run.kill()
     waiting, opened = run.events("source_waiting", "audio"), run.events("source_opened", "audio")
+    print(f"late microphone: opened {opened[0]['t'] - t_mic:.2f} s after its client started" if opened else "")
     assert len(waiting) == 1 and "No input device 'late'" in waiting[0]["reason"] and len(opened) == 1
     assert code == 0 and exit_s < EXIT_S
