@@ -138,9 +138,9 @@ def test_holding_the_gil_loses_no_audio(jack):
         pytest.skip(f"the GIL was held only {held:.3f} s here; too short to matter")
     blocks = before + after
     print(f"held {held:.3f} s, stats {src.stats}")
-    # In-process, more than half the hold was lost and filled. (An overflow flag alone may still come: JACK
-    # flags every stream when its own cycle ran late on a loaded machine.)
-    assert src.stats.dropped == 0 and src.stats.extra["filled_samples"] < 0.1 * held * RATE
+    # In-process, more than half the hold was lost and filled. (Some loss may still come from the rig itself:
+    # a dummy JACK server whose cycle runs late on a loaded machine drops and flags it, 68 ms in one run.)
+    assert src.stats.dropped == 0 and src.stats.extra["filled_samples"] < 0.3 * held * RATE
     check_contiguous(blocks, src.block, RATE)
     span_samples = (blocks[-1].first_sample - blocks[0].first_sample) / RATE
     span_clock = blocks[-1].t_arrival - blocks[0].t_arrival
