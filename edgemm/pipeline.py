@@ -91,8 +91,13 @@ class Pipeline:
     def __init__(self, model: Bundle | FusionModel, video: Source | None = None, audio: Source | None = None,
                  sinks: Iterable[Sink] = (), settings: PipelineSettings | None = None,
                  alerts: Iterable[AlertRule] = (), backend: str = "onnxruntime", threads: int | None = None,
-                 duration_s: float | None = None):
+                 duration_s: float | None = None, camera: str | None = None,
+                 shared_captures: dict[str, Capture] | None = None):
         self.settings = s = settings or PipelineSettings()
+        # Several cameras (edgemm/multicam.py): each has a Pipeline named after it, its records and events say
+        # which, and a source they share (the microphone) is read by one Capture the owner runs and hands in.
+        self.camera = camera
+        self.shared_captures = dict(shared_captures or {})
         self.model = model if isinstance(model, FusionModel) else FusionModel(model, backend, threads)
         self.manifest = self.model.manifest
         self.modalities = self.manifest.modalities()
@@ -196,9 +201,10 @@ class Pipeline:
             start = now() + 0.05
             for f in files:
                 f.start_time = start
-        for src in self.sources.values():
-            src.open()
-            self._opened.append(src)
+        for mod, src in self.sources.items():
+            if mod not in self.shared_captures:
+                src.open()
+                self._opened.append(src)
         # Sinks open only once the sources have: a camera that is not there must not leave an empty results
         # file (or a broker session) behind. The capture threads start after them, so frames stay fresh.
         # "video_fps" asks for the source's frame rate when a sink needs it (the video sink, at its first frame).
@@ -210,7 +216,10 @@ class Pipeline:
             self._opened.append(sink)
         self.rss_start = bench.rss_mb()
         self.started_at = now()
+        self.captures.update(self.shared_captures)
         for mod, src in self.sources.items():
+            if mod in self.shared_captures:
+                continue
             on_reopened = self.ring.reset if mod == "audio" and self.ring is not None else None
             deliver = self._deliver_frame if mod == "video" else self._deliver_audio
             cap = Capture(src, mod, self.settings, self._stop, deliver, self._on_capture_event, on_reopened)
@@ -226,9 +235,10 @@ class Pipeline:
         if self._watchdog is not None:
             watchdog.notify("STOPPING=1")  # systemd: a clean stop, not a hang (flushing sinks may take a moment)
             self._watchdog = None
-        for cap in self.captures.values():
+        own = [c for m, c in self.captures.items() if m not in self.shared_captures]
+        for cap in own:
             cap.join(timeout=3.0)
-        for cap in self.captures.values():
+        for cap in own:
             if cap.is_alive():
                 log.warning("capture thread for %s did not stop in time", cap.uri)
         end_t = now()
@@ -316,6 +326,8 @@ class Pipeline:
             events.append(self._events.popleft())
         events += list(extra)
         for ev in events:
+            if self.camera is not None:
+                ev.setdefault("camera", self.camera)
             self.event_counts[ev["event"]] += 1
             for health in self.sink_health:  # one sink failing must not stop the others or the run
                 health.call("event", ev)
@@ -498,7 +510,9 @@ class Pipeline:
             primary = self.decisions.primary
             attribution["members"] = {m: {k: v for k, v in decode_output(outs[primary], specs[primary]).items()
                                           if k != "top"} for m, outs in res.per_modality.items()}
+        camera = {} if self.camera is None else {"camera": self.camera}
         return {
+            **camera,
             "t": round(res.t, 6),
             "wall_time": round(time.time(), 3),
             "outputs": outputs,

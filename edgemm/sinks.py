@@ -99,7 +99,7 @@ class ConsoleSink(Sink):
         stream.flush()
 
     def result(self, record: dict, frame=None) -> None:
-        parts = [f"t={record['t']:.3f}"]
+        parts = ([f"[{record['camera']}]"] if record.get("camera") else []) + [f"t={record['t']:.3f}"]
         for name, out in record["outputs"].items():
             if "label" in out:
                 parts.append(f"{name}={out['label']} ({out['score']:.2f})")

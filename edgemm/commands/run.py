@@ -8,6 +8,8 @@ flush the sinks and exit 0. Examples:
   edgemm run model.onnx --video clip.mp4 --audio clip.wav --sink jsonl:out.jsonl --sink video:out.mp4
   edgemm run model.edgemm --video rtsp://cam/stream --audio mic://2 --sink mqtt://broker:1883/cabin \\
       --alert drowsy:0.7:0.5:1.0 --duration 3600
+  edgemm run model.onnx --video door=rtsp://cam1/s --video yard=rtsp://cam2/s --sink jsonl:out.jsonl \
+      --sink door=video:door.mp4      (several cameras: one batched inference; records carry "camera")
   edgemm run --config /etc/edgemm/run.json      (keys: the long option names, e.g. "video", "sinks", "alerts")
 """
 
@@ -27,22 +29,31 @@ from edgemm.shapes import SHAPE_HELP, shape_overrides
 # (outputs, power), are imported inside functions.
 
 CONFIG_KEYS = {
-    "model": str, "video": str, "audio": str, "sinks": list, "duration": (int, float), "threads": int,
+    "model": str, "video": (str, list), "audio": str, "sinks": list, "duration": (int, float), "threads": int,
     "backend": str, "alerts": list, "max_in_flight": int, "max_skew_ms": (int, float), "attribution": str,
     "tick_hz": (int, float), "rates_hz": dict, "max_age_s": (int, float), "summary_json": str, "quiet": bool,
-    "shape": list, "conf": (int, float), "iou": (int, float), "metrics": (int, str),
+    "shape": list, "conf": (int, float), "iou": (int, float), "metrics": (int, str), "batch_size": int,
+    "batch_timeout_ms": (int, float),
 }
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL", help="bundle folder, manifest.json or .onnx file")
-    p.add_argument("--video", metavar="URI", help="camera, stream or file: v4l2:///dev/video0, csi://0, rtsp://..., "
-                                                  "clip.mp4, test://video")
+    p.add_argument("--video", action="append", metavar="[NAME=]URI",
+                   help="camera, stream or file: v4l2:///dev/video0, csi://0, rtsp://..., clip.mp4, test://video; "
+                        "repeatable: several cameras, named NAME (default cam0, cam1, ...), batched into one "
+                        "inference")
+    p.add_argument("--batch-size", type=int, metavar="N", help="several cameras: frames per inference (default: "
+                                                               "the number of cameras)")
+    p.add_argument("--batch-timeout-ms", type=float, metavar="MS",
+                   help="several cameras: run a partial batch once its oldest frame has waited this long "
+                        "(default 15 ms)")
     p.add_argument("--audio", metavar="URI", help="microphone or file: mic://default, mic://NAME, speech.wav, "
                                                   "test://audio")
     p.add_argument("--sink", action="append", dest="sinks", metavar="SPEC",
                    help="console (default), jsonl:PATH, video:PATH.mp4, mqtt://HOST[:PORT]/TOPIC, http://HOST:PORT "
-                        "(web view), rtsp://HOST:PORT/PATH; repeatable")
+                        "(web view), rtsp://HOST:PORT/PATH; repeatable; NAME=SPEC: only camera NAME's results "
+                        "(with several cameras, video: without NAME= writes PATH.NAME.mp4 per camera)")
     p.add_argument("--metrics", metavar="[HOST:]PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics "
                                                               "(all interfaces unless HOST is given)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until the sources "
@@ -89,9 +100,10 @@ def load_config(path: str) -> dict:
         if k == "sinks" and not all(isinstance(v, str) for v in value):
             raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of sink specs "
                               "(strings such as \"jsonl:/var/log/edgemm/results.jsonl\").")
-        if k == "shape" and not all(isinstance(v, str) for v in value):
-            raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of "
-                              "\"NAME:DIMS\" strings such as \"input:1x512\".")
+        if k in ("shape", "video") and isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            example = "\"NAME:DIMS\" strings such as \"input:1x512\"" if k == "shape" else \
+                "\"NAME=URI\" strings such as \"door=rtsp://cam1/stream\""
+            raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of {example}.")
         if k == "alerts" and not all(isinstance(v, (str, dict)) for v in value):
             raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of "
                               "\"LABEL:ON:OFF:MIN_S\" strings or {\"label\": ..., \"on\": ...} objects.")
@@ -175,18 +187,26 @@ def build(opts: dict):
             article = "an" if mod == "audio" else "a"
             raise EdgemmError(f"Model: {opts['model']} | Has {article} {mod} input but no --{mod} was given; "
                               f"expected --{mod} URI (e.g. {example}).")
-    video = audio = None
-    if opts.get("video") and "video" in mods:
-        video = open_source(opts["video"], "video", **_video_options(opts["video"], bundle))
+    from edgemm.multicam import camera_names, parse_cameras, route_sinks
+
+    cams = parse_cameras(opts.get("video"))
+    names = camera_names(cams)
+    audio = None
+    videos = []
+    if "video" in mods:
+        videos = [(n, open_source(uri, "video", **_video_options(uri, bundle))) for n, (_, uri) in zip(names, cams)]
     if opts.get("audio") and "audio" in mods:
         rate = next(s.preprocess.sample_rate for _, s in bundle.manifest.all_inputs() if s.modality == "audio")
         audio = open_source(opts["audio"], "audio", **_audio_options(opts["audio"], rate))
     for mod in ("video", "audio"):
         if opts.get(mod) and mod not in mods:
             print(f"edgemm run: note: the model has no {mod} input; --{mod} is not used", file=sys.stderr)
-    sinks = [make_sink(s) for s in (opts.get("sinks") or ["console"])]
+    specs = list(opts.get("sinks") or ["console"])
     if opts.get("metrics") is not None:
-        sinks.append(make_sink(f"metrics:{opts['metrics']}"))
+        specs.append(f"metrics:{opts['metrics']}")
+    shared_specs, own_specs = route_sinks(specs, names or ["cam0"])
+    sinks = [make_sink(s) for s in shared_specs]
+    camera_sinks = {n: [make_sink(s) for s in own] for n, own in own_specs.items()}
     alerts = []
     for a in opts.get("alerts") or []:
         alerts.append(AlertRule.from_dict(a) if isinstance(a, dict) else AlertRule.parse(str(a)))
@@ -208,8 +228,30 @@ def build(opts: dict):
             setattr(settings, key, float(opts[key]))
     if opts.get("max_age_s") is not None:
         settings.max_age_s = float(opts["max_age_s"])
+    batching = opts.get("batch_size") is not None or opts.get("batch_timeout_ms") is not None
+    if len(videos) > 1 or batching:
+        return _multicamera(opts, bundle, videos, audio, sinks, camera_sinks, settings, alerts, backend)
+    name, video = videos[0] if videos else (None, None)
+    sinks += camera_sinks.get(name or "cam0", [])
     return Pipeline(bundle, video=video, audio=audio, sinks=sinks, settings=settings, alerts=alerts,
-                    backend=backend, threads=opts.get("threads"), duration_s=opts.get("duration"))
+                    backend=backend, threads=opts.get("threads"), duration_s=opts.get("duration"),
+                    camera=cams[0][0] if cams else None)
+
+
+def _multicamera(opts, bundle, videos, audio, sinks, camera_sinks, settings, alerts, backend):
+    from edgemm.multicam import DEFAULT_BATCH_TIMEOUT_S, MultiCamera
+
+    if not videos:
+        raise EdgemmError(f"Model: {opts['model']} | Has no video input; expected a model that takes frames for "
+                          "several cameras (--batch-size, --batch-timeout-ms).")
+    if opts.get("batch_size") is not None and opts["batch_size"] < 1:
+        raise EdgemmError(f"Batch size: {opts['batch_size']} | Expected at least 1 frame per batch.")
+    _check_number(opts, "batch_timeout_ms", "Batch timeout", "ms", minimum=0)
+    timeout_ms = opts.get("batch_timeout_ms")
+    return MultiCamera(bundle, videos, audio=audio, shared_sinks=sinks, camera_sinks=camera_sinks,
+                       settings=settings, alerts=alerts, backend=backend, threads=opts.get("threads"),
+                       duration_s=opts.get("duration"), batch_size=opts.get("batch_size"),
+                       batch_timeout_s=DEFAULT_BATCH_TIMEOUT_S if timeout_ms is None else timeout_ms / 1e3)
 
 
 def _rates(rates: dict) -> dict[str, float]:
@@ -284,7 +326,9 @@ def _words(value) -> str:
 
 
 def format_summary(s: dict) -> str:
-    """The end-of-run summary (Pipeline.summary()) as a few human lines."""
+    """The end-of-run summary (Pipeline.summary(), or MultiCamera.summary()) as a few human lines."""
+    if "cameras" in s:
+        return _format_cameras(s)
     lines = [f"{s['results']} results in {s['duration_s']:.1f} s ({s['fps']:.1f}/s), "
              f"model {s['model']} ({s['form']} fusion)"]
     for port, p in s["ports"].items():
@@ -310,3 +354,18 @@ def format_summary(s: dict) -> str:
                          f"{c['lost']} records lost")
     return "\n".join(lines)
 
+
+
+def _format_cameras(s: dict) -> str:
+    """Several cameras: the totals, the batches, then each camera's summary indented."""
+    lines = [f"{s['results']} results in {s['duration_s']:.1f} s ({s['fps']:.1f}/s) from {len(s['cameras'])} "
+             f"cameras, model {s['model']}"]
+    for graph, b in s["batching"].items():
+        infer = b["infer_ms"] or {}
+        lines.append(f"  batches ({graph}): {b['calls']} calls, mean size {b['mean_size']} (max {b['batch_size']}, "
+                     f"timeout {b['timeout_ms']} ms{'' if b['batched'] else ', one call per frame'}); "
+                     f"model p50 {infer.get('p50', 0):.2f} ms, p99 {infer.get('p99', 0):.2f} ms per call")
+    for name, cam in s["cameras"].items():
+        lines.append(f"camera {name}:")
+        lines += ["  " + line for line in format_summary(cam).splitlines()]
+    return "\n".join(lines)

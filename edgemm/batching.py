@@ -1,0 +1,209 @@
+"""One inference for the frames of several cameras: the stream muxer in front of a shared runner.
+
+    camera 0 worker ──CameraRunner.infer(feed)──┐
+    camera 1 worker ──CameraRunner.infer(feed)──┼─► InferenceBatcher ──one infer(batch N)──► the real runner
+    camera 2 worker ──CameraRunner.infer(feed)──┘        (batch size, batch timeout)
+
+Each camera keeps its own pipeline (capture thread, port with its drop policy, schedule, decisions); only the
+model calls meet here, as in DeepStream's nvstreammux: a batch is pushed when ``batch_size`` requests wait
+(fewer when fewer cameras are up, so a lost camera does not hold the others back), or when the oldest request
+has waited ``timeout_s`` (a partial batch). The feeds of a batch are concatenated along the batch axis and
+the outputs split back, so each camera sees the call it made.
+
+The batch is run by one of the waiting callers (the "leader"), not by a thread of its own: no hand-over
+between threads on the way in or out, and no thread to stop. A graph whose inputs have a fixed batch of 1
+cannot take a batch: its calls run one after another as they come (no waiting for a batch: it would only
+add latency), said once in the log. A graph that takes a batch but does not return one per row (an output
+without the batch axis) is found out at the first batch and treated the same way from then on.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgemm.bench import Reservoir
+from edgemm.errors import EdgemmError
+from edgemm.runners.base import BaseRunner, TensorMeta
+from edgemm.sources.base import now
+
+log = logging.getLogger("edgemm.batching")
+
+POLL_S = 0.002  # a waiting batch looks again this often whether the cameras it waits for can still come
+
+
+def takes_batch(meta: Mapping[str, TensorMeta]) -> bool:
+    """Whether every input has a dynamic first (batch) axis."""
+    return bool(meta) and all(len(m.shape) > 0 and not isinstance(m.shape[0], int) for m in meta.values())
+
+
+@dataclass
+class _Request:
+    feed: Mapping[str, np.ndarray]
+    member: str | None = None  # the camera that asked
+    t0: float = field(default_factory=now)
+    outputs: dict[str, np.ndarray] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+    def signature(self) -> tuple:
+        # Feeds that can share a call: same inputs, same shape past the batch axis, same dtypes.
+        return tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in self.feed.items()))
+
+
+class InferenceBatcher:
+    """Gathers ``infer`` calls of several callers (threads) into batched calls of one activated runner."""
+
+    def __init__(self, runner: BaseRunner, batch_size: int, timeout_s: float,
+                 expected: Callable[[set, float], int] | None = None, reservoir: int = 20000):
+        if batch_size < 1:
+            raise EdgemmError(f"Batch size: {batch_size} | Expected at least 1.")
+        if not timeout_s >= 0:
+            raise EdgemmError(f"Batch timeout: {timeout_s} s | Expected 0 or more.")
+        self.runner = runner
+        self.batch_size = batch_size
+        self.timeout_s = timeout_s
+        # expected(waiting members, seconds left): how many requests the batch should hold, those waiting included
+        # (the cameras that are up and whose next frame is due before the timeout): a batch waits for no one
+        # whose frame cannot come in time.
+        self.expected = expected
+        self.batched = takes_batch(runner.input_metadata()) and batch_size > 1
+        if not self.batched and batch_size > 1:
+            log.warning("graph %s has a fixed batch (inputs %s): the cameras' frames run as one call each, as "
+                        "they come", runner.name, ", ".join(f"{m.name}{m.shape_str()}" for m in
+                                                            runner.input_metadata().values()))
+        self._cond = threading.Condition()
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._running = False
+        # statistics: batches by size, and the model's time per batched call
+        self.sizes: collections.Counter = collections.Counter()
+        self.infer_s = Reservoir(reservoir, seed=7)
+        self.infer_s_by_size: dict[int, Reservoir] = {}
+
+    def _want(self, left_s: float) -> int:
+        if not self.batched:
+            return 1
+        if self.expected is None:
+            return self.batch_size
+        return min(self.batch_size, max(1, self.expected({r.member for r in self._pending}, left_s)))
+
+    def infer(self, feed: Mapping[str, np.ndarray], member: str | None = None) -> dict[str, np.ndarray]:
+        req = _Request(feed, member)
+        with self._cond:
+            self._pending.append(req)
+            self._cond.notify_all()
+            while True:
+                if req.done:
+                    break
+                if not self._running and self._pending:
+                    left = self._pending[0].t0 + self.timeout_s - now()
+                    if left <= 0 or len(self._pending) >= self._want(left):
+                        batch = self._take()
+                        self._running = True
+                        self._cond.release()
+                        try:
+                            self._run(batch)
+                        finally:
+                            self._cond.acquire()
+                            self._running = False
+                            self._cond.notify_all()
+                        continue
+                    self._cond.wait(min(left, POLL_S))  # (who is due soon changes as time passes)
+                else:
+                    self._cond.wait(0.05)
+        if req.error is not None:
+            raise req.error
+        return req.outputs
+
+    def _take(self) -> list[_Request]:
+        """The oldest request and those that can share its call, up to the batch size (the rest stay)."""
+        first = self._pending.popleft()
+        batch = [first]
+        if self.batched:
+            sig = first.signature()
+            rest = collections.deque()
+            while self._pending and len(batch) < self.batch_size:
+                r = self._pending.popleft()
+                (batch if r.signature() == sig else rest).append(r)
+            rest.extend(self._pending)
+            self._pending = rest
+        return batch
+
+    def _run(self, batch: list[_Request]) -> None:
+        t0 = time.perf_counter()
+        try:
+            if len(batch) == 1:
+                batch[0].outputs = self.runner.infer(batch[0].feed)
+            else:
+                self._run_batched(batch)
+        except BaseException as exc:  # each caller raises it in its own thread
+            for r in batch:
+                if r.outputs is None:
+                    r.error = exc
+        took = time.perf_counter() - t0
+        for r in batch:
+            r.done = True
+        self.sizes[len(batch)] += 1
+        self.infer_s.add(took)
+        self.infer_s_by_size.setdefault(len(batch), Reservoir(self.infer_s.size, seed=len(batch))).add(took)
+
+    def _run_batched(self, batch: list[_Request]) -> None:
+        n = len(batch)
+        feed = {k: np.concatenate([r.feed[k] for r in batch]) for k in batch[0].feed}
+        rows = [r.feed[next(iter(r.feed))].shape[0] for r in batch]
+        outputs = self.runner.infer(feed)
+        if any(v.ndim == 0 or v.shape[0] != sum(rows) for v in outputs.values()):
+            log.warning("graph %s took a batch of %d but its outputs (%s) have no batch axis: from now on each "
+                        "camera's frame runs as a call of its own", self.runner.name, n,
+                        ", ".join(f"{k}{tuple(v.shape)}" for k, v in outputs.items()))
+            self.batched = False
+            for r in batch:
+                r.outputs = self.runner.infer(r.feed)
+            return
+        start = 0
+        for r, k in zip(batch, rows):
+            r.outputs = {name: v[start:start + k].copy() for name, v in outputs.items()}
+            start += k
+
+    def stats(self) -> dict:
+        calls = sum(self.sizes.values())
+        return {"batch_size": self.batch_size, "timeout_ms": round(self.timeout_s * 1e3, 3),
+                "batched": self.batched, "calls": calls,
+                "mean_size": round(sum(k * v for k, v in self.sizes.items()) / calls, 3) if calls else 0.0,
+                "sizes": dict(sorted(self.sizes.items())), "infer_ms": self.infer_s.stats_ms(),
+                "infer_ms_by_size": {k: r.stats_ms() for k, r in sorted(self.infer_s_by_size.items())}}
+
+
+class CameraRunner(BaseRunner):
+    """What one camera's FusionModel runs a graph on: the shared runner, through the batcher. Activated and
+    deactivated by the owner of the shared runner, so a camera's pipeline opening or closing it is a no-op."""
+
+    def __init__(self, batcher: InferenceBatcher, camera: str):
+        super().__init__(f"{batcher.runner.name}@{camera}")
+        self.batcher = batcher
+        self.camera = camera
+        self.backend = batcher.runner.backend
+
+    def activate_impl(self) -> None:
+        pass
+
+    def deactivate_impl(self) -> None:
+        pass
+
+    def input_metadata_impl(self) -> dict[str, TensorMeta]:
+        return self.batcher.runner.input_metadata()
+
+    def output_metadata_impl(self) -> dict[str, TensorMeta]:
+        return self.batcher.runner.output_metadata()
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.batcher.infer(feed, self.camera)
+
+    def describe(self) -> str:
+        return self.batcher.runner.describe()
