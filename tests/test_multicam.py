@@ -1,0 +1,231 @@
+"""Several cameras on one model (edgemm/multicam.py, edgemm/batching.py): naming, sink routing, the batcher on
+a real ONNX Runtime session, and live runs on ffmpeg loopback cameras with one of them killed mid-run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+from edgemm.batching import InferenceBatcher
+from edgemm.bundle import load_bundle
+from edgemm.cli import main
+from edgemm.errors import EdgemmError
+from edgemm.multicam import MultiCamera, camera_names, parse_cameras, route_sinks
+from edgemm.pipeline import PipelineSettings
+from edgemm.runners.onnxruntime import OnnxRuntimeRunner
+from edgemm.sources import open_source
+from edgemm.sources.base import now
+from tests import onnx_models
+from tests.rigs import ESTABLISHED, LISTEN, FfmpegStream
+from tests.test_pipeline import Collect
+
+
+@contextlib.contextmanager
+def other_core_busy():
+    """A process spinning on a core for the duration (the machine the tests run on is shared and loaded)."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+# ---------------------------------------------------------------------------------------------- naming
+
+def test_cameras_are_named_and_plain_uris_get_cam_names():
+    cams = parse_cameras(["door=rtsp://cam1/s?a=b", "test://video?fps=30", "clip.mp4", "cam0=x.mp4"])
+    assert cams == [("door", "rtsp://cam1/s?a=b"), (None, "test://video?fps=30"), (None, "clip.mp4"),
+                    ("cam0", "x.mp4")]
+    assert camera_names(cams) == ["door", "cam1", "cam2", "cam0"]  # cam0 was taken by the last one
+    assert parse_cameras("rtsp://h/x?user=a") == [(None, "rtsp://h/x?user=a")]  # '=' in a query is no name
+    with pytest.raises(EdgemmError, match="given twice"):
+        parse_cameras(["a=x.mp4", "a=y.mp4"])
+
+
+def test_sinks_are_shared_or_per_camera():
+    shared, own = route_sinks(["console", "jsonl:r.jsonl?mode=w", "video:out/all.mp4", "b=video:b.mp4",
+                               "a=mqtt://h/t"], ["a", "b"])
+    assert shared == ["console", "jsonl:r.jsonl?mode=w"]
+    assert own == {"a": ["video:out/all.a.mp4", "mqtt://h/t"], "b": ["video:out/all.b.mp4", "video:b.mp4"]}
+    with pytest.raises(EdgemmError, match="NAME=http://0.0.0.0:8080"):
+        route_sinks(["http://0.0.0.0:8080"], ["a", "b"])
+    with pytest.raises(EdgemmError, match="No camera named 'c'"):
+        route_sinks(["c=jsonl:x.jsonl"], ["a", "b"])
+    # One camera: everything is its own, in the order given.
+    assert route_sinks(["video:v.mp4", "console"], ["cam0"]) == ([], {"cam0": ["video:v.mp4", "console"]})
+
+
+# ---------------------------------------------------------------------------------------------- batcher
+
+def _runner(tmp_path, batch):
+    path = tmp_path / f"av_{batch}.onnx"
+    onnx.save(onnx_models.av_early_model(batch=batch), path)
+    return OnnxRuntimeRunner(path, threads=1)
+
+
+def _feeds(runner, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{m.name: rng.standard_normal([1 if not isinstance(d, int) else d for d in m.shape]).astype(m.dtype)
+             for m in runner.input_metadata().values()} for _ in range(n)]
+
+
+def _submit_together(batcher, feeds):
+    out = [None] * len(feeds)
+    barrier = threading.Barrier(len(feeds))
+
+    def one(i):
+        barrier.wait()
+        out[i] = batcher.infer(feeds[i], f"cam{i}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(feeds))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return out
+
+
+def test_batcher_runs_one_call_for_all_cameras_with_the_same_numbers(tmp_path):
+    with _runner(tmp_path, "N") as runner:
+        feeds = _feeds(runner, 4)
+        alone = [runner.infer(f) for f in feeds]
+        batcher = InferenceBatcher(runner, batch_size=4, timeout_s=5.0)  # a long timeout: only a full batch goes
+        assert batcher.batched
+        got = _submit_together(batcher, feeds)
+    assert batcher.sizes == {4: 1}
+    for a, g in zip(alone, got):
+        assert a.keys() == g.keys()
+        for k in a:
+            assert g[k].shape == a[k].shape and np.allclose(g[k], a[k], atol=1e-5)
+
+
+def test_batcher_pushes_a_partial_batch_at_its_timeout(tmp_path):
+    with _runner(tmp_path, "N") as runner:
+        feeds = _feeds(runner, 2)
+        batcher = InferenceBatcher(runner, batch_size=4, timeout_s=0.05)
+        t0 = now()
+        _submit_together(batcher, feeds)
+        took = now() - t0
+    assert batcher.sizes == {2: 1}
+    assert 0.05 <= took < 2.0
+
+
+def test_batcher_waits_only_for_cameras_that_can_come_in_time(tmp_path):
+    """The batch waits for those the owner says are due, not for the batch size: no timeout paid here."""
+    with _runner(tmp_path, "N") as runner:
+        feeds = _feeds(runner, 2)
+        batcher = InferenceBatcher(runner, batch_size=4, timeout_s=5.0, expected=lambda waiting, left: 2)
+        t0 = now()
+        _submit_together(batcher, feeds)
+        took = now() - t0
+    assert batcher.sizes == {2: 1} and took < 2.0
+
+
+def test_fixed_batch_model_runs_one_call_per_camera_and_says_so(tmp_path, caplog):
+    with _runner(tmp_path, 1) as runner:
+        feeds = _feeds(runner, 3)
+        alone = [runner.infer(f) for f in feeds]
+        with caplog.at_level("WARNING", logger="edgemm.batching"):
+            batcher = InferenceBatcher(runner, batch_size=3, timeout_s=5.0)
+        got = _submit_together(batcher, feeds)
+    assert not batcher.batched and batcher.sizes == {1: 3}
+    assert sum("fixed batch" in r.message for r in caplog.records) == 1
+    for a, g in zip(alone, got):
+        assert all(np.allclose(g[k], a[k], atol=1e-5) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------- live
+
+def _wait(multi, cond, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not cond():
+        multi.step(0.05)
+    assert cond(), "timed out"
+
+
+def _by(sink, cam, since=0):
+    return [r for r in sink.results[since:] if r["camera"] == cam]
+
+
+def test_three_ffmpeg_cameras_one_killed_others_unaffected(tmp_path):
+    """Three live cameras (ffmpeg on loopback, MJPEG at 30 fps) and a test microphone on one batched model,
+    with the other core busy. Camera b is killed mid-run (SIGKILL): its results go on degraded (audio alone)
+    and it reports source_lost; a and c keep their full rate with video. b comes back by itself."""
+    bundle = load_bundle(onnx_models.write_av_bundle(tmp_path / "av"))
+    settings = PipelineSettings(reconnect_initial_s=0.2, reconnect_max_s=1.0)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(other_core_busy())
+        cams = {n: stack.enter_context(FfmpegStream("mjpeg", size=(320, 240), fps=30,
+                                                    ready_states=(LISTEN, ESTABLISHED))) for n in "abc"}
+        videos = [(n, open_source(c.url, "video", stall_timeout=1.5)) for n, c in cams.items()]
+        sink = Collect()
+        multi = MultiCamera(bundle, videos, audio=open_source("test://audio?kind=noise", "audio"),
+                            shared_sinks=[sink], settings=settings, threads=1)
+        with multi:
+            _wait(multi, lambda: all(sum("video" not in r["degraded"] for r in _by(sink, n)) >= 20 for n in "abc"), 20)
+            cams["b"].kill()
+            _wait(multi, lambda: any(e["event"] == "source_lost" and e.get("camera") == "b" for e in sink.events), 10)
+            n_lost, t_lost = len(sink.results), time.monotonic()
+            _wait(multi, lambda: len(_by(sink, "b", n_lost)) >= 10, 10)
+            time.sleep(0)  # (keep stepping for a fixed stretch while b is down, to measure a and c's rate)
+            _wait(multi, lambda: time.monotonic() - t_lost >= 2.0, 5)
+            n_down, down_s = len(sink.results), time.monotonic() - t_lost
+            cams["b"].start()
+            _wait(multi, lambda: any(e["event"] == "source_recovered" and e.get("camera") == "b"
+                                     for e in sink.events), 20)
+            n_back = len(sink.results)
+            _wait(multi, lambda: sum("video" not in r["degraded"] for r in _by(sink, "b", n_back)) >= 5, 10)
+        summary = multi.final_summary
+    lost = [e for e in sink.events if e["event"] == "source_lost"]
+    assert {e["camera"] for e in lost} == {"b"} and all(e["modality"] == "video" for e in lost)
+    during = sink.results[n_lost:n_down]
+    # b: degraded results only (fused on audio); a and c: with video, at (nearly) the camera's 30 fps.
+    assert _by(sink, "b", n_lost)[:10] and all(r["degraded"] == ["video"] for r in _by(sink, "b", n_lost)[:10])
+    for n in "ac":
+        ok = [r for r in during if r["camera"] == n and "video" not in r["degraded"]]
+        assert len(ok) >= 0.75 * 30 * down_s, (n, len(ok), down_s)
+    assert summary["cameras"]["b"]["reconnects"]["video"] >= 1
+    assert summary["cameras"]["a"]["reconnects"]["video"] == 0 and summary["cameras"]["c"]["reconnects"]["video"] == 0
+    b = summary["batching"]["model"]
+    assert b["batched"] and b["calls"] > 0 and max(b["sizes"]) >= 2  # frames of several cameras in one call
+    assert len(sink.summaries) == 3 and {s.get("results", 0) > 0 for s in sink.summaries} == {True}
+
+
+def test_cli_two_cameras_jsonl_and_a_video_file_each(tmp_path, capsys):
+    bundle = onnx_models.write_av_bundle(tmp_path / "av")
+    out = tmp_path / "r.jsonl"
+    code = main(["run", str(bundle), "--video", "door=test://video?size=160x120&fps=30",
+                 "--video", "test://video?size=160x120&fps=30", "--audio", "test://audio", "--duration", "2",
+                 "--sink", f"jsonl:{out}", "--sink", f"video:{tmp_path / 'v.mp4'}", "--batch-timeout-ms", "10",
+                 "--summary-json", str(tmp_path / "s.json")])
+    assert code == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    results = [x for x in lines if x["type"] == "result"]
+    assert {r["camera"] for r in results} == {"door", "cam0"}
+    assert all(sum(r["camera"] == c for r in results) >= 30 for c in ("door", "cam0"))
+    assert (tmp_path / "v.door.mp4").stat().st_size > 0 and (tmp_path / "v.cam0.mp4").stat().st_size > 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert set(summary["cameras"]) == {"door", "cam0"} and summary["batching"]["model"]["timeout_ms"] == 10
+    assert "from 2 cameras" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--video", "a=test://video", "--video", "a=test://video"], "Camera name 'a' is given twice"),
+    (["--video", "test://video", "--video", "test://video", "--batch-size", "0"], "Batch size: 0"),
+    (["--video", "a=test://video", "--video", "b=test://video", "--sink", "c=jsonl:x.jsonl"], "No camera named 'c'"),
+    (["--video", "test://video", "--video", "test://video", "--sink", "http://127.0.0.1:0"], "expected NAME="),
+])
+def test_cli_bad_multicamera_input_is_one_line(tmp_path, capsys, args, message):
+    bundle = onnx_models.write_av_bundle(tmp_path / "av")
+    code = main(["run", str(bundle), "--audio", "test://audio", *args])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and err.count("\n") == 1 and "Traceback" not in err
