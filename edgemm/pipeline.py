@@ -549,6 +549,7 @@ class Pipeline:
             skew["abs_p99"] = round(float(np.percentile(np.abs(self.skew.values), 99) * 1e3), 4)
             skew["bound_ms"] = round(self.settings.max_skew_s * 1e3, 3)
         return {
+            **({} if self.camera is None else {"camera": self.camera}),
             "model": self.manifest.name, "form": self.scheduler.form,
             "duration_s": round(elapsed, 3), "results": self.results,
             "worker_idle_s": round(self.worker_idle_s, 3),
