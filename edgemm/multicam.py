@@ -39,7 +39,7 @@ from edgemm.bundle import Bundle
 from edgemm.capture import Capture
 from edgemm.errors import EdgemmError
 from edgemm.fusion import FusionModel
-from edgemm.pipeline import Pipeline, PipelineSettings
+from edgemm.pipeline import Pipeline, PipelineSettings, Streaming
 from edgemm.sink_base import Sink
 from edgemm.sources.base import Source, now
 
@@ -145,7 +145,7 @@ class SharedSink(Sink):
             self.sink.summary(summary)
 
 
-class MultiCamera:
+class MultiCamera(Streaming):
     """Several cameras (and at most one microphone) on one bundle; see the module's doc."""
 
     def __init__(self, bundle: Bundle, cameras: list[tuple[str, Source]], audio: Source | None = None,
@@ -190,17 +190,6 @@ class MultiCamera:
         self.final_summary: dict | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def start(self) -> None:
         self.model.__enter__()
         self._opened.append(self.model)

@@ -85,7 +85,28 @@ class _VideoItem:
     t_in: float  # now() when the capture thread got it (glass time for files read faster than real time)
 
 
-class Pipeline:
+class Streaming:
+    """``with`` starts it and always closes it, also when starting fails halfway (what was opened is closed)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Pipeline(Streaming):
     """A running bundle on live or file sources. Use as a context manager; call step() until not streaming."""
 
     def __init__(self, model: Bundle | FusionModel, video: Source | None = None, audio: Source | None = None,
@@ -164,17 +185,6 @@ class Pipeline:
         self.final_summary: dict | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def add_sink(self, sink: Sink, first: bool = False) -> None:
         """Add a sink before start() (first: it sees each result before the others)."""
         if self.started_at is not None:
