@@ -201,8 +201,8 @@ class MultiCamera(Streaming):
             self.audio.open()
             self._opened.append(self.audio_capture)
         for pipe in self.pipelines.values():  # opens its camera and its own sinks, starts its capture
+            self._opened.append(pipe)  # (closed also when it fails halfway: it closes what it opened)
             pipe.start()
-            self._opened.append(pipe)
         first = next(iter(self.pipelines.values()))
         context = {"fps": getattr(first.sources.get("video"), "fps", None), "video_fps": first.video_fps,
                    "model": self.model.manifest.name}
@@ -239,7 +239,9 @@ class MultiCamera(Streaming):
             t.join(timeout=5.0)
         if self.audio_capture is not None and self.audio_capture.is_alive():
             self.audio_capture.join(timeout=3.0)
-        for obj in reversed(self._opened):  # the cameras' pipelines first (they send their summaries), ...
+        # The cameras' pipelines first (they send their summaries to the shared sinks), then the rest.
+        first = [o for o in self._opened if isinstance(o, Pipeline)]
+        for obj in list(reversed(first)) + [o for o in reversed(self._opened) if not isinstance(o, Pipeline)]:
             try:
                 if isinstance(obj, Pipeline):
                     obj.close()

@@ -217,6 +217,8 @@ def test_cli_two_cameras_jsonl_and_a_video_file_each(tmp_path, capsys):
     results = [x for x in lines if x["type"] == "result"]
     assert {r["camera"] for r in results} == {"door", "cam0"}
     assert all(sum(r["camera"] == c for r in results) >= 30 for c in ("door", "cam0"))
+    # Each camera's summary reaches the shared file before it is closed.
+    assert sorted(x["camera"] for x in lines if x["type"] == "summary") == ["cam0", "door"]
     assert (tmp_path / "v.door.mp4").stat().st_size > 0 and (tmp_path / "v.cam0.mp4").stat().st_size > 0
     summary = json.loads((tmp_path / "s.json").read_text())
     assert set(summary["cameras"]) == {"door", "cam0"} and summary["batching"]["model"]["timeout_ms"] == 10
@@ -248,3 +250,23 @@ def test_cli_one_camera_is_a_plain_pipeline_named_if_asked(tmp_path, video, came
     results = [json.loads(x) for x in out.read_text().splitlines() if '"result"' in x]
     assert results and all(r.get("camera") == camera for r in results)
     assert "cameras" not in json.loads((tmp_path / "s.json").read_text())
+
+
+def test_a_camera_that_cannot_open_closes_what_was_opened(tmp_path):
+    """The second camera is not there (nothing listens on its port): one EdgemmError, the first camera is
+    closed again and the shared sink was never opened (no empty results file is left)."""
+    from tests.rigs import free_port
+
+    bundle = load_bundle(onnx_models.write_av_bundle(tmp_path / "av"))
+    first = open_source("test://video?size=160x120&fps=30", "video")
+    gone = open_source(f"http://127.0.0.1:{free_port()}/", "video")
+    out = tmp_path / "r.jsonl"
+    from edgemm.sinks import make_sink
+
+    multi = MultiCamera(bundle, [("a", first), ("b", gone)], audio=open_source("test://audio", "audio"),
+                        shared_sinks=[make_sink(f"jsonl:{out}")], threads=1)
+    with pytest.raises(EdgemmError) as info:
+        with multi:
+            pass
+    assert "\n" not in str(info.value)
+    assert not first._open and not out.exists()
