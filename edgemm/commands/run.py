@@ -191,6 +191,13 @@ def build(opts: dict):
 
     cams = parse_cameras(opts.get("video"))
     names = camera_names(cams)
+    # Sinks are made (not opened) before the sources: a bad spec or camera name fails before a camera is probed.
+    specs = list(opts.get("sinks") or ["console"])
+    if opts.get("metrics") is not None:
+        specs.append(f"metrics:{opts['metrics']}")
+    shared_specs, own_specs = route_sinks(specs, names or ["cam0"])
+    sinks = [make_sink(s) for s in shared_specs]
+    camera_sinks = {n: [make_sink(s) for s in own] for n, own in own_specs.items()}
     audio = None
     videos = []
     if "video" in mods:
@@ -201,12 +208,6 @@ def build(opts: dict):
     for mod in ("video", "audio"):
         if opts.get(mod) and mod not in mods:
             print(f"edgemm run: note: the model has no {mod} input; --{mod} is not used", file=sys.stderr)
-    specs = list(opts.get("sinks") or ["console"])
-    if opts.get("metrics") is not None:
-        specs.append(f"metrics:{opts['metrics']}")
-    shared_specs, own_specs = route_sinks(specs, names or ["cam0"])
-    sinks = [make_sink(s) for s in shared_specs]
-    camera_sinks = {n: [make_sink(s) for s in own] for n, own in own_specs.items()}
     alerts = []
     for a in opts.get("alerts") or []:
         alerts.append(AlertRule.from_dict(a) if isinstance(a, dict) else AlertRule.parse(str(a)))
