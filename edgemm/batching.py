@@ -15,6 +15,14 @@ between threads on the way in or out, and no thread to stop. A graph whose input
 cannot take a batch: its calls run one after another as they come (no waiting for a batch: it would only
 add latency), said once in the log. A graph that takes a batch but does not return one per row (an output
 without the batch axis) is found out at the first batch and treated the same way from then on.
+
+Whether a batch pays depends on the backend: on a GPU a batch of 4 costs little more than one frame (a
+small model's time is mostly launches and copies); ONNX Runtime on a CPU does about 4 times the work for 4
+rows, so a batch only makes every camera wait for the others' frames. With ``adaptive`` (the default when
+no batch size is asked for) the batcher compares the fastest batched call per row with the fastest single
+call once it has seen a few of each (the fastest: load on a shared machine only ever adds time) and, where a
+row of a batch costs more than ``PAYS`` of a call of its own, runs one call per frame from then on (said in
+the log).
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from edgemm.sources.base import now
 
 log = logging.getLogger("edgemm.batching")
 
+PAYS = 0.8  # a batch pays when a row of it costs less than this fraction of a call of its own
+SEEN = 5  # calls of each kind (single, batched) seen before deciding whether batches pay
 POLL_S = 0.002  # a waiting batch looks again this often whether the cameras it waits for can still come
 
 
@@ -61,7 +71,8 @@ class InferenceBatcher:
     """Gathers ``infer`` calls of several callers (threads) into batched calls of one activated runner."""
 
     def __init__(self, runner: BaseRunner, batch_size: int, timeout_s: float,
-                 expected: Callable[[set, float], int] | None = None, reservoir: int = 20000):
+                 expected: Callable[[set, float], int] | None = None, reservoir: int = 20000,
+                 adaptive: bool = False):
         if batch_size < 1:
             raise EdgemmError(f"Batch size: {batch_size} | Expected at least 1.")
         if not timeout_s >= 0:
@@ -73,6 +84,8 @@ class InferenceBatcher:
         # (the cameras that are up and whose next frame is due before the timeout): a batch waits for no one
         # whose frame cannot come in time.
         self.expected = expected
+        self.adaptive = adaptive
+        self.row_cost: float | None = None  # fastest batched call per row / fastest single call, once known
         self.batched = takes_batch(runner.input_metadata()) and batch_size > 1
         if not self.batched and batch_size > 1:
             log.warning("graph %s has a fixed batch (inputs %s): the cameras' frames run as one call each, as "
@@ -136,6 +149,10 @@ class InferenceBatcher:
         return batch
 
     def _run(self, batch: list[_Request]) -> None:
+        if len(batch) > 1 and self._wants_singles():
+            for r in batch:  # cameras in step never leave a single call to compare with: make some
+                self._run([r])
+            return
         t0 = time.perf_counter()
         try:
             if len(batch) == 1:
@@ -152,6 +169,28 @@ class InferenceBatcher:
         self.sizes[len(batch)] += 1
         self.infer_s.add(took)
         self.infer_s_by_size.setdefault(len(batch), Reservoir(self.infer_s.size, seed=len(batch))).add(took)
+        if self.adaptive and self.batched and self.row_cost is None:
+            self._judge()
+
+    def _wants_singles(self) -> bool:
+        if not self.adaptive or self.row_cost is not None:
+            return False
+        single = self.infer_s_by_size.get(1)
+        return (single is None or single.count < SEEN) and \
+            sum(r.count for k, r in self.infer_s_by_size.items() if k > 1) >= SEEN
+
+    def _judge(self) -> None:
+        """Batches pay or not, from the fastest calls seen (see the module's doc)."""
+        single = self.infer_s_by_size.get(1)
+        many = [(k, r) for k, r in self.infer_s_by_size.items() if k > 1]
+        if single is None or single.count < SEEN or sum(r.count for _, r in many) < SEEN:
+            return
+        self.row_cost = min(r.min / k for k, r in many) / single.min
+        if self.row_cost > PAYS:
+            self.batched = False
+            log.warning("graph %s: a row of a batch costs %.2f of a call of its own on this backend (%s): batches "
+                        "do not pay, each camera's frame runs as a call of its own (--batch-size forces batches)",
+                        self.runner.name, self.row_cost, self.runner.describe())
 
     def _run_batched(self, batch: list[_Request]) -> None:
         n = len(batch)
@@ -175,6 +214,7 @@ class InferenceBatcher:
         calls = sum(self.sizes.values())
         return {"batch_size": self.batch_size, "timeout_ms": round(self.timeout_s * 1e3, 3),
                 "batched": self.batched, "calls": calls,
+                "row_cost": None if self.row_cost is None else round(self.row_cost, 3),
                 "mean_size": round(sum(k * v for k, v in self.sizes.items()) / calls, 3) if calls else 0.0,
                 "sizes": dict(sorted(self.sizes.items())), "infer_ms": self.infer_s.stats_ms(),
                 "infer_ms_by_size": {k: r.stats_ms() for k, r in sorted(self.infer_s_by_size.items())}}

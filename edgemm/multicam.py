@@ -12,7 +12,8 @@
   audio) and its events ``source_lost``; the other cameras' pipelines do not notice.
 - Each pipeline's worker runs in a thread of its own; their model calls meet in an ``InferenceBatcher``
   (edgemm/batching.py), the stream muxer: one call with a batch of N when the graph takes a batch, pushed when
-  ``batch_size`` cameras wait (fewer when fewer cameras are up) or the oldest has waited ``batch_timeout_s``.
+  ``batch_size`` cameras wait (fewer when fewer cameras are up) or the oldest has waited ``batch_timeout_s``;
+  with no batch size asked for, it checks that batches pay on this backend and stops batching where not.
 - A microphone is read by one capture thread, which feeds every camera's audio ring: each camera's frame is
   fused with the audio window ending at its own capture time.
 - Sinks: one sink of a kind that takes records only (console, jsonl, mqtt) is shared: every camera's records
@@ -157,6 +158,7 @@ class MultiCamera(Streaming):
             raise EdgemmError(f"Model: {bundle.manifest.name} | No camera given; expected --video NAME=URI.")
         self.settings = settings or PipelineSettings()
         self.batch_size = len(cameras) if batch_size is None else batch_size
+        self.adaptive = batch_size is None  # a batch size asked for is kept; the default checks batches pay
         if self.batch_size < 1:
             raise EdgemmError(f"Batch size: {self.batch_size} | Expected at least 1 frame per batch.")
         if not batch_timeout_s >= 0:
@@ -193,7 +195,8 @@ class MultiCamera(Streaming):
     def start(self) -> None:
         self.model.__enter__()
         self._opened.append(self.model)
-        self.batchers = {g: InferenceBatcher(r, self.batch_size, self.batch_timeout_s, self._cameras_due)
+        self.batchers = {g: InferenceBatcher(r, self.batch_size, self.batch_timeout_s, self._cameras_due,
+                                             adaptive=self.adaptive)
                          for g, r in self.model.runners.items()}
         for name, pipe in self.pipelines.items():
             pipe.model.use_runners({g: CameraRunner(b, name) for g, b in self.batchers.items()})

@@ -281,3 +281,21 @@ def test_a_camera_that_cannot_open_closes_what_was_opened(tmp_path):
             pass
     assert "\n" not in str(info.value)
     assert not first._open and not out.exists()
+
+
+def test_adaptive_batcher_stops_batching_where_a_batch_does_not_pay(tmp_path, caplog):
+    """ONNX Runtime on a CPU does about N times the work for N rows (this model: a convolution over the whole
+    frame), so a row of a batch costs nearly a call of its own: the adaptive batcher sees it from the fastest
+    calls (robust to load) and goes to one call per frame, saying so once. Cameras in step (every batch full)
+    still get single calls to compare with. Without adaptive (a batch size asked for) batches go on."""
+    with _runner(tmp_path, "N") as runner:
+        feeds = _feeds(runner, 4)
+        with caplog.at_level("WARNING", logger="edgemm.batching"):
+            adaptive = InferenceBatcher(runner, batch_size=4, timeout_s=5.0, adaptive=True)
+            forced = InferenceBatcher(runner, batch_size=4, timeout_s=5.0)
+            for _ in range(12):
+                _submit_together(adaptive, feeds)
+                _submit_together(forced, feeds)
+    assert adaptive.row_cost is not None and adaptive.row_cost > 0.8 and not adaptive.batched
+    assert sum("do not pay" in r.message for r in caplog.records) == 1
+    assert adaptive.sizes[1] >= 5 + 4 and forced.batched and forced.sizes == {4: 12}

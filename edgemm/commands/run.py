@@ -43,8 +43,9 @@ def add_arguments(p) -> None:
                    help="camera, stream or file: v4l2:///dev/video0, csi://0, rtsp://..., clip.mp4, test://video; "
                         "repeatable: several cameras, named NAME (default cam0, cam1, ...), batched into one "
                         "inference")
-    p.add_argument("--batch-size", type=int, metavar="N", help="several cameras: frames per inference (default: "
-                                                               "the number of cameras)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="several cameras: frames per inference (default: the number of cameras, while batches "
+                        "pay on the backend: one call per frame where a batch row costs nearly a call)")
     p.add_argument("--batch-timeout-ms", type=float, metavar="MS",
                    help="several cameras: run a partial batch once its oldest frame has waited this long "
                         "(default 15 ms)")
