@@ -299,3 +299,18 @@ def test_adaptive_batcher_stops_batching_where_a_batch_does_not_pay(tmp_path, ca
     assert adaptive.row_cost is not None and adaptive.row_cost > 0.8 and not adaptive.batched
     assert sum("do not pay" in r.message for r in caplog.records) == 1
     assert adaptive.sizes[1] >= 5 + 4 and forced.batched and forced.sizes == {4: 12}
+
+
+def test_config_takes_a_list_of_cameras(tmp_path, capsys):
+    bundle = onnx_models.write_av_bundle(tmp_path / "av")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": str(bundle), "video": ["a=test://video", 3], "audio": "test://audio"}))
+    assert main(["run", "--config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "Key 'video'" in err and "NAME=URI" in err and err.count("\n") == 1
+    good = tmp_path / "good.json"
+    out = tmp_path / "r.jsonl"
+    good.write_text(json.dumps({"model": str(bundle), "video": ["a=test://video?size=160x120", "b=test://video?size=160x120"],
+                                "audio": "test://audio", "duration": 1, "sinks": [f"jsonl:{out}"], "quiet": True}))
+    assert main(["run", "--config", str(good)]) == 0
+    assert {json.loads(x).get("camera") for x in out.read_text().splitlines()} == {"a", "b"}
