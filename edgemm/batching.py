@@ -20,9 +20,10 @@ Whether a batch pays depends on the backend: on a GPU a batch of 4 costs little 
 small model's time is mostly launches and copies); ONNX Runtime on a CPU does about 4 times the work for 4
 rows, so a batch only makes every camera wait for the others' frames. With ``adaptive`` (the default when
 no batch size is asked for) the batcher compares the fastest batched call per row with the fastest single
-call once it has seen a few of each (the fastest: load on a shared machine only ever adds time) and, where a
-row of a batch costs more than ``PAYS`` of a call of its own, runs one call per frame from then on (said in
-the log).
+call once it has seen a few of each (the fastest: load on a shared machine only ever adds time; in CPU time
+of the calling thread where the model computes there, which a starved machine does not inflate either) and,
+where a row of a batch costs more than ``PAYS`` of a call of its own, runs one call per frame from then on
+(said in the log).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from edgemm.sources.base import now
 log = logging.getLogger("edgemm.batching")
 
 PAYS = 0.8  # a batch pays when a row of it costs less than this fraction of a call of its own
-SEEN = 5  # calls of each kind (single, batched) seen before deciding whether batches pay
+SEEN = 10  # calls of each kind (single, batched) seen before deciding whether batches pay
 POLL_S = 0.002  # a waiting batch looks again this often whether the cameras it waits for can still come
 
 
@@ -86,6 +87,7 @@ class InferenceBatcher:
         self.expected = expected
         self.adaptive = adaptive
         self.row_cost: float | None = None  # fastest batched call per row / fastest single call, once known
+        self._fastest: dict[int, tuple[float, float]] = {}  # batch size -> (wall s, this thread's CPU s) of the fastest
         self.batched = takes_batch(runner.input_metadata()) and batch_size > 1
         if not self.batched and batch_size > 1:
             log.warning("graph %s has a fixed batch (inputs %s): the cameras' frames run as one call each, as "
@@ -153,7 +155,7 @@ class InferenceBatcher:
             for r in batch:  # cameras in step never leave a single call to compare with: make some
                 self._run([r])
             return
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             if len(batch) == 1:
                 batch[0].outputs = self.runner.infer(batch[0].feed)
@@ -163,7 +165,9 @@ class InferenceBatcher:
             for r in batch:
                 if r.outputs is None:
                     r.error = exc
-        took = time.perf_counter() - t0
+        took, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        k = len(batch)
+        self._fastest[k] = min((took, cpu), self._fastest.get(k, (took, cpu)))
         for r in batch:
             r.done = True
         self.sizes[len(batch)] += 1
@@ -185,7 +189,13 @@ class InferenceBatcher:
         many = [(k, r) for k, r in self.infer_s_by_size.items() if k > 1]
         if single is None or single.count < SEEN or sum(r.count for _, r in many) < SEEN:
             return
-        self.row_cost = min(r.min / k for k, r in many) / single.min
+        # Where the model computes on this thread (ONNX Runtime on a CPU with one thread: its CPU time is most
+        # of the wall time) its CPU time is compared, which other processes on a loaded machine do not
+        # inflate; elsewhere (a GPU, a thread pool) the wall time.
+        wall1, cpu1 = self._fastest[1]
+        on_thread = cpu1 >= 0.5 * wall1
+        per_row = [(self._fastest[k][1] if on_thread else self._fastest[k][0]) / k for k, _ in many]
+        self.row_cost = min(per_row) / (cpu1 if on_thread else wall1)
         if self.row_cost > PAYS:
             self.batched = False
             log.warning("graph %s: a row of a batch costs %.2f of a call of its own on this backend (%s): batches "

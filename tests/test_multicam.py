@@ -293,12 +293,12 @@ def test_adaptive_batcher_stops_batching_where_a_batch_does_not_pay(tmp_path, ca
         with caplog.at_level("WARNING", logger="edgemm.batching"):
             adaptive = InferenceBatcher(runner, batch_size=4, timeout_s=5.0, adaptive=True)
             forced = InferenceBatcher(runner, batch_size=4, timeout_s=5.0)
-            for _ in range(12):
+            for _ in range(24):
                 _submit_together(adaptive, feeds)
                 _submit_together(forced, feeds)
     assert adaptive.row_cost is not None and adaptive.row_cost > 0.8 and not adaptive.batched
     assert sum("do not pay" in r.message for r in caplog.records) == 1
-    assert adaptive.sizes[1] >= 5 + 4 and forced.batched and forced.sizes == {4: 12}
+    assert adaptive.sizes[1] >= 10 + 4 and forced.batched and forced.sizes == {4: 24}
 
 
 def test_config_takes_a_list_of_cameras(tmp_path, capsys):
