@@ -8,7 +8,7 @@ flush the sinks and exit 0. Examples:
   edgemm run model.onnx --video clip.mp4 --audio clip.wav --sink jsonl:out.jsonl --sink video:out.mp4
   edgemm run model.edgemm --video rtsp://cam/stream --audio mic://2 --sink mqtt://broker:1883/cabin \\
       --alert drowsy:0.7:0.5:1.0 --duration 3600
-  edgemm run model.onnx --video door=rtsp://cam1/s --video yard=rtsp://cam2/s --sink jsonl:out.jsonl \
+  edgemm run model.onnx --video door=rtsp://cam1/s --video yard=rtsp://cam2/s --sink jsonl:out.jsonl \\
       --sink door=video:door.mp4      (several cameras: one batched inference; records carry "camera")
   edgemm run --config /etc/edgemm/run.json      (keys: the long option names, e.g. "video", "sinks", "alerts")
 """
