@@ -279,8 +279,10 @@ class MultiCamera(Streaming):
 
     # -- the shared microphone -------------------------------------------------------------------------------
     def _deliver_audio(self, block, cap: Capture) -> None:
-        for pipe in self.pipelines.values():
-            pipe._deliver_audio(block, cap)
+        for name, pipe in self.pipelines.items():
+            worker = self._workers.get(name)
+            if worker is None or worker.is_alive():  # (a camera that is done would hold a file's audio back)
+                pipe._deliver_audio(block, cap)
 
     def _on_audio_event(self, event: dict) -> None:
         for pipe in self.pipelines.values():  # each camera's results degrade: each says so
