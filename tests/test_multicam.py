@@ -314,3 +314,36 @@ def test_config_takes_a_list_of_cameras(tmp_path, capsys):
                                 "audio": "test://audio", "duration": 1, "sinks": [f"jsonl:{out}"], "quiet": True}))
     assert main(["run", "--config", str(good)]) == 0
     assert {json.loads(x).get("camera") for x in out.read_text().splitlines()} == {"a", "b"}
+
+
+def test_files_of_different_lengths_with_one_soundtrack(tmp_path):
+    """Two clips (1 s and 2 s at 15 fps) and a 2.5 s WAV: files lose nothing, so every frame of each clip gets
+    a result (fused with its audio), the short clip's end does not hold back the other's audio, and the run
+    ends when both clips have."""
+    from tests.rigs import require
+
+    require("ffmpeg")
+    clips = {}
+    for name, secs in (("short", 1), ("long", 2)):
+        clips[name] = tmp_path / f"{name}.mp4"
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                        f"testsrc=size=160x120:rate=15:duration={secs}", "-pix_fmt", "yuv420p", str(clips[name])],
+                       check=True)
+    wav = tmp_path / "sound.wav"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=16000:duration=2.5", str(wav)], check=True)
+    bundle = load_bundle(onnx_models.write_av_bundle(tmp_path / "av"))
+    sink = Collect()
+    multi = MultiCamera(bundle, [(n, open_source(str(p), "video")) for n, p in clips.items()],
+                        audio=open_source(str(wav), "audio"), shared_sinks=[sink], threads=1)
+    t0 = time.monotonic()
+    with multi:
+        while multi.is_streaming() and time.monotonic() - t0 < 60:
+            multi.step()
+    assert time.monotonic() - t0 < 60
+    counts = {n: sum(r["camera"] == n for r in sink.results) for n in clips}
+    assert counts == {"short": 15, "long": 30}, counts
+    # A frame in the first half second has most of its 1 s window before the soundtrack: degraded. The long
+    # clip's second half, after the short one ended, is fused with its audio.
+    assert sum("audio" not in r["degraded"] for r in sink.results) >= 45 - 2 * 8
+    assert all("audio" not in r["degraded"] for r in [r for r in sink.results if r["camera"] == "long"][-10:])
