@@ -318,8 +318,8 @@ def test_config_takes_a_list_of_cameras(tmp_path, capsys):
 
 def test_files_of_different_lengths_with_one_soundtrack(tmp_path):
     """Two clips (1 s and 2 s at 15 fps) and a 2.5 s WAV: files lose nothing, so every frame of each clip gets
-    a result (fused with its audio), the short clip's end does not hold back the other's audio, and the run
-    ends when both clips have."""
+    a result, the long clip goes on with its audio after the short one has ended, and the run ends when both
+    clips have."""
     from tests.rigs import require
 
     require("ffmpeg")
