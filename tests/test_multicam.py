@@ -213,7 +213,8 @@ def test_three_ffmpeg_cameras_one_killed_others_unaffected(tmp_path):
     assert summary["cameras"]["a"]["reconnects"]["video"] == 0 and summary["cameras"]["c"]["reconnects"]["video"] == 0
     b = summary["batching"]["model"]
     assert b["batched"] and b["calls"] > 0 and max(b["sizes"]) >= 2  # frames of several cameras in one call
-    assert sorted(s["camera"] for s in sink.summaries) == ["a", "b", "c"] and all(s["results"] > 0 for s in sink.summaries)
+    assert sorted(s["camera"] for s in sink.summaries) == ["a", "b", "c"]
+    assert all(s["results"] > 0 for s in sink.summaries)
 
 
 def test_cli_two_cameras_jsonl_and_a_video_file_each(tmp_path, capsys):
@@ -310,7 +311,8 @@ def test_config_takes_a_list_of_cameras(tmp_path, capsys):
     assert "Key 'video'" in err and "NAME=URI" in err and err.count("\n") == 1
     good = tmp_path / "good.json"
     out = tmp_path / "r.jsonl"
-    good.write_text(json.dumps({"model": str(bundle), "video": ["a=test://video?size=160x120", "b=test://video?size=160x120"],
+    cams = ["a=test://video?size=160x120", "b=test://video?size=160x120"]
+    good.write_text(json.dumps({"model": str(bundle), "video": cams,
                                 "audio": "test://audio", "duration": 1, "sinks": [f"jsonl:{out}"], "quiet": True}))
     assert main(["run", "--config", str(good)]) == 0
     assert {json.loads(x).get("camera") for x in out.read_text().splitlines()} == {"a", "b"}

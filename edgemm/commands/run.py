@@ -357,7 +357,6 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-
 def _format_cameras(s: dict) -> str:
     """Several cameras: the totals, the batches, then each camera's summary indented."""
     lines = [f"{s['results']} results in {s['duration_s']:.1f} s ({s['fps']:.1f}/s) from {len(s['cameras'])} "
