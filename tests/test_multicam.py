@@ -174,7 +174,8 @@ def test_three_ffmpeg_cameras_one_killed_others_unaffected(tmp_path):
         videos = [(n, open_source(c.url, "video", stall_timeout=30)) for n, c in cams.items()]
         sink = Collect()
         multi = MultiCamera(bundle, videos, audio=open_source("test://audio?kind=noise", "audio"),
-                            shared_sinks=[sink], settings=settings, threads=1)
+                            shared_sinks=[sink], settings=settings, threads=1,
+                            batch_size=3)  # batches forced: on a CPU the default stops batching (they do not pay)
         with multi:
             _wait(multi, lambda: all(sum("video" not in r["degraded"] for r in _by(sink, n)) >= 20 for n in "abc"), 60,
                   "20 results with video from each camera")
