@@ -49,6 +49,14 @@ SEEN = 10  # calls of each kind (single, batched) seen before deciding whether b
 POLL_S = 0.002  # a waiting batch looks again this often whether the cameras it waits for can still come
 
 
+def check_batching(batch_size: int, timeout_s: float) -> None:
+    """A batch size and a batch timeout that make sense, else one line naming them."""
+    if batch_size < 1:
+        raise EdgemmError(f"Batch size: {batch_size} | Expected at least 1 frame per batch.")
+    if not 0 <= timeout_s < float("inf"):
+        raise EdgemmError(f"Batch timeout: {timeout_s * 1e3} ms | Expected a finite time of 0 ms or more.")
+
+
 def takes_batch(meta: Mapping[str, TensorMeta]) -> bool:
     """Whether every input has a dynamic first (batch) axis."""
     return bool(meta) and all(len(m.shape) > 0 and not isinstance(m.shape[0], int) for m in meta.values())
@@ -74,10 +82,7 @@ class InferenceBatcher:
     def __init__(self, runner: BaseRunner, batch_size: int, timeout_s: float,
                  expected: Callable[[set, float], int] | None = None, reservoir: int = 20000,
                  adaptive: bool = False):
-        if batch_size < 1:
-            raise EdgemmError(f"Batch size: {batch_size} | Expected at least 1.")
-        if not timeout_s >= 0:
-            raise EdgemmError(f"Batch timeout: {timeout_s} s | Expected 0 or more.")
+        check_batching(batch_size, timeout_s)
         self.runner = runner
         self.batch_size = batch_size
         self.timeout_s = timeout_s

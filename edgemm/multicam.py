@@ -35,7 +35,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from edgemm.batching import CameraRunner, InferenceBatcher
+from edgemm.batching import CameraRunner, InferenceBatcher, check_batching
 from edgemm.bundle import Bundle
 from edgemm.capture import Capture
 from edgemm.errors import EdgemmError
@@ -159,10 +159,7 @@ class MultiCamera(Streaming):
         self.settings = settings or PipelineSettings()
         self.batch_size = len(cameras) if batch_size is None else batch_size
         self.adaptive = batch_size is None  # a batch size asked for is kept; the default checks batches pay
-        if self.batch_size < 1:
-            raise EdgemmError(f"Batch size: {self.batch_size} | Expected at least 1 frame per batch.")
-        if not batch_timeout_s >= 0:
-            raise EdgemmError(f"Batch timeout: {batch_timeout_s * 1e3} ms | Expected 0 or more.")
+        check_batching(self.batch_size, batch_timeout_s)  # (now: the batchers are made once the model is open)
         self.batch_timeout_s = batch_timeout_s
         self.duration_s = duration_s
         self.model = FusionModel(bundle, backend, threads)  # owns the runners every camera's calls go to

@@ -246,8 +246,6 @@ def _multicamera(opts, bundle, videos, audio, sinks, camera_sinks, settings, ale
     if not videos:
         raise EdgemmError(f"Model: {opts['model']} | Has no video input; expected a model that takes frames for "
                           "several cameras (--batch-size, --batch-timeout-ms).")
-    if opts.get("batch_size") is not None and opts["batch_size"] < 1:
-        raise EdgemmError(f"Batch size: {opts['batch_size']} | Expected at least 1 frame per batch.")
     _check_number(opts, "batch_timeout_ms", "Batch timeout", "ms", minimum=0)
     timeout_ms = opts.get("batch_timeout_ms")
     return MultiCamera(bundle, videos, audio=audio, shared_sinks=sinks, camera_sinks=camera_sinks,
