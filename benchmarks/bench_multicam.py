@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="320x240", help="camera frame size")
     ap.add_argument("--hw", type=int, default=224, help="the model's frame size (224: about 0.16 GMAC)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads of the model")
-    ap.add_argument("--backend", default="onnxruntime", help="as edgemm run's (e.g. tensorrt on a Jetson)")
+    ap.add_argument("--backend", default="onnxruntime", help="as edgemm run's (e.g. onnxruntime:cuda on a GPU)")
     ap.add_argument("--width", type=int, default=1, help="model width (1: about 0.16 GMAC)")
     ap.add_argument("--batch-timeout-ms", type=float, default=15.0)
     ap.add_argument("--json", help="also write the results here")
