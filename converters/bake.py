@@ -120,11 +120,13 @@ def _video_nodes(b: _Builder, raw: str, spec: InputSpec) -> str:
 
     pre = spec.preprocess
     x = raw
-    if pre.color == "rgb":
-        x = b.node("Gather", [x, b.const("bgr_to_rgb", np.array([2, 1, 0], np.int64))], "to_rgb", axis=3)
+    channel_axis = 1 if spec.layout == "NCHW" else 3
     if spec.layout == "NCHW":
         x = b.node("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2])  # on the uint8 pixels: a quarter the bytes
-    channel_axis = 1 if spec.layout == "NCHW" else 3
+    if pre.color == "rgb":
+        # After the transpose: ONNX Runtime gathers whole planes along axis 1 about 8x faster than it gathers
+        # along the last axis (0.16 vs 1.3 ms at 224x224 here).
+        x = b.node("Gather", [x, b.const("bgr_to_rgb", np.array([2, 1, 0], np.int64))], "to_rgb", axis=channel_axis)
     if pre.color == "gray":
         # OpenCV's integer formula, exactly: weights, + 2^14, / 2^15, floor (exact in float32: < 2^24).
         x = b.node("Cast", [x], "to_float", to=TensorProto.FLOAT)

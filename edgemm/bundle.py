@@ -248,12 +248,14 @@ class Manifest:
         return any(spec.preprocess is not None and spec.preprocess.baked for _, spec in self.all_inputs())
 
     def to_dict(self) -> dict:
+        def kept(k, v) -> bool:  # (baked: written only where true, so unbaked manifests read as before)
+            return v is not None and not (k == "baked" and v is False)
+
         def clean(obj):
-            if dataclasses.is_dataclass(obj):  # (baked: written only where true, as older manifests have it)
-                return {k: clean(v) for k, v in dataclasses.asdict(obj).items()
-                        if v is not None and not (k == "baked" and v is False)}
+            if dataclasses.is_dataclass(obj):
+                return {k: clean(v) for k, v in dataclasses.asdict(obj).items() if kept(k, v)}
             if isinstance(obj, dict):
-                return {k: clean(v) for k, v in obj.items() if v is not None}
+                return {k: clean(v) for k, v in obj.items() if kept(k, v)}
             if isinstance(obj, (list, tuple)):
                 return [clean(v) for v in obj]
             return obj

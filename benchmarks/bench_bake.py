@@ -1,0 +1,139 @@
+"""Preprocessing baked into the graph against the Python path, per CPU backend, in one interleaved run.
+
+For each backend (ONNX Runtime's CPU provider; OpenVINO when it is installed) and each model, the variants
+run round-robin, one call each in turn, on the same frames and audio windows, so that machine noise hits
+them alike:
+
+  python       the unbaked bundle: edgemm.preprocess (resize, colour, scale/mean/std, layout; the log-mel
+               incrementally, as the live pipeline computes it: AudioFeatureStream) then the model
+  baked-video  the same model converted with --bake-preprocess video: the resized uint8 frame goes in
+  baked-av     --bake-preprocess video,audio: the waveform goes in too (the log-mel is computed whole in
+               the graph every call; the conv form of the STFT)
+
+A call is what a live tick costs on the inference path: preprocessing plus the model, timed together. The
+frames are given at 720p (the resize is then in every variant, the same work) and at the model size (what
+the source hands over when it scales at decode, issue 13 item 2); the audio window moves by one 30 fps frame
+per call on the 10 ms hop grid, as live audio does.
+
+Models: the pipeline benchmark's early-fusion CNN (video 3x224x224 RGB ImageNet mean/std, log-mel 1x64x98;
+about 0.16 GMAC) and the shipped driving detector (192x192 letterboxed RGB; video only).
+
+  python benchmarks/bench_bake.py [--calls 300] [--threads 1] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_pipeline import write_bundle  # noqa: E402  (the pipeline benchmark's model, the same bytes)
+
+from edgemm.bench import machine  # noqa: E402
+from edgemm.bundle import load_bundle  # noqa: E402
+from edgemm.converters.convert import ConvertOptions, convert  # noqa: E402
+from edgemm.preprocess import AudioFeatureStream, preprocess_video  # noqa: E402
+from edgemm.runners import make_runner  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DETECTOR = REPO / "edgemm" / "reference" / "models" / "driving_detector"
+RATE, HOP, FPS = 16000, 160, 30
+
+
+def variants(src: Path, tmp: Path, has_audio: bool) -> dict[str, Path]:
+    out = {"python": src}
+    for parts in ((("video",), ("video", "audio")) if has_audio else (("video",),)):
+        name = "baked-av" if parts == ("video", "audio") else "baked-video"
+        dest = tmp / f"{src.name}-{name}"
+        convert(src, dest, ConvertOptions(bake_preprocess=",".join(parts), quiet=True, bench_seconds=0.2))
+        out[name] = dest
+    return out
+
+
+def audio_windows(n: int, window: int) -> tuple[np.ndarray, list[int]]:
+    """A test signal and the first sample of each tick's window: ends on the hop grid nearest the frame."""
+    rng = np.random.default_rng(0)
+    total = window + int(n / FPS * RATE) + HOP
+    t = np.arange(total) / RATE
+    signal = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(total)).astype(np.float32)
+    ends = [window + int(round(k * RATE / FPS / HOP)) * HOP for k in range(n)]
+    return signal, [e - window for e in ends]
+
+
+def measure(paths: dict[str, Path], backend: str, frame: np.ndarray, calls: int, threads: int) -> dict:
+    bundles = {k: load_bundle(p) for k, p in paths.items()}
+    runners = {k: make_runner(b, "model", backend, threads) for k, b in bundles.items()}
+    for r in runners.values():
+        r.activate()
+    specs = {k: {s.name: s for s in b.manifest.graphs["model"].inputs} for k, b in bundles.items()}
+    audio = next((s for s in specs["python"].values() if s.modality == "audio"), None)
+    streams = {k: AudioFeatureStream(s["audio"]) for k, s in specs.items()} if audio else {}
+    if audio:
+        signal, firsts = audio_windows(calls + 20, audio.preprocess.window_samples)
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    try:
+        for i in range(calls + 20):  # the first 20: warm-up, not counted
+            for k, r in runners.items():
+                t0 = time.perf_counter()
+                feed = {}
+                for name, s in specs[k].items():
+                    if s.modality == "video":
+                        feed[name] = preprocess_video(frame, s)
+                    elif s.modality == "audio":
+                        a = firsts[i]
+                        feed[name] = streams[k](signal[a:a + s.preprocess.window_samples], a, 0)
+                r.infer(feed)
+                if i >= 20:
+                    times[k].append(time.perf_counter() - t0)
+    finally:
+        for r in runners.values():
+            r.deactivate()
+    out = {}
+    base = np.median(times["python"])
+    for k, ts in times.items():
+        ms = np.asarray(ts) * 1e3
+        out[k] = {"p50_ms": round(float(np.median(ms)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+                  "vs_python_p50": round(float(np.median(ts) / base), 3)}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=300, help="calls per variant and case (default 300)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads of every runner (default 1)")
+    ap.add_argument("--backends", default="onnxruntime,openvino", help="comma-separated; openvino if installed")
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args(argv)
+    import importlib.util
+
+    backends = [b for b in args.backends.split(",") if b != "openvino" or importlib.util.find_spec("openvino")]
+    rng = np.random.default_rng(1)
+    results: dict = {"machine": machine(), "calls": args.calls, "threads": args.threads, "cases": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-bake-") as tmp:
+        tmp = Path(tmp)
+        models = {"av-cnn-224": variants(write_bundle(tmp / "av-cnn-224"), tmp, True),
+                  "detector-192": variants(DETECTOR, tmp, False)}
+        for backend in backends:
+            for model, paths in models.items():
+                size = tuple(load_bundle(paths["python"]).manifest.graphs["model"].inputs[0].preprocess.size)
+                for label, (h, w) in (("720p", (720, 1280)), ("model size", size)):
+                    frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                    key = f"{backend} / {model} / frames {label}"
+                    results["cases"][key] = r = measure(paths, backend, frame, args.calls, args.threads)
+                    print(f"{key}: " + "; ".join(f"{k} p50 {v['p50_ms']:.3f} ms p99 {v['p99_ms']:.3f} ms "
+                                                  f"({v['vs_python_p50']:.3f}x)" for k, v in r.items()), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
