@@ -10,7 +10,7 @@ them alike:
   baked-av     --bake-preprocess video,audio: the waveform goes in too (the log-mel is computed whole in
                the graph every call; the conv form of the STFT)
 
-A call is what a live tick costs on the inference path: preprocessing plus the model, timed together. The
+The order alternates (forward, then reversed) from round to round. A call is what a live tick costs on the inference path: preprocessing plus the model, timed together. The
 frames are given at 720p (the resize is then in every variant, the same work) and at the model size (what
 the source hands over when it scales at decode, issue 13 item 2); the audio window moves by one 30 fps frame
 per call on the 10 ms hop grid, as live audio does.
@@ -18,7 +18,10 @@ per call on the 10 ms hop grid, as live audio does.
 Models: the pipeline benchmark's early-fusion CNN (video 3x224x224 RGB ImageNet mean/std, log-mel 1x64x98;
 about 0.16 GMAC) and the shipped driving detector (192x192 letterboxed RGB; video only).
 
-  python benchmarks/bench_bake.py [--calls 300] [--threads 1] [--json out.json]
+  python benchmarks/bench_bake.py [--calls 300] [--threads 1] [--backends onnxruntime,openvino] [--json out.json]
+
+On a Jetson, --backends tensorrt measures the same with FP16 engines (the default of convert --target tensorrt),
+which is what decides BAKE_DEFAULTS["tensorrt"] in converters/convert.py.
 """
 
 from __future__ import annotations
@@ -48,12 +51,20 @@ DETECTOR = REPO / "edgemm" / "reference" / "models" / "driving_detector"
 RATE, HOP, FPS = 16000, 160, 30
 
 
-def variants(src: Path, tmp: Path, has_audio: bool) -> dict[str, Path]:
-    out = {"python": src}
-    for parts in ((("video",), ("video", "audio")) if has_audio else (("video",),)):
-        name = "baked-av" if parts == ("video", "audio") else "baked-video"
-        dest = tmp / f"{src.name}-{name}"
-        convert(src, dest, ConvertOptions(bake_preprocess=",".join(parts), quiet=True, bench_seconds=0.2))
+def variants(src: Path, tmp: Path, has_audio: bool, backend: str) -> dict[str, Path]:
+    """The bundle unbaked and baked; for TensorRT each converted with its engine (FP16, built here)."""
+    engine = backend == "tensorrt"
+    out = {}
+    for parts in ((), ("video",)) + ((("video", "audio"),) if has_audio else ()):
+        name = {(): "python", ("video",): "baked-video"}.get(parts, "baked-av")
+        if not parts and not engine:
+            out[name] = src
+            continue
+        dest = tmp / f"{src.name}-{backend}-{name}"
+        convert(src, dest, ConvertOptions(bake_preprocess=",".join(parts) or "none", quiet=True, bench_seconds=0.2,
+                                          target="tensorrt" if engine else "onnxruntime"))
+        if engine and load_bundle(dest).engine_path("model") is None:
+            raise SystemExit(f"bench_bake: no TensorRT engine was built for {src.name} (no GPU or TensorRT here)")
         out[name] = dest
     return out
 
@@ -80,8 +91,11 @@ def measure(paths: dict[str, Path], backend: str, frame: np.ndarray, calls: int,
         signal, firsts = audio_windows(calls + 20, audio.preprocess.window_samples)
     times: dict[str, list[float]] = {k: [] for k in paths}
     try:
+        order = list(runners)
         for i in range(calls + 20):  # the first 20: warm-up, not counted
-            for k, r in runners.items():
+            # Every other round in reverse: no variant always runs first (after the others warmed the caches).
+            for k in (order if i % 2 else order[::-1]):
+                r = runners[k]
                 t0 = time.perf_counter()
                 feed = {}
                 for name, s in specs[k].items():
@@ -109,7 +123,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=300, help="calls per variant and case (default 300)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads of every runner (default 1)")
-    ap.add_argument("--backends", default="onnxruntime,openvino", help="comma-separated; openvino if installed")
+    ap.add_argument("--backends", default="onnxruntime,openvino",
+                    help="comma-separated: onnxruntime, openvino (skipped if not installed), tensorrt (on a GPU: "
+                         "engines built here, FP16)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
     import importlib.util
@@ -119,10 +135,10 @@ def main(argv=None) -> int:
     results: dict = {"machine": machine(), "calls": args.calls, "threads": args.threads, "cases": {}}
     with tempfile.TemporaryDirectory(prefix="bench-bake-") as tmp:
         tmp = Path(tmp)
-        models = {"av-cnn-224": variants(write_bundle(tmp / "av-cnn-224"), tmp, True),
-                  "detector-192": variants(DETECTOR, tmp, False)}
+        sources = {"av-cnn-224": (write_bundle(tmp / "av-cnn-224"), True), "detector-192": (DETECTOR, False)}
         for backend in backends:
-            for model, paths in models.items():
+            for model, (src, has_audio) in sources.items():
+                paths = variants(src, tmp, has_audio, backend)
                 size = tuple(load_bundle(paths["python"]).manifest.graphs["model"].inputs[0].preprocess.size)
                 for label, (h, w) in (("720p", (720, 1280)), ("model size", size)):
                     frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)

@@ -152,13 +152,12 @@ def json_flavours(flavours) -> str:
 
 
 # Preprocessing baked into the graph by default, per target: what was faster per backend, measured baked
-# against the Python path in one interleaved run (benchmarks/bench_bake.py, benchmarks/RESULTS.md section
-# "Preprocessing baked into the graph"). On TensorRT the engine runs it on the GPU next to the model, and a
-# uint8 frame is a quarter of the bytes of a float one to copy (not measured here: no GPU).
+# against the Python path in one interleaved run (benchmarks/bench_bake.py, benchmarks/RESULTS.md §13).
+# TensorRT stays unbaked until measured on a device (bench_bake.py --backends tensorrt): no GPU here.
 BAKE_DEFAULTS = {
     "onnxruntime": ((), "Python preprocessing measured faster than the baked graph under ONNX Runtime on the CPU"),
     "openvino": ((), "Python preprocessing measured faster than the baked graph under OpenVINO on the CPU"),
-    "tensorrt": (("video", "audio"), "TensorRT runs the preprocessing in the engine on the GPU"),
+    "tensorrt": ((), "not measured on a GPU yet (benchmarks/bench_bake.py --backends tensorrt on the device)"),
 }
 
 

@@ -18,6 +18,11 @@ Examples:
   edgemm convert model.edgemm -o model-fp16.edgemm --precision fp16 --calib data/calib
   edgemm convert model.edgemm -o model-trt.edgemm --precision int8 --calib data/calib --target tensorrt
   edgemm convert model.edgemm -o pruned.edgemm --prune channels:0.3 --calib data/calib --eval data/test
+  edgemm convert model.edgemm -o baked.edgemm --bake-preprocess video,audio
+
+--bake-preprocess puts the preprocessing into the graph (converters/bake.py): the model takes the resized
+uint8 BGR frame (and with audio, the waveform) and the manifest says so; the outputs of the baked and the
+unbaked graph on the same frames are compared and the largest difference is printed.
 """
 
 from __future__ import annotations
@@ -75,8 +80,8 @@ def add_arguments(p) -> None:
     p.add_argument("--bake-preprocess", nargs="?", const="video", metavar="PARTS",
                    help="bake the preprocessing into the graph: video (the default PARTS: the model takes the resized "
                         "uint8 BGR frame, NHWC, and does colour, scale/mean/std and layout itself), video,audio (also "
-                        "the log-mel: it takes the waveform) or none. Default by --target: none for onnxruntime and "
-                        "openvino (Python preprocessing measured faster on the CPU), video,audio for tensorrt")
+                        "the log-mel: it takes the waveform) or none. Default: none (the Python path measured as fast on "
+                        "onnxruntime and openvino; tensorrt not measured yet)")
     p.add_argument("--bake-stft", default="conv", metavar="FORM",
                    help="how a baked log-mel computes its STFT: conv (default: the DFT as a convolution, any opset and "
                         "TensorRT version) or stft (ONNX's STFT op, opset 17)")
