@@ -10,7 +10,10 @@ them alike:
   baked-av     --bake-preprocess video,audio: the waveform goes in too (the log-mel is computed whole in
                the graph every call; the conv form of the STFT)
 
-The order alternates (forward, then reversed) from round to round. A call is what a live tick costs on the inference path: preprocessing plus the model, timed together. The
+The order alternates (forward, then reversed) from round to round. Besides wall time, the CPU time the
+process spent per call (time.process_time: every thread of it, ONNX Runtime's and OpenVINO's included) is
+reported as a mean: on a shared machine a call preempted half-way costs wall time but not CPU time, so the
+CPU ratio is the steadier figure of the work each variant does. A call is what a live tick costs on the inference path: preprocessing plus the model, timed together. The
 frames are given at 720p (the resize is then in every variant, the same work) and at the model size (what
 the source hands over when it scales at decode, issue 13 item 2); the audio window moves by one 30 fps frame
 per call on the 10 ms hop grid, as live audio does.
@@ -90,13 +93,14 @@ def measure(paths: dict[str, Path], backend: str, frame: np.ndarray, calls: int,
     if audio:
         signal, firsts = audio_windows(calls + 20, audio.preprocess.window_samples)
     times: dict[str, list[float]] = {k: [] for k in paths}
+    cpu: dict[str, list[float]] = {k: [] for k in paths}
     try:
         order = list(runners)
         for i in range(calls + 20):  # the first 20: warm-up, not counted
             # Every other round in reverse: no variant always runs first (after the others warmed the caches).
             for k in (order if i % 2 else order[::-1]):
                 r = runners[k]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 feed = {}
                 for name, s in specs[k].items():
                     if s.modality == "video":
@@ -107,15 +111,18 @@ def measure(paths: dict[str, Path], backend: str, frame: np.ndarray, calls: int,
                 r.infer(feed)
                 if i >= 20:
                     times[k].append(time.perf_counter() - t0)
+                    cpu[k].append(time.process_time() - c0)
     finally:
         for r in runners.values():
             r.deactivate()
     out = {}
-    base = np.median(times["python"])
+    base, cpu_base = np.median(times["python"]), np.mean(cpu["python"])
     for k, ts in times.items():
         ms = np.asarray(ts) * 1e3
         out[k] = {"p50_ms": round(float(np.median(ms)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
-                  "vs_python_p50": round(float(np.median(ts) / base), 3)}
+                  "vs_python_p50": round(float(np.median(ts) / base), 3),
+                  "cpu_mean_ms": round(float(np.mean(cpu[k]) * 1e3), 3),
+                  "cpu_vs_python": round(float(np.mean(cpu[k]) / cpu_base), 3)}
     return out
 
 
@@ -144,8 +151,9 @@ def main(argv=None) -> int:
                     frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
                     key = f"{backend} / {model} / frames {label}"
                     results["cases"][key] = r = measure(paths, backend, frame, args.calls, args.threads)
-                    print(f"{key}: " + "; ".join(f"{k} p50 {v['p50_ms']:.3f} ms p99 {v['p99_ms']:.3f} ms "
-                                                  f"({v['vs_python_p50']:.3f}x)" for k, v in r.items()), flush=True)
+                    print(f"{key}: " + "; ".join(
+                        f"{k} p50 {v['p50_ms']:.3f} ms p99 {v['p99_ms']:.3f} ms ({v['vs_python_p50']:.3f}x), "
+                        f"CPU {v['cpu_mean_ms']:.3f} ms ({v['cpu_vs_python']:.3f}x)" for k, v in r.items()), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -392,11 +392,12 @@ def _check_bake(bundle: Bundle, opts: ConvertOptions) -> str:
     """The parts to bake for this bundle, as --bake-preprocess spells them ("none" for nothing), checked now.
 
     Asked parts must all be bakeable (one line naming the input otherwise); a target's default bakes what the
-    bundle has and can bake. A bundle already baked can still get an engine (fp32, fp16) but not be
-    calibrated or pruned: its inputs are camera frames, the steps' data are the graph's float tensors."""
+    bundle has and can bake. A bundle already baked can still get an FP32 engine but not be calibrated,
+    converted to FP16 or pruned: its inputs are camera frames, those steps' data are the graph's float tensors
+    (and onnxconverter-common's FP16 pass drops the prepended cast to float). Baking comes after them."""
     where = str(bundle.source or bundle.root)
-    if bundle.manifest.baked and (opts.precision == "int8" or opts.prune):
-        step = "--precision int8" if opts.precision == "int8" else "--prune"
+    if bundle.manifest.baked and (opts.precision in ("int8", "fp16") or opts.prune):
+        step = f"--precision {opts.precision}" if opts.precision != "fp32" else "--prune"
         raise EdgemmError(f"Model: {where} | Preprocessing is baked into the graph "
                           f"({', '.join(bake.baked_inputs(bundle.manifest))}); {step} needs the unbaked bundle: "
                           "convert that, with --bake-preprocess in the same call.")
