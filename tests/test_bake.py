@@ -203,9 +203,11 @@ def test_bake_refusals_name_the_input():
 
 def test_defaults_per_target():
     assert bake_parts(ConvertOptions(target="onnxruntime", bake_preprocess="video"))[0] == ("video",)
-    for target in ("onnxruntime", "openvino", "tensorrt"):
-        parts, why = bake_parts(ConvertOptions(target=target))
-        assert parts == () and "measured" in why, why
+    assert bake_parts(ConvertOptions(target="openvino", bake_preprocess="none"))[0] == ()
+    expected = {"onnxruntime": (), "openvino": ("video",), "tensorrt": ()}  # RESULTS.md §13
+    for target, parts in expected.items():
+        got, why = bake_parts(ConvertOptions(target=target))
+        assert got == parts and "measured" in why, (target, why)
 
 
 def _one_line_error(proc, *needles):
@@ -277,3 +279,26 @@ def test_convert_cli_bake_errors_are_one_line(tmp_path):
     _one_line_error(run_cli("convert", wave, "-o", tmp_path / "d", "--bake-preprocess", "audio"),
                     "Input model.audio: takes the waveform already")
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_openvino_target_bakes_video_by_default_and_runs_under_openvino(tmp_path):
+    pytest.importorskip("openvino")
+    from edgemm.converters.convert import convert
+    from edgemm.runners import make_runner
+
+    out = tmp_path / "ov.edgemm"
+    report = convert(REFERENCE / "avdigits_late", out, ConvertOptions(target="openvino", bench_seconds=0.2,
+                                                                        quiet=True))
+    record = report["conversion"]["bake_preprocess"]
+    assert record["parts"] == ["video"] and record["inputs"] == ["video.video"]
+    assert record["why"].startswith("default for target openvino") and record["max_abs_diff_vs_python"]["video"] == 0
+    bundle = load_bundle(out)
+    assert [s.preprocess.baked for _, s in bundle.manifest.all_inputs()] == [True, False]
+    frame = np.random.default_rng(4).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    with make_runner(bundle, "video", backend="openvino") as r:
+        got = r.infer({"video": preprocess_video(frame, bundle.manifest.graphs["video"].inputs[0])})
+    source = load_bundle(REFERENCE / "avdigits_late")
+    with make_runner(source, "video", backend="onnxruntime") as r:
+        want = r.infer({"video": preprocess_video(frame, source.manifest.graphs["video"].inputs[0])})
+    for name in want:
+        assert np.abs(got[name] - want[name]).max() <= 1e-4
