@@ -19,7 +19,8 @@ the source hands over when it scales at decode, issue 13 item 2); the audio wind
 per call on the 10 ms hop grid, as live audio does.
 
 Models: the pipeline benchmark's early-fusion CNN (video 3x224x224 RGB ImageNet mean/std, log-mel 1x64x98;
-about 0.16 GMAC) and the shipped driving detector (192x192 letterboxed RGB; video only).
+about 0.16 GMAC) and the shipped driving detector (192x192 letterboxed RGB; video only). First, the log-mel
+alone: edgemm's Python log-mel of a whole window against the baked graph in both STFT forms.
 
   python benchmarks/bench_bake.py [--calls 300] [--threads 1] [--backends onnxruntime,openvino] [--json out.json]
 
@@ -48,6 +49,7 @@ from edgemm.bundle import load_bundle  # noqa: E402
 from edgemm.converters.convert import ConvertOptions, convert  # noqa: E402
 from edgemm.preprocess import AudioFeatureStream, preprocess_video  # noqa: E402
 from edgemm.runners import make_runner  # noqa: E402
+from edgemm.threads import limit_blas_threads  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DETECTOR = REPO / "edgemm" / "reference" / "models" / "driving_detector"
@@ -126,6 +128,49 @@ def measure(paths: dict[str, Path], backend: str, frame: np.ndarray, calls: int,
     return out
 
 
+def log_mel_forms(calls: int, threads: int) -> dict:
+    """The log-mel alone (the pipeline model's: 1 s, n_fft 400, hop 160, 64 mels), interleaved per call: edgemm's
+    Python log-mel of the whole window, the baked graph with the conv form and with ONNX's STFT op (both on
+    ONNX Runtime's CPU provider), CPU time per call."""
+    from onnx import TensorProto, helper
+
+    from edgemm.bundle import manifest_from_dict
+    from edgemm.converters import bake
+    from edgemm.converters.graphs import cpu_session
+    from edgemm.preprocess import preprocess_audio
+
+    spec = {"name": "audio", "modality": "audio", "shape": [1, 1, 64, 98], "preprocess": {"n_mels": 64}}
+    manifest = manifest_from_dict({"graphs": {"model": {"file": "m.onnx", "inputs": [spec],
+                                                        "outputs": [{"name": "out"}]}}})
+    tap = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["audio"], ["out"])], "tap",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 1, 64, 98])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 64, 98])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    old = manifest.graphs["model"].inputs[0]
+    wave = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    ref = preprocess_audio(wave, old)
+    steps, diff = {"python": lambda: preprocess_audio(wave, old)}, {}
+    for form in bake.AUDIO_FORMS:
+        baked = bake.bake_bundle(manifest, {"model": tap}, ("audio",), form, "tap")
+        session = cpu_session(baked.models["model"], threads)
+        feed = {"audio": preprocess_audio(wave, baked.manifest.graphs["model"].inputs[0])}
+        steps[f"graph-{form}"] = lambda s=session, f=feed: s.run(None, f)
+        diff[f"graph-{form}"] = float(np.abs(steps[f"graph-{form}"]()[0] - ref).max())
+    cpu: dict[str, list[float]] = {k: [] for k in steps}
+    wall: dict[str, list[float]] = {k: [] for k in steps}
+    for i in range(calls + 10):
+        for k in (list(steps) if i % 2 else list(steps)[::-1]):
+            t0, c0 = time.perf_counter(), time.process_time()
+            steps[k]()
+            if i >= 10:
+                cpu[k].append(time.process_time() - c0)
+                wall[k].append(time.perf_counter() - t0)
+    # (CPU time counts every thread: numpy's BLAS threads spinning on the filterbank product count too.)
+    return {k: {"p50_ms": round(float(np.median(wall[k]) * 1e3), 3), "cpu_mean_ms": round(float(np.mean(v) * 1e3), 3),
+                "max_abs_vs_python": diff.get(k, 0.0)} for k, v in cpu.items()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=300, help="calls per variant and case (default 300)")
@@ -134,12 +179,26 @@ def main(argv=None) -> int:
                     help="comma-separated: onnxruntime, openvino (skipped if not installed), tensorrt (on a GPU: "
                          "engines built here, FP16)")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--only-log-mel", action="store_true", help="only the log-mel forms (conv, STFT op, Python)")
     args = ap.parse_args(argv)
+    # numpy's BLAS limited to one thread, as the pipeline runs it (edgemm/threads.py): unlimited, its spinning
+    # threads made the Python log-mel 0.56 ms -> 400 ms p50 on this loaded machine.
+    with limit_blas_threads(1):
+        return _run(args)
+
+
+def _run(args) -> int:
     import importlib.util
 
     backends = [b for b in args.backends.split(",") if b != "openvino" or importlib.util.find_spec("openvino")]
     rng = np.random.default_rng(1)
     results: dict = {"machine": machine(), "calls": args.calls, "threads": args.threads, "cases": {}}
+    results["log_mel"] = forms = log_mel_forms(args.calls, args.threads)
+    print("log-mel alone (ONNX Runtime CPU): " + "; ".join(
+        f"{k} p50 {v['p50_ms']:.3f} ms, CPU {v['cpu_mean_ms']:.3f} ms (max abs vs Python {v['max_abs_vs_python']:.2g})"
+        for k, v in forms.items()), flush=True)
+    if args.only_log_mel:
+        backends = []
     with tempfile.TemporaryDirectory(prefix="bench-bake-") as tmp:
         tmp = Path(tmp)
         sources = {"av-cnn-224": (write_bundle(tmp / "av-cnn-224"), True), "detector-192": (DETECTOR, False)}

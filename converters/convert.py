@@ -90,6 +90,7 @@ class ConvertOptions:
     nms_in_engine: bool = False  # EfficientNMS appended to a YOLO detector's graph (converters/detection_nms.py)
     bake_preprocess: str | None = None  # "video", "video,audio", "none"; None: the target's default (BAKE_DEFAULTS)
     bake_stft: str = "conv"  # how a baked log-mel computes its STFT (converters/bake.py)
+    bake_reason: str | None = None  # set by convert(): why those parts (asked, or the target's default)
 
     def settings(self) -> dict:
         d = asdict(self)
@@ -97,6 +98,7 @@ class ConvertOptions:
             d[k] = str(d[k]) if d[k] is not None else None
         d.pop("quiet")
         d.pop("force")
+        d.pop("bake_reason")
         return d
 
 
@@ -358,7 +360,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
     bundle = load_bundle(model, shapes=shape_overrides(opts.shapes))
     if opts.target == "tensorrt":
         check_tensorrt_ready(bundle, out)
-    opts = dataclasses.replace(opts, bake_preprocess=_check_bake(bundle, opts))
+    opts = dataclasses.replace(opts, bake_preprocess=_check_bake(bundle, opts), bake_reason=bake_parts(opts)[1])
     _check_against_model(bundle, opts)
     graphs = graph_order(bundle)
     originals = {g: bundle.load_graph(g) for g in graphs}
@@ -489,7 +491,7 @@ def _write(bundle: Bundle, stage: Bundle, delivered: dict, out, opts: ConvertOpt
             sections.update(comparison)
         else:
             sections["note"] = "no --eval or --calib data: accuracy and closeness not measured"
-        parts, why = bake_parts(opts)
+        parts, why = bake.parse_parts(opts.bake_preprocess), opts.bake_reason or bake_parts(opts)[1]
         conversion["bake_preprocess"] = {"parts": [], "why": why}
         if parts:
             delivered, conversion["bake_preprocess"] = _bake(manifest, delivered, parts, why, tmp, opts)
