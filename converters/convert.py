@@ -155,13 +155,13 @@ def json_flavours(flavours) -> str:
 
 # Preprocessing baked into the graph by default, per target: a part is baked by default where the baked graph
 # took less CPU per call than the Python path in every case measured (two models, frames at 720p and at the
-# model size, two interleaved runs: benchmarks/bench_bake.py, benchmarks/RESULTS.md §13). A tie keeps the
+# model size, three interleaved runs: benchmarks/bench_bake.py, benchmarks/RESULTS.md §13). A tie keeps the
 # Python path: an unbaked bundle also reads tensor data folders and can be quantized again.
 # TensorRT stays unbaked until measured on a device (bench_bake.py --backends tensorrt): no GPU here.
 BAKE_DEFAULTS = {
-    "onnxruntime": ((), "the baked graph measured no faster under ONNX Runtime on the CPU (0.94-1.005x the "
+    "onnxruntime": ((), "the baked graph measured no faster under ONNX Runtime on the CPU (0.94-1.006x the "
                         "Python path's CPU time for video, 1.03-1.05x with the log-mel)"),
-    "openvino": (("video",), "the baked video preprocessing measured faster under OpenVINO on the CPU (0.93-0.99x "
+    "openvino": (("video",), "the baked video preprocessing measured faster under OpenVINO on the CPU (0.92-0.99x "
                              "the Python path's CPU time; the log-mel 0.98-1.01x, not baked)"),
     "tensorrt": ((), "not measured on a GPU yet (benchmarks/bench_bake.py --backends tensorrt on the device)"),
 }
