@@ -97,7 +97,10 @@ def baked_frame(frame: np.ndarray, pre: VideoPreprocess) -> np.ndarray:
     img = fit_frame(frame, pre)
     if img.shape[2] == 1:
         return np.repeat(img, 3, axis=2)
-    return img[:, :, :3] if img.shape[2] == 4 else img
+    img = img[:, :, :3]
+    # A frame already at the model size is the source's own buffer, which it may reuse for the next frame
+    # while this one waits for the model: copied, as the Python path's new tensor would be.
+    return np.array(img, order="C", copy=True) if np.shares_memory(img, frame) or not img.flags.c_contiguous else img
 
 
 def image_to_chw(frame: np.ndarray, pre: VideoPreprocess, normalise: bool = True) -> np.ndarray:
@@ -140,7 +143,7 @@ def preprocess_video(frames: list[np.ndarray] | np.ndarray, spec: InputSpec) -> 
     if len(frames) < pre.frames:  # too few yet (start-up): repeat the oldest, as a still scene would
         frames = [frames[0]] * (pre.frames - len(frames)) + frames
     frames = frames[-pre.frames:]
-    if pre.baked:  # one frame, NHWC (the manifest checked): the resize only, no copy
+    if pre.baked:  # one frame, NHWC (the manifest checked): the resize only
         return baked_frame(frames[-1], pre)[None]
     as_uint8 = spec.dtype == "uint8"
     chws = [image_to_chw(f, pre, normalise=not as_uint8) for f in frames]
