@@ -155,7 +155,7 @@ def json_flavours(flavours) -> str:
 
 # Preprocessing baked into the graph by default, per target: a part is baked by default where the baked graph
 # took less CPU per call than the Python path in every case measured (two models, frames at 720p and at the
-# model size, three interleaved runs: benchmarks/bench_bake.py, benchmarks/RESULTS.md §13). A tie keeps the
+# model size, three interleaved runs: benchmarks/bench_bake.py, benchmarks/RESULTS.md §14). A tie keeps the
 # Python path: an unbaked bundle also reads tensor data folders and can be quantized again.
 # TensorRT stays unbaked until measured on a device (bench_bake.py --backends tensorrt): no GPU here.
 BAKE_DEFAULTS = {

@@ -204,7 +204,7 @@ def test_bake_refusals_name_the_input():
 def test_defaults_per_target():
     assert bake_parts(ConvertOptions(target="onnxruntime", bake_preprocess="video"))[0] == ("video",)
     assert bake_parts(ConvertOptions(target="openvino", bake_preprocess="none"))[0] == ()
-    expected = {"onnxruntime": (), "openvino": ("video",), "tensorrt": ()}  # RESULTS.md §13
+    expected = {"onnxruntime": (), "openvino": ("video",), "tensorrt": ()}  # RESULTS.md §14
     for target, parts in expected.items():
         got, why = bake_parts(ConvertOptions(target=target))
         assert got == parts and "measured" in why, (target, why)

@@ -80,7 +80,7 @@ def add_arguments(p) -> None:
     p.add_argument("--bake-preprocess", nargs="?", const="video", metavar="PARTS",
                    help="bake the preprocessing into the graph: video (the default PARTS: the model takes the resized "
                         "uint8 BGR frame, NHWC, and does colour, scale/mean/std and layout itself), video,audio (also "
-                        "the log-mel: it takes the waveform) or none. Default by --target, as measured (RESULTS.md §13): "
+                        "the log-mel: it takes the waveform) or none. Default by --target, as measured (RESULTS.md §14): "
                         "video for openvino, none for onnxruntime, none for tensorrt (not measured yet)")
     p.add_argument("--bake-stft", default="conv", metavar="FORM",
                    help="how a baked log-mel computes its STFT: conv (default: the DFT as a convolution, any opset and "
