@@ -3,10 +3,9 @@
 OpenCV's FFmpeg backend cannot scale while decoding: it converts every decoded frame to full-size BGR
 (swscale), and the capture thread then resized that 720p/1080p BGR frame down in Python (cv2, 1.4 ms for
 720p -> 224x224 on this machine, in the capture thread, competing with the model for the CPU). Here the
-``ffmpeg`` program decodes and runs ONE swscale pass from the decoder's YUV straight to BGR at the model's
-size (``scale=...:flags=area+accurate_rnd+full_chroma_int``: area averaging as preprocessing's resize does,
-chroma interpolated at full resolution, which keeps it within about 1/255 of the OpenCV path), and writes
-raw BGR frames to a pipe. Decoding runs in another process, with its own threads and no GIL.
+``ffmpeg`` program decodes, scales the decoder's YUV planes to the model's size (area averaging, as
+preprocessing's resize does), converts that small frame to BGR and writes raw BGR frames to a pipe.
+Decoding runs in another process, with its own threads and no GIL.
 
 Weighed against: PyAV (the same libraries in process; an optional wheel of its own, as costly per frame
 here), GStreamer (``videoscale``/``videoconvert`` caps; the PyPI OpenCV has no GStreamer, so only for
@@ -37,9 +36,13 @@ import numpy as np
 
 log = logging.getLogger("edgemm.sources")
 
-# Area averaging (as preprocess.resize), chroma at full resolution: without full_chroma_int the chroma planes
-# are scaled at half size and the colours differ from the OpenCV path by 3.4/255 on average (0.7 with it).
-SCALE_FLAGS = "area+accurate_rnd+full_chroma_int"
+# Area averaging (as preprocess.resize), into 4:4:4: each chroma plane is averaged straight from the
+# decoder's to the output size, as OpenCV's path (full-size BGR, then area) effectively does. Scaling to
+# 4:2:0 instead halves the chroma twice and the colours differ from the OpenCV path by 3.5/255 on average
+# (0.7/255 this way, measured on a 720p H.264 clip); swscale's full_chroma_int gets the same 0.7 but costs
+# 0.5 ms a frame more here. The conversion to BGR then runs on the small frame.
+SCALE_FLAGS = "area"
+YUV444 = "format=pix_fmts=yuv444p|yuvj444p"  # yuvj: a full-range (JPEG) stream stays full range
 
 _SCALE_RE = re.compile(r"Parsed_scale_\d+ @ [^\]]*\] w:(\d+) h:(\d+) fmt:\S+.*-> w:(\d+) h:(\d+)")
 _FRAME_RE = re.compile(r"Parsed_showinfo_\d+ @ [^\]]*\] n:\s*\d+ pts:\s*\S+ pts_time:(\S+).* s:(\d+)x(\d+)")
@@ -50,19 +53,28 @@ def ffmpeg_program() -> str | None:
     return shutil.which("ffmpeg")
 
 
-@functools.lru_cache(maxsize=4)
-def _passthrough_option(program: str) -> list[str]:
-    """Every decoded frame out once, as it came (no frame rate conversion): ``-fps_mode passthrough`` since
-    ffmpeg 5.1, ``-vsync 0`` before (JetPack's Ubuntu has 4.x). Without it the rawvideo muxer asks for a
-    constant rate, and frames duplicated or dropped to get it would no longer pair with their showinfo lines."""
+def _help(program: str, *topic: str) -> str:
     try:
-        out = subprocess.run([program, "-hide_banner", "-h", "long"], capture_output=True, text=True, timeout=10).stdout
+        return subprocess.run([program, "-hide_banner", "-h", *topic], capture_output=True, text=True,
+                              timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        out = ""
-    return ["-fps_mode", "passthrough"] if "-fps_mode" in out else ["-vsync", "0"]
+        return ""
 
 
-def scale_filter(out_size: tuple[int, int], resize: str = "stretch") -> str:
+@functools.lru_cache(maxsize=4)
+def ffmpeg_features(program: str) -> tuple[list[str], str]:
+    """(output options, the showinfo filter) this ffmpeg understands.
+
+    Every decoded frame out once, as it came (no frame rate conversion): ``-fps_mode passthrough`` since
+    ffmpeg 5.1, ``-vsync 0`` before (JetPack's Ubuntu has 4.x). Without it the rawvideo muxer asks for a
+    constant rate, and frames duplicated or dropped to get it would no longer pair with their showinfo lines.
+    showinfo without its checksums and pixel statistics (two passes over each frame) where it can."""
+    passthrough = ["-fps_mode", "passthrough"] if "-fps_mode" in _help(program, "long") else ["-vsync", "0"]
+    showinfo = "showinfo=checksum=0" if "checksum" in _help(program, "filter=showinfo") else "showinfo"
+    return passthrough, showinfo
+
+
+def scale_filter(out_size: tuple[int, int], resize: str = "stretch", showinfo: str = "showinfo") -> str:
     """The filter chain: scale to out_size (stretch) or into it keeping the aspect ratio (letterbox: the
     padding is left to preprocessing, which adds its grey bands to the small frame), then showinfo.
 
@@ -75,7 +87,7 @@ def scale_filter(out_size: tuple[int, int], resize: str = "stretch") -> str:
         size = f"w=max(1\\,round(iw*{r})):h=max(1\\,round(ih*{r}))"
     else:
         size = f"w={w}:h={h}"
-    return f"scale={size}:flags={SCALE_FLAGS},showinfo"
+    return f"scale={size}:flags={SCALE_FLAGS},{YUV444},{showinfo}"
 
 
 class FfmpegPipeCapture:
@@ -97,9 +109,10 @@ class FfmpegPipeCapture:
         self._stderr_done = False
         self._cpu_s = 0.0
         program = program or ffmpeg_program()
+        passthrough, showinfo = ffmpeg_features(program)
         cmd = [program, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "verbose", *input_options,
-               "-i", url, "-map", "0:v:0", "-an", "-vf", scale_filter(self.out_size, resize),
-               *_passthrough_option(program), "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
+               "-i", url, "-map", "0:v:0", "-an", "-vf", scale_filter(self.out_size, resize, showinfo),
+               *passthrough, "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       bufsize=0)
         self._stderr = threading.Thread(target=self._read_stderr, name="edgemm-ffmpeg-log", daemon=True)
