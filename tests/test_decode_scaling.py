@@ -180,3 +180,21 @@ def test_csi_and_gstreamer_pipelines_scale_to_the_model():
     text = gst_pipeline("videotestsrc", (224, 224))
     assert text.startswith("videotestsrc ! videoscale ! videoconvert ! video/x-raw,format=BGR,width=224,height=224 ! appsink")
     assert gst_pipeline("videotestsrc") == "videotestsrc ! videoconvert ! video/x-raw,format=BGR ! appsink drop=true max-buffers=1 sync=false"
+
+
+def test_v4l2_mode_is_the_smallest_covering_the_model_with_the_same_field_of_view():
+    """No camera here: the choice among the modes a UVC camera lists, and the listing itself on a device
+    that is not a camera (empty, not an error)."""
+    from edgemm.sources.v4l2_modes import Mode, choose_mode, list_modes
+
+    modes = [Mode(f, w, h) for f in ("MJPG", "YUYV") for w, h in
+             ((1920, 1080), (1280, 720), (640, 480), (640, 360), (424, 240), (320, 240), (320, 180), (160, 90))]
+    # 16:9 default, a 224x224 stretched input: 424x240 (not the 4:3 320x240, not 320x180 which is too short)
+    assert choose_mode(modes, (1280, 720), (224, 224)) == Mode("YUYV", 424, 240)
+    assert choose_mode(modes, (1280, 720), (224, 224), fourcc="MJPG") == Mode("MJPG", 424, 240)
+    # letterboxed 640x640 from 16:9 needs 640x360
+    assert choose_mode(modes, (1280, 720), (640, 360)) == Mode("YUYV", 640, 360)
+    assert choose_mode(modes, (640, 480), (224, 224)) == Mode("YUYV", 320, 240)
+    assert choose_mode(modes, (1280, 720), (1920, 1200)) is None  # nothing covers it
+    assert choose_mode(modes, (320, 180), (224, 224)) is None  # nothing smaller than the default would do
+    assert list_modes("/dev/null") == [] and list_modes("/nonexistent/video9") == []

@@ -124,18 +124,17 @@ def _video_options(uri: str, bundle, sinks=()) -> dict:
     Not when the URI sets out_size itself (out_size=full keeps the camera's size), when a sink draws on the
     frames (video:, rtsp:, http: need them at the camera's size, with the boxes in its pixels), when the
     video inputs want different sizes or fits, or for sources that cannot scale: gst:// (a user's pipeline,
-    whose frame size edgemm cannot know to map boxes back; out_size in its URI stretches), V4L2 cameras and
-    test patterns."""
+    whose frame size edgemm cannot know to map boxes back; out_size in its URI stretches) and test patterns.
+    A V4L2 camera is set to a smaller mode of its own (when the URI gives no size=). Tracking needs no
+    full-size frame: it follows the boxes, which come back in the camera's pixels either way (Frame.full_hw)."""
     from edgemm.media import IMAGE_SUFFIXES
     from edgemm.sources.uri import NETWORK_SCHEMES, parse_uri
 
     parsed = parse_uri(uri)
     scheme = parsed.scheme
-    if scheme == "" and parsed.location.isdigit():
-        return {}  # a V4L2 camera index
-    if scheme not in ("", "file", "csi", *NETWORK_SCHEMES) or "out_size" in parsed.options:
+    if scheme not in ("", "file", "csi", "v4l2", *NETWORK_SCHEMES) or "out_size" in parsed.options:
         return {}
-    if scheme in ("", "file") and Path(parsed.location).suffix.lower() in IMAGE_SUFFIXES:
+    if scheme in ("", "file") and not parsed.location.isdigit() and Path(parsed.location).suffix.lower() in IMAGE_SUFFIXES:
         return {}
     if any(getattr(sink, "draws_frames", False) for sink in sinks):
         return {}

@@ -21,11 +21,13 @@ Options go in the query string (``test://video?fps=15``) or as keyword arguments
   live video:    stall_timeout (3 s), open_timeout (10 s), transport=tcp|udp (rtsp), capture_delay (0 s:
                  known exposure-to-grab delay, subtracted from Frame.t), live=false (a recording at a URL)
   v4l2 / csi:    size=WxH, fps, fourcc=MJPG (v4l2), flip=0..7 (csi)
-  scaling:       out_size=WxH|full and resize=stretch|letterbox (files, network streams, csi; gst: stretch):
-                 frames are scaled while decoded -- by an ffmpeg process (FFmpeg URIs), nvvidconv in NVMM (csi),
-                 videoscale (gst) -- to out_size, or into it keeping the aspect ratio (letterbox; preprocessing
-                 pads), so no full-size frame reaches the CPU. `edgemm run` asks for the model's input size
-                 unless the URI says otherwise or a sink draws on the frames (video:, rtsp:, http:)
+  scaling:       out_size=WxH|full and resize=stretch|letterbox (files, network streams, csi, v4l2; gst:
+                 stretch): frames are scaled while decoded -- by an ffmpeg process (FFmpeg URIs), nvvidconv in
+                 NVMM (csi), videoscale (gst) -- to out_size, or into it keeping the aspect ratio (letterbox;
+                 preprocessing pads), so no full-size frame reaches the CPU; a V4L2 camera without size= is
+                 set to its smallest mode covering out_size with its default mode's aspect ratio. `edgemm run`
+                 asks for the model's input size unless the URI says otherwise or a sink draws on the frames
+                 (video:, rtsp:, http:)
   files:         realtime (true: paced at their own rate), loop (false), start_time (now()-time of media 0)
   audio:         sample_rate (16000 for mic/test; a WAV is resampled to it), block (samples) or block_s
                  (0.02 s), buffer_s (2 s ring), stall_timeout (2 s, mic), resample (true, WAV), channels and
@@ -142,7 +144,7 @@ def _v4l2(parsed, opts: Options, loc: str) -> Source:
     target = int(loc) if loc.isdigit() else device
     kw = _live_video_kwargs(opts)
     src = VideoCaptureSource(parsed.uri, target, api="v4l2", size=opts.get_size("size"), fps=opts.get_float("fps"),
-                             fourcc=opts.get_str("fourcc"), **kw)
+                             fourcc=opts.get_str("fourcc"), **_scaling(opts), **kw)
     opts.check_all_used("V4L2 camera")
     return src
 

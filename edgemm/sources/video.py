@@ -33,6 +33,7 @@ from edgemm.errors import EdgemmError
 from edgemm.preprocess import geometry
 from edgemm.sources.base import EndOfStream, Frame, Source, SourceError, now
 from edgemm.sources.ffmpeg_pipe import FfmpegPipeCapture, ffmpeg_program
+from edgemm.sources.v4l2_modes import choose_mode, list_modes
 
 log = logging.getLogger("edgemm.sources")
 
@@ -201,6 +202,31 @@ class VideoCaptureSource(Source):
                               "camera, stream or readable video file.")
         return cap
 
+    def _negotiate_v4l2_mode(self, cap) -> None:
+        """Ask the camera for its smallest mode that still covers what the model takes, with the aspect ratio
+        (field of view) of the mode it opened in (sources/v4l2_modes.py); frames then say that mode's size in
+        full_hw, so boxes keep its pixels."""
+        default = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        if min(default) <= 0:
+            return
+        need = self.out_size
+        if self.resize == "letterbox":
+            g = geometry((default[1], default[0]), (self.out_size[1], self.out_size[0]), "letterbox")
+            need = (g.new_w, g.new_h)
+        device = f"/dev/video{self.target}" if isinstance(self.target, int) else str(self.target)
+        mode = choose_mode(list_modes(device), default, need, self.fourcc[:4].ljust(4) if self.fourcc else None)
+        if mode is None:
+            return
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*mode.fourcc))
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, mode.width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, mode.height)
+        got = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        if got == default:
+            return
+        self.full_hw = (default[1], default[0])
+        log.info("%s: camera mode %s %dx%d for a %dx%d model input (opened in %dx%d)", self.uri, mode.fourcc,
+                 got[0], got[1], need[0], need[1], *default)
+
     def decoder_cpu(self) -> float:
         """CPU seconds spent in ffmpeg decoder processes so far (0 when OpenCV decodes in this process)."""
         cap = self._cap
@@ -258,6 +284,8 @@ class VideoCaptureSource(Source):
             if self.requested_size:
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.requested_size[0])
                 cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.requested_size[1])
+            elif self.out_size:
+                self._negotiate_v4l2_mode(cap)
             if self.requested_fps:
                 cap.set(cv2.CAP_PROP_FPS, self.requested_fps)
         fps = cap.get(cv2.CAP_PROP_FPS)
