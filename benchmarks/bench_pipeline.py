@@ -16,6 +16,10 @@
     previous inference), postprocessing and sinks, in all and on the inference thread; the glass-to-result
     latency per stage; and CPU seconds per result of the process and its ffmpeg decoder together.
     Goal: <= 2 ms p99.
+(d) Decoding alone: the same H.264 clip read as fast as it decodes, OpenCV at 720p plus preprocessing's resize
+    (the CPU path) against the ffmpeg process scaling to the model's size, alternating pass by pass; CPU
+    milliseconds per frame of this process and the decoder together, and how far the scaled frames are from
+    the CPU path's (mean and p99 absolute difference in grey levels).
 (c) The audio features alone, per tick of a 30 fps camera: the log-mel of the whole 1 s window against the
     incremental one (``AudioFeatureStream``: only the STFT columns new since the previous tick, windows on the
     10 ms hop grid as live audio has them), alternating tick by tick on the same windows.
@@ -55,6 +59,7 @@ from edgemm.preprocess import AudioFeatureStream, preprocess_audio, preprocess_v
 from edgemm.runners import make_runner
 from edgemm.sinks import make_sink
 from edgemm.sources import open_source
+from edgemm.sources.base import EndOfStream
 from edgemm.sources.patterns import ArrayAudioSource, ArrayVideoSource
 
 
@@ -237,6 +242,37 @@ def overhead(bundle_path: Path, tmp: Path, seconds: float, threads: int, size: s
             "dropped": s["ports"]["video"]["dropped"], "summary_text": format_summary(s)}
 
 
+def decoding(tmp: Path, size: str, model_hw: tuple[int, int], passes: int = 3) -> dict:
+    clip = tmp / f"clip-{size}.mp4"
+    if not clip.exists():
+        make_clip(clip, size)
+    h, w = model_hw
+
+    def one(scaled: bool) -> tuple[float, list]:
+        src = open_source(str(clip), "video", realtime=False, **({"out_size": (w, h)} if scaled else {}))
+        c0, images = cpu_s(), []
+        with src:
+            while True:
+                try:
+                    f = src.read(10.0)
+                except EndOfStream:
+                    break
+                images.append(f.image if scaled else resize(f.image, h, w))
+        return 1e3 * (cpu_s() - c0 + src.decoder_cpu()) / len(images), images
+
+    cpu: dict[str, list] = {"full": [], "scaled": []}
+    kept: dict[str, list] = {}
+    for _ in range(passes):
+        for k in cpu:
+            ms, images = one(k == "scaled")
+            cpu[k].append(round(ms, 3))
+            kept[k] = images
+    diff = np.abs(np.stack(kept["scaled"]).astype(np.int16) - np.stack(kept["full"]).astype(np.int16))
+    return {"frames": len(kept["full"]), "cpu_ms_per_frame": cpu,
+            "scaled_vs_cpu_path": {"mean": round(float(diff.mean()), 3), "p99": float(np.percentile(diff, 99)),
+                                   "max": int(diff.max())}}
+
+
 def audio_features(bundle_path: Path, seconds: float = 20.0, fps: float = 30.0) -> dict:
     spec = next(s for s in load_bundle(bundle_path).manifest.graphs["model"].inputs if s.name == "audio")
     pre = spec.preprocess
@@ -311,11 +347,17 @@ def main(argv=None) -> int:
                   f"{b['cpu_ms_per_result']:.2f} ms (of it the ffmpeg decoder {b['decoder_cpu_ms_per_result']:.2f} ms)")
             print(b["summary_text"], flush=True)
         c = result["audio_features"] = audio_features(bundles[widths[0]])
+        model_hw = tuple(load_bundle(bundles[widths[0]]).manifest.graphs["model"].inputs[0].preprocess.size)
+        dd = result["decoding"] = decoding(tmp, sizes[0], model_hw)
     result["loadavg_after"] = os.getloadavg()
     print(f"(c) log-mel of a 1 s window per 30 fps tick ({c['ticks']} ticks): whole p50 {c['whole_ms']['p50']:.3f} ms, "
           f"p99 {c['whole_ms']['p99']:.3f} ms; incremental p50 {c['incremental_ms']['p50']:.3f} ms, p99 "
           f"{c['incremental_ms']['p99']:.3f} ms (ratio {c['ratio_p50']:.3f}; columns computed {c['columns_computed']}, "
           f"taken over {c['columns_reused']}; max abs difference {c['max_abs_diff']:.2e})")
+    print(f"(d) decoding {sizes[0]} H.264 for a {model_hw[1]}x{model_hw[0]} input ({dd['frames']} frames a pass): CPU "
+          f"per frame, OpenCV + resize {dd['cpu_ms_per_frame']['full']} ms, ffmpeg scaling "
+          f"{dd['cpu_ms_per_frame']['scaled']} ms; scaled frames against the CPU path's: mean "
+          f"{dd['scaled_vs_cpu_path']['mean']:.2f}, p99 {dd['scaled_vs_cpu_path']['p99']:.0f} grey levels")
     print(f"machine: {result['machine']}; load average before {result['loadavg_before'][0]:.2f}, "
           f"after {result['loadavg_after'][0]:.2f}")
     if args.json:
