@@ -9,8 +9,9 @@
     Segments alternate (raw, scaled, full, raw, ...) so machine noise hits all alike. Goals (issue 13):
     >= 0.95 with a 2.5 ms model, >= 0.97 with a 10 ms model. Also the process's CPU seconds per result
     (all threads; robust to load, unlike the ratios).
-(b) Per-frame overhead beyond the model, live: a 720p H.264 clip (made here with ffmpeg) paced at its
-    30 fps with live audio, decoded two ways one after the other: "scaled" (an ffmpeg process decodes and
+(b) Per-frame overhead beyond the model, live: a 720p H.264 clip (made here with ffmpeg) served as a live
+    30 fps HTTP stream by another ffmpeg (the camera: `-re`, looped, copied without re-encoding), with live
+    audio, decoded two ways one after the other: "scaled" (an ffmpeg process decodes and
     scales to the model's size) and "full" (OpenCV decodes at 720p, the capture thread resizes). Per
     result, the work done besides the model: preprocessing (in the capture thread, in parallel with the
     previous inference), postprocessing and sinks, in all and on the inference thread; the glass-to-result
@@ -27,8 +28,8 @@
 The model is an early-fusion CNN built here (video 3x224x224, log-mel 1x64x98), about 0.16 GMAC: the size
 of a small cabin-monitoring model, slow enough on a CPU thread for the ratio to mean something.
 
-  python benchmarks/bench_pipeline.py [--rounds 4] [--segment 3] [--threads 1] [--widths 1,2] [--backend openvino]
-                                      [--json out.json]
+  python benchmarks/bench_pipeline.py [--rounds 4] [--segment 3] [--threads 1] [--widths 1,2 | --model-ms 2.5,10]
+                                      [--backend openvino] [--json out.json]
 
 --backend (default onnxruntime) runs both the raw runner and the pipeline's model on that backend.
 """
@@ -138,6 +139,41 @@ def _pipeline_segment(pipe: Pipeline, segment_s: float) -> tuple[int, float, flo
     return m, time.perf_counter() - t0, pipe.worker_idle_s - idle0, cpu_s() - c0
 
 
+def raw_ms(bundle_path: Path, threads: int, backend: str, seconds: float = 1.5) -> float:
+    """Mean milliseconds per inference of the raw runner on one preprocessed input."""
+    bundle = load_bundle(bundle_path)
+    spec = {s.name: s for s in bundle.manifest.graphs["model"].inputs}
+    frame = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    feed = {"video": preprocess_video(frame, spec["video"]),
+            "audio": preprocess_audio(np.zeros(16000, np.float32), spec["audio"])}
+    with make_runner(bundle, backend=backend, threads=threads) as runner:
+        for _ in range(3):
+            runner.infer(feed, check_inputs=False)
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            runner.infer(feed, check_inputs=False)
+            n += 1
+    return 1e3 * (time.perf_counter() - t0) / n
+
+
+def width_for(target_ms: float, tmp: Path, threads: int, backend: str) -> tuple[float, float]:
+    """The model width whose raw inference takes about target_ms on this machine and backend: the time is
+    fitted as a + b * width^2 (MACs grow with its square) through the two probes nearest the target."""
+    probes: dict[float, float] = {}
+    for w in (1.0, 2.0):
+        probes[w] = raw_ms(write_bundle(tmp / f"probe-{w:g}", w), threads, backend)
+    for _ in range(2):
+        (w1, t1), (w2, t2) = sorted(probes.items(), key=lambda p: abs(p[1] - target_ms))[:2]
+        b = (t2 - t1) / (w2 ** 2 - w1 ** 2) if w2 != w1 else 0.0
+        w = round(float(np.sqrt(max(0.0625, (target_ms - (t1 - b * w1 ** 2)) / b))) if b > 0 else w1, 2)
+        w = min(max(w, 0.25), 8.0)
+        if w in probes:
+            break
+        probes[w] = raw_ms(write_bundle(tmp / f"probe-{w:g}", w), threads, backend)
+    best = min(probes, key=lambda k: abs(probes[k] - target_ms))
+    return best, probes[best]
+
+
 def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, threads: int, size: str,
                backend: str = "onnxruntime") -> dict:
     bundle = load_bundle(bundle_path)
@@ -208,6 +244,31 @@ def make_clip(path: Path, size: str, seconds: float = 10.0, fps: int = 30) -> Pa
     return path
 
 
+@contextlib.contextmanager
+def live_camera(clip: Path):
+    """The clip as a live 30 fps MPEG-TS stream over HTTP (ffmpeg -re, looped, copied): yields its URL."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    proc = subprocess.Popen(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
+                             "-i", str(clip), "-c", "copy", "-f", "mpegts", "-listen", "1", url],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # listening? (a connect here would take its one client)
+            with open("/proc/net/tcp") as f:
+                if any(line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A" for line in f.readlines()[1:]):
+                    break
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def overhead(bundle_path: Path, tmp: Path, seconds: float, threads: int, size: str,
              backend: str = "onnxruntime", scaled: bool = True) -> dict:
     bundle = load_bundle(bundle_path)
@@ -215,19 +276,19 @@ def overhead(bundle_path: Path, tmp: Path, seconds: float, threads: int, size: s
     clip = tmp / f"clip-{size}.mp4"
     if not clip.exists():
         make_clip(clip, size)
-    # Paced at its 30 fps and looped, as a camera delivers; "scaled" asks for the model's size as `edgemm run` does.
+    # "scaled" asks for the model's size as `edgemm run` does.
     opts = {"out_size": (pre.size[1], pre.size[0]), "resize": pre.resize or "stretch"} if scaled else {}
-    video = open_source(str(clip), "video", loop=True, **opts)
-    audio = open_source("test://audio?kind=noise", "audio")
     name = "scaled" if scaled else "full"
-    sink = make_sink(f"jsonl:{tmp / f'overhead-{name}.jsonl'}")
-    c0 = cpu_s()
-    with Pipeline(bundle, video=video, audio=audio, sinks=[sink], backend=backend, threads=threads, duration_s=seconds,
-                  settings=PipelineSettings()) as pipe:
-        while pipe.is_streaming():
-            pipe.step()
+    with live_camera(clip) as url:
+        video = open_source(url, "video", **opts)
+        audio = open_source("test://audio?kind=noise", "audio")
+        sink = make_sink(f"jsonl:{tmp / f'overhead-{name}.jsonl'}")
+        c0 = cpu_s()
+        with Pipeline(bundle, video=video, audio=audio, sinks=[sink], backend=backend, threads=threads,
+                      duration_s=seconds, settings=PipelineSettings()) as pipe:
+            while pipe.is_streaming():
+                pipe.step()
         cpu = cpu_s() - c0 + video.decoder_cpu()
-    cpu = max(cpu, cpu_s() - c0 + video.decoder_cpu())  # the decoder's last reading is taken when it is closed
     s = pipe.final_summary
     rows = [json.loads(line) for line in (tmp / f"overhead-{name}.jsonl").read_text().splitlines()]
     lat = [r["latency_ms"] for r in rows if r["type"] == "result"]
@@ -305,6 +366,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--widths", default="1,2", help="model widths to measure (1: ~0.16 GMAC, 2: ~0.6 GMAC; any "
                                                    "positive number, e.g. 1.3)")
+    p.add_argument("--model-ms", help="instead of --widths: model widths found (by timing the raw runner here) "
+                                      "to take about these milliseconds, e.g. 2.5,10 (issue 13's goals)")
     p.add_argument("--sizes", default="1280x720", help="camera frame sizes for (a); (b) uses the first")
     p.add_argument("--live-seconds", type=float, default=10.0)
     p.add_argument("--backend", default="onnxruntime", help="runner backend of both sides (e.g. openvino)")
@@ -318,6 +381,12 @@ def main(argv=None) -> int:
               "backend": args.backend, "throughput": [], "overhead": []}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if args.model_ms:
+            widths = []
+            for target in (float(x) for x in args.model_ms.split(",")):
+                w, ms = width_for(target, tmp, args.threads, args.backend)
+                print(f"model for {target:g} ms: width {w:g} ({ms:.2f} ms per raw inference)", flush=True)
+                widths.append(w)
         bundles = {}
         for w in widths:
             bundles[w] = write_bundle(tmp / f"av-cnn-w{w:g}.edgemm", w)
