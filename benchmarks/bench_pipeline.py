@@ -62,6 +62,7 @@ from edgemm.sinks import make_sink
 from edgemm.sources import open_source
 from edgemm.sources.base import EndOfStream
 from edgemm.sources.patterns import ArrayAudioSource, ArrayVideoSource
+from edgemm.threads import limit_blas_threads
 
 
 def av_cnn(width: float = 1) -> onnx.ModelProto:
@@ -415,7 +416,8 @@ def main(argv=None) -> int:
                   f"{b['worker_overhead_ms']['p50']:.3f} ms, p99 {b['worker_overhead_ms']['p99']:.3f} ms; CPU per result "
                   f"{b['cpu_ms_per_result']:.2f} ms (of it the ffmpeg decoder {b['decoder_cpu_ms_per_result']:.2f} ms)")
             print(b["summary_text"], flush=True)
-        c = result["audio_features"] = audio_features(bundles[widths[0]])
+        with limit_blas_threads(1):  # as the pipeline computes them (a 2-thread BLAS on a busy box: 0.3 s a window)
+            c = result["audio_features"] = audio_features(bundles[widths[0]])
         model_hw = tuple(load_bundle(bundles[widths[0]]).manifest.graphs["model"].inputs[0].preprocess.size)
         dd = result["decoding"] = decoding(tmp, sizes[0], model_hw)
     result["loadavg_after"] = os.getloadavg()
