@@ -188,7 +188,9 @@ class VideoCaptureSource(Source):
     def _open_ffmpeg_pipe(self):
         # Live: no frame-threaded decoding (ffmpeg's default on several cores), which holds each frame back
         # by a frame per thread; slice threads still split the work. A file's throughput may use it.
-        options = ["-flags", "low_delay"] if self.live else []
+        # Its stream probing (up to 5 s of a live stream by default) may take at most half the open timeout,
+        # leaving the rest for the first frame.
+        options = ["-flags", "low_delay", "-analyzeduration", str(int(self.open_timeout / 2 * 1e6))] if self.live else []
         if self.ffmpeg_options:  # OpenCV's "key;value|key;value" form, e.g. rtsp_transport;tcp
             for pair in self.ffmpeg_options.split("|"):
                 key, _, value = pair.partition(";")
