@@ -485,7 +485,7 @@ class Pipeline(Streaming):
         if res is None:
             return None
         p0 = time.perf_counter()
-        record = self._record(res, tick.frame.image.shape[:2] if tick.frame is not None else None)
+        record = self._record(res, tick.frame.source_hw if tick.frame is not None else None)
         events = self.decisions.alerts(res.t, res.outputs, record["outputs"])
         record["alerts"] = self.decisions.active_alerts()
         post_s = time.perf_counter() - p0 + res.attribution_s

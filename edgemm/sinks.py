@@ -280,6 +280,7 @@ class VideoSink(Sink):
     """
 
     name = "video"
+    draws_frames = True
     FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
     def __init__(self, path: str, fps: float | None = None):

@@ -136,22 +136,36 @@ def _audio_options(uri: str, rate: int) -> dict:
     return {} if "sample_rate" in parse_uri(uri).options else {"sample_rate": rate}
 
 
-def _video_options(uri: str, bundle) -> dict:
-    """A CSI camera scales to the model's image size in NVMM (nvvidconv), so a full-size frame never reaches
-    the CPU, unless the URI sets out_size itself (out_size=full keeps the sensor size, e.g. for a video sink).
-    Only when every video input wants the same size, stretched: nvvidconv does not keep the aspect ratio, so a
-    letterboxed input (a detector) gets the sensor's frames and letterboxes them itself."""
-    from edgemm.sources.uri import parse_uri
+def _video_options(uri: str, bundle, sinks=()) -> dict:
+    """Ask the video source to scale while decoding to what the model takes (sources/__init__.py: an ffmpeg
+    process for files and streams, nvvidconv in NVMM for a CSI camera), so a full-size frame never reaches
+    the CPU: out_size is the model's input size and resize its stretch or letterbox (letterboxed frames come
+    at the size that keeps the aspect ratio; preprocessing pads them).
+
+    Not when the URI sets out_size itself (out_size=full keeps the camera's size), when a sink draws on the
+    frames (video:, rtsp:, http: need them at the camera's size, with the boxes in its pixels), when the
+    video inputs want different sizes or fits, or for sources that cannot scale: gst:// (a user's pipeline,
+    whose frame size edgemm cannot know to map boxes back; out_size in its URI stretches) and test patterns.
+    A V4L2 camera is set to a smaller mode of its own (when the URI gives no size=). Tracking needs no
+    full-size frame: it follows the boxes, which come back in the camera's pixels either way (Frame.full_hw)."""
+    from edgemm.media import IMAGE_SUFFIXES
+    from edgemm.sources.uri import NETWORK_SCHEMES, parse_uri
 
     parsed = parse_uri(uri)
-    if parsed.scheme != "csi" or "out_size" in parsed.options:
+    scheme = parsed.scheme
+    if scheme not in ("", "file", "csi", "v4l2", *NETWORK_SCHEMES) or "out_size" in parsed.options:
+        return {}
+    if scheme in ("", "file") and not parsed.location.isdigit() and Path(parsed.location).suffix.lower() in IMAGE_SUFFIXES:
+        return {}
+    if any(getattr(sink, "draws_frames", False) for sink in sinks):
         return {}
     video = [s for _, s in bundle.manifest.all_inputs() if s.modality == "video"]
     sizes = {tuple(s.preprocess.size) for s in video}
-    if len(sizes) != 1 or any(s.preprocess.resize == "letterbox" for s in video):
+    fits = {s.preprocess.resize or "stretch" for s in video}
+    if len(sizes) != 1 or len(fits) != 1:
         return {}
     h, w = sizes.pop()
-    return {"out_size": (w, h)}
+    return {"out_size": (w, h), "resize": fits.pop()}
 
 
 def check_inputs(bundle) -> None:
@@ -212,7 +226,8 @@ def build(opts: dict):
     videos = []
     wait = bool(opts.get("wait_for_sources"))
     if "video" in mods:
-        videos = [(n, _make_source(uri, "video", wait, **_video_options(uri, bundle)))
+        videos = [(n, _make_source(uri, "video", wait,
+                                   **_video_options(uri, bundle, sinks + camera_sinks.get(n, []))))
                   for n, (_, uri) in zip(names, cams)]
     if opts.get("audio") and "audio" in mods:
         rate = next(s.preprocess.sample_rate for _, s in bundle.manifest.all_inputs() if s.modality == "audio")
