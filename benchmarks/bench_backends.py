@@ -233,7 +233,7 @@ def convert_all(case: Case, work: Path, threads: int) -> tuple[dict, dict]:
     labelled = case.test is not None
     common = dict(precision="int8", calib=case.calib, eval=case.test if labelled else None,
                   max_drop=MAX_DROP if labelled else None, threads=threads, bench_seconds=1.0, quiet=True,
-                  shapes=list(case.shapes))
+                  shapes=list(case.shapes), bake_preprocess="none")  # every variant gets the same float feed
     jobs = {"ort_int8": dict(target="onnxruntime"), "ov_int8": dict(target="openvino"),
             "nncf": dict(target="openvino", flavour="nncf", eval=None, max_drop=None)}
     paths, reports = {}, {}
