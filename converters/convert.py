@@ -571,9 +571,9 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
             _say(f"INT8: graph {g}: {ready.note}", opts)
         _say(f"INT8: graph {g}: preparing (shape inference, BatchNorm folding)", opts)
         prepared[g] = int8.prepare(models[g], work)
-    # A detector's box decoding after its last weighted layer stays float (int8.decode_tail)
-    tails = {g: int8.decode_tail(prepared[g]) if any(o.detection is not None for o in stage.manifest.graphs[g].outputs)
-             else [] for g in graphs}
+    # What follows a graph's last compute op (a detector's box decode) stays float: int8.quantize and
+    # openvino.quantize leave it out themselves; it is counted here for the report.
+    tails = {g: int8.tail_nodes(prepared[g]) for g in graphs}
     symmetric = fixed == "trt"
     _say(f"INT8: calibrating {len(graphs)} graph(s) ({opts.calib_method}) on {opts.calib}", opts)
     # One pass over the data calibrates every graph; it also keeps the feeds the flavour timing needs
@@ -595,8 +595,7 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
             if on_openvino:
                 quantized[g] = openvino.quantize(fixed, prepared[g], calibs[g], sample_feeds[g], workdir=work)
             else:
-                quantized[g] = int8.quantize(prepared[g], calibs[g], fixed, tails[g], per_channel=per_channel[g],
-                                             workdir=work)
+                quantized[g] = int8.quantize(prepared[g], calibs[g], fixed, per_channel=per_channel[g], workdir=work)
             why = {"trt": "target tensorrt: symmetric S8S8, zero point 0, TensorRT placement"}.get(
                 fixed, "forced (--flavour or EDGEMM_INT8_FLAVOUR)")
             settings = openvino.describe(fixed) if on_openvino else int8.flavour_spec(fixed).describe()
@@ -609,8 +608,7 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
                                         duration_s=FLAVOUR_TIMING_S, workdir=work)
             else:
                 choice = int8.choose_flavour(prepared[g], models[g], calibs[g], sample_feeds[g], opts.threads,
-                                             duration_s=FLAVOUR_TIMING_S, per_channel=per_channel[g],
-                                             nodes_to_exclude=tails[g])
+                                             duration_s=FLAVOUR_TIMING_S, per_channel=per_channel[g])
             best = choice["candidates"][choice["flavour"]]
             others = ", ".join(f"{k} {v['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in v else f"{k} {v['rejected']}"
                                for k, v in choice["candidates"].items())
@@ -631,7 +629,7 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
                 _say(f"INT8: graph {g}: {choice['flavour']} chosen ({others} vs FP32)", opts)
         gi["qdq"] = qdq.qdq_counts(quantized[g])
         if tails[g]:
-            gi["float_decode_tail"] = len(tails[g])
+            gi["float_tail"] = len(tails[g])
         info[g] = gi
     floats = {g: models[g] for g in graphs if flavours[g] == "fp32"}
 
@@ -640,7 +638,7 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
             return floats[g]
         if on_openvino:
             return openvino.quantize(flavours[g], prepared[g], calibs[g], sample_feeds[g], exclude, workdir=work)
-        return int8.quantize(prepared[g], calibs[g], flavours[g], list(exclude) + tails[g], per_channel=per_channel[g],
+        return int8.quantize(prepared[g], calibs[g], flavours[g], exclude, per_channel=per_channel[g],
                              workdir=work)
 
     groups = {g: [] if g in floats else int8.quantized_groups(prepared[g], quantized[g]) for g in graphs}

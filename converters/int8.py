@@ -320,8 +320,11 @@ def tail_nodes(model) -> set[str]:
 
     INT8 buys nothing there (elementwise ops on small tensors, ahead of the float graph outputs) and costs
     accuracy (box coordinates in 8 bits are whole pixels apart); and OpenVINO 2026.4's CPU plugin died with
-    SIGFPE compiling the driving detector's Q/DQ box decode (a Concat of quantized Unsqueezes). They stay float.
+    SIGFPE compiling the driving detector's Q/DQ box decode (a Concat of quantized Unsqueezes). They stay float
+    (the driving detector: 1.9 points of mAP@0.5 lost with its decode quantized, 0.1 without).
     """
+    if not any(n.op_type in COMPUTE_OPS for n in model.graph.node):
+        return set()
     cons = consumers(model)
     feeds_compute: dict[str, bool] = {}  # node name -> some compute op is reachable from its outputs
 
@@ -381,24 +384,6 @@ def check_onnxruntime() -> None:
     if "calibration_cache_path" not in inspect.signature(q.quantize_static).parameters:
         raise EdgemmError(f"Module: onnxruntime {onnxruntime.__version__} | Too old for cached calibration ranges; "
                           "expected onnxruntime >= 1.24 (pip install -U onnxruntime).")
-
-
-def decode_tail(model) -> list[str]:
-    """The nodes after the last weighted layer (nothing weighted downstream of them): for a detector, the box
-    decoding (anchor points plus distances, cx/cy/w/h, the score sigmoid, the concatenation). Quantized, its
-    coordinates are rounded to 8 bits of the whole input's span (0.75 px steps at 192 px) and its Q/DQ pairs
-    cost more than the integer kernels save: kept in float it costs nothing measurable and keeps the boxes
-    (the driving detector: 1.9 points of mAP@0.5 lost with it quantized, 0.1 without)."""
-    cons = consumers(model)
-    weighted = set(qdq.WEIGHTED_OPS)
-    if not any(n.op_type in weighted for n in model.graph.node):
-        return []
-    feeds_weighted: dict[str, bool] = {}
-    for n in reversed(list(model.graph.node)):  # topological order: every consumer is seen before its producer
-        feeds_weighted[n.name] = any(c.op_type in weighted or feeds_weighted.get(c.name, False)
-                                     for o in n.output for c in cons.get(o, []))
-    return [n.name for n in model.graph.node if n.op_type not in weighted and not feeds_weighted[n.name]
-            and n.op_type not in ("Constant", "Shape")]
 
 
 # --------------------------------------------------------------------------------------------------

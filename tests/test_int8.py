@@ -292,7 +292,7 @@ def test_two_float_readers_of_one_folded_activation_share_it():
     assert cosine(run(model, [{"x": x}]), run(q, [{"x": x}])) > 0.99
 
 
-def test_decode_tail_is_what_follows_the_last_weighted_layer():
+def test_the_tail_is_what_follows_the_last_weighted_layer():
     """A detector's box decoding (here: Sigmoid and a scale after the last Gemm) is the tail the converter
     keeps in float; the layers before it, and a model without weights, give nothing."""
     rng = np.random.default_rng(0)
@@ -305,11 +305,11 @@ def test_decode_tail_is_what_follows_the_last_weighted_layer():
              _init("w1", rng.standard_normal((6, 16))), _init("b1", np.zeros(6)), _init("k", np.full(6, 192.0))]
     model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits, "tail")
-    assert sorted(int8.decode_tail(int8.prepare(model))) == ["scale", "sig"]
+    assert sorted(int8.tail_nodes(int8.prepare(model))) == ["scale", "sig"]
     no_weights = _model([helper.make_node("Sigmoid", ["x"], ["y"], name="sig")],
                         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [], "plain")
-    assert int8.decode_tail(no_weights) == []
+    assert int8.tail_nodes(no_weights) == set()
 
 
 def test_entropy_searches_a_clipping_threshold(cnn, monkeypatch):
