@@ -284,6 +284,15 @@ class JackServer(_Rig):
         """The audio server dies at once (SIGKILL), as when it crashes: its clients' streams are orphaned."""
         _kill(self.proc)
 
+    def restart_server(self, timeout: float = 10.0) -> None:
+        """The audio server comes back under the same name (as its service manager would restart it), with
+        none of its former clients: tone clients left from before are stopped, add them again."""
+        _kill(self.proc)
+        for client in list(self.clients):
+            self.remove_client(client)
+        self.proc = self._spawn()
+        self._wait_for(lambda: "system:capture_1" in self.ports(), timeout, "jackd to restart")
+
     def use_in_process(self) -> None:
         """Point this process's PortAudio at this server and rescan devices."""
         from edgemm.sources.audio import refresh_devices
@@ -373,20 +382,30 @@ class Mosquitto(_Rig):
         self.proc = None
 
 
-@contextlib.contextmanager
-def small_disk(path: Path, size: str = "64k"):
-    """A real, tiny filesystem at path (a tmpfs of `size`) to fill up: a full disk without filling the
-    machine's. Needs the right to mount (root in CI's container); skipped, with the reason, where it is refused."""
+def mount_tmpfs(path: Path, size: str) -> str | None:
+    """Mount a tmpfs of `size` at path; None when mounted, else why not (no right to mount)."""
     path.mkdir(parents=True, exist_ok=True)
     mount = shutil.which("mount") or "/bin/mount"
     proc = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
                           text=True, timeout=10)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a {size} tmpfs for a full disk: {proc.stderr.strip() or proc.returncode}")
+    return None if proc.returncode == 0 else (proc.stderr.strip() or f"mount exited {proc.returncode}")
+
+
+def unmount(path: Path) -> None:
+    subprocess.run([shutil.which("umount") or "/bin/umount", "-l", str(path)], capture_output=True, timeout=10)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "64k"):
+    """A real, tiny filesystem at path (a tmpfs of `size`) to fill up: a full disk without filling the
+    machine's. Needs the right to mount (root in CI's container); skipped, with the reason, where it is refused."""
+    why = mount_tmpfs(path, size)
+    if why:
+        pytest.skip(f"cannot mount a {size} tmpfs for a full disk: {why}")
     try:
         yield path
     finally:
-        subprocess.run([shutil.which("umount") or "/bin/umount", "-l", str(path)], capture_output=True, timeout=10)
+        unmount(path)
 
 
 def _sounddevice_if_loaded():

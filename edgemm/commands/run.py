@@ -305,6 +305,9 @@ def format_summary(s: dict) -> str:
     lines.append(f"  reconnects: {_words(s['reconnects'])}; overflows: {s['overflows']}; "
                  f"degraded results: {_words(s['degraded_results'])}; events: {_words(s['events'])}")
     for label, c in s.get("sinks", {}).items():
+        if "buffered" in c:  # a store-and-forward sink (MQTT)
+            lines.append(f"  sink {label}: {c['published']} published, {c['buffered']} buffered (at most "
+                         f"{c['buffered_max']}), {c['dropped']} dropped, {c['disconnects']} disconnects")
         if c["failures"] or c["lost"]:
             lines.append(f"  sink {label}: {c['written']} written, {c['failures']} failed writes, "
                          f"{c['lost']} records lost")
