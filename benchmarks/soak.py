@@ -16,7 +16,8 @@ sink what was written, buffered and lost, and per fault the time from its end un
 (a clean result of the lost modality; results again in the file; MQTT messages again; any result after a
 restart), whether the fault was noticed, and whether anything already written was lost.
 
-    python benchmarks/soak.py --minutes 30 --out soak.json          # the cycle: camera mic_client broker disk_full
+    python benchmarks/soak.py --minutes 30 --out soak.json   # camera, broker, disk_full in turn; then the audio
+                                                             # faults and SIGKILL once at the end
     python benchmarks/soak.py --minutes 3 --cycle broker --final "" --fault-s 5
 
 Needs: ffmpeg, jackd2 (jackd, jack_metro, jack_lsp), mosquitto, paho-mqtt, sounddevice, and the right to
@@ -60,6 +61,15 @@ class Fault:
     t1: float = 0.0  # wall time it ended (the thing is back)
     notes: list = field(default_factory=list)
     written_before: set = field(default_factory=set)  # result times in the JSON-lines file when it began
+
+
+def unnice(*procs) -> None:
+    """The stand-ins are the camera, the audio server and the broker, not load of ours: they run at normal
+    priority even when the soak is niced (a starved JACK dummy server stalls the microphone by itself)."""
+    for proc in procs:
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, proc.pid, 0)
 
 
 def rss_mb(pid: int) -> float | None:
@@ -188,6 +198,9 @@ class Soak:
         self.proc = None
         return time.monotonic() - t0
 
+    def unnice_rigs(self) -> None:
+        unnice(self.cam.proc, self.jack.proc, self.broker.proc, *self.jack.clients.values())
+
     def supervise(self) -> None:
         """One look: RSS, and an unplanned exit restarted 1 s later (systemd's Restart=always, RestartSec=1)."""
         now = time.time()
@@ -195,6 +208,7 @@ class Soak:
             # The stand-in serves one client (ffmpeg -listen 1) and ends with it: a killed edgemm takes the
             # stream down with it, which a real camera would not do. Serve again.
             self.cam.start()
+            self.unnice_rigs()
             self.camera_restarts += 1
         if self.proc is None:
             return
@@ -242,6 +256,7 @@ class Soak:
             getattr(self, f"_fault_{name}")(fault)
         finally:
             self._down.discard(name)
+            self.unnice_rigs()
         fault.t1 = fault.t1 or time.time()
         self.faults.append(fault)
         self.wait(self.settle_s)
@@ -298,6 +313,7 @@ class Soak:
         self.jack.start()
         self.jack.add_tone("tone", freq=440.0)
         self.broker.start()
+        self.unnice_rigs()
         self.sub = Subscriber(self.broker.port, self.topic)
         self.t_start = time.time()
         self.start_edgemm()
@@ -456,7 +472,7 @@ class Soak:
                 for m, v in sorted(minutes.items())]
 
 
-def run_soak(minutes: float, cycle=("camera", "mic_client", "broker", "disk_full"), final=("audio_server", "sigkill"),
+def run_soak(minutes: float, cycle=("camera", "broker", "disk_full"), final=("mic_client", "audio_server", "sigkill"),
              fault_s: float = 8.0, settle_s: float = 30.0, warm_s: float = 120.0, work: Path | None = None,
              quiet: bool = False) -> dict:
     """Run the soak; returns its report (see the module's docstring)."""
@@ -495,8 +511,10 @@ def markdown(r: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0)
-    ap.add_argument("--cycle", default="camera,mic_client,broker,disk_full", help="faults repeated in turn")
-    ap.add_argument("--final", default="audio_server,sigkill", help="faults once at the end")
+    ap.add_argument("--cycle", default="camera,broker,disk_full", help="faults repeated in turn")
+    # The audio faults once, at the end: until audio recovers by itself (issue 15 items 1-2), each of them
+    # leaves the microphone lost for the rest of the run.
+    ap.add_argument("--final", default="mic_client,audio_server,sigkill", help="faults once at the end")
     ap.add_argument("--fault-s", type=float, default=8.0)
     ap.add_argument("--settle-s", type=float, default=30.0)
     ap.add_argument("--warm-s", type=float, default=120.0, help="no fault before this")

@@ -428,8 +428,8 @@ def make_sink(spec: str) -> Sink:
         if not path:
             raise EdgemmError(f"Sink: {spec} | No path; expected jsonl:PATH.")
         q = _query(spec, query, {"mode": "a|w", "max_mb": "MB", "keep": "N"})
-        keep = _number(spec, q, "keep", int)
-        return JsonlSink(path, mode=q.get("mode", "a"), max_mb=_number(spec, q, "max_mb"),
+        keep = _number(spec, q, "keep", int, maximum=1000)  # files renamed one by one at each rotation
+        return JsonlSink(path, mode=q.get("mode", "a"), max_mb=_number(spec, q, "max_mb", maximum=1e6),
                          keep=5 if keep is None else keep)
     if spec.startswith("video:"):
         path = spec[len("video:"):]
