@@ -51,6 +51,9 @@ from tests import rigs  # noqa: E402
 MODEL = ROOT / "benchmarks" / "models" / "avdigits_late"  # video + audio (16 kHz), late fusion
 RECOVERY_GOAL_S = 5.0
 RESERVOIR = 20000  # PipelineSettings.reservoir: RSS grows until the latency reservoirs are full
+# ... by this much per result meanwhile: 8 reservoirs (6 latency stages, 2 overheads; skew too while audio is
+# there) of Python floats in a list, 8 B a slot + 24 B a float.
+RESERVOIR_BYTES_PER_RESULT = 8 * 32
 FAULTS = ("camera", "mic_client", "audio_server", "broker", "disk_full", "sigkill")
 
 
@@ -170,7 +173,7 @@ class Soak:
         return [sys.executable, "-m", "edgemm", "run", str(MODEL), "--video", self.cam.url, "--audio", "mic://tone",
                 "--threads", "1", "-q", "--summary-json", str(self.work / f"summary-{k}.json"),
                 "--sink", f"jsonl:{self.disk}/results.jsonl?max_mb=8&keep=20",
-                "--sink", f"mqtt://127.0.0.1:{self.broker.port}/{self.topic}?reconnect_max=2"]
+                "--sink", f"mqtt://127.0.0.1:{self.broker.port}/{self.topic}?reconnect_max=2&spool={self.work / 'spool'}"]
 
     def start_edgemm(self) -> None:
         env = {**self.jack.env, "PYTHONUNBUFFERED": "1"}
@@ -451,14 +454,18 @@ class Soak:
             full_at = walls[RESERVOIR - 1] if len(walls) >= RESERVOIR else None
             warm = max(inst["start"] + 120.0, full_at or 0.0)
             tail = [(t, mb) for t, mb in samples if t >= warm]
-            slope = None
+            slope = fill = None
             if len(tail) >= 10 and tail[-1][0] - tail[0][0] >= 120:
                 slope = float(np.polyfit([t for t, _ in tail], [mb for _, mb in tail], 1)[0] * 3600)
+                # Growth the reservoirs explain while they are still filling (none once full).
+                filling = sum(1 for i, w in enumerate(walls) if tail[0][0] <= w <= tail[-1][0] and i < RESERVOIR)
+                fill = filling * RESERVOIR_BYTES_PER_RESULT / 2**20 / ((tail[-1][0] - tail[0][0]) / 3600)
             per.append({"pid": inst["pid"], "minutes": round((samples[-1][0] - samples[0][0]) / 60, 1),
                         "start_mb": round(samples[0][1], 1), "end_mb": round(samples[-1][1], 1),
                         "max_mb": round(max(mb for _, mb in samples), 1),
                         "reservoirs_full_at_min": None if full_at is None else round((full_at - inst["start"]) / 60, 1),
                         "slope_after_warmup_mb_per_h": None if slope is None else round(slope, 2),
+                        "reservoir_fill_mb_per_h": None if fill is None else round(fill, 2),
                         "warmup_min": round((warm - inst["start"]) / 60, 1)})
         return {"per_process": per}
 
@@ -499,10 +506,11 @@ def markdown(r: dict) -> str:
     lines += ["", "| minute | results | p50 (ms) | p99 (ms) | max (ms) |", "|---|---|---|---|---|"]
     lines += [f"| {m['minute']} | {m['results']} | {m['p50_ms']} | {m['p99_ms']} | {m['max_ms']} |"
               for m in r["latency_per_minute"]]
-    lines += ["", "| process | minutes | RSS start / end / max (MB) | reservoirs full at (min) | slope after warm-up (MB/h) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| process | minutes | RSS start / end / max (MB) | reservoirs full at (min) | slope after warm-up "
+              "(MB/h) | of it, reservoirs filling (MB/h) |", "|---|---|---|---|---|---|"]
     lines += [f"| {p['pid']} | {p['minutes']} | {p['start_mb']} / {p['end_mb']} / {p['max_mb']} | "
-              f"{p['reservoirs_full_at_min']} | {p['slope_after_warmup_mb_per_h']} |" for p in r["rss"]["per_process"]]
+              f"{p['reservoirs_full_at_min']} | {p['slope_after_warmup_mb_per_h']} | {p.get('reservoir_fill_mb_per_h')} |"
+              for p in r["rss"]["per_process"]]
     lines += ["", f"sinks: {json.dumps(r['sinks'])}", f"unplanned exits: {r['unplanned'] or 'none'}; "
               f"exit after the final SIGTERM: {r['exit_s_after_sigterm']} s"]
     return "\n".join(lines)

@@ -11,7 +11,8 @@ A sink is named by a spec string (``make_sink``):
   mqtt://HOST[:PORT]/TOPIC       results, events and the summary to TOPIC/results, TOPIC/events and
                                  TOPIC/summary (QoS 1), stored while the broker is away and sent in order when
                                  it is back (edgemm.sinks_mqtt); ?results=off, client_id=NAME, reconnect_min=S,
-                                 reconnect_max=S, buffer=N (messages), buffer_mb=MB
+                                 reconnect_max=S, buffer=N (messages), buffer_mb=MB, spool=DIR (kept on disk
+                                 for the next run too)
 
 Every sink has ``open(context)``, ``result(record, frame)``, ``event(event)``, ``summary(summary)`` and
 ``close()``; the pipeline calls them from its one worker thread, and always calls ``close()`` on shutdown
@@ -445,12 +446,15 @@ def make_sink(spec: str) -> Sink:
         if not u.hostname:
             raise EdgemmError(f"Sink: {spec} | No host; expected mqtt://HOST[:PORT]/TOPIC.")
         q = _query(spec, u.query, {"results": "on|off", "client_id": "NAME", "reconnect_min": "S",
-                                   "reconnect_max": "S", "buffer": "N", "buffer_mb": "MB"})
+                                   "reconnect_max": "S", "buffer": "N", "buffer_mb": "MB", "spool": "DIR"})
         numbers = {k: v for k, v in (("reconnect_min_s", _number(spec, q, "reconnect_min", maximum=3600)),
                                      ("reconnect_max_s", _number(spec, q, "reconnect_max", maximum=3600)),
                                      ("buffer", _number(spec, q, "buffer", int, maximum=10**7)),
                                      ("buffer_mb", _number(spec, q, "buffer_mb", maximum=1e5))) if v is not None}
+        if "spool" in q and not q["spool"]:
+            raise EdgemmError(f"Sink: {spec} | spool= names no folder; expected spool=DIR.")
         return MqttSink(u.hostname, port, u.path.lstrip("/") or "edgemm", client_id=q.get("client_id", ""),
+                        spool=q.get("spool"),
                         results=q.get("results", "on").lower() not in ("off", "0", "false", "no"), **numbers)
     if spec.startswith(("http://", "rtsp://", "metrics:")):
         # The live sinks (web view, RTSP out, Prometheus metrics) live in modules of their own.

@@ -1,6 +1,7 @@
 """Results, events and the summary to an MQTT broker, stored while the broker is away and forwarded in order.
 
-  mqtt://HOST[:PORT]/TOPIC[?results=off&client_id=NAME&reconnect_min=S&reconnect_max=S&buffer=N&buffer_mb=MB]
+  mqtt://HOST[:PORT]/TOPIC[?results=off&client_id=NAME&reconnect_min=S&reconnect_max=S&buffer=N&buffer_mb=MB
+                           &spool=DIR]
 
 Results go to TOPIC/results, events to TOPIC/events, the summary to TOPIC/summary, all QoS 1.
 
@@ -13,6 +14,13 @@ the store is sent in order. A full store drops its oldest result (events are kep
 to drop), and every drop is counted: published / buffered / dropped are in the summary. A 15 s outage at
 30 results/s once lost 954 results, counted nowhere.
 
+With ``spool=DIR`` the store is also kept on disk (DIR/TOPIC.spool.jsonl, whole lines, and DIR/TOPIC.done, the
+messages acknowledged or dropped since), so what was not delivered when the process died (SIGKILL, a crash,
+a restart by systemd) is sent first by the next run. Written to the OS at once (a killed process loses
+nothing), synced to the disk at close and when the file is compacted (rewritten with only what is still
+waiting, once it holds twice the store's bound): a power cut may lose the last moments. One process per
+spool file.
+
 Order across a reconnect: paho itself re-sends the messages that were unacknowledged when the connection
 dropped, after the new CONNACK. The forwarder waits for those to be acknowledged before handing over
 anything newer, so a newer result never overtakes an older one.
@@ -21,13 +29,17 @@ anything newer, so a newer result never overtakes an older one.
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgemm.errors import EdgemmError
 from edgemm.lazy import import_optional
@@ -45,6 +57,82 @@ NO_CONN = 4  # paho's MQTT_ERR_NO_CONN: a QoS 1 message is kept by paho and sent
 class Message:
     kind: str  # "results", "events" or "summary": the subtopic
     payload: bytes
+    seq: int = 0  # its number in the spool
+
+
+class Spool:
+    """The store on disk (see the module's docstring): one line per message stored, one per message done."""
+
+    def __init__(self, folder: str, topic: str, max_bytes: int):
+        folder_path = Path(folder)
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", topic)
+        self.path = folder_path / f"{name}.spool.jsonl"
+        self.done_path = folder_path / f"{name}.done"
+        self.compact_at = 2 * max_bytes + (1 << 20)
+        try:
+            folder_path.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            self._done_fd = os.open(self.done_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise EdgemmError(f"Sink: spool={folder} | Cannot be written ({exc.strerror}); expected a writable "
+                              "folder.") from None
+        self.size = os.fstat(self._fd).st_size
+        self.next_seq = 0
+
+    def load(self) -> list[Message]:
+        """What an earlier run stored and never saw delivered, in order (a cut last line is left out)."""
+        done = set()
+        with open(self.done_path, "rb") as f:
+            for line in f:
+                if line.endswith(b"\n") and line.strip().isdigit():
+                    done.add(int(line))
+        waiting = []
+        with open(self.path, "rb") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    msg = Message(row["k"], row["p"].encode("utf-8"), int(row["s"]))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue  # cut by a power loss mid-write
+                self.next_seq = max(self.next_seq, msg.seq + 1)
+                if msg.seq not in done:
+                    waiting.append(msg)
+        self.compact(waiting)
+        return waiting
+
+    @staticmethod
+    def _line(msg: Message) -> bytes:
+        return (json.dumps({"s": msg.seq, "k": msg.kind, "p": msg.payload.decode("utf-8")}) + "\n").encode("utf-8")
+
+    def put(self, msg: Message) -> None:
+        msg.seq = self.next_seq
+        self.next_seq += 1
+        line = self._line(msg)
+        os.write(self._fd, line)
+        self.size += len(line)
+
+    def done(self, msg: Message) -> None:
+        os.write(self._done_fd, b"%d\n" % msg.seq)
+
+    def compact(self, waiting: list[Message]) -> None:
+        """Rewrite the spool with only what is still waiting (atomically: a new file renamed over it)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        data = b"".join(self._line(m) for m in waiting)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        os.ftruncate(self._done_fd, 0)
+        self.size = len(data)
+
+    def close(self) -> None:
+        for fd in (self._fd, self._done_fd):
+            with contextlib.suppress(OSError):
+                os.fsync(fd)
+            os.close(fd)
 
 
 class Store:
@@ -62,14 +150,21 @@ class Store:
     def __len__(self) -> int:
         return len(self._q)
 
-    def put(self, msg: Message) -> None:
+    def put(self, msg: Message) -> list[Message]:
+        """Store msg; returns what was dropped to make room."""
         self._q.append(msg)
         self.bytes += len(msg.payload)
+        dropped = []
         while len(self._q) > self.max_messages or self.bytes > self.max_bytes:
             victim = next((m for m in self._q if m.kind == "results"), self._q[0])
             self._q.remove(victim)  # the oldest result is near the head: cheap in practice
             self.bytes -= len(victim.payload)
             self.dropped[victim.kind] += 1
+            dropped.append(victim)
+        return dropped
+
+    def messages(self) -> list[Message]:
+        return list(self._q)
 
     def head(self) -> Message | None:
         return self._q[0] if self._q else None
@@ -88,7 +183,8 @@ class MqttSink(Sink):
 
     def __init__(self, host: str, port: int = 1883, topic: str = "edgemm", client_id: str = "",
                  results: bool = True, keepalive: int = 30, reconnect_min_s: float = 0.5,
-                 reconnect_max_s: float = 3.0, buffer: int = 10000, buffer_mb: float = 16.0):
+                 reconnect_max_s: float = 3.0, buffer: int = 10000, buffer_mb: float = 16.0,
+                 spool: str | None = None):
         self.host, self.port, self.topic = host, port, topic.strip("/") or "edgemm"
         # Unique per process and machine: edgemm is PID 1 in every container (and containers on the host
         # network share its hostname), and a broker disconnects the older of two clients with one id.
@@ -103,6 +199,9 @@ class MqttSink(Sink):
         self.send_results = results
         self.keepalive = keepalive
         self.store = Store(int(buffer), int(buffer_mb * 1e6))
+        self.spool_dir = spool
+        self._spool: Spool | None = None
+        self.restored = 0  # messages an earlier run left in the spool, sent first
         self._client = None
         self._cond = threading.Condition()
         self._connected = False
@@ -133,11 +232,13 @@ class MqttSink(Sink):
             return len(self.store) + len(self._inflight)
 
     def lost(self) -> int:
-        return sum(self.store.dropped.values()) + self.unsent
+        # With a spool, what was not delivered at shutdown is kept for the next run, not lost.
+        return sum(self.store.dropped.values()) + (0 if self.spool_dir else self.unsent)
 
     def counts(self) -> dict:
         with self._cond:
             return {"published": sum(self.published.values()), "published_results": self.published["results"],
+                    "restored": self.restored,
                     "buffered": len(self.store) + len(self._inflight), "buffered_max": self.buffered_max,
                     "dropped": sum(self.store.dropped.values()), "dropped_events": self.store.dropped["events"],
                     "unsent": self.unsent, "disconnects": self.disconnects}
@@ -186,6 +287,8 @@ class MqttSink(Sink):
     def _acked(self, mid: int, msg: Message) -> None:
         """Under self._cond."""
         self.published[msg.kind] += 1
+        if self._spool is not None:
+            self._spool.done(msg)
         self._resend.discard(mid)
         self._cond.notify_all()
 
@@ -223,6 +326,15 @@ class MqttSink(Sink):
     # -- the pipeline's worker thread ------------------------------------------------------------------
     def open(self, context=None) -> None:
         mqtt = import_optional("paho.mqtt.client", "install it with `pip install paho-mqtt` (or edgemm[mqtt]).")
+        if self.spool_dir:
+            self._spool = Spool(self.spool_dir, self.topic, self.store.max_bytes)
+            for msg in self._spool.load():
+                for gone in self.store.put(msg):
+                    self._spool.done(gone)
+            self.restored = len(self.store)
+            if self.restored:
+                log.warning("mqtt %s: %d message(s) an earlier run could not deliver are sent first (from %s)",
+                            self.uri, self.restored, self._spool.path)
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
         client.max_queued_messages_set(0)  # bounded by our store and WINDOW instead
         client.max_inflight_messages_set(WINDOW)
@@ -244,7 +356,14 @@ class MqttSink(Sink):
             return
         msg = Message(kind, to_json(payload).encode("utf-8"))
         with self._cond:
-            self.store.put(msg)
+            if self._spool is not None:
+                self._spool.put(msg)
+            for gone in self.store.put(msg):
+                if self._spool is not None:
+                    self._spool.done(gone)
+            if self._spool is not None and self._spool.size > self._spool.compact_at:
+                waiting = sorted([*self._inflight.values(), *self.store.messages()], key=lambda m: m.seq)
+                self._spool.compact(waiting)
             self.buffered_max = max(self.buffered_max, len(self.store) + len(self._inflight))
             self._cond.notify_all()
 
@@ -277,8 +396,13 @@ class MqttSink(Sink):
                 self._cond.notify_all()
             self._forwarder.join(2.0)
         self._client = None
+        if self._spool is not None:
+            with self._cond:
+                self._spool.close()
+                self._spool = None
         if self.unsent:
-            log.warning("mqtt %s: %d message(s) not delivered at shutdown (the broker was %s)", self.uri,
-                        self.unsent, "away" if not self.connected_event.is_set() else "too slow")
+            kept = f"; kept in {self.spool_dir} for the next run" if self.spool_dir else ""
+            log.warning("mqtt %s: %d message(s) not delivered at shutdown (the broker was %s)%s", self.uri,
+                        self.unsent, "away" if not self.connected_event.is_set() else "too slow", kept)
         client.disconnect()
         client.loop_stop()

@@ -42,7 +42,8 @@ def test_make_sink_understands_the_specs_and_refuses_the_rest():
                 "jsonl:/tmp/x.jsonl?mode=x", "jsonl:/tmp/x.jsonl?max_mb=big", "jsonl:/tmp/x.jsonl?rotate=1",
                 "mqtt://h/t?reconnect_min=0", "jsonl:/tmp/x.jsonl?max_mb=nan", "jsonl:/tmp/x.jsonl?max_mb=inf",
                 "mqtt://h/t?reconnect_max=inf", "mqtt://h/t?buffer=0", "mqtt://h/t?buffer=nan",
-                "mqtt://h/t?buffer_mb=-1", "mqtt://h/t?buffer=99999999999", "mqtt://h/t?reconnect_max=1e9", 42):
+                "mqtt://h/t?buffer_mb=-1", "mqtt://h/t?buffer=99999999999", "mqtt://h/t?reconnect_max=1e9",
+                "mqtt://h/t?spool=", 42):
         with pytest.raises(EdgemmError) as e:
             make_sink(bad)
         assert "\n" not in str(e.value)
@@ -385,6 +386,64 @@ def test_mqtt_full_buffer_drops_the_oldest_results_and_counts_them(tmp_path):
     finally:
         sink.close()
         broker.stop()
+
+
+def test_mqtt_spool_keeps_what_a_killed_run_could_not_deliver(tmp_path):
+    """spool=DIR: results stored while the broker was away survive the process (here: a sink abandoned
+    without close(), as a SIGKILL leaves it) and the next run sends them first, in order."""
+    _paho()
+    broker = Mosquitto(tmp_path, persist_dir=tmp_path / "db")  # not started yet: the broker is away
+    spec = f"mqtt://127.0.0.1:{broker.port}/sp?reconnect_min=0.1&reconnect_max=0.5&spool={tmp_path / 'spool'}"
+    first = make_sink(spec)
+    first.open({})
+    for i in range(30):
+        first.result({**RECORD, "t": float(i)})
+    first.event({"event": "source_lost", "modality": "video", "t": 29.5})
+    first._client.loop_stop()  # killed: no close(), nothing flushed, its paho thread gone
+    assert len((tmp_path / "spool" / "sp.spool.jsonl").read_text().splitlines()) == 31
+    sub_id = f"test-sub-{time.monotonic_ns()}"
+    broker.start()
+    second = make_sink(spec)
+    try:
+        with subscriber(broker.port, "sp", client_id=sub_id, persistent=True) as got:
+            second.open({})
+            for i in range(30, 35):
+                second.result({**RECORD, "t": float(i)})
+            second.close()
+            msgs = _drain(got, 10**6, 20, until=lambda m: m[1].get("t") == 34.0)
+        ts = list(dict.fromkeys(p["t"] for t, p in msgs))
+        assert ts == [float(i) for i in range(30)] + [29.5] + [float(i) for i in range(30, 35)]
+        assert second.counts()["restored"] == 31 and second.counts()["published"] == 36 and second.lost() == 0
+        third = make_sink(spec)  # everything was acknowledged: nothing left to send
+        third.open({})
+        assert third.restored == 0
+        third.close()
+    finally:
+        second.close()
+        broker.stop()
+
+
+def test_mqtt_spool_stays_bounded_through_a_long_outage(tmp_path):
+    """The spool is compacted to what is still waiting: a broker away for ever does not fill the disk, and
+    the next run gets exactly the newest results the store kept (a cut last line is left out)."""
+    _paho()
+    spec = f"mqtt://127.0.0.1:{free_port()}/long?buffer=50&buffer_mb=0.05&spool={tmp_path}"
+    sink = make_sink(spec)
+    sink.open({})
+    for i in range(3000):
+        sink.result({**RECORD, "t": float(i)})
+    size = (tmp_path / "long.spool.jsonl").stat().st_size
+    assert size <= 2 * 50_000 + (1 << 20) and sink.counts()["dropped"] == 3000 - 50
+    sink.close(timeout_s=0.2)
+    with open(tmp_path / "long.spool.jsonl", "ab") as f:
+        f.write(b'{"s": 99999, "k": "resu')  # power lost mid-line
+    again = make_sink(spec)
+    again.open({})
+    try:
+        assert [json.loads(m.payload)["t"] for m in again.store.messages()] == [float(i) for i in range(2950, 3000)]
+        assert again.restored == 50
+    finally:
+        again.close(timeout_s=0.2)
 
 
 def test_store_bounds_count_and_bytes_and_drops_results_first():
