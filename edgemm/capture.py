@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edgemm import watchdog
 from edgemm.errors import EdgemmError
 from edgemm.sources.base import EndOfStream, Source, SourceError, now
 
@@ -41,13 +42,22 @@ log = logging.getLogger("edgemm.capture")
 @dataclass
 class CaptureSettings:
     stale_s: float = 0.5  # a source that delivered nothing this long counts as lost (at least 4 periods)
+    # ... but an opening's first item may take longer (a microphone's capture process starting and anchoring
+    # its clock, a stream waiting for a keyframe; seconds on a loaded machine): not a loss before this.
+    first_item_s: float = 2.0
     stall_reopen_s: float = 5.0  # ... and is closed and reopened after this long
     reconnect_initial_s: float = 0.5  # backoff before the first reopen, doubled each failure
-    # At most this long between reopen attempts: a source back after an outage of any length is found within
-    # it (plus the open), inside the 5 s recovery goal; 10 s let an 8 s camera outage recover 7.5 s late.
-    reconnect_max_s: float = 4.0
+    # At most this long between tries: a source that comes back is found within it (the goal is recovery
+    # within 5 s of a device's or server's return, opening included). A try is cheap: a connect or a process.
+    reconnect_max_s: float = 2.0
     read_timeout_s: float = 0.2
     max_capture_crashes: int = 3  # a live source crashing this often in a row fails the run (step() raises)
+    # A source lost this long fails the run (step() raises SourceLostTooLong: one line, exit 1), so that a
+    # supervisor restarts the whole process; None: never (edgemm run --max-source-loss).
+    max_source_loss_s: float | None = None
+    # A source that cannot be opened at start is tried again for this long, with events, before the run
+    # fails; 0: it fails at once (edgemm run --wait-for-sources).
+    wait_for_sources_s: float = 0.0
 
 
 class FlowLimiter:
@@ -146,6 +156,69 @@ class FlowLimiter:
             return len(self._q)
 
 
+class SourceLostTooLong(EdgemmError):
+    """A source stayed lost past ``max_source_loss_s``: ``edgemm run`` exits 1 so its supervisor restarts it
+    (what a process restart can fix -- a driver, a library's state -- in-process reopening could not)."""
+
+
+def open_waiting(source: Source, modality: str, settings: CaptureSettings, stop: threading.Event,
+                 on_event: Callable[[dict], None]) -> bool:
+    """Open a source at start, trying again with backoff for ``settings.wait_for_sources_s`` while it fails
+    with a SourceError (not there yet: a camera stream not started, a microphone not plugged in), with a
+    ``source_waiting`` event at the first failure and ``source_opened`` when it opens after that.
+
+    Each try runs in a helper thread, so that a stop (SIGTERM) is obeyed within a fraction of a second even
+    while a try blocks (an unreachable stream's connect); a try left running then is abandoned. Returns True
+    when open, False when stopped; raises the last error, waiting noted in one line, when time ran out."""
+    uri = getattr(source, "uri", modality)
+    started = now()
+    deadline = started + max(0.0, settings.wait_for_sources_s)
+    delay = settings.reconnect_initial_s
+    waiting = False
+    while True:
+        outcome: list = []
+        attempt = threading.Thread(target=_try_open, args=(source, outcome), name=f"edgemm-open-{modality}",
+                                   daemon=True)
+        attempt.start()
+        while attempt.is_alive():
+            if stop.wait(0.05):
+                return False
+        if outcome and outcome[0] is None:
+            if waiting:
+                waited = now() - started
+                log.warning("%s source %s opened after waiting %.1f s", modality, uri, waited)
+                on_event({"event": "source_opened", "modality": modality, "source": uri, "waited_s": round(waited, 3),
+                          "t": round(now(), 6)})
+            return True
+        exc = outcome[0] if outcome else SourceError(f"{uri} | Opening crashed.")
+        if not isinstance(exc, SourceError) or now() >= deadline:
+            if waiting:
+                raise EdgemmError(f"{' '.join(str(exc).split())} (waited {now() - started:.0f} s for it: "
+                                  "--wait-for-sources)") from None
+            raise exc
+        if not waiting:
+            waiting = True
+            reason = " ".join(str(exc).split())
+            log.warning("%s source %s is not available yet; waiting up to %.0f s: %s", modality, uri,
+                        settings.wait_for_sources_s, reason)
+            on_event({"event": "source_waiting", "modality": modality, "source": uri, "reason": reason,
+                      "wait_s": settings.wait_for_sources_s, "t": round(now(), 6)})
+        # systemd (Type=notify): we are still starting, on purpose; push TimeoutStartSec past the next try.
+        pause = min(delay, max(0.0, deadline - now()))  # the last try at the deadline itself
+        watchdog.notify(f"EXTEND_TIMEOUT_USEC={int((pause + 30) * 1e6)}\nSTATUS=waiting for the {modality} source")
+        if stop.wait(pause):
+            return False
+        delay = min(delay * 2, settings.reconnect_max_s)
+
+
+def _try_open(source: Source, outcome: list) -> None:
+    try:
+        source.open()
+        outcome.append(None)
+    except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which decides
+        outcome.append(exc)
+
+
 class CaptureFailed(EdgemmError):
     """A capture thread kept crashing (a bug in a source, or data the model's preprocessing refuses).
 
@@ -187,6 +260,7 @@ class Capture(threading.Thread):
         self.last_item: float | None = None  # now() of the last delivery (or of the last reopening)
         self.period: float | None = None  # EMA of the delivery interval
         self._skip_period = False  # the next interval spans a reopening: not a delivery period
+        self._first_pending = True  # this opening has delivered nothing yet
         self.lost_at: float | None = None
         self.last_error = ""
         self._is_open = True
@@ -197,7 +271,8 @@ class Capture(threading.Thread):
         return getattr(self.source, "uri", self.modality)
 
     def _stale_after(self) -> float:
-        return max(self.settings.stale_s, 4 * (self.period or 0.0))
+        bound = max(self.settings.stale_s, 4 * (self.period or 0.0))
+        return max(bound, self.settings.first_item_s) if self._first_pending else bound
 
     def _lost(self, reason: str) -> None:
         if self.up:
@@ -249,6 +324,7 @@ class Capture(threading.Thread):
                 # once, and the wait is not a delivery period.
                 self.last_item = now()
                 self._skip_period = True
+                self._first_pending = True
                 return True
             except (SourceError, EdgemmError, OSError) as exc:
                 self.failures += 1
@@ -298,6 +374,7 @@ class Capture(threading.Thread):
             dt = t - self.last_item
             self.period = dt if self.period is None else 0.9 * self.period + 0.1 * dt
         self._skip_period = False
+        self._first_pending = False
         self.last_item = t
         self.items += 1
         self._recovered()

@@ -11,7 +11,9 @@
   itself, which is what a GPU wants and what keeps the latency accounting honest.
 - A source that fails (SourceError) or goes silent is reopened with exponential backoff by its capture
   thread (edgemm/capture.py); loss and recovery are events, and meanwhile the other modality is fused
-  alone (``degraded``).
+  alone (``degraded``). One lost for longer than ``max_source_loss_s`` fails the run (``step()`` raises
+  SourceLostTooLong), so that a supervisor starts a fresh process. A source that cannot be opened at
+  start is tried again for ``wait_for_sources_s`` (events ``source_waiting`` / ``source_opened``).
   A live source whose thread crashes (a bug: any other exception) is reopened the same way; one that
   keeps crashing, or a file that crashes, fails the run: ``step()`` raises ``CaptureFailed``.
   Microphone overflows are counted, never fatal.
@@ -47,7 +49,7 @@ import numpy as np
 from edgemm import bench, watchdog
 from edgemm.bench import Reservoir
 from edgemm.bundle import Bundle
-from edgemm.capture import Capture, CaptureFailed, CaptureSettings, FlowLimiter
+from edgemm.capture import Capture, CaptureFailed, CaptureSettings, FlowLimiter, SourceLostTooLong, open_waiting
 from edgemm.decisions import AlertRule, Decisions, decode_output
 from edgemm.decisions import attribution as attribution_of
 from edgemm.errors import EdgemmError
@@ -61,6 +63,7 @@ from edgemm.threads import limit_blas_threads
 log = logging.getLogger("edgemm.pipeline")
 
 STAGES = ("capture", "preprocess", "infer", "postprocess", "sink", "total")
+CAPTURE_JOIN_S = 2.0  # close() waits this long in all for the capture threads to end
 FILE_AUDIO_WAIT_S = 5.0  # a frame from a file waits this long at most for its audio (ended audio: not at all)
 
 
@@ -196,8 +199,10 @@ class Pipeline:
             start = now() + 0.05
             for f in files:
                 f.start_time = start
-        for src in self.sources.values():
-            src.open()
+        for mod, src in self.sources.items():
+            # Missing at start: waited for (settings.wait_for_sources_s, with events) or a one-line error.
+            if not open_waiting(src, mod, self.settings, self._stop, self._on_capture_event):
+                return  # stopped while waiting (SIGTERM): nothing more to start; is_streaming() is False
             self._opened.append(src)
         # Sinks open only once the sources have: a camera that is not there must not leave an empty results
         # file (or a broker session) behind. The capture threads start after them, so frames stay fresh.
@@ -226,8 +231,12 @@ class Pipeline:
         if self._watchdog is not None:
             watchdog.notify("STOPPING=1")  # systemd: a clean stop, not a hang (flushing sinks may take a moment)
             self._watchdog = None
+        # One deadline for all the capture threads (not one per thread): every exit ends within 5 s of a stop.
+        # A thread still in a source's open() or read() then (a stream's connect) is left behind: it is a
+        # daemon thread, and the sources are closed below regardless.
+        deadline = now() + CAPTURE_JOIN_S
         for cap in self.captures.values():
-            cap.join(timeout=3.0)
+            cap.join(timeout=max(0.0, deadline - now()))
         for cap in self.captures.values():
             if cap.is_alive():
                 log.warning("capture thread for %s did not stop in time", cap.uri)
@@ -271,8 +280,20 @@ class Pipeline:
             fps = getattr(getattr(src, "stats", None), "extra", {}).get("fps_measured")
         return float(fps) if fps else None
 
-    def _failure(self) -> CaptureFailed | None:
-        return next((c.fatal for c in self.captures.values() if c.fatal is not None), None)
+    def _failure(self) -> EdgemmError | None:
+        """What ends the run with an error: a capture that kept crashing, or a source lost for longer than
+        max_source_loss_s (so that the supervisor restarts the process)."""
+        fatal = next((c.fatal for c in self.captures.values() if c.fatal is not None), None)
+        limit = self.settings.max_source_loss_s
+        if fatal is None and limit:
+            for cap in self.captures.values():
+                down = now() - cap.lost_at if not cap.up and cap.lost_at is not None else 0.0
+                if down > limit:
+                    return SourceLostTooLong(
+                        f"{cap.modality.capitalize()} source: {cap.uri} | Lost for {down:.0f} s, longer than "
+                        f"--max-source-loss {limit:g} s ({' '.join(cap.last_error.split()) or 'no data'}); "
+                        "exiting so that the service manager restarts edgemm.")
+        return fatal
 
     def is_streaming(self) -> bool:
         if self._stop.is_set():

@@ -287,6 +287,23 @@ def test_example_run_config_bounds_what_its_jsonl_sinks_keep_on_disk():
         assert s.max_bytes is not None and s.max_bytes * (s.keep + 1) <= 1e9, s.label
 
 
+def test_restart_limits_agree_with_waiting_and_loss_limits():
+    """A camera that takes minutes to appear must not make systemd give up for good (issue 15): the service
+    waits for missing sources in the process, exits only after a source was lost for max_source_loss, and
+    so never starts StartLimitBurst times within StartLimitIntervalSec for a missing or lost device. Its
+    start timeout is extended while it waits (EXTEND_TIMEOUT_USEC), so that one may stay short."""
+    from edgemm.commands.run import load_config
+
+    keys = dict(line.split("=", 1) for line in UNIT.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    cfg = load_config(str(DEPLOY / "run.json"))
+    interval, burst, restart = (int(keys[k]) for k in ("StartLimitIntervalSec", "StartLimitBurst", "RestartSec"))
+    shortest_failing_run = min(cfg["wait_for_sources"], cfg["max_source_loss"])
+    starts_per_interval = interval / (shortest_failing_run + restart) + 1  # +1: one at each end of the window
+    assert starts_per_interval < burst, (starts_per_interval, burst)
+    assert cfg["wait_for_sources"] >= 300  # generous: a USB camera or an audio server after a slow boot
+    assert float(keys["TimeoutStopSec"]) > 5  # every exit ends within 5 s of SIGTERM (tests/test_source_faults.py)
+
+
 # -- container recipe ---------------------------------------------------------------------------------
 
 

@@ -112,10 +112,12 @@ def test_microphone_rate_timestamps_and_content(jack):
     assert src.stats.delivered == len(blocks) and src.stats.extra["callbacks"] > 0
 
 
-def test_microphone_overflow_is_counted_and_the_gap_filled(jack):
-    """The Python process holds the GIL for ~0.5 s (a long C call, as a busy inference thread can): the
-    PortAudio callback cannot run, JACK drops samples and flags an input overflow. It is counted, the stream
-    goes on, and the lost time is filled with zeros so the sample count keeps matching the clock."""
+def test_holding_the_gil_loses_no_audio(jack):
+    """edgemm's process holds the GIL for ~0.5 s (a long C call, as a busy inference thread can). PortAudio
+    runs in the capture process, so its callbacks go on meanwhile (in-process, JACK dropped samples and
+    flagged an overflow here): the pipe holds them, nothing is lost or filled, the sample count keeps
+    matching the clock. (Filling a driver's real losses: test_overflow_loss_is_estimated_... and the frozen
+    server in test_pipeline.)"""
     # Enough work to hold the GIL ~0.5 s on this machine (sized first: machines differ tenfold).
     n = 200_000
     while True:
@@ -133,13 +135,13 @@ def test_microphone_overflow_is_counted_and_the_gap_filled(jack):
         held = time.perf_counter() - t_hold
         after = read_blocks(src, 1.2)
     if held <= 0.15:  # a precondition about this machine, not a property of the source
-        pytest.skip(f"the GIL was held only {held:.3f} s here; too short to force an overflow")
+        pytest.skip(f"the GIL was held only {held:.3f} s here; too short to matter")
     blocks = before + after
     print(f"held {held:.3f} s, stats {src.stats}")
-    assert src.stats.overflows >= 1 and src.stats.dropped == 0
-    assert src.stats.extra["filled_samples"] > 0.5 * held * RATE
+    # In-process, more than half the hold was lost and filled. (Some loss may still come from the rig itself:
+    # a dummy JACK server whose cycle runs late on a loaded machine drops and flags it, 68 ms in one run.)
+    assert src.stats.dropped == 0 and src.stats.extra["filled_samples"] < 0.3 * held * RATE
     check_contiguous(blocks, src.block, RATE)
-    # Without filling, the count would run about `held` seconds behind the clock after the gap.
     span_samples = (blocks[-1].first_sample - blocks[0].first_sample) / RATE
     span_clock = blocks[-1].t_arrival - blocks[0].t_arrival
     assert abs(span_samples - span_clock) < max(0.1, 0.3 * held), (span_samples, span_clock, held)

@@ -2,8 +2,9 @@
 
 Each inference fuses the newest frame with the audio window ending at the frame's capture time; results go
 to the sinks (console by default), a summary (fps, drops, latency percentiles, A/V skew) to stderr at the end.
-A lost camera or microphone is reopened with backoff while the other modality runs alone. Ctrl-C / SIGTERM
-flush the sinks and exit 0. Examples:
+A lost camera or microphone is reopened with backoff while the other modality runs alone (--max-source-loss:
+exit 1 when one stays lost, for a service manager to restart); --wait-for-sources waits for one missing at
+start. Ctrl-C / SIGTERM flush the sinks and exit 0 (within 5 s, whatever state the sources are in). Examples:
   edgemm run model.edgemm --video v4l2:///dev/video0 --audio mic://default
   edgemm run model.onnx --video clip.mp4 --audio clip.wav --sink jsonl:out.jsonl --sink video:out.mp4
   edgemm run model.edgemm --video rtsp://cam/stream --audio mic://2 --sink mqtt://broker:1883/cabin \\
@@ -31,6 +32,7 @@ CONFIG_KEYS = {
     "backend": str, "alerts": list, "max_in_flight": int, "max_skew_ms": (int, float), "attribution": str,
     "tick_hz": (int, float), "rates_hz": dict, "max_age_s": (int, float), "summary_json": str, "quiet": bool,
     "shape": list, "conf": (int, float), "iou": (int, float), "metrics": (int, str),
+    "wait_for_sources": (int, float), "max_source_loss": (int, float),
 }
 
 # Every number from a flag or the config, finite and in range (edgemm.errors.check_numbers): a NaN duration
@@ -44,6 +46,8 @@ NUMBER_BOUNDS = {
     "max_age_s": ("Embedding age bound", "s", {"minimum": 0, "maximum": 3600}),
     "conf": ("Score threshold (--conf)", "", {"minimum": 0, "maximum": 1}),
     "iou": ("NMS IoU threshold (--iou)", "", {"minimum": 0, "maximum": 1}),
+    "wait_for_sources": ("Wait for sources", "s", {"minimum": 0, "maximum": 7 * 86400}),
+    "max_source_loss": ("Maximum source loss", "s", {"positive": True, "maximum": 7 * 86400}),
 }
 
 
@@ -76,6 +80,12 @@ def add_arguments(p) -> None:
     p.add_argument("--iou", type=float, metavar="P", help="detection NMS IoU threshold (overrides the manifest's)")
     p.add_argument("--tick-hz", type=float, metavar="HZ", help="inference rate while there is no video "
                                                                "(default: the camera's rate, else 10)")
+    p.add_argument("--wait-for-sources", type=float, metavar="S",
+                   help="a camera or microphone missing at start is waited for up to S seconds (events "
+                        "source_waiting / source_opened), then the run fails (default 0: fails at once)")
+    p.add_argument("--max-source-loss", type=float, metavar="S",
+                   help="a source lost for more than S seconds ends the run with exit code 1, so that a service "
+                        "manager restarts it (default: never; lost sources are reopened with backoff meanwhile)")
     p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     p.add_argument("--config", metavar="JSON", help="a JSON file with any of the options above (long names, "
@@ -164,7 +174,6 @@ def build(opts: dict):
     from edgemm.decisions import AlertRule
     from edgemm.pipeline import Pipeline, PipelineSettings
     from edgemm.sinks import make_sink
-    from edgemm.sources import open_source
 
     if not opts.get("model"):
         raise EdgemmError("Model: (none) | No model given; expected MODEL (a bundle or .onnx) or \"model\" in --config.")
@@ -185,11 +194,12 @@ def build(opts: dict):
             raise EdgemmError(f"Model: {opts['model']} | Has {article} {mod} input but no --{mod} was given; "
                               f"expected --{mod} URI (e.g. {example}).")
     video = audio = None
+    wait = bool(opts.get("wait_for_sources"))
     if opts.get("video") and "video" in mods:
-        video = open_source(opts["video"], "video", **_video_options(opts["video"], bundle))
+        video = _make_source(opts["video"], "video", wait, **_video_options(opts["video"], bundle))
     if opts.get("audio") and "audio" in mods:
         rate = next(s.preprocess.sample_rate for _, s in bundle.manifest.all_inputs() if s.modality == "audio")
-        audio = open_source(opts["audio"], "audio", **_audio_options(opts["audio"], rate))
+        audio = _make_source(opts["audio"], "audio", wait, **_audio_options(opts["audio"], rate))
     for mod in ("video", "audio"):
         if opts.get(mod) and mod not in mods:
             print(f"edgemm run: note: the model has no {mod} input; --{mod} is not used", file=sys.stderr)
@@ -215,8 +225,27 @@ def build(opts: dict):
             setattr(settings, key, float(opts[key]))
     if opts.get("max_age_s") is not None:
         settings.max_age_s = float(opts["max_age_s"])
+    if opts.get("wait_for_sources") is not None:
+        settings.wait_for_sources_s = float(opts["wait_for_sources"])
+    if opts.get("max_source_loss") is not None:
+        settings.max_source_loss_s = float(opts["max_source_loss"])
     return Pipeline(bundle, video=video, audio=audio, sinks=sinks, settings=settings, alerts=alerts,
                     backend=backend, threads=opts.get("threads"), duration_s=opts.get("duration"))
+
+
+def _make_source(uri: str, modality: str, wait: bool, **options):
+    """The source, checked now; one that is not there yet (SourceMissing) is made when opened instead, when
+    the run waits for its sources (the pipeline then tries to open it until --wait-for-sources runs out)."""
+    from edgemm.sources import open_source
+    from edgemm.sources.base import SourceMissing
+    from edgemm.sources.late import LateSource
+
+    try:
+        return open_source(uri, modality, **options)
+    except SourceMissing:
+        if not wait:
+            raise
+        return LateSource(uri, modality, lambda: open_source(uri, modality, **options))
 
 
 def _rates(rates: dict) -> dict[str, float]:

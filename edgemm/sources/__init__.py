@@ -26,7 +26,9 @@ Options go in the query string (``test://video?fps=15``) or as keyword arguments
   audio:         sample_rate (16000 for mic/test; a WAV is resampled to it), block (samples) or block_s
                  (0.02 s), buffer_s (2 s ring), stall_timeout (2 s, mic), resample (true, WAV), channels and
                  latency (0.05 s PortAudio buffer: room for Python's GIL hand-offs), anchor_s (0.25 s: the
-                 clock anchor settles over the first callbacks of every opening; blocks come after it) for mic
+                 clock anchor settles over the first callbacks of every opening; blocks come after it),
+                 silence_s (3 s of exact digital zeros = the microphone is lost; 0: never), open_timeout (5 s)
+                 for mic
   test:          size, fps, pattern, frames, live (true), kind, freq, freq_end, period_s, amplitude, seed,
                  duration_s
 """
@@ -42,7 +44,16 @@ import cv2
 from edgemm.errors import EdgemmError
 from edgemm.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 from edgemm.sources.audio import MicSource, WavSource
-from edgemm.sources.base import AudioBlock, EndOfStream, Frame, Source, SourceError, SourceStats, now
+from edgemm.sources.base import (
+    AudioBlock,
+    EndOfStream,
+    Frame,
+    Source,
+    SourceError,
+    SourceMissing,
+    SourceStats,
+    now,
+)
 from edgemm.sources.patterns import (
     AUDIO_KINDS,
     ArrayVideoSource,
@@ -116,7 +127,7 @@ def _build(parsed, opts: Options, modality: str | None) -> Source:
 
 def _live_video_kwargs(opts: Options) -> dict:
     return dict(stall_timeout=opts.get_float("stall_timeout", 3.0, minimum=0.05),
-                open_timeout=opts.get_float("open_timeout", 10.0, minimum=0.1),
+                open_timeout=opts.get_float("open_timeout", 5.0, minimum=0.1),
                 capture_delay=opts.get_float("capture_delay", 0.0, minimum=0.0),
                 name=opts.get_str("name"))
 
@@ -126,7 +137,7 @@ def _v4l2(parsed, opts: Options, loc: str) -> Source:
     device = f"/dev/video{loc}" if loc.isdigit() else loc
     if not os.path.exists(device):
         present = sorted(glob.glob("/dev/video*"))
-        raise EdgemmError(f"Camera: {parsed.uri} | {device} does not exist; expected one of: "
+        raise SourceMissing(f"Camera: {parsed.uri} | {device} does not exist; expected one of: "
                           f"{', '.join(present) if present else 'none (no V4L2 camera on this machine)'}.")
     target = int(loc) if loc.isdigit() else device
     kw = _live_video_kwargs(opts)
@@ -235,6 +246,8 @@ def _mic(parsed, opts: Options, loc: str) -> Source:
     kw = dict(sample_rate=rate, block=_block(opts, rate), buffer_s=opts.get_float("buffer_s", 2.0, minimum=0.01),
               stall_timeout=opts.get_float("stall_timeout", 2.0, minimum=0.05),
               anchor_s=opts.get_float("anchor_s", 0.25, minimum=0.0),
+              silence_s=opts.get_float("silence_s", 3.0, minimum=0.0),
+              open_timeout=opts.get_float("open_timeout", 5.0, minimum=0.1),
               channels=opts.get_int("channels", 1, minimum=1), name=opts.get_str("name"))
     latency = opts.get_str("latency")  # seconds, or PortAudio's 'low' / 'high'
     if latency is not None:

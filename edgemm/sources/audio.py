@@ -1,7 +1,11 @@
 """Microphones (PortAudio through sounddevice) and WAV files, delivered as fixed-size timestamped blocks.
 
-Microphone: PortAudio calls ``_callback`` from its own thread with whatever the driver has (any size);
-the callback stores the samples in a bounded ring and ``read(timeout)`` cuts blocks of ``block`` samples.
+Microphone: PortAudio runs in a capture process of its own (edgemm/sources/mic_worker.py: in-process,
+a dead audio server leaves PortAudio unable to close, re-initialise or exit); a reader thread here hands
+each of its callbacks (whatever the driver has, any size, with the driver's times) to ``_callback``, which
+stores the samples in a bounded ring; ``read(timeout)`` cuts blocks of ``block`` samples. Every opening
+starts a new process, so PortAudio lists the devices afresh (a restarted audio server, a microphone plugged
+in later); closing kills it (SIGKILL: nothing to wait for).
 
 Time comes from the sample count, never from when a block happened to be read: sample n was captured at
 ``t0 + n / sample_rate``. ``t0`` is anchored once, over the callbacks of the first ``anchor_s`` (0.25 s) after
@@ -19,7 +23,11 @@ before our callback waited for the GIL; else arrival times), and filled with zer
 matching time (``stats.extra['filled_samples']``). A local estimate, because "t0 + samples / nominal rate"
 drifts from the real clock by the crystal's error: after an hour at 100 ppm, 360 ms. When the consumer is
 slower than the microphone, the ring drops its oldest whole blocks (``stats.dropped`` blocks). A device that
-stops calling back for ``stall_timeout`` seconds raises SourceError from ``read()``.
+stops calling back for ``stall_timeout`` seconds raises SourceError from ``read()``; so does one that delivers
+nothing but exact digital zeros for ``silence_s`` seconds, which no microphone makes (every real one has a
+noise floor) but PortAudio feeds when the JACK client or device behind the stream went away. From then on
+blocks of exact zeros are dropped, across reopenings, until real signal returns: the pipeline keeps the
+modality degraded until then.
 
 Reopening (``close()`` then ``open()``, what the pipeline does after a SourceError) starts a new timeline:
 the sample index restarts at 0 and ``t0`` is anchored again over the new stream's first ``anchor_s``, as at
@@ -31,107 +39,136 @@ after every reopening; the ring also sees the index go backwards).
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
+import json
 import logging
 import math
+import subprocess
+import sys
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 
 from edgemm.errors import EdgemmError
-from edgemm.lazy import import_optional
 from edgemm.media import read_wav
 from edgemm.preprocess import resample as resample_fn
-from edgemm.sources.base import AudioBlock, Source, SourceError, now
+from edgemm.sources import mic_worker
+from edgemm.sources.base import AudioBlock, Source, SourceError, SourceMissing, now
 from edgemm.sources.patterns import ArrayAudioSource, block_size, default_block
 
 log = logging.getLogger("edgemm.sources")
 
-SD_HINT = "pip install sounddevice; it needs the PortAudio library (Debian/Ubuntu: apt install libportaudio2)."
-
-_lock = threading.Lock()
-_open_streams = 0  # PortAudio can only rescan devices (terminate + initialize) while no stream is open
-_abandoned: list = []  # streams whose close() hung (JACK server gone): kept alive, never touched again
+PIPE_BYTES = 1 << 20  # the capture process's pipe (Linux's default limit for an unprivileged process)
 
 
-def _sd():
-    return import_optional("sounddevice", SD_HINT)
+class _Worker:
+    """One capture process (edgemm/sources/mic_worker.py) and the thread reading its messages.
 
+    ``handshake`` holds its first message (``I`` info or ``E`` error) once it came; ``on_block(payload)`` and
+    ``on_end(reason)`` are called in the reader thread. ``kill()`` never waits long: SIGKILL, then at most
+    ``KILL_WAIT_S`` for the kernel to reap it."""
 
-def refresh_devices() -> bool:
-    """Make PortAudio scan the devices again (it lists them once, at initialisation: a JACK server or USB
-    microphone that appeared later is invisible until then). Only possible while no stream is open;
-    returns whether it happened."""
-    sd = _sd()
-    with _lock:
-        if _open_streams:
-            return False
-        sd._terminate()  # sounddevice has no public rescan; these are its own init/exit calls
-        sd._initialize()
-        return True
+    KILL_WAIT_S = 1.0
 
+    def __init__(self, cfg: dict, on_block, on_end):
+        self.proc = subprocess.Popen([sys.executable, mic_worker.__file__, json.dumps(cfg)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True)  # a terminal's Ctrl-C is for edgemm, which closes us
+        with contextlib.suppress(OSError, AttributeError):  # Linux: 64 KiB -> 1 MiB, ~16 s of 16 kHz mono
+            # The pipe holds what the process captured while this process could not read (the GIL held by a
+            # long C call, a loaded machine): its callbacks are never held up by us.
+            fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self.handshake: tuple[bytes, dict] | None = None
+        self.came = threading.Event()
+        self.stderr: collections.deque = collections.deque(maxlen=5)  # its last lines, for error messages
+        self._on_block, self._on_end = on_block, on_end
+        self.killed = False
+        threading.Thread(target=self._read, name="edgemm-mic-reader", daemon=True).start()
+        threading.Thread(target=self._read_stderr, name="edgemm-mic-stderr", daemon=True).start()
 
-def list_input_devices() -> list[dict]:
-    """[{'index', 'name', 'hostapi', 'channels', 'default_samplerate'}] for every device that can capture."""
-    sd = _sd()
-    out = []
-    for info in sd.query_devices():
-        if info["max_input_channels"] > 0:
-            out.append({"index": info["index"], "name": info["name"],
-                        "hostapi": sd.query_hostapis(info["hostapi"])["name"],
-                        "channels": info["max_input_channels"], "default_samplerate": info["default_samplerate"]})
-    return out
+    def _read(self) -> None:
+        out = self.proc.stdout
+        reason = "the capture process exited"
+        try:
+            while True:
+                head = out.read(mic_worker.FRAME.size)
+                if len(head) < mic_worker.FRAME.size:
+                    break
+                kind, size = mic_worker.FRAME.unpack(head)
+                payload = out.read(size) if size else b""
+                if len(payload) < size:
+                    break
+                if kind == b"B":
+                    self._on_block(payload)
+                elif kind in (b"I", b"E"):
+                    self.handshake = (kind, json.loads(payload))
+                    self.came.set()
+                elif kind == b"F":
+                    reason = "PortAudio stopped the input stream"
+        except (OSError, ValueError):  # the pipe closed under us (kill())
+            pass
+        self.came.set()
+        if not self.killed:
+            tail = " | ".join(self.stderr)
+            self._on_end(reason + (f" ({tail})" if tail else ""))
 
+    def _read_stderr(self) -> None:
+        try:
+            for line in self.proc.stderr:
+                text = line.decode(errors="replace").strip()
+                if text:
+                    self.stderr.append(text)
+                    log.debug("mic worker %d: %s", self.proc.pid, text)
+        except (OSError, ValueError):
+            pass
 
-def _device_list_text() -> str:
-    devices = list_input_devices()
-    if not devices:
-        return "none (no input device is visible to PortAudio)"
-    return ", ".join(f"[{d['index']}] '{d['name']}' ({d['hostapi']}, {d['default_samplerate']:g} Hz)" for d in devices)
-
-
-def resolve_input_device(uri: str, spec, sample_rate: int, channels: int = 1, error=EdgemmError) -> tuple[int, dict]:
-    """A device given as 'default', an index or (part of) a name -> (index, info), checked to capture
-    ``channels`` float32 channels at ``sample_rate``. Raises ``error`` listing the input devices."""
-    sd = _sd()
-
-    def lookup():
-        if spec is None or str(spec).strip().lower() in ("", "default"):
-            return sd.query_devices(kind="input")  # PortAudio's default input; ValueError/PortAudioError if none
-        text = str(spec).strip()
-        if text.lstrip("-").isdigit():
-            info = sd.query_devices(int(text))
-            if info["max_input_channels"] < 1:
-                raise ValueError(f"device {text} has no input channels")
-            return info
-        return sd.query_devices(text, kind="input")  # substring match; ValueError if none or ambiguous
-
-    try:
-        info = lookup()
-    except (ValueError, sd.PortAudioError):
-        # Maybe it appeared after PortAudio was initialised (JACK started later, USB mic plugged in).
-        if not refresh_devices():
-            info = None
-        else:
+    def kill(self) -> None:
+        self.killed = True
+        try:
+            self.proc.kill()  # nothing in it is worth waiting for: PortAudio may be wedged (see mic_worker)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(self.KILL_WAIT_S)
+        except subprocess.TimeoutExpired:  # stuck in the kernel (a driver): the reaper gets it later
+            log.warning("microphone capture process %d did not exit at once after SIGKILL", self.proc.pid)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
-                info = lookup()
-            except (ValueError, sd.PortAudioError):
-                info = None
-    if info is None:
-        raise error(f"Microphone: {uri} | No input device {spec!r}; expected 'default', an index or a name "
-                    f"among: {_device_list_text()}.")
-    index = int(info["index"])
+                pipe.close()
+            except OSError:
+                pass
+
+
+def _worker_error(worker: _Worker, uri: str, timeout: float, error=SourceError) -> SourceError:
+    if worker.handshake is None:
+        tail = " | ".join(worker.stderr)
+        return error(f"Microphone: {uri} | The capture process gave no answer within {timeout:g} s"
+                     f"{' (' + tail + ')' if tail else ''}; expected it to open the device.")
+    msg = worker.handshake[1].get("message", "unknown error")
+    missing = worker.handshake[1].get("missing")
+    return (SourceMissing if missing else error)(msg)
+
+
+def probe_input_device(uri: str, device, sample_rate: int, channels: int = 1, timeout: float = 10.0) -> dict:
+    """Check in a capture process (a fresh PortAudio, so it sees devices that appeared since) that the device
+    exists and captures ``channels`` float32 channels at ``sample_rate``: its info, else SourceMissing (not
+    there, may appear) or EdgemmError (there, but unusable as asked), listing the input devices."""
+    cfg = {"uri": uri, "device": device, "sample_rate": int(sample_rate), "channels": int(channels), "check": True}
+    worker = _Worker(cfg, lambda payload: None, lambda reason: None)
     try:
-        sd.check_input_settings(device=index, samplerate=float(sample_rate), channels=channels, dtype="float32")
-    except (ValueError, sd.PortAudioError) as exc:
-        raise error(f"Microphone: {uri} | Device [{index}] '{info['name']}' cannot capture {channels} channel(s) at "
-                    f"{sample_rate} Hz ({exc}); expected a rate it supports (its default is "
-                    f"{info['default_samplerate']:g} Hz): set ?sample_rate= or choose a device that resamples "
-                    "(e.g. ALSA 'default' or 'pulse').") from None
-    return index, info
+        worker.came.wait(timeout)
+        if worker.handshake is not None and worker.handshake[0] == b"I":
+            return worker.handshake[1]
+        raise _worker_error(worker, uri, timeout, error=EdgemmError)
+    finally:
+        worker.kill()
 
 
 class MicSource(Source):
-    """``mic://DEVICE``: a PortAudio input through sounddevice, callback into a ring buffer."""
+    """``mic://DEVICE``: a PortAudio input, captured by a child process (edgemm/sources/mic_worker.py, for
+    why), its callbacks turned into blocks through a ring buffer here."""
 
     modality = "audio"
     live = True
@@ -141,7 +178,8 @@ class MicSource(Source):
 
     def __init__(self, uri: str, device=None, sample_rate: int = 16000, block: int | None = None,
                  buffer_s: float = 2.0, stall_timeout: float = 2.0, channels: int = 1, latency=0.05,
-                 anchor_s: float = 0.25, name: str | None = None):
+                 anchor_s: float = 0.25, silence_s: float = 3.0, open_timeout: float = 5.0,
+                 name: str | None = None):
         super().__init__(uri)
         self.sample_rate = int(sample_rate)
         self.block = int(block or default_block(self.sample_rate))
@@ -149,11 +187,18 @@ class MicSource(Source):
         self.latency = latency
         self.stall_timeout = float(stall_timeout)
         self.anchor_s = max(0.0, float(anchor_s))
+        # Exact digital zeros this long are no microphone's (every real one has a noise floor): a JACK client
+        # that went away, a disconnected port, a muted stream. 0: never.
+        self.silence_s = max(0.0, float(silence_s))
+        # A capture process that has not opened the device within this is killed and the opening fails (tried
+        # again with backoff): starting one takes ~0.3 s, ~1.5 s on a loaded machine; an audio server that is
+        # just starting may leave it hanging in its connect.
+        self.open_timeout = float(open_timeout)
         self.name = name or uri
         self.device_spec = device
         # Checked now, so a missing device or an unsupported rate stops the run before anything starts.
-        self.device_index, info = resolve_input_device(uri, device, self.sample_rate, self.channels)
-        self.device_name = info["name"]
+        info = probe_input_device(uri, device, self.sample_rate, self.channels, max(15.0, 3 * self.open_timeout))
+        self.device_index, self.device_name = int(info["index"]), info["name"]
         blocks = max(2, math.ceil(buffer_s * self.sample_rate / self.block))
         self.capacity = blocks * self.block
         self._buf = np.zeros(self.capacity, np.float32)
@@ -163,122 +208,92 @@ class MicSource(Source):
         self._t0: float | None = None  # now()-time of sample 0
         self._anchored = False  # this opening's place on the timeline is fixed (after anchor_s)
         self._pending: list = []  # callbacks of the anchoring window: (samples, frames, t_arrival, t_first)
+        self._anchoring_since: float | None = None  # arrival of this opening's first callback
         self._cond = threading.Condition()
-        self._stream = None
+        self._worker: _Worker | None = None
         self._error: SourceError | None = None
         self._last_callback = 0.0
         self._rate_ref: tuple[int, float] | None = None  # (tail, arrival) at the first callback
         self._prev_cb: tuple[float | None, float, int] | None = None  # previous callback: (ADC time, arrival, frames)
-        self._generation = 0  # which opening a callback belongs to (a stream whose close hung may still call)
+        self._generation = 0  # which opening a callback belongs to
+        self._zero_run = 0  # samples since the last one that was not exactly zero (callbacks only, not gaps)
+        self._await_signal = False  # after digital silence: hand out nothing until a sample is not zero
         self._is_open = False
         self._opened_once = False
-        self.stats.extra.update(filled_samples=0, dropped_samples=0, callbacks=0, device=self.device_name)
+        self.stats.extra.update(filled_samples=0, dropped_samples=0, callbacks=0, silent_dropped=0,
+                                device=self.device_name)
 
     # ---------------------------------------------------------------------------------- open / close
 
     def open(self) -> None:
-        global _open_streams
         if self._is_open:
             return
-        sd = _sd()
-        if self._opened_once:
-            # The device may have gone and come back with another index: look it up again (retryable).
-            self.device_index, info = resolve_input_device(self.uri, self.device_spec, self.sample_rate,
-                                                           self.channels, error=SourceError)
-            self.device_name = info["name"]
         with self._cond:
             # Every opening is a new timeline: sample 0 is its first sample, anchored afresh (_anchor). What
             # was not read from the previous opening is dropped.
             self._generation += 1
+            generation = self._generation
             self._head = self._tail = 0
             self._t0 = None
             self._arrivals.clear()
             self._anchored = False
             self._pending = []
+            self._anchoring_since = None
             self._rate_ref = None
             self._prev_cb = None
             self._error = None
+            self._zero_run = 0
             self._last_callback = now()
-        try:
-            stream = self._start_stream(sd)
-        except (sd.PortAudioError, ValueError) as exc:
-            # A device that was unplugged and plugged back may sit at a stale entry of PortAudio's list:
-            # rescan once and try again before giving up (the pipeline retries with backoff after that).
-            if not (self._opened_once and refresh_devices()):
-                raise SourceError(f"Microphone: {self.uri} | Could not start capture on [{self.device_index}] "
-                                  f"'{self.device_name}' ({exc}); expected a working input device.") from None
-            self.device_index, info = resolve_input_device(self.uri, self.device_spec, self.sample_rate,
-                                                           self.channels, error=SourceError)
-            self.device_name = info["name"]
-            try:
-                stream = self._start_stream(sd)
-            except (sd.PortAudioError, ValueError) as exc2:
-                raise SourceError(f"Microphone: {self.uri} | Could not start capture on [{self.device_index}] "
-                                  f"'{self.device_name}' ({exc2}); expected a working input device.") from None
-        with _lock:
-            _open_streams += 1
-        self._stream = stream
+        cfg = {"uri": self.uri, "device": self.device_spec, "sample_rate": self.sample_rate,
+               "channels": self.channels, "latency": self.latency}
+        # A new process is a freshly initialised PortAudio: the device is looked up again (it may have come
+        # back with another index, behind a restarted audio server).
+        worker = _Worker(cfg, lambda payload: self._on_block(payload, generation),
+                         lambda reason: self._on_end(reason, generation))
+        self._worker = worker
+        if not worker.came.wait(self.open_timeout) or worker.handshake is None or worker.handshake[0] != b"I":
+            self._worker = None
+            worker.kill()
+            raise _worker_error(worker, self.uri, self.open_timeout)
+        info = worker.handshake[1]
+        self.device_index, self.device_name = int(info["index"]), info["name"]
+        self.stats.extra["device"] = self.device_name
+        self.stats.extra["latency_s"] = info.get("latency")
         if self._opened_once:
             self.stats.reopened += 1
         self._opened_once = True
-        self.stats.extra["latency_s"] = float(stream.latency) if stream.latency < 60 else None
         with self._cond:
             self._is_open = True
 
-    def _start_stream(self, sd):
-        generation = self._generation
-
-        def callback(indata, frames, time_info, status):
-            self._callback(indata, frames, time_info, status, generation)
-
-        stream = sd.InputStream(device=self.device_index, samplerate=self.sample_rate, channels=self.channels,
-                                dtype="float32", latency=self.latency, callback=callback,
-                                finished_callback=self._finished)
-        try:
-            stream.start()
-        except Exception:
-            stream.close(ignore_errors=True)
-            raise
-        return stream
-
     def close(self) -> None:
-        global _open_streams
         with self._cond:
             self._is_open = False
+            self._generation += 1  # whatever the old process still sends is not on any timeline
             self._cond.notify_all()
-        stream, self._stream = self._stream, None
-        if stream is None:
-            return
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.kill()  # bounded (KILL_WAIT_S): closing never blocks the pipeline or its exit
 
-        def stop():
-            try:
-                stream.abort(ignore_errors=True)
-                stream.close(ignore_errors=True)
-            except Exception:  # noqa: BLE001 - closing must not raise
-                pass
+    # ------------------------------------------------------------------------------- the reader thread
 
-        # PortAudio's close hangs forever when the JACK server died under the stream: never block on it.
-        closer = threading.Thread(target=stop, name=f"edgemm-mic-close-{self.name}", daemon=True)
-        closer.start()
-        closer.join(timeout=2.0)
-        if closer.is_alive():
-            log.warning("Microphone: %s | Closing the stream hung (audio server gone?); abandoning it.", self.uri)
-            _abandoned.append(stream)
-            return  # PortAudio is wedged: keep counting the stream as open so nobody re-initialises it
-        with _lock:
-            _open_streams = max(0, _open_streams - 1)
+    def _on_block(self, payload: bytes, generation: int) -> None:
+        frames, adc, cur, t_arrival, flags = mic_worker.BLOCK.unpack_from(payload)
+        data = np.frombuffer(payload, np.float32, offset=mic_worker.BLOCK.size).reshape(frames, self.channels)
+        self._callback(data, frames, SimpleNamespace(inputBufferAdcTime=adc, currentTime=cur),
+                       SimpleNamespace(input_overflow=bool(flags & mic_worker.OVERFLOW)), generation, t_arrival)
 
-    # -------------------------------------------------------------------------------- PortAudio thread
-
-    def _finished(self) -> None:
+    def _on_end(self, reason: str, generation: int) -> None:
         with self._cond:
-            if self._is_open and self._error is None:
-                self._error = SourceError(f"Microphone: {self.uri} | The input stream stopped; expected it to "
-                                          "keep running.")
+            if generation == self._generation and self._is_open and self._error is None:
+                self._error = SourceError(f"Microphone: {self.uri} | The input stream stopped: {reason}; expected "
+                                          "it to keep running.")
             self._cond.notify_all()
 
-    def _callback(self, indata, frames, time_info, status, generation: int | None = None) -> None:
-        t_arrival = now()
+    def _callback(self, indata, frames, time_info, status, generation: int | None = None,
+                  t_arrival: float | None = None) -> None:
+        """One PortAudio callback: its samples (frames x channels), its time info and status. ``t_arrival``:
+        when it ran (the capture process's clock is ``now()``'s); now when not given."""
+        t_arrival = now() if t_arrival is None else t_arrival
         try:
             x = indata[:, 0] if indata.shape[1] == 1 else indata.mean(axis=1)
             with self._cond:
@@ -286,6 +301,8 @@ class MicSource(Source):
                     return  # a stream of an earlier opening (its close hung): not on this timeline
                 self.stats.extra["callbacks"] += 1
                 self._last_callback = t_arrival
+                nonzero = np.flatnonzero(x)
+                self._zero_run = self._zero_run + len(x) if nonzero.size == 0 else len(x) - 1 - int(nonzero[-1])
                 if status.input_overflow:
                     self.stats.overflows += 1
                 sr = self.sample_rate
@@ -297,18 +314,28 @@ class MicSource(Source):
                     t_first = t_first_bound
                     if adc is not None:
                         t_first = min(t_first_bound, adc + (t_arrival - cur))
+                    if self._anchoring_since is None:
+                        self._anchoring_since = t_arrival
                     if status.input_overflow and self._pending:
-                        # Samples were lost inside the window: the callbacks before the loss no longer line up
-                        # with those after it. Start the window again (a start-up glitch; counted as dropped).
-                        lost = sum(p[1] for p in self._pending)
-                        self.stats.extra["dropped_samples"] += lost
-                        self.stats.dropped += -(-lost // self.block)
-                        self._pending = []
-                    self._pending.append((np.array(x, np.float32), frames, t_arrival, t_first))
-                    if t_arrival - self._pending[0][2] >= self.anchor_s:
-                        self._anchor()
-                    self._cond.notify_all()
-                    return
+                        if t_arrival - self._anchoring_since < max(1.0, 4 * self.anchor_s):
+                            # Samples were lost inside the window: the callbacks before the loss no longer line
+                            # up with those after it. Start the window again (a start-up glitch; counted as
+                            # dropped).
+                            lost = sum(p[1] for p in self._pending)
+                            self.stats.extra["dropped_samples"] += lost
+                            self.stats.dropped += -(-lost // self.block)
+                            self._pending = []
+                        else:
+                            # Losses keep coming (a loaded machine, an audio server running late): restarting
+                            # for ever delivered nothing at all. Anchor on what lined up; this callback then
+                            # goes on as any later one, its loss measured and filled.
+                            self._anchor()
+                    if not self._anchored:
+                        self._pending.append((np.array(x, np.float32), frames, t_arrival, t_first))
+                        if t_arrival - self._pending[0][2] >= self.anchor_s:
+                            self._anchor()
+                        self._cond.notify_all()
+                        return
                 # A stall far longer than any driver buffer (an audio server frozen, a device wedged and back)
                 # lost what was played meanwhile even when no overflow is flagged (measured as for an overflow:
                 # the driver's capture times where it has them, else the host clock). Without this the sample
@@ -415,10 +442,17 @@ class MicSource(Source):
                 if not self._is_open:
                     raise SourceError(f"Microphone: {self.uri} | read() before open() or after close(); expected "
                                       "an open source.")
-                if self._tail - self._head >= self.block:
-                    return self._take_block()
+                self._check_silence()
                 if self._error is not None:
                     raise self._error
+                if self._tail - self._head >= self.block:
+                    block = self._take_block()
+                    if self._await_signal:
+                        if not block.samples.any():
+                            self.stats.extra["silent_dropped"] += 1
+                            continue
+                        self._await_signal = False  # real signal again: the pipeline sees it as recovered
+                    return block
                 t_now = now()
                 silent = t_now - self._last_callback
                 if silent > self.stall_timeout:
@@ -432,6 +466,18 @@ class MicSource(Source):
                         return None
                     wait = min(wait, deadline - t_now)
                 self._cond.wait(max(wait, 0.0005))
+
+    def _check_silence(self) -> None:
+        """Exact zeros for ``silence_s``: the source fails (the pipeline marks audio lost and reopens it), and
+        from then on blocks of exact zeros are dropped, also after reopening, until a sample is not zero."""
+        if not self.silence_s or self._await_signal or self._error is not None:
+            return
+        if self._zero_run >= self.silence_s * self.sample_rate:
+            self._await_signal = True
+            self._error = SourceError(f"Microphone: {self.uri} | Digital silence: nothing but exact zeros for "
+                                      f"{self._zero_run / self.sample_rate:.1f} s (silence_s {self.silence_s:g}); "
+                                      "expected a microphone's signal (a JACK client or device that went away is "
+                                      "fed as zeros).")
 
     def _take_block(self) -> AudioBlock:
         first = self._head

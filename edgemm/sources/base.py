@@ -25,6 +25,11 @@ class SourceError(EdgemmError):
     """A source failed while running (lost device, broken stream). The pipeline reopens with backoff."""
 
 
+class SourceMissing(SourceError):
+    """The device or stream is not there (yet): a microphone PortAudio does not list, a /dev/video node that
+    does not exist. Fatal at start unless ``edgemm run --wait-for-sources`` waits for it to appear."""
+
+
 class EndOfStream(SourceError):
     """A finite source (a file) has delivered everything."""
 
