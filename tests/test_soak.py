@@ -17,13 +17,10 @@ import soak  # noqa: E402
 pytestmark = pytest.mark.slow
 
 FAULT_S, SETTLE_S, WARM_S = 3.0, 6.0, 5.0
-AUDIO_BRANCH = "issue 15 items 1-2 (audio recovery, silence detection) are on branch issue15-audio"
 
 
 @pytest.mark.parametrize("fault", [
-    "camera", "broker", "disk_full", "sigkill",
-    pytest.param("mic_client", marks=pytest.mark.xfail(reason=AUDIO_BRANCH, strict=False)),
-    pytest.param("audio_server", marks=pytest.mark.xfail(reason=AUDIO_BRANCH, strict=False)),
+    "camera", "broker", "disk_full", "sigkill", "mic_client", "audio_server",
 ])
 def test_soak_fault_is_noticed_and_recovered_from(fault, tmp_path):
     rigs.require("ffmpeg", "jackd", "jack_metro", "jack_lsp", "mosquitto")
