@@ -33,7 +33,7 @@ import onnxruntime
 from edgemm import __version__
 from edgemm.bench import machine
 from edgemm.bundle import MANIFEST_NAME, Bundle, atomic_output_dir, file_sha256, load_bundle
-from edgemm.converters import fp16, guard, int8, openvino, opsets, prune, qdq
+from edgemm.converters import bake, fp16, guard, int8, openvino, opsets, prune, qdq
 from edgemm.converters.calibration import GraphFeeds, graph_order
 from edgemm.converters.data import DataFolder, decision_graph
 from edgemm.converters.detection_nms import append_efficient_nms, detection_output
@@ -88,6 +88,9 @@ class ConvertOptions:
     builder_opt_level: int | None = None  # TensorRT builder optimization level 0..5
     dla: int | None = None  # DLA core, with GPU fallback (Orin NX / AGX Orin)
     nms_in_engine: bool = False  # EfficientNMS appended to a YOLO detector's graph (converters/detection_nms.py)
+    bake_preprocess: str | None = None  # "video", "video,audio", "none"; None: the target's default (BAKE_DEFAULTS)
+    bake_stft: str = "conv"  # how a baked log-mel computes its STFT (converters/bake.py)
+    bake_reason: str | None = None  # set by convert(): why those parts (asked, or the target's default)
 
     def settings(self) -> dict:
         d = asdict(self)
@@ -95,6 +98,7 @@ class ConvertOptions:
             d[k] = str(d[k]) if d[k] is not None else None
         d.pop("quiet")
         d.pop("force")
+        d.pop("bake_reason")
         return d
 
 
@@ -149,6 +153,28 @@ def json_flavours(flavours) -> str:
     return str(flavours)
 
 
+# Preprocessing baked into the graph by default, per target: a part is baked by default where the baked graph
+# took less CPU per call than the Python path in every case measured (two models, frames at 720p and at the
+# model size, three interleaved runs: benchmarks/bench_bake.py, benchmarks/RESULTS.md §14). A tie keeps the
+# Python path: an unbaked bundle also reads tensor data folders and can be quantized again.
+# TensorRT stays unbaked until measured on a device (bench_bake.py --backends tensorrt): no GPU here.
+BAKE_DEFAULTS = {
+    "onnxruntime": ((), "the baked graph measured no faster under ONNX Runtime on the CPU (0.94-1.006x the "
+                        "Python path's CPU time for video, 1.03-1.05x with the log-mel)"),
+    "openvino": (("video",), "the baked video preprocessing measured faster under OpenVINO on the CPU (0.92-0.99x "
+                             "the Python path's CPU time; the log-mel 0.98-1.01x, not baked)"),
+    "tensorrt": ((), "not measured on a GPU yet (benchmarks/bench_bake.py --backends tensorrt on the device)"),
+}
+
+
+def bake_parts(opts: ConvertOptions) -> tuple[tuple[str, ...], str]:
+    """The parts to bake and why: those asked with --bake-preprocess, else the target's default."""
+    if opts.bake_preprocess is not None:
+        return bake.parse_parts(opts.bake_preprocess), "asked (--bake-preprocess)"
+    parts, why = BAKE_DEFAULTS[opts.target]
+    return parts, f"default for target {opts.target}: {why}"
+
+
 def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> None:
     if opts.precision is not None and opts.precision not in PRECISIONS:
         raise EdgemmError(f"Precision: {opts.precision} | Unknown; expected one of {', '.join(PRECISIONS)}.")
@@ -189,6 +215,9 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
         check_build_options(_engine_options(opts))
     if opts.shapes:
         shape_overrides(opts.shapes)  # the format, and one --shape per input, now
+    bake_parts(opts)  # (after the target's check: the default is looked up by target)
+    if opts.bake_stft not in bake.AUDIO_FORMS:
+        raise EdgemmError(f"--bake-stft: {opts.bake_stft} | Unknown; expected one of {', '.join(bake.AUDIO_FORMS)}.")
     if opts.precision == "int8":
         int8.check_onnxruntime()  # before minutes of calibration, not after
     if resolve_precision(opts) == "fp16" or (opts.precision == "int8" and opts.target == "tensorrt"):
@@ -331,6 +360,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
     bundle = load_bundle(model, shapes=shape_overrides(opts.shapes))
     if opts.target == "tensorrt":
         check_tensorrt_ready(bundle, out)
+    opts = dataclasses.replace(opts, bake_preprocess=_check_bake(bundle, opts), bake_reason=bake_parts(opts)[1])
     _check_against_model(bundle, opts)
     graphs = graph_order(bundle)
     originals = {g: bundle.load_graph(g) for g in graphs}
@@ -362,6 +392,35 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
     for w in report["warnings"]:
         _say(f"warning: {w}", opts)
     return report
+
+
+def _check_bake(bundle: Bundle, opts: ConvertOptions) -> str:
+    """The parts to bake for this bundle, as --bake-preprocess spells them ("none" for nothing), checked now.
+
+    Asked parts must all be bakeable (one line naming the input otherwise); a target's default bakes what the
+    bundle has and can bake. A bundle already baked can still get an FP32 engine but not be calibrated,
+    converted to FP16 or pruned: its inputs are camera frames, those steps' data are the graph's float tensors
+    (and onnxconverter-common's FP16 pass drops the prepended cast to float). Baking comes after them."""
+    where = str(bundle.source or bundle.root)
+    if bundle.manifest.baked and (opts.precision in ("int8", "fp16") or opts.prune):
+        step = f"--precision {opts.precision}" if opts.precision != "fp32" else "--prune"
+        raise EdgemmError(f"Model: {where} | Preprocessing is baked into the graph "
+                          f"({', '.join(bake.baked_inputs(bundle.manifest))}); {step} needs the unbaked bundle: "
+                          "convert that, with --bake-preprocess in the same call.")
+    parts, _ = bake_parts(opts)
+    if opts.bake_preprocess is None:
+        parts = tuple(p for p in parts if not bundle.manifest.baked and _bakeable(bundle, p))
+    if parts:
+        bake.check_bakeable(bundle.manifest, parts, where)
+    return ",".join(parts) or "none"
+
+
+def _bakeable(bundle: Bundle, part: str) -> bool:
+    try:
+        bake.check_bakeable(bundle.manifest, (part,), "")
+    except EdgemmError:
+        return False
+    return True
 
 
 def _check_against_model(bundle: Bundle, opts: ConvertOptions) -> None:
@@ -432,6 +491,10 @@ def _write(bundle: Bundle, stage: Bundle, delivered: dict, out, opts: ConvertOpt
             sections.update(comparison)
         else:
             sections["note"] = "no --eval or --calib data: accuracy and closeness not measured"
+        parts, why = bake.parse_parts(opts.bake_preprocess), opts.bake_reason or bake_parts(opts)[1]
+        conversion["bake_preprocess"] = {"parts": [], "why": why}
+        if parts:
+            delivered, conversion["bake_preprocess"] = _bake(manifest, delivered, parts, why, tmp, opts)
         if opts.target == "tensorrt":
             if opts.nms_in_engine:
                 delivered, conversion["nms_in_engine"] = _nms_in_engine(converted, delivered, manifest, tmp)
@@ -508,6 +571,9 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
             _say(f"INT8: graph {g}: {ready.note}", opts)
         _say(f"INT8: graph {g}: preparing (shape inference, BatchNorm folding)", opts)
         prepared[g] = int8.prepare(models[g], work)
+    # A detector's box decoding after its last weighted layer stays float (int8.decode_tail)
+    tails = {g: int8.decode_tail(prepared[g]) if any(o.detection is not None for o in stage.manifest.graphs[g].outputs)
+             else [] for g in graphs}
     symmetric = fixed == "trt"
     _say(f"INT8: calibrating {len(graphs)} graph(s) ({opts.calib_method}) on {opts.calib}", opts)
     # One pass over the data calibrates every graph; it also keeps the feeds the flavour timing needs
@@ -529,7 +595,8 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
             if on_openvino:
                 quantized[g] = openvino.quantize(fixed, prepared[g], calibs[g], sample_feeds[g], workdir=work)
             else:
-                quantized[g] = int8.quantize(prepared[g], calibs[g], fixed, per_channel=per_channel[g], workdir=work)
+                quantized[g] = int8.quantize(prepared[g], calibs[g], fixed, tails[g], per_channel=per_channel[g],
+                                             workdir=work)
             why = {"trt": "target tensorrt: symmetric S8S8, zero point 0, TensorRT placement"}.get(
                 fixed, "forced (--flavour or EDGEMM_INT8_FLAVOUR)")
             settings = openvino.describe(fixed) if on_openvino else int8.flavour_spec(fixed).describe()
@@ -542,7 +609,8 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
                                         duration_s=FLAVOUR_TIMING_S, workdir=work)
             else:
                 choice = int8.choose_flavour(prepared[g], models[g], calibs[g], sample_feeds[g], opts.threads,
-                                             duration_s=FLAVOUR_TIMING_S, per_channel=per_channel[g])
+                                             duration_s=FLAVOUR_TIMING_S, per_channel=per_channel[g],
+                                             nodes_to_exclude=tails[g])
             best = choice["candidates"][choice["flavour"]]
             others = ", ".join(f"{k} {v['speedup_vs_fp32']:.2f}x" for k, v in choice["candidates"].items())
             gi["flavour"] = {"fp32_p50_ms": choice["fp32_p50_ms"], "candidates": choice["candidates"],
@@ -561,6 +629,8 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
                                                                    "among flavours as close to FP32")
                 _say(f"INT8: graph {g}: {choice['flavour']} chosen ({others} vs FP32)", opts)
         gi["qdq"] = qdq.qdq_counts(quantized[g])
+        if tails[g]:
+            gi["float_decode_tail"] = len(tails[g])
         info[g] = gi
     floats = {g: models[g] for g in graphs if flavours[g] == "fp32"}
 
@@ -569,7 +639,7 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
             return floats[g]
         if on_openvino:
             return openvino.quantize(flavours[g], prepared[g], calibs[g], sample_feeds[g], exclude, workdir=work)
-        return int8.quantize(prepared[g], calibs[g], flavours[g], exclude, per_channel=per_channel[g],
+        return int8.quantize(prepared[g], calibs[g], flavours[g], list(exclude) + tails[g], per_channel=per_channel[g],
                              workdir=work)
 
     groups = {g: [] if g in floats else int8.quantized_groups(prepared[g], quantized[g]) for g in graphs}
@@ -662,6 +732,23 @@ def _tensorrt(converted: Bundle, models: dict, manifest, tmp: Path, opts: Conver
     write_json(tmp / MANIFEST_NAME, manifest.to_dict())
     load_bundle(tmp)
     return {g: {**b.info, "seconds": b.seconds, "warnings": b.warnings} for g, b in builds.items()}
+
+
+def _bake(manifest, models: dict, parts: tuple[str, ...], why: str, tmp: Path, opts: ConvertOptions):
+    """Prepend the preprocessing to the delivered graphs (after latency and accuracy were measured on them, with
+    the Python preprocessing), check the baked graphs give the same outputs, and rewrite OUT's graphs and
+    manifest (in place: TensorRT builds its engine from them). Returns the graphs and the record."""
+    _say(f"baking the {' and '.join(parts)} preprocessing into the graph(s)", opts)
+    baked = bake.bake_bundle(manifest, models, parts, opts.bake_stft, str(tmp))
+    diff = bake.agreement((manifest, models), (baked.manifest, baked.models), opts.threads)
+    record = baked.record | {"why": why, "max_abs_diff_vs_python": diff}
+    for g, spec in baked.manifest.graphs.items():
+        manifest.graphs[g] = spec
+        save_model(baked.models[g], tmp / spec.file)
+    manifest.provenance["bake_preprocess"] = record
+    write_json(tmp / MANIFEST_NAME, manifest.to_dict())
+    load_bundle(tmp)
+    return baked.models, record
 
 
 def _nms_in_engine(converted: Bundle, models: dict, manifest, tmp: Path) -> tuple[dict, dict]:

@@ -113,6 +113,7 @@ class DataFolder:
             elif key.startswith(LABEL_KEY + ":"):
                 labels[key.split(":", 1)[1]] = arr
             elif key in self.inputs:
+                _check_baked_tensor(arr, self.inputs[key], f"{self.what}: {path}")
                 tensors[key] = _as_input_dtype(arr, self.inputs[key])
             elif key not in self._ignored:
                 # One data set serves several models (a video-only baseline reads the files of the AV set):
@@ -210,6 +211,21 @@ class DataFolder:
                 n += 1
                 if limit is not None and n >= limit:
                     return  # before the next file is opened
+
+
+def _check_baked_tensor(arr: np.ndarray, spec: InputSpec, where: str) -> None:
+    """Tensors saved for the unbaked model (normalised float NCHW, log-mel) do not fit a baked input: said in
+    one line that names what the baked input takes, rather than a dtype mismatch further on."""
+    pre = spec.preprocess
+    if pre is None or not pre.baked:
+        return
+    video = spec.modality == "video"
+    fits = arr.ndim == len(spec.layout) and (arr.dtype == np.uint8 if video else arr.dtype.kind == "f")
+    if not fits:
+        takes = "uint8 camera frames (N, H, W, 3) BGR" if video else "the waveform (N, samples)"
+        raise EdgemmError(f"{where} | Input {spec.name} has its preprocessing baked into the graph and takes {takes}; "
+                          f"this .npz holds {arr.dtype} {tuple(arr.shape)} (preprocessed tensors?); expected raw "
+                          "media files or tensors as the baked input takes them.")
 
 
 def _as_input_dtype(arr: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -25,22 +25,29 @@ def default_opset(model) -> int:
 
 def ready_for_qdq(model) -> QdqReady:
     """The model at an opset where per-channel Q/DQ is valid, or the reason it is quantized per tensor."""
-    import onnx
-    from onnx import version_converter
-
     opset = default_opset(model)
     if opset >= QDQ_PER_CHANNEL_OPSET:
         return QdqReady(model, True)
     try:
-        upgraded = version_converter.convert_version(model, QDQ_PER_CHANNEL_OPSET)
-        onnx.checker.check_model(upgraded)
-        _loads_in_onnxruntime(upgraded)
+        upgraded = upgrade_opset(model, QDQ_PER_CHANNEL_OPSET)
     except Exception as exc:  # the converter's and ORT's errors are many kinds; each means "cannot upgrade"
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         return QdqReady(model, False, f"opset {opset} could not be upgraded to {QDQ_PER_CHANNEL_OPSET} ({reason}); "
                                       "weights quantized per tensor (per-channel Q/DQ needs opset 13)")
     return QdqReady(upgraded, True, f"upgraded from opset {opset} to {QDQ_PER_CHANNEL_OPSET} with ONNX's version "
                                     "converter (per-channel Q/DQ needs opset 13)")
+
+
+def upgrade_opset(model, opset: int):
+    """The model converted to opset with ONNX's version converter, checked and loaded by ONNX Runtime; any
+    failure raises (the caller says what it does instead)."""
+    import onnx
+    from onnx import version_converter
+
+    upgraded = version_converter.convert_version(model, opset)
+    onnx.checker.check_model(upgraded)
+    _loads_in_onnxruntime(upgraded)
+    return upgraded
 
 
 def _loads_in_onnxruntime(model) -> None:

@@ -38,6 +38,9 @@ def _float_source(model, qn, prepared) -> tuple[str, object | None]:
     here = producers(model).get(src)
     if before is None or here is None or before.name != here.name:
         return src, None
+    again = next((n for n in model.graph.node if n.name == f"{act.name}_float"), None)
+    if again is not None:  # a reader of another DQ of the same Q had it re-created: one node, shared
+        return again.output[0], None
     node = onnx.NodeProto()
     node.CopyFrom(act)
     node.name = f"{act.name}_float"

@@ -38,7 +38,11 @@ from edgemm.outputs import umask_mode
 log = logging.getLogger(__name__)
 
 FORMAT = "edgemm-bundle"
-VERSION = 1
+VERSION = 2  # the newest manifest version this edgemm reads
+# A bundle with preprocessing baked into its graph (converters/bake.py) is written as version 2, so that an
+# edgemm from before baking refuses it in one line instead of feeding it normalised tensors; others stay 1.
+BAKED_VERSION = 2
+PLAIN_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 MODALITIES = ("video", "audio", "presence", "embedding", "state", "other")
@@ -96,6 +100,9 @@ class VideoPreprocess:
     # None in a manifest means the default: letterbox when the graph has a detection output, else stretch.
     resize: str | None = None
     pad_value: int = 114
+    # Baked (edgemm convert --bake-preprocess): the graph takes the resized frame as uint8 NHWC in the camera's
+    # colour order (BGR) and does colour, scale/mean/std and layout itself; the fields above say what it does.
+    baked: bool = False
 
 
 @dataclass
@@ -117,6 +124,13 @@ class AudioPreprocess:
     # their window, and the step between calls, in samples: window overrides window_s; hop sets the tick.
     window: int | None = None
     hop: int | None = None
+    # Baked: the graph takes the window's waveform (layout NS/NCS) and computes the feature itself.
+    baked: bool = False
+
+    @property
+    def takes_waveform(self) -> bool:
+        """Whether the model is handed samples (a waveform model, or a baked feature) rather than a feature."""
+        return self.feature == "waveform" or self.baked
 
     @property
     def window_samples(self) -> int:
@@ -148,9 +162,9 @@ class InputSpec:
             return {}
         if self.modality == "video":
             h, w = pre.size
-            by_letter = {"C": (1 if pre.color == "gray" else 3, "color"), "H": (h, "size"), "W": (w, "size"),
-                         "T": (pre.frames, "frames")}
-        elif pre.feature == "waveform":
+            by_letter = {"C": (3, "baked") if pre.baked else (1 if pre.color == "gray" else 3, "color"),
+                         "H": (h, "size"), "W": (w, "size"), "T": (pre.frames, "frames")}
+        elif pre.takes_waveform:
             by_letter = {"C": (1, "feature"), "S": (pre.window_samples, "window_s")}
         else:
             by_letter = {"C": (1, "feature"), "M": (pre.n_mels, "n_mels"), "T": (pre.n_frames, "window_s")}
@@ -238,17 +252,24 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     inferred: bool = False  # True when made up from a plain ONNX file by infer_manifest
 
+    @property
+    def baked(self) -> bool:
+        return any(spec.preprocess is not None and spec.preprocess.baked for _, spec in self.all_inputs())
+
     def to_dict(self) -> dict:
+        def kept(k, v) -> bool:  # (baked: written only where true, so unbaked manifests read as before)
+            return v is not None and not (k == "baked" and v is False)
+
         def clean(obj):
             if dataclasses.is_dataclass(obj):
-                return {k: clean(v) for k, v in dataclasses.asdict(obj).items() if v is not None}
+                return {k: clean(v) for k, v in dataclasses.asdict(obj).items() if kept(k, v)}
             if isinstance(obj, dict):
-                return {k: clean(v) for k, v in obj.items() if v is not None}
+                return {k: clean(v) for k, v in obj.items() if kept(k, v)}
             if isinstance(obj, (list, tuple)):
                 return [clean(v) for v in obj]
             return obj
 
-        out = {"format": FORMAT, "version": VERSION, "name": self.name}
+        out = {"format": FORMAT, "version": BAKED_VERSION if self.baked else PLAIN_VERSION, "name": self.name}
         out["fusion"] = _fusion_to_dict(self.fusion)
         out["graphs"] = {}
         for gname, g in self.graphs.items():
@@ -371,6 +392,7 @@ def _read_video_pre(r: _Reader) -> VideoPreprocess:
         size=(size[0], size[1]), color=color, scale=r.get("scale", float, default=d.scale),
         mean=mean, std=std, frames=frames, fps=r.get("fps", float, default=None),
         resize=r.get("resize", str, default=None, choices=RESIZE_MODES), pad_value=pad_value,
+        baked=r.get("baked", bool, default=False),
     )
 
 
@@ -392,6 +414,7 @@ def _read_audio_pre(r: _Reader) -> AudioPreprocess:
         fmax=r.get("fmax", float, default=None), log_offset=r.get("log_offset", float, default=d.log_offset),
         mean=r.get("mean", float, default=d.mean), std=r.get("std", float, default=d.std),
         window=r.get("window", int, default=None), hop=r.get("hop", int, default=None),
+        baked=r.get("baked", bool, default=False),
     )
     for key in ("window", "hop"):
         if getattr(p, key) is not None and getattr(p, key) <= 0:
@@ -409,6 +432,8 @@ def _read_audio_pre(r: _Reader) -> AudioPreprocess:
                f"{MAX_INPUT_VALUES} values per input", "hop_length")
     if p.std == 0:
         r.fail("must not be 0", "std")
+    if p.baked and p.feature == "waveform":
+        r.fail("a waveform input has no feature to bake; expected baked only with logmel or mel", "baked")
     if p.feature != "waveform" and p.window_samples < p.n_fft:
         r.fail(f"window of {p.window_samples} samples is shorter than n_fft {p.n_fft}", "window_s")
     return p
@@ -435,15 +460,19 @@ def _read_input(r: _Reader) -> InputSpec:
         if spec.layout not in VIDEO_LAYOUTS:
             r.fail(f"expected one of {', '.join(VIDEO_LAYOUTS)} for a video input; got {json.dumps(spec.layout)}", "layout")
         spec.preprocess = _read_video_pre(r.sub("preprocess", pre or {}))
+        if spec.preprocess.baked and (spec.dtype, spec.layout, spec.preprocess.frames) != ("uint8", "NHWC", 1):
+            r.fail(f"a baked video input takes one uint8 NHWC frame; this one is {spec.dtype} {spec.layout} with "
+                   f"{spec.preprocess.frames} frame(s)", "preprocess.baked")
     elif modality == "audio":
         feature = (pre or {}).get("feature", "logmel")
-        spec.layout = spec.layout or ("NS" if feature == "waveform" else "NCMT")
+        spec.layout = spec.layout or ("NS" if feature == "waveform" or (pre or {}).get("baked") else "NCMT")
         if spec.layout not in AUDIO_LAYOUTS:
             r.fail(f"expected one of {', '.join(AUDIO_LAYOUTS)} for an audio input; got {json.dumps(spec.layout)}", "layout")
         spec.preprocess = _read_audio_pre(r.sub("preprocess", pre or {}))
         waveform_layout = spec.layout in ("NS", "NCS")
-        if waveform_layout != (spec.preprocess.feature == "waveform"):
-            r.fail(f"layout {spec.layout} does not fit feature {spec.preprocess.feature} "
+        if waveform_layout != spec.preprocess.takes_waveform:
+            baked = " (baked: the graph takes the waveform)" if spec.preprocess.baked else ""
+            r.fail(f"layout {spec.layout} does not fit feature {spec.preprocess.feature}{baked} "
                    "(NS/NCS take a waveform, NCMT/NMT a spectrogram)", "layout")
     elif modality == "presence":
         if spec.presence_of not in ("video", "audio"):

@@ -77,7 +77,7 @@ def synthesize(metadata: Mapping[str, TensorMeta], graph: GraphSpec | None = Non
                 bshape = [1] * len(shape)
                 bshape[layout.index("C")] = -1
                 x = (x - np.asarray(pre.mean, np.float32).reshape(bshape)) / np.asarray(pre.std, np.float32).reshape(bshape)
-        elif modality == "audio" and spec.preprocess.feature == "waveform":
+        elif modality == "audio" and spec.preprocess.takes_waveform:
             x = rng.uniform(-0.5, 0.5, size=shape)
         else:  # spectrograms, embeddings, anything else: roughly standardised values
             x = rng.standard_normal(shape)

@@ -88,14 +88,40 @@ class _VideoItem:
     t_in: float  # now() when the capture thread got it (glass time for files read faster than real time)
 
 
-class Pipeline:
+class Streaming:
+    """``with`` starts it and always closes it, also when starting fails halfway (what was opened is closed)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Pipeline(Streaming):
     """A running bundle on live or file sources. Use as a context manager; call step() until not streaming."""
 
     def __init__(self, model: Bundle | FusionModel, video: Source | None = None, audio: Source | None = None,
                  sinks: Iterable[Sink] = (), settings: PipelineSettings | None = None,
                  alerts: Iterable[AlertRule] = (), backend: str = "onnxruntime", threads: int | None = None,
-                 duration_s: float | None = None):
+                 duration_s: float | None = None, camera: str | None = None,
+                 shared_captures: dict[str, Capture] | None = None):
         self.settings = s = settings or PipelineSettings()
+        # Several cameras (edgemm/multicam.py): each has a Pipeline named after it, its records and events say
+        # which, and a source they share (the microphone) is read by one Capture the owner runs and hands in.
+        self.camera = camera
+        self.shared_captures = dict(shared_captures or {})
         self.model = model if isinstance(model, FusionModel) else FusionModel(model, backend, threads)
         self.manifest = self.model.manifest
         self.modalities = self.manifest.modalities()
@@ -162,17 +188,6 @@ class Pipeline:
         self.final_summary: dict | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def add_sink(self, sink: Sink, first: bool = False) -> None:
         """Add a sink before start() (first: it sees each result before the others)."""
         if self.started_at is not None:
@@ -200,6 +215,8 @@ class Pipeline:
             for f in files:
                 f.start_time = start
         for mod, src in self.sources.items():
+            if mod in self.shared_captures:
+                continue
             # Missing at start: waited for (settings.wait_for_sources_s, with events) or a one-line error.
             if not open_waiting(src, mod, self.settings, self._stop, self._on_capture_event):
                 return  # stopped while waiting (SIGTERM): nothing more to start; is_streaming() is False
@@ -215,7 +232,10 @@ class Pipeline:
             self._opened.append(sink)
         self.rss_start = bench.rss_mb()
         self.started_at = now()
+        self.captures.update(self.shared_captures)
         for mod, src in self.sources.items():
+            if mod in self.shared_captures:
+                continue
             on_reopened = self.ring.reset if mod == "audio" and self.ring is not None else None
             deliver = self._deliver_frame if mod == "video" else self._deliver_audio
             cap = Capture(src, mod, self.settings, self._stop, deliver, self._on_capture_event, on_reopened)
@@ -235,9 +255,10 @@ class Pipeline:
         # A thread still in a source's open() or read() then (a stream's connect) is left behind: it is a
         # daemon thread, and the sources are closed below regardless.
         deadline = now() + CAPTURE_JOIN_S
-        for cap in self.captures.values():
+        own = [c for m, c in self.captures.items() if m not in self.shared_captures]
+        for cap in own:
             cap.join(timeout=max(0.0, deadline - now()))
-        for cap in self.captures.values():
+        for cap in own:
             if cap.is_alive():
                 log.warning("capture thread for %s did not stop in time", cap.uri)
         end_t = now()
@@ -337,6 +358,8 @@ class Pipeline:
             events.append(self._events.popleft())
         events += list(extra)
         for ev in events:
+            if self.camera is not None:
+                ev.setdefault("camera", self.camera)
             self.event_counts[ev["event"]] += 1
             for health in self.sink_health:  # one sink failing must not stop the others or the run
                 health.call("event", ev)
@@ -462,7 +485,7 @@ class Pipeline:
         if res is None:
             return None
         p0 = time.perf_counter()
-        record = self._record(res, tick.frame.image.shape[:2] if tick.frame is not None else None)
+        record = self._record(res, tick.frame.source_hw if tick.frame is not None else None)
         events = self.decisions.alerts(res.t, res.outputs, record["outputs"])
         record["alerts"] = self.decisions.active_alerts()
         post_s = time.perf_counter() - p0 + res.attribution_s
@@ -519,7 +542,9 @@ class Pipeline:
             primary = self.decisions.primary
             attribution["members"] = {m: {k: v for k, v in decode_output(outs[primary], specs[primary]).items()
                                           if k != "top"} for m, outs in res.per_modality.items()}
+        camera = {} if self.camera is None else {"camera": self.camera}
         return {
+            **camera,
             "t": round(res.t, 6),
             "wall_time": round(time.time(), 3),
             "outputs": outputs,
@@ -556,6 +581,7 @@ class Pipeline:
             skew["abs_p99"] = round(float(np.percentile(np.abs(self.skew.values), 99) * 1e3), 4)
             skew["bound_ms"] = round(self.settings.max_skew_s * 1e3, 3)
         return {
+            **({} if self.camera is None else {"camera": self.camera}),
             "model": self.manifest.name, "form": self.scheduler.form,
             "duration_s": round(elapsed, 3), "results": self.results,
             "worker_idle_s": round(self.worker_idle_s, 3),

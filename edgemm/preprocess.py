@@ -76,17 +76,36 @@ def letterbox(frame: np.ndarray, dst_hw: tuple[int, int], pad_value: int = 114) 
     return out
 
 
-def image_to_chw(frame: np.ndarray, pre: VideoPreprocess, normalise: bool = True) -> np.ndarray:
-    """One BGR uint8 frame (H, W, 3) or gray (H, W) -> float32 (C, h, w) as the manifest describes."""
+def fit_frame(frame: np.ndarray, pre: VideoPreprocess) -> np.ndarray:
+    """One BGR uint8 frame (H, W, 3) or gray (H, W) resized or letterboxed to the model size: (h, w, C)."""
     if frame.ndim == 2:
         frame = frame[:, :, None]
     if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
         raise EdgemmError(f"Video frame | Received shape {frame.shape}; expected (height, width, 3) BGR or (height, width) gray.")
     h, w = pre.size
     if pre.resize == "letterbox" and frame.shape[:2] != (h, w):
-        frame = letterbox(frame, (h, w), pre.pad_value)
-    elif frame.shape[0] != h or frame.shape[1] != w:
-        frame = resize(frame, h, w)
+        return letterbox(frame, (h, w), pre.pad_value)
+    if frame.shape[0] != h or frame.shape[1] != w:
+        return resize(frame, h, w)
+    return frame
+
+
+def baked_frame(frame: np.ndarray, pre: VideoPreprocess) -> np.ndarray:
+    """What a baked graph (edgemm convert --bake-preprocess) takes: the resized frame, (h, w, 3) uint8 in the
+    camera's colour order; the graph does the rest. A gray camera's frame is repeated to three channels (the
+    graph's BGR -> gray of three equal channels is that value, exactly)."""
+    img = fit_frame(frame, pre)
+    if img.shape[2] == 1:
+        return np.repeat(img, 3, axis=2)
+    img = img[:, :, :3]
+    # A frame already at the model size is the source's own buffer, which it may reuse for the next frame
+    # while this one waits for the model: copied, as the Python path's new tensor would be.
+    return np.array(img, order="C", copy=True) if np.shares_memory(img, frame) or not img.flags.c_contiguous else img
+
+
+def image_to_chw(frame: np.ndarray, pre: VideoPreprocess, normalise: bool = True) -> np.ndarray:
+    """One BGR uint8 frame (H, W, 3) or gray (H, W) -> float32 (C, h, w) as the manifest describes."""
+    frame = fit_frame(frame, pre)
     channels = frame.shape[2]
     if pre.color == "gray":
         img = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[:, :, None] if channels >= 3 else frame
@@ -124,6 +143,8 @@ def preprocess_video(frames: list[np.ndarray] | np.ndarray, spec: InputSpec) -> 
     if len(frames) < pre.frames:  # too few yet (start-up): repeat the oldest, as a still scene would
         frames = [frames[0]] * (pre.frames - len(frames)) + frames
     frames = frames[-pre.frames:]
+    if pre.baked:  # one frame, NHWC (the manifest checked): the resize only
+        return baked_frame(frames[-1], pre)[None]
     as_uint8 = spec.dtype == "uint8"
     chws = [image_to_chw(f, pre, normalise=not as_uint8) for f in frames]
     layout = spec.layout or "NCHW"
@@ -214,6 +235,8 @@ def _audio_tensor(x: np.ndarray, spec: InputSpec) -> np.ndarray:
 def preprocess_audio(waveform: np.ndarray, spec: InputSpec) -> np.ndarray:
     """A mono waveform (the window ending at the inference instant) -> the input tensor, batch of 1."""
     pre: AudioPreprocess = spec.preprocess
+    if pre.baked:  # the graph computes the feature (and its normalisation) from the samples
+        return _audio_tensor(fit_window(waveform, pre.window_samples), spec)
     if pre.feature == "waveform":
         x = fit_window(waveform, pre.window_samples)
         return _audio_tensor((x - np.float32(pre.mean)) / np.float32(pre.std), spec)
@@ -253,7 +276,7 @@ class AudioFeatureStream:
         """The input tensor for the window ``waveform`` whose first sample is stream index ``first``
         (None: unknown, computed whole)."""
         pre = self.pre
-        if pre.feature == "waveform" or first is None:
+        if pre.takes_waveform or first is None:
             return preprocess_audio(waveform, self.spec)
         x = fit_window(waveform, pre.window_samples).copy()  # kept: the caller's buffer may be reused
         first += waveform.size - x.size  # (a short waveform is zero-padded in front)

@@ -130,7 +130,8 @@ class RateGate:
 
 def _video_key(spec: InputSpec) -> tuple:
     p = spec.preprocess
-    return (tuple(p.size), p.color, p.scale, tuple(p.mean), tuple(p.std), spec.dtype, spec.layout)
+    return (tuple(p.size), p.color, p.scale, tuple(p.mean), tuple(p.std), spec.dtype, spec.layout, p.resize,
+            p.pad_value, p.baked)
 
 
 class VideoPrep:
@@ -194,7 +195,7 @@ class LiveFusion:
         # the new ones, for which windows end on a grid of whole hops (of every spectrogram input). The
         # pipeline sets the grid to 1 for audio from a file, whose windows end exactly at the frame.
         self.audio_streams = {(g, s.name): AudioFeatureStream(s) for g, s in self.audio_inputs}
-        hops = [s.preprocess.hop_length for _, s in self.audio_inputs if s.preprocess.feature != "waveform"]
+        hops = [s.preprocess.hop_length for _, s in self.audio_inputs if not s.preprocess.takes_waveform]
         self.audio_grid = math.lcm(*hops) if hops else 1
         self._frames: deque[Frame] = deque(maxlen=self.video.history)
         # Audio needed at every tick (early fusion, or an audio encoder/member without a rate) is cut and

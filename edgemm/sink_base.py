@@ -11,6 +11,9 @@ import numpy as np
 
 class Sink:
     name = "sink"
+    # True for sinks that draw results on the camera's frames (video file, RTSP, web view): they need the
+    # frame at the camera's size, so the source must not scale it while decoding (edgemm run asks it not to).
+    draws_frames = False
 
     @property
     def label(self) -> str:

@@ -96,7 +96,7 @@ class ConsoleSink(Sink):
         stream.flush()
 
     def result(self, record: dict, frame=None) -> None:
-        parts = [f"t={record['t']:.3f}"]
+        parts = ([f"[{record['camera']}]"] if record.get("camera") else []) + [f"t={record['t']:.3f}"]
         for name, out in record["outputs"].items():
             if "label" in out:
                 parts.append(f"{name}={out['label']} ({out['score']:.2f})")
@@ -277,6 +277,7 @@ class VideoSink(Sink):
     """
 
     name = "video"
+    draws_frames = True
     FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
     def __init__(self, path: str, fps: float | None = None):

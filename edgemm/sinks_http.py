@@ -50,6 +50,7 @@ def is_loopback(host: str) -> bool:
 
 class HttpSink(Sink):
     name = "http"
+    draws_frames = True
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, token: str = "", fps: float = 15.0,
                  quality: int = 80, width: int = 640):

@@ -38,6 +38,7 @@ INSTALL_HINT = ("expected GStreamer's RTSP server for the system Python (Debian/
 
 class RtspSink(Sink):
     name = "rtsp"
+    draws_frames = True
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8554, path: str = "/live", fps: float = 15.0,
                  width: int = 0):

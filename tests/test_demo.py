@@ -168,7 +168,14 @@ def test_demo_driving_short_drive(tmp_path):
     after = [p for t, p in zip(tl["t"], tl["p_siren"]) if t > onset + 1.5]
     assert before and after and max(before) < 0.5 < min(after), tl
     events = summary["events"]
-    assert set(events) == {"late fusion", "audio alone", "camera alone"}
+    assert set(events) == {"late fusion", "intermediate fusion", "audio alone", "camera alone"}
+    # the siren classifier ran live on the microphone path, at its own rate (4 Hz against 10 fps), in the
+    # same stream as the detector (every frame), and the alarm was raised while streaming
+    assert summary["pipeline"]["form"] == "intermediate" and summary["pipeline"]["ports"]["audio"]["samples"] > 0
+    ran = [r["ran"] for r in results]
+    assert all("video_encoder" in r and "head" in r for r in ran)
+    assert 0.3 * len(ran) < sum("audio_encoder" in r for r in ran) < 0.55 * len(ran)
+    assert "ALARM (late fusion)" in text.split("[4/5]")[0]
     late = events["late fusion"]
     assert late["tp"] == 1 and 0 <= late["delay_s"] < 2.0, events
     assert f"caught {late['delay_s']:.2f} s after" in text
@@ -192,6 +199,7 @@ def test_demo_driving_short_drive(tmp_path):
         import edgemm.converters.convert  # noqa: F401
 
         assert summary["precision"] == "int8" and (out / "model-int8" / "manifest.json").is_file()
+        assert json.loads((out / "model-int8" / "manifest.json").read_text())["fusion"]["form"] == "intermediate"
     except ImportError:
         assert summary["precision"] == "fp32"
     pytest.importorskip("matplotlib")

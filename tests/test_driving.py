@@ -130,7 +130,7 @@ def test_shipped_bundles_are_small_and_in_yolov8_layout():
     assert out.task == "detection" and det.manifest.provenance["format"] == "yolov8"
     assert det.manifest.provenance["labels"] == dr.CLASSES
     assert out.shape[1] == 4 + len(dr.CLASSES)
-    for name in ("driving_detector", "driving_audio"):
+    for name in ("driving_detector", "driving_audio", "driving_intermediate"):
         size = sum(p.stat().st_size for p in (MODELS / name).glob("*.onnx"))
         assert size < 2_000_000, (name, size)
     aud = load_bundle(MODELS / "driving_audio")
@@ -139,6 +139,31 @@ def test_shipped_bundles_are_small_and_in_yolov8_layout():
 
     meta = {p.key: p.value for p in onnx.load(MODELS / "driving_detector" / "model.onnx").metadata_props}
     assert meta["task"] == "detect" and meta["imgsz"] == f"[{dr.SIZE}, {dr.SIZE}]"
+
+
+def test_intermediate_bundle_encodes_with_the_shipped_weights_and_survives_a_lost_sensor():
+    """The intermediate bundle's encoders are the shipped detector and siren classifier (the same raw outputs),
+    its head passes their outputs on for the runtime to decode, and with the camera or the microphone missing
+    it still answers (the presence flags it was fitted with)."""
+    sc = dr.make_scene(next(s for s in range(200000, 200100) if dr.make_scene(s).siren is not None))
+    frame = dr.render_frame(sc, 9.0, "night")[0]
+    mix = dr.render_audio(sc)["mix"]
+    from edgemm.preprocess import preprocess_audio
+
+    x = {"images": preprocess_video(frame, dr.video_spec()),
+         "audio": preprocess_audio(mix[-dr.SAMPLE_RATE:], dr.audio_spec())}
+    mid = load_bundle(MODELS / "driving_intermediate")
+    assert mid.manifest.fusion.form == "intermediate" and set(mid.manifest.fusion.rates_hz) == {"video", "audio"}
+    with FusionModel(load_bundle(MODELS / "driving_detector")) as det, \
+            FusionModel(load_bundle(MODELS / "driving_audio")) as aud, FusionModel(mid) as fm:
+        full = fm.infer(x)
+        assert np.allclose(full.outputs["output0"], det.infer(x).outputs["output0"], atol=1e-4)
+        assert np.allclose(full.outputs["siren"], aud.infer(x).outputs["event"], atol=1e-4)
+        p_full = float(np.exp(full.outputs["event"][0, 1]) / np.exp(full.outputs["event"][0]).sum())
+        assert p_full > 0.5  # the siren sounds at the end of this scene
+        no_cam = fm.infer(x, present={"video": False})
+        assert no_cam.degraded == ["video"] and not no_cam.outputs["output0"].any()
+        assert float(np.exp(no_cam.outputs["event"][0, 1]) / np.exp(no_cam.outputs["event"][0]).sum()) > 0.5
 
 
 def test_detector_boxes_are_in_input_pixels():
@@ -168,8 +193,9 @@ def subset_results():
     sub = c["subset"]
     scenes = [dr.make_scene(s) for s in sub["seeds"]]
     e = ev()
-    res = e.evaluate(MODELS / "driving_detector", MODELS / "driving_audio", scenes, c["fusion"], sub["cameras"],
-                     {k: e.EVENT_CONDITIONS[k] for k in sub["events"]}, log=lambda *_: None)
+    res = e.evaluate(MODELS / "driving_detector", MODELS / "driving_audio", MODELS / "driving_intermediate", scenes,
+                     c["fusion"], sub["cameras"], {k: e.EVENT_CONDITIONS[k] for k in sub["events"]},
+                     log=lambda *_: None)
     return sub["results"], res
 
 
@@ -244,6 +270,8 @@ def test_packaged_driving_models_are_the_trained_ones():
     benchmarks/train_driving.py wrote and the committed figures were measured on (recopy after retraining)."""
     repo = Path(__file__).resolve().parent.parent
     for name in ("driving_detector/model.onnx", "driving_detector/manifest.json", "driving_audio/model.onnx",
-                 "driving_audio/manifest.json", "driving_fusion.json"):
+                 "driving_audio/manifest.json", "driving_fusion.json", "driving_intermediate/manifest.json",
+                 "driving_intermediate/video_encoder.onnx", "driving_intermediate/audio_encoder.onnx",
+                 "driving_intermediate/head.onnx"):
         trained, packaged = repo / "benchmarks/models" / name, repo / "edgemm/reference/models" / name
         assert packaged.read_bytes() == trained.read_bytes(), name

@@ -262,6 +262,54 @@ def test_folded_activations_come_back_when_qdq_is_removed(flavour, exclude):
         assert producer[fc1.input[0]].op_type == "Relu"
 
 
+def test_two_float_readers_of_one_folded_activation_share_it():
+    """Two layers kept in float that read the same quantized Relu output (a feature map that feeds both the
+    next stage and a skip connection, as in the driving detector): the folded Relu is re-created once and
+    both read it. Re-created per reader, ONNX Runtime refused the graph ("two nodes with same node name")."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w0", "b0"], ["h0"], transB=1, name="fc0"),
+             helper.make_node("Relu", ["h0"], ["r0"], name="relu0"),
+             helper.make_node("Gemm", ["r0", "w1", "b1"], ["a"], transB=1, name="fc1"),
+             helper.make_node("Gemm", ["r0", "w2", "b2"], ["b"], transB=1, name="fc2"),
+             helper.make_node("Add", ["a", "b"], ["y"], name="add")]
+    inits = [_init("w0", rng.standard_normal((16, 8))), _init("b0", np.zeros(16)),
+             _init("w1", rng.standard_normal((6, 16)) * 0.3), _init("b1", rng.standard_normal(6)),
+             _init("w2", rng.standard_normal((6, 16)) * 0.3), _init("b2", rng.standard_normal(6))]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits, "two_readers")
+    x = np.random.default_rng(1).standard_normal((100, 8)).astype(np.float32)
+    prepared = int8.prepare(model)
+    cal = int8.calibrate(prepared, [{"x": x[i:i + 1]} for i in range(32)], "minmax")
+    q = int8.quantize(prepared, cal, "u8s8", ["fc1", "fc2"])
+    onnx.checker.check_model(q)
+    names = [n.name for n in q.graph.node]
+    assert len(names) == len(set(names)), names
+    producer = graphs.producers(q)
+    readers = [next(n for n in q.graph.node if n.name == f) for f in ("fc1", "fc2")]
+    assert readers[0].input[0] == readers[1].input[0] and producer[readers[0].input[0]].op_type == "Relu"
+    assert cosine(run(model, [{"x": x}]), run(q, [{"x": x}])) > 0.99
+
+
+def test_decode_tail_is_what_follows_the_last_weighted_layer():
+    """A detector's box decoding (here: Sigmoid and a scale after the last Gemm) is the tail the converter
+    keeps in float; the layers before it, and a model without weights, give nothing."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w0", "b0"], ["h0"], transB=1, name="fc0"),
+             helper.make_node("Relu", ["h0"], ["r0"], name="relu0"),
+             helper.make_node("Gemm", ["r0", "w1", "b1"], ["h1"], transB=1, name="fc1"),
+             helper.make_node("Sigmoid", ["h1"], ["s"], name="sig"),
+             helper.make_node("Mul", ["s", "k"], ["y"], name="scale")]
+    inits = [_init("w0", rng.standard_normal((16, 8))), _init("b0", np.zeros(16)),
+             _init("w1", rng.standard_normal((6, 16))), _init("b1", np.zeros(6)), _init("k", np.full(6, 192.0))]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits, "tail")
+    assert sorted(int8.decode_tail(int8.prepare(model))) == ["scale", "sig"]
+    no_weights = _model([helper.make_node("Sigmoid", ["x"], ["y"], name="sig")],
+                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [], "plain")
+    assert int8.decode_tail(no_weights) == []
+
+
 def test_entropy_searches_a_clipping_threshold(cnn, monkeypatch):
     """With ORT's own entropy defaults (128 bins for 128 levels) there is no threshold to search and the
     result equals min/max; edgemm's histogram (ENTROPY_BINS) makes KL calibration clip outliers."""

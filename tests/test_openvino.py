@@ -158,8 +158,10 @@ def test_convert_for_openvino_times_both_candidates_under_openvino(cnn_data, tmp
 
     model, calib, test = cnn_data
     out = tmp_path / "ov-int8.edgemm"
+    # (unbaked: the check below feeds the float tensor; baking, the default for openvino, is tests/test_bake.py's)
     report = convert(model, out, ConvertOptions(precision="int8", target="openvino", calib=calib, eval=test,
-                                                max_drop=5, threads=1, bench_seconds=0.3, quiet=True))
+                                                max_drop=5, threads=1, bench_seconds=0.3, quiet=True,
+                                                bake_preprocess="none"))
     gi = report["conversion"]["int8"]["model"]
     cands = gi["flavour"]["candidates"]
     assert set(cands) == {"ov", "nncf", "u8s8"}

@@ -161,18 +161,28 @@ def test_query_options_work_on_plain_paths_as_on_file_uris(tmp_path):
     assert parse_uri(str(odd)).location == str(odd) and isinstance(open_source(str(odd)), WavSource)
 
 
-def test_run_scales_a_csi_camera_to_the_model_size(tmp_path):
-    """edgemm run asks a CSI camera for the model's image size (width x height), unless the URI says."""
+def test_run_scales_while_decoding_to_the_model_size(tmp_path):
+    """edgemm run asks CSI cameras, files and streams for the model's image size (width x height) and fit,
+    unless the URI says, or a sink draws on the frames (it needs them at the camera's size), or the source
+    cannot scale."""
     from edgemm.bundle import load_bundle
     from edgemm.commands.run import _video_options
+    from edgemm.sinks import make_sink
     from tests import onnx_models
 
     bundle = load_bundle(onnx_models.write_av_bundle(tmp_path / "av", video_hw=(32, 48)))
-    assert _video_options("csi://0", bundle) == {"out_size": (48, 32)}
-    assert _video_options("csi://0?out_size=full", bundle) == {}
-    assert _video_options("v4l2:///dev/video0", bundle) == {}
-    # nvvidconv stretches: a letterboxed detector input gets the sensor's frames and letterboxes them itself
+    stretch = {"out_size": (48, 32), "resize": "stretch"}
+    for uri in ("csi://0", "clip.mp4", "file:///data/clip.mkv", "rtsp://cam/stream", "http://cam/video",
+                "v4l2:///dev/video0", "0"):
+        assert _video_options(uri, bundle) == stretch, uri
+        assert _video_options(uri, bundle, [make_sink("console"), make_sink("jsonl:/tmp/r.jsonl")]) == stretch
+    # a sink that draws on the frames: the camera's size (before, a CSI camera was scaled down regardless)
+    for sink in ("video:/tmp/out.mp4", "rtsp://127.0.0.1:8554/live", "http://127.0.0.1:8080"):
+        assert _video_options("csi://0", bundle, [make_sink("console"), make_sink(sink)]) == {}, sink
+    for uri in ("csi://0?out_size=full", "gst://videotestsrc", "test://video", "still.png"):
+        assert _video_options(uri, bundle) == {}, uri
+    # letterboxed (a detector): the source keeps the aspect ratio within the size, preprocessing pads
     manifest = onnx_models.detector_manifest({"format": "yolov8"}, [{"name": "output0"}])
     detector = load_bundle(onnx_models.write_detector_bundle(tmp_path / "det", onnx_models.colour_detector(),
                                                              manifest))
-    assert _video_options("csi://0", detector) == {}
+    assert _video_options("csi://0", detector) == {"out_size": (64, 64), "resize": "letterbox"}

@@ -33,7 +33,7 @@ from edgemm.preprocess import preprocess_audio  # noqa: E402
 from edgemm.reference import driving as dr  # noqa: E402
 
 SPLIT_BASE = {"train": 0, "val": 100000, "test": 200000}
-FRAMES_PER_SCENE = 4
+FRAMES_PER_SCENE = 8  # training/validation frames drawn per scene (instant and condition at random)
 AUDIO_STEP_S = 0.5
 
 

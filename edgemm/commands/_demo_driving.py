@@ -1,19 +1,22 @@
-"""`edgemm demo --scenario driving`: a rendered drive, the detector in INT8 streamed in real time, a siren.
+"""`edgemm demo --scenario driving`: a rendered drive streamed through the runtime, camera and microphone live.
 
   1. renders a drive (drive.mp4 at 10 fps + drive.wav, default 20 s) with edgemm/reference/driving.py from
      test-split scene seeds: traffic first, then an emergency vehicle whose siren is heard before it comes
      into view in the oncoming lane;
-  2. converts the shipped detector (edgemm/reference/models/driving_detector) to INT8 with `edgemm convert`,
-     calibrated on frames of validation-split scenes;
-  3. streams drive.mp4 through the runtime in real time (as a camera delivers it), the `video:` sink writing
-     drive-boxes.mp4 with boxes and track ids;
-  4. runs the siren classifier (driving_audio) on drive.wav, one 1 s window every 0.25 s. It runs offline, on
-     the file, after the stream: the detector bundle is video-only, and one pipeline carries one model;
-  5. fuses both with the shipped late-fusion rule (driving_fusion.json: smoothed siren probability and best
-     emergency-vehicle box score, logistic regression, thresholds), draws the event's banner into
-     drive-boxes.mp4 (a pass over the file, as the decision needs the audio), and ends with mAP against the renderer's
-     boxes, the event's F1 and detection delay (fusion, audio alone, camera alone), latency percentiles and
-     drops, and demo.png.
+  2. converts the shipped intermediate-fusion bundle (edgemm/reference/models/driving_intermediate: the
+     driving detector and the siren classifier as encoders, a small head) to INT8 with `edgemm convert`,
+     calibrated on frames and microphone windows of validation-split scenes;
+  3. streams drive.mp4 and drive.wav through the runtime in real time, as a camera and a microphone deliver
+     them: the detector runs on every frame, the siren classifier on the microphone path at its own rate
+     (the bundle's fusion.rates_hz, 4 Hz on the last 1 s), the head on their freshest embeddings; the
+     `video:` sink writes drive-boxes.mp4 with boxes and track ids. The event is decided LIVE, step by step
+     as results arrive (LiveEvent): late fusion (driving_fusion.json: smoothed siren probability and best
+     emergency-vehicle box score, logistic regression, thresholds), the intermediate head's probability,
+     and each modality alone; an alarm is printed when it starts;
+  4. draws the live late-fusion decision as a banner into drive-boxes.mp4 (a pass over the written file: the
+     video sink writes boxes, the banner is the demo's own);
+  5. ends with mAP against the renderer's boxes, the event's F1 and detection delay (late and intermediate
+     fusion, audio alone, camera alone), latency percentiles and drops, and demo.png.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 from edgemm.commands.run import build, stream
 from edgemm.errors import EdgemmError
 from edgemm.reference import model_path
+from edgemm.reference.driving import late_fusion
 from edgemm.sink_base import Sink
 
 FPS = 10.0
@@ -114,20 +118,27 @@ def make_drive(out: Path, duration: float, seed: int) -> dict:
             "seeds": [p[0].seed for p in parts], "pattern": siren.siren["pattern"]}
 
 
-def convert_detector(model: Path, out: Path, threads) -> tuple[Path, str]:
-    """`edgemm convert` to INT8, calibrated on frames of validation-split scenes (never the drive's)."""
+def convert_bundle(model: Path, out: Path, threads) -> tuple[Path, str]:
+    """`edgemm convert` to INT8, calibrated on frames and microphone windows of validation-split scenes
+    (never the drive's), plain and masked."""
     from edgemm.commands.demo import converters_importable, run_convert
-    from edgemm.preprocess import preprocess_video
+    from edgemm.preprocess import preprocess_audio, preprocess_video
     from edgemm.reference import driving as dr
 
     if not converters_importable():
         return model, "fp32"
     calib = out / "calib"
     calib.mkdir(parents=True, exist_ok=True)
-    spec = dr.video_spec()
-    frames = [dr.render_frame(dr.make_scene(VAL_SEEDS + s), t, c)[0]
-              for s in range(16) for t, c in zip((1.0, 3.5, 6.0, 8.5), dr.CONDITIONS)]
-    np.savez(calib / "frames.npz", images=np.concatenate([preprocess_video(f, spec) for f in frames]))
+    vspec, aspec = dr.video_spec(), dr.audio_spec()
+    frames, windows = [], []
+    for s in range(16):
+        sc = dr.make_scene(VAL_SEEDS + s)
+        mix = dr.render_audio(sc, masked=s % 3 == 0)["mix"]
+        for t, c in zip((1.0, 3.5, 6.0, 8.5), dr.CONDITIONS):
+            frames.append(preprocess_video(dr.render_frame(sc, t, c)[0], vspec))
+            b = int(round(t * dr.SAMPLE_RATE))
+            windows.append(preprocess_audio(mix[b - dr.SAMPLE_RATE:b], aspec))
+    np.savez(calib / "frames.npz", images=np.concatenate(frames), audio=np.concatenate(windows))
     dest = out / "model-int8"
     argv = [str(model), "-o", str(dest), "--precision", "int8", "--calib", str(calib), "--bench-seconds", "1",
             "--force", "--quiet"] + (["--threads", str(threads)] if threads else [])
@@ -135,62 +146,92 @@ def convert_detector(model: Path, out: Path, threads) -> tuple[Path, str]:
     return dest, "int8"
 
 
+class LiveEvent:
+    """The event "emergency vehicle approaching", decided step by step as the stream's results arrive.
+
+    Steps of ``fusion["step_s"]`` from 1 s on, as the fusion was fitted (benchmarks/eval_driving.py): the
+    results in (step - step_s, step] belong to the step; a step closes when a later result arrives. Per step:
+    the freshest siren probability, the best emergency-vehicle box score and the head's probability of the
+    event, each smoothed (EMA); late fusion, the head and each modality alone decide by their thresholds."""
+
+    KINDS = ("late fusion", "intermediate fusion", "audio alone", "camera alone")
+
+    def __init__(self, fusion: dict, say=print):
+        self.f, self.say = fusion, say
+        self.step_s, self.ema = fusion["step_s"], fusion["ema"]
+        self.next_t = 1.0
+        self.fresh = {"p_siren": 0.0, "camera": 0.0, "p_event": 0.0}
+        self.smooth = {k: 0.0 for k in self.fresh}
+        self.steps: list[dict] = []
+        self.on = {k: False for k in self.KINDS}
+
+    def add(self, t: float, p_siren: float | None, camera: float, p_event: float | None) -> None:
+        while t > self.next_t + 1e-9:
+            self._close()
+        if p_siren is not None:
+            self.fresh["p_siren"] = p_siren
+        if p_event is not None:
+            self.fresh["p_event"] = p_event
+        self.fresh["camera"] = max(self.fresh["camera"], camera)
+
+    def _close(self) -> None:
+        for k, v in self.fresh.items():
+            self.smooth[k] = self.ema * self.smooth[k] + (1 - self.ema) * v
+        a, v, m = self.smooth["p_siren"], self.smooth["camera"], self.smooth["p_event"]
+        late = float(late_fusion(self.f, a, v))
+        fired = {"late fusion": late >= self.f["late_threshold"],
+                 "intermediate fusion": m >= self.f["intermediate_threshold"],
+                 "audio alone": a >= self.f["audio_threshold"], "camera alone": v >= self.f["camera_threshold"]}
+        for k, f in fired.items():
+            if f and not self.on[k]:
+                self.say(f"  t={self.next_t:6.2f}s  ALARM ({k}): emergency vehicle approaching")
+            self.on[k] = bool(f)
+        self.steps.append({"t": self.next_t, **dict(self.fresh), "late": float(late), "intermediate": m,
+                           "fired": {k: bool(f) for k, f in fired.items()}})
+        self.fresh["camera"] = 0.0  # the box score is the best of its step; the probabilities stay the freshest
+        self.next_t += self.step_s
+
+    def close(self, end: float) -> None:
+        while self.next_t <= end + 1e-9:
+            self._close()
+
+
+def _probability(out: dict | None, label: str) -> float | None:
+    """The probability of `label` in a decoded classification output (its top list has every label here)."""
+    if not out:
+        return None
+    return next((p for name, p in out.get("top", []) if name == label), 0.0)
+
+
 class _DriveCollector(Sink):
-    """Keeps every streamed result (media time, boxes, latency) and prints some as they come."""
+    """Keeps every streamed result (media time, boxes, siren and event probabilities, latency), feeds the live
+    event decision, and prints some results as they come."""
 
     name = "demo"
 
-    def __init__(self, every: int, start_time_of, primary: str):
-        self.every, self.start_time_of, self.primary = max(1, every), start_time_of, primary
+    def __init__(self, every: int, start_time_of, live: LiveEvent, boxes: str = "output0"):
+        # (not "event": Sink.event receives the pipeline's events)
+        self.every, self.start_time_of, self.live, self.boxes = max(1, every), start_time_of, live, boxes
         self.rows: list[dict] = []
 
     def result(self, record, frame=None):
-        out = record["outputs"][self.primary]
+        outs = record["outputs"]
         t0 = self.start_time_of()
         t = max(0.0, record["t"] - (t0 if t0 is not None else record["t"]))
-        row = {"t": t, "detections": out.get("detections", []), "latency_ms": record["latency_ms"].get("total")}
+        dets = (outs.get(self.boxes) or {}).get("detections", [])
+        # a modality the head ran without (not yet heard, or stale) has no probability this tick
+        degraded = record.get("degraded") or []
+        row = {"t": t, "detections": dets, "latency_ms": record["latency_ms"].get("total"),
+               "p_siren": None if "audio" in degraded else _probability(outs.get("siren"), "siren"),
+               "p_event": _probability(outs.get("event"), "approaching")}
         self.rows.append(row)
+        self.live.add(t, row["p_siren"], max([0.0] + [d["score"] for d in dets if d["label"] == "emergency"]),
+                       row["p_event"])
         if (len(self.rows) - 1) % self.every == 0:
-            counts = ", ".join(f"{n} {k}" for k, n in sorted(out.get("counts", {}).items())) or "nothing"
-            print(f"  t={t:6.2f}s  {counts}  latency {row['latency_ms']:.1f} ms", flush=True)
-
-
-def siren_probabilities(drive: dict, steps: np.ndarray) -> np.ndarray:
-    """The siren classifier's probability on the 1 s window ending at each step (offline, on the wav)."""
-    from edgemm.bundle import load_bundle
-    from edgemm.fusion import FusionModel
-    from edgemm.preprocess import preprocess_audio
-    from edgemm.reference import driving as dr
-
-    bundle = load_bundle(model_path("driving_audio"))
-    spec = bundle.manifest.graphs["model"].inputs[0]
-    p = []
-    with FusionModel(bundle) as fm:
-        for t in steps:
-            b = int(round(t * dr.SAMPLE_RATE))
-            logits = fm.infer({spec.name: preprocess_audio(drive["mix"][max(0, b - dr.SAMPLE_RATE):b], spec)}
-                              ).outputs["event"][0]
-            e = np.exp(logits - logits.max())
-            p.append(float(e[dr.AUDIO_LABELS.index("siren")] / e.sum()))
-    return np.array(p)
-
-
-def camera_scores(rows: list[dict], steps: np.ndarray, step_s: float) -> np.ndarray:
-    """The best emergency-vehicle box score among the streamed results of each step (0 when none)."""
-    out = np.zeros(len(steps))
-    for r in rows:
-        k = int(np.searchsorted(steps, r["t"] - 1e-9))  # results in (step - step_s, step] belong to step
-        if k < len(steps) and r["t"] > steps[k] - step_s:
-            out[k] = max([out[k]] + [d["score"] for d in r["detections"] if d["label"] == "emergency"])
-    return out
-
-
-def smooth(x: np.ndarray, ema: float) -> np.ndarray:
-    out, s = np.empty_like(x), 0.0
-    for i, v in enumerate(x):
-        s = ema * s + (1 - ema) * v
-        out[i] = s
-    return out
+            counts = ", ".join(f"{n} {k}" for k, n in sorted((outs.get(self.boxes) or {}).get("counts", {}).items()))
+            siren = "—" if row["p_siren"] is None else f"{row['p_siren']:.2f}"
+            print(f"  t={t:6.2f}s  {counts or 'nothing'}; siren p {siren}; latency {row['latency_ms']:.1f} ms",
+                  flush=True)
 
 
 def event_score(steps: np.ndarray, fired: np.ndarray, onset: float) -> dict:
@@ -205,23 +246,23 @@ def event_score(steps: np.ndarray, fired: np.ndarray, onset: float) -> dict:
             "first_alarm_s": round(float(at[0]), 2) if at.size else None}
 
 
-def fuse(drive: dict, rows: list[dict], fusion: dict) -> dict:
-    steps = np.arange(1.0, drive["duration"] + 1e-6, fusion["step_s"])
-    p_siren = siren_probabilities(drive, steps)
-    cam = camera_scores(rows, steps, fusion["step_s"])
-    a, v = smooth(p_siren, fusion["ema"]), smooth(cam, fusion["ema"])
-    x = np.stack([a, v, a * v], 1)
-    late = 1 / (1 + np.exp(-(x @ np.asarray(fusion["weights"]) + fusion["bias"])))
-    fired = {"late fusion": late >= fusion["late_threshold"], "audio alone": a >= fusion["audio_threshold"],
-             "camera alone": v >= fusion["camera_threshold"]}
-    return {"steps": steps, "p_siren": p_siren, "camera": cam, "late": late, "fired": fired,
+def fused_timeline(drive: dict, event: LiveEvent) -> dict:
+    """The live decisions, as arrays over the steps, and each kind's event score on this drive."""
+    event.close(drive["duration"])
+    st = event.steps
+    steps = np.array([s["t"] for s in st])
+    fired = {k: np.array([s["fired"][k] for s in st], bool) for k in LiveEvent.KINDS}
+    return {"steps": steps, "p_siren": np.array([s["p_siren"] for s in st]),
+            "camera": np.array([s["camera"] for s in st]), "late": np.array([s["late"] for s in st]),
+            "intermediate": np.array([s["intermediate"] for s in st]), "fired": fired,
             "events": {k: event_score(steps, f, drive["onset"]) for k, f in fired.items()}}
 
 
 def draw_banner(path: Path, rows: list[dict], fused: dict) -> int:
-    """Draw the fused event into drive-boxes.mp4 after the stream (the decision needs the whole audio pass):
-    a banner on each frame whose step has the late-fusion alarm on, and the emergency-vehicle boxes outlined
-    as where it is. The video sink wrote one frame per result, in order. Returns the frames with the banner."""
+    """Draw the live late-fusion decision into drive-boxes.mp4 after the stream (the video sink draws boxes
+    and track ids; the banner is this demo's): a banner on each frame whose step had the alarm on, and the
+    emergency-vehicle boxes outlined as where it is. The video sink wrote one frame per result, in order.
+    Returns the frames with the banner."""
     import os
 
     import cv2
@@ -296,10 +337,11 @@ def _figure(plt, drive: dict, rows: list[dict], fused: dict, title: str, conf: f
     axs.axvspan(drive["onset"], drive["duration"], color="#fde0dd", label="siren sounding (truth)")
     axs.plot(fused["steps"], fused["p_siren"], color="#3182bd", label="siren probability")
     axs.plot(fused["steps"], fused["late"], color="#d62728", lw=2, label="late fusion score")
+    axs.plot(fused["steps"], fused["intermediate"], color="#2ca02c", lw=1.5, label="intermediate head (smoothed)")
     for name, f in fused["fired"].items():
         e = fused["events"][name]
         if e["first_alarm_s"] is not None:
-            axs.axvline(e["first_alarm_s"], ls=":", color={"late fusion": "#d62728", "audio alone": "#3182bd"}
+            axs.axvline(e["first_alarm_s"], ls=":", color={"late fusion": "#d62728", "audio alone": "#3182bd", "intermediate fusion": "#2ca02c"}
                         .get(name, "#8c6d31"), label=f"first alarm, {name}")
     axs.set_ylim(-0.02, 1.02)
     axs.set_ylabel("probability")
@@ -323,11 +365,12 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    det_path = model_path("driving_detector")
-    bundle = load_bundle(det_path)
+    mid_path = model_path("driving_intermediate")
+    bundle = load_bundle(mid_path)
     fusion = json.loads(model_path("driving_fusion.json").read_text())
-    print(f"edgemm demo --scenario driving: detector {bundle.name}, siren classifier driving_audio, late fusion "
-          f"({fusion['fitted_on']}); artefacts in {out}/")
+    rates = ", ".join(f"{m} {hz:g} Hz" for m, hz in bundle.manifest.fusion.rates_hz.items())
+    print(f"edgemm demo --scenario driving: {bundle.name} (detector + siren classifier as encoders at {rates}, "
+          f"a fused head), late fusion ({fusion['fitted_on']}); artefacts in {out}/")
 
     _step(1, f"Rendering a {duration:g} s drive (test-split scenes, day)")
     drive = make_drive(out, duration, args.seed)
@@ -335,30 +378,33 @@ def run(args) -> int:
           f"{drive['pattern']} siren from {drive['onset']:.2f} s")
 
     precision = "fp32"
-    run_model = det_path
-    _step(2, "Converting the detector to INT8 with `edgemm convert`")
+    run_model = mid_path
+    _step(2, "Converting the bundle (detector, siren classifier, head) to INT8 with `edgemm convert`")
     if args.precision == "int8":
-        run_model, precision = convert_detector(det_path, out, args.threads)
+        run_model, precision = convert_bundle(mid_path, out, args.threads)
     else:
-        print(f"  --precision {args.precision}: running the FP32 detector as it is")
+        print(f"  --precision {args.precision}: running the FP32 bundle as it is")
 
-    _step(3, "Streaming the drive's video in real time through the detector (boxes + track ids to drive-boxes.mp4)")
-    opts = {"model": str(run_model), "video": f"file://{drive['video'].resolve()}", "audio": None,
-            # the late-fusion rule was fitted on emergency-vehicle boxes from score 0.05 up
-            "conf": fusion["camera_threshold"],
+    _step(3, "Streaming the drive's camera and microphone in real time: boxes + track ids to drive-boxes.mp4, "
+             "the siren classifier on the microphone path, the event decided live")
+    opts = {"model": str(run_model), "video": f"file://{drive['video'].resolve()}",
+            "audio": f"file://{drive['audio'].resolve()}",
+            # the late-fusion rule was fitted on emergency-vehicle boxes from this score up
+            "conf": fusion["camera_min_score"],
             "sinks": [f"jsonl:{out / 'results.jsonl'}?mode=w", f"video:{out / 'drive-boxes.mp4'}"],
             "backend": args.backend, "threads": args.threads, "duration": None}
     pipeline = build(opts)
     src = pipeline.sources.get("video")
-    collector = _DriveCollector(args.every, lambda: getattr(src, "start_time", None), pipeline.decisions.primary)
+    event = LiveEvent(fusion)
+    collector = _DriveCollector(args.every, lambda: getattr(src, "start_time", None), event)
     pipeline.add_sink(collector, first=True)
     summary = stream(pipeline)
     rows = collector.rows
     if not rows:
         raise EdgemmError("Demo: driving | No result came out of the pipeline; expected detections on every frame.")
+    fused = fused_timeline(drive, event)
 
-    _step(4, "Siren classifier on the drive's audio (offline on drive.wav, 1 s windows every 0.25 s), late fusion")
-    fused = fuse(drive, rows, fusion)
+    _step(4, "The live late-fusion alarm as a banner in drive-boxes.mp4")
     banner = draw_banner(out / "drive-boxes.mp4", rows, fused)
     print(f"  the event banner is on {banner} of {len(rows)} frames of drive-boxes.mp4", flush=True)
 
@@ -369,7 +415,7 @@ def run(args) -> int:
         m = {"map50": None, "map": None, "frames": len(rows), "skipped": str(exc)}
     lat = (summary.get("latency_ms") or {}).get("total") or {}
     infer = (summary.get("latency_ms") or {}).get("infer") or {}
-    v = (summary.get("ports") or {}).get("video", {})
+    v, a = ((summary.get("ports") or {}).get(k, {}) for k in ("video", "audio"))
     print(f"  model        {bundle.name}, {precision}, backend {args.backend}; {summary.get('results')} results in "
           f"{summary.get('duration_s', 0):.1f} s ({summary.get('fps', 0):.1f}/s)")
     if m["map50"] is None:
@@ -379,12 +425,13 @@ def run(args) -> int:
               "frames (renderer's boxes, pycocotools)")
     for name, e in fused["events"].items():
         when = f"caught {e['delay_s']:.2f} s after the siren's onset" if e["tp"] else "missed"
-        print(f"  event        {name:<13} F1 {e['f1']:.2f} ({when}{'; false alarm before onset' if e['fp'] else ''})")
+        print(f"  event        {name:<19} F1 {e['f1']:.2f} ({when}{'; false alarm before onset' if e['fp'] else ''})")
     if lat:
         print(f"  latency      capture to result p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, "
               f"max {lat['max']:.1f}; inference alone p50 {infer.get('p50', 0):.2f} ms")
     print(f"  drops        video {v.get('dropped', 0)} of {v.get('captured', 0)} frames dropped "
-          f"({v.get('source_dropped', 0)} at the source), {sum((summary.get('reconnects') or {}).values())} reconnects")
+          f"({v.get('source_dropped', 0)} at the source); audio {a.get('dropped', 0)} dropped; "
+          f"{sum((summary.get('reconnects') or {}).values())} reconnects")
 
     plot, note = out / "demo.png", None
     if args.no_plot:
@@ -398,7 +445,8 @@ def run(args) -> int:
             title = (f"edgemm demo --scenario driving ({precision})"
                      + ("" if m["map50"] is None else f": mAP@0.5 {100 * m['map50']:.0f}") + "; emergency vehicle "
                      "approaching " + (f"caught {e['delay_s']:.2f} s after the siren" if e["tp"] else "missed"))
-            conf = bundle.manifest.graphs['model'].outputs[0].detection.conf
+            conf = next(o.detection.conf for g in bundle.manifest.graphs.values() for o in g.outputs
+                        if o.detection is not None)
             save_figure(_figure(plt, drive, rows, fused, title, conf), plot)
         except EdgemmError:
             note = "plot skipped: matplotlib is not installed (pip install matplotlib)"
@@ -407,7 +455,8 @@ def run(args) -> int:
                                                  "siren_onset_s": round(drive["onset"], 3), "pattern": drive["pattern"]},
               "map": m, "events": fused["events"], "banner_frames": banner, "fusion": fusion,
               "timeline": {"t": fused["steps"].round(3).tolist(), "p_siren": fused["p_siren"].round(4).tolist(),
-                           "camera": fused["camera"].round(4).tolist(), "late": fused["late"].round(4).tolist()},
+                           "camera": fused["camera"].round(4).tolist(), "late": fused["late"].round(4).tolist(),
+                           "intermediate": fused["intermediate"].round(4).tolist()},
               "latency_ms": {"total": lat, "infer": infer}, "pipeline": summary,
               "seconds": round(time.perf_counter() - t_start, 1)}
     write_json(out / "summary.json", report, indent=1)

@@ -18,6 +18,11 @@ Examples:
   edgemm convert model.edgemm -o model-fp16.edgemm --precision fp16 --calib data/calib
   edgemm convert model.edgemm -o model-trt.edgemm --precision int8 --calib data/calib --target tensorrt
   edgemm convert model.edgemm -o pruned.edgemm --prune channels:0.3 --calib data/calib --eval data/test
+  edgemm convert model.edgemm -o baked.edgemm --bake-preprocess video,audio
+
+--bake-preprocess puts the preprocessing into the graph (converters/bake.py): the model takes the resized
+uint8 BGR frame (and with audio, the waveform) and the manifest says so; the outputs of the baked and the
+unbaked graph on the same frames are compared and the largest difference is printed.
 """
 
 from __future__ import annotations
@@ -85,6 +90,14 @@ def add_arguments(p) -> None:
     p.add_argument("--nms-in-engine", action="store_true",
                    help="TensorRT: append EfficientNMS to a yolov8/yolov5 detector so the engine returns final boxes "
                         "(the bundle then runs on TensorRT only)")
+    p.add_argument("--bake-preprocess", nargs="?", const="video", metavar="PARTS",
+                   help="bake the preprocessing into the graph: video (the default PARTS: the model takes the resized "
+                        "uint8 BGR frame, NHWC, and does colour, scale/mean/std and layout itself), video,audio (also "
+                        "the log-mel: it takes the waveform) or none. Default by --target, as measured (RESULTS.md §14): "
+                        "video for openvino, none for onnxruntime, none for tensorrt (not measured yet)")
+    p.add_argument("--bake-stft", default="conv", metavar="FORM",
+                   help="how a baked log-mel computes its STFT: conv (default: the DFT as a convolution, any opset and "
+                        "TensorRT version) or stft (ONNX's STFT op, opset 17)")
     p.add_argument("--timing-cache", metavar="PATH", help="TensorRT: timing cache file (default: a per-user cache)")
     p.add_argument("--workspace", type=int, metavar="MB",
                    help="TensorRT: workspace limit in MB (default: the device's memory, all of an Orin Nano's "
@@ -113,7 +126,8 @@ def run(args) -> int:
                           quiet=args.quiet, max_batch=args.max_batch, shapes=args.shape,
                           timing_cache=args.timing_cache, workspace_mb=args.workspace,
                           builder_opt_level=args.builder_opt_level, dla=args.dla,
-                          nms_in_engine=args.nms_in_engine)
+                          nms_in_engine=args.nms_in_engine, bake_preprocess=args.bake_preprocess,
+                          bake_stft=args.bake_stft)
     report = convert(args.model, args.output, opts)
     print(summary(report, args.output))
     return 0
@@ -166,10 +180,21 @@ def summary(report: dict, out) -> str:
                 names = ", ".join(x["layer"] for x in fallback[:8]) + (", ..." if len(fallback) > 8 else "")
                 lines.append(f"  TensorRT {g}: {info.get('dla_layers')} layer(s) on DLA core {info['dla_core']}, "
                              f"{len(fallback)} on the GPU" + (f" ({names})" if fallback else ""))
+    lines.append(_bake_line(conv.get("bake_preprocess")))
     for w in report.get("warnings", []):
         lines.append(f"  warning: {w}")
     lines.append(f"  report: {out}/report.md")
     return "\n".join(lines)
+
+
+def _bake_line(record: dict | None) -> str:
+    if not record or not record.get("parts"):
+        why = f" ({record['why']})" if record and record.get("why") else ""
+        return f"  preprocessing: in Python{why}; --bake-preprocess video[,audio] bakes it into the graph"
+    diff = max((record.get("max_abs_diff_vs_python") or {0: 0.0}).values())
+    stft = f", STFT as {record['audio_stft']}" if record.get("audio_stft") else ""
+    return (f"  preprocessing: baked into the graph ({', '.join(record['inputs'])}{stft}; {record['why']}); "
+            f"outputs within {diff:.3g} of the Python path")
 
 
 def json_compact(obj) -> str:

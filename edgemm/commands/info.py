@@ -23,14 +23,16 @@ def _preprocess(spec) -> str:
     pre = spec.preprocess
     if pre is None:
         return f"flags {spec.presence_of}" if spec.presence_of else (f"from {spec.source}" if spec.source else "")
+    # A baked input is handed the resized BGR frame or the waveform; the rest is done in the graph.
+    baked = " (baked: in the graph)" if pre.baked else ""
     if spec.modality == "video":
         frames = f", {pre.frames} frames" if pre.frames > 1 else ""
         return (f"{pre.color} {pre.size[0]}x{pre.size[1]}{frames}, scale {pre.scale:.6g}, "
-                f"mean {list(pre.mean)}, std {list(pre.std)}")
+                f"mean {list(pre.mean)}, std {list(pre.std)}{baked}")
     if pre.feature == "waveform":
         return f"waveform {pre.sample_rate} Hz, {pre.window_s:g} s"
     return (f"{pre.feature} {pre.sample_rate} Hz, {pre.window_s:g} s window, {pre.n_mels} mels, "
-            f"n_fft {pre.n_fft}, hop {pre.hop_length}")
+            f"n_fft {pre.n_fft}, hop {pre.hop_length}{baked}")
 
 
 def _human(n: float | None, unit: str = "") -> str:

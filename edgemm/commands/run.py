@@ -9,6 +9,8 @@ start. Ctrl-C / SIGTERM flush the sinks and exit 0 (within 5 s, whatever state t
   edgemm run model.onnx --video clip.mp4 --audio clip.wav --sink jsonl:out.jsonl --sink video:out.mp4
   edgemm run model.edgemm --video rtsp://cam/stream --audio mic://2 --sink mqtt://broker:1883/cabin \\
       --alert drowsy:0.7:0.5:1.0 --duration 3600
+  edgemm run model.onnx --video door=rtsp://cam1/s --video yard=rtsp://cam2/s --sink jsonl:out.jsonl \\
+      --sink door=video:door.mp4      (several cameras: one batched inference; records carry "camera")
   edgemm run --config /etc/edgemm/run.json      (keys: the long option names, e.g. "video", "sinks", "alerts")
 """
 
@@ -28,11 +30,12 @@ from edgemm.shapes import SHAPE_HELP, shape_overrides
 # (outputs, power), are imported inside functions.
 
 CONFIG_KEYS = {
-    "model": str, "video": str, "audio": str, "sinks": list, "duration": (int, float), "threads": int,
+    "model": str, "video": (str, list), "audio": str, "sinks": list, "duration": (int, float), "threads": int,
     "backend": str, "alerts": list, "max_in_flight": int, "max_skew_ms": (int, float), "attribution": str,
     "tick_hz": (int, float), "rates_hz": dict, "max_age_s": (int, float), "summary_json": str, "quiet": bool,
     "shape": list, "conf": (int, float), "iou": (int, float), "metrics": (int, str),
-    "wait_for_sources": (int, float), "max_source_loss": (int, float),
+    "wait_for_sources": (int, float), "max_source_loss": (int, float), "batch_size": int,
+    "batch_timeout_ms": (int, float),
 }
 
 # Every number from a flag or the config, finite and in range (edgemm.errors.check_numbers): a NaN duration
@@ -53,13 +56,22 @@ NUMBER_BOUNDS = {
 
 def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL", help="bundle folder, manifest.json or .onnx file")
-    p.add_argument("--video", metavar="URI", help="camera, stream or file: v4l2:///dev/video0, csi://0, rtsp://..., "
-                                                  "clip.mp4, test://video")
+    p.add_argument("--video", action="append", metavar="[NAME=]URI",
+                   help="camera, stream or file: v4l2:///dev/video0, csi://0, rtsp://..., clip.mp4, test://video; "
+                        "repeatable: several cameras, named NAME (default cam0, cam1, ...), batched into one "
+                        "inference")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="several cameras: frames per inference (default: the number of cameras, while batches "
+                        "pay on the backend: one call per frame where a batch row costs nearly a call)")
+    p.add_argument("--batch-timeout-ms", type=float, metavar="MS",
+                   help="several cameras: run a partial batch once its oldest frame has waited this long "
+                        "(default 15 ms)")
     p.add_argument("--audio", metavar="URI", help="microphone or file: mic://default, mic://NAME, speech.wav, "
                                                   "test://audio")
     p.add_argument("--sink", action="append", dest="sinks", metavar="SPEC",
                    help="console (default), jsonl:PATH, video:PATH.mp4, mqtt://HOST[:PORT]/TOPIC, http://HOST:PORT "
-                        "(web view), rtsp://HOST:PORT/PATH; repeatable")
+                        "(web view), rtsp://HOST:PORT/PATH; repeatable; NAME=SPEC: only camera NAME's results "
+                        "(with several cameras, video: without NAME= writes PATH.NAME.mp4 per camera)")
     p.add_argument("--metrics", metavar="[HOST:]PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics "
                                                               "(all interfaces unless HOST is given)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until the sources "
@@ -112,9 +124,10 @@ def load_config(path: str) -> dict:
         if k == "sinks" and not all(isinstance(v, str) for v in value):
             raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of sink specs "
                               "(strings such as \"jsonl:/var/log/edgemm/results.jsonl\").")
-        if k == "shape" and not all(isinstance(v, str) for v in value):
-            raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of "
-                              "\"NAME:DIMS\" strings such as \"input:1x512\".")
+        if k in ("shape", "video") and isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            example = "\"NAME:DIMS\" strings such as \"input:1x512\"" if k == "shape" else \
+                "\"NAME=URI\" strings such as \"door=rtsp://cam1/stream\""
+            raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of {example}.")
         if k == "alerts" and not all(isinstance(v, (str, dict)) for v in value):
             raise EdgemmError(f"Config: {path} | Key {key!r} is {json.dumps(value)}; expected a list of "
                               "\"LABEL:ON:OFF:MIN_S\" strings or {\"label\": ..., \"on\": ...} objects.")
@@ -138,22 +151,36 @@ def _audio_options(uri: str, rate: int) -> dict:
     return {} if "sample_rate" in parse_uri(uri).options else {"sample_rate": rate}
 
 
-def _video_options(uri: str, bundle) -> dict:
-    """A CSI camera scales to the model's image size in NVMM (nvvidconv), so a full-size frame never reaches
-    the CPU, unless the URI sets out_size itself (out_size=full keeps the sensor size, e.g. for a video sink).
-    Only when every video input wants the same size, stretched: nvvidconv does not keep the aspect ratio, so a
-    letterboxed input (a detector) gets the sensor's frames and letterboxes them itself."""
-    from edgemm.sources.uri import parse_uri
+def _video_options(uri: str, bundle, sinks=()) -> dict:
+    """Ask the video source to scale while decoding to what the model takes (sources/__init__.py: an ffmpeg
+    process for files and streams, nvvidconv in NVMM for a CSI camera), so a full-size frame never reaches
+    the CPU: out_size is the model's input size and resize its stretch or letterbox (letterboxed frames come
+    at the size that keeps the aspect ratio; preprocessing pads them).
+
+    Not when the URI sets out_size itself (out_size=full keeps the camera's size), when a sink draws on the
+    frames (video:, rtsp:, http: need them at the camera's size, with the boxes in its pixels), when the
+    video inputs want different sizes or fits, or for sources that cannot scale: gst:// (a user's pipeline,
+    whose frame size edgemm cannot know to map boxes back; out_size in its URI stretches) and test patterns.
+    A V4L2 camera is set to a smaller mode of its own (when the URI gives no size=). Tracking needs no
+    full-size frame: it follows the boxes, which come back in the camera's pixels either way (Frame.full_hw)."""
+    from edgemm.media import IMAGE_SUFFIXES
+    from edgemm.sources.uri import NETWORK_SCHEMES, parse_uri
 
     parsed = parse_uri(uri)
-    if parsed.scheme != "csi" or "out_size" in parsed.options:
+    scheme = parsed.scheme
+    if scheme not in ("", "file", "csi", "v4l2", *NETWORK_SCHEMES) or "out_size" in parsed.options:
+        return {}
+    if scheme in ("", "file") and not parsed.location.isdigit() and Path(parsed.location).suffix.lower() in IMAGE_SUFFIXES:
+        return {}
+    if any(getattr(sink, "draws_frames", False) for sink in sinks):
         return {}
     video = [s for _, s in bundle.manifest.all_inputs() if s.modality == "video"]
     sizes = {tuple(s.preprocess.size) for s in video}
-    if len(sizes) != 1 or any(s.preprocess.resize == "letterbox" for s in video):
+    fits = {s.preprocess.resize or "stretch" for s in video}
+    if len(sizes) != 1 or len(fits) != 1:
         return {}
     h, w = sizes.pop()
-    return {"out_size": (w, h)}
+    return {"out_size": (w, h), "resize": fits.pop()}
 
 
 def check_inputs(bundle) -> None:
@@ -193,19 +220,30 @@ def build(opts: dict):
             article = "an" if mod == "audio" else "a"
             raise EdgemmError(f"Model: {opts['model']} | Has {article} {mod} input but no --{mod} was given; "
                               f"expected --{mod} URI (e.g. {example}).")
-    video = audio = None
+    from edgemm.multicam import camera_names, parse_cameras, route_sinks
+
+    cams = parse_cameras(opts.get("video"))
+    names = camera_names(cams)
+    # Sinks are made (not opened) before the sources: a bad spec or camera name fails before a camera is probed.
+    specs = list(opts.get("sinks") or ["console"])
+    if opts.get("metrics") is not None:
+        specs.append(f"metrics:{opts['metrics']}")
+    shared_specs, own_specs = route_sinks(specs, names or ["cam0"])
+    sinks = [make_sink(s) for s in shared_specs]
+    camera_sinks = {n: [make_sink(s) for s in own] for n, own in own_specs.items()}
+    audio = None
+    videos = []
     wait = bool(opts.get("wait_for_sources"))
-    if opts.get("video") and "video" in mods:
-        video = _make_source(opts["video"], "video", wait, **_video_options(opts["video"], bundle))
+    if "video" in mods:
+        videos = [(n, _make_source(uri, "video", wait,
+                                   **_video_options(uri, bundle, sinks + camera_sinks.get(n, []))))
+                  for n, (_, uri) in zip(names, cams)]
     if opts.get("audio") and "audio" in mods:
         rate = next(s.preprocess.sample_rate for _, s in bundle.manifest.all_inputs() if s.modality == "audio")
         audio = _make_source(opts["audio"], "audio", wait, **_audio_options(opts["audio"], rate))
     for mod in ("video", "audio"):
         if opts.get(mod) and mod not in mods:
             print(f"edgemm run: note: the model has no {mod} input; --{mod} is not used", file=sys.stderr)
-    sinks = [make_sink(s) for s in (opts.get("sinks") or ["console"])]
-    if opts.get("metrics") is not None:
-        sinks.append(make_sink(f"metrics:{opts['metrics']}"))
     alerts = []
     for a in opts.get("alerts") or []:
         alerts.append(AlertRule.from_dict(a) if isinstance(a, dict) else AlertRule.parse(str(a)))
@@ -229,8 +267,28 @@ def build(opts: dict):
         settings.wait_for_sources_s = float(opts["wait_for_sources"])
     if opts.get("max_source_loss") is not None:
         settings.max_source_loss_s = float(opts["max_source_loss"])
+    batching = opts.get("batch_size") is not None or opts.get("batch_timeout_ms") is not None
+    if len(videos) > 1 or batching:
+        return _multicamera(opts, bundle, videos, audio, sinks, camera_sinks, settings, alerts, backend)
+    name, video = videos[0] if videos else (None, None)
+    sinks += camera_sinks.get(name or "cam0", [])
     return Pipeline(bundle, video=video, audio=audio, sinks=sinks, settings=settings, alerts=alerts,
-                    backend=backend, threads=opts.get("threads"), duration_s=opts.get("duration"))
+                    backend=backend, threads=opts.get("threads"), duration_s=opts.get("duration"),
+                    camera=cams[0][0] if cams else None)
+
+
+def _multicamera(opts, bundle, videos, audio, sinks, camera_sinks, settings, alerts, backend):
+    from edgemm.multicam import DEFAULT_BATCH_TIMEOUT_S, MultiCamera
+
+    if not videos:
+        raise EdgemmError(f"Model: {opts['model']} | Has no video input; expected a model that takes frames for "
+                          "several cameras (--batch-size, --batch-timeout-ms).")
+    _check_number(opts, "batch_timeout_ms", "Batch timeout", "ms", minimum=0)
+    timeout_ms = opts.get("batch_timeout_ms")
+    return MultiCamera(bundle, videos, audio=audio, shared_sinks=sinks, camera_sinks=camera_sinks,
+                       settings=settings, alerts=alerts, backend=backend, threads=opts.get("threads"),
+                       duration_s=opts.get("duration"), batch_size=opts.get("batch_size"),
+                       batch_timeout_s=DEFAULT_BATCH_TIMEOUT_S if timeout_ms is None else timeout_ms / 1e3)
 
 
 def _make_source(uri: str, modality: str, wait: bool, **options):
@@ -312,7 +370,9 @@ def _words(value) -> str:
 
 
 def format_summary(s: dict) -> str:
-    """The end-of-run summary (Pipeline.summary()) as a few human lines."""
+    """The end-of-run summary (Pipeline.summary(), or MultiCamera.summary()) as a few human lines."""
+    if "cameras" in s:
+        return _format_cameras(s)
     lines = [f"{s['results']} results in {s['duration_s']:.1f} s ({s['fps']:.1f}/s), "
              f"model {s['model']} ({s['form']} fusion)"]
     for port, p in s["ports"].items():
@@ -341,3 +401,17 @@ def format_summary(s: dict) -> str:
                          f"{c['lost']} records lost")
     return "\n".join(lines)
 
+
+def _format_cameras(s: dict) -> str:
+    """Several cameras: the totals, the batches, then each camera's summary indented."""
+    lines = [f"{s['results']} results in {s['duration_s']:.1f} s ({s['fps']:.1f}/s) from {len(s['cameras'])} "
+             f"cameras, model {s['model']}"]
+    for graph, b in s["batching"].items():
+        infer = b["infer_ms"] or {}
+        lines.append(f"  batches ({graph}): {b['calls']} calls, mean size {b['mean_size']} (max {b['batch_size']}, "
+                     f"timeout {b['timeout_ms']} ms{'' if b['batched'] else ', one call per frame'}); "
+                     f"model p50 {infer.get('p50', 0):.2f} ms, p99 {infer.get('p99', 0):.2f} ms per call")
+    for name, cam in s["cameras"].items():
+        lines.append(f"camera {name}:")
+        lines += ["  " + line for line in format_summary(cam).splitlines()]
+    return "\n".join(lines)

@@ -28,6 +28,8 @@ CONDITIONS = ("day", "dusk", "night", "rain", "fog")
 SIRENS = ("wail", "yelp", "hilo")
 SCENE_S = 10.0
 FOG_VISIBILITY_M = 45.0
+FOG_HIDES = 0.85  # fog fraction beyond which an object is no longer ground truth ...
+FOG_HIDES_LIT = 0.97  # ... unless its flashing light bar still shines through (it glows far beyond its body)
 MIN_VISIBLE = 0.35  # fraction of a box not hidden by nearer objects, for it to count as ground truth
 MIN_HEIGHT_PX = 6
 
@@ -233,7 +235,7 @@ def render_frame(sc: Scene, t: float, condition: str = "day") -> tuple[np.ndarra
             continue
         a, b, c, d = int(bx[0]), int(bx[1]), int(np.ceil(bx[2])), int(np.ceil(bx[3]))
         visible = np.count_nonzero(ids[b:d, a:c] == i) / max(1, (c - a) * (d - b))
-        if visible < MIN_VISIBLE or _fog_alpha(z, condition) > 0.85:
+        if visible < MIN_VISIBLE or _fog_alpha(z, condition) > (FOG_HIDES_LIT if th.lights else FOG_HIDES):
             continue  # hidden behind nearer objects, or in fog no camera sees through
         boxes.append(bx)
         classes.append(th.cls)
@@ -387,6 +389,18 @@ def render_audio(sc: Scene, masked: bool = False, rain: bool = False) -> dict[st
     gain = 0.99 / peak if peak > 0.99 else 1.0  # the microphone chain's AGC keeps it in range
     return {k: (v * gain).astype(np.float32) for k, v in (("mix", mix), ("noise", noise), ("siren", siren),
                                                           ("horn", horn))}
+
+
+def late_fusion(fusion: dict, a, v):
+    """The late-fusion score of "emergency vehicle approaching" (driving_fusion.json, fitted by
+    benchmarks/eval_driving.py): the smoothed siren probability ``a`` and the smoothed best emergency-vehicle
+    box score ``v``, each calibrated to P(event) by its own logistic, combined as a noisy OR, so either
+    modality alone can raise the alarm (a siren behind a truck, a light bar in masking noise) and both
+    agreeing raise it sooner. The demo and the evaluation both decide with this one function."""
+    (wa, ba), (wv, bv) = fusion["calibration"]["audio"], fusion["calibration"]["camera"]
+    pa = 1 / (1 + np.exp(-(wa * np.asarray(a, float) + ba)))
+    pv = 1 / (1 + np.exp(-(wv * np.asarray(v, float) + bv)))
+    return 1 - (1 - pa) * (1 - pv)
 
 
 def window_truth(parts: dict[str, np.ndarray], t_end: float, window_s: float = 1.0) -> tuple[int, float]:

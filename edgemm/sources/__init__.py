@@ -20,8 +20,14 @@ Options go in the query string (``test://video?fps=15``) or as keyword arguments
   every source:  name (label in Frame.source / AudioBlock.source)
   live video:    stall_timeout (3 s), open_timeout (10 s), transport=tcp|udp (rtsp), capture_delay (0 s:
                  known exposure-to-grab delay, subtracted from Frame.t), live=false (a recording at a URL)
-  v4l2 / csi:    size=WxH, fps, fourcc=MJPG (v4l2), flip=0..7 (csi), out_size=WxH|full (csi: nvvidconv scales
-                 in NVMM to this size; `edgemm run` gives the model's input size unless the URI says otherwise)
+  v4l2 / csi:    size=WxH, fps, fourcc=MJPG (v4l2), flip=0..7 (csi)
+  scaling:       out_size=WxH|full and resize=stretch|letterbox (files, network streams, csi, v4l2; gst:
+                 stretch): frames are scaled while decoded -- by an ffmpeg process (FFmpeg URIs), nvvidconv in
+                 NVMM (csi), videoscale (gst) -- to out_size, or into it keeping the aspect ratio (letterbox;
+                 preprocessing pads), so no full-size frame reaches the CPU; a V4L2 camera without size= is
+                 set to its smallest mode covering out_size with its default mode's aspect ratio. `edgemm run`
+                 asks for the model's input size unless the URI says otherwise or a sink draws on the frames
+                 (video:, rtsp:, http:)
   files:         realtime (true: paced at their own rate), loop (false), start_time (now()-time of media 0)
   audio:         sample_rate (16000 for mic/test; a WAV is resampled to it), block (samples) or block_s
                  (0.02 s), buffer_s (2 s ring), stall_timeout (2 s, mic), resample (true, WAV), channels and
@@ -63,7 +69,7 @@ from edgemm.sources.patterns import (
     block_size,
 )
 from edgemm.sources.uri import NETWORK_SCHEMES, Options, parse_uri
-from edgemm.sources.video import VideoCaptureSource, csi_pipeline, gst_pipeline, require_gstreamer
+from edgemm.sources.video import VideoCaptureSource, csi_output_size, csi_pipeline, gst_pipeline, require_gstreamer
 
 __all__ = ["open_source", "Source", "SourceError", "EndOfStream", "Frame", "AudioBlock", "SourceStats", "now",
            "modality_of"]
@@ -132,6 +138,13 @@ def _live_video_kwargs(opts: Options) -> dict:
                 name=opts.get_str("name"))
 
 
+def _scaling(opts: Options, letterbox: bool = True) -> dict:
+    """out_size / resize options: where frames are scaled while decoding (None: the camera's size)."""
+    out_size = None if opts.get_str("out_size") in (None, "full") else opts.get_size("out_size")
+    resize = opts.get_choice("resize", ("stretch", "letterbox") if letterbox else ("stretch",), "stretch")
+    return {"out_size": out_size, "resize": resize}
+
+
 def _v4l2(parsed, opts: Options, loc: str) -> Source:
     loc = loc or "/dev/video0"
     device = f"/dev/video{loc}" if loc.isdigit() else loc
@@ -142,7 +155,7 @@ def _v4l2(parsed, opts: Options, loc: str) -> Source:
     target = int(loc) if loc.isdigit() else device
     kw = _live_video_kwargs(opts)
     src = VideoCaptureSource(parsed.uri, target, api="v4l2", size=opts.get_size("size"), fps=opts.get_float("fps"),
-                             fourcc=opts.get_str("fourcc"), **kw)
+                             fourcc=opts.get_str("fourcc"), **_scaling(opts), **kw)
     opts.check_all_used("V4L2 camera")
     return src
 
@@ -154,20 +167,23 @@ def _csi(parsed, opts: Options, loc: str) -> Source:
     size = opts.get_size("size", (1280, 720))
     fps = opts.get_float("fps", 30.0, minimum=1)
     flip = opts.get_int("flip", 0, minimum=0)
-    out_size = None if opts.get_str("out_size") in (None, "full") else opts.get_size("out_size")
+    scaling = _scaling(opts)
     kw = _live_video_kwargs(opts)
     opts.check_all_used("CSI camera")
     require_gstreamer(parsed.uri)
-    return VideoCaptureSource(parsed.uri, csi_pipeline(int(sensor), size, fps, flip, out_size), api="gstreamer", **kw)
+    out_size, full_hw = csi_output_size(size, flip, scaling["out_size"], scaling["resize"])
+    return VideoCaptureSource(parsed.uri, csi_pipeline(int(sensor), size, fps, flip, out_size), api="gstreamer",
+                              full_hw=full_hw, **kw)
 
 
 def _gst(parsed, opts: Options, loc: str) -> Source:
     if not loc.strip():
         raise EdgemmError(f"Video source: {parsed.uri} | Empty pipeline; expected gst://videotestsrc ! appsink.")
     kw = _live_video_kwargs(opts)
+    out_size = _scaling(opts, letterbox=False)["out_size"]
     opts.check_all_used("GStreamer")
     require_gstreamer(parsed.uri)
-    return VideoCaptureSource(parsed.uri, gst_pipeline(loc), api="gstreamer", **kw)
+    return VideoCaptureSource(parsed.uri, gst_pipeline(loc, out_size), api="gstreamer", **kw)
 
 
 def _network(parsed, opts: Options) -> Source:
@@ -177,6 +193,7 @@ def _network(parsed, opts: Options) -> Source:
         transport = opts.get_choice("transport", ("tcp", "udp"), "tcp")
         ffmpeg_options = f"rtsp_transport;{transport}"
     kw = _live_video_kwargs(opts)
+    kw.update(_scaling(opts))
     if not opts.get_bool("live", True):
         # A recording behind a URL (http://host/clip.mp4): every frame in order, like a local file.
         kw.update(live=False, realtime=opts.get_bool("realtime", True), loop=opts.get_bool("loop", False),
@@ -205,9 +222,10 @@ def _file(parsed, opts: Options, loc: str, modality: str | None) -> Source:
         fps = opts.get_float("fps", 30.0, minimum=0.01)
         opts.check_all_used("image")
         return ArrayVideoSource([img], fps=fps, uri=parsed.uri, **common)
+    scaling = _scaling(opts)
     opts.check_all_used("video file")
     _probe_video_file(parsed.uri, path)
-    return VideoCaptureSource(parsed.uri, str(path), api="ffmpeg", live=False, **common)
+    return VideoCaptureSource(parsed.uri, str(path), api="ffmpeg", live=False, **scaling, **common)
 
 
 def _probe_video_file(uri: str, path: Path) -> None:

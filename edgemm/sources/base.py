@@ -40,6 +40,15 @@ class Frame:
     t: float  # capture time on now()'s clock, seconds
     seq: int  # 0, 1, 2, ... per source; a gap means frames were dropped
     source: str = ""
+    # (height, width) of the camera's frame when the source scaled it while decoding (to the model's size or,
+    # keeping the aspect ratio, into it); None: ``image`` is the frame at the camera's size. Detections are
+    # mapped back to these pixels.
+    full_hw: tuple[int, int] | None = None
+
+    @property
+    def source_hw(self) -> tuple[int, int]:
+        """(height, width) of the frame as the camera took it."""
+        return self.full_hw or self.image.shape[:2]
 
 
 @dataclass

@@ -165,7 +165,7 @@ class Options:
 # Every option any source reads (see edgemm/sources/__init__.py for what each one means).
 KNOWN_OPTIONS = frozenset({
     "name", "realtime", "loop", "start_time", "stall_timeout", "open_timeout", "live",  # every source
-    "size", "fps", "fourcc", "flip", "out_size", "transport", "frames", "pattern", "capture_delay",  # video
+    "size", "fps", "fourcc", "flip", "out_size", "resize", "transport", "frames", "pattern", "capture_delay",  # video
     "sample_rate", "block", "block_s", "buffer_s", "resample", "channels", "latency", "anchor_s",  # audio
     "kind", "freq", "freq_end", "period_s", "amplitude", "seed", "duration_s",  # audio test patterns
 })

@@ -30,7 +30,10 @@ import threading
 import cv2
 
 from edgemm.errors import EdgemmError
+from edgemm.preprocess import geometry
 from edgemm.sources.base import EndOfStream, Frame, Source, SourceError, now
+from edgemm.sources.ffmpeg_pipe import FfmpegPipeCapture, ffmpeg_program
+from edgemm.sources.v4l2_modes import choose_mode, list_modes
 
 log = logging.getLogger("edgemm.sources")
 
@@ -60,8 +63,8 @@ def csi_pipeline(sensor_id: int, size=(1280, 720), fps: float = 30.0, flip: int 
 
     out_size: nvvidconv (the VIC engine) scales to it while the frame is still in NVMM memory, so only the
     small frame crosses to the CPU; the colour conversion to BGR then runs on the small frame too. With the
-    model's input size a 1080p frame never reaches the CPU at full size (preprocessing's resize is then a
-    no-op; it stretches to the model size, as this does, without cropping)."""
+    model's input size (or, letterboxed, the size within it that keeps the aspect ratio: csi_output_size) a
+    1080p frame never reaches the CPU at full size (preprocessing's resize is then a no-op)."""
     w, h = size
     scaled = f"video/x-raw,width={out_size[0]},height={out_size[1]},format=BGRx" if out_size else "video/x-raw,format=BGRx"
     return (f"nvarguscamerasrc sensor-id={sensor_id} ! "
@@ -70,11 +73,31 @@ def csi_pipeline(sensor_id: int, size=(1280, 720), fps: float = 30.0, flip: int 
             "appsink drop=true max-buffers=1 sync=false")
 
 
-def gst_pipeline(text: str) -> str:
-    """A user's pipeline; one that does not end in appsink gets BGR conversion and a dropping appsink."""
+def csi_output_size(size: tuple[int, int], flip: int, out_size: tuple[int, int] | None,
+                    resize: str = "stretch") -> tuple[tuple[int, int] | None, tuple[int, int]]:
+    """(what nvvidconv scales to as (w, h), or None; the frame's (h, w) before scaling) for a CSI camera.
+
+    nvvidconv stretches to the size it is given; for a letterboxed input it is given the size that keeps the
+    sensor's aspect ratio (preprocess.geometry's), and preprocessing adds the grey bands to the small frame.
+    Flip methods 1, 3, 5 and 7 turn the frame by 90 degrees."""
+    w, h = size
+    full_hw = (w, h) if flip % 2 else (h, w)
+    if out_size is None:
+        return None, full_hw
+    if resize == "letterbox":
+        g = geometry(full_hw, (out_size[1], out_size[0]), "letterbox")
+        return (g.new_w, g.new_h), full_hw
+    return tuple(out_size), full_hw
+
+
+def gst_pipeline(text: str, out_size: tuple[int, int] | None = None) -> str:
+    """A user's pipeline; one that does not end in appsink gets BGR conversion and a dropping appsink, and
+    with out_size (w, h) videoscale to that size before the conversion (so it converts the small frame)."""
     if "appsink" in text:
         return text
-    return text.rstrip(" !") + " ! videoconvert ! video/x-raw,format=BGR ! appsink drop=true max-buffers=1 sync=false"
+    caps = "video/x-raw,format=BGR" + (f",width={out_size[0]},height={out_size[1]}" if out_size else "")
+    scale = "videoscale ! " if out_size else ""
+    return text.rstrip(" !") + f" ! {scale}videoconvert ! {caps} ! appsink drop=true max-buffers=1 sync=false"
 
 
 def v4l2_capture_time(pos_msec: float, t_now: float, capture_delay: float = 0.0) -> tuple[float, bool]:
@@ -102,7 +125,8 @@ class VideoCaptureSource(Source):
                  loop: bool = False, start_time: float | None = None, stall_timeout: float = 3.0,
                  open_timeout: float = 10.0, size: tuple[int, int] | None = None, fps: float | None = None,
                  fourcc: str | None = None, ffmpeg_options: str | None = None, queue: int = 4,
-                 capture_delay: float = 0.0, name: str | None = None):
+                 capture_delay: float = 0.0, name: str | None = None, out_size: tuple[int, int] | None = None,
+                 resize: str = "stretch", full_hw: tuple[int, int] | None = None):
         super().__init__(uri)
         self.target = target
         self.api = api
@@ -122,6 +146,14 @@ class VideoCaptureSource(Source):
         self.capture_delay = float(capture_delay)
         self._recent = collections.deque(maxlen=31)  # recent grab times, for the measured frame rate
         self.name = name or uri
+        # Scaling while decoding (FFmpeg URIs): frames come at out_size (stretch) or within it keeping the
+        # aspect ratio (letterbox), from an ffmpeg process (sources/ffmpeg_pipe.py) instead of OpenCV.
+        # full_hw: the size a pipeline that scales by itself (CSI's nvvidconv) scales from.
+        self.out_size = tuple(out_size) if out_size else None
+        self.resize = resize
+        self.full_hw = tuple(full_hw) if full_hw else None
+        self.decoder_cpu_s = 0.0  # CPU seconds of ffmpeg processes that have ended (see decoder_cpu())
+        self._cap = None
         self.fps: float | None = None  # what the backend claims (CAP_PROP_FPS); live streams often lie
         self.size: tuple[int, int] | None = None  # (width, height) of the frames delivered
         self._cond = threading.Condition()
@@ -134,6 +166,7 @@ class VideoCaptureSource(Source):
         self._seq = 0
         self._opened_once = False
         self._is_open = False
+        self._warned_no_ffmpeg = False
 
     # -------------------------------------------------------------------------------------------- open
 
@@ -141,7 +174,89 @@ class VideoCaptureSource(Source):
         return {"ffmpeg": cv2.CAP_FFMPEG, "v4l2": cv2.CAP_V4L2, "gstreamer": cv2.CAP_GSTREAMER,
                 "any": cv2.CAP_ANY}[self.api]
 
+    def _scales_in_ffmpeg(self) -> bool:
+        if self.api != "ffmpeg" or self.out_size is None:
+            return False
+        if ffmpeg_program() is None:
+            if not self._warned_no_ffmpeg:
+                log.warning("%s: no ffmpeg program on PATH; decoding with OpenCV at full size and resizing on the "
+                            "CPU instead (apt install ffmpeg to scale while decoding)", self.uri)
+                self._warned_no_ffmpeg = True
+            return False
+        return True
+
+    def _open_ffmpeg_pipe(self):
+        # Live: no frame-threaded decoding (ffmpeg's default on several cores), which holds each frame back
+        # by a frame per thread; slice threads still split the work. A file's throughput may use it.
+        # Its stream probing (up to 5 s of a live stream by default) may take at most half the open timeout,
+        # leaving the rest for the first frame.
+        options = ["-flags", "low_delay", "-analyzeduration", str(int(self.open_timeout / 2 * 1e6))] if self.live else []
+        if self.ffmpeg_options:  # OpenCV's "key;value|key;value" form, e.g. rtsp_transport;tcp
+            for pair in self.ffmpeg_options.split("|"):
+                key, _, value = pair.partition(";")
+                options += [f"-{key}", value]
+        # Waits for a frame longer than the stall timeout, so that a silent stream is told as a stall by read().
+        cap = FfmpegPipeCapture(str(self.target), self.out_size, self.resize, options, self.open_timeout,
+                                2 * max(self.stall_timeout, 0.5))
+        if not cap.isOpened():
+            raise SourceError(f"Video source: {self.uri} | ffmpeg could not open or decode it within "
+                              f"{self.open_timeout:g} s ({cap.last_error() or 'no frame'}); expected a reachable "
+                              "camera, stream or readable video file.")
+        return cap
+
+    def _negotiate_v4l2_mode(self, cap) -> None:
+        """Ask the camera for its smallest mode that still covers what the model takes, with the aspect ratio
+        (field of view) of the mode it opened in (sources/v4l2_modes.py); frames then say that mode's size in
+        full_hw, so boxes keep its pixels."""
+        default = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        if min(default) <= 0:
+            return
+        need = self.out_size
+        if self.resize == "letterbox":
+            g = geometry((default[1], default[0]), (self.out_size[1], self.out_size[0]), "letterbox")
+            need = (g.new_w, g.new_h)
+        device = f"/dev/video{self.target}" if isinstance(self.target, int) else str(self.target)
+        mode = choose_mode(list_modes(device), default, need, self.fourcc[:4].ljust(4) if self.fourcc else None)
+        if mode is None:
+            return
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*mode.fourcc))
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, mode.width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, mode.height)
+        got = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        if got == default:
+            return
+        self.full_hw = (default[1], default[0])
+        log.info("%s: camera mode %s %dx%d for a %dx%d model input (opened in %dx%d)", self.uri, mode.fourcc,
+                 got[0], got[1], need[0], need[1], *default)
+
+    def decoder_cpu(self) -> float:
+        """CPU seconds spent in ffmpeg decoder processes so far (0 when OpenCV decodes in this process)."""
+        cap = self._cap
+        return self.decoder_cpu_s + (cap.cpu_s() if isinstance(cap, FfmpegPipeCapture) else 0.0)
+
+    def _release(self, cap) -> None:
+        if isinstance(cap, FfmpegPipeCapture):
+            cap.release()
+            self.decoder_cpu_s += cap.cpu_s()
+        else:
+            cap.release()
+        if self._cap is cap:
+            self._cap = None
+
+    def _frame(self, image, t: float, seq: int, cap) -> Frame:
+        full_hw = getattr(cap, "full_hw", None) or self.full_hw
+        return Frame(image, t, seq, self.name, full_hw if full_hw and tuple(full_hw) != image.shape[:2] else None)
+
     def _open_capture(self):
+        if self._scales_in_ffmpeg():
+            cap = self._open_ffmpeg_pipe()
+            self.fps = cap.fps
+        else:
+            cap = self._open_opencv()
+        self._cap = cap
+        return cap
+
+    def _open_opencv(self):
         params = []
         if self.api in ("ffmpeg", "gstreamer"):
             # Without these OpenCV waits 30 s to open and blocks grab() for 30 s on a dead stream.
@@ -171,6 +286,8 @@ class VideoCaptureSource(Source):
             if self.requested_size:
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.requested_size[0])
                 cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.requested_size[1])
+            elif self.out_size:
+                self._negotiate_v4l2_mode(cap)
             if self.requested_fps:
                 cap.set(cv2.CAP_PROP_FPS, self.requested_fps)
         fps = cap.get(cv2.CAP_PROP_FPS)
@@ -203,6 +320,9 @@ class VideoCaptureSource(Source):
             self._stop.set()
             self._cond.notify_all()
         thread, self._thread = self._thread, None
+        cap = self._cap
+        if isinstance(cap, FfmpegPipeCapture):
+            cap.stop()  # its reader may be waiting for a frame of a dead stream: it returns now
         if thread is not None and thread is not threading.current_thread():
             # The thread owns the capture and releases it. If grab() is stuck on a dead network stream it
             # returns within the read timeout; nobody waits for that here.
@@ -243,7 +363,7 @@ class VideoCaptureSource(Source):
                         break
                     if self._slot is not None:
                         self.stats.dropped += 1  # the consumer did not take the previous one: latest wins
-                    self._slot = Frame(image, t, self._seq, self.name)
+                    self._slot = self._frame(image, t, self._seq, cap)
                     self.size = (image.shape[1], image.shape[0])
                     self._seq += 1
                     self._last_frame_at = t_grab
@@ -256,7 +376,7 @@ class VideoCaptureSource(Source):
         except Exception as exc:  # noqa: BLE001 - an OpenCV error in the thread must reach read()
             self._fail(f"Video source: {self.uri} | Capture failed ({exc}).", stop)
         finally:
-            cap.release()
+            self._release(cap)
 
     def _run_file(self, cap, stop: threading.Event, start: float) -> None:
         fps = self.fps or 30.0
@@ -270,7 +390,7 @@ class VideoCaptureSource(Source):
                         offset += last_media_t + 1.0 / fps
                         last_media_t = -1.0
                         if not cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
-                            cap.release()
+                            self._release(cap)
                             cap = self._open_capture()
                         continue
                     with self._cond:
@@ -287,7 +407,7 @@ class VideoCaptureSource(Source):
                     self._fail(f"Video source: {self.uri} | A frame could not be decoded; expected a video file "
                                "OpenCV can decode.", stop)
                     break
-                frame = Frame(image, start + offset + media_t, 0, self.name)
+                frame = self._frame(image, start + offset + media_t, 0, cap)
                 with self._cond:
                     while len(self._queue) >= self.queue_size and not stop.is_set():
                         self._cond.wait(0.1)  # files lose nothing: wait for the consumer
@@ -303,7 +423,7 @@ class VideoCaptureSource(Source):
         except Exception as exc:  # noqa: BLE001
             self._fail(f"Video source: {self.uri} | Reading the file failed ({exc}).", stop)
         finally:
-            cap.release()
+            self._release(cap)
 
     # --------------------------------------------------------------------------------------------- read
 
