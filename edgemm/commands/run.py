@@ -51,6 +51,8 @@ NUMBER_BOUNDS = {
     "iou": ("NMS IoU threshold (--iou)", "", {"minimum": 0, "maximum": 1}),
     "wait_for_sources": ("Wait for sources", "s", {"minimum": 0, "maximum": 7 * 86400}),
     "max_source_loss": ("Maximum source loss", "s", {"positive": True, "maximum": 7 * 86400}),
+    "batch_size": ("Batch size", "", {"minimum": 1, "maximum": 256}),  # frames of several cameras per inference
+    "batch_timeout_ms": ("Batch timeout", "ms", {"minimum": 0, "maximum": 10000}),
 }
 
 
@@ -283,7 +285,6 @@ def _multicamera(opts, bundle, videos, audio, sinks, camera_sinks, settings, ale
     if not videos:
         raise EdgemmError(f"Model: {opts['model']} | Has no video input; expected a model that takes frames for "
                           "several cameras (--batch-size, --batch-timeout-ms).")
-    _check_number(opts, "batch_timeout_ms", "Batch timeout", "ms", minimum=0)
     timeout_ms = opts.get("batch_timeout_ms")
     return MultiCamera(bundle, videos, audio=audio, shared_sinks=sinks, camera_sinks=camera_sinks,
                        settings=settings, alerts=alerts, backend=backend, threads=opts.get("threads"),
