@@ -1,30 +1,54 @@
 """CPU backends x precisions, with ONNX Runtime FP32 as 1.00x: where edgemm stands against plain OpenVINO.
 
-For every model (single-graph bundles or .onnx files):
+For every model (bundles or plain .onnx files), in one run:
 
-  ORT FP32          the model on ONNX Runtime's CPU provider (the reference, 1.00x)
-  ORT INT8          `edgemm convert --precision int8` (target onnxruntime: flavour chosen by timing here)
-  OV FP32           the model on OpenVINO (edgemm's runner: latency hint, FP32, no CPU pinning)
-  OV on ORT INT8    OpenVINO running the onnxruntime-target INT8 graph (what a user gets without --target)
-  OV INT8           `edgemm convert --precision int8 --target openvino` (edgemm's OpenVINO placement or
-                    NNCF's PTQ, whichever is faster under OpenVINO here), run on OpenVINO
+  ORT FP32         the model on ONNX Runtime's CPU provider (the reference, 1.00x)
+  ORT INT8         `edgemm convert --precision int8` (target onnxruntime: flavour chosen by timing here)
+  OV FP32          the model on OpenVINO (edgemm's runner: latency hint, FP32, no CPU pinning, static shapes)
+  OV on ORT INT8   OpenVINO running the onnxruntime-target INT8 graph (what a user gets without --target)
+  OV INT8          `edgemm convert --precision int8 --target openvino` (edgemm's placement, NNCF or u8s8,
+                   whichever times fastest under OpenVINO here), run on OpenVINO
+  NNCF             NNCF's own post-training quantization (`--target openvino --flavour nncf`, no guard) on the
+                   same calibration samples, run on OpenVINO: the tool an OpenVINO user would reach for
+  auto             what `--backend auto` picks for the FP32 graph and for each INT8 graph (its own short trial)
 
-Both conversions run with `--max-drop 1` where a labelled --eval folder exists (accuracy drop reported), else
-calibrate on the given folder or on synthesised inputs (closeness to FP32 only: cosine of the outputs).
-All five variants of a model are timed interleaved one inference at a time (edgemm.bench.run, batch 1,
---threads intra-op threads each), so the ratios hold on a busy machine; compare ratios, not milliseconds.
+Quality of every variant on the runtime it runs on: accuracy (classifiers) or mAP@0.5 (detectors) on a
+labelled test folder where the model has one, in points against ORT FP32; otherwise closeness to ORT FP32 on
+the calibration inputs (box F1 at the manifest's threshold for a detector, else the worst output's cosine).
+Both edgemm conversions run with `--max-drop 1` where a labelled folder exists.
 
-Usage:  python benchmarks/bench_backends.py [--threads 1] [--seconds 10] [--model NAME=PATH[,CALIB[,EVAL]]]...
-        (default models: the ResNet-class CNN and the AV-digits early-fusion reference model)
+Latency: every variant of a model (every graph of a multi-graph bundle; a bundle's figure is the sum of its
+graphs' p50) is timed interleaved one inference at a time (edgemm.bench.run, batch 1, --threads intra-op
+threads each) for --seconds. The ratios are of CPU time per inference (the process's, p50): on a machine
+shared with other jobs the wall time also holds whatever the scheduler gave them (1.5 ms of CPU took 26 ms
+of wall at load 25 on 2 cores), and with one thread each the CPU time is the latency an idle core gives.
+Wall p50s are in the cells and the JSON too.
+
+Models (--suite, repeatable; default all):
+  reference  resnet_digits (benchmarks/models; data: python benchmarks/train_resnet.py --data-only) and the
+             shipped cabin AV-digits bundles edgemm/reference/models/avdigits_{intermediate,late}
+             (data: python benchmarks/avdigits/generate.py)
+  driving    the shipped driving detector (edgemm/reference/models/driving_detector), mAP@0.5 on the test
+             subset benchmarks/models/driving_eval.json names (its scenes and cameras, rendered here),
+             calibrated on frames of validation scenes
+  zoo        the conformance zoo's public models (benchmarks/zoo.py: fetched from PyPI wheels, calibrated on
+             real photographs / speech)
+
+Usage:  python benchmarks/bench_backends.py [--suite reference|driving|zoo]... [--only NAME]... [--seconds 12]
+        [--threads 1] [--out table.md] [--json results.json]
+A model whose data is missing is skipped with the command that makes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,127 +58,419 @@ sys.path.insert(0, str(ROOT))
 
 from edgemm import bench  # noqa: E402
 from edgemm.bundle import load_bundle  # noqa: E402
+from edgemm.converters.calibration import GraphFeeds  # noqa: E402
 from edgemm.converters.convert import ConvertOptions, convert  # noqa: E402
-from edgemm.feeds import synthesize  # noqa: E402
-from edgemm.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
-from edgemm.runners.openvino import OpenVINORunner  # noqa: E402
+from edgemm.converters.data import decision_graph, primary_output  # noqa: E402
+from edgemm.errors import EdgemmError  # noqa: E402
+from edgemm.runners import make_runner  # noqa: E402
+from edgemm.runners.openvino import compile_crash  # noqa: E402
+from edgemm.shapes import shape_overrides  # noqa: E402
 
-DEFAULT_MODELS = {
-    "resnet_digits": ("benchmarks/models/resnet_digits", "benchmarks/data/resnet_digits/calib",
-                      "benchmarks/data/resnet_digits/test"),
-    "avdigits_early": ("benchmarks/models/avdigits_early", None, None),
-}
-SYNTHETIC_SAMPLES = 64
-VARIANTS = ("ORT FP32", "ORT INT8", "OV FP32", "OV on ORT INT8", "OV INT8")
-
-
-def synthetic_folder(bundle, folder: Path) -> Path:
-    """Calibration inputs synthesised from the manifest (plausible ranges), for models without data."""
-    from edgemm.feeds import onnx_input_metadata
-
-    folder.mkdir(parents=True)
-    graph = bundle.single_graph
-    meta = onnx_input_metadata(bundle.load_graph(graph, load_weights=False))
-    feeds = [synthesize(meta, bundle.manifest.graphs[graph], 1, seed) for seed in range(SYNTHETIC_SAMPLES)]
-    np.savez(folder / "synthetic.npz", **{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
-    return folder
+VARIANTS = ("ORT FP32", "ORT INT8", "OV FP32", "OV on ORT INT8", "OV INT8", "NNCF")
+# variant -> (bundle key, backend)
+RUNS = {"ORT FP32": ("fp32", "onnxruntime"), "ORT INT8": ("ort_int8", "onnxruntime"), "OV FP32": ("fp32", "openvino"),
+        "OV on ORT INT8": ("ort_int8", "openvino"), "OV INT8": ("ov_int8", "openvino"), "NNCF": ("nncf", "openvino")}
+EDGEMM = ("ORT FP32", "ORT INT8", "OV FP32", "OV on ORT INT8", "OV INT8")  # what a user gets from edgemm itself
+EDGEMM_INT8 = ("ORT INT8", "OV INT8")
+CLOSENESS_FEEDS = 16
+NEAR_ZERO = 1e-3
+MAX_DROP = 1.0
 
 
-def bench_model(name: str, path: str, calib: str | None, test: str | None, threads: int, seconds: float,
-                work: Path) -> dict:
-    model_path = ROOT / path  # an absolute path stays as it is
-    bundle = load_bundle(model_path)
-    graph = bundle.single_graph
-    synthetic = calib is None
-    calib_dir = synthetic_folder(bundle, work / f"{name}-calib") if synthetic else ROOT / calib
-    test_dir = ROOT / test if test else None
-    # (unbaked for both targets: every variant is timed on the same preprocessed float feed)
-    common = dict(precision="int8", calib=calib_dir, eval=test_dir, max_drop=1.0 if test_dir else None,
-                  threads=threads, bench_seconds=1.0, quiet=True, bake_preprocess="none")
-    started = time.monotonic()
-    reports = {target: convert(model_path, work / f"{name}-{target}", ConvertOptions(target=target, **common))
-               for target in ("onnxruntime", "openvino")}
-    convert_s = time.monotonic() - started
-    fp32 = bundle.graph_path(graph)
-    ort_int8, ov_int8 = (load_bundle(work / f"{name}-{t}").graph_path(graph) for t in ("onnxruntime", "openvino"))
-    runners = {"ORT FP32": OnnxRuntimeRunner(fp32, threads=threads), "ORT INT8": OnnxRuntimeRunner(ort_int8, threads=threads),
-               "OV FP32": OpenVINORunner(fp32, threads), "OV on ORT INT8": OpenVINORunner(ort_int8, threads),
-               "OV INT8": OpenVINORunner(ov_int8, threads)}
-    from edgemm.converters.calibration import GraphFeeds
+@dataclass
+class Case:
+    name: str
+    model: Path  # a bundle folder or a plain .onnx
+    calib: Path
+    test: Path | None = None  # labelled: classification .npz / media, or detection images + YOLO txt
+    shapes: tuple[str, ...] = ()
+    source: str = ""
+    conv: bool = True  # convolutional (the INT8 >= 1.5x OV FP32 goal applies)
 
-    with GraphFeeds(bundle, calib_dir, limit=1, progress=False) as gf:
-        feed = next(gf.iter_feeds())[graph]
-    results = bench.run([bench.Target(k, r, feed=feed) for k, r in runners.items()], duration_s=seconds)
-    p50 = {r["model"]: r["latency_ms"]["p50"] for r in results}
+    def bundle(self, path: Path | None = None):
+        return load_bundle(path or self.model, shapes=shape_overrides(list(self.shapes)) if path is None else None)
+
+
+@dataclass
+class Skip:
+    name: str
+    why: str
+
+
+# --------------------------------------------------------------------------------------------------
+# The models
+# --------------------------------------------------------------------------------------------------
+
+
+def reference_cases(work: Path, wanted) -> list:
+    out = []
+    digits = ROOT / "benchmarks" / "data" / "resnet_digits"
+    if (digits / "calib").is_dir():
+        out.append(Case("resnet_digits", ROOT / "benchmarks" / "models" / "resnet_digits", digits / "calib",
+                        digits / "test", source="benchmarks/models (ResNet-class CNN, 1x3x112x112)"))
+    else:
+        out.append(Skip("resnet_digits", "no data: python benchmarks/train_resnet.py --data-only"))
+    av = ROOT / "build" / "avdigits"
+    for form in ("intermediate", "late"):
+        name = f"avdigits_{form}"
+        if (av / "calib").is_dir():
+            out.append(Case(name, ROOT / "edgemm" / "reference" / "models" / name, av / "calib", av / "eval" / "clean",
+                            source="edgemm/reference/models (cabin AV-digits, shipped)"))
+        else:
+            out.append(Skip(name, "no data: python benchmarks/avdigits/generate.py"))
+    return out
+
+
+def driving_cases(work: Path, wanted) -> list:
+    """The shipped detector; its test subset (driving_eval.json) and validation-scene calibration frames,
+    rendered into folders in the format `edgemm eval` / `convert --calib` read."""
+    import cv2
+
+    if not wanted("driving_detector"):
+        return []
+
+    from edgemm.reference import driving as dr
+
+    subset = json.loads((ROOT / "benchmarks" / "models" / "driving_eval.json").read_text())["subset"]
+    test, calib = work / "driving" / "test", work / "driving" / "calib"
+    test.mkdir(parents=True)
+    calib.mkdir(parents=True)
+    for seed in subset["seeds"]:
+        sc = dr.make_scene(seed)
+        for cond in subset["cameras"]:
+            for t in np.arange(1.0, sc.duration + 1e-6, 0.25):  # the evaluation's steps (eval_driving.py)
+                frame, boxes, classes = dr.render_frame(sc, float(t), cond)
+                stem = test / f"{seed}_{cond}_{t:05.2f}"
+                cv2.imwrite(str(stem.with_suffix(".png")), frame)
+                b = np.asarray(boxes, np.float64).reshape(-1, 4) / dr.SIZE
+                rows = [f"{int(c)} {(x1 + x2) / 2:.6f} {(y1 + y2) / 2:.6f} {x2 - x1:.6f} {y2 - y1:.6f}"
+                        for c, (x1, y1, x2, y2) in zip(classes, b)]
+                stem.with_suffix(".txt").write_text("\n".join(rows) + ("\n" if rows else ""))
+    rng = np.random.default_rng(0)
+    for k, seed in enumerate(range(100000, 100032)):  # validation scenes (benchmarks/driving/generate.py)
+        sc = dr.make_scene(seed)
+        for j in range(2):
+            frame, _, _ = dr.render_frame(sc, float(rng.uniform(0, sc.duration)),
+                                          dr.CONDITIONS[int(rng.integers(len(dr.CONDITIONS)))])
+            cv2.imwrite(str(calib / f"v{k:03d}_{j}.png"), frame)
+    return [Case("driving_detector", ROOT / "edgemm" / "reference" / "models" / "driving_detector", calib, test,
+                 source=f"edgemm/reference/models (shipped); test subset: scenes {subset['seeds']}, "
+                        f"{'/'.join(subset['cameras'])}")]
+
+
+# Zoo models that are not convolutional networks (the 1.5x INT8 goal is for convolutional models).
+ZOO_NOT_CONV = {"silero_vad": "LSTM in If subgraphs", "silero_vad_whisper": "LSTM", "oww_hey_jarvis": "small MLP",
+                "oww_melspectrogram": "STFT as a convolution + mel matmul"}
+
+
+def zoo_cases(work: Path, wanted) -> list:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import zoo
+
+    try:
+        models = zoo.fetch()
+    except RuntimeError as exc:
+        return [Skip("zoo", f"models not fetched ({exc})")]
+    out = []
+    for name, info in models.items():
+        if not wanted(name):
+            continue
+        try:
+            calib = zoo.make_calibration(name, models, work / "zoo")
+        except Exception as exc:  # noqa: BLE001 - a model whose calibration cannot be made is reported
+            out.append(Skip(name, f"no calibration data: {exc}"))
+            continue
+        out.append(Case(name, Path(info["path"]), calib, None, tuple(info["shapes"]),
+                        source=f"{info['wheel']} {info['version']}, {Path(info['file']).name}",
+                        conv=name not in ZOO_NOT_CONV))
+    return out
+
+
+SUITES = {"reference": reference_cases, "driving": driving_cases, "zoo": zoo_cases}
+
+
+# --------------------------------------------------------------------------------------------------
+# Measuring one model
+# --------------------------------------------------------------------------------------------------
+
+
+def task(bundle) -> str | None:
+    """The task of the bundle's primary output (classification, detection, ...)."""
+    specs = {o.name: o for o in bundle.manifest.graphs[decision_graph(bundle)].outputs}
+    return specs[primary_output(bundle)].task
+
+
+def labelled_quality(case: Case, path: Path, backend: str, threads: int) -> dict:
+    """Accuracy or mAP@0.5 (percent) of one bundle on the test folder, on this backend."""
+    from edgemm.converters import detection_eval, validate
+
+    b = load_bundle(path)
+    if task(b) == "detection":
+        rep = detection_eval.evaluate_detection(b, case.test, backend=backend, threads=threads)
+        return {"metric": "mAP@0.5", "value": 100 * rep["model"]["map50"]}
+    prim = validate.evaluate(b, case.test, backend=backend, threads=threads, ablation=False)["primary"]
+    return {"metric": prim["metric"], "value": 100 * prim["original"]}
+
+
+def closeness(ref: list[dict], out: list[dict], bundle, graph: str) -> dict:
+    """Box F1 against the reference for a detector output, else the worst output's cosine."""
+    from edgemm.converters.detection_eval import output_agreement
+    from edgemm.converters.int8 import cosine
+
+    specs = {o.name: o for o in bundle.manifest.graphs[graph].outputs}
+    det = [n for n, s in specs.items() if s.task == "detection" and s.detection is not None]
+    if det:
+        cat = {n: (np.concatenate([r[n] for r in ref]), np.concatenate([o[n] for o in out])) for n in det}
+        return {"metric": "box F1 vs FP32", "value": min(output_agreement(a, b, specs[n]) for n, (a, b) in cat.items())}
+    # An output that is ~0 on these inputs (PP-OCR's text map on photographs without text: 1e-6) has a
+    # cosine of rounding noise: left out; if nothing is left the closeness is unknown.
+    cos = [cosine(r[n], o[n]) for r, o in zip(ref, out) for n in r if np.max(np.abs(r[n]), initial=0) > NEAR_ZERO]
+    return {"metric": "cosine vs FP32", "value": min(cos) if cos else None}
+
+
+def convert_all(case: Case, work: Path, threads: int) -> tuple[dict, dict]:
+    """The INT8 bundles: {key: path}, and what each conversion reported (or why it failed)."""
+    labelled = case.test is not None
+    common = dict(precision="int8", calib=case.calib, eval=case.test if labelled else None,
+                  max_drop=MAX_DROP if labelled else None, threads=threads, bench_seconds=1.0, quiet=True,
+                  shapes=list(case.shapes), bake_preprocess="none")  # every variant gets the same float feed
+    jobs = {"ort_int8": dict(target="onnxruntime"), "ov_int8": dict(target="openvino"),
+            "nncf": dict(target="openvino", flavour="nncf", eval=None, max_drop=None)}
+    paths, reports = {}, {}
+    for key, extra in jobs.items():
+        ov = reports.get("ov_int8", {})
+        if key == "nncf" and ov.get("flavours") == ["nncf"] and not ov.get("kept_float"):
+            paths[key], reports[key] = paths["ov_int8"], {"same_as": "ov_int8"}  # NNCF's graph, nothing kept float
+            continue
+        out = work / f"{case.name}-{key}"
+        t0 = time.monotonic()
+        try:
+            rep = convert(case.model, out, ConvertOptions(**{**common, **extra}))
+        except EdgemmError as exc:
+            reports[key] = {"error": str(exc)}
+            continue
+        int8 = rep["conversion"].get("int8", {})
+        paths[key] = out
+        reports[key] = {"seconds": round(time.monotonic() - t0, 1),
+                        "flavours": sorted({g["flavour"]["chosen"] for g in int8.values()}),
+                        "candidates": {g: {k: round(v["speedup_vs_fp32"], 2) if "speedup_vs_fp32" in v else v["rejected"]
+                                           for k, v in
+                                           i["flavour"].get("candidates", {}).items()} for g, i in int8.items()},
+                        "kept_float": {g: len(v) for g, v in (rep["conversion"].get("accuracy_guard") or {})
+                                       .get("layers_kept_float", {}).items() if v}}
+    return paths, reports
+
+
+def auto_choice(path: Path, shapes, threads: int, cache: Path) -> str:
+    """What --backend auto picks for each graph (its trial, not the cache of earlier runs)."""
+    from edgemm.runners import auto
+
+    os.environ["EDGEMM_AUTO_CACHE"] = str(cache)
+    b = load_bundle(path, shapes=shapes)
+    picks = [auto.choose(b, g, threads, g)[0]["backend"] for g in b.manifest.graphs]
+    return "+".join(dict.fromkeys(picks))
+
+
+def bench_case(case: Case, threads: int, seconds: float, work: Path) -> dict:
+    shapes = shape_overrides(list(case.shapes))
+    fp32 = case.bundle()
+    graphs = list(fp32.manifest.graphs)
+    t0 = time.monotonic()
+    paths, reports = convert_all(case, work, threads)
+    convert_s = time.monotonic() - t0
+    bundles = {"fp32": fp32, **{k: load_bundle(p) for k, p in paths.items()}}
+    variants = [v for v in VARIANTS if RUNS[v][0] in bundles]
+    with GraphFeeds(fp32, case.calib, limit=CLOSENESS_FEEDS, progress=False) as gf:
+        feeds = list(gf.iter_feeds())
+    targets, errors = [], {}
+    for v in [v for v in variants if RUNS[v][1] == "openvino" and RUNS[v][0] != "fp32"]:
+        # An INT8 graph that crashes OpenVINO's compiler (SIGFPE) would take this whole run with it.
+        b = bundles[RUNS[v][0]]
+        why = next((w for g in graphs if (w := compile_crash(b.graph_path(g).read_bytes(),
+                                                             {k: x.shape for k, x in feeds[0][g].items()}))), None)
+        if why:
+            errors[v] = why
+            variants.remove(v)
+    for v in variants:
+        key, backend = RUNS[v]
+        for g in graphs:
+            runner = make_runner(bundles[key], g, backend, threads, name=f"{v}|{g}")
+            targets.append(bench.Target(f"{v}|{g}", runner, feed=feeds[0][g]))
+    results = bench.run(targets, duration_s=seconds * len(graphs))
+    p50: dict[str, float] = {}
+    wall: dict[str, float] = {}
+    for r in results:
+        v = r["model"].split("|")[0]
+        p50[v] = p50.get(v, 0.0) + r["cpu_ms"]["p50"]
+        wall[v] = wall.get(v, 0.0) + r["latency_ms"]["p50"]
     quality = {}
-    for target, rep in reports.items():
-        prim = rep.get("primary") or {}
-        close = next(iter((rep.get("closeness") or {}).values()), {}) or {}
-        quality[target] = {"drop_points": prim.get("drop_points"), "metric": prim.get("metric"),
-                           "cosine": close.get("cosine"),
-                           "flavour": rep["conversion"]["int8"][graph]["flavour"]["chosen"],
-                           "candidates": {k: round(v["speedup_vs_fp32"], 2) for k, v in
-                                          rep["conversion"]["int8"][graph]["flavour"].get("candidates", {}).items()}}
-    return {"name": name, "p50_ms": p50, "iterations": results[0]["iterations"], "quality": quality,
-            "synthetic_calibration": synthetic, "convert_s": round(convert_s, 1)}
+    for v in variants:
+        key, backend = RUNS[v]
+        try:
+            if case.test is not None:
+                quality[v] = labelled_quality(case, paths.get(key, case.model), backend, threads)
+            else:
+                quality[v] = closeness_of(bundles["fp32"], bundles[key], backend, graphs, feeds, threads)
+        except EdgemmError as exc:
+            errors[v] = str(exc)
+    autos = {}
+    for key in ("fp32", "ort_int8", "ov_int8"):
+        if key in bundles:
+            try:
+                autos[key] = auto_choice(case.model if key == "fp32" else paths[key],
+                                         shapes if key == "fp32" else None, threads, work / f"{case.name}-auto.json")
+            except EdgemmError as exc:
+                autos[key] = f"refused ({exc})"
+    return {"name": case.name, "source": case.source, "conv": case.conv, "graphs": graphs, "p50_ms": p50, "wall_p50_ms": wall,
+            "iterations": min(r["iterations"] for r in results), "quality": quality, "errors": errors,
+            "conversions": reports, "auto": autos, "convert_s": round(convert_s, 1),
+            "labelled": case.test is not None}
 
 
-def markdown(results: list[dict], command: str, machine: dict, threads: int) -> str:
+def closeness_of(ref_bundle, bundle, backend: str, graphs: list[str], feeds: list[dict], threads: int) -> dict:
+    """Closeness of a variant to ORT FP32 on the calibration feeds, worst graph."""
+    worst = None
+    for g in graphs:
+        outs = {}
+        for label, (b, be) in {"ref": (ref_bundle, "onnxruntime"), "cand": (bundle, backend)}.items():
+            with make_runner(b, g, be, threads) as r:
+                outs[label] = [r.infer(f[g]) for f in feeds]
+        c = closeness(outs["ref"], outs["cand"], ref_bundle, g)
+        if c["value"] is not None and (worst is None or worst["value"] is None or c["value"] < worst["value"]):
+            worst = c
+        worst = worst or c
+    return worst
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------------
+
+
+def quality_cell(r: dict, v: str) -> str:
+    q = r["quality"].get(v)
+    if q is None:
+        return "n/a"
+    if r["labelled"]:
+        ref = r["quality"].get("ORT FP32", {}).get("value")
+        drop = f", drop {ref - q['value']:+.2f}" if ref is not None and v != "ORT FP32" else ""
+        return f"{q['value']:.2f}{drop}"
+    return f"{q['value']:.4f}" if q["value"] is not None else "n/a (outputs ~0 on these inputs)"
+
+
+def goal_cells(r: dict) -> tuple[str, str]:
+    p = r["p50_ms"]
+    if "OV FP32" not in p:
+        return "n/a", "n/a"
+    best = min((v for v in EDGEMM if v in p), key=p.get)
+    best_cell = f"{p['OV FP32'] / p[best]:.2f}x ({best})"
+    int8 = [v for v in EDGEMM_INT8 if v in p]
+    if not int8:
+        return best_cell, "n/a"
+    fast = min(int8, key=p.get)
+    ok = ""
+    if r["conv"]:
+        speed_ok = p["OV FP32"] / p[fast] >= 1.5
+        drop_ok = True
+        if r["labelled"] and fast in r["quality"] and "ORT FP32" in r["quality"]:
+            drop_ok = r["quality"]["ORT FP32"]["value"] - r["quality"][fast]["value"] <= MAX_DROP
+        ok = " met" if speed_ok and drop_ok else " NOT met"
+    else:
+        ok = " (not conv.)"
+    return best_cell, f"{p['OV FP32'] / p[fast]:.2f}x ({fast}){ok}"
+
+
+def flavours(value) -> str:
+    return value if isinstance(value, str) else "/".join(value)  # (a str in JSON files of older runs)
+
+
+def markdown(results: list[dict], skipped: list[Skip], command: str, machine: dict, threads: int,
+             load: tuple[float, float]) -> str:
     lines = [f"Command: `{command}`  ",
-             f"Machine: {machine['cpu']}, {machine['cores']} cores visible (shared with other jobs), onnxruntime "
-             f"{machine.get('onnxruntime')}, openvino {machine.get('openvino')}  ",
-             f"Latency: p50, batch 1, {threads} thread(s) each, the five variants of a model interleaved in one run; "
-             "ratio = ORT FP32 p50 / variant p50.", "",
-             "| model | " + " | ".join(VARIANTS) + " | edgemm best vs OV FP32 | OV INT8 vs OV FP32 | INT8 quality |",
+             f"Machine: {machine['cpu']}, {machine['cores']} cores visible, shared with other jobs (load average "
+             f"{load[0]:.1f} at the start, {load[1]:.1f} at the end), onnxruntime {machine.get('onnxruntime')}, "
+             f"openvino {machine.get('openvino')}  ",
+             f"Latency: batch 1, {threads} thread(s) each, all variants of a model interleaved in one run; cell = "
+             "ORT FP32 / variant in CPU time per inference (p50), then the variant's CPU p50 / wall p50. Quality: accuracy % or mAP@0.5 % on the "
+             "labelled test folder (drop in points against ORT FP32), else closeness to ORT FP32 on the "
+             "calibration inputs (box F1 for a detector, worst cosine otherwise).", "",
+             "| model | " + " | ".join(VARIANTS) + " | auto picks (FP32 / ORT INT8 / OV INT8) "
+             "| edgemm best vs OV FP32 | edgemm INT8 vs OV FP32 (goal 1.5x, conv.) |",
              "|---|" + "---|" * (len(VARIANTS) + 3)]
     for r in results:
         p = r["p50_ms"]
-        ref = p["ORT FP32"]
-        cells = [f"{ref / p[v]:.2f}x ({p[v]:.3f} ms)" for v in VARIANTS]
-        best = min(p[v] for v in ("ORT FP32", "ORT INT8", "OV FP32", "OV INT8"))
-        q = []
-        for target, label in (("onnxruntime", "ORT"), ("openvino", "OV")):
-            qi = r["quality"][target]
-            what = (f"drop {qi['drop_points']:.2f} pt" if qi["drop_points"] is not None else
-                    f"cosine {qi['cosine']:.4f}" if qi["cosine"] is not None else "n/a")
-            q.append(f"{label} {qi['flavour']} {what}")
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {p['OV FP32'] / best:.2f}x | "
-                     f"{p['OV FP32'] / p['OV INT8']:.2f}x | " + "; ".join(q) + " |")
+        ref = p.get("ORT FP32")
+        cells = []
+        for v in VARIANTS:
+            if v not in p:
+                why = r["errors"].get(v) or r["conversions"].get(RUNS[v][0], {}).get("error", "not made")
+                cells.append(f"failed: {why[:80]}")
+            else:
+                cells.append(f"{ref / p[v]:.2f}x ({p[v]:.3f} / {r['wall_p50_ms'][v]:.3f} ms)<br>{quality_cell(r, v)}")
+        autos = " / ".join(r["auto"].get(k, "-") for k in ("fp32", "ort_int8", "ov_int8"))
+        best, int8 = goal_cells(r)
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {autos} | {best} | {int8} |")
     lines.append("")
     for r in results:
-        cands = {t: q["candidates"] for t, q in r["quality"].items()}
-        lines.append(f"- {r['name']}: {r['iterations']} timed inferences per variant; converter's own candidate "
-                     f"timings (x FP32 of its runtime): {cands}"
-                     + ("; calibrated on synthesised inputs (no data folder): closeness only" if
-                        r["synthetic_calibration"] else ""))
+        conv = {k: (v.get("error") or f"{flavours(v.get('flavours', []))} "
+                    f"{v.get('candidates', '')}{' kept float: ' + str(v['kept_float']) if v.get('kept_float') else ''}")
+                for k, v in r["conversions"].items() if "same_as" not in v}
+        metric = next(iter(r["quality"].values()), {}).get("metric", "-")
+        lines.append(f"- {r['name']} ({r['source']}; quality: {metric}): {r['iterations']} timed inferences per "
+                     f"variant at least; conversions {r['convert_s']} s: {conv}"
+                     + (f"; errors: {r['errors']}" if r["errors"] else ""))
+    for s in skipped:
+        lines.append(f"- {s.name}: not measured: {s.why}")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", action="append", choices=sorted(SUITES), help="model set (repeatable; default all)")
+    ap.add_argument("--only", action="append", default=[], metavar="NAME", help="only these models (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seconds", type=float, default=10.0, help="interleaved timing per model (all variants)")
-    ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH[,CALIB[,EVAL]]",
-                    help="a model to measure instead of the defaults (repeatable)")
+    ap.add_argument("--seconds", type=float, default=12.0, help="interleaved timing per model graph (all variants)")
     ap.add_argument("--out", help="also write the markdown here")
+    ap.add_argument("--json", help="also write every figure here")
+    ap.add_argument("--from-json", nargs="+", metavar="FILE",
+                    help="only print the table of earlier --json files (merged; a later file's model wins)")
     args = ap.parse_args(argv)
-    models = {}
-    for spec in args.model:
-        name, _, rest = spec.partition("=")
-        parts = rest.split(",") + [None, None]
-        models[name] = (parts[0], parts[1] or None, parts[2] or None)
-    models = models or DEFAULT_MODELS
-    results = []
-    with tempfile.TemporaryDirectory(prefix="bench-backends-") as work:
-        for name, (path, calib, test) in models.items():
-            if calib and not (ROOT / calib).exists():
-                print(f"skipping {name}: no {calib} (python benchmarks/train_resnet.py --data-only makes it)",
-                      file=sys.stderr)
-                continue
-            print(f"measuring {name} ...", file=sys.stderr, flush=True)
-            results.append(bench_model(name, path, calib, test, args.threads, args.seconds, Path(work)))
+    if args.from_json:
+        merged: dict[str, dict] = {}
+        skipped = []
+        for f in args.from_json:
+            data = json.loads(Path(f).read_text())
+            merged.update({r["name"]: r for r in data["results"]})
+            skipped += [Skip(**s) for s in data["skipped"]]
+        print(markdown(list(merged.values()), skipped, data.get("command", "?"), data.get("machine", bench.machine()),
+                       args.threads, tuple(data.get("load", (float("nan"), float("nan"))))))
+        return 0
+    os.environ.setdefault("EDGEMM_OPENVINO_CACHE", "")  # compile every time: no state from earlier runs
+    load0 = os.getloadavg()[0]
     command = "python benchmarks/bench_backends.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    text = markdown(results, command.strip(), bench.machine(), args.threads)
+    results, skipped = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-backends-") as work:
+        work = Path(work)
+        for suite in args.suite or list(SUITES):
+            for case in SUITES[suite](work, lambda name: not args.only or name in args.only):
+                if args.only and case.name not in args.only:
+                    continue
+                if isinstance(case, Skip):
+                    skipped.append(case)
+                    print(f"skipping {case.name}: {case.why}", file=sys.stderr)
+                    continue
+                print(f"measuring {case.name} ...", file=sys.stderr, flush=True)
+                t0 = time.monotonic()
+                try:
+                    results.append(bench_case(case, args.threads, args.seconds, work))
+                except EdgemmError as exc:
+                    skipped.append(Skip(case.name, f"refused: {exc}"))
+                print(f"  {case.name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(
+                        {"command": command, "machine": bench.machine(), "load": (load0, os.getloadavg()[0]),
+                         "results": results, "skipped": [s.__dict__ for s in skipped]}, indent=1, default=str))
+    text = markdown(results, skipped, command.strip(), bench.machine(), args.threads, (load0, os.getloadavg()[0]))
     print(text)
     if args.out:
         Path(args.out).write_text(text)

@@ -612,7 +612,8 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
                                              duration_s=FLAVOUR_TIMING_S, per_channel=per_channel[g],
                                              nodes_to_exclude=tails[g])
             best = choice["candidates"][choice["flavour"]]
-            others = ", ".join(f"{k} {v['speedup_vs_fp32']:.2f}x" for k, v in choice["candidates"].items())
+            others = ", ".join(f"{k} {v['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in v else f"{k} {v['rejected']}"
+                               for k, v in choice["candidates"].items())
             gi["flavour"] = {"fp32_p50_ms": choice["fp32_p50_ms"], "candidates": choice["candidates"],
                              "threads": opts.threads, "timing_s": FLAVOUR_TIMING_S}
             if best["speedup_vs_fp32"] < MIN_INT8_SPEEDUP:

@@ -62,6 +62,8 @@ ORT_CANDIDATES = ("u8s8", "s8s8")
 
 # Ops whose inputs TensorRT wants quantized (its INT8 kernels); everything else stays float there.
 TRT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
+# The ops INT8 speeds up (integer GEMM/convolution kernels): what comes after the last of them gains nothing.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Activations that follow a layer and are quantized (or removed) together with it.
 TRAILING_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Gelu")
 # Ops that only move or select values: ORT quantizes them when their input already is; never a group.
@@ -109,11 +111,14 @@ class FlavourSpec:
     op_types: tuple[str, ...] | None = None  # None: everything ORT can quantize
     outputs_float: tuple[str, ...] = ()  # op types whose outputs get no Q/DQ
     quantize_bias: bool = True
+    signed_symmetric: bool = False  # tensors with a negative calibrated minimum: int8 symmetric instead
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         a = "u8" if self.activation == "uint8" else "s8"
         sym = " symmetric" if self.symmetric_activations else ""
+        if self.signed_symmetric:
+            a, sym = "u8 (zero point 0) where non-negative, else s8", " symmetric"
         rr = ", 7-bit weights (reduce_range)" if self.reduce_range else ""
         return f"{self.name}: {a} activations{sym}, s8 per-channel weights{rr}"
 
@@ -131,8 +136,13 @@ def flavour_spec(name: str) -> FlavourSpec:
         return FlavourSpec("trt", "int8", symmetric_activations=True, op_types=TRT_OPS,
                            outputs_float=TRT_OPS, quantize_bias=False)
     if name == "ov":
-        return FlavourSpec("ov", "int8", symmetric_activations=True, op_types=TRT_OPS,
-                           outputs_float=TRT_OPS, quantize_bias=False)
+        # As NNCF places them for OpenVINO's CPU: uint8 with zero point 0 where the calibrated range is
+        # non-negative (after a ReLU), int8 symmetric elsewhere (quantize() sets the signed ones per tensor).
+        # x86 VNNI's vpdpbusd multiplies u8 by s8; oneDNN runs s8 activations with a +128 shift and a
+        # compensation term (resnet_digits: 1.76x OpenVINO FP32 all-s8, 2.87x u8), and asymmetric u8 on a
+        # signed tensor with a zero-point correction (PP-OCRv4 det: 1.56x against 1.74x all-s8).
+        return FlavourSpec("ov", "uint8", op_types=TRT_OPS, outputs_float=TRT_OPS, quantize_bias=False,
+                           signed_symmetric=True)
     raise EdgemmError(f"INT8 flavour: {name} | Unknown; expected one of {', '.join(FLAVOURS)}.")
 
 
@@ -304,10 +314,29 @@ def calibrate_graphs(prepared: Mapping[str, object], feeds: Iterable[Mapping[str
 # --------------------------------------------------------------------------------------------------
 
 
+def tail_nodes(model) -> set[str]:
+    """Nodes after the last compute op on every path: no Conv/Gemm/MatMul consumes what they produce,
+    directly or further on (a detector's box decode: anchors plus distances times strides, Gather, Concat).
+
+    INT8 buys nothing there (elementwise ops on small tensors, ahead of the float graph outputs) and costs
+    accuracy (box coordinates in 8 bits are whole pixels apart); and OpenVINO 2026.4's CPU plugin died with
+    SIGFPE compiling the driving detector's Q/DQ box decode (a Concat of quantized Unsqueezes). They stay float.
+    """
+    cons = consumers(model)
+    feeds_compute: dict[str, bool] = {}  # node name -> some compute op is reachable from its outputs
+
+    for node in reversed(list(model.graph.node)):  # topological order: consumers are decided first
+        feeds_compute[node.name] = any(c.op_type in COMPUTE_OPS or feeds_compute.get(c.name, False)
+                                       for out in node.output for c in cons.get(out, []))
+    return {n.name for n in model.graph.node if n.op_type not in COMPUTE_OPS and not feeds_compute[n.name]}
+
+
 def quantize(prepared, calibration: Calibration, flavour: str | FlavourSpec, nodes_to_exclude: Iterable[str] = (),
              per_channel: bool = True, workdir: str | Path | None = None):
-    """A Q/DQ model from the prepared model and cached ranges. Excluded nodes stay float."""
+    """A Q/DQ model from the prepared model and cached ranges. Excluded nodes stay float, and so does the
+    graph's tail after its last compute op (tail_nodes)."""
     spec = flavour if isinstance(flavour, FlavourSpec) else flavour_spec(flavour)
+    nodes_to_exclude = sorted(set(nodes_to_exclude) | tail_nodes(prepared))
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     extra = {
         "ActivationSymmetric": spec.symmetric_activations,
@@ -316,6 +345,10 @@ def quantize(prepared, calibration: Calibration, flavour: str | FlavourSpec, nod
     }
     if spec.outputs_float:
         extra["OpTypesToExcludeOutputQuantization"] = list(spec.outputs_float)
+    if spec.signed_symmetric:
+        extra["TensorQuantOverrides"] = {
+            name: [{"quant_type": q.QuantType.QInt8, "symmetric": True}]
+            for name, data in calibration.ranges.items() if float(np.min(data.range_value[0])) < 0}
     kwargs = dict(quant_format=q.QuantFormat.QDQ, per_channel=per_channel, reduce_range=spec.reduce_range,
                   activation_type=qtype[spec.activation], weight_type=qtype[spec.weight],
                   nodes_to_exclude=list(nodes_to_exclude), extra_options=extra)
@@ -459,9 +492,13 @@ def pick_fastest(runners: dict, feeds: list[dict], settings: dict[str, str], thr
     finally:
         for r in runners.values():
             r.deactivate()
-    fp32 = timing["fp32"]["latency_ms"]["p50"]
+    # One thread: compare CPU time per inference, which the other jobs of a shared machine do not inflate
+    # (wall p50 swung 1.7-30 ms for one model at load 25 on 2 cores); with more threads CPU time adds them up
+    # and wall time is the latency that matters.
+    measure = "cpu_ms" if threads == 1 else "latency_ms"
+    fp32 = timing["fp32"][measure]["p50"]
     for c in names:
-        p50 = timing[c]["latency_ms"]["p50"]
+        p50 = timing[c][measure]["p50"]
         info[c].update(p50_ms=p50, speedup_vs_fp32=fp32 / p50 if p50 > 0 else float("nan"))
     best_cos = max(v["cosine_mean"] for v in info.values())
     # "Correct": within a hair of the closest candidate (int8 flavours differ in rounding, not in kind).

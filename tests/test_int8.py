@@ -3,6 +3,8 @@ calibration, layer groups for the guard, and the measured flavour choice (no tim
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -320,3 +322,53 @@ def test_entropy_searches_a_clipping_threshold(cnn, monkeypatch):
     ratios = [float(np.max(ent.ranges.data[k].range_value[1])) / float(np.max(v.range_value[1]))
               for k, v in mm.ranges.data.items() if float(np.max(v.range_value[1])) > 0]
     assert min(ratios) < 0.9 and max(ratios) <= 1.0 + 1e-6
+
+
+def test_ov_flavour_unsigned_after_relu_signed_elsewhere(cnn):
+    """The ov flavour places activations as NNCF does for OpenVINO's CPU: uint8 with zero point 0 where the
+    calibrated range is non-negative, int8 symmetric where it is not (the graph input here is signed)."""
+    model, prepared, cal = cnn
+    q = int8.quantize(prepared, cal, "ov")
+    zps = {n.input[0]: z for n, z in _activation_q_nodes(q)}
+    assert zps and all(not z.any() for z in zps.values())
+    signed = {name for name, data in cal.ranges.items() if float(np.min(data.range_value[0])) < 0}
+    assert zps["x"].dtype == np.int8 and "x" in signed
+    assert any(z.dtype == np.uint8 for z in zps.values())
+    assert all((z.dtype == np.int8) == (name in signed) for name, z in zps.items())
+    test = feeds(8, seed=3)
+    assert cosine(run(model, test), run(q, test)) > 0.99
+
+
+def _tail_model():
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Mul", ["c2", "stride"], ["m"], name="decode_mul"),
+             helper.make_node("Add", ["m", "anchor"], ["a"], name="decode_add"),
+             helper.make_node("Concat", ["a", "c2"], ["y"], name="decode_concat", axis=1)]
+    inits = [_init("w1", rng.standard_normal((8, 3, 3, 3)) * 0.3), _init("w2", rng.standard_normal((4, 8, 1, 1)) * 0.3),
+             _init("stride", np.full((1, 1, 1, 1), 8.0)), _init("anchor", rng.uniform(0, 64, (1, 4, 16, 16)))]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
+    return int8.prepare(model)
+
+
+def test_tail_after_the_last_compute_op_stays_float():
+    """A detector-style decode after the last Conv (scale, offset, concat) gets no Q/DQ in any flavour
+    (NNCF's included, where it is installed)."""
+    from edgemm.converters import openvino
+
+    prepared = _tail_model()
+    assert int8.tail_nodes(prepared) == {"decode_mul", "decode_add", "decode_concat"}
+    fs = feeds(8)
+    cal = int8.calibrate(prepared, fs, "minmax")
+    nncf = importlib.util.find_spec("nncf") is not None
+    for flavour in ("u8s8", "s8s8", "ov") + (("nncf",) if nncf else ()):
+        q = openvino.quantize(flavour, prepared, cal, fs)
+        prod = {o: n for n in q.graph.node for o in n.output}
+        tail = [n for n in q.graph.node if n.name.startswith("decode_")]
+        assert len(tail) == 3
+        assert all(prod[i].op_type != "DequantizeLinear" for n in tail for i in n.input if i in prod), flavour
+        conv2 = next(n for n in q.graph.node if n.name == "conv2")
+        assert prod[conv2.input[0]].op_type == "DequantizeLinear"  # the compute op itself is still INT8

@@ -107,6 +107,10 @@ def test_auto_rejects_a_backend_that_disagrees():
     assert not ok and why.startswith("output y: cosine")
     assert not auto_agrees(ref, {"y": np.zeros((1, 4), np.float32)})[0]
     assert not auto_agrees(ref, {"y": np.full((1, 3), np.nan, np.float32)})[0]
+    # An output that is ~0 on the trial's feed agrees when the differences are, whatever its cosine.
+    tiny = {"y": np.array([[8e-7, 1e-7, 3e-7]], np.float32)}
+    assert auto_agrees(tiny, {"y": np.array([[7e-7, 2e-7, 1e-7]], np.float32)})[0]
+    assert not auto_agrees(tiny, {"y": np.array([[8e-7, 1e-7, 0.5]], np.float32)})[0]
 
 
 def auto_agrees(ref, out):
