@@ -57,6 +57,15 @@ AUDIO_FEATURES = ("logmel", "mel", "waveform")
 # later (out of memory, an int too large for a float), far from the field that caused it.
 MAX_SAMPLE_RATE = 1_000_000
 MAX_WINDOW_S = 3600.0
+# Upper bounds on what a manifest may ask to be allocated per inference (a typo of a few digits must be a
+# one-line error, not a MemoryError or a machine swapping): image side, frames stacked, audio samples per
+# window, FFT size, mel bands, and the values of one input.
+MAX_IMAGE_SIDE = 8192
+MAX_FRAMES = 256
+MAX_WINDOW_SAMPLES = 1 << 24  # 17 min at 16 kHz
+MAX_N_FFT = 1 << 16
+MAX_N_MELS = 1024
+MAX_INPUT_VALUES = 1 << 26  # 256 MB of float32
 COLORS = ("rgb", "bgr", "gray")
 RESIZE_MODES = ("stretch", "letterbox")
 # Detection output formats (edgemm/detection.py decodes each to boxes, scores and classes) and, for those
@@ -358,8 +367,9 @@ def _read_floats(r: _Reader, key: str, default):
 def _read_video_pre(r: _Reader) -> VideoPreprocess:
     d = VideoPreprocess()
     size = r.get("size", list, default=list(d.size))
-    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-        r.fail(f"expected [height, width] as two positive ints, got {json.dumps(size)}", "size")
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMAGE_SIDE
+                                 for v in size):
+        r.fail(f"expected [height, width] as two ints from 1 to {MAX_IMAGE_SIDE}, got {json.dumps(size)}", "size")
     color = r.get("color", str, default=d.color, choices=COLORS)
     channels = 1 if color == "gray" else 3
     mean = _read_floats(r, "mean", list(d.mean[:channels]))
@@ -370,8 +380,11 @@ def _read_video_pre(r: _Reader) -> VideoPreprocess:
     if any(s == 0 for s in std):
         r.fail("must not contain 0", "std")
     frames = r.get("frames", int, default=1)
-    if frames < 1:
-        r.fail(f"expected >= 1, got {frames}", "frames")
+    if not 1 <= frames <= MAX_FRAMES:
+        r.fail(f"expected 1 to {MAX_FRAMES}, got {frames}", "frames")
+    if size[0] * size[1] * channels * frames > MAX_INPUT_VALUES:
+        r.fail(f"{size[0]}x{size[1]}x{channels} x {frames} frames is more than {MAX_INPUT_VALUES} values per input",
+               "frames")
     pad_value = r.get("pad_value", int, default=d.pad_value)
     if not 0 <= pad_value <= 255:
         r.fail(f"expected a pixel value 0..255, got {pad_value}", "pad_value")
@@ -406,9 +419,17 @@ def _read_audio_pre(r: _Reader) -> AudioPreprocess:
     for key in ("window", "hop"):
         if getattr(p, key) is not None and getattr(p, key) <= 0:
             r.fail(f"expected a positive number of samples, got {getattr(p, key)}", key)
-    for key in ("n_fft", "hop_length", "n_mels"):
-        if getattr(p, key) <= 0:
-            r.fail(f"expected a positive int, got {getattr(p, key)}", key)
+    for key, most in (("n_fft", MAX_N_FFT), ("hop_length", MAX_N_FFT), ("n_mels", MAX_N_MELS)):
+        if not 0 < getattr(p, key) <= most:
+            r.fail(f"expected a positive int up to {most}, got {getattr(p, key)}", key)
+    for key in ("window", "hop"):
+        if (getattr(p, key) or 0) > MAX_WINDOW_SAMPLES:
+            r.fail(f"expected at most {MAX_WINDOW_SAMPLES} samples, got {getattr(p, key)}", key)
+    if p.window_samples > MAX_WINDOW_SAMPLES:
+        r.fail(f"{p.window_samples} samples ({sr} Hz x {window_s:g} s) is more than {MAX_WINDOW_SAMPLES}", "window_s")
+    if p.feature != "waveform" and p.n_mels * (p.window_samples // p.hop_length + 1) > MAX_INPUT_VALUES:
+        r.fail(f"{p.n_mels} mel bands x {p.window_samples // p.hop_length + 1} frames is more than "
+               f"{MAX_INPUT_VALUES} values per input", "hop_length")
     if p.std == 0:
         r.fail("must not be 0", "std")
     if p.baked and p.feature == "waveform":

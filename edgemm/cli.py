@@ -17,7 +17,7 @@ import sys
 
 import edgemm.commands as pkg
 from edgemm import __version__
-from edgemm.errors import EdgemmError
+from edgemm.errors import EdgemmError, check_numbers
 
 # The order subcommands are listed in; modules found under edgemm/commands/ but not named here follow.
 ORDER = ("demo", "info", "bench", "convert", "eval", "run")
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc, parents=[common],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _numbers=getattr(mod, "NUMBER_BOUNDS", {}))
     return parser
 
 
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        check_numbers(vars(args), args._numbers)  # NaN, infinities, sizes that would exhaust memory: one line
         return int(args._run(args) or 0)
     except EdgemmError as exc:
         print(f"edgemm {args.command}: error: {exc}", file=sys.stderr)

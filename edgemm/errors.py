@@ -29,3 +29,15 @@ def number_problem(value, *, minimum: float | None = None, maximum: float | None
     if maximum is not None and value > maximum:
         return f"expected <= {maximum:g}"
     return None
+
+
+def check_numbers(values: dict, table: dict) -> None:
+    """Every number in ``values`` that ``table`` names (key -> (what, unit, bounds for number_problem)),
+    when given (not None): finite and within its bounds, else an EdgemmError naming it, in one line. Each
+    command declares such a table (NUMBER_BOUNDS) for its numeric flags; upper bounds keep a size from
+    exhausting memory or a duration from never ending."""
+    for key, (what, unit, bounds) in table.items():
+        value = values.get(key)
+        problem = None if value is None else number_problem(value, **bounds)
+        if problem:
+            raise EdgemmError(f"{what}: {value}{' ' + unit if unit else ''} | {problem[0].upper()}{problem[1:]}.")

@@ -8,9 +8,11 @@ A sink is named by a spec string (``make_sink``):
                                  afresh; ?max_mb=N&keep=K renames a full file to PATH.1 (PATH.1 to PATH.2 ...)
                                  and keeps K of them
   video:PATH.mp4                 the frames that were inferred, with label, score and latency drawn on them
-  mqtt://HOST[:PORT]/TOPIC       results to TOPIC/results (QoS 0), events and the summary to TOPIC/events
-                                 and TOPIC/summary (QoS 1, kept and re-sent across reconnects by paho);
-                                 ?results=off, client_id=NAME, reconnect_min=S, reconnect_max=S
+  mqtt://HOST[:PORT]/TOPIC       results, events and the summary to TOPIC/results, TOPIC/events and
+                                 TOPIC/summary (QoS 1), stored while the broker is away and sent in order when
+                                 it is back (edgemm.sinks_mqtt); ?results=off, client_id=NAME, reconnect_min=S,
+                                 reconnect_max=S, buffer=N (messages), buffer_mb=MB, spool=DIR (kept on disk
+                                 for the next run too)
 
 Every sink has ``open(context)``, ``result(record, frame)``, ``event(event)``, ``summary(summary)`` and
 ``close()``; the pipeline calls them from its one worker thread, and always calls ``close()`` on shutdown
@@ -19,14 +21,9 @@ Every sink has ``open(context)``, ``result(record, frame)``, ``event(event)``, `
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
-import secrets
-import socket
 import sys
-import threading
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -34,9 +31,9 @@ import cv2
 import numpy as np
 
 from edgemm.errors import EdgemmError, number_problem
-from edgemm.lazy import import_optional
 from edgemm.outputs import to_json
 from edgemm.sink_base import Sink
+from edgemm.sinks_mqtt import MqttSink  # noqa: F401 - spelled edgemm.sinks.MqttSink too
 
 log = logging.getLogger("edgemm.sinks")
 
@@ -398,140 +395,6 @@ class VideoSink(Sink):
                 log.warning("video sink %s: no frame was inferred; no file written", self.path)
 
 
-class MqttSink(Sink):
-    """Results and events to an MQTT broker through paho-mqtt 2.x (imported when the sink opens).
-
-    paho's network thread (loop_start) reconnects by itself with exponential backoff; QoS 1 messages
-    published while the broker is away are kept (up to ``max_queued``) and sent after the reconnect.
-    Results are QoS 0: a stale result is worth nothing, an alert event must arrive.
-    """
-
-    name = "mqtt"
-
-    def __init__(self, host: str, port: int = 1883, topic: str = "edgemm", client_id: str = "",
-                 results: bool = True, max_queued: int = 1000, keepalive: int = 30,
-                 reconnect_min_s: float = 1.0, reconnect_max_s: float = 30.0):
-        self.host, self.port, self.topic = host, port, topic.strip("/") or "edgemm"
-        # Unique per process and machine: edgemm is PID 1 in every container (and containers on the host
-        # network share its hostname), and a broker disconnects the older of two clients with one id.
-        self.client_id = client_id or f"edgemm-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        if not 0 < reconnect_min_s <= reconnect_max_s:
-            raise EdgemmError(f"Sink: mqtt://{host}:{port}/{topic} | reconnect delays {reconnect_min_s}..{reconnect_max_s} s; "
-                              "expected 0 < reconnect_min <= reconnect_max.")
-        self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
-        self.send_results = results
-        self.max_queued = max_queued
-        self.keepalive = keepalive
-        self._client = None
-        self._connected = threading.Event()
-        # mids of QoS 1 messages not yet acknowledged (on_publish removes them). paho's own info objects
-        # cannot tell: a message queued while disconnected keeps rc NO_CONN even after its later delivery.
-        self._unacked: set[int] = set()
-        self._early: collections.OrderedDict[int, None] = collections.OrderedDict()
-        self._acked = threading.Condition()
-        # unsent_results: results while the broker was away (QoS 0, not queued: a stale result is worth nothing)
-        self.published = {"results": 0, "events": 0, "dropped": 0, "unsent_results": 0}
-
-    @property
-    def uri(self) -> str:
-        return f"mqtt://{self.host}:{self.port}/{self.topic}"
-
-    @property
-    def label(self) -> str:
-        return self.uri
-
-    def lost(self) -> int:
-        return self.published["dropped"] + self.published["unsent_results"]
-
-    def counts(self) -> dict:
-        return dict(self.published)
-
-    def open(self, context=None) -> None:
-        mqtt = import_optional("paho.mqtt.client", "install it with `pip install paho-mqtt` (or edgemm[mqtt]).")
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
-        client.max_queued_messages_set(self.max_queued)
-        client.reconnect_delay_set(min_delay=self.reconnect_min_s, max_delay=self.reconnect_max_s)
-
-        def on_connect(c, userdata, flags, reason_code, properties):
-            if not reason_code.is_failure:
-                self._connected.set()
-                if self.published["unsent_results"]:
-                    log.warning("mqtt %s: connected again (%d result(s) not sent while it was away, in this run)",
-                                self.uri, self.published["unsent_results"])
-            else:
-                log.warning("mqtt %s: connection refused (%s)", self.uri, reason_code)
-
-        def on_disconnect(c, userdata, flags, reason_code, properties):
-            self._connected.clear()
-            if reason_code.is_failure:
-                log.warning("mqtt %s: disconnected (%s); paho reconnects", self.uri, reason_code)
-
-        def on_publish(c, userdata, mid, reason_code, properties):
-            # Runs on paho's thread with paho's message lock held: only take our own lock briefly here.
-            with self._acked:
-                if mid in self._unacked:
-                    self._unacked.discard(mid)
-                    self._acked.notify_all()
-                else:  # acknowledged before publish() returned to us (or a QoS 0 message): remember briefly
-                    self._early[mid] = None
-                    while len(self._early) > 256:
-                        self._early.popitem(last=False)
-
-        client.on_connect = on_connect
-        client.on_disconnect = on_disconnect
-        client.on_publish = on_publish
-        client.connect_async(self.host, self.port, keepalive=self.keepalive)
-        client.loop_start()
-        self._client = client
-        if not self._connected.wait(3.0):
-            log.warning("mqtt %s: broker not reachable yet; events are queued and sent once it is", self.uri)
-
-    def _publish(self, sub: str, payload: dict, qos: int) -> None:
-        if self._client is None:
-            return
-        # Not under our lock: paho calls on_publish holding its own lock, which publish() also takes.
-        info = self._client.publish(f"{self.topic}/{sub}", to_json(payload), qos=qos)
-        # MQTT_ERR_NO_CONN (4) for QoS 1 means queued: paho sends it after the reconnect.
-        if info.rc not in (0, 4) or (qos == 0 and info.rc != 0):
-            self.published["dropped"] += 1
-        elif qos:
-            with self._acked:
-                if info.mid in self._early:
-                    del self._early[info.mid]
-                else:
-                    self._unacked.add(info.mid)
-
-    def result(self, record, frame=None) -> None:
-        if not self.send_results:
-            return
-        if self._connected.is_set():
-            self._publish("results", record, 0)
-            self.published["results"] += 1
-        else:
-            self.published["unsent_results"] += 1
-
-    def event(self, event) -> None:
-        self._publish("events", event, 1)
-        self.published["events"] += 1
-
-    def summary(self, summary) -> None:
-        self._publish("summary", summary, 1)
-
-    def close(self, timeout_s: float = 3.0) -> None:
-        client, self._client = self._client, None
-        if client is None:
-            return
-        deadline = time.monotonic() + timeout_s
-        with self._acked:
-            while self._unacked and time.monotonic() < deadline:
-                self._acked.wait(max(0.0, deadline - time.monotonic()))
-            unsent = len(self._unacked)
-        if unsent:
-            log.warning("mqtt %s: %d event(s) not acknowledged by the broker at shutdown", self.uri, unsent)
-        client.disconnect()
-        client.loop_stop()
-
-
 def _query(spec: str, text: str, allowed: dict[str, str]) -> dict[str, str]:
     q = dict(urllib.parse.parse_qsl(text, keep_blank_values=True))
     unknown = set(q) - set(allowed)
@@ -541,14 +404,15 @@ def _query(spec: str, text: str, allowed: dict[str, str]) -> dict[str, str]:
     return q
 
 
-def _number(spec: str, q: dict, key: str, kind=float):
+def _number(spec: str, q: dict, key: str, kind=float, maximum: float | None = None):
+    """A URI option as a finite number (at most maximum: sizes that could exhaust memory are capped)."""
     if key not in q:
         return None
     try:
         value = kind(q[key])
     except ValueError:
         raise EdgemmError(f"Sink: {spec} | Option {key}={q[key]!r} is not a number.") from None
-    problem = number_problem(value)
+    problem = number_problem(value, maximum=maximum)
     if problem:
         raise EdgemmError(f"Sink: {spec} | Option {key}={q[key]!r}: {problem}.")
     return value
@@ -566,8 +430,8 @@ def make_sink(spec: str) -> Sink:
         if not path:
             raise EdgemmError(f"Sink: {spec} | No path; expected jsonl:PATH.")
         q = _query(spec, query, {"mode": "a|w", "max_mb": "MB", "keep": "N"})
-        keep = _number(spec, q, "keep", int)
-        return JsonlSink(path, mode=q.get("mode", "a"), max_mb=_number(spec, q, "max_mb"),
+        keep = _number(spec, q, "keep", int, maximum=1000)  # files renamed one by one at each rotation
+        return JsonlSink(path, mode=q.get("mode", "a"), max_mb=_number(spec, q, "max_mb", maximum=1e6),
                          keep=5 if keep is None else keep)
     if spec.startswith("video:"):
         path = spec[len("video:"):]
@@ -583,11 +447,16 @@ def make_sink(spec: str) -> Sink:
         if not u.hostname:
             raise EdgemmError(f"Sink: {spec} | No host; expected mqtt://HOST[:PORT]/TOPIC.")
         q = _query(spec, u.query, {"results": "on|off", "client_id": "NAME", "reconnect_min": "S",
-                                   "reconnect_max": "S"})
-        delays = {k: v for k, v in (("reconnect_min_s", _number(spec, q, "reconnect_min")),
-                                    ("reconnect_max_s", _number(spec, q, "reconnect_max"))) if v is not None}
+                                   "reconnect_max": "S", "buffer": "N", "buffer_mb": "MB", "spool": "DIR"})
+        numbers = {k: v for k, v in (("reconnect_min_s", _number(spec, q, "reconnect_min", maximum=3600)),
+                                     ("reconnect_max_s", _number(spec, q, "reconnect_max", maximum=3600)),
+                                     ("buffer", _number(spec, q, "buffer", int, maximum=10**7)),
+                                     ("buffer_mb", _number(spec, q, "buffer_mb", maximum=1e5))) if v is not None}
+        if "spool" in q and not q["spool"]:
+            raise EdgemmError(f"Sink: {spec} | spool= names no folder; expected spool=DIR.")
         return MqttSink(u.hostname, port, u.path.lstrip("/") or "edgemm", client_id=q.get("client_id", ""),
-                        results=q.get("results", "on").lower() not in ("off", "0", "false", "no"), **delays)
+                        spool=q.get("spool"),
+                        results=q.get("results", "on").lower() not in ("off", "0", "false", "no"), **numbers)
     if spec.startswith(("http://", "rtsp://", "metrics:")):
         # The live sinks (web view, RTSP out, Prometheus metrics) live in modules of their own.
         from edgemm.sinks_live import make_live_sink

@@ -13,6 +13,9 @@ from edgemm.errors import EdgemmError
 from edgemm.sinks import Sink, _number, _query
 
 
+MAX_WIDTH = 8192  # pixels: frames are scaled to it
+
+
 def _host_port(spec: str, u: urllib.parse.SplitResult, default_port: int, expected: str) -> tuple[str, int]:
     try:
         port = u.port
@@ -34,7 +37,8 @@ def make_live_sink(spec: str) -> Sink:
         if u.path not in ("", "/"):
             raise EdgemmError(f"Sink: {spec} | Path {u.path}; expected http://HOST:PORT (the page is served at /).")
         q = _query(spec, u.query, {"token": "SECRET", "fps": "N", "quality": "1..100", "width": "PX"})
-        fps, quality, width = _number(spec, q, "fps"), _number(spec, q, "quality", int), _number(spec, q, "width", int)
+        fps, quality = _number(spec, q, "fps", maximum=120), _number(spec, q, "quality", int, maximum=100)
+        width = _number(spec, q, "width", int, maximum=MAX_WIDTH)
         return HttpSink(host, port, token=q.get("token", ""), fps=15.0 if fps is None else fps,
                         quality=80 if quality is None else quality, width=640 if width is None else width)
     if spec.startswith("rtsp://"):
@@ -45,7 +49,7 @@ def make_live_sink(spec: str) -> Sink:
         if u.path in ("", "/"):
             raise EdgemmError(f"Sink: {spec} | No path; expected rtsp://HOST:PORT/PATH (e.g. /live).")
         q = _query(spec, u.query, {"fps": "N", "width": "PX"})
-        fps, width = _number(spec, q, "fps"), _number(spec, q, "width", int)
+        fps, width = _number(spec, q, "fps", maximum=120), _number(spec, q, "width", int, maximum=MAX_WIDTH)
         return RtspSink(host, port, u.path, fps=15.0 if fps is None else fps, width=width or 0)
     from edgemm.sinks_metrics import MetricsSink
 

@@ -374,17 +374,27 @@ class Mosquitto(_Rig):
         self.proc = None
 
 
-@contextlib.contextmanager
-def small_disk(path: Path, size: str = "64k"):
-    """A real, tiny filesystem at path (a tmpfs of `size`) to fill up: a full disk without filling the
-    machine's. Needs the right to mount (root in CI's container); skipped, with the reason, where it is refused."""
+def mount_tmpfs(path: Path, size: str) -> str | None:
+    """Mount a tmpfs of `size` at path; None when mounted, else why not (no right to mount)."""
     path.mkdir(parents=True, exist_ok=True)
     mount = shutil.which("mount") or "/bin/mount"
     proc = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
                           text=True, timeout=10)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a {size} tmpfs for a full disk: {proc.stderr.strip() or proc.returncode}")
+    return None if proc.returncode == 0 else (proc.stderr.strip() or f"mount exited {proc.returncode}")
+
+
+def unmount(path: Path) -> None:
+    subprocess.run([shutil.which("umount") or "/bin/umount", "-l", str(path)], capture_output=True, timeout=10)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "64k"):
+    """A real, tiny filesystem at path (a tmpfs of `size`) to fill up: a full disk without filling the
+    machine's. Needs the right to mount (root in CI's container); skipped, with the reason, where it is refused."""
+    why = mount_tmpfs(path, size)
+    if why:
+        pytest.skip(f"cannot mount a {size} tmpfs for a full disk: {why}")
     try:
         yield path
     finally:
-        subprocess.run([shutil.which("umount") or "/bin/umount", "-l", str(path)], capture_output=True, timeout=10)
+        unmount(path)

@@ -8,7 +8,7 @@ import math
 
 import onnx
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgemm.bundle import (AudioPreprocess, atomic_output_dir, load_bundle, manifest_from_dict,
@@ -272,7 +272,7 @@ _NUMERIC_FIELDS = {0: ("size", "scale", "mean", "std", "frames", "fps"),
                        "mean", "std")}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a loaded machine
 @given(data=st.data())
 def test_manifest_numbers_property_one_line_error_or_valid(data):
     """Any mix of NaN, infinities, negatives, huge values and wrong types in the numeric preprocessing

@@ -16,6 +16,7 @@ import pytest
 
 from edgemm.errors import EdgemmError
 from edgemm.sinks import ConsoleSink, JsonlSink, MqttSink, SinkHealth, VideoSink, make_sink
+from edgemm.sinks_mqtt import Message, Store
 from tests.rigs import Mosquitto, free_port, require_module, small_disk
 
 RECORD = {"t": 12.5, "outputs": {"logits": {"label": "dog", "index": 1, "score": 0.91, "top": [["dog", 0.91]]}},
@@ -35,10 +36,14 @@ def test_make_sink_understands_the_specs_and_refuses_the_rest():
     j = make_sink("jsonl:/tmp/x.jsonl?mode=w&max_mb=2.5&keep=3")
     assert (j.mode, j.max_bytes, j.keep) == ("w", 2_500_000, 3) and make_sink("jsonl:/tmp/x.jsonl").mode == "a"
     assert make_sink("mqtt://h/t?reconnect_min=4&reconnect_max=8").reconnect_min_s == 4.0
+    m = make_sink("mqtt://h/t?buffer=50&buffer_mb=0.5")
+    assert (m.store.max_messages, m.store.max_bytes, m.reconnect_max_s) == (50, 500_000, 3.0)
     for bad in ("kafka://x", "jsonl:", "video:/tmp/x.gif", "mqtt:///topic", "mqtt://h:port/t", "mqtt://h/t?qos=2",
                 "jsonl:/tmp/x.jsonl?mode=x", "jsonl:/tmp/x.jsonl?max_mb=big", "jsonl:/tmp/x.jsonl?rotate=1",
                 "mqtt://h/t?reconnect_min=0", "jsonl:/tmp/x.jsonl?max_mb=nan", "jsonl:/tmp/x.jsonl?max_mb=inf",
-                "mqtt://h/t?reconnect_max=inf", 42):
+                "mqtt://h/t?reconnect_max=inf", "mqtt://h/t?buffer=0", "mqtt://h/t?buffer=nan",
+                "mqtt://h/t?buffer_mb=-1", "mqtt://h/t?buffer=99999999999", "mqtt://h/t?reconnect_max=1e9",
+                "mqtt://h/t?spool=", 42):
         with pytest.raises(EdgemmError) as e:
             make_sink(bad)
         assert "\n" not in str(e.value)
@@ -196,10 +201,11 @@ def subscriber(port: int, topic: str, client_id: str | None = None, persistent: 
         c.loop_stop()
 
 
-def _drain(q: queue.Queue, want: int, timeout: float) -> list:
+def _drain(q: queue.Queue, want: int, timeout: float, until=None) -> list:
+    """want messages, or until(message) is true for one (duplicates of QoS 1 count towards want)."""
     out = []
     deadline = time.monotonic() + timeout
-    while len(out) < want and time.monotonic() < deadline:
+    while len(out) < want and time.monotonic() < deadline and not (until and out and until(out[-1])):
         with contextlib.suppress(queue.Empty):
             out.append(q.get(timeout=0.1))
     return out
@@ -224,7 +230,7 @@ def test_mqtt_sink_publishes_results_and_events(tmp_path):
 
 
 def test_mqtt_events_survive_a_broker_restart(tmp_path):
-    """Events (QoS 1) published while the broker is down are sent once paho has reconnected by itself.
+    """Events published while the broker is down are sent once paho has reconnected by itself.
 
     The subscriber holds a persistent session on a broker that keeps sessions across its restart, so the
     event reaches it whichever of the two reconnects first (no race with paho's reconnect backoff)."""
@@ -236,21 +242,21 @@ def test_mqtt_events_survive_a_broker_restart(tmp_path):
         with subscriber(broker.port, "car", client_id=sub_id, persistent=True):
             pass  # the broker now holds the subscription of this session
         sink.open({})
-        assert sink._connected.wait(10)
+        assert sink.connected_event.wait(10)
         broker.stop()  # SIGTERM: mosquitto saves the session
         deadline = time.monotonic() + 10
-        while sink._connected.is_set() and time.monotonic() < deadline:
+        while sink.connected_event.is_set() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not sink._connected.is_set()
+        assert not sink.connected_event.is_set()
         sink.event({"event": "source_lost", "modality": "video", "t": 5.0})  # the broker is down now
-        sink.result(RECORD)  # results are QoS 0: not kept while disconnected
+        sink.result(RECORD)  # stored too, and sent after the event
         broker.start()
-        assert sink._connected.wait(15), broker.log()
-        sink.close()  # waits for the broker's acknowledgement of the queued event
-        assert sink.published["events"] == 1 and not sink._unacked
+        assert sink.connected_event.wait(15), broker.log()
+        sink.close()  # waits for the broker's acknowledgement of what was stored
+        assert sink.counts()["published"] == 2 and sink.buffered() == 0 and sink.lost() == 0
         with subscriber(broker.port, "car", client_id=sub_id, persistent=True) as got:
-            msgs = _drain(got, 1, 10)
-        assert [t for t, _ in msgs] == ["car/events"] and msgs[0][1]["event"] == "source_lost"
+            msgs = _drain(got, 2, 10)
+        assert [t for t, _ in msgs] == ["car/events", "car/results"] and msgs[0][1]["event"] == "source_lost"
     finally:
         sink.close()
         broker.stop()
@@ -268,10 +274,10 @@ def test_two_sinks_on_one_broker_keep_their_connections(tmp_path):
         try:
             a.open({})
             b.open({})
-            assert a._connected.wait(10) and b._connected.wait(10)
+            assert a.connected_event.wait(10) and b.connected_event.wait(10)
             deadline = time.monotonic() + 1.5
             while time.monotonic() < deadline:  # a broker kicking one of them shows within a reconnect or two
-                drops += [s.topic for s in (a, b) if not s._connected.is_set()]
+                drops += [s.topic for s in (a, b) if not s.connected_event.is_set()]
                 time.sleep(0.01)
         finally:
             a.close(timeout_s=1)
@@ -287,6 +293,171 @@ def test_mqtt_unreachable_broker_does_not_block_the_run(tmp_path):
     sink.event({"event": "alert_start", "t": 0.0})
     sink.close(timeout_s=0.5)
     assert time.monotonic() - t0 < 10
+
+
+def _outage(broker, sink, down_s: float, feed) -> float:
+    """Stop the broker (SIGTERM) for down_s while feed(i) is called at ~30/s; returns the seconds from the
+    broker's restart until the sink was connected again."""
+    broker.stop()
+    deadline = time.monotonic() + 10
+    while sink.connected_event.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not sink.connected_event.is_set(), "the sink never noticed the broker was gone"
+    end = time.monotonic() + down_s
+    while time.monotonic() < end:
+        feed()
+        time.sleep(1 / 30)
+    broker.start()
+    t0 = time.monotonic()
+    assert sink.connected_event.wait(30), broker.log()
+    return time.monotonic() - t0
+
+
+def test_mqtt_stores_results_while_the_broker_is_away_and_sends_them_in_order(tmp_path):
+    """A 3 s broker outage within the buffer's bound: every result arrives, in order, and the sink is back
+    within its maximum reconnect backoff of the broker's return (paho's default backoff reaches 30 s)."""
+    _paho()
+    broker = Mosquitto(tmp_path, persist_dir=tmp_path / "db").start()
+    sub_id = f"test-sub-{time.monotonic_ns()}"
+    sink = make_sink(f"mqtt://127.0.0.1:{broker.port}/soak?reconnect_min=0.2&reconnect_max=1&buffer=1000")
+    sent = []
+
+    def feed():
+        sink.result({**RECORD, "t": float(len(sent))})
+        sent.append(len(sent))
+
+    try:
+        # A persistent session: the broker keeps what is published for the subscriber while it reconnects.
+        with subscriber(broker.port, "soak", client_id=sub_id, persistent=True) as got:
+            sink.open({})
+            assert sink.connected_event.wait(10)
+            for _ in range(30):
+                feed()
+                time.sleep(1 / 30)
+            back_s = _outage(broker, sink, 3.0, feed)
+            for _ in range(30):
+                feed()
+                time.sleep(1 / 30)
+            sink.close()
+            msgs = _drain(got, 10**6, 20, until=lambda m: m[1].get("t") == sent[-1])
+        ts = [int(p["t"]) for t, p in msgs if t == "soak/results"]
+        firsts = list(dict.fromkeys(ts))  # QoS 1 is at least once: a re-sent duplicate is allowed, a gap is not
+        assert firsts == sent, f"{len(set(sent) - set(ts))} lost, order {firsts[:5]}..."
+        assert back_s <= 1.0 + 1.5, back_s  # reconnect_max plus a loaded machine's slack
+        c = sink.counts()
+        assert c["published"] == len(sent) and c["dropped"] == 0 and c["buffered"] == 0 and sink.lost() == 0
+        assert c["buffered_max"] >= 80 and c["disconnects"] == 1  # ~90 results waited for the broker
+    finally:
+        sink.close()
+        broker.stop()
+
+
+def test_mqtt_full_buffer_drops_the_oldest_results_and_counts_them(tmp_path):
+    """Beyond the bound the oldest results go (not the alert event), and the summary says how many."""
+    _paho()
+    broker = Mosquitto(tmp_path, persist_dir=tmp_path / "db").start()
+    sub_id = f"test-sub-{time.monotonic_ns()}"
+    sink = make_sink(f"mqtt://127.0.0.1:{broker.port}/full?reconnect_min=0.2&reconnect_max=1&buffer=20")
+    try:
+        with subscriber(broker.port, "full", client_id=sub_id, persistent=True) as got:
+            sink.open({})
+            assert sink.connected_event.wait(10)
+            sink.event({"event": "alert_start", "alert": "dog", "t": -1.0})
+            n = [0]
+
+            def feed():
+                if n[0] == 40:
+                    sink.event({"event": "alert_end", "alert": "dog", "t": 40.0})
+                sink.result({**RECORD, "t": float(n[0])})
+                n[0] += 1
+
+            _outage(broker, sink, 2.5, feed)
+            sink.close()
+            total = n[0]
+            msgs = _drain(got, 10**6, 20, until=lambda m: m[1].get("t") == total - 1)
+        assert total > 60
+        results = [int(p["t"]) for t, p in msgs if t == "full/results"]
+        events = [p["event"] for t, p in msgs if t == "full/events"]
+        assert list(dict.fromkeys(events)) == ["alert_start", "alert_end"]  # kept while there are results to drop
+        # 20 messages kept: the alert_end event and the newest 19 results.
+        assert list(dict.fromkeys(results)) == list(range(total - 19, total))
+        c = sink.counts()
+        assert c["dropped"] == total - 19 == sink.lost() and c["dropped_events"] == 0
+    finally:
+        sink.close()
+        broker.stop()
+
+
+def test_mqtt_spool_keeps_what_a_killed_run_could_not_deliver(tmp_path):
+    """spool=DIR: results stored while the broker was away survive the process (here: a sink abandoned
+    without close(), as a SIGKILL leaves it) and the next run sends them first, in order."""
+    _paho()
+    broker = Mosquitto(tmp_path, persist_dir=tmp_path / "db")  # not started yet: the broker is away
+    spec = f"mqtt://127.0.0.1:{broker.port}/sp?reconnect_min=0.1&reconnect_max=0.5&spool={tmp_path / 'spool'}"
+    first = make_sink(spec)
+    first.open({})
+    for i in range(30):
+        first.result({**RECORD, "t": float(i)})
+    first.event({"event": "source_lost", "modality": "video", "t": 29.5})
+    first._client.loop_stop()  # killed: no close(), nothing flushed, its paho thread gone
+    assert len((tmp_path / "spool" / "sp.spool.jsonl").read_text().splitlines()) == 31
+    sub_id = f"test-sub-{time.monotonic_ns()}"
+    broker.start()
+    second = make_sink(spec)
+    try:
+        with subscriber(broker.port, "sp", client_id=sub_id, persistent=True) as got:
+            second.open({})
+            for i in range(30, 35):
+                second.result({**RECORD, "t": float(i)})
+            second.close()
+            msgs = _drain(got, 10**6, 20, until=lambda m: m[1].get("t") == 34.0)
+        ts = list(dict.fromkeys(p["t"] for t, p in msgs))
+        assert ts == [float(i) for i in range(30)] + [29.5] + [float(i) for i in range(30, 35)]
+        assert second.counts()["restored"] == 31 and second.counts()["published"] == 36 and second.lost() == 0
+        third = make_sink(spec)  # everything was acknowledged: nothing left to send
+        third.open({})
+        assert third.restored == 0
+        third.close()
+    finally:
+        second.close()
+        broker.stop()
+
+
+def test_mqtt_spool_stays_bounded_through_a_long_outage(tmp_path):
+    """The spool is compacted to what is still waiting: a broker away for ever does not fill the disk, and
+    the next run gets exactly the newest results the store kept (a cut last line is left out)."""
+    _paho()
+    spec = f"mqtt://127.0.0.1:{free_port()}/long?buffer=50&buffer_mb=0.05&spool={tmp_path}"
+    sink = make_sink(spec)
+    sink.open({})
+    for i in range(3000):
+        sink.result({**RECORD, "t": float(i)})
+    size = (tmp_path / "long.spool.jsonl").stat().st_size
+    assert size <= 2 * 50_000 + (1 << 20) and sink.counts()["dropped"] == 3000 - 50
+    sink.close(timeout_s=0.2)
+    with open(tmp_path / "long.spool.jsonl", "ab") as f:
+        f.write(b'{"s": 99999, "k": "resu')  # power lost mid-line
+    again = make_sink(spec)
+    again.open({})
+    try:
+        assert [json.loads(m.payload)["t"] for m in again.store.messages()] == [float(i) for i in range(2950, 3000)]
+        assert again.restored == 50
+    finally:
+        again.close(timeout_s=0.2)
+
+
+def test_store_bounds_count_and_bytes_and_drops_results_first():
+    store = Store(max_messages=4, max_bytes=100)
+    for i in range(3):
+        store.put(Message("results", b"r%d" % i + b"." * 28))  # 30 bytes each
+    store.put(Message("events", b"e" * 30))  # 120 bytes > 100: the oldest result goes
+    assert [m.payload[:2] for m in store._q] == [b"r1", b"r2", b"ee"] and store.bytes == 90
+    store.put(Message("events", b"E" * 30))  # 120 again: r1 goes
+    store.put(Message("events", b"F" * 30))  # r2 goes
+    store.put(Message("events", b"G" * 30))  # no result left: the oldest event goes
+    assert [m.payload[:1] for m in store._q] == [b"E", b"F", b"G"] and dict(store.dropped) == {"results": 3,
+                                                                                           "events": 1}
+    assert store.pop().payload[:1] == b"E" and store.bytes == 60 and len(store) == 2
 
 
 # ------------------------------------------------------------------------------------ sinks that fail

@@ -25,6 +25,16 @@ from edgemm.shapes import SHAPE_HELP, shape_overrides
 # (outputs, power), are imported inside functions.
 
 
+# Every numeric flag, finite and in range (checked by the CLI before the command runs: edgemm.errors.check_numbers).
+NUMBER_BOUNDS = {
+    "iterations": ("Iterations", "", {"minimum": 1, "maximum": 10**8}),
+    "duration": ("Duration", "s", {"positive": True, "maximum": 86400}),
+    "warmup": ("Warm-up", "s", {"minimum": 0, "maximum": 3600}),
+    "batch": ("Batch", "", {"minimum": 1, "maximum": 4096}),  # synthesised inputs: memory grows with it
+    "threads": ("Threads", "", {"minimum": 1, "maximum": 1024}),
+    "seed": ("Seed", "", {"minimum": 0, "maximum": 2**32 - 1}),
+}
+
 def add_arguments(p) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL", help="bundle folders or .onnx files (NAME=PATH names one)")
     p.add_argument("--backend", action="append", metavar="B", help=BACKEND_HELP + "; repeat to compare backends")
@@ -54,8 +64,6 @@ def run(args) -> int:
     backends = args.backend or ["onnxruntime"]
     for b in backends:
         parse_backend(b)  # unknown backends fail before anything is loaded
-    if args.batch < 1:
-        raise EdgemmError(f"Batch: {args.batch} | Expected a positive batch size.")
     for path in (args.json if args.json != "-" else None, args.plot):
         if path:
             require_folder(path)  # fail now, not after the whole benchmark

@@ -49,6 +49,19 @@ DATA_FORMAT = """\
 """
 
 
+# Every numeric flag, finite and in range (checked by the CLI before the command runs: edgemm.errors.check_numbers).
+NUMBER_BOUNDS = {
+    "calib_limit": ("Calibration limit", "", {"minimum": 1, "maximum": 10**7}),
+    "eval_limit": ("Evaluation limit", "", {"minimum": 1, "maximum": 10**7}),
+    "max_drop": ("Max drop", "points", {"minimum": 0, "maximum": 100}),
+    "max_batch": ("Max batch", "", {"minimum": 1, "maximum": 4096}),
+    "workspace": ("Workspace", "MB", {"minimum": 1, "maximum": 2**20}),
+    "builder_opt_level": ("Builder optimisation level", "", {"minimum": 0, "maximum": 5}),
+    "dla": ("DLA core", "", {"minimum": 0, "maximum": 7}),
+    "threads": ("Threads", "", {"minimum": 1, "maximum": 1024}),
+    "bench_seconds": ("Bench seconds", "s", {"positive": True, "maximum": 3600}),
+}
+
 def add_arguments(p) -> None:
     p.epilog = "Calibration / evaluation data folders (--calib, --eval):\n" + DATA_FORMAT
     p.add_argument("model", metavar="MODEL", help="bundle folder or .onnx file")

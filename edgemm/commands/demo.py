@@ -37,6 +37,15 @@ from edgemm.sink_base import Sink
 # converters), or matplotlib, are imported inside functions.
 
 
+# Every numeric flag, finite and in range (checked by the CLI before the command runs: edgemm.errors.check_numbers).
+NUMBER_BOUNDS = {
+    "duration": ("Duration", "s", {"positive": True, "maximum": 86400}),
+    "commands": ("Commands", "", {"minimum": 1, "maximum": 60}),  # the clip is rendered: 1.6 s each
+    "threads": ("Threads", "", {"minimum": 1, "maximum": 1024}),
+    "every": ("Every", "", {"minimum": 1, "maximum": 10**6}),
+    "seed": ("Seed", "", {"minimum": 0, "maximum": 2**32 - 1}),
+}
+
 def add_arguments(p) -> None:
     p.add_argument("--out", default="edgemm-demo", metavar="DIR", help="folder for the artefacts (default ./edgemm-demo)")
     p.add_argument("--model", metavar="BUNDLE", help="fusion bundle to run (default: the shipped AV-digits reference, "
@@ -413,10 +422,6 @@ def run(args) -> int:
 
         return demo_driving.run(args)
     live = bool(args.video or args.audio)
-    if args.duration is not None and args.duration <= 0:
-        raise EdgemmError(f"Duration: {args.duration} | Expected a positive number of seconds.")
-    if args.every < 1:
-        raise EdgemmError(f"Every: {args.every} | Expected 1 or more (print every K-th result).")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = Path(args.model) if args.model else model_path("avdigits_intermediate")

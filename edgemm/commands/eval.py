@@ -26,6 +26,13 @@ from edgemm.shapes import SHAPE_HELP, shape_overrides
 # (outputs, power), are imported inside functions.
 
 
+# Every numeric flag, finite and in range (checked by the CLI before the command runs: edgemm.errors.check_numbers).
+NUMBER_BOUNDS = {
+    "threads": ("Threads", "", {"minimum": 1, "maximum": 1024}),
+    "limit": ("Limit", "", {"minimum": 1, "maximum": 10**9}),
+    "latency": ("Latency", "s", {"positive": True, "maximum": 3600}),
+}
+
 def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL", help="bundle folder or .onnx file")
     p.add_argument("--data", required=True, metavar="DIR", help="evaluation folder (.npz with labels, or media + labels.csv) or one .npz file")
@@ -83,10 +90,8 @@ def run(args) -> int:
     from edgemm.outputs import require_folder
 
     parse_backend(args.backend)
-    if args.latency is not None and (not args.against or args.latency <= 0):
-        raise EdgemmError("Latency | --latency S needs --against ORIGINAL and a positive number of seconds.")
-    if args.threads is not None and args.threads < 1:
-        raise EdgemmError(f"Threads: {args.threads} | Expected a positive number of threads.")
+    if args.latency is not None and not args.against:
+        raise EdgemmError("Latency | --latency S needs --against ORIGINAL.")
     if args.json and args.json != "-":
         require_folder(args.json)  # fail now, not after the whole evaluation
     shapes = shape_overrides(args.shape)

@@ -22,7 +22,7 @@ import signal
 import sys
 from pathlib import Path
 
-from edgemm.errors import EdgemmError, number_problem
+from edgemm.errors import EdgemmError, check_numbers, number_problem
 from edgemm.runners import BACKEND_HELP, parse_backend
 from edgemm.shapes import SHAPE_HELP, shape_overrides
 
@@ -36,6 +36,23 @@ CONFIG_KEYS = {
     "shape": list, "conf": (int, float), "iou": (int, float), "metrics": (int, str),
     "wait_for_sources": (int, float), "max_source_loss": (int, float), "batch_size": int,
     "batch_timeout_ms": (int, float),
+}
+
+# Every number from a flag or the config, finite and in range (edgemm.errors.check_numbers): a NaN duration
+# once ran forever, a NaN skew bound let everything through.
+NUMBER_BOUNDS = {
+    "duration": ("Duration", "s", {"positive": True}),
+    "threads": ("Threads", "", {"minimum": 1, "maximum": 1024}),
+    "max_in_flight": ("Frames in flight", "", {"minimum": 1, "maximum": 64}),
+    "max_skew_ms": ("A/V skew bound", "ms", {"minimum": 0, "maximum": 60000}),
+    "tick_hz": ("Tick rate", "Hz", {"positive": True, "maximum": 1000}),
+    "max_age_s": ("Embedding age bound", "s", {"minimum": 0, "maximum": 3600}),
+    "conf": ("Score threshold (--conf)", "", {"minimum": 0, "maximum": 1}),
+    "iou": ("NMS IoU threshold (--iou)", "", {"minimum": 0, "maximum": 1}),
+    "wait_for_sources": ("Wait for sources", "s", {"minimum": 0, "maximum": 7 * 86400}),
+    "max_source_loss": ("Maximum source loss", "s", {"positive": True, "maximum": 7 * 86400}),
+    "batch_size": ("Batch size", "", {"minimum": 1, "maximum": 256}),  # frames of several cameras per inference
+    "batch_timeout_ms": ("Batch timeout", "ms", {"minimum": 0, "maximum": 10000}),
 }
 
 
@@ -191,14 +208,8 @@ def build(opts: dict):
         raise EdgemmError("Model: (none) | No model given; expected MODEL (a bundle or .onnx) or \"model\" in --config.")
     backend = opts.get("backend") or "onnxruntime"
     parse_backend(backend)
-    if opts.get("threads") is not None and opts["threads"] < 1:
-        raise EdgemmError(f"Threads: {opts['threads']} | Expected a positive number of threads.")
-    _check_number(opts, "duration", "Duration", "s", positive=True)
-    _check_number(opts, "max_skew_ms", "A/V skew bound", "ms", minimum=0)
-    _check_number(opts, "tick_hz", "Tick rate", "Hz", positive=True)
-    _check_number(opts, "max_age_s", "Embedding age bound", "s", minimum=0)
-    _check_number(opts, "wait_for_sources", "Wait for sources", "s", minimum=0)
-    _check_number(opts, "max_source_loss", "Maximum source loss", "s", positive=True)
+    check_numbers(opts, NUMBER_BOUNDS)  # the config's numbers too, not only the flags' (the CLI checks those)
+    rates = _rates(opts["rates_hz"]) if opts.get("rates_hz") else None
     if opts.get("summary_json"):
         _check_writable(opts["summary_json"])
     bundle = load_bundle(opts["model"], shapes=shape_overrides(opts.get("shape")))
@@ -247,12 +258,10 @@ def build(opts: dict):
         settings.attribution = opts["attribution"]
     if opts.get("tick_hz") is not None:
         settings.tick_hz = float(opts["tick_hz"])
-    if opts.get("rates_hz"):
-        settings.rates_hz = _rates(opts["rates_hz"])
+    if rates:
+        settings.rates_hz = rates
     for key in ("conf", "iou"):
         if opts.get(key) is not None:
-            if not 0.0 <= opts[key] <= 1.0:
-                raise EdgemmError(f"--{key}: {opts[key]} | Expected a threshold in [0, 1].")
             setattr(settings, key, float(opts[key]))
     if opts.get("max_age_s") is not None:
         settings.max_age_s = float(opts["max_age_s"])
@@ -276,7 +285,6 @@ def _multicamera(opts, bundle, videos, audio, sinks, camera_sinks, settings, ale
     if not videos:
         raise EdgemmError(f"Model: {opts['model']} | Has no video input; expected a model that takes frames for "
                           "several cameras (--batch-size, --batch-timeout-ms).")
-    _check_number(opts, "batch_timeout_ms", "Batch timeout", "ms", minimum=0)
     timeout_ms = opts.get("batch_timeout_ms")
     return MultiCamera(bundle, videos, audio=audio, shared_sinks=sinks, camera_sinks=camera_sinks,
                        settings=settings, alerts=alerts, backend=backend, threads=opts.get("threads"),
@@ -309,14 +317,6 @@ def _rates(rates: dict) -> dict[str, float]:
             raise EdgemmError(f"Rates: {mod}={json.dumps(hz)} | Expected a positive number of runs per second.")
         out[mod] = float(hz)
     return out
-
-
-def _check_number(opts: dict, key: str, what: str, unit: str, **bounds) -> None:
-    """A numeric option, finite and in range (a NaN duration once ran forever), else one line."""
-    value = opts.get(key)
-    problem = None if value is None else number_problem(value, **bounds)
-    if problem:
-        raise EdgemmError(f"{what}: {value} {unit} | {problem[0].upper()}{problem[1:]}.")
 
 
 def _check_writable(path) -> None:
@@ -394,6 +394,9 @@ def format_summary(s: dict) -> str:
     lines.append(f"  reconnects: {_words(s['reconnects'])}; overflows: {s['overflows']}; "
                  f"degraded results: {_words(s['degraded_results'])}; events: {_words(s['events'])}")
     for label, c in s.get("sinks", {}).items():
+        if "buffered" in c:  # a store-and-forward sink (MQTT)
+            lines.append(f"  sink {label}: {c['published']} published, {c['buffered']} buffered (at most "
+                         f"{c['buffered_max']}), {c['dropped']} dropped, {c['disconnects']} disconnects")
         if c["failures"] or c["lost"]:
             lines.append(f"  sink {label}: {c['written']} written, {c['failures']} failed writes, "
                          f"{c['lost']} records lost")

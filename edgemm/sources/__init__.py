@@ -269,10 +269,10 @@ def _mic(parsed, opts: Options, loc: str) -> Source:
               channels=opts.get_int("channels", 1, minimum=1), name=opts.get_str("name"))
     latency = opts.get_str("latency")  # seconds, or PortAudio's 'low' / 'high'
     if latency is not None:
-        try:
-            kw["latency"] = float(latency)
-        except ValueError:
+        if latency.strip().lower() in ("low", "high"):
             kw["latency"] = opts.get_choice("latency", ("low", "high"))
+        else:  # seconds: finite, at most uri.MAXIMA["latency"] (a NaN reached PortAudio)
+            kw["latency"] = opts.get_float("latency", minimum=0.0)
     opts.check_all_used("microphone")
     return MicSource(parsed.uri, device=loc or "default", **kw)
 

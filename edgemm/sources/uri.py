@@ -62,6 +62,15 @@ def parse_uri(uri, options: dict | None = None) -> ParsedUri:
     return ParsedUri(text, scheme, location, opts, query_keys)
 
 
+# Upper bounds of the numeric options, by name: what a source allocates or waits for grows with them (a ring
+# of buffer_s x sample_rate x channels, a frame of size), so a stray digit is a one-line error, not a
+# MemoryError an hour into a run.
+MAXIMA = {"sample_rate": 384_000, "channels": 64, "block": 1 << 20, "block_s": 10.0, "buffer_s": 600.0,
+          "stall_timeout": 3600.0, "open_timeout": 3600.0, "capture_delay": 60.0, "anchor_s": 60.0,
+          "fps": 1000.0, "flip": 7, "seed": 2**32 - 1, "frames": 10**9, "latency": 10.0}
+MAX_SIDE = 16384  # pixels, per side of a size option
+
+
 class Options:
     """Typed access to a source's options; unknown or malformed options are user errors naming the URI."""
 
@@ -94,7 +103,7 @@ class Options:
         except (TypeError, ValueError):
             raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is not {what}; expected e.g. "
                               f"{name}={default if default is not None else example}.") from None
-        problem = number_problem(out, minimum=minimum)
+        problem = number_problem(out, minimum=minimum, maximum=MAXIMA.get(name))
         if problem:
             raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r}: {problem}.")
         return out
@@ -126,8 +135,9 @@ class Options:
         except (TypeError, ValueError):
             raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} is not a size; "
                               f"expected WIDTHxHEIGHT, e.g. {name}=640x480.") from None
-        if w <= 0 or h <= 0:
-            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r} must be positive; expected e.g. 640x480.")
+        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+            raise EdgemmError(f"Source: {self.uri} | Option {name}={value!r}: expected 1 to {MAX_SIDE} pixels a "
+                              "side, e.g. 640x480.")
         return w, h
 
     def get_choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str | None:
