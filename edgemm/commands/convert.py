@@ -56,7 +56,7 @@ NUMBER_BOUNDS = {
     "max_drop": ("Max drop", "points", {"minimum": 0, "maximum": 100}),
     "max_batch": ("Max batch", "", {"minimum": 1, "maximum": 4096}),
     "workspace": ("Workspace", "MB", {"minimum": 1, "maximum": 2**20}),
-    "builder_opt_level": ("Builder optimisation level", "", {"minimum": 0, "maximum": 5}),
+    "builder_opt_level": ("Builder optimization level", "", {"minimum": 0, "maximum": 5}),
     "dla": ("DLA core", "", {"minimum": 0, "maximum": 7}),
     "threads": ("Threads", "", {"minimum": 1, "maximum": 1024}),
     "bench_seconds": ("Bench seconds", "s", {"positive": True, "maximum": 3600}),
