@@ -1,14 +1,16 @@
 """The streaming pipeline: the loop that joins capture, sync, the model, decisions and sinks (start, step, stop).
 
     camera ──capture thread──► video port (flow limiter: at most N frames in flight) ─┐
-                                                                                       ├─► worker ─► sinks
-    microphone ──capture thread──► AudioRing (by sample index, drift-corrected) ──────┘   (step())
+                                                                                       ├─► worker ──► sinks thread
+    microphone ──capture thread──► AudioRing (by sample index, drift-corrected) ──────┘   (step())   (bounded FIFO)
 
 - Ports are bounded. A live source drops the oldest queued frame when the worker is busy, so latency
   never grows with a slow model; a file source blocks instead and loses nothing. Audio goes into a ring
   of fixed size (live: the oldest is overwritten; file: the reader waits for the worker to catch up).
 - One worker (the thread calling ``step()``) runs the model; inference never runs concurrently with
-  itself, which is what a GPU wants and what keeps the latency accounting honest.
+  itself, which is what a GPU wants and what keeps the latency accounting honest. Sinks write on a thread
+  of their own (edgemm/sink_thread.py), in order, so a video encode or a disk stall does not hold up the
+  next inference.
 - A source that fails (SourceError) or goes silent is reopened with exponential backoff by its capture
   thread (edgemm/capture.py); loss and recovery are events, and meanwhile the other modality is fused
   alone (``degraded``). One lost for longer than ``max_source_loss_s`` fails the run (``step()`` raises
@@ -55,6 +57,7 @@ from edgemm.decisions import attribution as attribution_of
 from edgemm.errors import EdgemmError
 from edgemm.fusion import FusionModel
 from edgemm.scheduler import LiveFusion, LiveSettings, Prepared, StepResult, Tick
+from edgemm.sink_thread import SinkThread
 from edgemm.sinks import Sink, SinkHealth
 from edgemm.sources.base import AudioBlock, Frame, Source, now
 from edgemm.sync import AudioRing
@@ -64,6 +67,7 @@ log = logging.getLogger("edgemm.pipeline")
 
 STAGES = ("capture", "preprocess", "infer", "postprocess", "sink", "total")
 CAPTURE_JOIN_S = 2.0  # close() waits this long in all for the capture threads to end
+SINK_JOIN_S = 2.0  # ... and this long for the sinks to write what is queued (with the above: < 5 s)
 FILE_AUDIO_WAIT_S = 5.0  # a frame from a file waits this long at most for its audio (ended audio: not at all)
 
 
@@ -166,7 +170,7 @@ class Pipeline(Streaming):
         for sink in sinks:
             self.add_sink(sink)
         self._opened: list[Any] = []
-        self._last_sink_s = 0.0
+        self._sinks: SinkThread | None = None  # the sinks' thread, from start() (edgemm/sink_thread.py)
         self._last_tick_t: float | None = None
         self._watchdog = None
         # The watchdog is pinged for progress only (see _progress): the last value it was pinged at.
@@ -230,6 +234,8 @@ class Pipeline(Streaming):
         for sink in self.sinks:
             sink.open(context)
             self._opened.append(sink)
+        self._sinks = SinkThread(self.sink_health, name=f"edgemm-sinks-{self.camera}" if self.camera else "edgemm-sinks")
+        self._sinks.start()
         self.rss_start = bench.rss_mb()
         self.started_at = now()
         self.captures.update(self.shared_captures)
@@ -264,13 +270,18 @@ class Pipeline(Streaming):
         end_t = now()
         events = self.decisions.close(end_t) if self.started_at is not None else []
         self._drain_events(events)
+        # What is queued for the sinks is written first (bounded: a hung sink is left behind, and then not
+        # called again, since it would hang this thread too).
+        sinks_done = self._sinks is None or self._sinks.close(SINK_JOIN_S)
         if self.started_at is not None:
             self.final_summary = summary = self.summary()
-            for health in self.sink_health:
+            for health in self.sink_health if sinks_done else ():
                 if health.sink in self._opened:  # a failing sink must not keep the others from closing
                     health.call("summary", summary)
         captured = {id(c.source): c for c in self.captures.values()}
         for obj in reversed(self._opened):
+            if isinstance(obj, Sink) and not sinks_done:
+                continue  # hung in a write: closing it would hang too
             try:
                 if isinstance(obj, FusionModel):
                     obj.__exit__(None, None, None)
@@ -302,9 +313,12 @@ class Pipeline(Streaming):
         return float(fps) if fps else None
 
     def _failure(self) -> EdgemmError | None:
-        """What ends the run with an error: a capture that kept crashing, or a source lost for longer than
-        max_source_loss_s (so that the supervisor restarts the process)."""
+        """What ends the run with an error: a capture that kept crashing, a sink that cannot work as
+        configured, or a source lost for longer than max_source_loss_s (so that the supervisor restarts the
+        process)."""
         fatal = next((c.fatal for c in self.captures.values() if c.fatal is not None), None)
+        if fatal is None and self._sinks is not None and self._sinks.error is not None:
+            return self._sinks.error  # a sink that cannot work as configured (e.g. no video writer)
         limit = self.settings.max_source_loss_s
         if fatal is None and limit:
             for cap in self.captures.values():
@@ -361,8 +375,15 @@ class Pipeline(Streaming):
             if self.camera is not None:
                 ev.setdefault("camera", self.camera)
             self.event_counts[ev["event"]] += 1
-            for health in self.sink_health:  # one sink failing must not stop the others or the run
-                health.call("event", ev)
+            self._to_sinks("event", ev)
+
+    def _to_sinks(self, method: str, *args) -> None:
+        if self._sinks is not None:
+            self._sinks.put(method, *args)
+        else:  # before start(): nothing is open yet, but the events still count
+            for health in self.sink_health:
+                if health.sink in self._opened:
+                    health.call(method, *args)
 
     def _present(self) -> dict[str, bool]:
         """Sources that are up. Audio from a file that has ended still counts: the ring holds it, and the
@@ -504,25 +525,24 @@ class Pipeline(Streaming):
             "preprocess": prep_s,
             "infer": res.infer_s,
             "postprocess": post_s,
-            "sink": self._last_sink_s,  # the previous result's: a record cannot hold its own writing time
+            # the sinks' time over the previous result (on their thread: a record cannot hold its own)
+            "sink": self._sinks.last_result_s if self._sinks is not None else 0.0,
             "total": t_result - t_glass,
         }
         record["latency_ms"] = {k: round(v * 1e3, 3) for k, v in lat.items()}
-        s0 = time.perf_counter()
         frame = tick.frame.image if tick.frame is not None else None
-        for health in self.sink_health:  # a sink failing (disk full, broker gone) must not stop inference
-            health.call("result", record, frame)
+        self._to_sinks("result", record, frame)  # written on the sinks' thread (edgemm/sink_thread.py)
         self._drain_events(events)
-        self._last_sink_s = time.perf_counter() - s0
         # statistics (bounded)
         self.results += 1
         for k, v in lat.items():
             self.lat[k].add(v)
         # Work for this result beyond running the model (waiting for data excluded): on the worker, which
-        # costs throughput, and in all, with the preprocessing the capture thread did in parallel.
+        # costs throughput, and in all, with the preprocessing the capture thread and the writing the sinks'
+        # thread did in parallel (the sinks' time is the previous result's, as in the "sink" stage).
         worker = (now() - t_pick) - res.infer_s - res.wait_s
         self.worker_overhead.add(worker)
-        self.overhead.add(worker + capture_prep_s)
+        self.overhead.add(worker + capture_prep_s + lat["sink"])
         if res.skew_s is not None:
             self.skew.add(res.skew_s)
         for m in res.degraded:
@@ -594,9 +614,15 @@ class Pipeline(Streaming):
             "overflows": sum(c.source.stats.overflows for c in self.captures.values()),
             "degraded_results": dict(self.degraded_counts),
             "events": dict(self.event_counts),
-            "sinks": {h.sink.label: h.counts() for h in self.sink_health},
+            "sinks": {h.sink.label: self._sink_counts(h) for h in self.sink_health},
             "rss_mb": {"start": round(self.rss_start or 0.0, 1), "end": round(bench.rss_mb(), 1)},
         }
+
+    def _sink_counts(self, health: SinkHealth) -> dict:
+        counts = health.counts()
+        if self._sinks is not None and self._sinks.unwritten:  # left in the queue by a hung sink at the end
+            counts["lost"] += self._sinks.unwritten
+        return counts
 
     def run(self, duration_s: float | None = None) -> dict:
         """Step until the sources end, stop() is called or duration_s passes; returns the summary."""
