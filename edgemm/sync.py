@@ -35,6 +35,7 @@ __all__ = ["AudioRing", "AudioWindow", "DriftEstimator", "now"]
 log = logging.getLogger("edgemm.sync")
 
 MAX_DRIFT = 0.005  # 5000 ppm: audio crystals are off by tens of ppm, a cheap USB codec by a few hundred
+RESTAMP_S = 0.05  # a block stamped this far off its epoch's line starts a new epoch (sample-count rounding is ~1e-4 s)
 
 
 class DriftEstimator:
@@ -207,6 +208,7 @@ class AudioRing:
         first_in = int(block.first_sample)
         with self._cond:
             if block.sample_rate == self.sample_rate:
+                self._restart_if_restamped(first_in, float(block.t))
                 self._restart_if_backwards(first_in, samples.size)
                 self._write(samples, first_in, float(block.t))
                 n_end = first_in + samples.size
@@ -215,6 +217,7 @@ class AudioRing:
                 # it. One streaming resampler per epoch: blocks join without edge clicks, and the output
                 # lags the input only by the filter's look-ahead (about a millisecond).
                 scale = self.sample_rate / block.sample_rate
+                self._restart_if_restamped(round(first_in * scale), float(block.t))
                 self._restart_if_backwards(round(first_in * scale), round(samples.size * scale))
                 self._res_ref = (first_in, float(block.t), int(block.sample_rate))
                 for first, out in self._resample(int(block.sample_rate), first_in, samples):
@@ -226,6 +229,16 @@ class AudioRing:
                 if self._offset is None and self.correct_drift and self._anchor is not None:
                     self._time_of(self._anchor[0])  # freezes the offset as soon as the first fit exists
             self._cond.notify_all()
+
+    def _restart_if_restamped(self, first: int, t: float) -> None:
+        if self._anchor is None:
+            return
+        n0, t0 = self._anchor
+        if abs(t - (t0 + (first - n0) / self.sample_rate)) > RESTAMP_S:
+            # The source put this block off the epoch's line: a microphone placed its samples on the timeline
+            # afresh after a stall (edgemm/sources/audio.py: _reanchor). Its stamps are the truth: new epoch.
+            self._clear()
+            self.resets += 1
 
     def _restart_if_backwards(self, first: int, n: int) -> None:
         if self._end is not None and first < self._end - n:

@@ -100,6 +100,21 @@ def test_gaps_after_an_overflow_are_zero_and_counted():
     assert w.samples[:1600].all() and not w.samples[1600:3200].any() and w.samples[3200:].all()
 
 
+def test_a_source_that_placed_its_samples_afresh_after_a_stall_starts_a_new_epoch():
+    """A microphone whose server froze re-anchors (sources/audio.py: _reanchor): its sample count goes on, but
+    the next block is stamped 0.9 s later than the count says. The ring follows the stamps (a new epoch), so
+    windows at the present are not "not yet arrived" for ever; blocks on the line never restart it."""
+    ring = AudioRing(SR, correct_drift=False)
+    for k in range(10):
+        ring.push(AudioBlock(np.ones(1600, np.float32), 10.0 + k * 0.1, SR, k * 1600))
+    assert ring.resets == 0  # stamped on the line: one epoch
+    ring.push(AudioBlock(np.full(1600, 2.0, np.float32), 11.0 + 0.9, SR, 16000))
+    assert ring.resets == 1
+    assert abs(ring.latest_t() - 12.0) < 1e-6  # the stamp, not 11.1 from the count
+    w = ring.window(12.0, 1600)
+    assert w.missing == 0 and set(np.unique(w.samples)) == {2.0}
+
+
 def test_a_reopened_source_starts_a_new_epoch():
     ring = AudioRing(SR, correct_drift=False)
     ring.push(AudioBlock(np.ones(16000, np.float32), 10.0, SR, 0))

@@ -220,7 +220,7 @@ class MicSource(Source):
         self._await_signal = False  # after digital silence: hand out nothing until a sample is not zero
         self._is_open = False
         self._opened_once = False
-        self.stats.extra.update(filled_samples=0, dropped_samples=0, callbacks=0, silent_dropped=0,
+        self.stats.extra.update(filled_samples=0, dropped_samples=0, callbacks=0, silent_dropped=0, reanchored=0,
                                 device=self.device_name)
 
     # ---------------------------------------------------------------------------------- open / close
@@ -310,6 +310,8 @@ class MicSource(Source):
                 adc = adc if adc > 0 and cur > 0 else None
                 prev, self._prev_cb = self._prev_cb, (adc, t_arrival, frames)
                 t_first_bound = t_arrival - frames / sr  # the first sample was captured no later than this
+                if self._anchored and prev is not None and t_arrival - prev[1] > self.STALL_S:
+                    self._reanchor()
                 if not self._anchored:
                     t_first = t_first_bound
                     if adc is not None:
@@ -336,13 +338,7 @@ class MicSource(Source):
                             self._anchor()
                         self._cond.notify_all()
                         return
-                # A stall far longer than any driver buffer (an audio server frozen, a device wedged and back)
-                # lost what was played meanwhile even when no overflow is flagged (measured as for an overflow:
-                # the driver's capture times where it has them, else the host clock). Without this the sample
-                # count would lag the host clock by the stall for ever, and every window after it would be
-                # "not yet arrived": audio stayed degraded after a frozen JACK server came back.
-                stalled = prev is not None and t_arrival - prev[1] > self.STALL_S
-                if prev is not None and (status.input_overflow or stalled):
+                if prev is not None and status.input_overflow:
                     # The driver dropped samples: fill them with zeros, so that "sample n was captured at
                     # t0 + n / sr" stays true after the gap.
                     lost = self._lost_samples(prev, adc, t_arrival, frames)
@@ -376,6 +372,32 @@ class MicSource(Source):
             lost = round((t_arrival - prev_arrival) * self.sample_rate) - frames
         return min(lost, int(60 * self.sample_rate))  # a clock that jumped is not a minute of lost audio
 
+    def _reanchor(self) -> None:
+        """After a stall far longer than any driver buffer (an audio server frozen, a device wedged and back):
+        place what follows on the timeline afresh, as at an opening.
+
+        Counting the lost samples does not work here: the driver's clock stops with its server (a JACK server
+        stopped for 0.98 s resumed with its frame time 0.46 s on, then caught up in a burst of callbacks), so
+        neither its stamps nor the callbacks' arrivals say how much of the stall's audio is gone. Filling by
+        the stamps left the count half the stall behind the host clock for ever (44 % of every later window
+        "not yet arrived"; after a second stall the audio stayed degraded). The stall is a gap of unknown
+        length: the samples go on counting, but their time comes from the next ``anchor_s`` of callbacks
+        (``_anchor``); the ring sees the new stamps and starts a new epoch. What was not read yet is dropped
+        (blocks are stamped when read, and those came before the gap)."""
+        unread = self._tail - self._head
+        if unread:
+            self.stats.extra["dropped_samples"] += unread
+            self.stats.dropped += -(-unread // self.block)
+        # Whole blocks from here on: the next sample starts one, so no block straddles the gap.
+        self._tail += (-self._tail) % self.block
+        self._head = self._tail
+        self._arrivals.clear()
+        self._rate_ref = None
+        self._anchored = False
+        self._pending = []
+        self._anchoring_since = None
+        self.stats.extra["reanchored"] += 1
+
     def _anchor(self) -> None:
         """Place this opening's samples on the timeline, from the callbacks of its first ``anchor_s``.
 
@@ -390,7 +412,7 @@ class MicSource(Source):
             s = t_first - offset / sr
             start = s if start is None else min(start, s)
             offset += frames
-        self._t0 = start - self._tail / sr  # (the tail is 0 here: nothing of this opening is written yet)
+        self._t0 = start - self._tail / sr  # (the tail is 0 here at an opening, on after a stall: _reanchor)
         for samples, _, t_arrival, _ in self._pending:
             self._write(samples)
             self._arrivals.append((self._tail, t_arrival))
