@@ -36,10 +36,10 @@ from typing import Callable, Iterable
 import numpy as np
 
 from edgemm.converters.data import Sample, primary_output
-from edgemm.converters.detection_eval import MAP_CONF, coco_map, output_agreement
+from edgemm.converters.detection_eval import MAP_CONF, coco_map, output_agreement, record_boxes
 from edgemm.converters.graphs import dynamic_batch
 from edgemm.bundle import Bundle
-from edgemm.detection import Boxes, decode_boxes, num_classes, to_source, visible
+from edgemm.detection import Boxes, decode_boxes, num_classes, to_record, to_source, visible
 from edgemm.errors import EdgemmError
 from edgemm.fusion import FusionModel
 from edgemm.runners.onnxruntime import OnnxRuntimeRunner
@@ -248,16 +248,18 @@ class BundleEvaluator:
     def _map50(self, out: np.ndarray, idx: np.ndarray) -> float:
         """mAP@0.5 x 100 (detection_eval.coco_map) of the raw outputs against the box labels. The boxes are
         decoded as `edgemm eval` and the runtime decode them (every candidate down to MAP_CONF, the manifest's
-        NMS) and mapped back through the letterbox or stretch into each image's pixels, where the labels are.
-        IoU is the same either way round (both sides under one affine map), but only this way are boxes
-        clipped to the frame and those wholly in the padding dropped as the runtime reports them, so the
-        float model's figure here is the one `edgemm eval` gives on the same folder."""
+        NMS), mapped back through the letterbox or stretch into each image's pixels, where the labels are,
+        and rounded as the runtime's record reports them. IoU is the same either way round (both sides under
+        one affine map), but only this way are boxes clipped to the frame and those wholly in the padding
+        dropped as the runtime reports them, so the float model's figure here is the one `edgemm eval`
+        gives on the same folder."""
         truth = [self.truth[i] for i in idx]
         found = []
         for k, t in enumerate(truth):
             b = decode_boxes({self.output: out[k:k + 1]}, self.spec, self.image.size, conf=MAP_CONF)
-            found.append(visible(Boxes(to_source(b.xyxy, t.frame_hw, self.image), b.scores, b.classes))
-                         if len(b) else b)
+            if len(b):
+                b = visible(Boxes(to_source(b.xyxy, t.frame_hw, self.image), b.scores, b.classes))
+            found.append(record_boxes(to_record(b, self.spec)["detections"]))  # rounded as eval scores them
         return 100.0 * coco_map([t.boxes for t in truth], found, self.class_names)["map50"]
 
     def error(self, out: np.ndarray, idx: np.ndarray | None = None) -> float:
