@@ -140,7 +140,9 @@ def driving_cases(work: Path, wanted) -> list:
         for cond in subset["cameras"]:
             for t in np.arange(1.0, sc.duration + 1e-6, 0.25):  # the evaluation's steps (eval_driving.py)
                 frame, boxes, classes = dr.render_frame(sc, float(t), cond)
-                stem = test / f"{seed}_{cond}_{t:05.2f}"
+                # No dot in the stem: with_suffix would take the ".25" of "..._01.25" for a suffix, and the
+                # quarter steps of a second overwrote each other (80 frames of the 296 were left, until issue 17).
+                stem = test / f"{seed}_{cond}_{round(100 * t):04d}"
                 cv2.imwrite(str(stem.with_suffix(".png")), frame)
                 b = np.asarray(boxes, np.float64).reshape(-1, 4) / dr.SIZE
                 rows = [f"{int(c)} {(x1 + x2) / 2:.6f} {(y1 + y2) / 2:.6f} {x2 - x1:.6f} {y2 - y1:.6f}"
