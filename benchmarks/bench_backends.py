@@ -140,7 +140,9 @@ def driving_cases(work: Path, wanted) -> list:
         for cond in subset["cameras"]:
             for t in np.arange(1.0, sc.duration + 1e-6, 0.25):  # the evaluation's steps (eval_driving.py)
                 frame, boxes, classes = dr.render_frame(sc, float(t), cond)
-                stem = test / f"{seed}_{cond}_{t:05.2f}"
+                # No dot in the stem: with_suffix would take the ".25" of "..._01.25" for a suffix, and the
+                # quarter steps of a second overwrote each other (80 frames of the 296 were left, until issue 17).
+                stem = test / f"{seed}_{cond}_{round(100 * t):04d}"
                 cv2.imwrite(str(stem.with_suffix(".png")), frame)
                 b = np.asarray(boxes, np.float64).reshape(-1, 4) / dr.SIZE
                 rows = [f"{int(c)} {(x1 + x2) / 2:.6f} {(y1 + y2) / 2:.6f} {x2 - x1:.6f} {y2 - y1:.6f}"
@@ -258,7 +260,19 @@ def convert_all(case: Case, work: Path, threads: int) -> tuple[dict, dict]:
                                            i["flavour"].get("candidates", {}).items()} for g, i in int8.items()},
                         "kept_float": {g: len(v) for g, v in (rep["conversion"].get("accuracy_guard") or {})
                                        .get("layers_kept_float", {}).items() if v}}
+        guard = rep["conversion"].get("accuracy_guard")
+        if guard:  # what the guard measured (mAP@0.5 where the folder has box labels) and on how many samples
+            reports[key]["guard"] = {k: guard[k] for k in ("metric", "metric_float", "metric_final", "drop_points",
+                                                           "samples", "metric_note") if k in guard}
     return paths, reports
+
+
+def guard_note(guard: dict | None) -> str:
+    """The accuracy guard's own measure in a conversion's note: its metric, drop and samples."""
+    if not guard:
+        return ""
+    return (f" guard: {guard['metric']} {guard['metric_float']:.2f} -> {guard['metric_final']:.2f} on "
+            f"{guard['samples']} samples" + (f" ({guard['metric_note']})" if guard.get("metric_note") else ""))
 
 
 def auto_choice(path: Path, shapes, threads: int, cache: Path) -> str:
@@ -413,7 +427,8 @@ def markdown(results: list[dict], skipped: list[Skip], command: str, machine: di
     lines.append("")
     for r in results:
         conv = {k: (v.get("error") or f"{flavours(v.get('flavours', []))} "
-                    f"{v.get('candidates', '')}{' kept float: ' + str(v['kept_float']) if v.get('kept_float') else ''}")
+                    f"{v.get('candidates', '')}{' kept float: ' + str(v['kept_float']) if v.get('kept_float') else ''}"
+                    f"{guard_note(v.get('guard'))}")
                 for k, v in r["conversions"].items() if "same_as" not in v}
         metric = next(iter(r["quality"].values()), {}).get("metric", "-")
         lines.append(f"- {r['name']} ({r['source']}; quality: {metric}): {r['iterations']} timed inferences per "

@@ -661,13 +661,16 @@ def _guard(bundle: Bundle, originals: dict, quantized: Quantized, opts: ConvertO
         cap_note = f"measured on the first {limit} samples of {data} ({why}); the rest were not read"
         _say(f"accuracy guard: {cap_note}", opts)
     with guard.BundleEvaluator(bundle, samples, opts.threads) as evaluator:
+        metric_note = {"metric_note": evaluator.metric_note} if evaluator.metric_note else {}
+        if metric_note:
+            _say(f"accuracy guard: {evaluator.metric_note}", opts)
         evaluator.set_reference(originals)
         if quantized.quantize_fn is None:  # fp32 (pruning only): nothing to keep in float, only a check
             out = evaluator.outputs(quantized.models)
             m_float, m = evaluator.metric(evaluator.reference), evaluator.metric(out)
             record = {"metric": evaluator.metric_name, "metric_float": m_float, "metric_final": m,
                       "drop_points": m_float - m, "max_drop_points": opts.max_drop, "samples": len(samples),
-                      "note": "fp32: no quantized layers to keep in float; checked only"}
+                      "note": "fp32: no quantized layers to keep in float; checked only"} | metric_note
             if cap_note:
                 record["sample_cap"] = cap_note
             if m_float - m > opts.max_drop:
@@ -678,7 +681,7 @@ def _guard(bundle: Bundle, originals: dict, quantized: Quantized, opts: ConvertO
         kwargs = {"max_iterations": opts.guard_iterations} if opts.guard_iterations else {}
         result = guard.accuracy_guard(evaluator, originals, quantized.quantize_fn, quantized.groups, opts.max_drop,
                                       quantized=quantized.models, quiet=opts.quiet, **kwargs)
-    record = result.to_dict() | {"data": str(data), "samples": len(samples)}
+    record = result.to_dict() | metric_note | {"data": str(data), "samples": len(samples)}
     if cap_note:
         record["sample_cap"] = cap_note
     if not on_eval:

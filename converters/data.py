@@ -17,7 +17,9 @@ from typing import Iterator
 import numpy as np
 
 from edgemm.bundle import Bundle, InputSpec
+from edgemm.converters.detection_eval import BoxLabels
 from edgemm.decisions import primary_output as decisions_primary
+from edgemm.detection import Boxes
 from edgemm.errors import EdgemmError
 from edgemm.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_video_frames, read_wav
 from edgemm.preprocess import preprocess_audio, preprocess_video, resample
@@ -28,10 +30,21 @@ LABEL_KEY = "label"
 
 
 @dataclass
+class BoxTruth:
+    """One image's labelled boxes, in its own pixels, and its size (height, width): the truth of a detector's
+    primary output, read from a detection folder's YOLO txt or COCO JSON (detection_eval.BoxLabels)."""
+
+    boxes: Boxes
+    frame_hw: tuple[int, int]
+
+
+@dataclass
 class Sample:
     tensors: dict[str, np.ndarray]  # input name -> tensor with a leading batch dim
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # output name -> targets, batch-leading
     name: str = ""
+    # A detector's box labels, one per batch item (ragged, so not in labels), when the folder has them.
+    truth: list[BoxTruth] | None = None
 
     @property
     def batch(self) -> int:
@@ -78,6 +91,7 @@ class DataFolder:
         self.primary = primary_output(bundle)
         if self.source.is_file():
             self.npz, self.media, self.labels, self._ignored = [self.source], {}, {}, set()
+            self.box_labels = None
             return
         self.npz = sorted(self.folder.glob("*.npz"))
         media = IMAGE_SUFFIXES | VIDEO_SUFFIXES | AUDIO_SUFFIXES
@@ -94,6 +108,7 @@ class DataFolder:
         if self.npz and self.media:
             raise EdgemmError(f"{what}: {self.folder} | Mixes .npz and media files; expected one kind.")
         self.labels = self._read_labels_csv() if self.media else {}
+        self.box_labels = self._detection_labels()
         self._ignored: set[str] = set()
 
     def __len__(self) -> int:
@@ -145,6 +160,18 @@ class DataFolder:
                                 for k, v in row.items() if k and k.startswith(LABEL_KEY)}
         return out
 
+    def _detection_labels(self) -> BoxLabels | None:
+        """A detector's box labels in the folder (YOLO txt per image or a COCO JSON, as `edgemm eval` reads
+        them), or None: the primary output is not a detection, or the folder's images carry no boxes."""
+        spec = next((o for g in self.bundle.manifest.graphs.values() for o in g.outputs if o.name == self.primary),
+                    None)
+        if spec is None or spec.detection is None:
+            return None
+        images = [f["video"] for f in self.media.values() if f.get("video") is not None
+                  and f["video"].suffix.lower() in IMAGE_SUFFIXES]
+        labels = BoxLabels(self.folder)
+        return labels if images and labels.present(images) else None
+
     def _label_value(self, output: str, value: str, where: str) -> np.ndarray:
         out_spec = None
         for g in self.bundle.manifest.graphs.values():
@@ -165,7 +192,7 @@ class DataFolder:
         return np.array([number], np.float32)
 
     def _media_sample(self, stem: str, files: dict[str, Path]) -> Sample:
-        tensors = {}
+        tensors, frame_hw = {}, None
         for name, spec in self.inputs.items():
             if spec.modality == "video":
                 if "video" not in files:
@@ -173,6 +200,7 @@ class DataFolder:
                 # Only the frames at the middle of the clip are decoded and kept (a minute of 1080p would
                 # otherwise be ~10 GB of frames to use a few).
                 frames = read_video_frames(files["video"], max_frames=spec.preprocess.frames, start="middle")
+                frame_hw = tuple(int(v) for v in frames[0].shape[:2]) if frames else None
                 tensors[name] = preprocess_video(frames, spec)
             elif spec.modality == "audio":
                 if "audio" not in files:
@@ -191,7 +219,13 @@ class DataFolder:
                                   "come from media files; expected .npz files.")
         labels = {out: self._label_value(out, v, f"labels.csv row {stem}")
                   for out, v in self.labels.get(stem, {}).items() if v not in ("", None)}  # short row: None
-        return Sample(tensors, labels, stem)
+        return Sample(tensors, labels, stem, self._truth(files.get("video"), frame_hw))
+
+    def _truth(self, path: Path | None, frame_hw: tuple[int, int] | None) -> list[BoxTruth] | None:
+        """The image's box labels (a video file has none: it stays unlabelled)."""
+        if self.box_labels is None or path is None or frame_hw is None or path.suffix.lower() not in IMAGE_SUFFIXES:
+            return None
+        return [BoxTruth(self.box_labels.truth(path, frame_hw), frame_hw)]
 
     # -- iteration -----------------------------------------------------------------------------------
     def samples(self, progress: bool = False) -> Iterator[Sample]:
@@ -207,7 +241,8 @@ class DataFolder:
         for s in self.samples(progress):
             for i in range(s.batch):
                 yield Sample({k: v[i:i + 1] for k, v in s.tensors.items()},
-                             {k: v[i:i + 1] for k, v in s.labels.items()}, f"{s.name}[{i}]")
+                             {k: v[i:i + 1] for k, v in s.labels.items()}, f"{s.name}[{i}]",
+                             None if s.truth is None else s.truth[i:i + 1])
                 n += 1
                 if limit is not None and n >= limit:
                     return  # before the next file is opened

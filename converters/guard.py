@@ -13,10 +13,14 @@ flavour (ONNX Runtime's u8s8/s8s8 and TensorRT's symmetric s8s8, for which no to
    budget, when every group has been tried, or at the iteration cap.
 
 The metric, in points (higher is better): with labels, accuracy x 100 (classification), mean per-label
-accuracy x 100 (multilabel), R^2 x 100 (regression); without labels, agreement with the float model:
-top-1 agreement x 100 for classification outputs, box agreement (F1 of boxes matched by class and IoU >= 0.5,
-x 100) for single-output detectors, whose raw tensors a cosine would judge by their coordinates, mean cosine
-similarity x 100 otherwise.
+accuracy x 100 (multilabel), R^2 x 100 (regression), COCO mAP@0.5 x 100 (single-output detectors whose data
+folder has box labels: YOLO txt or COCO JSON, as `edgemm eval` reads them); without labels, agreement with
+the float model: top-1 agreement x 100 for classification outputs, box agreement (F1 of boxes matched by
+class and IoU >= 0.5, x 100) for single-output detectors, whose raw tensors a cosine would judge by their
+coordinates, mean cosine similarity x 100 otherwise. Box agreement is no stand-in for mAP: on the driving
+detector it stayed within 1 point for INT8 graphs that lost 2.3-2.5 points of mAP@0.5 (benchmarks/RESULTS.md
+section 10): it counts matches with float's boxes at the manifest's threshold, while mAP ranks every
+candidate by score against the truth.
 Q/DQ models are run by ONNX Runtime on the CPU, which computes exactly what the Q/DQ graph specifies;
 a TensorRT engine built from it can differ from that by its own kernel rounding.
 """
@@ -32,9 +36,10 @@ from typing import Callable, Iterable
 import numpy as np
 
 from edgemm.converters.data import Sample, primary_output
-from edgemm.converters.detection_eval import output_agreement
+from edgemm.converters.detection_eval import MAP_CONF, coco_map, output_agreement, record_boxes
 from edgemm.converters.graphs import dynamic_batch
 from edgemm.bundle import Bundle
+from edgemm.detection import Boxes, decode_boxes, num_classes, to_record, to_source, visible
 from edgemm.errors import EdgemmError
 from edgemm.fusion import FusionModel
 from edgemm.runners.onnxruntime import OnnxRuntimeRunner
@@ -108,6 +113,9 @@ class BundleEvaluator:
         self.spec = next(o for g in bundle.manifest.graphs.values() for o in g.outputs if o.name == self.output)
         labelled = [s.labels.get(self.output) for s in samples]
         self.labels = np.concatenate(labelled) if all(x is not None for x in labelled) else None
+        self.image = None  # the detector's video preprocessing (letterbox or stretch), for mapping boxes
+        self.class_names: list[str] = []
+        self.truth, self.metric_note = self._box_truth(samples)
         self.reference: np.ndarray | None = None  # float model's primary output, for closeness
         # The fusion logic of the bundle's form; its runners are swapped for the cached ones of each call.
         self._fm = FusionModel(bundle, "onnxruntime", threads)
@@ -121,11 +129,31 @@ class BundleEvaluator:
 
     @property
     def _boxes(self) -> bool:
-        """A detector whose primary output alone holds its boxes: judged by box agreement with float."""
+        """A detector whose primary output alone holds its boxes: judged by mAP@0.5 on box labels, else by
+        box agreement with float."""
         return self.spec.detection is not None and not self.spec.detection.parts
+
+    def _box_truth(self, samples: list[Sample]):
+        """(truth per sample, note): the box labels when every sample has them, and for a detector without
+        them, a note that says it is judged by box agreement instead of mAP."""
+        if not self._boxes:
+            return None, None
+        truth = [t for s in samples for t in (s.truth if s.truth is not None else [None] * s.batch)]
+        graph = next(g for g in self.bundle.manifest.graphs.values() if any(o.name == self.output for o in g.outputs))
+        self.image = next((i.preprocess for i in graph.inputs if i.modality == "video"), None)
+        have = sum(t is not None for t in truth)
+        if have == len(truth) and self.image is not None:
+            n = max([num_classes(self.spec) or 0] + [int(c) + 1 for t in truth for c in t.boxes.classes])
+            self.class_names = self.spec.labels or [str(c) for c in range(max(n, 1))]
+            return truth, None
+        why = "no box labels in the data (YOLO txt or a COCO JSON beside the images)" if not have else \
+            f"{len(truth) - have} of {len(truth)} samples have no box labels"
+        return None, f"{why}: judged by box agreement with the float model, not mAP"
 
     @property
     def metric_name(self) -> str:
+        if self.truth is not None:
+            return "mAP@0.5 (%)"
         if self._boxes:
             return "box F1 x 100 vs float (IoU >= 0.5)"
         if self.labels is None:
@@ -192,6 +220,8 @@ class BundleEvaluator:
         idx = np.arange(len(out)) if idx is None else idx
         task = self.spec.task
         probs_given = self.spec.scores == "probabilities"
+        if self.truth is not None:
+            return self._map50(out, idx)
         if self._boxes:
             return 100.0 * output_agreement(self.reference[idx], out, self.spec)
         if self.labels is not None:
@@ -214,6 +244,23 @@ class BundleEvaluator:
         den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
         cos = np.where(den > 0, np.sum(a * b, axis=1) / np.where(den > 0, den, 1), 1.0)
         return 100.0 * float(np.mean(cos))
+
+    def _map50(self, out: np.ndarray, idx: np.ndarray) -> float:
+        """mAP@0.5 x 100 (detection_eval.coco_map) of the raw outputs against the box labels. The boxes are
+        decoded as `edgemm eval` and the runtime decode them (every candidate down to MAP_CONF, the manifest's
+        NMS), mapped back through the letterbox or stretch into each image's pixels, where the labels are,
+        and rounded as the runtime's record reports them. IoU is the same either way round (both sides under
+        one affine map), but only this way are boxes clipped to the frame and those wholly in the padding
+        dropped as the runtime reports them, so the float model's figure here is the one `edgemm eval`
+        gives on the same folder."""
+        truth = [self.truth[i] for i in idx]
+        found = []
+        for k, t in enumerate(truth):
+            b = decode_boxes({self.output: out[k:k + 1]}, self.spec, self.image.size, conf=MAP_CONF)
+            if len(b):
+                b = visible(Boxes(to_source(b.xyxy, t.frame_hw, self.image), b.scores, b.classes))
+            found.append(record_boxes(to_record(b, self.spec)["detections"]))  # rounded as eval scores them
+        return 100.0 * coco_map([t.boxes for t in truth], found, self.class_names)["map50"]
 
     def error(self, out: np.ndarray, idx: np.ndarray | None = None) -> float:
         """Output error against the float model, normalised by the float output's power (NNCF's ranking proxy)."""

@@ -323,6 +323,7 @@ def test_int8_convert_of_a_detector_guards_box_agreement(tmp_path):
     g = report["conversion"]["accuracy_guard"]
     assert g["metric"] == "box F1 x 100 vs float (IoU >= 0.5)" and g["metric_float"] == pytest.approx(100.0)
     assert g["within_budget"]
+    assert "no box labels" in g["metric_note"] and "not mAP" in g["metric_note"]  # the report says why not mAP
 
 
 @pytest.mark.parametrize("fmt", ["yolov8", "yolov5"])

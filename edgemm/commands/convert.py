@@ -43,7 +43,9 @@ DATA_FORMAT = """\
   2. Raw media grouped by file stem: s001.png (or .jpg/.bmp, or a video file: its middle frames) and
      s001.wav make one sample, turned into tensors by the bundle's own preprocessing; WAVs at another
      sample rate are resampled. Optional labels.csv with a header name,label (or name,label:<output>,...);
-     values are class indices, class names or numbers.
+     values are class indices, class names or numbers. For a detector, box labels as `edgemm eval` reads
+     them (a YOLO txt per image, beside it or in labels/, or a COCO JSON): the accuracy guard then
+     measures mAP@0.5; without them, agreement with the float model's boxes.
   Files are read one at a time: memory stays bounded however large the folder is. One .npz file may be
   given instead of a folder.
 """
@@ -168,8 +170,10 @@ def summary(report: dict, out) -> str:
     g = conv.get("accuracy_guard")
     if g and "layers_kept_float" in g:
         kept = {k: v for k, v in g["layers_kept_float"].items() if v}
-        lines.append(f"  accuracy guard: drop {g['drop_points']:.2f} points (budget {g['max_drop_points']:g}); "
-                     f"kept in float: {json_compact(kept) if kept else 'none'}")
+        lines.append(f"  accuracy guard: drop {g['drop_points']:.2f} points of {g['metric']} (budget "
+                     f"{g['max_drop_points']:g}); kept in float: {json_compact(kept) if kept else 'none'}")
+        if g.get("metric_note"):
+            lines.append(f"  accuracy guard: {g['metric_note']}")
     trt = conv.get("tensorrt")
     if trt and trt.get("engine", True) is None:
         lines.append("  TensorRT engine: not built here (see report.md); build it on the device from this bundle")
