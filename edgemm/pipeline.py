@@ -379,7 +379,7 @@ class Pipeline(Streaming):
 
     def _to_sinks(self, method: str, *args) -> None:
         if self._sinks is not None:
-            self._sinks.put(method, *args)
+            self._sinks.put(method, *args, stop=self._stop)
         else:  # before start(): nothing is open yet, but the events still count
             for health in self.sink_health:
                 if health.sink in self._opened:

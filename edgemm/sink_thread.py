@@ -32,6 +32,7 @@ from edgemm.sinks import SinkHealth
 
 log = logging.getLogger("edgemm.sinks")
 
+STOP_WAIT_S = 1.0  # after a stop, how long a result waits for room before it is dropped (see put)
 MAX_PENDING = 8  # results waiting for the sinks: jitter absorbed, while frames held stay few (8 x 2.7 MB at 720p)
 
 
@@ -49,17 +50,27 @@ class SinkThread:
         self.error: EdgemmError | None = None
         self.last_result_s = 0.0  # how long the sinks took over the last result (the "sink" latency stage)
         self.unwritten = 0  # items still queued when close gave up waiting
+        self.dropped_at_stop = 0  # results not queued because the run was stopping and the sinks were stuck
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, method: str, *args) -> None:
-        """Queue a call for every sink (``result``: waits while max_pending results are in the sinks' hands)."""
+    def put(self, method: str, *args, stop: threading.Event | None = None) -> None:
+        """Queue a call for every sink (``result``: waits while max_pending results are in the sinks' hands).
+
+        Once ``stop`` is set (SIGTERM), a result waits at most ``STOP_WAIT_S`` for room and is otherwise
+        dropped and counted in ``unwritten``: a sink hung in a write must not keep the process from exiting."""
         if method == "result":
+            stop_seen = None
             while not self._room.acquire(timeout=0.1):
                 if self.error is not None or not self._thread.is_alive():
                     break  # nothing will make room: the item is not written (error) or the run is over
+                if stop is not None and stop.is_set():
+                    stop_seen = stop_seen or time.monotonic()
+                    if time.monotonic() - stop_seen > STOP_WAIT_S:
+                        self.dropped_at_stop += 1
+                        return
         self._put += 1
         self._q.put((method, args))
 
@@ -99,8 +110,9 @@ class SinkThread:
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self._thread.is_alive():
-            self.unwritten = self._put - self._done
+            self.unwritten = self._put - self._done + self.dropped_at_stop
             log.warning("sinks: still writing after %.1f s at the end; %d record(s) or event(s) left unwritten",
                         timeout, self.unwritten)
             return False
+        self.unwritten = self.dropped_at_stop
         return True

@@ -114,3 +114,24 @@ def test_the_bound_is_at_least_one(max_pending):
     for n in range(5):
         st.put("result", {"n": n})
     assert st.close(timeout=5.0) and len(rec.calls) == 5
+
+
+def test_a_stopping_run_does_not_wait_for_a_hung_sink_to_make_room():
+    """SIGTERM while the sinks are stuck in a write and the queue is full: the worker's put gives up within
+    STOP_WAIT_S (the result is counted as unwritten) instead of blocking the process's exit."""
+    from edgemm.sink_thread import STOP_WAIT_S
+
+    gate = threading.Event()
+    st = SinkThread([SinkHealth(Recorder(gate))], max_pending=2)
+    st.start()
+    stop = threading.Event()
+    st.put("result", {"n": 0}, stop=stop)
+    st.put("result", {"n": 1}, stop=stop)
+    stop.set()
+    t0 = time.monotonic()
+    st.put("result", {"n": 2}, stop=stop)
+    waited = time.monotonic() - t0
+    assert STOP_WAIT_S - 0.2 < waited < STOP_WAIT_S + 2.0
+    assert not st.close(timeout=0.2)
+    assert st.unwritten == 3 and st.dropped_at_stop == 1
+    gate.set()
