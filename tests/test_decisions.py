@@ -127,3 +127,26 @@ def test_alert_rules_from_a_config_file_check_their_types():
         with pytest.raises(EdgemmError) as info:
             AlertRule.from_dict(bad)
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("n", [2, 10, 64, 65, 1000])
+@pytest.mark.parametrize("scores", ["logits", "probabilities"])
+def test_classification_decoding_agrees_with_the_scores_on_both_paths(n, scores):
+    """Up to 64 classes the decoding runs in plain Python (the inference thread's hot path), above it in
+    numpy: both must give the label, index, score and top 3 that scores_of's probabilities give, ties to the
+    lower index."""
+    from edgemm.decisions import scores_of
+
+    spec = OutputSpec(name="p", task="classification", scores=scores, labels=[f"c{i}" for i in range(n)])
+    rng = np.random.default_rng(n)
+    for k in range(50):
+        v = (rng.standard_normal((1, n)) * rng.uniform(0.1, 20)).astype(np.float32)
+        if k == 0:
+            v[0, : min(3, n)] = v[0].max()  # a tie at the top
+        if scores == "probabilities":
+            v = np.abs(v) / np.abs(v).sum()
+        q = scores_of(v, spec)
+        order = np.argsort(-q, kind="stable")[:3]
+        expected = {"label": f"c{order[0]}", "index": int(order[0]), "score": round(float(q[order[0]]), 6),
+                    "top": [[f"c{i}", round(float(q[i]), 6)] for i in order]}
+        assert decode_output(v, spec) == expected
