@@ -131,13 +131,13 @@ def cpu_s() -> float:
     return t.user + t.system
 
 
-def _pipeline_segment(pipe: Pipeline, segment_s: float) -> tuple[int, float, float, float]:
-    """Step for segment_s: (results, seconds, worker idle seconds, process CPU seconds)."""
-    t0, c0, idle0, m = time.perf_counter(), cpu_s(), pipe.worker_idle_s, 0
+def _pipeline_segment(pipe: Pipeline, segment_s: float) -> tuple[int, float, float, float, float]:
+    """Step for segment_s: (results, seconds, worker idle seconds, process CPU seconds, worker CPU seconds)."""
+    t0, c0, w0, idle0, m = time.perf_counter(), cpu_s(), time.thread_time(), pipe.worker_idle_s, 0
     while time.perf_counter() - t0 < segment_s:
         if pipe.step(timeout=1.0) is not None:
             m += 1
-    return m, time.perf_counter() - t0, pipe.worker_idle_s - idle0, cpu_s() - c0
+    return m, time.perf_counter() - t0, pipe.worker_idle_s - idle0, cpu_s() - c0, time.thread_time() - w0
 
 
 def raw_ms(bundle_path: Path, threads: int, backend: str, seconds: float = 1.5) -> float:
@@ -189,8 +189,8 @@ def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, thre
     # capture thread; "scaled": as a source that scales while decoding delivers them (the model's size).
     full = [np.random.default_rng(k).integers(0, 256, (h, w, 3), dtype=np.uint8) for k in range(8)]
     forms = {"scaled": [resize(f, mh, mw) for f in full], "full": full}
-    raw = {"n": 0, "t": 0.0, "cpu": 0.0}
-    side = {k: {"n": 0, "t": 0.0, "idle": 0.0, "cpu": 0.0, "rounds": []} for k in forms}
+    raw = {"n": 0, "t": 0.0, "cpu": 0.0, "wcpu": 0.0}
+    side = {k: {"n": 0, "t": 0.0, "idle": 0.0, "cpu": 0.0, "wcpu": 0.0, "rounds": []} for k in forms}
     pipes = {}
     with contextlib.ExitStack() as stack:
         runner = stack.enter_context(make_runner(bundle, backend=backend, threads=threads))
@@ -202,33 +202,41 @@ def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, thre
             pipes[k] = stack.enter_context(Pipeline(bundle, video=video, audio=audio, sinks=[sink], backend=backend,
                                                     threads=threads))
         for seg in range(rounds + 1):  # the first round warms everything up and is not counted
-            t0, c0, n = time.perf_counter(), cpu_s(), 0
+            t0, c0, w0, n = time.perf_counter(), cpu_s(), time.thread_time(), 0
             while time.perf_counter() - t0 < segment_s:
                 runner.infer(feed, check_inputs=False)
                 n += 1
-            rt, rc = time.perf_counter() - t0, cpu_s() - c0
+            rt, rc, rw = time.perf_counter() - t0, cpu_s() - c0, time.thread_time() - w0
             if seg:
                 raw["n"] += n
                 raw["t"] += rt
                 raw["cpu"] += rc
+                raw["wcpu"] += rw
             for k, pipe in pipes.items():
-                m, pt, idle, pc = _pipeline_segment(pipe, segment_s)
+                m, pt, idle, pc, pw = _pipeline_segment(pipe, segment_s)
                 if seg:
                     d = side[k]
                     d["n"] += m
                     d["t"] += pt
                     d["idle"] += idle
                     d["cpu"] += pc
+                    d["wcpu"] += pw
                     d["rounds"].append(round((m / pt) / (n / rt), 4))
         summaries = {k: pipe.summary() for k, pipe in pipes.items()}
     raw_fps = raw["n"] / raw["t"]
     out = {"raw_per_s": round(raw_fps, 2), "raw_inferences": raw["n"], "raw_infer_mean_ms": round(1e3 * raw["t"] / raw["n"], 3),
-           "raw_cpu_ms_per_inference": round(1e3 * raw["cpu"] / raw["n"], 3), "frames": size}
+           "raw_cpu_ms_per_inference": round(1e3 * raw["cpu"] / raw["n"], 3),
+           "raw_thread_cpu_ms_per_inference": round(1e3 * raw["wcpu"] / raw["n"], 3), "frames": size}
     for k, d in side.items():
         sm = summaries[k]
         out[k] = {"pipeline_per_s": round(d["n"] / d["t"], 2), "ratio": round(d["n"] / d["t"] / raw_fps, 4),
                   "ratio_per_round": d["rounds"], "results": d["n"],
                   "cpu_ms_per_result": round(1e3 * d["cpu"] / max(d["n"], 1), 3),
+                  # The inference thread's CPU per result against the raw runner's per inference: the ratio
+                  # the throughput would have if the worker never waited, which a loaded machine does not skew
+                  # as it does the wall-clock ratio (ONNX Runtime and OpenVINO with one thread compute on it).
+                  "worker_cpu_ms_per_result": round(1e3 * d["wcpu"] / max(d["n"], 1), 3),
+                  "worker_cpu_ratio": round((raw["wcpu"] / raw["n"]) / (d["wcpu"] / max(d["n"], 1)), 4),
                   "infer_mean_ms": sm["latency_ms"]["infer"]["mean"],
                   # The worker's time waiting for a frame: when large, the sources/preprocessing limit, not the model.
                   "worker_idle_fraction": round(d["idle"] / d["t"], 4),
@@ -402,8 +410,8 @@ def main(argv=None) -> int:
                 for k in ("scaled", "full"):
                     x, o = a[k], a[k]["worker_overhead_ms"]
                     print(f"      {k:6s} ({x['frames_in']} frames in): pipeline {x['pipeline_per_s']:.1f}/s, ratio "
-                          f"{x['ratio']:.3f} (per round {x['ratio_per_round']}); CPU {x['cpu_ms_per_result']:.2f} ms per "
-                          f"result; model {x['infer_mean_ms']:.2f} ms; inference-thread work beyond it p50 {o['p50']:.3f} "
+                          f"{x['ratio']:.3f} (per round {x['ratio_per_round']}); inference-thread CPU ratio "
+                          f"{x['worker_cpu_ratio']:.3f}; CPU {x['cpu_ms_per_result']:.2f} ms per result; model {x['infer_mean_ms']:.2f} ms; inference-thread work beyond it p50 {o['p50']:.3f} "
                           f"ms, p99 {o['p99']:.3f} ms; worker waiting for frames {100 * x['worker_idle_fraction']:.1f} %",
                           flush=True)
         for scaled in (True, False):
