@@ -410,3 +410,37 @@ def write_detector_bundle(folder: Path, model: onnx.ModelProto, manifest: dict) 
     onnx.save(model, str(folder / "model.onnx"))
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
+
+
+SQUARE_CLASS_OF_CHANNEL = {2: 0, 1: 1, 0: 2}  # BGR channel of a pure-colour square -> red, green, blue
+
+
+def write_square_scenes(folder: Path, scenes, hw, coco: bool = False) -> Path:
+    """A labelled detection folder: PNG scenes of hw (height, width), dark, with pure-colour squares
+    (((x, y), side, channel, class or None for the channel's own)); each scene's labels are its squares plus
+    extra truth (((x, y), side, class)) where nothing is drawn (a miss for any detector). Labels as YOLO txt
+    beside each image, or as one COCO JSON (category ids 10 + class)."""
+    import cv2
+
+    folder.mkdir()
+    h, w = hw
+    images, ann = [], []
+    for i, (squares, extra) in enumerate(scenes):
+        frame = np.zeros((h, w, 3), np.uint8)
+        boxes = []
+        for (x, y), side, ch, cls in squares:
+            frame[y:y + side, x:x + side, ch] = 255
+            boxes.append((x, y, side, SQUARE_CLASS_OF_CHANNEL[ch] if cls is None else cls))
+        boxes += [(x, y, side, cls) for (x, y), side, cls in extra]
+        cv2.imwrite(str(folder / f"s{i}.png"), frame)
+        images.append({"id": i, "file_name": f"s{i}.png"})
+        rows = []
+        for x, y, side, cls in boxes:
+            rows.append(f"{cls} {(x + side / 2) / w} {(y + side / 2) / h} {side / w} {side / h}")
+            ann.append({"id": len(ann) + 1, "image_id": i, "category_id": 10 + cls, "bbox": [x, y, side, side]})
+        if not coco:
+            (folder / f"s{i}.txt").write_text("\n".join(rows) + "\n")
+    if coco:
+        cats = [{"id": 10 + k, "name": n} for k, n in enumerate(("red", "green", "blue"))]
+        (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": ann, "categories": cats}))
+    return folder

@@ -17,6 +17,7 @@ from edgemm.detection import Boxes, iou_matrix, nms, nms_numpy, to_source
 from edgemm.preprocess import geometry, letterbox, preprocess_video
 from edgemm.tracking import Tracker
 from tests import onnx_models
+from tests.onnx_models import write_square_scenes
 from tests.conftest import run_cli
 from tests.rigs import require
 
@@ -229,25 +230,9 @@ def test_run_on_a_video_writes_boxes_tracks_alerts_and_an_annotated_video(tmp_pa
 
 def _labelled_folder(folder, coco: bool):
     """Three 64x64 scenes, each with 8x8 colour squares on stride-8 cells, and their boxes as labels."""
-    import cv2
-
-    folder.mkdir()
     scenes = [[((16, 24), 8, 2)], [((40, 8), 8, 1), ((8, 48), 8, 2)], [((32, 32), 8, 0)]]
-    ann, images = [], []
-    for i, squares in enumerate(scenes):
-        cv2.imwrite(str(folder / f"s{i}.png"), _scene((64, 64), squares))
-        rows = []
-        for (x, y), side, ch in squares:
-            cls = {2: 0, 1: 1, 0: 2}[ch]  # BGR channel -> red, green, blue
-            rows.append(f"{cls} {(x + side / 2) / 64} {(y + side / 2) / 64} {side / 64} {side / 64}")
-            ann.append({"id": len(ann) + 1, "image_id": i, "category_id": 10 + cls, "bbox": [x, y, side, side]})
-        images.append({"id": i, "file_name": f"s{i}.png"})
-        if not coco:
-            (folder / f"s{i}.txt").write_text("\n".join(rows) + "\n")
-    if coco:
-        cats = [{"id": 10 + k, "name": n} for k, n in enumerate(("red", "green", "blue"))]
-        (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": ann, "categories": cats}))
-    return folder
+    return write_square_scenes(folder, [([(xy, side, ch, None) for xy, side, ch in sq], []) for sq in scenes],
+                               (64, 64), coco)
 
 
 @pytest.mark.parametrize("coco", [False, True])

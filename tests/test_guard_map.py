@@ -4,9 +4,7 @@ float's, and keeps box agreement where the folder has no labels."""
 
 from __future__ import annotations
 
-import json
 
-import cv2
 import numpy as np
 import pytest
 
@@ -16,39 +14,9 @@ from edgemm.converters.detection_eval import evaluate_detection, output_agreemen
 from edgemm.converters.guard import BundleEvaluator, accuracy_guard
 from edgemm.errors import EdgemmError
 from tests import onnx_models
+from tests.onnx_models import write_square_scenes
 
 pytest.importorskip("pycocotools")
-
-CLASS_OF_CHANNEL = {2: 0, 1: 1, 0: 2}  # BGR channel -> red, green, blue
-
-
-def _folder(folder, scenes, hw, coco=False):
-    """PNG scenes of hw (height, width): dark, with pure-colour squares ((x, y), side, channel, labelled class
-    or None for the channel's own); each scene's labels are its squares plus extra truth ((x, y), side, class)
-    where nothing is drawn (a miss for any detector). YOLO txt beside each image, or one COCO JSON."""
-    folder.mkdir()
-    images, ann = [], []
-    for i, (squares, extra) in enumerate(scenes):
-        frame = np.zeros((*hw, 3), np.uint8)
-        boxes = []
-        for (x, y), side, ch, cls in squares:
-            frame[y:y + side, x:x + side, ch] = 255
-            boxes.append((x, y, side, CLASS_OF_CHANNEL[ch] if cls is None else cls))
-        boxes += [(x, y, side, cls) for (x, y), side, cls in extra]
-        cv2.imwrite(str(folder / f"s{i}.png"), frame)
-        images.append({"id": i, "file_name": f"s{i}.png"})
-        rows = []
-        for x, y, side, cls in boxes:
-            h, w = hw
-            rows.append(f"{cls} {(x + side / 2) / w} {(y + side / 2) / h} {side / w} {side / h}")
-            ann.append({"id": len(ann) + 1, "image_id": i, "category_id": 10 + cls, "bbox": [x, y, side, side]})
-        if not coco:
-            (folder / f"s{i}.txt").write_text("\n".join(rows) + "\n")
-    if coco:
-        cats = [{"id": 10 + k, "name": n} for k, n in enumerate(("red", "green", "blue"))]
-        (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": ann, "categories": cats}))
-    return folder
-
 
 def _detector(folder, box, conf=0.5, resize=None):
     manifest = onnx_models.detector_manifest({"format": "yolov8", "conf": conf}, [{"name": "output0"}])
@@ -71,7 +39,7 @@ WIDE = [([((24, 24), 24, 2, None), ((120, 48), 24, 1, None)], []),
 
 @pytest.mark.parametrize("coco", [False, True])
 def test_guard_metric_of_a_labelled_detector_is_map_as_eval_reports_it(tmp_path, coco):
-    data = _folder(tmp_path / "data", WIDE, (96, 192), coco)
+    data = write_square_scenes(tmp_path / "data", WIDE, (96, 192), coco)
     path = _detector(tmp_path / "det", box=8.0, resize="letterbox")
     bundle = load_bundle(path)
     samples = _samples(bundle, data)
@@ -99,7 +67,7 @@ def test_guard_rejects_a_graph_that_loses_map_though_its_boxes_agree_with_float(
     """Float draws 10 px boxes on the 8 px objects (IoU 0.64 with the truth: found); the candidate 12 px boxes
     (IoU 0.44 with the truth: every object missed, but 0.69 with float's boxes: full agreement). By box
     agreement the candidate costs nothing; by mAP@0.5 it costs all 100 points."""
-    data = _folder(tmp_path / "data", SQUARE, (64, 64))
+    data = write_square_scenes(tmp_path / "data", SQUARE, (64, 64))
     bundle = load_bundle(_detector(tmp_path / "det", box=10.0))
     float_model = bundle.load_graph("model")
     candidate = onnx_models.colour_detector(box=12.0)
@@ -127,7 +95,7 @@ def test_guard_rejects_a_graph_that_loses_map_though_its_boxes_agree_with_float(
 
 
 def test_guard_without_box_labels_keeps_box_agreement_and_says_so(tmp_path):
-    data = _folder(tmp_path / "data", SQUARE, (64, 64))
+    data = write_square_scenes(tmp_path / "data", SQUARE, (64, 64))
     for txt in data.glob("*.txt"):
         txt.unlink()
     bundle = load_bundle(_detector(tmp_path / "det", box=10.0))
@@ -145,7 +113,7 @@ def test_guard_without_box_labels_keeps_box_agreement_and_says_so(tmp_path):
 
 
 def test_a_folder_labelled_in_part_is_refused_in_one_line(tmp_path):
-    data = _folder(tmp_path / "data", SQUARE, (64, 64))
+    data = write_square_scenes(tmp_path / "data", SQUARE, (64, 64))
     (data / "s2.txt").unlink()
     bundle = load_bundle(_detector(tmp_path / "det", box=10.0))
     with pytest.raises(EdgemmError, match="s2.txt"):
@@ -158,7 +126,7 @@ def test_int8_convert_of_a_labelled_detector_guards_map(tmp_path):
     manifest = onnx_models.detector_manifest({"format": "yolov8", "conf": 0.5}, [{"name": "output0"}])
     model = onnx_models.write_detector_bundle(tmp_path / "det", onnx_models.colour_detector(conv=True, box=8.0),
                                               manifest)
-    data = _folder(tmp_path / "data", SQUARE * 3, (64, 64))
+    data = write_square_scenes(tmp_path / "data", SQUARE * 3, (64, 64))
     report = convert(model, tmp_path / "int8", ConvertOptions(precision="int8", calib=data, max_drop=1.0, threads=1,
                                                               bench_seconds=0.1, flavour="u8s8", quiet=True))
     g = report["conversion"]["accuracy_guard"]
