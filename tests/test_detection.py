@@ -254,6 +254,7 @@ def test_eval_reports_coco_map_and_the_drop_against_another_model(tmp_path, coco
     assert exact["per_class_ap"] == {"red": 1.0, "green": 1.0, "blue": 1.0}
     # 10 px boxes on 8 px objects: IoU 0.64, right at 0.5, wrong at 0.65 and above
     assert loose["map50"] == 1.0 and 0.2 < loose["map"] < 0.5
+    assert loose["per_class_ap50"] == {"red": 1.0, "green": 1.0, "blue": 1.0} and max(loose["per_class_ap"].values()) < 0.5
     assert report["drop_points"]["map50"] == 0.0 and report["drop_points"]["map"] > 50
     assert report["agreement"]["box_f1"] == 1.0
     assert "mAP@0.5 1.0000" in proc.stdout and "Drop: mAP@0.5 +0.00 points" in proc.stdout
