@@ -67,11 +67,12 @@ def check_installed() -> None:
 
 def has_attention(model) -> bool:
     """Some Softmax is fed by a MatMul of two activations (q @ k^T), directly or through the elementwise
-    scaling and masking between them (Mul, Div, Add, Reshape, Transpose...)."""
+    scaling, masking and reshaping between them (Mul, Div, Add, Reshape, Flatten, Transpose...)."""
     consts = {i.name for i in model.graph.initializer}
     consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     producer = {o: n for n in model.graph.node for o in n.output}
-    passing = {"Mul", "Div", "Add", "Sub", "Reshape", "Transpose", "Cast", "Where"}
+    # (Flatten and Reshape: a Softmax of opset < 13 on a 2-D view, as PP-OCRv4's recogniser has it)
+    passing = {"Mul", "Div", "Add", "Sub", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Where"}
     for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
         node = producer.get(softmax.input[0])
         for _ in range(8):  # a few steps back along the first non-constant input

@@ -283,7 +283,9 @@ def _conv_attention_model(attention=True):
                   helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
                   helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
                   helper.make_node("Mul", ["s", "scale"], ["ss"], name="scale"),
-                  helper.make_node("Softmax", ["ss"], ["p"], name="softmax", axis=-1),
+                  # (a 2-D Softmax behind a Flatten, as exporters of opset < 13 write it)
+                  helper.make_node("Flatten", ["ss"], ["fs"], name="flat_scores", axis=2),
+                  helper.make_node("Softmax", ["fs"], ["p"], name="softmax", axis=-1),
                   helper.make_node("MatMul", ["p", "v"], ["o"], name="attend"),
                   helper.make_node("MatMul", ["o", "wo"], ["po"], name="proj"),
                   helper.make_node("Add", ["po", "t"], ["h"], name="residual")]
