@@ -226,7 +226,8 @@ def test_convert_openvino_refusals(cnn_data, tmp_path, capsys):
     rc = main(["convert", str(model), "-o", str(out), "--precision", "int8", "--calib", str(calib),
                "--target", "openvino", "--flavour", "trt"])
     assert rc == 1 and not out.exists()
-    assert "INT8 flavour: trt | Not one for --target openvino; expected one of ov, nncf, u8s8, nncf-sq" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "INT8 flavour: trt | Not one for --target openvino; expected one of ov, nncf, u8s8, nncf-sq" in err
 
 
 @pytest.mark.parametrize("backend", ["openvino", "auto"])
@@ -270,7 +271,9 @@ def _conv_attention_model(attention=True):
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
-    w = lambda *shape: rng.standard_normal(shape) * (1.0 / np.sqrt(shape[-2] if len(shape) == 2 else np.prod(shape[1:])))  # noqa: E731
+    def w(*shape):  # fan-in scaled weights
+        return rng.standard_normal(shape) / np.sqrt(shape[-2] if len(shape) == 2 else np.prod(shape[1:]))
+
     nodes = [helper.make_node("Conv", ["x", "cw"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
              helper.make_node("Reshape", ["r", "shape"], ["flat"], name="flatten"),
@@ -362,7 +365,8 @@ def test_ov_placement_keeps_adds_of_a_constant_float():
              helper.make_node("Conv", ["b", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["c2", "b"], ["res"], name="residual"),
              helper.make_node("Conv", ["res", "w3"], ["y"], name="conv3")]
-    inits = [_const("w1", rng.standard_normal((8, 3, 3, 3)) * 0.3), _const("w2", rng.standard_normal((8, 8, 3, 3)) * 0.1),
+    inits = [_const("w1", rng.standard_normal((8, 3, 3, 3)) * 0.3),
+             _const("w2", rng.standard_normal((8, 8, 3, 3)) * 0.1),
              _const("w3", rng.standard_normal((4, 8, 1, 1)) * 0.3), _const("gamma", rng.uniform(0.5, 2, (1, 8, 1, 1))),
              _const("beta", rng.standard_normal((1, 8, 1, 1)))]
     graph = helper.make_graph(nodes, "adds", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 16])],
