@@ -334,12 +334,27 @@ def tail_nodes(model) -> set[str]:
     return {n.name for n in model.graph.node if n.op_type not in COMPUTE_OPS and not feeds_compute[n.name]}
 
 
+def constant_adds(model) -> set[str]:
+    """Add nodes with a constant input (a bias: a LayerNorm's beta, a learnable affine after an activation).
+
+    The ``ov`` flavour quantizes an Add's inputs so that OpenVINO fuses a residual Add (two activations) into
+    the convolution before it; an Add of a constant gains nothing in int8, and one (PP-OCRv4 recogniser's
+    last LayerNorm bias, ahead of a Reshape into a Conv: found by bisecting) made OpenVINO 2026.4's CPU
+    plugin die with SIGFPE compiling the graph. Those stay float in ``ov``."""
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return {n.name for n in model.graph.node if n.op_type == "Add" and any(i in consts for i in n.input)}
+
+
 def quantize(prepared, calibration: Calibration, flavour: str | FlavourSpec, nodes_to_exclude: Iterable[str] = (),
              per_channel: bool = True, workdir: str | Path | None = None):
     """A Q/DQ model from the prepared model and cached ranges. Excluded nodes stay float, and so does the
     graph's tail after its last compute op (tail_nodes)."""
     spec = flavour if isinstance(flavour, FlavourSpec) else flavour_spec(flavour)
-    nodes_to_exclude = sorted(set(nodes_to_exclude) | tail_nodes(prepared))
+    nodes_to_exclude = set(nodes_to_exclude) | tail_nodes(prepared)
+    if spec.name == "ov":
+        nodes_to_exclude |= constant_adds(prepared)
+    nodes_to_exclude = sorted(nodes_to_exclude)
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     extra = {
         "ActivationSymmetric": spec.symmetric_activations,

@@ -226,7 +226,8 @@ def test_convert_openvino_refusals(cnn_data, tmp_path, capsys):
     rc = main(["convert", str(model), "-o", str(out), "--precision", "int8", "--calib", str(calib),
                "--target", "openvino", "--flavour", "trt"])
     assert rc == 1 and not out.exists()
-    assert "INT8 flavour: trt | Not one for --target openvino; expected one of ov, nncf, u8s8" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "INT8 flavour: trt | Not one for --target openvino; expected one of ov, nncf, u8s8, nncf-sq" in err
 
 
 @pytest.mark.parametrize("backend", ["openvino", "auto"])
@@ -252,3 +253,130 @@ def test_eval_and_fusion_on_openvino_and_auto(cli, tmp_path, backend):
     assert "logits: accuracy 100.00 %" in r.stdout
     if backend == "auto":
         assert "backend auto for av-intermediate-test/head: " in r.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# INT8 candidates for graphs with attention, and the ov placement's Adds (small graphs made here)
+# --------------------------------------------------------------------------------------------------
+
+
+def _const(name, value):
+    return onnx.numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+def _conv_attention_model(attention=True):
+    """A conv stem, then one self-attention block over its 128 positions (q @ k^T scaled, Softmax, @ v, a
+    projection and a residual Add), then a pooled linear head: PP-OCRv4's recogniser in miniature. Without
+    attention the block is a plain linear layer and the head ends in a Softmax over a constant weight."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    def w(*shape):  # fan-in scaled weights
+        return rng.standard_normal(shape) / np.sqrt(shape[-2] if len(shape) == 2 else np.prod(shape[1:]))
+
+    nodes = [helper.make_node("Conv", ["x", "cw"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "shape"], ["flat"], name="flatten"),
+             helper.make_node("Transpose", ["flat"], ["t"], name="tokens", perm=[0, 2, 1])]
+    inits = [_const("cw", w(8, 3, 3, 3)), onnx.numpy_helper.from_array(np.array([1, 8, 128], np.int64), "shape")]
+    if attention:
+        nodes += [helper.make_node("MatMul", ["t", "wq"], ["q"], name="q"),
+                  helper.make_node("MatMul", ["t", "wk"], ["k"], name="k"),
+                  helper.make_node("MatMul", ["t", "wv"], ["v"], name="v"),
+                  helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+                  helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
+                  helper.make_node("Mul", ["s", "scale"], ["ss"], name="scale"),
+                  # (a 2-D Softmax behind a Flatten, as exporters of opset < 13 write it)
+                  helper.make_node("Flatten", ["ss"], ["fs"], name="flat_scores", axis=2),
+                  helper.make_node("Softmax", ["fs"], ["p"], name="softmax", axis=-1),
+                  helper.make_node("MatMul", ["p", "v"], ["o"], name="attend"),
+                  helper.make_node("MatMul", ["o", "wo"], ["po"], name="proj"),
+                  helper.make_node("Add", ["po", "t"], ["h"], name="residual")]
+        inits += [_const(n, w(8, 8)) for n in ("wq", "wk", "wv", "wo")] + [_const("scale", 8 ** -0.5)]
+    else:
+        nodes += [helper.make_node("MatMul", ["t", "wo"], ["h"], name="proj")]
+        inits += [_const("wo", w(8, 8))]
+    nodes += [helper.make_node("ReduceMean", ["h"], ["m"], name="pool", axes=[1], keepdims=0),
+              helper.make_node("MatMul", ["m", "wc"], ["logits"], name="head"),
+              helper.make_node("Softmax", ["logits"], ["y"], name="probs", axis=-1)]
+    inits += [_const("wc", w(8, 4))]
+    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _feeds(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 3, 8, 16)).astype(np.float32)} for _ in range(n)]
+
+
+def test_attention_is_found_and_gets_the_transformer_candidate():
+    """A Softmax over q @ k^T (through its scaling) is attention; a Softmax over a linear layer with a
+    constant weight (a classifier head) is not. Only the first graph gets nncf-sq among its candidates."""
+    from edgemm.converters import int8, openvino
+
+    with_attn, without = (int8.prepare(_conv_attention_model(a)) for a in (True, False))
+    assert openvino.has_attention(with_attn) and not openvino.has_attention(without)
+    assert openvino.candidates_for(with_attn) == ("ov", "nncf", "u8s8", "nncf-sq")
+    assert openvino.candidates_for(without) == ("ov", "nncf", "u8s8")
+
+
+def test_nncf_sq_is_symmetric_smoothed_and_close():
+    """nncf-sq: every activation zero point 0 (the PERFORMANCE preset: TRANSFORMER's default MIXED gives
+    convolutions asymmetric activations, which OpenVINO's CPU ran in float), SmoothQuant's scale ahead of
+    the convolution, the convolution and the attention MatMuls quantized, logits close to FP32 on OpenVINO
+    (with SmoothQuant on the MatMuls too, OpenVINO ran this graph's logits at cosine 0.3-0.7)."""
+    pytest.importorskip("nncf")
+    from edgemm.converters import int8, openvino
+    from edgemm.runners.openvino import OpenVINORunner
+
+    model = _conv_attention_model()
+    prepared = int8.prepare(model)
+    feeds = _feeds(16)
+    q = openvino.quantize("nncf-sq", prepared, None, feeds)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    prod = {o: n for n in q.graph.node for o in n.output}
+    zps = [inits[n.input[2]] for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert zps and all(not z.any() for z in zps)
+    assert any("smooth" in n.name.lower() for n in q.graph.node), [n.name for n in q.graph.node]
+    for name in ("conv", "scores"):
+        node = next(n for n in q.graph.node if n.name == name)
+        assert prod[node.input[0]].op_type == "DequantizeLinear", name
+    test = _feeds(8, seed=1)
+    with OpenVINORunner(model.SerializeToString(), 1) as ref, OpenVINORunner(q.SerializeToString(), 1) as got:
+        a = np.concatenate([ref.infer(f)["logits"].ravel() for f in test])
+        b = np.concatenate([got.infer(f)["logits"].ravel() for f in test])
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.98
+
+
+def test_ov_placement_keeps_adds_of_a_constant_float():
+    """The ov flavour quantizes a residual Add's inputs (OpenVINO fuses it into the layer before) but not an
+    Add of a constant (a LayerNorm's bias: one such Q/DQ Add made OpenVINO's compiler die with SIGFPE)."""
+    from onnx import TensorProto, helper
+
+    from edgemm.converters import int8
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),  # (else the affine folds into conv1)
+             helper.make_node("Mul", ["r1", "gamma"], ["g"], name="affine_mul"),
+             helper.make_node("Add", ["g", "beta"], ["b"], name="bias_add"),
+             helper.make_node("Conv", ["b", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "b"], ["res"], name="residual"),
+             helper.make_node("Conv", ["res", "w3"], ["y"], name="conv3")]
+    inits = [_const("w1", rng.standard_normal((8, 3, 3, 3)) * 0.3),
+             _const("w2", rng.standard_normal((8, 8, 3, 3)) * 0.1),
+             _const("w3", rng.standard_normal((4, 8, 1, 1)) * 0.3), _const("gamma", rng.uniform(0.5, 2, (1, 8, 1, 1))),
+             _const("beta", rng.standard_normal((1, 8, 1, 1)))]
+    graph = helper.make_graph(nodes, "adds", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 16])], inits)
+    prepared = int8.prepare(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert int8.constant_adds(prepared) == {"bias_add"}
+    feeds = _feeds(8)
+    q = int8.quantize(prepared, int8.calibrate(prepared, feeds), "ov")
+    prod = {o: n for n in q.graph.node for o in n.output}
+    node = {n.name: n for n in q.graph.node}
+    assert all(prod[i].op_type != "DequantizeLinear" for i in node["bias_add"].input if i in prod)
+    assert sum(prod[i].op_type == "DequantizeLinear" for i in node["residual"].input if i in prod) >= 1
+    assert prod[node["conv2"].input[0]].op_type == "DequantizeLinear"  # the bias Add's output still feeds int8

@@ -109,8 +109,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dla", type=int, metavar="CORE",
                    help="TensorRT: run on DLA core CORE (Orin NX / AGX Orin), layers DLA cannot run fall back to "
                         "the GPU and are listed in the report; trtexec --useDLACore CORE --allowGPUFallback")
-    p.add_argument("--flavour", metavar="F", help="force the INT8 Q/DQ flavour: u8s8, s8s8, trt; ov, nncf or u8s8 with "
-                   "--target openvino (default: by --target)")
+    p.add_argument("--flavour", metavar="F", help="force the INT8 Q/DQ flavour: u8s8, s8s8, trt; ov, nncf, u8s8 or "
+                   "nncf-sq with --target openvino (default: by --target)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads for timing and evaluation")
     p.add_argument("--bench-seconds", type=float, default=3.0, metavar="S",
                    help="seconds of interleaved latency measurement before/after (default 3)")
