@@ -511,6 +511,7 @@ class Pipeline(Streaming):
         record["alerts"] = self.decisions.active_alerts()
         post_s = time.perf_counter() - p0 + res.attribution_s
         capture_prep_s = item.prepared.work_s if item is not None and item.prepared is not None else 0.0
+        capture_cpu_s = item.prepared.cpu_s if item is not None and item.prepared is not None else 0.0
         if item is not None and item.prepared is not None and item.prepared.video:
             self.prepared_taken += 1
         prep_s = res.preprocess_s + capture_prep_s
@@ -538,11 +539,15 @@ class Pipeline(Streaming):
         for k, v in lat.items():
             self.lat[k].add(v)
         # Work for this result beyond running the model (waiting for data excluded): on the worker, which
-        # costs throughput, and in all, with the preprocessing the capture thread and the writing the sinks'
-        # thread did in parallel (the sinks' time is the previous result's, as in the "sink" stage).
+        # costs throughput (wall time: waiting there for the GIL delays the next inference too), and in all,
+        # with the preprocessing the capture thread and the writing the sinks' thread did in parallel. Those
+        # two count their CPU time: on two cores busy with decoding and inference their wall time is mostly
+        # being preempted, which is the machine's load, not their work (the "preprocess" and "sink" latency
+        # stages keep the wall times). The sinks' figure is the previous result's, as in the "sink" stage.
         worker = (now() - t_pick) - res.infer_s - res.wait_s
         self.worker_overhead.add(worker)
-        self.overhead.add(worker + capture_prep_s + lat["sink"])
+        sink_cpu_s = self._sinks.last_result_cpu_s if self._sinks is not None else 0.0
+        self.overhead.add(worker + capture_cpu_s + sink_cpu_s)
         if res.skew_s is not None:
             self.skew.add(res.skew_s)
         for m in res.degraded:

@@ -56,7 +56,8 @@ class Prepared:
     video: dict[tuple[str, str], np.ndarray]  # (graph, input) -> tensor
     audio: dict[tuple[str, str], np.ndarray] | None = None  # audio tensors cut for this frame (every-tick inputs)
     window: AudioWindow | None = None
-    work_s: float = 0.0  # preprocessing time
+    work_s: float = 0.0  # preprocessing time (wall: the "preprocess" latency stage)
+    cpu_s: float = 0.0  # ... the capture thread's CPU time for it (the work, whatever preempted the thread)
     wait_s: float = 0.0  # time spent waiting for the audio to reach the frame
 
 
@@ -220,7 +221,7 @@ class LiveFusion:
     def prepare(self, frame: Frame) -> Prepared:
         """Called by the video capture thread: the frame's video tensors and, where every tick needs them,
         its audio tensors (waiting, within the skew bound, for the audio to reach the frame)."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         # A video encoder (or member) at its own rate that will not run on this frame needs no tensors: on
         # a 30 fps camera a 5 Hz encoder skips 25 frames in 30. (The gate is the worker's; read here without
         # a lock, a stale answer only moves the work: VideoPrep.tensors builds anything missing.)
@@ -235,6 +236,7 @@ class LiveFusion:
             prepared.audio, prepared.window = self._audio(frame.t, True)
             prepared.wait_s = prepared.window.waited_s
         prepared.work_s = time.perf_counter() - t0 - prepared.wait_s
+        prepared.cpu_s = time.thread_time() - c0  # (waiting for audio costs no CPU)
         return prepared
 
     def video_due(self, t: float) -> bool:

@@ -49,6 +49,7 @@ class SinkThread:
         self._done = 0  # ... and those the sinks have had (the thread's): equal when all is written
         self.error: EdgemmError | None = None
         self.last_result_s = 0.0  # how long the sinks took over the last result (the "sink" latency stage)
+        self.last_result_cpu_s = 0.0  # ... this thread's CPU time for it (the work, not waits for the GIL)
         self.unwritten = 0  # items still queued when close gave up waiting
         self.dropped_at_stop = 0  # results not queued because the run was stopping and the sinks were stuck
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -80,7 +81,7 @@ class SinkThread:
             if item is None:
                 return
             method, args = item
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 if self.error is None:
                     for health in self.healths:  # one sink failing must not stop the others or the run
@@ -90,6 +91,7 @@ class SinkThread:
             finally:
                 if method == "result":
                     self.last_result_s = time.perf_counter() - t0
+                    self.last_result_cpu_s = time.thread_time() - c0
                     self._room.release()
                 self._done += 1
 
