@@ -21,6 +21,10 @@
     (the CPU path) against the ffmpeg process scaling to the model's size, alternating pass by pass; CPU
     milliseconds per frame of this process and the decoder together, and how far the scaled frames are from
     the CPU path's (mean and p99 absolute difference in grey levels).
+(e) The machine itself: the raw runner alone against the raw runner while another process spins on the other
+    core (a pure-Python loop: no memory traffic to speak of), alternating. On cores that share a physical
+    core or a power budget (SMT siblings, a VM's vCPUs) the second core's work slows the first: the
+    pipeline's capture thread then slows the model it runs beside, which no change to the pipeline removes.
 (c) The audio features alone, per tick of a 30 fps camera: the log-mel of the whole 1 s window against the
     incremental one (``AudioFeatureStream``: only the STFT columns new since the previous tick, windows on the
     10 ms hop grid as live audio has them), alternating tick by tick on the same windows.
@@ -245,6 +249,34 @@ def throughput(bundle_path: Path, tmp: Path, rounds: int, segment_s: float, thre
     return out
 
 
+def core_interference(bundle_path: Path, threads: int, backend: str, rounds: int = 4, seconds: float = 1.0) -> dict:
+    """(e): ms per raw inference with the other core idle and with a spinning process on it, alternating."""
+    bundle = load_bundle(bundle_path)
+    spec = {s.name: s for s in bundle.manifest.graphs["model"].inputs}
+    feed = {"video": preprocess_video(np.zeros((224, 224, 3), np.uint8), spec["video"]),
+            "audio": preprocess_audio(np.zeros(16000, np.float32), spec["audio"])}
+    spin = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < %f: pass" % (seconds + 0.3)
+    out: dict[str, list[float]] = {"idle": [], "spinning": []}
+    with make_runner(bundle, backend=backend, threads=threads) as runner:
+        def segment() -> float:
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < seconds:
+                runner.infer(feed, check_inputs=False)
+                n += 1
+            return 1e3 * (time.perf_counter() - t0) / n
+
+        segment()  # warm-up
+        for _ in range(rounds):
+            out["idle"].append(segment())
+            proc = subprocess.Popen([sys.executable, "-c", spin])
+            time.sleep(0.15)  # the spinner running before timing starts
+            out["spinning"].append(segment())
+            proc.wait()
+    idle, busy = float(np.median(out["idle"])), float(np.median(out["spinning"]))
+    return {"idle_ms": round(idle, 3), "other_core_spinning_ms": round(busy, 3), "slowdown": round(busy / idle, 3),
+            "rounds": {k: [round(x, 3) for x in v] for k, v in out.items()}}
+
+
 def make_clip(path: Path, size: str, seconds: float = 10.0, fps: int = 30) -> Path:
     """A camera-like H.264 clip (ffmpeg's moving testsrc2 pattern), yuv420p as cameras and streams deliver."""
     subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
@@ -426,6 +458,7 @@ def main(argv=None) -> int:
             print(b["summary_text"], flush=True)
         with limit_blas_threads(1):  # as the pipeline computes them (a 2-thread BLAS on a busy box: 0.3 s a window)
             c = result["audio_features"] = audio_features(bundles[widths[0]])
+        e = result["core_interference"] = core_interference(bundles[widths[0]], args.threads, args.backend)
         model_hw = tuple(load_bundle(bundles[widths[0]]).manifest.graphs["model"].inputs[0].preprocess.size)
         dd = result["decoding"] = decoding(tmp, sizes[0], model_hw)
     result["loadavg_after"] = os.getloadavg()
@@ -437,6 +470,8 @@ def main(argv=None) -> int:
           f"per frame, OpenCV + resize {dd['cpu_ms_per_frame']['full']} ms, ffmpeg scaling "
           f"{dd['cpu_ms_per_frame']['scaled']} ms; scaled frames against the CPU path's: mean "
           f"{dd['scaled_vs_cpu_path']['mean']:.2f}, p99 {dd['scaled_vs_cpu_path']['p99']:.0f} grey levels")
+    print(f"(e) raw runner, other core idle {e['idle_ms']:.3f} ms, other core spinning {e['other_core_spinning_ms']:.3f} ms "
+          f"per inference: x{e['slowdown']:.3f} (rounds {e['rounds']})")
     print(f"machine: {result['machine']}; load average before {result['loadavg_before'][0]:.2f}, "
           f"after {result['loadavg_after'][0]:.2f}")
     if args.json:
