@@ -577,7 +577,7 @@ class Pipeline(Streaming):
                               "drift_ppm": None if ring["drift_ppm"] is None else round(ring["drift_ppm"], 2)}
         lat = {k: r.stats_ms() for k, r in self.lat.items() if r.count}
         skew = self.skew.stats_ms()
-        if self.skew.values:
+        if len(self.skew.values):
             skew["abs_p99"] = round(float(np.percentile(np.abs(self.skew.values), 99) * 1e3), 4)
             skew["bound_ms"] = round(self.settings.max_skew_s * 1e3, 3)
         return {
