@@ -103,6 +103,7 @@ class Subscriber:
         self.summaries: list[dict] = []
         self.log: list[dict] = []  # every message and connection change, in order of arrival
         self._lock = threading.Lock()
+        self.topic = topic
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"soak-sub-{os.getpid()}", clean_session=False)
         c.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
         c.on_connect = self._on_connect
@@ -111,7 +112,6 @@ class Subscriber:
         c.connect_async("127.0.0.1", port)
         c.loop_start()
         self.client = c
-        self.topic = topic
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._lock:
