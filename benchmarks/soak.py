@@ -213,7 +213,10 @@ class Soak:
                 "--sink", f"mqtt://127.0.0.1:{self.broker.port}/{self.topic}?reconnect_max=2&spool={self.work / 'spool'}"]
 
     def start_edgemm(self) -> None:
-        env = {**self.jack.env, "PYTHONUNBUFFERED": "1"}
+        # The edgemm beside this script, not whichever one the environment has installed (an editable install
+        # of another checkout runs from the work folder otherwise).
+        path = os.pathsep.join(p for p in (str(ROOT), self.jack.env.get("PYTHONPATH", "")) if p)
+        env = {**self.jack.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), env=env, cwd=self.work, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=log)
