@@ -71,12 +71,19 @@ def look(out: Path, k: int, t0: float) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def watch(out: Path, every: float) -> None:
+def watch(out: Path, every: float, trim_s: float = 0.0) -> None:
     t0, k = time.time(), 0
+    trim = ctypes.CDLL(None).malloc_trim if trim_s else None
+    next_look, next_trim = t0 + every, t0 + (trim_s or 1e18)
     while True:
-        time.sleep(every)
-        look(out, k, t0)
-        k += 1
+        time.sleep(max(0.0, min(next_look, next_trim) - time.time()))
+        if time.time() >= next_trim:  # give glibc's free pages back to the OS (a remedy to try, not edgemm's)
+            trim(0)
+            next_trim += trim_s
+        if time.time() >= next_look:
+            look(out, k, t0)
+            k += 1
+            next_look += every
 
 
 def cap_reservoirs(n: int) -> None:
@@ -137,6 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=8,
                     help="frames kept per allocation; 0: no tracemalloc (RSS, malloc's account and gc counts only)")
     ap.add_argument("--reservoir", type=int, help="cap the latency reservoirs at this many samples")
+    ap.add_argument("--trim", type=float, default=0.0, metavar="S", help="call glibc's malloc_trim(0) every S seconds")
     ap.add_argument("--compare", help="print what grew in this folder's snapshots")
     a = ap.parse_args(argv)
     if a.compare:
@@ -149,7 +157,7 @@ def main(argv=None) -> int:
         cap_reservoirs(a.reservoir)
     if a.frames:
         tracemalloc.start(a.frames)
-    threading.Thread(target=watch, args=(out, a.every), name="heapwatch", daemon=True).start()
+    threading.Thread(target=watch, args=(out, a.every, a.trim), name="heapwatch", daemon=True).start()
     from edgemm.cli import main as edgemm_main
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -173,10 +173,11 @@ def read_jsonl(folder: Path, name: str = "results.jsonl") -> tuple[dict, list[di
 class Soak:
     def __init__(self, work: Path, fault_s: float, settle_s: float, topic: str = "soak", quiet: bool = False,
                  broker_log: bool = False, heapwatch_s: float = 0.0, reservoir: int = RESERVOIR,
-                 heapwatch_frames: int = 8):
+                 heapwatch_frames: int = 8, edgemm_env: dict | None = None, heapwatch_args: tuple = ()):
         self.work = work
         self.fault_s, self.settle_s, self.topic, self.quiet = fault_s, settle_s, topic, quiet
         self.heapwatch_s, self.reservoir, self.heapwatch_frames = heapwatch_s, reservoir, heapwatch_frames
+        self.edgemm_env, self.heapwatch_args = dict(edgemm_env or {}), tuple(heapwatch_args)
         self.disk = work / "disk"
         self.disk_note = rigs.mount_tmpfs(self.disk, "96m")  # None: mounted
         self.cam = rigs.FfmpegStream("mjpeg", size=(320, 240), fps=30, ready_states=(rigs.LISTEN, rigs.ESTABLISHED))
@@ -206,7 +207,7 @@ class Soak:
         if self.heapwatch_s or self.reservoir != RESERVOIR:  # tracemalloc snapshots (benchmarks/heapwatch.py)
             edgemm = [sys.executable, str(ROOT / "benchmarks" / "heapwatch.py"), "--every", str(self.heapwatch_s or 1e9),
                       "--out", str(self.work / f"heap-{k}"), "--reservoir", str(self.reservoir),
-                      "--frames", str(self.heapwatch_frames), "--"]
+                      "--frames", str(self.heapwatch_frames), *self.heapwatch_args, "--"]
         return [*edgemm, "run", str(MODEL), "--video", self.cam.url, "--audio", "mic://tone",
                 "--threads", "1", "-q", "--summary-json", str(self.work / f"summary-{k}.json"),
                 "--sink", f"jsonl:{self.disk}/results.jsonl?max_mb=8&keep=20",
@@ -216,7 +217,7 @@ class Soak:
         # The edgemm beside this script, not whichever one the environment has installed (an editable install
         # of another checkout runs from the work folder otherwise).
         path = os.pathsep.join(p for p in (str(ROOT), self.jack.env.get("PYTHONPATH", "")) if p)
-        env = {**self.jack.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+        env = {**self.jack.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **self.edgemm_env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), env=env, cwd=self.work, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=log)
@@ -567,7 +568,8 @@ class Soak:
 def run_soak(minutes: float, cycle=("camera", "broker", "disk_full"), final=("mic_client", "audio_server", "sigkill"),
              fault_s: float = 8.0, settle_s: float = 30.0, warm_s: float = 120.0, work: Path | None = None,
              quiet: bool = False, broker_log: bool = False, heapwatch_s: float = 0.0,
-             reservoir: int = RESERVOIR, heapwatch_frames: int = 8) -> dict:
+             reservoir: int = RESERVOIR, heapwatch_frames: int = 8, edgemm_env: dict | None = None,
+             heapwatch_args: tuple = ()) -> dict:
     """Run the soak; returns its report (see the module's docstring)."""
     for name in (*cycle, *final):
         if name not in FAULTS:
@@ -576,7 +578,8 @@ def run_soak(minutes: float, cycle=("camera", "broker", "disk_full"), final=("mi
         if work is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgemm-soak-")))
         soak = Soak(Path(work), fault_s, settle_s, quiet=quiet, broker_log=broker_log, heapwatch_s=heapwatch_s,
-                    reservoir=reservoir, heapwatch_frames=heapwatch_frames)
+                    reservoir=reservoir, heapwatch_frames=heapwatch_frames, edgemm_env=edgemm_env,
+                    heapwatch_args=heapwatch_args)
         try:
             return soak.run(minutes, list(cycle), list(final), warm_s)
         finally:
@@ -619,6 +622,10 @@ def main(argv=None) -> int:
                     help="run edgemm under tracemalloc, a snapshot every S s in WORK/heap-N (benchmarks/heapwatch.py)")
     ap.add_argument("--heapwatch-frames", type=int, default=8,
                     help="tracemalloc frames per allocation; 0: RSS, malloc's account and gc counts only (cheap)")
+    ap.add_argument("--malloc-trim", type=float, default=0.0, metavar="S",
+                    help="under --heapwatch: glibc's malloc_trim(0) every S seconds (a remedy to try)")
+    ap.add_argument("--edgemm-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="in edgemm's environment (e.g. MALLOC_ARENA_MAX=2)")
     ap.add_argument("--reservoir", type=int, default=RESERVOIR,
                     help="latency samples kept per stage (smaller: memory flat sooner; runs under heapwatch.py)")
     ap.add_argument("--broker-log", action="store_true",
@@ -629,7 +636,9 @@ def main(argv=None) -> int:
     if work:
         work.mkdir(parents=True, exist_ok=True)
     r = run_soak(a.minutes, split(a.cycle), split(a.final), a.fault_s, a.settle_s, a.warm_s, work, broker_log=a.broker_log,
-                 heapwatch_s=a.heapwatch, reservoir=a.reservoir, heapwatch_frames=a.heapwatch_frames)
+                 heapwatch_s=a.heapwatch, reservoir=a.reservoir, heapwatch_frames=a.heapwatch_frames,
+                 edgemm_env=dict(kv.split("=", 1) for kv in a.edgemm_env),
+                 heapwatch_args=("--trim", str(a.malloc_trim)) if a.malloc_trim else ())
     if a.out:
         Path(a.out).write_text(json.dumps(r, indent=1))
     print(markdown(r))
