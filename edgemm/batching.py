@@ -177,7 +177,10 @@ class InferenceBatcher:
             r.done = True
         self.sizes[len(batch)] += 1
         self.infer_s.add(took)
-        self.infer_s_by_size.setdefault(len(batch), Reservoir(self.infer_s.size, seed=len(batch))).add(took)
+        by_size = self.infer_s_by_size.get(len(batch))
+        if by_size is None:  # (not setdefault: a Reservoir allocates its whole sample when made)
+            by_size = self.infer_s_by_size[len(batch)] = Reservoir(self.infer_s.size, seed=len(batch))
+        by_size.add(took)
         if self.adaptive and self.batched and self.row_cost is None:
             self._judge()
 

@@ -177,6 +177,7 @@ class Pipeline(Streaming):
         self._pinged_progress: int | None = None
         self.prepared_frames = 0  # frames whose tensors the capture thread made
         self.prepared_taken = 0  # ... of them, those the worker took (the rest: replaced or left at the end)
+        self.stale_frames = 0  # frames captured before a result already given (not run: results keep capture order)
         self._blas = None
         self._switch_interval: float | None = None
         # statistics
@@ -437,6 +438,13 @@ class Pipeline(Streaming):
         video_expected = video_cap is not None and not video_cap.ended and present.get("video")
         if video_expected or (video_cap is not None and len(self.video_port)):
             item = self.video_port.get(timeout)
+            if item is not None and self._last_tick_t is not None and item.frame.t < self._last_tick_t:
+                # Captured before the last tick: an audio tick went ahead while the camera was coming back (the
+                # frame read, not yet delivered). Results go out in capture order, as consumers assume (a
+                # soak saw t go back 4 ms in the file and over MQTT), so the frame is dropped, and counted.
+                self.video_port.done()
+                self.stale_frames += 1
+                return None
             if item is not None:
                 present = self._present()
                 present["video"] = True  # this frame is here, whatever the state says now
@@ -592,6 +600,7 @@ class Pipeline(Streaming):
                               "dropped": self.video_port.dropped, "source_dropped": st.dropped,
                               "prepared": self.prepared_frames,
                               "prepared_dropped": self.prepared_frames - self.prepared_taken,
+                              "stale": self.stale_frames,
                               "policy": "drop_oldest" if self.video_port.drop_oldest else "block"}
         cap = self.captures.get("audio")
         if cap is not None and self.ring is not None:
@@ -602,7 +611,7 @@ class Pipeline(Streaming):
                               "drift_ppm": None if ring["drift_ppm"] is None else round(ring["drift_ppm"], 2)}
         lat = {k: r.stats_ms() for k, r in self.lat.items() if r.count}
         skew = self.skew.stats_ms()
-        if self.skew.values:
+        if len(self.skew.values):
             skew["abs_p99"] = round(float(np.percentile(np.abs(self.skew.values), 99) * 1e3), 4)
             skew["bound_ms"] = round(self.settings.max_skew_s * 1e3, 3)
         return {

@@ -21,6 +21,12 @@ nothing), synced to the disk at close and when the file is compacted (rewritten 
 waiting, once it holds twice the store's bound): a power cut may lose the last moments. One process per
 spool file.
 
+Every message carries ``"seq"``: one counter for all three subtopics, in the order the sink was given them
+(with ``spool=`` it goes on across restarts; without, each process starts at 0). QoS 1 is at least once, so a
+consumer may see a message twice (a re-send whose acknowledgement was lost with the connection); with seq it
+drops the second, sees a gap where something was lost, and can tell a message sent late from one that
+arrived late — the counter and freshness check of an end-to-end protected message, as on a vehicle bus.
+
 Order across a reconnect: paho itself re-sends the messages that were unacknowledged when the connection
 dropped, after the new CONNACK. The forwarder waits for those to be acknowledged before handing over
 anything newer, so a newer result never overtakes an older one.
@@ -57,7 +63,7 @@ NO_CONN = 4  # paho's MQTT_ERR_NO_CONN: a QoS 1 message is kept by paho and sent
 class Message:
     kind: str  # "results", "events" or "summary": the subtopic
     payload: bytes
-    seq: int = 0  # its number in the spool
+    seq: int = 0  # its number: the payload's "seq", and its line in the spool
 
 
 class Spool:
@@ -91,6 +97,9 @@ class Spool:
             for line in f:
                 try:
                     row = json.loads(line)
+                    if "next" in row:  # a compacted file's first line: where the count had got to
+                        self.next_seq = max(self.next_seq, int(row["next"]))
+                        continue
                     msg = Message(row["k"], row["p"].encode("utf-8"), int(row["s"]))
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue  # cut by a power loss mid-write
@@ -105,8 +114,7 @@ class Spool:
         return (json.dumps({"s": msg.seq, "k": msg.kind, "p": msg.payload.decode("utf-8")}) + "\n").encode("utf-8")
 
     def put(self, msg: Message) -> None:
-        msg.seq = self.next_seq
-        self.next_seq += 1
+        self.next_seq = max(self.next_seq, msg.seq + 1)
         line = self._line(msg)
         os.write(self._fd, line)
         self.size += len(line)
@@ -117,7 +125,8 @@ class Spool:
     def compact(self, waiting: list[Message]) -> None:
         """Rewrite the spool with only what is still waiting (atomically: a new file renamed over it)."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        data = b"".join(self._line(m) for m in waiting)
+        mark = b'{"next": %d}\n' % self.next_seq if self.next_seq else b""  # the count goes on when all is done
+        data = mark + b"".join(self._line(m) for m in waiting)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -202,12 +211,14 @@ class MqttSink(Sink):
         self.spool_dir = spool
         self._spool: Spool | None = None
         self.restored = 0  # messages an earlier run left in the spool, sent first
+        self.next_seq = 0  # the next message's "seq" (an earlier run's spool goes on from its own)
         self._client = None
         self._cond = threading.Condition()
         self._connected = False
         self._closing = False
         self._forwarder: threading.Thread | None = None
         self._inflight: dict[int, Message] = {}  # mid -> message handed to paho, not yet acknowledged
+        self._handing: Message | None = None  # taken from the store, being handed to paho (outside our lock)
         self._resend: set[int] = set()  # mids paho re-sends after a reconnect: newer ones wait for them
         self._resend_since = 0.0
         # Acknowledged before publish() returned its mid to the forwarder: remembered briefly.
@@ -307,15 +318,18 @@ class MqttSink(Sink):
                     if self._closing and (not self._connected or not len(self.store)):
                         return
                     self._cond.wait(0.5)
-                msg = self.store.pop()
+                msg = self._handing = self.store.pop()
                 client = self._client
             if client is None:
                 return
             # Not under our lock: paho calls on_publish holding its own lock, which publish() also takes.
             info = client.publish(f"{self.topic}/{msg.kind}", msg.payload, qos=1)
             with self._cond:
+                self._handing = None
                 if info.rc not in (0, NO_CONN):  # not kept by paho (it never is with an unbounded queue)
                     self.store.dropped[msg.kind] += 1
+                    if self._spool is not None:  # else the next run would send it, late and out of order
+                        self._spool.done(msg)
                     log.warning("mqtt %s: paho refused a message (rc %s); dropped", self.uri, info.rc)
                 elif info.mid in self._early:
                     del self._early[info.mid]
@@ -332,6 +346,7 @@ class MqttSink(Sink):
                 for gone in self.store.put(msg):
                     self._spool.done(gone)
             self.restored = len(self.store)
+            self.next_seq = self._spool.next_seq
             if self.restored:
                 log.warning("mqtt %s: %d message(s) an earlier run could not deliver are sent first (from %s)",
                             self.uri, self.restored, self._spool.path)
@@ -354,15 +369,19 @@ class MqttSink(Sink):
     def _put(self, kind: str, payload: dict) -> None:
         if self._client is None:
             return
-        msg = Message(kind, to_json(payload).encode("utf-8"))
-        with self._cond:
+        with self._cond:  # the seq in the order the store takes them
+            seq = self.next_seq
+            self.next_seq += 1
+            msg = Message(kind, to_json({**payload, "seq": seq}).encode("utf-8"), seq)
             if self._spool is not None:
                 self._spool.put(msg)
             for gone in self.store.put(msg):
                 if self._spool is not None:
                     self._spool.done(gone)
             if self._spool is not None and self._spool.size > self._spool.compact_at:
-                waiting = sorted([*self._inflight.values(), *self.store.messages()], key=lambda m: m.seq)
+                # (the message being handed to paho too: a SIGKILL before its acknowledgement must not lose it)
+                handing = [self._handing] if self._handing is not None else []
+                waiting = sorted([*self._inflight.values(), *handing, *self.store.messages()], key=lambda m: m.seq)
                 self._spool.compact(waiting)
             self.buffered_max = max(self.buffered_max, len(self.store) + len(self._inflight))
             self._cond.notify_all()

@@ -38,6 +38,10 @@ def test_soak_fault_is_noticed_and_recovered_from(fault, tmp_path):
     assert f["recovery_s"] is not None and f["recovery_s"] <= goal, f
     assert f["written_before_lost"] == 0 and r["sinks"]["jsonl"]["unparsable_lines"] == 0, f
     assert r["unplanned"] == [] and r["exit_s_after_sigterm"] < 5.0, r["unplanned"]
+    # Results in capture order in the file and over MQTT; MQTT's own sequence unbroken (duplicates allowed).
+    mqtt = r["sinks"]["mqtt"]
+    assert r["sinks"]["jsonl"]["order_breaks"] == 0 and mqtt["order_breaks"] == 0, mqtt["out_of_order"]
+    assert mqtt["messages_out_of_seq"] == 0 and mqtt["seq_gaps"] == 0, mqtt
     if fault == "broker":  # store and forward: nothing lost within the buffer's bound
         assert f["mqtt_missing_in_window"] == 0 and r["sinks"]["mqtt"]["results_missing"] == 0, r["sinks"]
     if fault == "disk_full":  # what could not be written is counted by the sink as lost
