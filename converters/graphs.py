@@ -7,7 +7,7 @@
 ``dynamic_batch``  whether every input of a set of runners takes any batch (first dim not fixed).
 
 Graph structure, for every pass that edits a graph (pruning, Q/DQ surgery, FP16, layer groups):
-``producers`` / ``consumers`` (tensor -> node(s)), ``node_indices`` (the same by node position, for
+``producers`` / ``consumers`` (tensor -> node(s)), ``constant_names`` (initializers and Constant outputs), ``node_indices`` (the same by node position, for
 passes that record edits by index), ``attr`` (a node attribute as a Python value), ``name_nodes``,
 ``topological_sort`` and ``drop_unused_initializers``.
 
@@ -142,6 +142,12 @@ def node_indices(graph) -> tuple[dict[str, int], dict[str, list[int]]]:
             if t:
                 producer[t] = i
     return producer, readers
+
+
+def constant_names(model) -> set[str]:
+    """Tensors whose value is in the graph: initializers and the outputs of Constant nodes."""
+    names = {i.name for i in model.graph.initializer}
+    return names | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
 
 
 def producers(model) -> dict[str, onnx.NodeProto]:

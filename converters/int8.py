@@ -48,7 +48,8 @@ from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_d
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from edgemm.converters import qdq
-from edgemm.converters.graphs import consumers, drop_unused_initializers, name_nodes, producers, topological_sort
+from edgemm.converters.graphs import (constant_names, consumers, drop_unused_initializers, name_nodes, producers,
+                                      topological_sort)
 from edgemm.converters.timing import time_models
 from edgemm.errors import EdgemmError
 from edgemm.runners.onnxruntime import OnnxRuntimeRunner
@@ -341,8 +342,7 @@ def constant_adds(model) -> set[str]:
     the convolution before it; an Add of a constant gains nothing in int8, and one (PP-OCRv4 recogniser's
     last LayerNorm bias, ahead of a Reshape into a Conv: found by bisecting) made OpenVINO 2026.4's CPU
     plugin die with SIGFPE compiling the graph. Those stay float in ``ov``."""
-    consts = {i.name for i in model.graph.initializer}
-    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    consts = constant_names(model)
     return {n.name for n in model.graph.node if n.op_type == "Add" and any(i in consts for i in n.input)}
 
 

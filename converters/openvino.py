@@ -45,6 +45,7 @@ from typing import Iterable
 
 
 from edgemm.converters import int8
+from edgemm.converters.graphs import constant_names, producers
 from edgemm.converters.int8 import pick_fastest
 from edgemm.lazy import import_optional
 from edgemm.errors import EdgemmError
@@ -68,9 +69,8 @@ def check_installed() -> None:
 def has_attention(model) -> bool:
     """Some Softmax is fed by a MatMul of two activations (q @ k^T), directly or through the elementwise
     scaling, masking and reshaping between them (Mul, Div, Add, Reshape, Flatten, Transpose...)."""
-    consts = {i.name for i in model.graph.initializer}
-    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    producer = {o: n for n in model.graph.node for o in n.output}
+    consts = constant_names(model)
+    producer = producers(model)
     # (Flatten and Reshape: a Softmax of opset < 13 on a 2-D view, as PP-OCRv4's recogniser has it)
     passing = {"Mul", "Div", "Add", "Sub", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Where"}
     for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
