@@ -48,6 +48,7 @@ from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_d
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from edgemm.converters import qdq
+from edgemm.converters.frontend import waveform_front_end
 from edgemm.converters.graphs import (constant_names, consumers, drop_unused_initializers, name_nodes, producers,
                                       topological_sort)
 from edgemm.converters.timing import time_models
@@ -349,9 +350,9 @@ def constant_adds(model) -> set[str]:
 def quantize(prepared, calibration: Calibration, flavour: str | FlavourSpec, nodes_to_exclude: Iterable[str] = (),
              per_channel: bool = True, workdir: str | Path | None = None):
     """A Q/DQ model from the prepared model and cached ranges. Excluded nodes stay float, and so does the
-    graph's tail after its last compute op (tail_nodes)."""
+    graph's tail after its last compute op (tail_nodes) and a raw waveform's STFT front end (converters.frontend)."""
     spec = flavour if isinstance(flavour, FlavourSpec) else flavour_spec(flavour)
-    nodes_to_exclude = set(nodes_to_exclude) | tail_nodes(prepared)
+    nodes_to_exclude = set(nodes_to_exclude) | tail_nodes(prepared) | waveform_front_end(prepared)
     if spec.name == "ov":
         nodes_to_exclude |= constant_adds(prepared)
     nodes_to_exclude = sorted(nodes_to_exclude)

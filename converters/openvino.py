@@ -45,6 +45,7 @@ from typing import Iterable
 
 
 from edgemm.converters import int8
+from edgemm.converters.frontend import waveform_front_end
 from edgemm.converters.graphs import constant_names, producers
 from edgemm.converters.int8 import pick_fastest
 from edgemm.lazy import import_optional
@@ -111,7 +112,7 @@ def nncf_quantize(prepared, feeds: list[dict], ignored: Iterable[str] = (), **op
     nncf = import_optional("nncf", INSTALL_HINT)
     # The tail after the last compute op stays float here too (int8.tail_nodes): NNCF quantized the driving
     # detector's box decode, which cost 1.6 points of mAP@0.5 that no guard step could win back.
-    ignored = sorted(set(ignored) | int8.tail_nodes(prepared))
+    ignored = sorted(set(ignored) | int8.tail_nodes(prepared) | waveform_front_end(prepared))  # as int8.quantize
     scope = nncf.IgnoredScope(names=ignored, validate=False) if ignored else None
     # NNCF logs through its own logger and draws progress bars on stdout: keep the CLI's output clean.
     nncf_log = logging.getLogger("nncf")
