@@ -33,7 +33,7 @@ import onnxruntime
 from edgemm import __version__
 from edgemm.bench import machine
 from edgemm.bundle import MANIFEST_NAME, Bundle, atomic_output_dir, file_sha256, load_bundle
-from edgemm.converters import bake, fp16, guard, int8, openvino, opsets, prune, qdq
+from edgemm.converters import bake, fp16, frontend, guard, int8, openvino, opsets, prune, qdq, stateful
 from edgemm.converters.calibration import GraphFeeds, graph_order
 from edgemm.converters.data import DataFolder, decision_graph
 from edgemm.converters.detection_nms import append_efficient_nms, detection_output
@@ -373,6 +373,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
         quantized = QUANTIZERS[opts.precision](pruned.bundle, pruned.models, graphs, opts, work)
         guarded = _guard(bundle, originals, quantized, opts) if opts.max_drop is not None else \
             Guarded(quantized.models, {})
+        streams = _check_streams(bundle, originals, guarded.models, opts)
         # For TensorRT the layers INT8 does not cover run in FP16 in the engine (FP16 Q/DQ scales under strong
         # typing), as trtexec --int8 --fp16 would; checked for overflow like any FP16 conversion.
         mixed = _fp16(stage_bundle(bundle, guarded.models, work / "int8"), guarded.models, graphs, opts, work) \
@@ -383,6 +384,7 @@ def convert(model: str | Path, out: str | Path, opts: ConvertOptions | None = No
                       | ({"prune": pruned.info} if opts.prune else {})
                       | _describe_final(guarded.models, guarded.excluded, quantized.record)
                       | ({"accuracy_guard": guarded.record} if guarded.record else {})
+                      | ({"stream_closeness": streams} if streams else {})
                       | (mixed.record if mixed else {}))
         # The latency measurement's feeds: those kept from the first full pass over the data, if any ran.
         first_feeds = next((f for f in (pruned.first_feeds, quantized.first_feeds) if all(f.get(g) for g in graphs)),
@@ -575,12 +577,16 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
     # openvino.quantize leave it out themselves; it is counted here for the report.
     tails = {g: int8.tail_nodes(prepared[g]) for g in graphs}
     symmetric = fixed == "trt"
-    _say(f"INT8: calibrating {len(graphs)} graph(s) ({opts.calib_method}) on {opts.calib}", opts)
+    carried = f" as streams with the state carried ({stateful.describe_states(stage)})" \
+        if stateful.stateful_graphs(stage) else ""
+    _say(f"INT8: calibrating {len(graphs)} graph(s) ({opts.calib_method}) on {opts.calib}{carried}", opts)
     # One pass over the data calibrates every graph; it also keeps the feeds the flavour timing needs
     # (only when the flavour is chosen by timing); for OpenVINO, NNCF's calibration subset as well.
+    # A stateful graph is calibrated on consecutive chunks with the state its float graph carries
+    # (converters/stateful.py): zeros alone never show the ranges a state grows to.
     sample_feeds: dict[str, list[dict]] = {}
     keep = openvino.NNCF_SAMPLES if on_openvino else 1 if fixed else SAMPLE_FEEDS
-    with GraphFeeds(stage, opts.calib, limit=opts.calib_limit, threads=opts.threads) as gf:
+    with stateful.calibration_feeds(stage, opts.calib, opts.calib_limit, opts.threads) as gf:
         samples = _recording(gf.iter_feeds(), sample_feeds, keep)
         calibs = int8.calibrate_graphs(prepared, samples, opts.calib_method, symmetric, workdir=work)
     quantized = dict(models)
@@ -630,7 +636,12 @@ def _int8(stage: Bundle, models: dict, graphs: list[str], opts: ConvertOptions, 
         gi["qdq"] = qdq.qdq_counts(quantized[g])
         if tails[g]:
             gi["float_tail"] = len(tails[g])
+        front = frontend.waveform_front_end(prepared[g])  # int8.quantize keeps it float: said in the report
+        if front:
+            ops = {n.name: n.op_type for n in prepared[g].graph.node}
+            gi["kept_float"] = [{"node": n, "op": ops[n], "reason": frontend.REASON} for n in sorted(front)]
         info[g] = gi
+    frontend.check_left_to_quantize(quantized, prepared, str(stage.source or stage.root))
     floats = {g: models[g] for g in graphs if flavours[g] == "fp32"}
 
     def quantize_fn(g, exclude):
@@ -694,6 +705,23 @@ def _guard(bundle: Bundle, originals: dict, quantized: Quantized, opts: ConvertO
     _say(f"accuracy guard: drop {result.drop:.2f} points within {opts.max_drop:g}; {kept} layer group(s) kept "
          "in float", opts)
     return Guarded(result.models, record, result.excluded)
+
+
+def _check_streams(bundle: Bundle, originals: dict, models: dict, opts: ConvertOptions) -> dict | None:
+    """INT8 of a model with recurrent state, judged over streams with each model carrying its own state
+    (converters/stateful.py): refused in one line when far from FP32; else the record for the report."""
+    if opts.precision != "int8" or not stateful.stateful_graphs(bundle):
+        return None
+    data, limit, what = stateful.data_for_check(opts)
+    _say(f"INT8: checking against FP32 over streams of {data} with the state carried "
+         f"({stateful.describe_states(bundle)})", opts)
+    record = stateful.check_streams(bundle, originals, models, data, limit, opts.threads, what=what)
+    g, out = record["verdict"]["graph"], record["verdict"]["output"]
+    d = record["graphs"][g][out]
+    agree = f", decisions agree on {d['decision_agreement']:.1%}" if "decision_agreement" in d else ""
+    _say(f"INT8: {out} over {record['chunks']} chunks: cosine {d['cosine']:.4f}, max abs {d['max_abs']:.3g}{agree}",
+         opts)
+    return record
 
 
 def _describe_final(models: dict, excluded: dict[str, list[str]], record: dict) -> dict:

@@ -167,6 +167,11 @@ def summary(report: dict, out) -> str:
         if isinstance(c, dict) and c.get("cosine") is not None:
             agree = f", top-1 agreement {100 * c['top1_agreement']:.2f} %" if "top1_agreement" in c else ""
             lines.append(f"  closeness {name}: cosine {c['cosine']:.5f}, max abs {c['max_abs']:.4g}{agree}{on_calib}")
+    for gname, outs in ((conv.get("stream_closeness") or {}).get("graphs") or {}).items():
+        for name, c in list(outs.items())[:4]:
+            agree = f", decisions agree on {100 * c['decision_agreement']:.1f} %" if "decision_agreement" in c else ""
+            lines.append(f"  over streams, state carried: {name}: cosine {c['cosine']:.5f}, max abs {c['max_abs']:.4g}"
+                         f"{agree} ({c['chunks']} chunks)")
     g = conv.get("accuracy_guard")
     if g and "layers_kept_float" in g:
         kept = {k: v for k, v in g["layers_kept_float"].items() if v}
