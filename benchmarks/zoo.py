@@ -194,7 +194,7 @@ def make_calibration(name: str, models: dict, work: Path) -> Path:
     import numpy as np
 
     from edgemm.bundle import load_bundle
-    from edgemm.media import read_wav
+    from edgemm.media import read_wav, write_wav
     from edgemm.preprocess import preprocess_video
     from edgemm.shapes import shape_overrides
 
@@ -214,6 +214,17 @@ def make_calibration(name: str, models: dict, work: Path) -> Path:
         return out
     video = [s for s in specs if s.modality == "video"]
     audio = [s for s in specs if s.modality == "audio"]
+    if audio and any(s.state_of for s in specs):
+        # A model with recurrent state (a VAD) is calibrated and checked on streams: whole WAVs, each two
+        # commands with pauses of quiet noise around them (speech and non-speech), cut into consecutive
+        # windows by edgemm with the state carried (converters/stateful.py).
+        rng = np.random.default_rng(0)
+        speech = [read_wav(w)[0] for w in _speech(work / "speech")]
+        for i in range(len(speech)):
+            pause = [rng.normal(0, 0.002, 6400).astype(np.float32) for _ in range(3)]
+            write_wav(out / f"s{i:03d}.wav", np.concatenate([pause[0], speech[i], pause[1],
+                                                             speech[(i + 1) % len(speech)], pause[2]]), 16000)
+        return out
     if video:
         spec = video[0]
         batch = spec.shape[0] if isinstance(spec.shape[0], int) and spec.shape[0] > 1 else 1
@@ -275,14 +286,17 @@ def _ort_defaults(model: Path, calib: Path, out: Path) -> tuple[Path | None, str
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter(sorted(calib.glob("*.npz")))
+            self.items = iter(sorted(calib.glob("*.npz")) or _wav_windows(model, calib))
 
         def get_next(self):
             f = next(self.items, None)
             if f is None:
                 return None
-            with np.load(f) as z:
-                feed = {k: z[k] for k in z.files}
+            if isinstance(f, dict):
+                feed = dict(f)
+            else:
+                with np.load(f) as z:
+                    feed = {k: z[k] for k in z.files}
             for name, value in _fixed_inputs(model).items():
                 feed.setdefault(name, value)
             return feed
@@ -292,6 +306,21 @@ def _ort_defaults(model: Path, calib: Path, out: Path) -> tuple[Path | None, str
     except Exception as exc:  # ORT's own failure on this model is a result to report, not ours to fix
         return None, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
     return out, ""
+
+
+def _wav_windows(model: Path, calib: Path) -> list[dict]:
+    """A stream folder's WAVs cut into the model's audio window back to back (quantize_static knows no state:
+    zeros, from _fixed_inputs)."""
+    from edgemm.bundle import load_bundle
+    from edgemm.media import read_wav
+
+    spec = next(s for s in load_bundle(model).manifest.graphs["model"].inputs if s.modality == "audio")
+    n = next((d for d in reversed(spec.shape) if isinstance(d, int) and d > 1), None)
+    out = []
+    for wav in sorted(calib.glob("*.wav")):
+        x, _ = read_wav(wav)
+        out += [{spec.name: x[None, i:i + n].astype("float32")} for i in range(0, x.size - n + 1, n)]
+    return out
 
 
 def _fixed_inputs(model: Path) -> dict:
@@ -328,7 +357,9 @@ def run_model(name: str, models: dict, work: Path, bench_iterations: int = 200) 
         row["opset"] = next(iter(i["graphs"].values()))["opset"]
     cmds["bench"], _ = edgemm("bench", model, *shape_args, "--iterations", 50, "--json", out / "bench.json")
     data = [*shape_args, "--calib", calib]
-    common = [*data, "--calib-limit", 32, "--bench-seconds", 1, "--force", "-q"]
+    # A stateful model's samples are chunks of a stream (36 ms for the VADs): 512 of them are 8 files' worth.
+    limit = 512 if any(calib.glob("*.wav")) else 32
+    common = [*data, "--calib-limit", limit, "--bench-seconds", 1, "--force", "-q"]
     cmds["fp16"], _ = edgemm("convert", model, "-o", out / "fp16", "--precision", "fp16", *common)
     cmds["int8"], _ = edgemm("convert", model, "-o", out / "int8", "--precision", "int8", *common)
     if (out / "int8" / "report.json").exists():
@@ -336,6 +367,10 @@ def run_model(name: str, models: dict, work: Path, bench_iterations: int = 200) 
         close = [c for c in (rep.get("closeness") or {}).values() if isinstance(c, dict) and c.get("cosine") is not None]
         row["int8_cosine_min"] = min(c["cosine"] for c in close) if close else None
         row["int8_max_abs"] = max(c["max_abs"] for c in close) if close else None  # (cosine means little near 0)
+        streams = rep.get("conversion", {}).get("stream_closeness")
+        if streams:  # a stateful model: its primary output over whole streams, each model carrying its state
+            v = streams["verdict"]
+            row["int8_stream"] = streams["graphs"][v["graph"]][v["output"]] | {"output": v["output"]}
         g = next(iter(rep.get("conversion", {}).get("int8", {}).values()), {})
         row["int8_flavour"] = g.get("flavour", {}).get("chosen")
         row["int8_opset"] = g.get("opset")
@@ -408,6 +443,11 @@ def table(rows: list[dict]) -> str:
                  else r.get("ort_defaults", "n/a"))
         cos = (f"{r['int8_cosine_min']:.4f} / {r['int8_max_abs']:.3g}" if r.get("int8_cosine_min") is not None
                else "n/a")
+        st = r.get("int8_stream")
+        if st:
+            agree = f", decisions agree {100 * st['decision_agreement']:.1f} %" if "decision_agreement" in st else ""
+            cos += (f"; over streams, state carried: {st['output']} {st['cosine']:.4f} / {st['max_abs']:.3g}{agree} "
+                    f"({st['chunks']} chunks)")
         out.append(f"| **{r['model']}**: {r['family']} ({r['wheel']}, `{Path(r['file']).name}`) | "
                    + " | ".join(cells) + f" | {vs32} | {vsort} | {cos} |")
     return "\n".join(out)

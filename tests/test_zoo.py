@@ -32,6 +32,10 @@ def test_zoo_has_eight_families(models):
         assert m["path"].is_file() and m["wheel_file"].endswith(".whl")
 
 
+# INT8 refused on purpose, with the line that says why (anything else must convert).
+INT8_REFUSED = {"oww_melspectrogram": "Nothing left to quantize"}  # its waveform front end stays float
+
+
 @pytest.mark.parametrize("name", [m.name for m in zoo.ZOO])
 def test_every_command_succeeds_or_refuses_in_one_line(name, models, tmp_path_factory):
     work = tmp_path_factory.getbasetemp() / "zoo"
@@ -40,6 +44,10 @@ def test_every_command_succeeds_or_refuses_in_one_line(name, models, tmp_path_fa
     assert not failed, failed
     assert row["commands"]["info"]["status"] == "ok" and row["parameters"] > 0
     assert row["commands"]["bench"]["status"] == "ok"
-    assert row["commands"]["int8"]["status"] == "ok"
+    int8 = row["commands"]["int8"]
+    if name in INT8_REFUSED:
+        assert int8["status"] == "refused" and INT8_REFUSED[name] in int8["detail"], int8
+    else:
+        assert int8["status"] == "ok", int8
     if "speedup_vs_ort" in row:  # INT8 never slower than ONNX Runtime's defaults (10 % timing noise allowed)
         assert row["speedup_vs_ort"] > 0.9, row
