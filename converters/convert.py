@@ -41,7 +41,7 @@ from edgemm.converters.graphs import copy_model, name_nodes, save_model
 from edgemm.converters.tensorrt import BuilderUnavailable, EngineOptions, asymmetric_qdq, build_engines, \
     check_build_options, check_shapes, for_fp16
 from edgemm.converters.timing import time_models
-from edgemm.converters.validate import compare_bundles, size_section, write_report
+from edgemm.converters.validate import below_floor, compare_bundles, size_section, write_report
 from edgemm.errors import EdgemmError
 from edgemm.feeds import onnx_input_metadata, synthesize
 from edgemm.outputs import write_atomic, write_json
@@ -57,6 +57,10 @@ MIN_INT8_SPEEDUP = 0.95  # below this (beyond timing noise) a graph's INT8 is sl
 BENCH_S = 3.0
 PRUNE_SAMPLES = 256  # calibration samples pruning holds in memory (importance, re-fit, final check)
 SAMPLE_FEEDS = 8  # feeds per graph for the INT8 flavour check and timing
+# Without --max-drop, an INT8 or FP16 graph must stay this close to the original on the data (each output's
+# mean cosine): on PP-OCRv4's recogniser (RESULTS.md section 10) mean cosine 0.990 read as many text lines
+# as FP32, 0.973 lost 5 points, 0.95 lost 77. Below it convert refuses: a graph that far off is not shipped.
+MIN_COSINE = 0.99
 # Said wherever an accuracy measured on --calib (no --eval given) is shown: it is the data the model was
 # calibrated on, so the figure is optimistic.
 CALIBRATION_ACCURACY_NOTE = ("no --eval given: measured on the calibration data (optimistic; give a held-out "
@@ -72,6 +76,7 @@ class ConvertOptions:
     eval: str | Path | None = None
     eval_limit: int | None = None
     max_drop: float | None = None
+    min_cosine: float = MIN_COSINE  # the closeness floor without --max-drop (0: none)
     prune: str | None = None
     target: str = "onnxruntime"
     force: bool = False
@@ -198,6 +203,8 @@ def check_options(model: str | Path, out: str | Path, opts: ConvertOptions) -> N
             raise EdgemmError(f"{name}: {value} | Expected a positive number.")
     if opts.max_drop is not None and opts.max_drop < 0:
         raise EdgemmError(f"Max drop: {opts.max_drop} | Expected a non-negative number of points.")
+    if not 0 <= opts.min_cosine <= 1:
+        raise EdgemmError(f"Min cosine: {opts.min_cosine} | Expected a number from 0 to 1.")
     if not opts.bench_seconds or opts.bench_seconds <= 0:
         raise EdgemmError(f"Bench seconds: {opts.bench_seconds} | Expected a positive number of seconds.")
     if opts.nms_in_engine and opts.target != "tensorrt":
@@ -491,6 +498,7 @@ def _write(bundle: Bundle, stage: Bundle, delivered: dict, out, opts: ConvertOpt
             if "converted" in comparison:  # it ran from the temporary folder that becomes OUT
                 comparison["converted"]["model"] = str(out)
             sections.update(comparison)
+            conversion.update(_closeness_floor(comparison.get("closeness", {}), comparison["samples"], data, opts))
         else:
             sections["note"] = "no --eval or --calib data: accuracy and closeness not measured"
         parts, why = bake.parse_parts(opts.bake_preprocess), opts.bake_reason or bake_parts(opts)[1]
@@ -508,6 +516,31 @@ def _write(bundle: Bundle, stage: Bundle, delivered: dict, out, opts: ConvertOpt
         sections["warnings"] = _warnings(sections, opts)
         write_report(tmp, report | sections)
     return sections
+
+
+def _closeness_floor(close: dict, samples: int, data, opts: ConvertOptions) -> dict:
+    """Hold an INT8 or FP16 conversion that no --max-drop judges to --min-cosine against the original, on
+    every output: raises (so nothing is written) when an output is further off. With --prune the outputs
+    move by design, so a miss is only a warning. Returns the report's record of the check."""
+    if opts.precision == "fp32" or opts.max_drop is not None or opts.min_cosine <= 0:
+        return {}
+    low = below_floor(close, opts.min_cosine)
+    record = {"closeness_floor": {"min_cosine": opts.min_cosine, "met": not low,
+                                  "below": [{"output": n, "cosine": round(c, 5)} for n, c in low]}}
+    if not low:
+        return record
+    name, cos = low[0]
+    what = f"Output {name}: cosine {cos:.3f} against the original on {samples} samples of {data}"
+    if opts.prune:
+        record["closeness_floor"]["note"] = (f"{what}, below --min-cosine {opts.min_cosine:g}; pruning changes "
+                                             "the outputs: give labelled --eval data and --max-drop to judge it")
+        return record
+    raise EdgemmError(f"{opts.precision.upper()} closeness | {what}; expected at least {opts.min_cosine:g} "
+                      "(--min-cosine). Give --max-drop POINTS (with labelled --eval data where you have it) to keep "
+                      "the layers that cost most in float"
+                      + (", try --target openvino" if opts.precision == "int8" and opts.target == "onnxruntime"
+                         else "")
+                      + ", or pass --min-cosine 0 to accept it.")
 
 
 def _machine() -> dict:
@@ -843,4 +876,7 @@ def _warnings(report: dict, opts: ConvertOptions) -> list[str]:
     if opts.precision == "fp16" and opts.target == "onnxruntime":
         out.append("FP16 on the CPU: onnxruntime runs most FP16 ops through casts; FP16 pays off on GPUs "
                    "(TensorRT, CUDA EP), not here")
+    floor = report.get("conversion", {}).get("closeness_floor", {})
+    if floor.get("note"):
+        out.append(f"closeness floor: {floor['note']}")
     return out

@@ -185,6 +185,11 @@ class _CloseAcc:
     agree: int = 0
     agree_n: int = 0
     shape_mismatch: str | None = None
+    # Over all samples as one vector: the only cosine that means anything for an output of one value per
+    # sample (a VAD's probability), where the per-sample cosine is the sign.
+    dot: float = 0.0
+    ref_sq: float = 0.0
+    cand_sq: float = 0.0
 
 
 class Closeness:
@@ -220,6 +225,9 @@ class Closeness:
             cos = np.where(denom > 0, (r2 * c2).sum(axis=1) / np.where(denom > 0, denom, 1),
                            np.where((nr == 0) & (nc == 0), 1.0, 0.0))
             a.cos.extend(float(x) for x in cos)
+            a.dot += float((r2 * c2).sum())
+            a.ref_sq += float((r2 * r2).sum())
+            a.cand_sq += float((c2 * c2).sum())
             scores = self.argmax_outputs is None or name in self.argmax_outputs
             if scores and r2.shape[1] > 1 and r.ndim == 2:
                 a.agree += int((r2.argmax(axis=1) == c2.argmax(axis=1)).sum())
@@ -233,11 +241,31 @@ class Closeness:
                 continue
             d = {"samples": a.n, "max_abs": a.max_abs, "mean_abs": a.sum_abs / max(a.elements, 1),
                  "max_rel": a.max_rel, "cosine": float(np.mean(a.cos)) if a.cos else None,
-                 "cosine_min": float(np.min(a.cos)) if a.cos else None}
+                 "cosine_min": float(np.min(a.cos)) if a.cos else None,
+                 "cosine_all": _cosine_all(a), "values_per_sample": a.elements // max(a.n, 1)}
             if a.agree_n:
                 d["top1_agreement"] = a.agree / a.agree_n
             out[name] = d
         return out
+
+
+def _cosine_all(a: _CloseAcc) -> float:
+    den = np.sqrt(a.ref_sq) * np.sqrt(a.cand_sq)
+    return float(a.dot / den) if den > 0 else float(a.ref_sq == a.cand_sq)
+
+
+def floor_cosine(entry: dict) -> float | None:
+    """The cosine a closeness floor judges an output by: the mean per-sample cosine, or for an output of one
+    value per sample (whose per-sample cosine is only its sign) the cosine over all samples."""
+    if entry.get("values_per_sample", 2) < 2:
+        return entry.get("cosine_all")
+    return entry.get("cosine")
+
+
+def below_floor(close: Mapping[str, dict], floor: float) -> list[tuple[str, float]]:
+    """The outputs whose floor_cosine is below floor, worst first: [(name, cosine)]."""
+    low = [(name, c) for name, entry in close.items() if (c := floor_cosine(entry)) is not None and c < floor]
+    return sorted(low, key=lambda x: x[1])
 
 
 def closeness(ref_outputs: Sequence[Mapping[str, np.ndarray]], cand_outputs: Sequence[Mapping[str, np.ndarray]]) -> dict:

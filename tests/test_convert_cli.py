@@ -568,3 +568,69 @@ def test_each_conversion_step_reads_the_data_once(tmp_path, monkeypatch):
     convert(root, tmp_path / "out", ConvertOptions(precision="int8", calib=data, threads=1, bench_seconds=0.1,
                                                    flavour="u8s8", quiet=True))
     assert len(passes) == 3, passes
+
+
+def outlier_matmul(tmp: Path) -> tuple[Path, Path]:
+    """y = x @ W where x's first channel spans +-1000 and W ignores it: a per-tensor INT8 scale for x (about 8
+    per step) rounds every channel that matters to zero. A graph that far from FP32 must not ship quietly."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+    w[0] = 0.0
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 8])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "outlier", [x], [y],
+                                   [onnx.numpy_helper.from_array(w, "w")])
+    path = tmp / "outlier.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), str(path))
+    data = rng.standard_normal((32, 8)).astype(np.float32)
+    data[:, 0] = rng.uniform(-1000, 1000, 32)
+    data[:, 1:] *= 0.01
+    calib = tmp / "calib.npz"
+    np.savez(calib, x=data)
+    return path, calib
+
+
+def test_int8_far_from_fp32_is_refused_unless_judged_or_accepted(tmp_path, capsys):
+    """The closeness floor: without --max-drop, INT8 whose output's cosine to FP32 is below --min-cosine
+    (0.99) is refused in one line naming the output, and nothing is written; --max-drop (the guard keeps the
+    MatMul in float) or --min-cosine 0 (accepted as it is) deliver it, and the report records the check."""
+    model, calib = outlier_matmul(tmp_path)
+    base = ["convert", str(model), "--precision", "int8", "--calib", str(calib), "--flavour", "u8s8",
+            "--bench-seconds", "0.1", "-q"]
+    out = tmp_path / "refused"
+    err = _refused(capsys, base + ["-o", str(out)], out, "INT8 closeness | Output y: cosine")
+    assert "expected at least 0.99 (--min-cosine)" in err and "--max-drop" in err
+
+    accepted = tmp_path / "accepted"
+    assert main(base + ["-o", str(accepted), "--min-cosine", "0"]) == 0
+    report = json.loads((accepted / "report.json").read_text())
+    assert report["closeness"]["y"]["cosine"] < 0.5  # the floor judged a real gap
+    assert "closeness_floor" not in report["conversion"]
+
+    guarded = tmp_path / "guarded"
+    assert main(base + ["-o", str(guarded), "--max-drop", "1"]) == 0
+    report = json.loads((guarded / "report.json").read_text())
+    assert report["closeness"]["y"]["cosine"] > 0.99
+    assert "closeness_floor" not in report["conversion"]  # the guard judged it
+
+
+def test_int8_close_to_fp32_records_the_floor_it_met(cnn, tmp_path):
+    model, calib, _ = cnn
+    report = convert(model, tmp_path / "o", ConvertOptions(precision="int8", calib=calib, threads=1, bench_seconds=0.1,
+                                                           flavour="u8s8", quiet=True))
+    assert report["conversion"]["closeness_floor"] == {"min_cosine": 0.99, "met": True, "below": []}
+
+
+def test_the_floor_judges_one_value_per_sample_over_all_samples():
+    """A per-sample cosine of one value is its sign: a VAD probability off by half still scores 1.0 per sample,
+    so the floor takes the cosine over all samples for such outputs."""
+    from edgemm.converters.validate import Closeness, below_floor
+
+    ref = np.linspace(0.01, 1.0, 50).reshape(50, 1)
+    cand = ref[::-1].copy()  # every sign right, every value wrong
+    c = Closeness()
+    c.update({"p": ref, "v": np.tile(ref, (1, 4))}, {"p": cand, "v": np.tile(ref, (1, 4))})
+    close = c.result()
+    assert close["p"]["cosine"] == pytest.approx(1.0) and close["p"]["values_per_sample"] == 1
+    assert [name for name, _ in below_floor(close, 0.99)] == ["p"]
+    assert close["p"]["cosine_all"] < 0.99 and close["v"]["cosine_all"] == pytest.approx(1.0)

@@ -56,6 +56,7 @@ NUMBER_BOUNDS = {
     "calib_limit": ("Calibration limit", "", {"minimum": 1, "maximum": 10**7}),
     "eval_limit": ("Evaluation limit", "", {"minimum": 1, "maximum": 10**7}),
     "max_drop": ("Max drop", "points", {"minimum": 0, "maximum": 100}),
+    "min_cosine": ("Min cosine", "", {"minimum": 0, "maximum": 1}),
     "max_batch": ("Max batch", "", {"minimum": 1, "maximum": 4096}),
     "workspace": ("Workspace", "MB", {"minimum": 1, "maximum": 2**20}),
     "builder_opt_level": ("Builder optimization level", "", {"minimum": 0, "maximum": 5}),
@@ -79,6 +80,9 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-limit", type=int, metavar="N", help="evaluate at most N samples")
     p.add_argument("--max-drop", type=float, metavar="POINTS",
                    help="accuracy budget in points: keep the most harmful layers in float until within it")
+    p.add_argument("--min-cosine", type=float, metavar="C",
+                   help="without --max-drop, refuse an int8/fp16 model whose outputs' mean cosine to the original "
+                        "falls below C on the --eval (else --calib) data (default 0.99; 0: no floor)")
     p.add_argument("--prune", metavar="SPEC", help="channels:RATIO (remove that fraction of channels) or 2:4")
     p.add_argument("--target", default="onnxruntime", metavar="T",
                    help="onnxruntime (default: the flavour fastest on this CPU), openvino (Q/DQ for OpenVINO's "
@@ -129,7 +133,8 @@ def run(args) -> int:
                           timing_cache=args.timing_cache, workspace_mb=args.workspace,
                           builder_opt_level=args.builder_opt_level, dla=args.dla,
                           nms_in_engine=args.nms_in_engine, bake_preprocess=args.bake_preprocess,
-                          bake_stft=args.bake_stft)
+                          bake_stft=args.bake_stft,
+                          **({"min_cosine": args.min_cosine} if args.min_cosine is not None else {}))
     report = convert(args.model, args.output, opts)
     print(summary(report, args.output))
     return 0
