@@ -9,6 +9,12 @@ agrees with FP32's.
 
     python benchmarks/stateful_int8.py --make-speech build/heldout     # espeak-ng phrases not in the zoo's set
     python benchmarks/stateful_int8.py MODEL.onnx OUT_INT8 [OUT2 ...] --wavs build/heldout
+    python benchmarks/stateful_int8.py silero_vad_v6.onnx --wavs build/heldout --ablation build/zoo/calib/silero_vad_whisper
+
+--ablation (Silero v6 only: it names its nodes) quantizes the model itself with converters.int8, calibrated on
+the WAVs of a folder from zero state (each 576-sample window alone) or with the state carried, with parts of
+the front end kept float (the front-end rule of converters/frontend.py switched off for the first rows), and
+prints the same figures for each: where the INT8 error comes from.
 """
 
 from __future__ import annotations
@@ -50,11 +56,7 @@ def make_speech(folder: Path) -> None:
 
 
 def probabilities(model_path: Path, wav: np.ndarray, context: int, hop: int) -> np.ndarray:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    sess = _session(model_path)
     h = c = np.zeros((1, 1, 128), np.float32)
     prev = np.zeros(context, np.float32)
     out = []
@@ -66,6 +68,67 @@ def probabilities(model_path: Path, wav: np.ndarray, context: int, hop: int) -> 
     return np.array(out)
 
 
+FE = "/encoder/feature_extractor/"
+ABLATION = (  # (label, front-end rule on, nodes kept float)
+    ("all INT8 (front-end rule off)", False, ()),
+    ("power Add float", False, (FE + "Add",)),
+    ("waveform, STFT and power float", False, (FE + "padding/Pad", FE + "Unsqueeze", FE + "Conv", FE + "Add")),
+    ("front end float (the rule: + the conv reading the magnitude)", True, ()),
+    ("whole encoder float", True, tuple(f"/encoder/conv_layers.{i}/Conv" for i in range(1, 4))),
+)
+
+
+def ablation(model_path: Path, calib: Path, streams: list[np.ndarray], ref: np.ndarray, context: int, hop: int):
+    import tempfile
+
+    import onnx
+
+    from edgemm.converters import int8
+    from edgemm.media import read_wav
+
+    model = onnx.load(str(model_path))
+    prepared = int8.prepare(model)
+    sess = _session(model_path)
+    zero = np.zeros((1, 1, 128), np.float32)
+    alone, carried = [], []
+    for wav in sorted(calib.glob("*.wav")):
+        x, _ = read_wav(wav)
+        h = c = zero
+        for start in range(0, x.size - 576 + 1, 576):  # as edgemm cuts a stream (window 576, hop 576)
+            w = x[None, start:start + 576].astype(np.float32)
+            alone.append({"input": w, "h": zero, "c": zero})
+            carried.append({"input": w, "h": h, "c": c})
+            _, h, c = sess.run(None, carried[-1])
+    rule = int8.waveform_front_end
+    with tempfile.TemporaryDirectory() as tmp:
+        for calib_label, feeds in (("zero state", alone), ("state carried", carried)):
+            cal = int8.calibrate(prepared, feeds)
+            for label, on, keep in ABLATION:
+                int8.waveform_front_end = rule if on else (lambda m: set())
+                try:
+                    q = int8.quantize(prepared, cal, "u8s8", keep)
+                finally:
+                    int8.waveform_front_end = rule
+                path = Path(tmp) / "q.onnx"
+                onnx.save(q, str(path))
+                g = np.concatenate([probabilities(path, x, context, hop) for x in streams])
+                _line(f"{label}; calibrated from {calib_label} ({len(feeds)} windows)", ref, g)
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _line(label: str, r: np.ndarray, g: np.ndarray) -> None:
+    cos = float(r @ g / (np.linalg.norm(r) * np.linalg.norm(g)))
+    print(f"{label}: cosine {cos:.4f}, max abs {np.abs(r - g).max():.3f}, mean abs {np.abs(r - g).mean():.4f}, "
+          f"decisions (> 0.5) agree on {np.mean((r > 0.5) == (g > 0.5)):.1%} of frames")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?", help="the FP32 .onnx")
@@ -74,6 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--make-speech", help="write held-out speech WAVs into this folder and exit")
     p.add_argument("--context", type=int, default=64)
     p.add_argument("--hop", type=int, default=512)
+    p.add_argument("--ablation", help="Silero v6: quantize with parts kept float, calibrated on this WAV folder")
     args = p.parse_args(argv)
     if args.make_speech:
         make_speech(Path(args.make_speech))
@@ -89,10 +153,9 @@ def main(argv=None) -> int:
           f"{np.mean(r > 0.5):.1%} of them")
     for b in args.bundles:
         path = load_bundle(b).graph_path("model")
-        g = np.concatenate([probabilities(path, x, args.context, args.hop) for x in streams])
-        cos = float(r @ g / (np.linalg.norm(r) * np.linalg.norm(g)))
-        print(f"{b}: cosine {cos:.4f}, max abs {np.abs(r - g).max():.3f}, mean abs {np.abs(r - g).mean():.4f}, "
-              f"decisions (> 0.5) agree on {np.mean((r > 0.5) == (g > 0.5)):.1%} of frames")
+        _line(b, r, np.concatenate([probabilities(path, x, args.context, args.hop) for x in streams]))
+    if args.ablation:
+        ablation(Path(args.model), Path(args.ablation), streams, r, args.context, args.hop)
     return 0
 
 

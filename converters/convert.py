@@ -498,7 +498,9 @@ def _write(bundle: Bundle, stage: Bundle, delivered: dict, out, opts: ConvertOpt
             if "converted" in comparison:  # it ran from the temporary folder that becomes OUT
                 comparison["converted"]["model"] = str(out)
             sections.update(comparison)
-            conversion.update(_closeness_floor(comparison.get("closeness", {}), comparison["samples"], data, opts))
+            # A stateful model is held to the floor over streams (its state carried), not on single windows.
+            close = stateful.floor_closeness(comparison.get("closeness", {}), conversion.get("stream_closeness"))
+            conversion.update(_closeness_floor(close, comparison["samples"], data, opts))
         else:
             sections["note"] = "no --eval or --calib data: accuracy and closeness not measured"
         parts, why = bake.parse_parts(opts.bake_preprocess), opts.bake_reason or bake_parts(opts)[1]

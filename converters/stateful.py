@@ -17,6 +17,8 @@ the float and the converted graphs side by side over the streams, each carrying 
 accumulate show), and measures per output the cosine over the whole sequence and the largest difference,
 and for the primary output the share of chunks whose decision agrees with FP32 (argmax for class scores,
 0.5 for a probability). INT8 far from FP32 there is refused in one line that names the state.
+``floor_closeness`` hands convert's closeness floor (--min-cosine) those stream figures for the outputs of a
+stateful graph, its state outputs left out (internal: their error shows in what they drive).
 """
 
 from __future__ import annotations
@@ -239,7 +241,8 @@ def stream_closeness(bundle: Bundle, reference: Mapping[str, object], candidate:
             if chunks >= limit:
                 break
     return {"graphs": {g: {o: a.result() for o, a in outs.items()} for g, outs in acc.items()},
-            "states": describe_states(bundle), "streams": streams, "chunks": chunks,
+            "states": describe_states(bundle), "state_outputs": sorted(o for p in pairs.values() for o in p.values()),
+            "streams": streams, "chunks": chunks,
             "how": "float and converted graphs side by side over each file's consecutive chunks, each carrying "
                    "its own state from zeros; cosine over the whole output sequence"}
 
@@ -276,6 +279,24 @@ def check_streams(bundle: Bundle, reference: Mapping[str, object], candidate: Ma
                           f"{d['cosine']:.3f} (expected >= {MIN_STREAM_COSINE}){agree}, max abs "
                           f"{d['max_abs']:.3g}; keep this model in FP32 (--precision fp32) or try --precision fp16.")
     return result
+
+
+def floor_closeness(close: Mapping[str, dict], streams: dict | None) -> dict[str, dict]:
+    """The closeness a floor (convert's --min-cosine) judges a stateful model by. Its state outputs are left
+    out: a state is internal, and its error shows in the outputs it drives over a stream. Its other outputs
+    count by their closeness over the streams (the cosine of the whole sequence, each model carrying its own
+    state), not on single windows started from zeros, which no stream ever holds past its first chunk (Silero
+    v6: hn 0.967 there, the probability 0.999 over the streams)."""
+    if not streams:
+        return dict(close)
+    state_outs = set(streams.get("state_outputs", ()))
+    out = {n: e for n, e in close.items() if n not in state_outs}
+    for outs in streams["graphs"].values():
+        for n, d in outs.items():
+            if n not in state_outs:
+                out[n] = {"samples": d["chunks"], "cosine": d["cosine"], "cosine_all": d["cosine"],
+                          "max_abs": d["max_abs"], "how": "over streams, state carried"}
+    return out
 
 
 def data_for_check(opts) -> tuple[object, int | None, str]:

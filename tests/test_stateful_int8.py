@@ -104,6 +104,8 @@ def test_int8_of_a_growing_state_stays_close_over_streams(tmp_path):
     assert record["streams"] == 4 and record["chunks"] == 4 * 64 and record["verdict"]["close"]
     assert record["states"] == "state <- state_out"
     assert record["graphs"]["model"]["score"]["decision"] == "> 0.5"
+    # The closeness floor held the score over the streams; the state, internal, is judged through it.
+    assert report["conversion"]["closeness_floor"]["met"]
 
 
 def test_int8_that_cannot_hold_the_state_is_refused_in_one_line(tmp_path, cli):

@@ -48,6 +48,9 @@ DATA_FORMAT = """\
      measures mAP@0.5; without them, agreement with the float model's boxes.
   Files are read one at a time: memory stays bounded however large the folder is. One .npz file may be
   given instead of a folder.
+  For a model with recurrent state (inputs with state_of), each file is a stream for calibration and the
+  INT8 check: a WAV is cut into the input's windows every hop, as `edgemm run` cuts it, and the samples of
+  an .npz are consecutive chunks, each starting from the state the float model left.
 """
 
 
