@@ -50,7 +50,8 @@ DATA_FORMAT = """\
   given instead of a folder.
   For a model with recurrent state (inputs with state_of), each file is a stream for calibration and the
   INT8 check: a WAV is cut into the input's windows every hop, as `edgemm run` cuts it, and the samples of
-  an .npz are consecutive chunks, each starting from the state the float model left.
+  an .npz are consecutive chunks, each starting from the state the float model left (--calib-limit and
+  --eval-limit then count chunks).
 """
 
 
