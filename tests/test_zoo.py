@@ -40,6 +40,9 @@ def test_every_command_succeeds_or_refuses_in_one_line(name, models, tmp_path_fa
     assert not failed, failed
     assert row["commands"]["info"]["status"] == "ok" and row["parameters"] > 0
     assert row["commands"]["bench"]["status"] == "ok"
-    assert row["commands"]["int8"]["status"] == "ok"
+    int8 = row["commands"]["int8"]
+    # INT8 converts, or the closeness floor refuses a graph too far from FP32 on this data (one line, the
+    # output and its cosine): what a user of such a model gets before giving --max-drop.
+    assert int8["status"] == "ok" or (int8["status"] == "refused" and "closeness" in int8["detail"]), int8
     if "speedup_vs_ort" in row:  # INT8 never slower than ONNX Runtime's defaults (10 % timing noise allowed)
         assert row["speedup_vs_ort"] > 0.9, row
