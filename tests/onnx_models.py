@@ -444,3 +444,33 @@ def write_square_scenes(folder: Path, scenes, hw, coco: bool = False) -> Path:
         cats = [{"id": 10 + k, "name": n} for k, n in enumerate(("red", "green", "blue"))]
         (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": ann, "categories": cats}))
     return folder
+
+
+def if_branch_model(features=16, hidden=8, threshold=0.5, seed=0) -> onnx.ModelProto:
+    """A two-stage classifier shaped like openWakeWord's hey_jarvis: p = sigmoid(MLP(x)); when p >= threshold an
+    If's then-branch runs a second MLP whose weights (w2, w2b) and input x it reads from the outer scope, not
+    through the If's inputs; the else-branch returns p itself (also read from outside). Input x [1, features],
+    output y [1, 1]."""
+    rng = np.random.default_rng(seed)
+    f32 = TensorProto.FLOAT
+    then_nodes = [helper.make_node("MatMul", ["x", "w2"], ["t_mm"], name="then_matmul"),
+                  helper.make_node("Relu", ["t_mm"], ["t_relu"], name="then_relu"),
+                  helper.make_node("MatMul", ["t_relu", "w2b"], ["t_logit"], name="then_matmul2"),
+                  helper.make_node("Sigmoid", ["t_logit"], ["p2"], name="then_sigmoid")]
+    then_g = helper.make_graph(then_nodes, "then", [], [helper.make_tensor_value_info("p2", f32, [1, 1])])
+    else_g = helper.make_graph([helper.make_node("Identity", ["p"], ["p1"], name="else_identity")], "else", [],
+                               [helper.make_tensor_value_info("p1", f32, [1, 1])])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["mm"], name="matmul"),
+             helper.make_node("Relu", ["mm"], ["relu"], name="relu"),
+             helper.make_node("MatMul", ["relu", "w1b"], ["logit"], name="matmul2"),
+             helper.make_node("Sigmoid", ["logit"], ["p"], name="sigmoid"),
+             helper.make_node("GreaterOrEqual", ["p", "threshold"], ["cond"], name="ge"),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="verify")]
+    inits = [_init("w1", rng.standard_normal((features, hidden)) * 0.5),
+             _init("w1b", rng.standard_normal((hidden, 1)) * 0.5),
+             _init("w2", rng.standard_normal((features, hidden)) * 0.5),
+             _init("w2b", rng.standard_normal((hidden, 1)) * 0.5),
+             _init("threshold", np.array([[threshold]]))]
+    return _model(nodes, [helper.make_tensor_value_info("x", f32, [1, features])],
+                  [helper.make_tensor_value_info("y", f32, [1, 1])], inits, "if_branch")
+
