@@ -161,11 +161,27 @@ def to_fp16(model, block_nodes: list[str]):
                                                    op_block_list=float16.DEFAULT_OP_BLOCK_LIST + SUBGRAPH_OPS)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions on unsupported graphs
         raise EdgemmError(f"FP16 conversion | onnxconverter_common failed: {first_line(exc)}") from exc
+    _drop_io_value_info(out)
     _fix_cast_targets(out)
     _fp32_for_bodies(model, out, set(block_nodes), set(float16.DEFAULT_OP_BLOCK_LIST + SUBGRAPH_OPS))
     _collapse_cast_pairs(out)
     _restore_output_types(model, out)
     return out
+
+
+def _drop_io_value_info(model) -> int:
+    """value_info entries that repeat a graph input or output go: the converter retypes them to FP16 while
+    keep_io_types leaves the output itself FP32, and _fix_cast_targets would then retarget the output's Cast
+    to FP16 (Ultralytics' YOLOv8 exports declare ``output0`` in value_info too). The graph's own input/output
+    declarations stay.
+    Returns the number removed."""
+    io = {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    keep = [vi for vi in model.graph.value_info if vi.name not in io]
+    dropped = len(model.graph.value_info) - len(keep)
+    if dropped:
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+    return dropped
 
 
 def _fp32_for_bodies(original, converted, block_nodes: set[str], block_ops: set[str]) -> int:
@@ -230,14 +246,18 @@ def _cast_to(node) -> int | None:
 
 
 def _collapse_cast_pairs(model) -> int:
-    """FP32 -> Cast(FP16) -> Cast(FP32) chains between two nodes kept in FP32 read the FP32 value directly.
+    """X -> Cast(FP16) -> Cast(FP32) chains: the second Cast reads X itself.
 
     onnxconverter_common 1.16 routes even an edge between two blocked nodes through FP16, which brings
-    back exactly the overflow the block list was for. A second Cast that a body reads (_fp32_for_bodies)
-    stays, reading the FP32 value itself. Returns the number of Casts bypassed.
+    back exactly the overflow the block list was for. Where X is FP32 the pair goes (the reader takes X);
+    where X is not float (Ultralytics' anchors: Shape -> Gather -> Cast(float) -> Range, Range kept in FP32),
+    the second Cast stays and converts X itself: integers cast once to FP32 are exact, and the reader keeps
+    the FP32 input its type constraint asks for (removing the pair handed Range an int64 limit beside FP32
+    start and delta). Returns the number of chains shortened.
     """
     outputs = {o.name for o in model.graph.output}
     readers = consumers(model)
+    types = tensor_types(model) | {i.name: i.data_type for i in model.graph.initializer}
     in_bodies = {r for n in model.graph.node for r in outer_reads(n)}  # read inside an If/Loop body
     bypassed = 0
     for c1 in list(model.graph.node):
@@ -247,7 +267,7 @@ def _collapse_cast_pairs(model) -> int:
         for c2 in readers.get(c1.output[0], []):
             if _cast_to(c2) != TensorProto.FLOAT or c2.output[0] in outputs:
                 continue
-            if c2.output[0] in in_bodies:
+            if types.get(src) != TensorProto.FLOAT or c2.output[0] in in_bodies:
                 c2.input[0] = src
                 bypassed += 1
                 continue

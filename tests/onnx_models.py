@@ -474,3 +474,24 @@ def if_branch_model(features=16, hidden=8, threshold=0.5, seed=0) -> onnx.ModelP
     return _model(nodes, [helper.make_tensor_value_info("x", f32, [1, features])],
                   [helper.make_tensor_value_info("y", f32, [1, 1])], inits, "if_branch")
 
+
+def shape_range_model(channels=4, seed=0) -> onnx.ModelProto:
+    """An Ultralytics-export pattern on a dynamic HxW input: a Conv, then anchor-like positions from the feature
+    map's own width, Shape -> Gather -> Cast(to=float) -> Range(0.0, w, 1.0) + 0.5, added to the features
+    (the width as a float is also scaled into the result). Range is one of the ops onnxconverter-common keeps in
+    FP32; its limit comes from integer shape arithmetic cast to float. Input x [1, 3, H, W], y [1, C, H, W]."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Shape", ["c"], ["shp"], name="shape"),
+             helper.make_node("Gather", ["shp", "i3"], ["wi"], axis=0, name="gather"),
+             helper.make_node("Cast", ["wi"], ["wf"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Range", ["zero", "wf", "one"], ["xs"], name="range"),
+             helper.make_node("Add", ["xs", "half"], ["centres"], name="centre"),
+             helper.make_node("Div", ["centres", "wf"], ["rel"], name="relative"),
+             helper.make_node("Add", ["c", "rel"], ["y"], name="add")]
+    inits = [_init("w", rng.standard_normal((channels, 3, 3, 3)) * 0.3),
+             numpy_helper.from_array(np.array(3, np.int64), "i3"),
+             _init("zero", np.array(0.0)), _init("one", np.array(1.0)), _init("half", np.array(0.5))]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, "H", "W"])], inits,
+                  "shape_range")
