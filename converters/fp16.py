@@ -27,8 +27,9 @@ from typing import Iterable, Mapping
 import numpy as np
 from onnx import TensorProto, helper
 
-from edgemm.converters.graphs import consumers, copy_model, cpu_session, first_line, name_nodes, producers, \
-    tensor_types, with_outputs
+from edgemm.converters.graphs import consumers, copy_model, cpu_session, drop_unused_initializers, first_line, \
+    name_nodes, outer_reads, producers, reads, rename_outer_read, subgraphs, tensor_types, topological_sort, \
+    with_outputs
 from edgemm.errors import EdgemmError
 from edgemm.lazy import import_optional
 
@@ -137,7 +138,8 @@ def risky_nodes(model, stats: dict[str, TensorRange]) -> list[dict]:
 
 # onnxconverter_common converts inside If/Loop/Scan bodies but not the values the bodies take from the outer
 # graph, so ONNX Runtime rejects the result (an If branch typed float16 against a float32 output): such
-# control flow stays FP32, with everything it reads and returns.
+# control flow stays FP32, with everything it reads and returns (_fp32_for_bodies: the values its bodies read
+# from outside, which the converter does not see as the node's inputs).
 SUBGRAPH_OPS = ["If", "Loop", "Scan"]
 
 
@@ -159,10 +161,66 @@ def to_fp16(model, block_nodes: list[str]):
                                                    op_block_list=float16.DEFAULT_OP_BLOCK_LIST + SUBGRAPH_OPS)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions on unsupported graphs
         raise EdgemmError(f"FP16 conversion | onnxconverter_common failed: {first_line(exc)}") from exc
+    _drop_io_value_info(out)
     _fix_cast_targets(out)
+    _fp32_for_bodies(model, out, set(block_nodes), set(float16.DEFAULT_OP_BLOCK_LIST + SUBGRAPH_OPS))
     _collapse_cast_pairs(out)
     _restore_output_types(model, out)
     return out
+
+
+def _drop_io_value_info(model) -> int:
+    """value_info entries that repeat a graph input or output go: the converter retypes them to FP16 while
+    keep_io_types leaves the output itself FP32, and _fix_cast_targets would then retarget the output's Cast
+    to FP16 (Ultralytics' YOLOv8 exports declare ``output0`` in value_info too). The graph's own input/output
+    declarations stay.
+    Returns the number removed."""
+    io = {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    keep = [vi for vi in model.graph.value_info if vi.name not in io]
+    dropped = len(model.graph.value_info) - len(keep)
+    if dropped:
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+    return dropped
+
+
+def _fp32_for_bodies(original, converted, block_nodes: set[str], block_ops: set[str]) -> int:
+    """The bodies of control flow kept in FP32 read FP32 values from the graph around them.
+
+    A body may read outer values by name without their being the node's inputs (openWakeWord's hey_jarvis: its
+    If's then-branch runs a second model on the outer input and the outer weights; the else-branch returns an
+    outer Sigmoid). onnxconverter_common casts only a blocked node's inputs to FP32, so it converts those
+    weights and that Sigmoid to FP16 while the body stays FP32, and ONNX Runtime refuses the graph (Gemm bound
+    to float and float16). Such a read goes to the original FP32 weight (an initializer copy ``NAME_fp32``
+    where FP16 readers keep the converted one) or to a Cast to FP32 of the computed value. Returns the
+    number of reads redirected."""
+    orig_inits = {i.name: i for i in original.graph.initializer}
+    inits = {i.name: i for i in converted.graph.initializer}
+    types = tensor_types(converted) | {name: i.data_type for name, i in inits.items()}
+    made = {o for n in converted.graph.node for o in n.output}
+    fixed = 0
+    for node in list(converted.graph.node):
+        if not subgraphs(node) or not (node.op_type in block_ops or node.name in block_nodes):
+            continue  # the converter converted these bodies itself
+        for name in sorted(outer_reads(node)):
+            if types.get(name) != TensorProto.FLOAT16:
+                continue
+            fp32 = f"{name}_fp32"
+            if name in inits and orig_inits.get(name) is not None and orig_inits[name].data_type == TensorProto.FLOAT:
+                if fp32 not in inits:
+                    inits[fp32] = converted.graph.initializer.add()
+                    inits[fp32].CopyFrom(orig_inits[name])
+                    inits[fp32].name = fp32
+            elif fp32 not in made:
+                converted.graph.node.append(helper.make_node("Cast", [name], [fp32], to=TensorProto.FLOAT,
+                                                             name=f"{name}_to_fp32"))
+                made.add(fp32)
+            rename_outer_read(node, name, fp32)
+            fixed += 1
+    if fixed:
+        topological_sort(converted)  # the Casts were appended: before the node that reads them
+        drop_unused_initializers(converted)  # FP16 copies only the bodies read
+    return fixed
 
 
 def _fix_cast_targets(model) -> int:
@@ -188,13 +246,19 @@ def _cast_to(node) -> int | None:
 
 
 def _collapse_cast_pairs(model) -> int:
-    """FP32 -> Cast(FP16) -> Cast(FP32) chains between two nodes kept in FP32 read the FP32 value directly.
+    """X -> Cast(FP16) -> Cast(FP32) chains: the second Cast reads X itself.
 
     onnxconverter_common 1.16 routes even an edge between two blocked nodes through FP16, which brings
-    back exactly the overflow the block list was for. Returns the number of Casts bypassed.
+    back exactly the overflow the block list was for. Where X is FP32 the pair goes (the reader takes X);
+    where X is not float (Ultralytics' anchors: Shape -> Gather -> Cast(float) -> Range, Range kept in FP32),
+    the second Cast stays and converts X itself: integers cast once to FP32 are exact, and the reader keeps
+    the FP32 input its type constraint asks for (removing the pair handed Range an int64 limit beside FP32
+    start and delta). Returns the number of chains shortened.
     """
     outputs = {o.name for o in model.graph.output}
     readers = consumers(model)
+    types = tensor_types(model) | {i.name: i.data_type for i in model.graph.initializer}
+    in_bodies = {r for n in model.graph.node for r in outer_reads(n)}  # read inside an If/Loop body
     bypassed = 0
     for c1 in list(model.graph.node):
         if _cast_to(c1) != TensorProto.FLOAT16:
@@ -203,13 +267,17 @@ def _collapse_cast_pairs(model) -> int:
         for c2 in readers.get(c1.output[0], []):
             if _cast_to(c2) != TensorProto.FLOAT or c2.output[0] in outputs:
                 continue
+            if types.get(src) != TensorProto.FLOAT or c2.output[0] in in_bodies:
+                c2.input[0] = src
+                bypassed += 1
+                continue
             for reader in readers.get(c2.output[0], []):
                 for k, name in enumerate(reader.input):
                     if name == c2.output[0]:
                         reader.input[k] = src
             model.graph.node.remove(c2)
             bypassed += 1
-        still_read = any(c1.output[0] in n.input for n in model.graph.node)
+        still_read = any(c1.output[0] in reads(n) for n in model.graph.node)
         if not still_read and c1.output[0] not in outputs:
             model.graph.node.remove(c1)
     return bypassed

@@ -11,6 +11,12 @@ Graph structure, for every pass that edits a graph (pruning, Q/DQ surgery, FP16,
 passes that record edits by index), ``attr`` (a node attribute as a Python value), ``name_nodes``,
 ``topological_sort`` and ``drop_unused_initializers``.
 
+Control flow (If / Loop / Scan): a body may read any value of the graph around it by name, without it being
+one of the node's inputs (openWakeWord's hey_jarvis reads its second model's weights so). ``outer_reads`` names
+those values, ``reads`` is a node's inputs with them, and ``topological_sort`` / ``drop_unused_initializers``
+count them as read; ``rename_outer_read`` points a body's reads at another tensor. ``producers`` and
+``consumers`` see only the explicit inputs (what a pass that rewires ``node.input`` can change).
+
 onnx-graphsurgeon (what Polygraphy edits graphs with) was weighed: a pure-Python wheel (py2.py3-none-any,
 so it installs here and on aarch64). It would not make this code shorter: every pass here starts from and
 hands on the ModelProto that ONNX Runtime's quantizer and onnxconverter-common produce, and the pruner
@@ -190,15 +196,65 @@ def name_nodes(model) -> None:
         seen.add(name)
 
 
+def subgraphs(node) -> list:
+    """The graphs a node holds as attributes (If's branches, Loop's and Scan's bodies)."""
+    out = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append(a.g)
+        out.extend(a.graphs)
+    return out
+
+
+def _defined(graph) -> set[str]:
+    return ({i.name for i in graph.input} | {i.name for i in graph.initializer}
+            | {o for n in graph.node for o in n.output if o})
+
+
+def outer_reads(node) -> set[str]:
+    """Names a node's bodies read from the graph around the node (at any depth), not through its inputs."""
+    found: set[str] = set()
+    for g in subgraphs(node):
+        local = _defined(g)
+        for n in g.node:
+            found.update(i for i in n.input if i and i not in local)
+            found.update(r for r in outer_reads(n) if r not in local)
+        found.update(o.name for o in g.output if o.name not in local)  # a body may return an outer value as is
+    return found
+
+
+def reads(node) -> list[str]:
+    """Every tensor a node reads: its inputs, then the outer values its bodies read."""
+    return [i for i in node.input if i] + sorted(outer_reads(node) - set(node.input))
+
+
+def rename_outer_read(node, old: str, new: str) -> None:
+    """A node's bodies read ``new`` where they read the outer value ``old`` (bodies that define ``old``
+    themselves keep theirs)."""
+    for g in subgraphs(node):
+        if old in _defined(g):
+            continue
+        for n in g.node:
+            for k, name in enumerate(n.input):
+                if name == old:
+                    n.input[k] = new
+            rename_outer_read(n, old, new)
+        for o in g.output:
+            if o.name == old:  # returned as is (a body's outputs are matched by position, not by name)
+                o.name = new
+
+
 def topological_sort(model) -> None:
-    """Nodes in an order where every input is made before it is read (after a pass appended nodes)."""
+    """Nodes in an order where every input is made before it is read (after a pass appended nodes); the values
+    a node's bodies read from outside count as its inputs."""
     made = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
     pending = list(model.graph.node)
+    needs = {id(n): reads(n) for n in pending}
     ordered = []
     while pending:
         rest = []
         for n in pending:
-            if all(i in made for i in n.input):
+            if all(i in made for i in needs[id(n)]):
                 ordered.append(n)
                 made.update(n.output)
             else:
@@ -211,8 +267,9 @@ def topological_sort(model) -> None:
 
 
 def drop_unused_initializers(model) -> None:
-    """Initializers no node or output reads any more (ORT would warn about each one at load)."""
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    """Initializers no node (nor a node's body) or output reads any more (ORT would warn about each one at
+    load)."""
+    used = {i for n in model.graph.node for i in reads(n)} | {o.name for o in model.graph.output}
     keep = [init for init in model.graph.initializer if init.name in used]
     if len(keep) != len(model.graph.initializer):
         del model.graph.initializer[:]

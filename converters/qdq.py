@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import onnx
 
-from edgemm.converters.graphs import consumers, producers
+from edgemm.converters.graphs import consumers, producers, reads
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers a residual Add can fuse into
 
@@ -117,10 +117,11 @@ def float_inputs(model, nodes: set[str], prepared=None) -> int:
 
 
 def drop_dead_qdq(model) -> None:
-    """Remove Q/DQ nodes nothing reads any more (repeat: a dead DQ can leave its Q dead)."""
+    """Remove Q/DQ nodes nothing reads any more, an If/Loop body included (repeat: a dead DQ can leave its Q
+    dead)."""
     outputs = {o.name for o in model.graph.output}
     while True:
-        used = {i for n in model.graph.node for i in n.input} | outputs
+        used = {i for n in model.graph.node for i in reads(n)} | outputs
         dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
                 and not any(o in used for o in n.output)]
         if not dead:

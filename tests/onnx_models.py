@@ -444,3 +444,54 @@ def write_square_scenes(folder: Path, scenes, hw, coco: bool = False) -> Path:
         cats = [{"id": 10 + k, "name": n} for k, n in enumerate(("red", "green", "blue"))]
         (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": ann, "categories": cats}))
     return folder
+
+
+def if_branch_model(features=16, hidden=8, threshold=0.5, seed=0) -> onnx.ModelProto:
+    """A two-stage classifier shaped like openWakeWord's hey_jarvis: p = sigmoid(MLP(x)); when p >= threshold an
+    If's then-branch runs a second MLP whose weights (w2, w2b) and input x it reads from the outer scope, not
+    through the If's inputs; the else-branch returns p itself (also read from outside). Input x [1, features],
+    output y [1, 1]."""
+    rng = np.random.default_rng(seed)
+    f32 = TensorProto.FLOAT
+    then_nodes = [helper.make_node("MatMul", ["x", "w2"], ["t_mm"], name="then_matmul"),
+                  helper.make_node("Relu", ["t_mm"], ["t_relu"], name="then_relu"),
+                  helper.make_node("MatMul", ["t_relu", "w2b"], ["t_logit"], name="then_matmul2"),
+                  helper.make_node("Sigmoid", ["t_logit"], ["p2"], name="then_sigmoid")]
+    then_g = helper.make_graph(then_nodes, "then", [], [helper.make_tensor_value_info("p2", f32, [1, 1])])
+    else_g = helper.make_graph([helper.make_node("Identity", ["p"], ["p1"], name="else_identity")], "else", [],
+                               [helper.make_tensor_value_info("p1", f32, [1, 1])])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["mm"], name="matmul"),
+             helper.make_node("Relu", ["mm"], ["relu"], name="relu"),
+             helper.make_node("MatMul", ["relu", "w1b"], ["logit"], name="matmul2"),
+             helper.make_node("Sigmoid", ["logit"], ["p"], name="sigmoid"),
+             helper.make_node("GreaterOrEqual", ["p", "threshold"], ["cond"], name="ge"),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="verify")]
+    inits = [_init("w1", rng.standard_normal((features, hidden)) * 0.5),
+             _init("w1b", rng.standard_normal((hidden, 1)) * 0.5),
+             _init("w2", rng.standard_normal((features, hidden)) * 0.5),
+             _init("w2b", rng.standard_normal((hidden, 1)) * 0.5),
+             _init("threshold", np.array([[threshold]]))]
+    return _model(nodes, [helper.make_tensor_value_info("x", f32, [1, features])],
+                  [helper.make_tensor_value_info("y", f32, [1, 1])], inits, "if_branch")
+
+
+def shape_range_model(channels=4, seed=0) -> onnx.ModelProto:
+    """An Ultralytics-export pattern on a dynamic HxW input: a Conv, then anchor-like positions from the feature
+    map's own width, Shape -> Gather -> Cast(to=float) -> Range(0.0, w, 1.0) + 0.5, added to the features
+    (the width as a float is also scaled into the result). Range is one of the ops onnxconverter-common keeps in
+    FP32; its limit comes from integer shape arithmetic cast to float. Input x [1, 3, H, W], y [1, C, H, W]."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Shape", ["c"], ["shp"], name="shape"),
+             helper.make_node("Gather", ["shp", "i3"], ["wi"], axis=0, name="gather"),
+             helper.make_node("Cast", ["wi"], ["wf"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Range", ["zero", "wf", "one"], ["xs"], name="range"),
+             helper.make_node("Add", ["xs", "half"], ["centres"], name="centre"),
+             helper.make_node("Div", ["centres", "wf"], ["rel"], name="relative"),
+             helper.make_node("Add", ["c", "rel"], ["y"], name="add")]
+    inits = [_init("w", rng.standard_normal((channels, 3, 3, 3)) * 0.3),
+             numpy_helper.from_array(np.array(3, np.int64), "i3"),
+             _init("zero", np.array(0.0)), _init("one", np.array(1.0)), _init("half", np.array(0.5))]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, "H", "W"])], inits,
+                  "shape_range")

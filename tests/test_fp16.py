@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgemm.converters import fp16
 from edgemm.bundle import detect_precision
-from tests.onnx_models import _init, _model, residual_cnn_model
+from tests.onnx_models import _init, _model, if_branch_model, residual_cnn_model, shape_range_model
 
 
 def run(model, feed):
@@ -163,3 +163,45 @@ def test_a_model_onnxruntime_cannot_load_is_one_line():
         fp16.convert_fp16(model, feeds(1))
     assert "FP16 range scan" in str(exc.value) and "onnxruntime cannot load it" in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_if_body_reads_fp32_values_from_outside():
+    """openWakeWord's hey_jarvis: the If (kept FP32) has a then-branch that runs a second MLP on the outer input
+    with outer weights, and an else-branch that returns the outer Sigmoid. onnxconverter-common converted those
+    weights and that Sigmoid to FP16 and left the bodies FP32 ("Type parameter (T) of Optype (MatMul) bound to
+    different types"). The bodies must read FP32: the original weights, the Sigmoid through a Cast."""
+    from onnx import checker
+
+    from edgemm.converters.graphs import outer_reads, with_outputs
+
+    model = if_branch_model()
+    fs = feeds(24, shape=(1, 16), seed=2)
+    res = fp16.convert_fp16(model, fs)
+    checker.check_model(res.model)
+    inits = {i.name: i.data_type for i in res.model.graph.initializer}
+    verify = next(n for n in res.model.graph.node if n.op_type == "If")
+    assert all(inits.get(r, TensorProto.FLOAT) == TensorProto.FLOAT for r in outer_reads(verify))
+    assert inits.get("w1") == TensorProto.FLOAT16  # the first stage is converted
+    first_stage = [run(with_outputs(model, ["p"]), f)[1].item() for f in fs]
+    assert 4 <= sum(p >= 0.5 for p in first_stage) <= 20  # both branches run
+    ref, got = np.concatenate([run(model, f)[0] for f in fs]), np.concatenate([run(res.model, f)[0] for f in fs])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=5e-3)
+
+
+def test_range_limit_from_shape_arithmetic():
+    """Ultralytics' YOLOv8 anchors: Shape -> Gather -> Cast(float) -> Range, Range kept FP32 by the converter,
+    on a dynamic HxW input whose output is also declared in value_info (as Ultralytics exports do).
+    onnxconverter-common's FP16 cast pair between the Cast and the Range was collapsed onto the int64 Gather
+    ("Type parameter (T) of Optype (Range) bound to different types (tensor(float) and tensor(int64))"), and the
+    output's value_info, retyped FP16, turned the output's Cast into an FP16 one."""
+    model = shape_range_model()
+    model.graph.value_info.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "H", "W"]))
+    fs = [{"x": f["x"]} for f in feeds(1, shape=(1, 3, 8, 12)) + feeds(1, shape=(1, 3, 6, 10), seed=1)]
+    res = fp16.convert_fp16(model, fs)
+    assert res.fp16_nodes >= 1  # the Conv and the additions compute in FP16
+    for shape in ((1, 3, 8, 12), (1, 3, 20, 40)):  # another size than the scan saw: the Range follows it
+        f = feeds(1, shape=shape, seed=9)[0]
+        (ref,), (got,) = run(model, f), run(res.model, f)
+        assert got.shape == ref.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, atol=1e-2 * np.abs(ref).max())

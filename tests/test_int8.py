@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgemm.converters import graphs, int8, qdq
 from edgemm.errors import EdgemmError
-from tests.onnx_models import _init, _model, residual_cnn_model
+from tests.onnx_models import _init, _model, if_branch_model, residual_cnn_model
 
 
 def feeds(n, seed=0, shape=(1, 3, 16, 16), name="x"):
@@ -372,3 +372,48 @@ def test_tail_after_the_last_compute_op_stays_float():
         assert all(prod[i].op_type != "DequantizeLinear" for n in tail for i in n.input if i in prod), flavour
         conv2 = next(n for n in q.graph.node if n.name == "conv2")
         assert prod[conv2.input[0]].op_type == "DequantizeLinear"  # the compute op itself is still INT8
+
+
+def _clear_of_threshold(model, fs, threshold=0.5, margin=0.02):
+    """The feeds whose first-stage probability is clear of the If's threshold (8-bit rounding cannot flip the
+    branch), and how many of them take the then-branch."""
+    sess = ort.InferenceSession(graphs.with_outputs(model, ["p"]).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    ps = [float(sess.run(["p"], f)[0].ravel()[0]) for f in fs]
+    kept = [f for f, p in zip(fs, ps) if abs(p - threshold) > margin]
+    return kept, sum(p >= threshold for p in ps if abs(p - threshold) > margin)
+
+
+@pytest.mark.parametrize("flavour", int8.FLAVOURS)
+def test_if_body_reading_outer_weights_loads_in_every_flavour(flavour):
+    """openWakeWord's hey_jarvis: an If body reads the outer input and the outer weights of a second MLP by
+    name. The float tail after the last MatMul (Sigmoid, GreaterOrEqual, If) is rewired past its Q/DQ, and the
+    clean-up after that dropped the weights only the body reads (ONNX Runtime: "Nodes in a graph must be
+    topologically sorted ... input 'w2'"). Every flavour must load and stay close on both branches."""
+    model = if_branch_model()
+    fs = feeds(32, shape=(1, 16))
+    prepared = int8.prepare(model)
+    cal = int8.calibrate(prepared, fs, "minmax")
+    q = int8.quantize(prepared, cal, flavour)
+    assert {"w2", "w2b"} <= {i.name for i in q.graph.initializer}
+    assert graphs.outer_reads(next(n for n in q.graph.node if n.op_type == "If")) >= {"x", "w2", "w2b", "p"}
+    clear, then_count = _clear_of_threshold(model, fs)
+    assert len(clear) >= 24 and 4 <= then_count <= len(clear) - 4  # both branches are exercised
+    ref, got = run(model, clear), run(q, clear)
+    assert cosine(ref, got) > 0.999
+    np.testing.assert_allclose(got, ref, atol=0.02)
+
+
+def test_topological_sort_counts_what_a_body_reads():
+    """A node whose body reads an outer value goes after that value's producer, though it is not one of the
+    node's inputs (a pass that appends such a producer, as the FP16 pass appends Casts, relies on it)."""
+    model = if_branch_model()
+    verify = next(n for n in model.graph.node if n.op_type == "If")
+    model.graph.node.append(helper.make_node("Neg", ["w2"], ["w2_neg"], name="negate"))  # appended after the If
+    graphs.rename_outer_read(verify, "w2", "w2_neg")
+    assert "w2_neg" in graphs.outer_reads(verify) and "w2_neg" not in verify.input
+    graphs.topological_sort(model)
+    order = [n.name for n in model.graph.node]
+    assert order.index("verify") > order.index("negate")
+    onnx.checker.check_model(model)
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

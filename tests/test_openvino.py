@@ -47,6 +47,26 @@ def test_openvino_matches_onnxruntime(cnn, tmp_path):
     assert any((tmp_path / "ov-cache").iterdir())  # the compiled model was cached
 
 
+def test_openvino_reads_inputs_in_place_and_hands_out_its_own_outputs(cnn):
+    """Inputs are shared with OpenVINO, not copied: a strided view (the channels of an NHWC frame) must still
+    read right, and a buffer the caller refills afterwards must not change an output already returned."""
+    rng = np.random.default_rng(1)
+    nhwc = rng.standard_normal((1, 16, 16, 3)).astype(np.float32)
+    view = nhwc.transpose(0, 3, 1, 2)  # not C-contiguous
+    with make_runner(cnn, backend="onnxruntime", threads=1) as ort_runner:
+        ref = ort_runner.infer({"x": np.ascontiguousarray(view)})["logits"]
+    buf = np.ascontiguousarray(view)
+    with make_runner(cnn, backend="ov", threads=1) as runner:
+        from_view = runner.infer({"x": view})["logits"]
+        first = runner.infer({"x": buf})["logits"]
+        kept = first.copy()
+        buf[:] = rng.standard_normal(buf.shape)
+        second = runner.infer({"x": buf})["logits"]
+    np.testing.assert_allclose(from_view, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(first, kept)
+    assert not np.allclose(second, first)
+
+
 @pytest.mark.parametrize("feed, message", [
     ({}, "Input tensor: x | Missing from the feed; expected inputs: x."),
     ({"x": np.zeros((1, 3, 16, 16), np.float64)}, "Input tensor: x | Received dtype float64; expected float32."),

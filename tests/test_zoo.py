@@ -45,9 +45,11 @@ def test_every_command_succeeds_or_refuses_in_one_line(name, models, tmp_path_fa
     assert row["commands"]["info"]["status"] == "ok" and row["parameters"] > 0
     assert row["commands"]["bench"]["status"] == "ok"
     int8 = row["commands"]["int8"]
+    # INT8 converts, or refuses in one line: on purpose where INT8_REFUSED says why, or by the closeness floor
+    # for a graph too far from FP32 on this data (the output and its cosine), before --max-drop is given.
     if name in INT8_REFUSED:
         assert int8["status"] == "refused" and INT8_REFUSED[name] in int8["detail"], int8
     else:
-        assert int8["status"] == "ok", int8
+        assert int8["status"] == "ok" or (int8["status"] == "refused" and "closeness" in int8["detail"]), int8
     if "speedup_vs_ort" in row:  # INT8 never slower than ONNX Runtime's defaults (10 % timing noise allowed)
         assert row["speedup_vs_ort"] > 0.9, row
