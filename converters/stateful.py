@@ -32,6 +32,7 @@ from edgemm.bundle import Bundle, GraphSpec
 from edgemm.converters.calibration import GraphFeeds, graph_order
 from edgemm.converters.data import DataFolder, Sample, decision_graph, primary_output
 from edgemm.converters.graphs import cpu_session
+from edgemm.converters.validate import cosine_from_sums
 from edgemm.errors import EdgemmError
 from edgemm.media import read_wav
 from edgemm.preprocess import preprocess_audio, resample
@@ -194,8 +195,7 @@ class _Acc:
             self.agree += int(np.all((r > 0.5) == (c > 0.5)))
 
     def cosine(self) -> float:
-        den = np.sqrt(self.ref2 * self.cand2)
-        return float(self.dot / den) if den > 0 else float(self.ref2 == self.cand2)
+        return cosine_from_sums(self.dot, self.ref2, self.cand2)
 
     def result(self) -> dict:
         d = {"chunks": self.chunks, "cosine": self.cosine(), "max_abs": self.max_abs,

@@ -242,16 +242,17 @@ class Closeness:
             d = {"samples": a.n, "max_abs": a.max_abs, "mean_abs": a.sum_abs / max(a.elements, 1),
                  "max_rel": a.max_rel, "cosine": float(np.mean(a.cos)) if a.cos else None,
                  "cosine_min": float(np.min(a.cos)) if a.cos else None,
-                 "cosine_all": _cosine_all(a), "values_per_sample": a.elements // max(a.n, 1)}
+                 "cosine_all": cosine_from_sums(a.dot, a.ref_sq, a.cand_sq), "values_per_sample": a.elements // max(a.n, 1)}
             if a.agree_n:
                 d["top1_agreement"] = a.agree / a.agree_n
             out[name] = d
         return out
 
 
-def _cosine_all(a: _CloseAcc) -> float:
-    den = np.sqrt(a.ref_sq) * np.sqrt(a.cand_sq)
-    return float(a.dot / den) if den > 0 else float(a.ref_sq == a.cand_sq)
+def cosine_from_sums(dot: float, ref_sq: float, cand_sq: float) -> float:
+    """The cosine of two vectors accumulated as sums (r.c, r.r, c.c); 1 when both are zero, 0 when one is."""
+    den = np.sqrt(ref_sq) * np.sqrt(cand_sq)
+    return float(dot / den) if den > 0 else float(ref_sq == cand_sq)
 
 
 def floor_cosine(entry: dict) -> float | None:
