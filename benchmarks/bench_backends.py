@@ -126,9 +126,10 @@ def reference_cases(work: Path, wanted) -> list:
     return out
 
 
-def driving_cases(work: Path, wanted) -> list:
+def driving_cases(work: Path, wanted, every_condition: bool = True) -> list:
     """The shipped detector; its test subset (driving_eval.json) and validation-scene calibration frames,
-    rendered into folders in the format `edgemm eval` / `convert --calib` read."""
+    rendered into folders in the format `edgemm eval` / `convert --calib` read (every_condition=False: one
+    random condition per moment, the calibration set before 2026-12-06)."""
     import cv2
 
     if not wanted("driving_detector"):
@@ -140,13 +141,22 @@ def driving_cases(work: Path, wanted) -> list:
     test, calib = work / "driving" / "test", work / "driving" / "calib"
     render_driving(subset["seeds"], subset["cameras"], test)
     calib.mkdir(parents=True)
+    # Every camera condition of each calibration moment (320 frames), as a user should calibrate: with one
+    # random condition per moment (64 frames, 13 at night) the INT8 graphs lost 1.05 points of mAP@0.5 at night
+    # on held-out scenes, 0.87 so. That is within the 0.2 the night figure moves between calibration sets
+    # (even one without night), so the budget at night is held by the guard judging night frames
+    # (driving_heldout.py --guard-condition night; benchmarks/RESULTS.md section 10).
     rng = np.random.default_rng(0)
     for k, seed in enumerate(range(100000, 100032)):  # validation scenes (benchmarks/driving/generate.py)
         sc = dr.make_scene(seed)
         for j in range(2):
-            frame, _, _ = dr.render_frame(sc, float(rng.uniform(0, sc.duration)),
-                                          dr.CONDITIONS[int(rng.integers(len(dr.CONDITIONS)))])
-            cv2.imwrite(str(calib / f"v{k:03d}_{j}.png"), frame)
+            t = float(rng.uniform(0, sc.duration))
+            if not every_condition:  # the old set: the same rng draws, so the same 64 frames as before
+                cond = dr.CONDITIONS[int(rng.integers(len(dr.CONDITIONS)))]
+                cv2.imwrite(str(calib / f"v{k:03d}_{j}.png"), dr.render_frame(sc, t, cond)[0])
+                continue
+            for cond in dr.CONDITIONS:
+                cv2.imwrite(str(calib / f"v{k:03d}_{j}_{cond}.png"), dr.render_frame(sc, t, cond)[0])
     return [Case("driving_detector", ROOT / "edgemm" / "reference" / "models" / "driving_detector", calib, test,
                  source=f"edgemm/reference/models (shipped); test subset: scenes {subset['seeds']}, "
                         f"{'/'.join(subset['cameras'])}")]
@@ -348,6 +358,9 @@ def convert_all(case: Case, work: Path, threads: int, keys=("ort_int8", "ov_int8
                                            i["flavour"].get("candidates", {}).items()} for g, i in int8.items()},
                         "kept_float": {g: len(v) for g, v in (rep["conversion"].get("accuracy_guard") or {})
                                        .get("layers_kept_float", {}).items() if v}}
+        lat = rep.get("latency_ms_p50", {})  # the delivered graph against FP32, interleaved, on the target's runtime
+        if lat:
+            reports[key]["speedup"] = {g: round(v["speedup"], 2) for g, v in lat.items() if "speedup" in v}
         guard = rep["conversion"].get("accuracy_guard")
         if guard:  # what the guard measured (mAP@0.5 where the folder has box labels) and on how many samples
             reports[key]["guard"] = {k: guard[k] for k in ("metric", "metric_float", "metric_final", "drop_points",

@@ -18,14 +18,16 @@ runtime's decode and record of the boxes; detection_eval.coco_map: pycocotools m
 over all conditions' frames together.
 
 Usage:  python benchmarks/driving_heldout.py [--scenes 10] [--threads 1] [--ov-flavour ov|nncf|u8s8]
-        [--json build/driving-heldout.json]
+        [--calib-conditions every|one] [--guard-condition night] [--json build/driving-heldout.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -73,13 +75,29 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ov-flavour", choices=("ov", "nncf", "u8s8"),
                     help="force the --target openvino graph's flavour (default: chosen by timing, as bench_backends)")
+    ap.add_argument("--calib-conditions", choices=("every", "one"), default="every",
+                    help="calibration frames: every camera condition of each moment (320, default), or one random "
+                         "condition per moment (64, the set before 2026-12-06)")
+    ap.add_argument("--guard-condition", choices=dr.CONDITIONS,
+                    help="the guard judges only this condition's frames of the subset (148 at night): `--eval` "
+                         "a folder of the condition a budget must hold in (default: the whole 296-frame subset)")
     ap.add_argument("--json", help="also write every figure here")
     args = ap.parse_args(argv)
     t0, load0 = time.monotonic(), os.getloadavg()[0]
     seeds, used = heldout_seeds(args.scenes)
     with tempfile.TemporaryDirectory(prefix="driving-heldout-") as work:
         work = Path(work)
-        case = bb.driving_cases(work, lambda name: True)[0]  # the 296-frame subset and the calibration frames
+        # the 296-frame subset and the calibration frames
+        case = bb.driving_cases(work, lambda name: True, args.calib_conditions == "every")[0]
+        if args.guard_condition:
+            part = work / "driving" / f"test-{args.guard_condition}"
+            part.mkdir()
+            for p in case.test.iterdir():
+                if p.stem.split("_")[1] == args.guard_condition:
+                    shutil.copy(p, part / p.name)
+            if not any(part.iterdir()):
+                raise SystemExit(f"the subset has no {args.guard_condition} frames (it has {case.source})")
+            case = dataclasses.replace(case, test=part)
         paths, reports = bb.convert_all(case, work, args.threads, keys=("ort_int8", "ov_int8"),
                                        options={"ov_int8": {"flavour": args.ov_flavour}} if args.ov_flavour else None)
         print(f"converted ({time.monotonic() - t0:.0f} s): {json.dumps(reports)}", file=sys.stderr, flush=True)
@@ -121,7 +139,8 @@ def main(argv=None) -> int:
         if "error" not in r:
             print(f"{name} AP@0.5 by class: " + json.dumps({c: r[c]["ap50_per_class"] for c in conds}))
     for key, rep in reports.items():
-        print(f"{key}: {bb.flavours(rep.get('flavours', []))} kept float {rep.get('kept_float')}"
+        print(f"{key}: {bb.flavours(rep.get('flavours', []))} kept float {rep.get('kept_float')}, "
+              f"x FP32 on its runtime {rep.get('speedup')}"
               f"{bb.guard_note(rep.get('guard'))}" if "error" not in rep else f"{key}: failed: {rep['error']}")
     return 0
 

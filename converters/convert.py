@@ -704,7 +704,7 @@ def _guard(bundle: Bundle, originals: dict, quantized: Quantized, opts: ConvertO
     if capped:
         why = ("--eval-limit" if opts.eval_limit else f"at most {guard.GUARD_MAX_SAMPLES} by default") if on_eval \
             else ("--calib-limit" if opts.calib_limit else f"at most {guard.GUARD_MAX_SAMPLES} by default")
-        cap_note = f"measured on the first {limit} samples of {data} ({why}); the rest were not read"
+        cap_note = f"measured on {limit} samples spread over {data} ({why}); the rest were not read"
         _say(f"accuracy guard: {cap_note}", opts)
     with guard.BundleEvaluator(bundle, samples, opts.threads) as evaluator:
         metric_note = {"metric_note": evaluator.metric_note} if evaluator.metric_note else {}

@@ -228,17 +228,25 @@ class DataFolder:
         return [BoxTruth(self.box_labels.truth(path, frame_hw), frame_hw)]
 
     # -- iteration -----------------------------------------------------------------------------------
-    def samples(self, progress: bool = False) -> Iterator[Sample]:
+    def samples(self, progress: bool = False, spread: int | None = None) -> Iterator[Sample]:
+        """Every file's samples in name order; with spread (fewer than the folder's files), only that many
+        files, evenly spaced over the folder."""
         items = self.npz or list(self.media.items())
+        if spread is not None and 0 < spread < len(items):
+            # A limit takes files from all over the folder, not the first ones: folders are named by time,
+            # place or condition (frames of one recording, `day_*` before `night_*`), and the first N files
+            # would be one scene, or leave a condition out of the activation ranges.
+            items = [items[i * len(items) // spread] for i in range(spread)]
         for item in _progress(items, self.what, enabled=progress):
             yield self._npz_sample(item) if isinstance(item, Path) else self._media_sample(*item)
 
     def single_samples(self, progress: bool = False, limit: int | None = None) -> Iterator[Sample]:
-        """Samples split to a batch of one each (what calibration and most evaluation loops want)."""
+        """Samples split to a batch of one each (what calibration and most evaluation loops want); with a
+        limit smaller than the folder's files, from files spread evenly over it (``samples(spread=)``)."""
         if limit is not None and limit <= 0:
             return
         n = 0
-        for s in self.samples(progress):
+        for s in self.samples(progress, spread=limit):
             for i in range(s.batch):
                 yield Sample({k: v[i:i + 1] for k, v in s.tensors.items()},
                              {k: v[i:i + 1] for k, v in s.labels.items()}, f"{s.name}[{i}]",

@@ -78,6 +78,23 @@ def test_files_are_read_only_as_needed(tmp_path):
         list(GraphFeeds(bundle, data, limit=9, progress=False).iter_graph("model"))
 
 
+def test_limit_takes_files_spread_over_the_folder(tmp_path):
+    """A limit below the folder's files takes them from all over it, not the first ones: a folder named
+    day_* then night_* calibrates on both (the first files would be day only, and the night's range lost)."""
+    bundle = load_bundle(write_av_bundle(tmp_path / "b"))
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for cond, gain in (("day", 1.0), ("night", 8.0)):
+        for i in range(6):
+            np.savez(folder / f"{cond}_{i}.npz", video=gain * rng.random((1, 3, 32, 32), np.float32),
+                     audio=rng.standard_normal((1, 1, 64, 98)).astype(np.float32))
+    gf = GraphFeeds(bundle, folder, limit=4, progress=False)
+    assert [s.name for s in gf.samples()] == ["day_0.npz[0]", "day_3.npz[0]", "night_0.npz[0]", "night_3.npz[0]"]
+    assert max(float(f["video"].max()) for f in gf.iter_graph("model")) > 1  # the night files' range is seen
+    assert len(list(GraphFeeds(bundle, folder, limit=12, progress=False).samples())) == 12  # all: name order
+
+
 def test_missing_empty_and_mismatched_folders(tmp_path):
     bundle = load_bundle(write_av_bundle(tmp_path / "b"))
     with pytest.raises(EdgemmError, match="Not found"):

@@ -560,9 +560,9 @@ def test_each_conversion_step_reads_the_data_once(tmp_path, monkeypatch):
     passes = []
     real = DataFolder.samples
 
-    def counted(self, progress=False):
+    def counted(self, *args, **kwargs):
         passes.append(self.what)
-        yield from real(self, progress)
+        yield from real(self, *args, **kwargs)
 
     monkeypatch.setattr(DataFolder, "samples", counted)
     convert(root, tmp_path / "out", ConvertOptions(precision="int8", calib=data, threads=1, bench_seconds=0.1,
