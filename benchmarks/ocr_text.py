@@ -12,7 +12,10 @@ lines INT8 gets wrong.
 
     python benchmarks/ocr_text.py --model benchmarks/.zoo/models/ocr_rec/ch_PP-OCRv4_rec_infer.onnx
 
-Importable: lines(), oriented(), feed(), decode(), characters(), score().
+For the detector, pages(): several such lines at random positions on a larger canvas of the same kind of
+background, with det_feed(), the detector's own preprocessing.
+
+Importable: lines(), oriented(), feed(), pages(), det_feed(), decode(), characters(), score().
 """
 
 from __future__ import annotations
@@ -97,6 +100,56 @@ def oriented(n: int = 200, seed: int = 0) -> list[tuple[np.ndarray, int]]:
     """n (BGR image, label) pairs for the orientation classifier: lines upright (0) or turned 180 degrees (1),
     alternating (its classes are rapidocr's label_list ['0', '180'])."""
     return [(img[::-1, ::-1].copy() if k % 2 else img, k % 2) for k, (img, _) in enumerate(lines(n, seed))]
+
+
+PAGE = 320  # the detector's input in the zoo (x:1x3x320x320)
+
+
+def pages(n: int = 32, seed: int = 0, size: int = PAGE) -> list[tuple[np.ndarray, list[tuple[str, tuple]]]]:
+    """n (BGR image, [(text, (x0, y0, x1, y1)), ...]) pairs for the text detector: 2-6 lines each, drawn at
+    random positions (not overlapping) on a size x size page of the lines' kind of background, in the page's
+    ink (dark on light, or light on dark), smaller than lines() draws them so several fit."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        light, dark = int(rng.integers(190, 256)), int(rng.integers(0, 70))
+        ink, paper = (dark, light) if rng.random() < 0.8 else (light, dark)
+        tint = rng.integers(-15, 16, 3)
+        bg = np.clip(paper + tint + rng.normal(0, 4, (size, size, 1)), 0, 255).astype(np.uint8)
+        img = Image.fromarray(bg)
+        draw = ImageDraw.Draw(img)
+        boxes: list[tuple[str, tuple]] = []
+        want = int(rng.integers(2, 7))
+        for _try in range(60):  # random places; a line that would overlap or leave the page is redrawn
+            if len(boxes) == want:
+                break
+            text = _text(rng)
+            font = ImageFont.truetype(str(FONT_DIR / FONTS[rng.integers(len(FONTS))]), int(rng.integers(14, 30)))
+            x0, y0, x1, y1 = font.getbbox(text)
+            w, h = x1 - x0, y1 - y0
+            if w >= size - 8 or h >= size - 8:
+                continue
+            x, y = int(rng.integers(4, size - w - 4)), int(rng.integers(4, size - h - 4))
+            box = (x, y, x + w, y + h)
+            if any(box[0] < b[2] + 6 and b[0] < box[2] + 6 and box[1] < b[3] + 6 and b[1] < box[3] + 6
+                   for _, b in boxes):
+                continue
+            draw.text((x - x0, y - y0), text, font=font, fill=tuple(int(c) for c in np.clip(ink + tint, 0, 255)))
+            boxes.append((text, box))
+        if rng.random() < 0.5:
+            img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
+        arr = np.asarray(img).astype(np.float32) + rng.normal(0, 3, (size, size, 3))
+        out.append((np.clip(arr, 0, 255).astype(np.uint8)[:, :, ::-1].copy(), boxes))
+    return out
+
+
+def det_feed(img: np.ndarray) -> np.ndarray:
+    """rapidocr's DetPreProcess for a page already at a multiple of 32: BGR as read, (x / 255 - 0.5) / 0.5,
+    1 x 3 x H x W float32."""
+    x = (img.astype(np.float32) / 255 - 0.5) / 0.5
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
 def characters(model_path: str | Path) -> list[str]:
