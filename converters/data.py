@@ -10,6 +10,7 @@ import csv
 import logging
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -228,10 +229,11 @@ class DataFolder:
         return [BoxTruth(self.box_labels.truth(path, frame_hw), frame_hw)]
 
     # -- iteration -----------------------------------------------------------------------------------
-    def samples(self, progress: bool = False, spread: int | None = None) -> Iterator[Sample]:
+    def samples(self, progress: bool = False, spread: int | None = None,
+                files: list[Path] | None = None) -> Iterator[Sample]:
         """Every file's samples in name order; with spread (fewer than the folder's files), only that many
-        files, evenly spaced over the folder."""
-        items = self.npz or list(self.media.items())
+        files, evenly spaced over the folder; with files, only those .npz files."""
+        items = files if files is not None else self.npz or list(self.media.items())
         if spread is not None and 0 < spread < len(items):
             # A limit takes files from all over the folder, not the first ones: folders are named by time,
             # place or condition (frames of one recording, `day_*` before `night_*`), and the first N files
@@ -242,8 +244,14 @@ class DataFolder:
 
     def single_samples(self, progress: bool = False, limit: int | None = None) -> Iterator[Sample]:
         """Samples split to a batch of one each (what calibration and most evaluation loops want); with a
-        limit smaller than the folder's files, from files spread evenly over it (``samples(spread=)``)."""
+        limit smaller than the folder's samples, spread evenly over it: over the rows of .npz files (one file
+        of 5000 samples sorted by condition must not calibrate on its first 512), else over the files
+        (``samples(spread=)``)."""
         if limit is not None and limit <= 0:
+            return
+        rows = self._spread_rows(limit) if limit is not None and self.npz else None
+        if rows is not None:
+            yield from self._npz_rows(rows, progress)
             return
         n = 0
         for s in self.samples(progress, spread=limit):
@@ -254,6 +262,52 @@ class DataFolder:
                 n += 1
                 if limit is not None and n >= limit:
                     return  # before the next file is opened
+
+
+    def _spread_rows(self, limit: int) -> dict[Path, list[int]] | None:
+        """File -> the rows to take, ``limit`` of them evenly spaced over all the .npz files' rows (read from
+        each array header, not the data); None where the folder holds no more than ``limit`` rows or a header
+        cannot be read (samples() then says what is wrong with the file)."""
+        counts = [(path, _npz_rows(path)) for path in self.npz]
+        if any(c is None for _, c in counts):
+            return None
+        total = sum(c for _, c in counts)
+        if total <= limit:
+            return None
+        picks = [i * total // limit for i in range(limit)]
+        out: dict[Path, list[int]] = {}
+        start, k = 0, 0
+        for path, c in counts:
+            while k < len(picks) and picks[k] < start + c:
+                out.setdefault(path, []).append(picks[k] - start)
+                k += 1
+            start += c
+        return out
+
+    def _npz_rows(self, rows: dict[Path, list[int]], progress: bool) -> Iterator[Sample]:
+        by_name = {path.name: picked for path, picked in rows.items()}
+        for s in self.samples(progress, files=list(rows)):
+            for i in by_name[s.name]:
+                yield Sample({k: v[i:i + 1] for k, v in s.tensors.items()},
+                             {k: v[i:i + 1] for k, v in s.labels.items()}, f"{s.name}[{i}]",
+                             None if s.truth is None else s.truth[i:i + 1])
+
+
+def _npz_rows(path: Path) -> int | None:
+    """The first array's leading dim in a .npz, from its .npy header (nothing else is read); None if unreadable."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith(".npy")), None)
+            if name is None:
+                return None
+            with z.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape = read(f)[0]
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    return int(shape[0]) if shape else None
 
 
 def _check_baked_tensor(arr: np.ndarray, spec: InputSpec, where: str) -> None:

@@ -311,7 +311,19 @@ def _check_labels(spec, name: str, y: np.ndarray, n_out: int, where: str) -> np.
 
 
 def _chunks(data, limit: int | None, batch: int, progress: bool = False) -> Iterator:
-    """Samples of the folder in chunks of at most `batch`, at most `limit` samples in all."""
+    """Samples of the folder in chunks of at most `batch`, at most `limit` samples in all: with a limit below
+    the folder's samples, those spread over it that calibration and the guard take too
+    (DataFolder.single_samples), so every figure of a conversion is measured on the same kind of subset."""
+    if limit is not None:
+        part: list[Sample] = []
+        for one in data.single_samples(progress=progress, limit=limit):
+            if part and (len(part) == batch or _keys(one) != _keys(part[0])):
+                yield _stack(part)
+                part = []
+            part.append(one)
+        if part:
+            yield _stack(part)
+        return
     done = 0
     for s in data.samples(progress=progress):
         for i in range(0, s.batch, batch):
@@ -323,6 +335,16 @@ def _chunks(data, limit: int | None, batch: int, progress: bool = False) -> Iter
             yield Sample({k: v[i:j] for k, v in s.tensors.items()}, {k: v[i:j] for k, v in s.labels.items()},
                          f"{s.name}[{i}:{j}]")
             done += j - i
+
+
+def _keys(s: Sample) -> tuple:
+    return tuple(s.tensors), tuple(s.labels)
+
+
+def _stack(part: list[Sample]) -> Sample:
+    name = part[0].name if len(part) == 1 else f"{part[0].name}..{part[-1].name}"
+    return Sample({k: np.concatenate([p.tensors[k] for p in part]) for k in part[0].tensors},
+                  {k: np.concatenate([p.labels[k] for p in part]) for k in part[0].labels}, name)
 
 
 class _Collector:

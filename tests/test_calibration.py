@@ -95,6 +95,35 @@ def test_limit_takes_files_spread_over_the_folder(tmp_path):
     assert len(list(GraphFeeds(bundle, folder, limit=12, progress=False).samples())) == 12  # all: name order
 
 
+def test_limit_takes_rows_spread_over_one_npz_file(tmp_path):
+    """One .npz of day rows then night rows (what --calib data.npz often is) with a limit below its rows: the
+    rows taken are spread over the file, not its first ones; over several files, over all their rows."""
+    bundle = load_bundle(write_av_bundle(tmp_path / "b"))
+    rng = np.random.default_rng(0)
+    video = rng.random((12, 3, 32, 32), np.float32)
+    video[6:] *= 8.0  # the night half
+    one = tmp_path / "calib.npz"
+    np.savez(one, video=video, audio=rng.standard_normal((12, 1, 64, 98)).astype(np.float32))
+    gf = GraphFeeds(bundle, one, limit=4, progress=False)
+    assert [s.name for s in gf.samples()] == ["calib.npz[0]", "calib.npz[3]", "calib.npz[6]", "calib.npz[9]"]
+    assert max(float(f["video"].max()) for f in gf.iter_graph("model")) > 1  # the night rows' range is seen
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name, rows in (("a", slice(0, 6)), ("b", slice(6, 12))):
+        np.savez_compressed(folder / f"{name}.npz", video=video[rows], audio=np.zeros((6, 1, 64, 98), np.float32))
+    names = [s.name for s in GraphFeeds(bundle, folder, limit=4, progress=False).samples()]
+    assert names == ["a.npz[0]", "a.npz[3]", "b.npz[0]", "b.npz[3]"]
+    assert len(list(GraphFeeds(bundle, one, limit=12, progress=False).samples())) == 12  # all, in order
+    # Validation with a limit (convert's report and closeness floor, `edgemm eval --limit`) takes the same rows,
+    # in batches.
+    from edgemm.converters.data import DataFolder
+    from edgemm.converters.validate import _chunks
+
+    chunks = list(_chunks(DataFolder(one, bundle, "Evaluation data"), limit=4, batch=3))
+    assert [c.batch for c in chunks] == [3, 1]
+    np.testing.assert_array_equal(np.concatenate([c.tensors["video"] for c in chunks]), video[[0, 3, 6, 9]])
+
+
 def test_missing_empty_and_mismatched_folders(tmp_path):
     bundle = load_bundle(write_av_bundle(tmp_path / "b"))
     with pytest.raises(EdgemmError, match="Not found"):
