@@ -51,6 +51,12 @@ class Sample:
     def batch(self) -> int:
         return next(iter(self.tensors.values())).shape[0]
 
+    def row(self, i: int) -> "Sample":
+        """Batch item i as a sample of batch one, named after it."""
+        return Sample({k: v[i:i + 1] for k, v in self.tensors.items()},
+                      {k: v[i:i + 1] for k, v in self.labels.items()}, f"{self.name}[{i}]",
+                      None if self.truth is None else self.truth[i:i + 1])
+
 
 def decision_graph(bundle: Bundle) -> str:
     """The graph whose outputs are the bundle's decisions (FusionModel.decision_graph, without runners)."""
@@ -251,24 +257,21 @@ class DataFolder:
             return
         rows = self._spread_rows(limit) if limit is not None and self.npz else None
         if rows is not None:
-            yield from self._npz_rows(rows, progress)
+            yield from self._picked_rows(rows, progress)
             return
         n = 0
         for s in self.samples(progress, spread=limit):
             for i in range(s.batch):
-                yield Sample({k: v[i:i + 1] for k, v in s.tensors.items()},
-                             {k: v[i:i + 1] for k, v in s.labels.items()}, f"{s.name}[{i}]",
-                             None if s.truth is None else s.truth[i:i + 1])
+                yield s.row(i)
                 n += 1
                 if limit is not None and n >= limit:
                     return  # before the next file is opened
-
 
     def _spread_rows(self, limit: int) -> dict[Path, list[int]] | None:
         """File -> the rows to take, ``limit`` of them evenly spaced over all the .npz files' rows (read from
         each array header, not the data); None where the folder holds no more than ``limit`` rows or a header
         cannot be read (samples() then says what is wrong with the file)."""
-        counts = [(path, _npz_rows(path)) for path in self.npz]
+        counts = [(path, _npz_row_count(path)) for path in self.npz]
         if any(c is None for _, c in counts):
             return None
         total = sum(c for _, c in counts)
@@ -284,16 +287,15 @@ class DataFolder:
             start += c
         return out
 
-    def _npz_rows(self, rows: dict[Path, list[int]], progress: bool) -> Iterator[Sample]:
+    def _picked_rows(self, rows: dict[Path, list[int]], progress: bool) -> Iterator[Sample]:
+        """The rows _spread_rows picked, file by file, each a sample of batch one."""
         by_name = {path.name: picked for path, picked in rows.items()}
         for s in self.samples(progress, files=list(rows)):
             for i in by_name[s.name]:
-                yield Sample({k: v[i:i + 1] for k, v in s.tensors.items()},
-                             {k: v[i:i + 1] for k, v in s.labels.items()}, f"{s.name}[{i}]",
-                             None if s.truth is None else s.truth[i:i + 1])
+                yield s.row(i)
 
 
-def _npz_rows(path: Path) -> int | None:
+def _npz_row_count(path: Path) -> int | None:
     """The first array's leading dim in a .npz, from its .npy header (nothing else is read); None if unreadable."""
     try:
         with zipfile.ZipFile(path) as z:
