@@ -834,6 +834,9 @@ def _provenance(bundle: Bundle, opts: ConvertOptions, conversion: dict, parent: 
     for g in bundle.manifest.graphs:
         p = bundle.graph_path(g)
         sources[g] = {"file": str(p), "sha256": file_sha256(p)}
+        if bundle.source and bundle.source.is_file() and bundle.source.suffix == ".onnx" and bundle.source != p:
+            # --shape on fixed dims: the graph is a copy at that size (edgemm/reshape.py); name the original too
+            sources[g]["reshaped_from"] = {"file": str(bundle.source), "sha256": file_sha256(bundle.source)}
     prov: dict[str, Any] = {
         "precision": opts.precision,
         "converter": f"edgemm convert {__version__}",

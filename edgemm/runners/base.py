@@ -44,7 +44,12 @@ def check_feed(feed: Mapping[str, np.ndarray], metadata: Mapping[str, TensorMeta
         if len(value.shape) != len(meta.shape) or any(
             isinstance(d, int) and d != v for d, v in zip(meta.shape, value.shape)
         ):
-            raise EdgemmError(f"{what}: {name} | Received shape {tuple(value.shape)}; expected {meta.shape_str()}.")
+            hint = ""
+            if len(value.shape) == len(meta.shape):  # fixed dims that may be an export's placeholders
+                hint = (f" If the graph's fixed dims are placeholders, --shape {name}:DIMS on the .onnx runs a copy "
+                        f"at that size (what was fed: {'x'.join(map(str, value.shape))}).")
+            raise EdgemmError(f"{what}: {name} | Received shape {tuple(value.shape)}; expected {meta.shape_str()}."
+                              + hint)
 
 
 class BaseRunner:
