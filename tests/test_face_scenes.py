@@ -1,5 +1,5 @@
-"""The face scenes made from scikit-image's wheel (benchmarks/face_scenes.py): labels, the YOLO folder, the
-decode as deface's, and FP32 CenterFace finding the labelled faces. Skipped where the wheel cannot be
+"""The face scenes made from scikit-image's wheel (benchmarks/face_scenes.py): labels, the YOLO folder, and
+FP32 CenterFace, as edgemm runs and decodes it, finding the labelled faces. Skipped where the wheel cannot be
 fetched (or, for the last test, the zoo cache has no CenterFace)."""
 
 from __future__ import annotations
@@ -53,47 +53,15 @@ def test_yolo_folder_round_trips(scenes, tmp_path):
         assert np.allclose(item.truth.xyxy, boxes, atol=0.01) and (item.truth.classes == 0).all()
 
 
-def _outputs(peaks):
-    """CenterFace's raw outputs for a 64 x 128 input (16 x 32 cells) with these (row, col, score, h, w, dy, dx)."""
-    heat, scale, offset = np.zeros((1, 1, 16, 32), np.float32), np.zeros((1, 2, 16, 32), np.float32), \
-        np.zeros((1, 2, 16, 32), np.float32)
-    for r, c, s, h, w, dy, dx in peaks:
-        heat[0, 0, r, c] = s
-        scale[0, :, r, c] = np.log(h / 4), np.log(w / 4)
-        offset[0, :, r, c] = dy, dx
-    return {"537": heat, "538": scale, "539": offset}
-
-
-def test_decode_one_peak_as_deface():
-    # Centre ((col + dx + 0.5) * 4, (row + dy + 0.5) * 4) = (84, 43), 32 wide and 40 tall; a weaker peak one
-    # cell right (IoU 0.78) falls to NMS 0.3, one below conf is not a face; one over the top right corner is
-    # clipped at the right but moved down at the top, as deface does (top clipped to 0, then the height added).
-    boxes = fs.decode(_outputs([(10, 20, 0.9, 40, 32, 0.25, 0.5), (10, 21, 0.6, 40, 32, 0.25, 0.5),
-                                (2, 2, 0.1, 8, 8, 0, 0), (1, 30, 0.5, 16, 16, 0, 0)]), conf=0.2)
-    assert np.allclose(boxes.xyxy, [[68, 23, 100, 63], [114, 0, 128, 16]])
-    assert np.allclose(boxes.scores, [0.9, 0.5]) and (boxes.classes == 0).all()
-    assert len(fs.decode(_outputs([]), conf=0.2)) == 0
-
-
-def test_feed_is_rgb_nchw_unscaled():
-    bgr = np.zeros((32, 64, 3), np.uint8)
-    bgr[..., 2] = 200  # red
-    x = fs.feed(bgr)
-    assert x.shape == (1, 3, 32, 64) and x.dtype == np.float32 and x[0, 0].max() == 200 and x[0, 2].max() == 0
-
-
-def test_fp32_centerface_finds_the_labelled_faces(tmp_path):
+def test_fp32_centerface_finds_the_labelled_faces(tmp_path, monkeypatch):
     cf = next(m for m in zoo.ZOO if m.name == "centerface")
     if not zoo.model_path(cf).is_file():
         pytest.skip("the zoo cache has no CenterFace (python benchmarks/zoo.py --only centerface fetches it)")
     pytest.importorskip("pycocotools")
-    sess = fs.session(fs.as_run_model(tmp_path))
-    names = [o.name for o in sess.get_outputs()]
-    truth, dets = [], []
-    for img, boxes in fs.scenes(8, seed=1, heights=(60, 200), astronaut=0.3):
-        dets.append(fs.decode(dict(zip(names, sess.run(None, {fs.INPUT: fs.feed(img)}))), 0.2))
-        truth.append(fs.truth_boxes(boxes))
-    s = fs.score(truth, dets, 0.2)
+    monkeypatch.setenv("EDGEMM_RESHAPE_CACHE", str(tmp_path / "reshaped"))
+    test = fs.scenes(8, seed=1, heights=(60, 200), astronaut=0.3)
+    dets = fs.detect(fs.detector(zoo.model_path(cf)), [img for img, _ in test], 0.2)  # edgemm's own decode
+    s = fs.score([fs.truth_boxes(b) for _, b in test], dets, 0.2)
     assert s["faces"] >= 16 and s["recall"] >= 0.9 and s["precision"] >= 0.9, s
     # The label convention fits the model's boxes: 0.75 here; the pasted squares as labels give 0.36, and
     # squares of 0.9 of the side 0.59.

@@ -36,9 +36,6 @@ def test_zoo_has_eight_families(models):
 # the closeness floor's refusal).
 INT8_REFUSED = {
     "oww_melspectrogram": "Nothing left to quantize",  # its waveform front end stays float (on purpose)
-    # Known gap (RESULTS.md section 12): exported with a fixed batch of 10, while the data folder's samples
-    # are fed one at a time; the refusal names both shapes.
-    "centerface": "expected (10, 3, 32, 32)",
 }
 
 
