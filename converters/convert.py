@@ -699,7 +699,7 @@ def _guard(bundle: Bundle, originals: dict, quantized: Quantized, opts: ConvertO
     # The guard holds its samples in memory (it measures many candidates on them): at most the limit the
     # user gave for this folder, else GUARD_MAX_SAMPLES.
     limit = (opts.eval_limit if on_eval else opts.calib_limit) or guard.GUARD_MAX_SAMPLES
-    samples, capped = guard.load_samples(folder.single_samples(limit=limit + 1), limit)
+    samples, capped = guard.guard_samples(folder, limit)
     cap_note = None
     if capped:
         why = ("--eval-limit" if opts.eval_limit else f"at most {guard.GUARD_MAX_SAMPLES} by default") if on_eval \

@@ -121,6 +121,13 @@ class DataFolder:
     def __len__(self) -> int:
         return len(self.npz) or len(self.media)
 
+    def sample_count(self) -> int:
+        """Samples of batch one in the folder: the rows of its .npz files (from the array headers; a file
+        whose header cannot be read counts one, and reading it says what is wrong), else one per media item."""
+        if self.npz:
+            return sum(_npz_row_count(p) or 1 for p in self.npz)
+        return len(self.media)
+
     # -- npz -----------------------------------------------------------------------------------------
     def _npz_sample(self, path: Path) -> Sample:
         try:

@@ -31,12 +31,12 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
-from edgemm.converters.data import Sample, primary_output
-from edgemm.converters.detection_eval import MAP_CONF, coco_map, output_agreement, record_boxes
+from edgemm.converters.data import DataFolder, Sample, primary_output
+from edgemm.converters.detection_eval import MAP_CONF, agreement, coco_map, record_boxes
 from edgemm.converters.graphs import dynamic_batch
 from edgemm.bundle import Bundle
 from edgemm.detection import Boxes, decode_boxes, num_classes, to_record, to_source, visible
@@ -111,12 +111,18 @@ class BundleEvaluator:
         self.bundle, self.samples, self.threads, self.batch = bundle, samples, threads, batch
         self.output = primary_output(bundle)
         self.spec = next(o for g in bundle.manifest.graphs.values() for o in g.outputs if o.name == self.output)
+        # What a candidate's outputs are judged on: the primary output, and for a detector whose boxes span
+        # several outputs (CenterFace's heatmap, scale and offset; EfficientNMS's four) those parts too, each
+        # sample's flattened into one row (_packed) so that the guard's arrays stay one per candidate.
+        parts = list(self.spec.detection.parts.values()) if self.spec.detection else []
+        self._judged = [self.output] + [p for p in parts if p != self.output]
+        self._row_shapes: dict[str, tuple] = {}
         labelled = [s.labels.get(self.output) for s in samples]
         self.labels = np.concatenate(labelled) if all(x is not None for x in labelled) else None
         self.image = None  # the detector's video preprocessing (letterbox or stretch), for mapping boxes
         self.class_names: list[str] = []
         self.truth, self.metric_note = self._box_truth(samples)
-        self.reference: np.ndarray | None = None  # float model's primary output, for closeness
+        self.reference: np.ndarray | None = None  # the float model's judged outputs (_packed), for closeness
         # The fusion logic of the bundle's form; its runners are swapped for the cached ones of each call.
         self._fm = FusionModel(bundle, "onnxruntime", threads)
         self._runners: dict[str, list[tuple[object, object]]] = {g: [] for g in bundle.manifest.graphs}
@@ -129,9 +135,28 @@ class BundleEvaluator:
 
     @property
     def _boxes(self) -> bool:
-        """A detector whose primary output alone holds its boxes: judged by mAP@0.5 on box labels, else by
-        box agreement with float."""
-        return self.spec.detection is not None and not self.spec.detection.parts
+        """A detector: judged by mAP@0.5 on box labels, else by box agreement with float."""
+        return self.spec.detection is not None
+
+    def _packed(self, outputs: dict) -> np.ndarray:
+        """The judged outputs of one batch: the primary output itself, or with parts, each sample's judged
+        outputs flattened into one float64 row (shapes kept in _row_shapes for _decode)."""
+        if len(self._judged) == 1:
+            return np.asarray(outputs[self.output])
+        arrays = [np.asarray(outputs[n]) for n in self._judged]
+        self._row_shapes = {n: a.shape[1:] for n, a in zip(self._judged, arrays)}
+        return np.concatenate([a.reshape(len(a), -1).astype(np.float64) for a in arrays], axis=1)
+
+    def _decode(self, out: np.ndarray, k: int, size: tuple[int, int], conf: float | None = None) -> Boxes:
+        """The boxes of sample k of a judged batch, decoded as the runtime decodes them."""
+        if len(self._judged) == 1:
+            return decode_boxes({self.output: out[k:k + 1]}, self.spec, size, conf=conf)
+        outs, start = {}, 0
+        for name, shape in self._row_shapes.items():
+            n = int(np.prod(shape))
+            outs[name] = out[k, start:start + n].reshape(1, *shape)
+            start += n
+        return decode_boxes(outs, self.spec, size, conf=conf)
 
     def _box_truth(self, samples: list[Sample]):
         """(truth per sample, note): the box labels when every sample has them, and for a detector without
@@ -197,7 +222,7 @@ class BundleEvaluator:
         self.close()
 
     def outputs(self, models: dict[str, object], idx: np.ndarray | None = None) -> np.ndarray:
-        """The primary output for the samples (all, or the indices idx), stacked along the batch."""
+        """The judged outputs (_packed) for the samples (all, or the indices idx), stacked along the batch."""
         idx = np.arange(len(self.samples)) if idx is None else np.asarray(idx)
         runners = {g: self._runner(g, models[g]) for g in self.bundle.manifest.graphs}
         self._fm.use_runners(runners)
@@ -210,7 +235,7 @@ class BundleEvaluator:
                     r.ids = ids
             part = [self.samples[i] for i in ids]
             tensors = {k: np.concatenate([s.tensors[k] for s in part]) for k in part[0].tensors}
-            outs.append(np.asarray(self._fm.infer(tensors).outputs[self.output]))
+            outs.append(self._packed(self._fm.infer(tensors).outputs))
         return np.concatenate(outs)
 
     def set_reference(self, float_models: dict[str, object]) -> None:
@@ -222,8 +247,10 @@ class BundleEvaluator:
         probs_given = self.spec.scores == "probabilities"
         if self.truth is not None:
             return self._map50(out, idx)
-        if self._boxes:
-            return 100.0 * output_agreement(self.reference[idx], out, self.spec)
+        if self._boxes:  # in the output's own units (size 1 x 1): both sides alike
+            ref = [self._decode(self.reference, i, (1, 1)) for i in idx]
+            return 100.0 * agreement(ref, [self._decode(out, k, (1, 1)) for k in range(len(out))],
+                                     self.spec.detection.conf)["box_f1"]
         if self.labels is not None:
             y = self.labels[idx]
             if task == "classification":
@@ -256,7 +283,7 @@ class BundleEvaluator:
         truth = [self.truth[i] for i in idx]
         found = []
         for k, t in enumerate(truth):
-            b = decode_boxes({self.output: out[k:k + 1]}, self.spec, self.image.size, conf=MAP_CONF)
+            b = self._decode(out, k, self.image.size, conf=MAP_CONF)
             if len(b):
                 b = visible(Boxes(to_source(b.xyxy, t.frame_hw, self.image), b.scores, b.classes))
             found.append(record_boxes(to_record(b, self.spec)["detections"]))  # rounded as eval scores them
@@ -420,12 +447,9 @@ def accuracy_guard(evaluator: BundleEvaluator, float_models: dict[str, object], 
     return result
 
 
-def load_samples(samples: Iterable[Sample], limit: int | None = GUARD_MAX_SAMPLES) -> tuple[list[Sample], bool]:
-    """Evaluation samples in memory (the guard measures many candidates on the same set): at most limit.
-    Returns (samples, capped): capped when the source had more (one more is read to know, never kept)."""
-    out: list[Sample] = []
-    for s in samples:
-        if limit is not None and len(out) >= limit:
-            return out, True
-        out.append(s)
-    return out, False
+def guard_samples(folder: DataFolder, limit: int) -> tuple[list[Sample], bool]:
+    """Evaluation samples in memory (the guard measures many candidates on the same set): at most limit,
+    spread over the folder. Returns (samples, capped): capped when the folder holds more, counted from its
+    file list and .npz headers, so that the spread is over limit samples (reading limit + 1 to find out, and
+    dropping the last, left out the sample nearest the folder's end)."""
+    return list(folder.single_samples(limit=limit)), folder.sample_count() > limit

@@ -14,6 +14,7 @@ from edgemm.converters.data import Sample
 from edgemm.converters.guard import BundleEvaluator, accuracy_guard
 from edgemm.bundle import load_bundle
 from edgemm.errors import EdgemmError
+from tests import onnx_models
 from tests.onnx_models import _init, _model
 
 
@@ -186,11 +187,22 @@ def test_evaluator_reuses_runners_and_encoder_outputs(tmp_path):
     assert not np.allclose(got_enc, direct)  # the changed encoder really ran
 
 
-def test_load_samples_caps_and_says_so():
-    from edgemm.converters.guard import load_samples
+def test_guard_samples_spread_over_the_folder_and_say_when_capped(tmp_path):
+    """A cap takes samples spread over the whole folder, the last part included: files 0, 2, 4, 6, 8 of
+    ten (reading limit + 1 to learn of the cap and dropping one gave 0, 1, 3, 5, 6)."""
+    from edgemm.converters.data import DataFolder
+    from edgemm.converters.guard import guard_samples
 
-    samples = (Sample({"x": np.zeros((1, 8), np.float32)}, {}, f"s{i}") for i in range(10))
-    kept, capped = load_samples(samples, limit=4)
-    assert len(kept) == 4 and capped
-    kept, capped = load_samples([Sample({"x": np.zeros((1, 8), np.float32)}, {}, "a")], limit=4)
-    assert len(kept) == 1 and not capped
+    onnx.save(onnx_models.mlp_model(), tmp_path / "m.onnx")
+    bundle = load_bundle(tmp_path / "m.onnx")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(10):
+        np.savez(data / f"s{i:02d}.npz", x=np.full((1, 8), i, np.float32))
+    folder = DataFolder(data, bundle)
+    kept, capped = guard_samples(folder, 5)
+    assert [int(s.tensors["x"][0, 0]) for s in kept] == [0, 2, 4, 6, 8] and capped
+    kept, capped = guard_samples(folder, 10)
+    assert len(kept) == 10 and not capped
+    np.savez(data / "rows.npz", x=np.zeros((6, 8), np.float32))  # rows of one file count, from its header
+    assert folder.sample_count() == 10 and DataFolder(data, bundle).sample_count() == 16

@@ -134,3 +134,34 @@ def test_int8_convert_of_a_labelled_detector_guards_map(tmp_path):
     assert g["metric_float"] == pytest.approx(100 * evaluate_detection(load_bundle(model), data)["model"]["map50"])
     assert g["metric_float"] == pytest.approx(100.0) and g["within_budget"]
     assert load_bundle(tmp_path / "int8").manifest.provenance["accuracy_guard"]["metric"] == "mAP@0.5 (%)"
+
+
+def test_guard_judges_a_detector_of_several_outputs_by_map(tmp_path):
+    """CenterFace's boxes come from three outputs (heatmap, scale, offset): the guard decodes them all, so
+    it measures mAP@0.5 on labels, and box agreement without (it judged the heatmap alone by cosine)."""
+    import cv2
+    import onnx
+
+    path = tmp_path / "faces.onnx"
+    onnx.save(onnx_models.centerface_like(placeholder=(1, 3, 32, 64), box=4.0), path)
+    bigger = onnx_models.centerface_like(placeholder=(1, 3, 32, 64), box=8.0)  # boxes of 8 px: IoU 0.25
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, cells in enumerate([[(8, 8), (40, 20)], [(20, 12)], [(0, 0), (52, 24)]]):
+        frame = np.zeros((32, 64, 3), np.uint8)
+        for x, y in cells:
+            frame[y:y + 4, x:x + 4] = 255
+        cv2.imwrite(str(data / f"s{i}.png"), frame)
+        (data / f"s{i}.txt").write_text("".join(f"0 {(x + 2) / 64} {(y + 2) / 32} {4 / 64} {4 / 32}\n" for x, y in cells))
+    bundle = load_bundle(path)
+    labelled = _samples(bundle, data)
+    with BundleEvaluator(bundle, labelled) as ev:
+        ev.set_reference({"model": bundle.load_graph("model")})
+        assert ev.metric_name == "mAP@0.5 (%)"
+        assert ev.metric(ev.reference) == pytest.approx(100.0)
+        assert ev.metric(ev.outputs({"model": bigger})) == pytest.approx(0.0)
+    unlabelled = [Sample(s.tensors, s.labels, s.name) for s in labelled]
+    with BundleEvaluator(bundle, unlabelled) as ev:
+        ev.set_reference({"model": bundle.load_graph("model")})
+        assert ev.metric_name.startswith("box F1") and ev.metric(ev.reference) == pytest.approx(100.0)
+        assert ev.metric(ev.outputs({"model": bigger})) == pytest.approx(0.0)
