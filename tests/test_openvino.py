@@ -131,6 +131,12 @@ def test_auto_rejects_a_backend_that_disagrees():
     tiny = {"y": np.array([[8e-7, 1e-7, 3e-7]], np.float32)}
     assert auto_agrees(tiny, {"y": np.array([[7e-7, 2e-7, 1e-7]], np.float32)})[0]
     assert not auto_agrees(tiny, {"y": np.array([[8e-7, 1e-7, 0.5]], np.float32)})[0]
+    # A quantized graph's runtimes agree within the INT8 closeness floor: cosine 0.9994 passes there only.
+    from edgemm.runners.auto import COSINE_MIN_INT8, agrees
+
+    off = {"y": np.array([[1.1, 2.0, 2.9]], np.float32)}  # cosine 0.9994, max abs 0.1
+    assert not agrees(ref, off)[0] and agrees(ref, off, COSINE_MIN_INT8)[0]
+    assert not agrees(ref, {"y": np.array([[1.5, 2.0, 2.5]], np.float32)}, COSINE_MIN_INT8)[0]  # 0.983
 
 
 def auto_agrees(ref, out):
@@ -207,6 +213,12 @@ def test_convert_for_openvino_times_both_candidates_under_openvino(cnn_data, tmp
             got = r.infer({"x": x})["logits"]
         cos = float(ref.ravel() @ got.ravel() / np.linalg.norm(ref) / np.linalg.norm(got))
         assert cos > 0.98, (backend, cos)
+    # --backend auto on it: OpenVINO is a candidate (an INT8 graph's rounding differs between runtimes within
+    # COSINE_MIN_INT8), not rejected for missing the FP32 runtimes' 0.9999.
+    from edgemm.runners import auto
+
+    trial = auto._trial(load_bundle(out), "model", 1, "t")
+    assert trial["rejected"] == {} and set(trial["p50_ms"]) == {"onnxruntime", "openvino"}, trial
 
 
 @pytest.mark.parametrize("candidate", ["ov", "nncf"])
