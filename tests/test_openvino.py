@@ -136,7 +136,10 @@ def test_auto_rejects_a_backend_that_disagrees():
 
     off = {"y": np.array([[1.1, 2.0, 2.9]], np.float32)}  # cosine 0.9994, max abs 0.1
     assert not agrees(ref, off)[0] and agrees(ref, off, COSINE_MIN_INT8)[0]
-    assert not agrees(ref, {"y": np.array([[1.5, 2.0, 2.5]], np.float32)}, COSINE_MIN_INT8)[0]  # 0.983
+    far = {"y": np.array([[1.5, 2.0, 2.5]], np.float32)}  # cosine 0.983
+    assert not agrees(ref, far, COSINE_MIN_INT8)[0]
+    # ... unless quantization itself left that output further from FP32 (the conversion's measure, per output)
+    assert agrees(ref, far, COSINE_MIN_INT8, {"y": 0.95})[0] and not agrees(ref, far, COSINE_MIN_INT8, {"z": 0.95})[0]
 
 
 def auto_agrees(ref, out):
@@ -217,6 +220,7 @@ def test_convert_for_openvino_times_both_candidates_under_openvino(cnn_data, tmp
     # COSINE_MIN_INT8), not rejected for missing the FP32 runtimes' 0.9999.
     from edgemm.runners import auto
 
+    assert set(auto.int8_closeness(load_bundle(out))) == {"logits"}  # the conversion's own closeness
     trial = auto._trial(load_bundle(out), "model", 1, "t")
     assert trial["rejected"] == {} and set(trial["p50_ms"]) == {"onnxruntime", "openvino"}, trial
 
