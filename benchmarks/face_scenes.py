@@ -300,8 +300,8 @@ def main(argv=None) -> int:
     test = scenes(args.n, seed=0, heights=tuple(args.heights), astronaut=args.astronaut)
     dets = detect(bundle, [img for img, _ in test], MAP_CONF, args.backend)  # mAP ranks every candidate
     s = score([truth_boxes(b) for _, b in test], dets, args.conf)
-    print(f"CenterFace ({bundle.source}, {args.backend}) on {s['images']} scenes, {s['faces']} faces: mAP@0.5 {s['map50']:.4f}, "
-          f"mAP@0.5:0.95 {s['map']:.4f}; at conf {args.conf}: precision {s['precision']:.4f}, "
+    print(f"CenterFace ({bundle.source}, {args.backend}) on {s['images']} scenes, {s['faces']} faces: "
+          f"mAP@0.5 {s['map50']:.4f}, mAP@0.5:0.95 {s['map']:.4f}; at conf {args.conf}: precision {s['precision']:.4f}, "
           f"recall {s['recall']:.4f}")
     return 0
 

@@ -140,12 +140,13 @@ class BundleEvaluator:
 
     def _packed(self, outputs: dict) -> np.ndarray:
         """The judged outputs of one batch: the primary output itself, or with parts, each sample's judged
-        outputs flattened into one float64 row (shapes kept in _row_shapes for _decode)."""
+        outputs flattened into one float32 row (shapes kept in _row_shapes for _decode; integer parts such as
+        EfficientNMS's counts and classes are exact in float32)."""
         if len(self._judged) == 1:
             return np.asarray(outputs[self.output])
         arrays = [np.asarray(outputs[n]) for n in self._judged]
         self._row_shapes = {n: a.shape[1:] for n, a in zip(self._judged, arrays)}
-        return np.concatenate([a.reshape(len(a), -1).astype(np.float64) for a in arrays], axis=1)
+        return np.concatenate([a.reshape(len(a), -1).astype(np.float32) for a in arrays], axis=1)
 
     def _decode(self, out: np.ndarray, k: int, size: tuple[int, int], conf: float | None = None) -> Boxes:
         """The boxes of sample k of a judged batch, decoded as the runtime decodes them."""

