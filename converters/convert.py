@@ -528,18 +528,20 @@ def _closeness_floor(close: dict, samples: int, data, opts: ConvertOptions) -> d
         return {}
     low = below_floor(close, opts.min_cosine)
     record = {"closeness_floor": {"min_cosine": opts.min_cosine, "met": not low,
-                                  "below": [{"output": n, "cosine": round(c, 5)} for n, c in low]}}
+                                  "below": [{"output": n, "measure": m, "value": round(v, 5), "least": least}
+                                            for n, m, v, least in low]}}
     if not low:
         return record
-    name, cos = low[0]
-    what = f"Output {name}: cosine {cos:.3f} against the original on {samples} samples of {data}"
+    name, measure, value, least = low[0]
+    what = f"Output {name}: {measure} {value:.3f} against the original on {samples} samples of {data}"
     if opts.prune:
-        record["closeness_floor"]["note"] = (f"{what}, below --min-cosine {opts.min_cosine:g}; pruning changes "
-                                             "the outputs: give labelled --eval data and --max-drop to judge it")
+        record["closeness_floor"]["note"] = (f"{what}, below {least:g}; pruning changes the outputs: give "
+                                             "labelled --eval data and --max-drop to judge it")
         return record
-    raise EdgemmError(f"{opts.precision.upper()} closeness | {what}; expected at least {opts.min_cosine:g} "
-                      "(--min-cosine). Give --max-drop POINTS (with labelled --eval data where you have it) to keep "
-                      "the layers that cost most in float"
+    which = "--min-cosine" if measure == "cosine" else "the floor for boxes; --min-cosine 0 lifts it"
+    raise EdgemmError(f"{opts.precision.upper()} closeness | {what}; expected at least {least:g} ({which}). Give "
+                      "--max-drop POINTS (with labelled --eval data where you have it) to keep the layers that cost "
+                      "most in float"
                       + (", try --target openvino" if opts.precision == "int8" and opts.target == "onnxruntime"
                          else "")
                       + ", or pass --min-cosine 0 to accept it.")

@@ -257,10 +257,12 @@ def render_markdown(report: dict, png: str | None = None, notes: list[str] | Non
         lines += ["## Output closeness (converted vs original)", ""]
         rows = [[n, _num(c.get("max_abs")), _num(c.get("max_rel")), _num(c.get("mean_abs")),
                  f"{_num(c.get('cosine'), 6)} / {_num(c.get('cosine_min'), 6)}",
-                 _pct(c["top1_agreement"]) if c.get("top1_agreement") is not None else "n/a"]
+                 _pct(c["top1_agreement"]) if c.get("top1_agreement") is not None
+                 else f"box F1 {c['box_f1']:.3f}" if c.get("box_f1") is not None else "n/a"]
                 for n, c in report["closeness"].items() if "error" not in c]
         rows += [[n, c["error"], "", "", "", ""] for n, c in report["closeness"].items() if "error" in c]
-        lines += _table(["output", "max abs", "max rel", "mean abs", "cosine mean / min", "top-1 agreement"], rows)
+        lines += _table(["output", "max abs", "max rel", "mean abs", "cosine mean / min", "top-1 / box agreement"],
+                        rows)
     lines += _ablation(summaries)
     for key, value in report.items():
         if key in KNOWN or value in (None, {}, []):

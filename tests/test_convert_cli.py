@@ -632,5 +632,37 @@ def test_the_floor_judges_one_value_per_sample_over_all_samples():
     c.update({"p": ref, "v": np.tile(ref, (1, 4))}, {"p": cand, "v": np.tile(ref, (1, 4))})
     close = c.result()
     assert close["p"]["cosine"] == pytest.approx(1.0) and close["p"]["values_per_sample"] == 1
-    assert [name for name, _ in below_floor(close, 0.99)] == ["p"]
+    assert [low[0] for low in below_floor(close, 0.99)] == ["p"]
     assert close["p"]["cosine_all"] < 0.99 and close["v"]["cosine_all"] == pytest.approx(1.0)
+
+
+def test_the_floor_judges_a_decoded_detector_by_its_boxes():
+    """CenterFace's sub-cell offsets move a lot in INT8 (cosine 0.78) while its boxes agree (F1 0.97): the
+    floor judges a detection output edgemm decodes, with its parts, by the F1 of its boxes against the
+    original's, and still refuses boxes that moved."""
+    from edgemm.bundle import DetectionSpec, OutputSpec
+    from edgemm.converters.validate import MIN_BOX_F1, Closeness, below_floor
+
+    spec = OutputSpec("heat", "detection", shape=[2, 1, 8, 8], labels=["face"],
+                      detection=DetectionSpec("centerface", conf=0.35, iou=0.3,
+                                              parts={"scale": "scale", "offset": "offset"}))
+    rng = np.random.default_rng(0)
+    heat = np.zeros((2, 1, 8, 8), np.float32)
+    heat[0, 0, 2, 3] = heat[0, 0, 6, 5] = heat[1, 0, 4, 4] = 0.9
+    scale = np.full((2, 2, 8, 8), np.log(16 / 4), np.float32)  # 16 px faces
+    offset = rng.uniform(-0.05, 0.05, (2, 2, 8, 8)).astype(np.float32)
+    ref = {"heat": heat, "scale": scale, "offset": offset}
+
+    def judged(cand):
+        c = Closeness(detections={"heat": spec})
+        c.update(ref, cand)
+        return c.result()
+
+    noisy = {**ref, "offset": -offset + rng.uniform(-0.2, 0.2, offset.shape).astype(np.float32)}  # +-1 px
+    close = judged(noisy)
+    assert close["offset"]["cosine"] < 0.5 and close["offset"]["part_of"] == "heat"
+    assert close["heat"]["box_f1"] == 1.0 and below_floor(close, 0.99) == []
+    moved = {**ref, "heat": np.roll(heat, 2, axis=3)}  # every face 8 px away: IoU 1/3
+    close = judged(moved)
+    assert close["heat"]["box_f1"] == 0.0
+    assert below_floor(close, 0.99) == [("heat", "box F1 against the original's boxes", 0.0, MIN_BOX_F1)]
