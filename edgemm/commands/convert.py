@@ -174,7 +174,9 @@ def summary(report: dict, out) -> str:
     close = report.get("closeness") or {}
     for name, c in list(close.items())[:4]:
         if isinstance(c, dict) and c.get("cosine") is not None:
-            agree = f", top-1 agreement {100 * c['top1_agreement']:.2f} %" if "top1_agreement" in c else ""
+            agree = f", top-1 agreement {100 * c['top1_agreement']:.2f} %" if "top1_agreement" in c else \
+                f", box F1 {c['box_f1']:.3f} against the original's boxes" if "box_f1" in c else \
+                f" (a part of {c['part_of']}: judged by its boxes)" if "part_of" in c else ""
             lines.append(f"  closeness {name}: cosine {c['cosine']:.5f}, max abs {c['max_abs']:.4g}{agree}{on_calib}")
     for gname, outs in ((conv.get("stream_closeness") or {}).get("graphs") or {}).items():
         for name, c in list(outs.items())[:4]:
