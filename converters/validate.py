@@ -263,10 +263,13 @@ class Closeness:
             out[name] = d
         for name, spec in self.detections.items():
             refs, cands = self._boxes[name]
-            if refs and "error" not in out.get(name, {"error": ""}):
+            found = sum(int((r.scores >= spec.detection.conf).sum()) for r in refs)
+            # Where the original found no box at all (a person detector on photographs without people), box
+            # agreement is vacuous: the raw outputs' cosine is all there is to judge.
+            if found and "error" not in out.get(name, {"error": ""}):
                 agree = agreement(refs, cands, spec.detection.conf)
                 out[name].update(box_f1=agree["box_f1"], box_precision=agree["precision"],
-                                 box_recall=agree["recall"])
+                                 box_recall=agree["recall"], boxes=found)
                 for part in spec.detection.parts.values():
                     if part != name and part in out:
                         out[part]["part_of"] = name  # judged through the boxes it decodes into

@@ -265,8 +265,11 @@ def _centerface(outputs: list[OutputSpec], size: tuple[int, int] | None) -> dict
     return {"scale": outputs[1].name, "offset": outputs[2].name}
 
 
-def _detection_format(outputs: list[OutputSpec], size: tuple[int, int] | None) -> tuple[str, dict[str, str]] | None:
-    """(format, parts) when the output shapes match a detection format; None otherwise."""
+def _detection_format(outputs: list[OutputSpec], size: tuple[int, int] | None,
+                      says_detect: bool = False) -> tuple[str, dict[str, str]] | None:
+    """(format, parts) when the output shapes match a detection format; None otherwise. says_detect: the
+    model's metadata says it is a detector, which lets a dynamic anchor count (an export at dynamic H x W
+    names it by an expression of them) stand for the anchors its image size implies."""
     centerface = _centerface(outputs, size)
     if centerface:
         return "centerface", centerface
@@ -284,7 +287,9 @@ def _detection_format(outputs: list[OutputSpec], size: tuple[int, int] | None) -
     if b == 6 and not (isinstance(a, int) and a == 6):
         return "end2end", {}
     anchors = _anchors(*size) if size else None
-    if isinstance(a, int) and 5 <= a and (b == anchors or anchors is None and isinstance(b, int) and b > 8 * a):
+    symbolic = says_detect and not isinstance(b, int)  # NudeNet's YOLOv8n: [batch, 22, <expression of H, W>]
+    if isinstance(a, int) and 5 <= a and (b == anchors or symbolic
+                                          or anchors is None and isinstance(b, int) and b > 8 * a):
         return "yolov8", {}
     if isinstance(b, int) and 6 <= b and (anchors and a in (anchors, 3 * anchors)  # 3 anchor boxes per cell
                                          or anchors is None and isinstance(a, int) and a > 8 * b):
@@ -325,7 +330,7 @@ def infer_detection(model, graph: GraphSpec, notes: list[str]) -> None:
             image.preprocess.size = (h, w)
             notes[:] = [n for n in notes if not n.startswith(f"input {image.name}: image size is dynamic")]
             notes.append(f"input {image.name}: size {h}x{w} from the model metadata (imgsz)")
-    found = _detection_format(graph.outputs, tuple(image.preprocess.size))
+    found = _detection_format(graph.outputs, tuple(image.preprocess.size), meta.get("task") == "detect")
     if found is None:
         if meta.get("task") == "detect":
             notes.append("model metadata says task detect, but no output matches a detection format "

@@ -666,3 +666,10 @@ def test_the_floor_judges_a_decoded_detector_by_its_boxes():
     close = judged(moved)
     assert close["heat"]["box_f1"] == 0.0
     assert below_floor(close, 0.99) == [("heat", "box F1 against the original's boxes", 0.0, MIN_BOX_F1)]
+    # No box in the original at all: agreement would be vacuous, so the maps' cosines are judged.
+    empty = {**ref, "heat": np.zeros_like(heat)}
+    close = Closeness(detections={"heat": spec})
+    close.update(empty, {**empty, "offset": noisy["offset"]})
+    close = close.result()
+    assert "box_f1" not in close["heat"] and "part_of" not in close["offset"]
+    assert [low[0] for low in below_floor(close, 0.99)] == ["offset"]

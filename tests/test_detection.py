@@ -175,6 +175,19 @@ def test_ultralytics_metadata_is_read_and_info_lists_it(tmp_path):
     onnx.save(onnx_models.colour_detector(fmt="yolov5"), str(path))
     assert load_bundle(path).manifest.graphs["model"].outputs[0].detection.format == "yolov5"
 
+    # An export at dynamic H x W names the anchors by an expression of them (NudeNet's YOLOv8n): with the
+    # metadata's task, that is the anchor count of its imgsz.
+    model = onnx_models.colour_detector(metadata={"task": "detect", "imgsz": "[64, 64]", "names": NAMES})
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        for k, name in ((0, "batch"), (-1, "(floor(height/8) * floor(width/8) + ...)")):
+            vi.type.tensor_type.shape.dim[k].dim_param = name
+    onnx.save(model, str(path))
+    out = load_bundle(path).manifest.graphs["model"].outputs[0]
+    assert out.detection.format == "yolov8" and out.labels == ["red", "green", "blue"]
+    del model.metadata_props[:]  # without the metadata's word, a [N, 7, ?] output is not taken for a detector
+    onnx.save(model, str(path))
+    assert load_bundle(path).manifest.graphs["model"].outputs[0].detection is None
+
 
 @pytest.mark.parametrize("change, needle", [
     ({"format": "end2end"}, "end2end expects [N, K, 6]"),
