@@ -283,6 +283,26 @@ def test_eval_on_a_folder_without_labels_is_one_line(tmp_path):
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "s1.txt" in proc.stderr
 
 
+def test_eval_against_the_original_without_labels_compares_the_boxes(tmp_path):
+    """No box labels (none ship with most public detectors): `eval --against` compares the two models output
+    by output, with the F1 of the boxes against the original's, instead of refusing."""
+    data = _labelled_folder(tmp_path / "data", False)
+    for txt in data.glob("*.txt"):
+        txt.unlink()
+    bundles = {}
+    for name, box in (("exact", 8.0), ("shifted", 24.0)):  # 24 px boxes on 8 px objects: IoU 0.11
+        manifest = onnx_models.detector_manifest({"format": "yolov8", "conf": 0.5}, [{"name": "output0"}])
+        bundles[name] = onnx_models.write_detector_bundle(tmp_path / name, onnx_models.colour_detector(box=box),
+                                                          manifest)
+    for other, f1 in (("exact", 1.0), ("shifted", 0.0)):
+        proc = run_cli("eval", bundles[other], "--against", bundles["exact"], "--data", data, "--json",
+                       tmp_path / "e.json")
+        assert proc.returncode == 0, proc.stderr
+        close = json.loads((tmp_path / "e.json").read_text())["closeness"]["output0"]
+        assert close["box_f1"] == f1 and close["boxes"] == 4
+        assert f"box F1 {f1:.4f} against the original's boxes (4 of them)" in proc.stdout
+
+
 def test_guard_metric_of_a_detector_is_box_agreement():
     from edgemm.converters.detection_eval import output_agreement
 

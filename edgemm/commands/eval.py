@@ -97,7 +97,7 @@ def run(args) -> int:
     shapes = shape_overrides(args.shape)
     model = load_bundle(args.model, shapes=shapes)
     original = load_bundle(args.against, shapes=shapes) if args.against else None
-    if _is_detector(model):
+    if _is_detector(model) and (original is None or _box_labelled(args.data)):
         return _run_detection(args, model, original)
     if original is not None:
         report = compare_bundles(original, model, args.data, backend=args.backend, threads=args.threads,
@@ -133,7 +133,9 @@ def run(args) -> int:
             if "error" in c:
                 print(f"  {name}: {c['error']}", file=out)
                 continue
-            agree = f", top-1 agreement {_pct(c['top1_agreement'])}" if "top1_agreement" in c else ""
+            agree = f", top-1 agreement {_pct(c['top1_agreement'])}" if "top1_agreement" in c else \
+                f", box F1 {c['box_f1']:.4f} against the original's boxes ({c['boxes']} of them)" if "box_f1" in c \
+                else ""
             print(f"  {name}: max abs {c['max_abs']:.4g}, max rel {c['max_rel']:.4g}, mean abs {c['mean_abs']:.4g}, "
                   f"cosine {c['cosine']:.6f} (min {c['cosine_min']:.6f}){agree}", file=out)
         size = report["size"]
@@ -177,6 +179,18 @@ def _is_detector(bundle) -> bool:
 
     graph = bundle.manifest.graphs[bundle.single_graph] if len(bundle.manifest.graphs) == 1 else None
     return graph is not None and graph.output(primary_output(bundle)).detection is not None
+
+
+def _box_labelled(data) -> bool:
+    """Whether data is a folder of images with box labels (what a detector's mAP needs). Without them, a
+    detector evaluated --against its original is compared output by output instead (the closeness, with the
+    F1 of its boxes against the original's: validate.Closeness), rather than refused."""
+    from edgemm.converters.detection_eval import BoxLabels
+    from edgemm.media import IMAGE_SUFFIXES
+
+    folder = Path(data)
+    images = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES] if folder.is_dir() else []
+    return bool(images) and BoxLabels(folder).present(images)
 
 
 def _run_detection(args, model, original) -> int:
